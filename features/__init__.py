@@ -1,0 +1,1 @@
+"""Raw data to arrays: dataset readers, audio decoding, MFCC frames, token ids."""

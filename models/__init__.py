@@ -1,0 +1,1 @@
+"""Keras model builders. Each returns an uncompiled `keras.Model`."""

@@ -1,0 +1,1 @@
+"""Runs wired end to end: config -> data -> features -> model -> fit -> evaluate -> track."""

@@ -1,0 +1,320 @@
+"""Speech Commands keyword spotting: WAV clips -> MFCC frames -> Bi-LSTM/GRU -> MLflow.
+
+Usage: `python -m pipelines.speech --data-dir PATH [options]`; `--help` lists every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from features.mfcc import MfccConfig, feature_shape
+from features.speech_commands import (
+    COMMAND_WORDS,
+    SILENCE_LABEL,
+    SPLITS,
+    TASKS,
+    UNKNOWN_LABEL,
+    load_speech_commands,
+)
+from features.speech_features import (
+    SplitFeatures,
+    cached_features,
+    split_features,
+    waveform_features,
+)
+from features.tfds_speech import DatasetUnavailableError
+from pipelines.config import (
+    TrainingConfig,
+    add_config_arguments,
+    config_from_args,
+    option,
+    validate_choices,
+)
+
+log = logging.getLogger("pipelines.speech")
+
+SOURCES = ("folder", "tfds")
+
+
+@dataclass(frozen=True)
+class SpeechConfig(TrainingConfig):
+    """Every option of a speech run; logged whole as the run's parameters."""
+
+    data_dir: str | None = option(
+        None, "Speech Commands folder in the official layout", env="SPEECH_COMMANDS_DIR")
+    source: str = option("folder", "where clips come from: a folder (--data-dir) or "
+                         "tensorflow-datasets' speech_commands", SOURCES)
+    tfds_data_dir: str | None = option(None, "tensorflow-datasets data dir for --source tfds")
+    task: str = option("12-class", "ten words + _silence_ + _unknown_, or every word", TASKS)
+    validation_pct: float = option(10.0, "validation share when validation_list.txt is absent")
+    test_pct: float = option(10.0, "test share when testing_list.txt is absent")
+    unknown_pct: float = option(10.0, "_unknown_ examples per split, % of its command words")
+    silence_pct: float = option(10.0, "_silence_ examples per split, % of its command words")
+    silence_rms_min: float = option(1e-4, "quietest _silence_ level (RMS, full scale = 1)")
+    silence_rms_max: float = option(0.4, "loudest _silence_ level (RMS, full scale = 1)")
+    sample_rate: int = option(16000, "sample rate clips are resampled to (Hz)")
+    clip_seconds: float = option(1.0, "clip length after padding/trimming (s)")
+    window_ms: float = option(30.0, "MFCC analysis window (ms)")
+    hop_ms: float = option(10.0, "MFCC hop (ms)")
+    n_mels: int = option(40, "mel bands")
+    n_mfcc: int = option(40, "MFCC coefficients per frame")
+    fmin: float = option(20.0, "lowest mel frequency (Hz)")
+    fmax: float = option(8000.0, "highest mel frequency (Hz)")
+    cache_dir: str = option(".cache/features", "feature cache folder")
+    cache: bool = option(True, "read/write the feature cache")
+    dense_units: int = option(64, "hidden units of the dense head (0: none)")
+    experiment: str = option("speech-commands", "MLflow experiment")
+    registered_model: str = option("speech-commands", "MLflow registered model name")
+
+    def mfcc(self) -> MfccConfig:
+        """The feature geometry this config describes."""
+        return MfccConfig(self.sample_rate, self.clip_seconds, self.window_ms, self.hop_ms,
+                          self.n_mels, self.n_mfcc, self.fmin, self.fmax)
+
+
+@dataclass
+class PreparedData:
+    """Features and labels per split, with everything needed for data lineage."""
+
+    labels: tuple[str, ...]
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    digests: dict[str, str]
+    source: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    from_cache: bool = False
+
+    def counts(self) -> dict[str, int]:
+        return {split: len(labels) for split, labels in self.y.items()}
+
+
+def prepare_folder(config: SpeechConfig) -> PreparedData:
+    """Reads a Speech Commands folder and computes (or loads cached) MFCC frames per split."""
+    if not config.data_dir:
+        raise ValueError("no data folder: pass --data-dir or set SPEECH_COMMANDS_DIR")
+    mfcc = config.mfcc()
+    data = load_speech_commands(
+        config.data_dir, task=config.task, validation_pct=config.validation_pct,
+        test_pct=config.test_pct, unknown_pct=config.unknown_pct,
+        silence_pct=config.silence_pct,
+        silence_rms=(config.silence_rms_min, config.silence_rms_max),
+        sample_rate=config.sample_rate, clip_samples=mfcc.clip_samples, seed=config.seed,
+    )
+    for note in data.notes:
+        log.warning(note)
+    index = {label: i for i, label in enumerate(data.labels)}
+    prepared = PreparedData(data.labels, {}, {}, {}, str(data.data_dir.resolve()))
+    cache_dir = config.cache_dir if config.cache else None
+    cached = []
+    for split in SPLITS:
+        examples = data.examples[split]
+        features = split_features(examples, data.data_dir, mfcc, cache_dir, desc=f"MFCC {split}")
+        prepared.x[split] = features.frames
+        prepared.y[split] = np.asarray([index[examples[i].label] for i in features.kept],
+                                       np.int32)
+        prepared.digests[split] = data.digest((split,))
+        prepared.skipped += features.skipped
+        cached.append(features.from_cache)
+    prepared.from_cache = all(cached)
+    prepared.summary = {
+        "source": prepared.source,
+        "split_method": data.split_method,
+        "listed_files_missing": data.listed_missing,
+        "class_counts": data.class_counts(),
+        "skipped_files": [{"path": p, "reason": r} for p, r in prepared.skipped],
+        "notes": data.notes,
+    }
+    return prepared
+
+
+def prepare_tfds(config: SpeechConfig) -> PreparedData:
+    """Reads tensorflow-datasets' speech_commands and computes (or loads cached) MFCC frames."""
+    from features.tfds_speech import TFDS_NAME, read_tfds_speech_commands, tfds_version
+
+    if config.task != "12-class":
+        raise ValueError("--source tfds provides the 12-class task only; use --source folder "
+                         "for --task all-words")
+    if config.sample_rate != 16000:
+        raise ValueError("--source tfds holds 16 kHz audio; keep --sample-rate 16000")
+    mfcc = config.mfcc()
+    splits = read_tfds_speech_commands(config.tfds_data_dir, mfcc.clip_samples)
+    labels = (SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS)
+    index = {label: i for i, label in enumerate(labels)}
+    source = f"tfds://{TFDS_NAME}/{tfds_version(config.tfds_data_dir)}"
+    prepared = PreparedData(labels, {}, {}, {}, source)
+    cached = []
+    for split, data in splits.items():
+        hasher = hashlib.sha256(data.waveforms.tobytes())
+        hasher.update("|".join(data.labels).encode())
+        prepared.digests[split] = hasher.hexdigest()[:16]
+        key = hashlib.sha256(
+            f"{source}|{split}|{prepared.digests[split]}|{mfcc}".encode()).hexdigest()[:24]
+        features = cached_features(
+            config.cache_dir if config.cache else None, key,
+            lambda w=data.waveforms, s=split: SplitFeatures(
+                waveform_features(w, mfcc, f"MFCC {s}"), np.arange(len(w)), [], False))
+        prepared.x[split] = features.frames
+        prepared.y[split] = np.asarray([index[label] for label in data.labels], np.int32)
+        cached.append(features.from_cache)
+    prepared.from_cache = all(cached)
+    prepared.summary = {
+        "source": source,
+        "split_method": "tfds",
+        "class_counts": {split: {label: data.labels.count(label) for label in labels}
+                         for split, data in splits.items()},
+        "skipped_files": [],
+    }
+    return prepared
+
+
+def prepare_data(config: SpeechConfig) -> PreparedData:
+    """Dispatches on `config.source`."""
+    if config.source == "tfds":
+        return prepare_tfds(config)
+    return prepare_folder(config)
+
+
+def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> dict:
+    """Builds, fits and evaluates the model, logging everything to the active run."""
+    import keras
+
+    from models.recurrent import build_classifier
+    from pipelines import tracking, training
+
+    keras.utils.set_random_seed(config.seed)
+    tracking.log_config(config)
+    tracking.log_dataset(
+        "speech-commands", data.source, data.digests, data.counts(), data.summary)
+    tracking.log_metrics({f"examples_{split}": n for split, n in data.counts().items()}
+                         | {"skipped_files": len(data.skipped)})
+    tracking.log_dict({"labels": list(data.labels)}, "label_map.json")
+    tracking.log_dict(asdict(config.mfcc()) | {"num_frames": config.mfcc().num_frames},
+                      "feature_config.json")
+
+    x_train = np.asarray(data.x["train"])
+    model = build_classifier(
+        feature_shape(config.mfcc()), len(data.labels),
+        mean=x_train.mean(axis=(0, 1)), variance=x_train.var(axis=(0, 1)),
+        cell=config.cell, units=config.units, depth=config.depth, dropout=config.dropout,
+        pooling=config.pooling, dense_units=config.dense_units,
+    )
+    steps = training.steps_per_epoch(len(data.y["train"]), config.batch_size)
+    training.compile_classifier(model, config, steps)
+    train = training.make_dataset(x_train, data.y["train"], config.batch_size, shuffle=True,
+                                  seed=config.seed)
+    validation = training.make_dataset(data.x["validation"], data.y["validation"],
+                                       config.batch_size, shuffle=False)
+    started = time.perf_counter()
+    history = training.fit_classifier(model, train, validation, config,
+                                      callbacks=[tracking.EpochMetricsLogger()])
+    train_seconds = time.perf_counter() - started
+
+    evaluation = training.evaluate_classifier(model, data.x["test"], data.y["test"], data.labels)
+    metrics = evaluation.metrics | {
+        "train_seconds": train_seconds,
+        "epochs_trained": len(history.history["loss"]),
+        "train_samples_per_second": len(data.y["train"]) * len(history.history["loss"])
+        / train_seconds,
+    }
+    tracking.log_metrics(metrics)
+    tracking.log_figure(training.confusion_matrix_figure(evaluation.confusion, data.labels),
+                        "plots/confusion_matrix.png")
+    tracking.log_figure(training.training_curves_figure(history.history),
+                        "plots/training_curves.png")
+    tracking.log_text(evaluation.report_text, "classification_report.txt")
+    tracking.log_dict(evaluation.report, "classification_report.json")
+    model_uri = tracking.log_keras_model(model, input_name="mfcc")
+    result = dict(metrics, run_id=run_id, model_uri=model_uri)
+    if config.register:
+        promotion = tracking.register_and_promote(
+            model_uri, config.registered_model, metrics=metrics,
+            test_digest=data.digests["test"], data_digest="-".join(data.digests.values()),
+        )
+        result |= {"registered_version": promotion.version, "champion": promotion.promoted,
+                   "promotion_reason": promotion.reason}
+    return result
+
+
+def run(config: SpeechConfig) -> dict:
+    """Trains, evaluates, tracks and registers one speech model.
+
+    Returns:
+        Test metrics plus run id, registered version and the champion decision.
+
+    Raises:
+        ValueError: An invalid option value or unusable data folder.
+        FileNotFoundError: The data folder does not exist.
+    """
+    from pipelines import tracking
+
+    validate_choices(config)
+    feature_shape(config.mfcc())
+    started = time.perf_counter()
+    with tracking.tracked_run(config.experiment, tracking_uri=config.tracking_uri,
+                              store_dir=config.store_dir, run_name=config.run_name,
+                              tags={"pipeline": "speech"}) as run_id:
+        data = prepare_data(config)
+        feature_seconds = time.perf_counter() - started
+        tracking.log_metrics({"feature_seconds": feature_seconds})
+        result = train_and_track(config, data, run_id)
+        result |= {"feature_seconds": feature_seconds, "features_from_cache": data.from_cache,
+                   "skipped_files": len(data.skipped)}
+        result["total_seconds"] = time.perf_counter() - started
+        tracking.log_metrics({"total_seconds": result["total_seconds"]})
+    return result
+
+
+def format_summary(result: dict) -> str:
+    """The few lines a user reads at the end of a run."""
+    lines = [
+        f"test accuracy     {result['test_accuracy']:.4f}",
+        f"test macro-F1     {result['test_macro_f1']:.4f}",
+        f"skipped files     {result['skipped_files']}",
+        f"features          {result['feature_seconds']:.1f} s"
+        + (" (from cache)" if result["features_from_cache"] else ""),
+        f"training          {result['train_seconds']:.1f} s, {result['epochs_trained']} epochs",
+        f"MLflow run id     {result['run_id']}",
+    ]
+    if "registered_version" in result:
+        status = "champion" if result["champion"] else "not champion"
+        lines.append(f"registered        version {result['registered_version']} "
+                     f"({status}: {result['promotion_reason']})")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.speech",
+        description="Train a bidirectional LSTM/GRU keyword classifier on Speech Commands "
+        "and track it in MLflow.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_config_arguments(parser, SpeechConfig)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: parse flags, run, print the summary."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = config_from_args(SpeechConfig, args)
+    try:
+        result = run(config)
+    except (ValueError, FileNotFoundError, DatasetUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

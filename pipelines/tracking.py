@@ -1,0 +1,248 @@
+"""Everything MLflow: the store, runs, logging, the model registry and the champion rule.
+
+This is the only module that imports mlflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.metadata
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+DB_NAME = "mlflow.db"
+
+
+def local_store_uri(store_dir: str | Path) -> str:
+    """The SQLite tracking URI of a local store folder (`<store_dir>/mlflow.db`)."""
+    return f"sqlite:///{Path(store_dir).resolve() / DB_NAME}"
+
+
+def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
+    """Points MLflow at `tracking_uri`, or at the local SQLite store in `store_dir`.
+
+    Returns:
+        The tracking URI in use.
+    """
+    if tracking_uri:
+        uri = tracking_uri
+    else:
+        Path(store_dir).mkdir(parents=True, exist_ok=True)
+        uri = local_store_uri(store_dir)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str, store_dir: str | Path, local: bool) -> str:
+    """Returns the experiment id, creating the experiment (artifacts under the store) if new."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (Path(store_dir).resolve() / "artifacts").as_uri() if local else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextlib.contextmanager
+def tracked_run(
+    experiment: str,
+    *,
+    tracking_uri: str | None,
+    store_dir: str | Path,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """Opens an MLflow run and yields its id.
+
+    The run ends FINISHED on success, KILLED on Ctrl-C and FAILED on any other exception,
+    which is re-raised.
+    """
+    connect(tracking_uri, store_dir)
+    experiment_id = ensure_experiment(experiment, store_dir, local=not tracking_uri)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {}))
+    try:
+        yield run.info.run_id
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def log_config(config: Any) -> None:
+    """Logs every field of a config dataclass as a run parameter."""
+    mlflow.log_params({key: str(value) for key, value in dataclasses.asdict(config).items()})
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    mlflow.set_tags({key: str(value) for key, value in tags.items()})
+
+
+class EpochMetricsLogger(keras.callbacks.Callback):
+    """Logs Keras' per-epoch logs (loss, accuracy, val_*, learning_rate) to the active run."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs:
+            log_metrics(logs, step=epoch)
+
+
+def log_dataset(
+    name: str,
+    source: str,
+    digests: Mapping[str, str],
+    counts: Mapping[str, int],
+    summary: Mapping[str, Any],
+) -> None:
+    """Records data lineage: one input per split (source, digest, size) plus a JSON summary.
+
+    Args:
+        name: Dataset name shown in the UI.
+        source: Local folder, or a URL for remote sources.
+        digests: Content digest per split.
+        counts: Number of examples per split.
+        summary: Anything else worth keeping (per-class counts, skipped files, split method).
+    """
+    dataset_source = (
+        HTTPDatasetSource(source) if "://" in source else LocalArtifactDatasetSource(source)
+    )
+    for split, digest in digests.items():
+        dataset = MetaDataset(dataset_source, name=f"{name}-{split}", digest=digest)
+        mlflow.log_input(dataset, context=split, tags={"examples": str(counts[split])})
+    mlflow.log_dict(dict(summary), "data/summary.json")
+
+
+def log_figure(figure, path: str) -> None:
+    mlflow.log_figure(figure, path)
+
+
+def log_dict(data: Mapping[str, Any], path: str) -> None:
+    mlflow.log_dict(dict(data), path)
+
+
+def log_text(text: str, path: str) -> None:
+    mlflow.log_text(text, path)
+
+
+def log_artifact(local_path: str | Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(local_path), artifact_path)
+
+
+def pinned_requirements(*distributions: str) -> list[str]:
+    """`name==version` for installed distributions: given explicitly, MLflow skips the ~20 s
+    requirement inference."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in distributions]
+
+
+def log_keras_model(model: keras.Model, input_name: str) -> str:
+    """Logs a Keras model with a tensor signature and pinned requirements.
+
+    Returns:
+        The logged model's URI.
+    """
+    input_shape = (-1, *model.input_shape[1:])
+    output_shape = (-1, *model.output_shape[1:])
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), input_shape, input_name)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), output_shape, "probabilities")]),
+    )
+    info = mlflow.keras.log_model(
+        model,
+        name="model",
+        signature=signature,
+        pip_requirements=pinned_requirements("tensorflow", "keras", "mlflow"),
+    )
+    return info.model_uri
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Outcome of registering a model version."""
+
+    version: str
+    promoted: bool
+    reason: str
+
+
+def champion_decision(
+    candidate_accuracy: float, test_digest: str, champion: Any | None
+) -> tuple[bool, str]:
+    """The champion rule: promote only on better test accuracy on the same test data."""
+    if champion is None:
+        return True, "no champion yet"
+    champion_digest = champion.tags.get("test_data_digest")
+    if champion_digest != test_digest:
+        return False, (
+            f"champion v{champion.version} was evaluated on different test data "
+            f"(digest {champion_digest} vs {test_digest}); not comparable"
+        )
+    champion_accuracy = float(champion.tags.get("test_accuracy", "nan"))
+    if candidate_accuracy > champion_accuracy:
+        return True, (
+            f"test accuracy {candidate_accuracy:.4f} beats champion v{champion.version}'s "
+            f"{champion_accuracy:.4f}"
+        )
+    return False, (
+        f"test accuracy {candidate_accuracy:.4f} does not beat champion v{champion.version}'s "
+        f"{champion_accuracy:.4f}"
+    )
+
+
+def current_champion(client: MlflowClient, name: str) -> Any | None:
+    """The version holding the champion alias, or None."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def register_and_promote(
+    model_uri: str,
+    name: str,
+    *,
+    metrics: Mapping[str, float],
+    test_digest: str,
+    data_digest: str,
+) -> Promotion:
+    """Registers `model_uri` under `name`, tags it and moves `champion` to it if it wins.
+
+    The version is tagged with its test metrics and dataset digests; the run records the
+    decision and its reason.
+    """
+    client = MlflowClient()
+    tags = {key: f"{value:.6f}" for key, value in metrics.items() if key in
+            ("test_accuracy", "test_macro_f1", "test_roc_auc")}
+    tags.update(test_data_digest=test_digest, data_digest=data_digest)
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    promoted, reason = champion_decision(
+        metrics["test_accuracy"], test_digest, current_champion(client, name)
+    )
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+    client.set_model_version_tag(name, version.version, "promotion", reason)
+    set_tags({"registered_version": version.version, "champion": promoted,
+              "promotion_reason": reason})
+    log.info("registered %s v%s; champion: %s (%s)", name, version.version, promoted, reason)
+    return Promotion(str(version.version), promoted, reason)

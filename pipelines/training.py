@@ -1,0 +1,158 @@
+"""Compiling, fitting and evaluating Keras classifiers; shared by every pipeline."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
+
+from pipelines.config import TrainingConfig
+
+
+def make_dataset(x, y, batch_size: int, *, shuffle: bool, seed: int = 0) -> tf.data.Dataset:
+    """Batches (x, y) through tf.data, shuffled each epoch when training, with prefetching."""
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def learning_rate_schedule(config: TrainingConfig, steps_per_epoch: int):
+    """Linear warm-up to `learning_rate`, then cosine decay over the remaining epochs."""
+    warmup = config.warmup_epochs * steps_per_epoch
+    total = max(config.epochs * steps_per_epoch - warmup, 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate / 10 if warmup else config.learning_rate,
+        decay_steps=total,
+        alpha=0.01,
+        warmup_target=config.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def compile_classifier(model: keras.Model, config: TrainingConfig, steps_per_epoch: int) -> None:
+    """Adam with the warm-up/cosine schedule, sparse categorical cross-entropy, accuracy."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to each epoch's logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(
+                self.model.optimizer.learning_rate))
+
+
+def fit_classifier(
+    model: keras.Model,
+    train: tf.data.Dataset,
+    validation: tf.data.Dataset,
+    config: TrainingConfig,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    verbose: int | None = None,
+) -> keras.callbacks.History:
+    """Fits with early stopping on validation loss, restoring the best weights.
+
+    `verbose` defaults to a progress bar on a terminal and one line per epoch otherwise.
+    """
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.patience, restore_best_weights=True
+    )
+    return model.fit(
+        train,
+        validation_data=validation,
+        epochs=config.epochs,
+        shuffle=False,  # the tf.data pipeline reshuffles each epoch
+        callbacks=[LearningRateLogger(), stopper, *(callbacks or [])],
+        verbose=verbose,
+    )
+
+
+@dataclass
+class Evaluation:
+    """Test-split results of a classifier."""
+
+    metrics: dict[str, float]
+    report: dict
+    report_text: str
+    confusion: np.ndarray
+    probabilities: np.ndarray
+
+
+def evaluate_classifier(
+    model: keras.Model, x, y: np.ndarray, labels: tuple[str, ...], batch_size: int = 256
+) -> Evaluation:
+    """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on (x, y)."""
+    from sklearn.metrics import (
+        accuracy_score,
+        classification_report,
+        confusion_matrix,
+        f1_score,
+    )
+
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    indices = list(range(len(labels)))
+    report = classification_report(
+        y, predicted, labels=indices, target_names=labels, output_dict=True, zero_division=0
+    )
+    metrics = {
+        "test_accuracy": float(accuracy_score(y, predicted)),
+        "test_macro_f1": float(f1_score(y, predicted, labels=indices, average="macro",
+                                        zero_division=0)),
+    }
+    for label in labels:
+        metrics[f"test_precision_{label}"] = float(report[label]["precision"])
+        metrics[f"test_recall_{label}"] = float(report[label]["recall"])
+    text = classification_report(
+        y, predicted, labels=indices, target_names=labels, digits=3, zero_division=0
+    )
+    confusion = confusion_matrix(y, predicted, labels=indices)
+    return Evaluation(metrics, report, text, confusion, probabilities)
+
+
+def confusion_matrix_figure(confusion: np.ndarray, labels: tuple[str, ...]) -> Figure:
+    """A labelled confusion-matrix plot (rows: true class, columns: predicted)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(5.0, 0.55 * len(labels) + 2)
+    figure = Figure(figsize=(size, size), layout="constrained")
+    axes = figure.subplots()
+    ConfusionMatrixDisplay(confusion, display_labels=labels).plot(
+        ax=axes, colorbar=False, xticks_rotation=60, values_format="d"
+    )
+    axes.set_title("Test confusion matrix")
+    return figure
+
+
+def training_curves_figure(history: dict[str, list[float]]) -> Figure:
+    """Loss and accuracy per epoch for the training and validation splits."""
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    epochs = range(1, len(history["loss"]) + 1)
+    for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        axes.plot(epochs, history[key], label="train")
+        if f"val_{key}" in history:
+            axes.plot(epochs, history[f"val_{key}"], label="validation")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(key)
+        axes.legend()
+        axes.grid(alpha=0.3)
+    return figure
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Number of batches in one pass over `num_examples`."""
+    return max(1, math.ceil(num_examples / batch_size))

@@ -1,0 +1,22 @@
+"""Fixtures: small real datasets under tmp_path, and the real data beside the repo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.datasets import SHARED_DATA, make_speech_commands
+
+
+@pytest.fixture
+def speech_dir(tmp_path: Path) -> Path:
+    return make_speech_commands(tmp_path / "speech_commands")
+
+
+@pytest.fixture
+def shared_speech_dir() -> Path:
+    path = SHARED_DATA / "speech_commands"
+    if not path.is_dir():
+        pytest.fail(f"real data not found at {path}: ../shared/data must sit beside the repo")
+    return path

@@ -1,0 +1,58 @@
+"""Small real datasets written in the official layouts (WAV files, split lists)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from features.speech_commands import COMMAND_WORDS
+
+SHARED_DATA = Path(
+    os.environ.get("SHARED_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+OTHER_WORDS = ("bed", "cat")
+SPEAKERS = ("0a1b2c3d", "1b2c3d4e", "2c3d4e5f", "3d4e5f60", "4e5f6071", "5f607182")
+
+
+def tone(frequency: float, seconds: float = 1.0, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """A sine tone with a little noise, as float32 in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * frequency * t) + 0.01 * rng.standard_normal(t.size)
+    return wave.astype(np.float32)
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, samples, rate, subtype=subtype)
+    return path
+
+
+def make_speech_commands(
+    root: Path, *, with_lists: bool = True, clips_per_speaker: int = 1
+) -> Path:
+    """Writes a Speech Commands layout: 12 words x 6 speakers, one tone per word, noise, lists.
+
+    Speaker 4 is listed for validation and speaker 5 for test when `with_lists` is set.
+    """
+    words = (*COMMAND_WORDS, *OTHER_WORDS)
+    validation, testing = [], []
+    for w, word in enumerate(words):
+        for s, speaker in enumerate(SPEAKERS):
+            for n in range(clips_per_speaker):
+                name = f"{word}/{speaker}_nohash_{n}.wav"
+                write_wav(root / name, tone(300 + 150 * w, seed=w * 100 + s * 10 + n))
+                if s == 4:
+                    validation.append(name)
+                elif s == 5:
+                    testing.append(name)
+    rng = np.random.default_rng(1)
+    noise = (0.005 * rng.standard_normal(3 * 16000)).astype(np.float32)
+    write_wav(root / "_background_noise_" / "white_noise.wav", noise)
+    if with_lists:
+        (root / "validation_list.txt").write_text("\n".join(validation) + "\n")
+        (root / "testing_list.txt").write_text("\n".join(testing) + "\n")
+    return root

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import speech, tracking
+from pipelines.speech import SpeechConfig
+
+
+def small_args(data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(data_dir), "--store-dir", str(tmp_path / "mlruns"),
+            "--cache-dir", str(tmp_path / "cache"), "--units", "8", "--depth", "1",
+            "--dense-units", "0", "--epochs", "2", "--batch-size", "16", *extra]
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        speech.main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for item in dataclasses.fields(SpeechConfig):
+        assert "--" + item.name.replace("_", "-") in text
+    assert "(default: 12-class)" in text and "(default: 30)" in text
+
+
+def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, capsys):
+    assert speech.main(small_args(speech_dir, tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "registered        version 1 (champion" in out
+
+    tracking.connect(None, tmp_path / "mlruns")
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("speech-commands", "champion")
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["units"] == "8" and run.data.params["task"] == "12-class"
+    assert {"test_accuracy", "test_macro_f1", "val_loss", "skipped_files"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert artifacts == {"plots/confusion_matrix.png", "plots/training_curves.png"}
+    contexts = {tag.value for i in run.inputs.dataset_inputs for tag in i.tags
+                if tag.key == "mlflow.data.context"}
+    assert contexts == {"train", "validation", "test"}
+
+    # Same data and config: features come from the cache.
+    assert speech.main(small_args(speech_dir, tmp_path)) == 0
+    assert "(from cache)" in capsys.readouterr().out
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path: Path, capsys):
+    code = speech.main(small_args(tmp_path / "absent", tmp_path))
+    assert code == 2
+    assert f"Speech Commands directory not found: {tmp_path / 'absent'}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_data_trains_registers_and_promotes(shared_speech_dir: Path, tmp_path: Path):
+    config = SpeechConfig(data_dir=str(shared_speech_dir), store_dir=str(tmp_path / "mlruns"),
+                          cache_dir=str(tmp_path / "cache"), epochs=4, units=32, depth=1,
+                          dense_units=0, patience=10)
+    result = speech.run(config)
+    client = MlflowClient()
+    history = client.get_metric_history(result["run_id"], "loss")
+    assert history[-1].value < history[0].value
+    assert result["test_accuracy"] > 0.5  # chance is 1/12
+    assert result["registered_version"] == "1" and result["champion"]
+    assert str(client.get_model_version_by_alias("speech-commands", "champion").version) == "1"
+    assert client.get_run(result["run_id"]).data.tags["champion"] == "True"

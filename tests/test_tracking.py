@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import tracking
+
+
+def tiny_model() -> keras.Model:
+    inputs = keras.Input((4, 3), name="mfcc")
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, outputs)
+
+
+def finish_run(store: Path, accuracy: float, test_digest: str = "digest-a") -> tracking.Promotion:
+    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store):
+        uri = tracking.log_keras_model(tiny_model(), input_name="mfcc")
+        return tracking.register_and_promote(
+            uri, "model-x", metrics={"test_accuracy": accuracy, "test_macro_f1": accuracy},
+            test_digest=test_digest, data_digest="all-" + test_digest,
+        )
+
+
+def champion_version(store: Path) -> str:
+    tracking.connect(None, store)
+    return str(MlflowClient().get_model_version_by_alias("model-x", "champion").version)
+
+
+def test_champion_rule(tmp_path: Path):
+    store = tmp_path / "mlruns"
+    first = finish_run(store, 0.80)
+    assert (first.version, first.promoted, first.reason) == ("1", True, "no champion yet")
+
+    better = finish_run(store, 0.85)
+    assert better.promoted and "beats champion v1" in better.reason
+    assert champion_version(store) == "2"
+
+    worse = finish_run(store, 0.83)
+    assert not worse.promoted and "does not beat champion v2" in worse.reason
+    tie = finish_run(store, 0.85)
+    assert not tie.promoted
+
+    other_data = finish_run(store, 0.99, test_digest="digest-b")
+    assert not other_data.promoted and "different test data" in other_data.reason
+    assert champion_version(store) == "2"
+
+    client = MlflowClient()
+    version = client.get_model_version("model-x", "3")
+    assert version.tags["test_accuracy"] == "0.830000"
+    assert version.tags["test_data_digest"] == "digest-a"
+    assert "does not beat" in version.tags["promotion"]
+    run = client.get_run(version.run_id)
+    assert run.data.tags["champion"] == "False" and run.data.tags["registered_version"] == "3"
+    assert (store / "mlflow.db").is_file() and (store / "artifacts").is_dir()
+
+
+@pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"),
+                                                (KeyboardInterrupt, "KILLED")])
+def test_interrupted_run_is_marked_and_registers_nothing(tmp_path: Path, error, status):
+    store = tmp_path / "mlruns"
+    with pytest.raises(error), tracking.tracked_run("exp", tracking_uri=None,
+                                                    store_dir=store) as run_id:
+        raise error("boom")
+    client = MlflowClient()
+    assert client.get_run(run_id).info.status == status
+    assert mlflow.active_run() is None
+    assert client.search_model_versions("name='model-x'") == []
+
+
+def test_logged_model_has_a_signature_and_pinned_requirements(tmp_path: Path):
+    store = tmp_path / "mlruns"
+    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store):
+        uri = tracking.log_keras_model(tiny_model(), input_name="mfcc")
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 4, 3)
+    loaded = mlflow.pyfunc.load_model(uri)
+    prediction = loaded.predict(np.zeros((2, 4, 3), np.float32))
+    assert np.asarray(prediction).shape == (2, 2)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri))
+    assert "tensorflow==" in requirements.read_text()
