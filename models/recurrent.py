@@ -71,6 +71,7 @@ def build_classifier(
     dropout: float = 0.2,
     pooling: str = "mean-max",
     dense_units: int = 64,
+    input_noise: float = 0.0,
 ) -> keras.Model:
     """Classifier over frame sequences (e.g. MFCC frames): normalise, Bi-RNN stack, pool, softmax.
 
@@ -85,6 +86,8 @@ def build_classifier(
         dropout: Dropout after each recurrent layer and before the head.
         pooling: "mean", "max" or "mean-max" pooling over time.
         dense_units: Width of the hidden dense layer of the head (0 for none).
+        input_noise: Standard deviation of Gaussian noise added to the normalised input during
+            training only (0 for none); a cheap regulariser for small datasets.
 
     Returns:
         An uncompiled Functional model mapping (batch, frames, coefficients) to class
@@ -99,6 +102,8 @@ def build_classifier(
     x = keras.layers.Normalization(
         axis=-1, mean=np.asarray(mean), variance=np.asarray(variance), name="normalize"
     )(inputs)
+    if input_noise:
+        x = keras.layers.GaussianNoise(input_noise, name="input_noise")(x)
     x = recurrent_stack(x, cell=cell, units=units, depth=depth, dropout=dropout)
     x = pool_over_time(x, pooling)
     if dense_units:

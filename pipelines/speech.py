@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import sys
 import time
@@ -71,6 +72,7 @@ class SpeechConfig(TrainingConfig):
     cache_dir: str = option(".cache/features", "feature cache folder")
     cache: bool = option(True, "read/write the feature cache")
     dense_units: int = option(64, "hidden units of the dense head (0: none)")
+    input_noise: float = option(0.2, "std of Gaussian noise on normalised MFCCs in training")
     experiment: str = option("speech-commands", "MLflow experiment")
     registered_model: str = option("speech-commands", "MLflow registered model name")
 
@@ -95,6 +97,15 @@ class PreparedData:
 
     def counts(self) -> dict[str, int]:
         return {split: len(labels) for split, labels in self.y.items()}
+
+    def split_tags(self) -> dict[str, dict[str, str]]:
+        """Per split: example count and per-class counts, for the dataset inputs of a run."""
+        tags = {}
+        for split, y in self.y.items():
+            per_class = np.bincount(y, minlength=len(self.labels))
+            tags[split] = {"examples": str(len(y)), "class_counts": json.dumps(
+                dict(zip(self.labels, per_class.tolist(), strict=True)))}
+        return tags
 
 
 def prepare_folder(config: SpeechConfig) -> PreparedData:
@@ -193,7 +204,7 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
     keras.utils.set_random_seed(config.seed)
     tracking.log_config(config)
     tracking.log_dataset(
-        "speech-commands", data.source, data.digests, data.counts(), data.summary)
+        "speech-commands", data.source, data.digests, data.split_tags(), data.summary)
     tracking.log_metrics({f"examples_{split}": n for split, n in data.counts().items()}
                          | {"skipped_files": len(data.skipped)})
     tracking.log_dict({"labels": list(data.labels)}, "label_map.json")
@@ -205,14 +216,15 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
         feature_shape(config.mfcc()), len(data.labels),
         mean=x_train.mean(axis=(0, 1)), variance=x_train.var(axis=(0, 1)),
         cell=config.cell, units=config.units, depth=config.depth, dropout=config.dropout,
-        pooling=config.pooling, dense_units=config.dense_units,
+        pooling=config.pooling, dense_units=config.dense_units, input_noise=config.input_noise,
     )
     steps = training.steps_per_epoch(len(data.y["train"]), config.batch_size)
     training.compile_classifier(model, config, steps)
-    train = training.make_dataset(x_train, data.y["train"], config.batch_size, shuffle=True,
-                                  seed=config.seed)
+    classes = len(data.labels)
+    train = training.make_dataset(x_train, data.y["train"], config.batch_size, classes,
+                                  shuffle=True, seed=config.seed)
     validation = training.make_dataset(data.x["validation"], data.y["validation"],
-                                       config.batch_size, shuffle=False)
+                                       config.batch_size, classes, shuffle=False)
     started = time.perf_counter()
     history = training.fit_classifier(model, train, validation, config,
                                       callbacks=[tracking.EpochMetricsLogger()])

@@ -113,24 +113,25 @@ def log_dataset(
     name: str,
     source: str,
     digests: Mapping[str, str],
-    counts: Mapping[str, int],
+    split_tags: Mapping[str, Mapping[str, Any]],
     summary: Mapping[str, Any],
 ) -> None:
-    """Records data lineage: one input per split (source, digest, size) plus a JSON summary.
+    """Records data lineage: one input per split (source, digest, tags) plus a JSON summary.
 
     Args:
         name: Dataset name shown in the UI.
         source: Local folder, or a URL for remote sources.
         digests: Content digest per split.
-        counts: Number of examples per split.
-        summary: Anything else worth keeping (per-class counts, skipped files, split method).
+        split_tags: Per split, tags for its input (example and per-class counts, skips).
+        summary: Anything else worth keeping (skipped files, split method, notes).
     """
     dataset_source = (
         HTTPDatasetSource(source) if "://" in source else LocalArtifactDatasetSource(source)
     )
     for split, digest in digests.items():
         dataset = MetaDataset(dataset_source, name=f"{name}-{split}", digest=digest)
-        mlflow.log_input(dataset, context=split, tags={"examples": str(counts[split])})
+        tags = {key: str(value) for key, value in split_tags[split].items()}
+        mlflow.log_input(dataset, context=split, tags=tags)
     mlflow.log_dict(dict(summary), "data/summary.json")
 
 

@@ -14,12 +14,19 @@ from matplotlib.figure import Figure
 from pipelines.config import TrainingConfig
 
 
-def make_dataset(x, y, batch_size: int, *, shuffle: bool, seed: int = 0) -> tf.data.Dataset:
-    """Batches (x, y) through tf.data, shuffled each epoch when training, with prefetching."""
+def make_dataset(
+    x, y, batch_size: int, num_classes: int, *, shuffle: bool, seed: int = 0
+) -> tf.data.Dataset:
+    """Batches (x, one-hot y) through tf.data, reshuffled each epoch when training, prefetched.
+
+    Labels are one-hot so that the loss can apply label smoothing.
+    """
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return (dataset.batch(batch_size)
+            .map(lambda features, labels: (features, tf.one_hot(labels, num_classes)))
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def learning_rate_schedule(config: TrainingConfig, steps_per_epoch: int):
@@ -36,12 +43,16 @@ def learning_rate_schedule(config: TrainingConfig, steps_per_epoch: int):
 
 
 def compile_classifier(model: keras.Model, config: TrainingConfig, steps_per_epoch: int) -> None:
-    """Adam with the warm-up/cosine schedule, sparse categorical cross-entropy, accuracy."""
+    """Adam(W) with the warm-up/cosine schedule, cross-entropy (optionally label-smoothed)."""
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    optimizer = (keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+                 if config.weight_decay else keras.optimizers.Adam(schedule))
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
+
 
 
 class LearningRateLogger(keras.callbacks.Callback):

@@ -3,6 +3,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -41,6 +43,8 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/confusion_matrix.png", "plots/training_curves.png"}
+    served = mlflow.pyfunc.load_model("models:/speech-commands@champion")
+    assert np.asarray(served.predict(np.zeros((3, 98, 40), np.float32))).shape == (3, 12)
     contexts = {tag.value for i in run.inputs.dataset_inputs for tag in i.tags
                 if tag.key == "mlflow.data.context"}
     assert contexts == {"train", "validation", "test"}
@@ -59,7 +63,7 @@ def test_missing_data_dir_is_a_clear_error(tmp_path: Path, capsys):
 @pytest.mark.slow
 def test_real_data_trains_registers_and_promotes(shared_speech_dir: Path, tmp_path: Path):
     config = SpeechConfig(data_dir=str(shared_speech_dir), store_dir=str(tmp_path / "mlruns"),
-                          cache_dir=str(tmp_path / "cache"), epochs=4, units=32, depth=1,
+                          cache_dir=str(tmp_path / "cache"), epochs=10, units=48, depth=1,
                           dense_units=0, patience=10)
     result = speech.run(config)
     client = MlflowClient()
