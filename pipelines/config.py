@@ -13,11 +13,12 @@ from typing import Any
 
 def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None,
            env: str | None = None) -> Any:
-    """A config field with its CLI help, allowed values and optional environment default."""
-    metadata = {"help": help, "choices": choices, "env": env}
-    if env is not None:
-        return field(default_factory=lambda: os.environ.get(env, default), metadata=metadata)
-    return field(default=default, metadata=metadata)
+    """A config field with its CLI help, allowed values and optional environment variable.
+
+    The environment variable only sets the command-line default (read when the parser is
+    built), so a config made in code never picks up state that a library left in os.environ.
+    """
+    return field(default=default, metadata={"help": help, "choices": choices, "env": env})
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default = getattr(defaults, item.name)
         help_text = item.metadata.get("help", "").replace("%", "%%")
         if item.metadata.get("env"):
+            default = os.environ.get(item.metadata["env"], default)
             help_text += f" [env: {item.metadata['env']}]"
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,

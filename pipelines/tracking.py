@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 DB_NAME = "mlflow.db"
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def local_store_uri(store_dir: str | Path) -> str:
@@ -38,6 +40,9 @@ def local_store_uri(store_dir: str | Path) -> str:
 def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
     """Points MLflow at `tracking_uri`, or at the local SQLite store in `store_dir`.
 
+    MLflow also writes the URI into os.environ (for subprocesses); that is undone, so the
+    process environment keeps meaning what the user set.
+
     Returns:
         The tracking URI in use.
     """
@@ -46,8 +51,14 @@ def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
     else:
         Path(store_dir).mkdir(parents=True, exist_ok=True)
         uri = local_store_uri(store_dir)
+    saved = {name: os.environ.get(name) for name in URI_VARIABLES}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     return uri
 
 

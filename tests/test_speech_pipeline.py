@@ -73,3 +73,14 @@ def test_real_data_trains_registers_and_promotes(shared_speech_dir: Path, tmp_pa
     assert result["registered_version"] == "1" and result["champion"]
     assert str(client.get_model_version_by_alias("speech-commands", "champion").version) == "1"
     assert client.get_run(result["run_id"]).data.tags["champion"] == "True"
+
+
+def test_environment_variables_set_the_cli_defaults(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("SPEECH_COMMANDS_DIR", str(tmp_path / "sc"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    args = speech.build_parser().parse_args([])
+    assert args.data_dir == str(tmp_path / "sc")
+    assert args.tracking_uri == "http://127.0.0.1:5999"
+    # A config built in code is not changed by the environment (MLflow itself writes
+    # MLFLOW_TRACKING_URI when a tracking URI is set).
+    assert SpeechConfig().tracking_uri is None and SpeechConfig().data_dir is None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import keras
@@ -83,3 +84,11 @@ def test_logged_model_has_a_signature_and_pinned_requirements(tmp_path: Path):
     assert np.asarray(prediction).shape == (2, 2)
     requirements = Path(mlflow.pyfunc.get_model_dependencies(uri))
     assert "tensorflow==" in requirements.read_text()
+
+
+def test_connect_leaves_the_environment_as_it_was(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking.connect(None, tmp_path / "store")
+    assert uri == f"sqlite:///{(tmp_path / 'store').resolve()}/mlflow.db"
+    assert mlflow.get_tracking_uri() == uri
+    assert "MLFLOW_TRACKING_URI" not in os.environ
