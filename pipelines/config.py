@@ -37,7 +37,7 @@ class TrainingConfig:
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy loss")
     warmup_epochs: int = option(1, "epochs of linear learning-rate warm-up")
     patience: int = option(6, "early-stopping patience in epochs (validation loss)")
-    seed: int = option(0, "random seed for splits, shuffling and weights")
+    seed: int = option(0, "random seed for weights, shuffling and dropout")
     tracking_uri: str | None = option(
         None, "MLflow tracking URI; unset: the SQLite store in --store-dir",
         env="MLFLOW_TRACKING_URI")

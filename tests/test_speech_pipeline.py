@@ -84,3 +84,11 @@ def test_environment_variables_set_the_cli_defaults(monkeypatch, tmp_path: Path)
     # A config built in code is not changed by the environment (MLflow itself writes
     # MLFLOW_TRACKING_URI when a tracking URI is set).
     assert SpeechConfig().tracking_uri is None and SpeechConfig().data_dir is None
+
+
+def test_training_seed_does_not_change_the_test_data(speech_dir: Path, tmp_path: Path):
+    first = speech.prepare_data(SpeechConfig(data_dir=str(speech_dir), seed=0, cache=False))
+    second = speech.prepare_data(SpeechConfig(data_dir=str(speech_dir), seed=7, cache=False))
+    assert first.digests == second.digests
+    other = speech.prepare_data(SpeechConfig(data_dir=str(speech_dir), data_seed=7, cache=False))
+    assert other.digests["test"] != first.digests["test"]
