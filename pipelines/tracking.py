@@ -158,10 +158,6 @@ def log_text(text: str, path: str) -> None:
     mlflow.log_text(text, path)
 
 
-def log_artifact(local_path: str | Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifact(str(local_path), artifact_path)
-
-
 def pinned_requirements(*distributions: str) -> list[str]:
     """`name==version` for installed distributions: given explicitly, MLflow skips the ~20 s
     requirement inference."""
