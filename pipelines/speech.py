@@ -210,12 +210,12 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
     tracking.log_metrics({f"examples_{split}": n for split, n in data.counts().items()}
                          | {"skipped_files": len(data.skipped)})
     tracking.log_dict({"labels": list(data.labels)}, "label_map.json")
-    tracking.log_dict(asdict(config.mfcc()) | {"num_frames": config.mfcc().num_frames},
-                      "feature_config.json")
+    mfcc = config.mfcc()
+    tracking.log_dict(asdict(mfcc) | {"num_frames": mfcc.num_frames}, "feature_config.json")
 
     x_train = np.asarray(data.x["train"])
     model = build_classifier(
-        feature_shape(config.mfcc()), len(data.labels),
+        feature_shape(mfcc), len(data.labels),
         mean=x_train.mean(axis=(0, 1)), variance=x_train.var(axis=(0, 1)),
         cell=config.cell, units=config.units, depth=config.depth, dropout=config.dropout,
         pooling=config.pooling, dense_units=config.dense_units, input_noise=config.input_noise,

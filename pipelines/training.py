@@ -54,7 +54,6 @@ def compile_classifier(model: keras.Model, config: TrainingConfig, steps_per_epo
     )
 
 
-
 class LearningRateLogger(keras.callbacks.Callback):
     """Adds the optimizer's current learning rate to each epoch's logs."""
 
