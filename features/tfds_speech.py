@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import numpy as np
 
 from features.audio import fix_length
+from features.tfds_source import prepared_builder, prepared_version
 
 TFDS_NAME = "speech_commands"
 TFDS_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
-
-
-class DatasetUnavailableError(RuntimeError):
-    """The dataset is neither prepared locally nor downloadable."""
 
 
 @dataclass
@@ -26,44 +21,23 @@ class TfdsSplit:
     labels: list[str]
 
 
-def download_host() -> str:
-    """Host the TFDS builder downloads the archives from."""
+def download_url() -> str:
+    """URL the TFDS builder downloads the archives from."""
     from tensorflow_datasets.datasets.speech_commands import speech_commands_dataset_builder
 
-    return urlparse(speech_commands_dataset_builder._DOWNLOAD_PATH).hostname
-
-
-def can_reach(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to `host` opens within `timeout` seconds."""
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    return speech_commands_dataset_builder._DOWNLOAD_PATH
 
 
 def speech_commands_builder(data_dir: str | None):
-    """The TFDS builder, prepared: downloads only when the data is absent and the network is up.
+    """The prepared TFDS builder.
 
     Raises:
-        DatasetUnavailableError: The data is not prepared in `data_dir` and cannot be downloaded.
+        DatasetUnavailableError: Not prepared in `data_dir` and the download host is unreachable.
     """
-    import tensorflow_datasets as tfds
-
-    builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
-    if builder.is_prepared():
-        return builder
-    host = download_host()
-    if not can_reach(host):
-        raise DatasetUnavailableError(
-            f"tensorflow-datasets has no prepared '{TFDS_NAME}' in {builder.data_dir} and cannot "
-            f"download it: {host} is unreachable from this machine. Either run once where the "
-            "internet is reachable (it downloads ~2.3 GB into --tfds-data-dir), or train from a "
-            "local copy in the official layout with --source folder --data-dir PATH (for "
-            "example the extracted speech_commands_v0.02 archive)."
-        )
-    builder.download_and_prepare()
-    return builder
+    return prepared_builder(
+        TFDS_NAME, data_dir, download_url(), size="~2.3 GB",
+        alternative="train from a local copy in the official layout with --source folder "
+        "--data-dir PATH (for example the extracted speech_commands_v0.02 archive)")
 
 
 def read_tfds_speech_commands(data_dir: str | None, clip_samples: int) -> dict[str, TfdsSplit]:
@@ -94,6 +68,4 @@ def read_tfds_speech_commands(data_dir: str | None, clip_samples: int) -> dict[s
 
 def tfds_version(data_dir: str | None) -> str:
     """The version of the prepared dataset, for lineage and cache keys."""
-    import tensorflow_datasets as tfds
-
-    return str(tfds.builder(TFDS_NAME, data_dir=data_dir).info.version)
+    return prepared_version(TFDS_NAME, data_dir)

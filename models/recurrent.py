@@ -43,20 +43,50 @@ def recurrent_stack(
     return x
 
 
+@keras.saving.register_keras_serializable(package="models")
+class MaskedGlobalMaxPooling1D(keras.layers.Layer):
+    """Max over time that ignores masked (padding) steps; Keras' GlobalMaxPooling1D does not."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is not None:
+            lowest = keras.ops.full_like(inputs, float(np.finfo(np.float32).min))
+            inputs = keras.ops.where(keras.ops.expand_dims(mask, -1), inputs, lowest)
+        return keras.ops.max(inputs, axis=1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+
 def pool_over_time(x: keras.KerasTensor, pooling: str) -> keras.KerasTensor:
     """Pools a (batch, time, features) sequence into (batch, features); masks are honoured."""
     if pooling == "mean":
         return keras.layers.GlobalAveragePooling1D(name="mean_pool")(x)
     if pooling == "max":
-        return keras.layers.GlobalMaxPooling1D(name="max_pool")(x)
+        return MaskedGlobalMaxPooling1D(name="max_pool")(x)
     if pooling == "mean-max":
         return keras.layers.Concatenate(name="mean_max_pool")(
             [
                 keras.layers.GlobalAveragePooling1D(name="mean_pool")(x),
-                keras.layers.GlobalMaxPooling1D(name="max_pool")(x),
+                MaskedGlobalMaxPooling1D(name="max_pool")(x),
             ]
         )
     raise ValueError(f"unknown pooling {pooling!r}; valid choices: {', '.join(POOLINGS)}")
+
+
+def classification_head(x: keras.KerasTensor, num_classes: int, *, dense_units: int,
+                        dropout: float) -> keras.KerasTensor:
+    """Optional ReLU dense layer with dropout, then the softmax layer named `probabilities`."""
+    if dense_units:
+        x = keras.layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
 
 
 def build_classifier(
@@ -106,8 +136,64 @@ def build_classifier(
         x = keras.layers.GaussianNoise(input_noise, name="input_noise")(x)
     x = recurrent_stack(x, cell=cell, units=units, depth=depth, dropout=dropout)
     x = pool_over_time(x, pooling)
-    if dense_units:
-        x = keras.layers.Dense(dense_units, activation="relu", name="head_dense")(x)
-        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    outputs = classification_head(x, num_classes, dense_units=dense_units, dropout=dropout)
     return keras.Model(inputs, outputs, name=f"bi_{cell}_classifier")
+
+
+def build_text_classifier(
+    vocabulary_size: int,
+    num_classes: int,
+    *,
+    sequence_length: int | None = None,
+    embedding_dim: int = 64,
+    cell: str = "gru",
+    units: int = 64,
+    depth: int = 1,
+    dropout: float = 0.3,
+    embedding_dropout: float = 0.0,
+    pooling: str = "mean-max",
+    dense_units: int = 0,
+) -> keras.Model:
+    """Classifier over token ids: masked embedding, Bi-RNN stack, pooling, softmax.
+
+    Id 0 is padding: the embedding masks it, so the recurrent layers skip padded steps and the
+    pooling ignores them. Padding must be on the right to keep the layers cuDNN-eligible.
+
+    Args:
+        vocabulary_size: Number of token ids (padding and OOV included).
+        num_classes: Number of output classes.
+        sequence_length: Ids per example, or None for batches of any length.
+        embedding_dim: Width of the token embedding.
+        cell: "gru" or "lstm".
+        units: Units per direction in each recurrent layer.
+        depth: Number of bidirectional layers.
+        dropout: Dropout after each recurrent layer and before the head.
+        embedding_dropout: Dropout of whole embedding channels (SpatialDropout1D), 0 for none.
+        pooling: "mean", "max" or "mean-max" pooling over time.
+        dense_units: Width of the hidden dense layer of the head (0 for none).
+
+    Returns:
+        An uncompiled Functional model mapping int32 (batch, length) ids to class probabilities.
+
+    Raises:
+        ValueError: An unknown cell or pooling name, or depth < 1.
+    """
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; valid choices: {', '.join(CELLS)}")
+    inputs = keras.Input(shape=(sequence_length,), dtype="int32", name="token_ids")
+    x = keras.layers.Embedding(vocabulary_size, embedding_dim, mask_zero=True,
+                               name="embedding")(inputs)
+    if embedding_dropout:
+        x = keras.layers.SpatialDropout1D(embedding_dropout, name="embedding_dropout")(x)
+    x = recurrent_stack(x, cell=cell, units=units, depth=depth, dropout=dropout)
+    x = pool_over_time(x, pooling)
+    outputs = classification_head(x, num_classes, dense_units=dense_units, dropout=dropout)
+    return keras.Model(inputs, outputs, name=f"bi_{cell}_text_classifier")
+
+
+def text_to_probabilities(vectorizer: keras.layers.Layer, classifier: keras.Model
+                          ) -> keras.Model:
+    """Joins a fitted TextVectorization and a token-id classifier: raw strings in,
+    probabilities out. Saved as one .keras file, it carries the vocabulary with it."""
+    texts = keras.Input(shape=(), dtype="string", name="text")
+    return keras.Model(texts, classifier(vectorizer(texts)), name="text_classifier")

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -31,14 +30,9 @@ from features.speech_features import (
     split_features,
     waveform_features,
 )
-from features.tfds_speech import DatasetUnavailableError
-from pipelines.config import (
-    TrainingConfig,
-    add_config_arguments,
-    config_from_args,
-    option,
-    validate_choices,
-)
+from features.tfds_source import DatasetUnavailableError
+from pipelines.config import TrainingConfig, add_config_arguments, option, validate_choices
+from pipelines.runner import PreparedData
 
 log = logging.getLogger("pipelines.speech")
 
@@ -84,32 +78,6 @@ class SpeechConfig(TrainingConfig):
                           self.n_mels, self.n_mfcc, self.fmin, self.fmax)
 
 
-@dataclass
-class PreparedData:
-    """Features and labels per split, with everything needed for data lineage."""
-
-    labels: tuple[str, ...]
-    x: dict[str, np.ndarray]
-    y: dict[str, np.ndarray]
-    digests: dict[str, str]
-    source: str
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    summary: dict = field(default_factory=dict)
-    from_cache: bool = False
-
-    def counts(self) -> dict[str, int]:
-        return {split: len(labels) for split, labels in self.y.items()}
-
-    def split_tags(self) -> dict[str, dict[str, str]]:
-        """Per split: example count and per-class counts, for the dataset inputs of a run."""
-        tags = {}
-        for split, y in self.y.items():
-            per_class = np.bincount(y, minlength=len(self.labels))
-            tags[split] = {"examples": str(len(y)), "class_counts": json.dumps(
-                dict(zip(self.labels, per_class.tolist(), strict=True)))}
-        return tags
-
-
 def prepare_folder(config: SpeechConfig) -> PreparedData:
     """Reads a Speech Commands folder and computes (or loads cached) MFCC frames per split."""
     if not config.data_dir:
@@ -143,7 +111,7 @@ def prepare_folder(config: SpeechConfig) -> PreparedData:
         "split_method": data.split_method,
         "listed_files_missing": data.listed_missing,
         "class_counts": data.class_counts(),
-        "skipped_files": [{"path": p, "reason": r} for p, r in prepared.skipped],
+        "skipped": [{"path": p, "reason": r} for p, r in prepared.skipped],
         "notes": data.notes,
     }
     return prepared
@@ -184,7 +152,7 @@ def prepare_tfds(config: SpeechConfig) -> PreparedData:
         "split_method": "tfds",
         "class_counts": {split: {label: data.labels.count(label) for label in labels}
                          for split, data in splits.items()},
-        "skipped_files": [],
+        "skipped": [],
     }
     return prepared
 
@@ -201,15 +169,10 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
     import keras
 
     from models.recurrent import build_classifier
-    from pipelines import tracking, training
+    from pipelines import runner, tracking
 
     keras.utils.set_random_seed(config.seed)
-    tracking.log_config(config)
-    tracking.log_dataset(
-        "speech-commands", data.source, data.digests, data.split_tags(), data.summary)
-    tracking.log_metrics({f"examples_{split}": n for split, n in data.counts().items()}
-                         | {"skipped_files": len(data.skipped)})
-    tracking.log_dict({"labels": list(data.labels)}, "label_map.json")
+    runner.log_data(config, data, "speech-commands")
     mfcc = config.mfcc()
     tracking.log_dict(asdict(mfcc) | {"num_frames": mfcc.num_frames}, "feature_config.json")
 
@@ -220,42 +183,10 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
         cell=config.cell, units=config.units, depth=config.depth, dropout=config.dropout,
         pooling=config.pooling, dense_units=config.dense_units, input_noise=config.input_noise,
     )
-    steps = training.steps_per_epoch(len(data.y["train"]), config.batch_size)
-    training.compile_classifier(model, config, steps)
-    classes = len(data.labels)
-    train = training.make_dataset(x_train, data.y["train"], config.batch_size, classes,
-                                  shuffle=True, seed=config.seed)
-    validation = training.make_dataset(data.x["validation"], data.y["validation"],
-                                       config.batch_size, classes, shuffle=False)
-    started = time.perf_counter()
-    history = training.fit_classifier(model, train, validation, config,
-                                      callbacks=[tracking.EpochMetricsLogger()])
-    train_seconds = time.perf_counter() - started
-
-    evaluation = training.evaluate_classifier(model, data.x["test"], data.y["test"], data.labels)
-    metrics = evaluation.metrics | {
-        "train_seconds": train_seconds,
-        "epochs_trained": len(history.history["loss"]),
-        "train_samples_per_second": len(data.y["train"]) * len(history.history["loss"])
-        / train_seconds,
-    }
-    tracking.log_metrics(metrics)
-    tracking.log_figure(training.confusion_matrix_figure(evaluation.confusion, data.labels),
-                        "plots/confusion_matrix.png")
-    tracking.log_figure(training.training_curves_figure(history.history),
-                        "plots/training_curves.png")
-    tracking.log_text(evaluation.report_text, "classification_report.txt")
-    tracking.log_dict(evaluation.report, "classification_report.json")
+    trained = runner.fit_and_evaluate(config, model, data)
     model_uri = tracking.log_keras_model(model, input_name="mfcc")
-    result = dict(metrics, run_id=run_id, model_uri=model_uri)
-    if config.register:
-        promotion = tracking.register_and_promote(
-            model_uri, config.registered_model, metrics=metrics,
-            test_digest=data.digests["test"], data_digest="-".join(data.digests.values()),
-        )
-        result |= {"registered_version": promotion.version, "champion": promotion.promoted,
-                   "promotion_reason": promotion.reason}
-    return result
+    return dict(trained.metrics, model_uri=model_uri) | runner.register(
+        config, model_uri, trained.metrics, data)
 
 
 def run(config: SpeechConfig) -> dict:
@@ -268,41 +199,36 @@ def run(config: SpeechConfig) -> dict:
         ValueError: An invalid option value or unusable data folder.
         FileNotFoundError: The data folder does not exist.
     """
-    from pipelines import tracking
+    from pipelines import runner, tracking
 
     validate_choices(config)
     feature_shape(config.mfcc())
-    started = time.perf_counter()
-    with tracking.tracked_run(config.experiment, tracking_uri=config.tracking_uri,
-                              store_dir=config.store_dir, run_name=config.run_name,
-                              tags={"pipeline": "speech"}) as run_id:
+
+    def work(run_id: str) -> dict:
+        started = time.perf_counter()
         data = prepare_data(config)
         feature_seconds = time.perf_counter() - started
         tracking.log_metrics({"feature_seconds": feature_seconds})
-        result = train_and_track(config, data, run_id)
-        result |= {"feature_seconds": feature_seconds, "features_from_cache": data.from_cache,
-                   "skipped_files": len(data.skipped)}
-        result["total_seconds"] = time.perf_counter() - started
-        tracking.log_metrics({"total_seconds": result["total_seconds"]})
-    return result
+        return train_and_track(config, data, run_id) | {
+            "feature_seconds": feature_seconds, "features_from_cache": data.from_cache,
+            "skipped_examples": len(data.skipped)}
+
+    return runner.tracked_pipeline(config, "speech", work)
 
 
 def format_summary(result: dict) -> str:
     """The few lines a user reads at the end of a run."""
-    lines = [
+    from pipelines.runner import registry_lines
+
+    return "\n".join([
         f"test accuracy     {result['test_accuracy']:.4f}",
         f"test macro-F1     {result['test_macro_f1']:.4f}",
-        f"skipped files     {result['skipped_files']}",
+        f"skipped files     {result['skipped_examples']}",
         f"features          {result['feature_seconds']:.1f} s"
         + (" (from cache)" if result["features_from_cache"] else ""),
         f"training          {result['train_seconds']:.1f} s, {result['epochs_trained']} epochs",
-        f"MLflow run id     {result['run_id']}",
-    ]
-    if "registered_version" in result:
-        status = "champion" if result["champion"] else "not champion"
-        lines.append(f"registered        version {result['registered_version']} "
-                     f"({status}: {result['promotion_reason']})")
-    return "\n".join(lines)
+        *registry_lines(result),
+    ])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,16 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: parse flags, run, print the summary."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = config_from_args(SpeechConfig, args)
-    try:
-        result = run(config)
-    except (ValueError, FileNotFoundError, DatasetUnavailableError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(format_summary(result))
-    return 0
+    from pipelines.runner import run_cli
+
+    return run_cli(build_parser(), SpeechConfig, run, format_summary, argv,
+                   (ValueError, FileNotFoundError, DatasetUnavailableError))
 
 
 if __name__ == "__main__":

@@ -10,20 +10,21 @@ import dataclasses
 import importlib.metadata
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 import mlflow
+import mlflow.pyfunc
 import numpy as np
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import Schema, TensorSpec
+from mlflow.types import ColSpec, Schema, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +186,82 @@ def log_keras_model(model: keras.Model, input_name: str) -> str:
     return info.model_uri
 
 
+class TextClassifierModel(mlflow.pyfunc.PythonModel):
+    """Raw texts in; per text the label and every class probability out.
+
+    The classifier artifact is either a .keras model that takes strings (its TextVectorization
+    holds the vocabulary) or a joblib-saved scikit-learn pipeline with `predict_proba`.
+    """
+
+    def __init__(self, labels: Sequence[str]):
+        self.labels = list(labels)
+
+    def load_context(self, context):
+        path = context.artifacts["classifier"]
+        if path.endswith(".keras"):
+            import features.text  # noqa: F401  (registers the standardisation with Keras)
+            import models.recurrent  # noqa: F401  (registers the model's custom layers)
+
+            self._keras = keras.saving.load_model(path)
+            self._sklearn = None
+        else:
+            import joblib
+
+            self._keras = None
+            self._sklearn = joblib.load(path)
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        if isinstance(model_input, pd.DataFrame):
+            texts = model_input["text"] if "text" in model_input else model_input.iloc[:, 0]
+        else:
+            texts = model_input
+        texts = [str(text) for text in texts]
+        if self._keras is not None:
+            import tensorflow as tf
+
+            probabilities = self._keras.predict(tf.constant(texts), batch_size=256, verbose=0)
+        else:
+            probabilities = self._sklearn.predict_proba(texts)
+        probabilities = np.asarray(probabilities, np.float64)
+        frame = pd.DataFrame({"label": [self.labels[i] for i in probabilities.argmax(axis=1)]})
+        for index, label in enumerate(self.labels):
+            frame[f"probability_{label}"] = probabilities[:, index]
+        return frame
+
+
+def log_text_classifier(classifier_path: str | Path, labels: Sequence[str]) -> str:
+    """Logs a text classifier as a pyfunc model that takes raw strings.
+
+    Args:
+        classifier_path: A .keras model taking strings, or a joblib scikit-learn pipeline.
+        labels: Class names in output order.
+
+    Returns:
+        The logged model's URI.
+    """
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "text")]),
+        outputs=Schema([ColSpec("string", "label")]
+                       + [ColSpec("double", f"probability_{label}") for label in labels]),
+    )
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=TextClassifierModel(labels),
+        artifacts={"classifier": str(classifier_path)},
+        signature=signature,
+        pip_requirements=pinned_requirements(
+            "tensorflow", "keras", "mlflow", "scikit-learn", "pandas"),
+    )
+    return info.model_uri
+
+
 @dataclass(frozen=True)
 class Promotion:
     """Outcome of registering a model version."""
 
-    version: str
+    version: str | None
     promoted: bool
     reason: str
 
@@ -233,20 +305,33 @@ def register_and_promote(
     metrics: Mapping[str, float],
     test_digest: str,
     data_digest: str,
+    only_if_champion: bool = False,
 ) -> Promotion:
     """Registers `model_uri` under `name`, tags it and moves `champion` to it if it wins.
 
     The version is tagged with its test metrics and dataset digests; the run records the
     decision and its reason.
+
+    Args:
+        only_if_champion: Leave the model unregistered unless it becomes champion (for
+            baselines, which should not crowd the registry).
+
+    Returns:
+        The outcome; `version` is None when the model was not registered.
     """
     client = MlflowClient()
+    promoted, reason = champion_decision(
+        metrics["test_accuracy"], test_digest, current_champion(client, name)
+    )
+    if only_if_champion and not promoted:
+        set_tags({"registered_version": "", "champion": False,
+                  "promotion_reason": f"not registered: {reason}"})
+        log.info("not registering in %s: %s", name, reason)
+        return Promotion(None, False, f"not registered: {reason}")
     tags = {key: f"{value:.6f}" for key, value in metrics.items() if key in
             ("test_accuracy", "test_macro_f1", "test_roc_auc")}
     tags.update(test_data_digest=test_digest, data_digest=data_digest)
     version = mlflow.register_model(model_uri, name, tags=tags)
-    promoted, reason = champion_decision(
-        metrics["test_accuracy"], test_digest, current_champion(client, name)
-    )
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version.version)
     client.set_model_version_tag(name, version.version, "promotion", reason)

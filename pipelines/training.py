@@ -101,18 +101,20 @@ class Evaluation:
     probabilities: np.ndarray
 
 
-def evaluate_classifier(
-    model: keras.Model, x, y: np.ndarray, labels: tuple[str, ...], batch_size: int = 256
+def evaluate_probabilities(
+    probabilities: np.ndarray, y: np.ndarray, labels: tuple[str, ...]
 ) -> Evaluation:
-    """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on (x, y)."""
+    """Accuracy, macro-F1, per-class precision/recall, the confusion matrix and, for two
+    classes, ROC-AUC of the positive (second) class, from predicted class probabilities."""
     from sklearn.metrics import (
         accuracy_score,
         classification_report,
         confusion_matrix,
         f1_score,
+        roc_auc_score,
     )
 
-    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    probabilities = np.asarray(probabilities)
     predicted = probabilities.argmax(axis=1)
     indices = list(range(len(labels)))
     report = classification_report(
@@ -123,6 +125,8 @@ def evaluate_classifier(
         "test_macro_f1": float(f1_score(y, predicted, labels=indices, average="macro",
                                         zero_division=0)),
     }
+    if len(labels) == 2 and len(np.unique(y)) == 2:
+        metrics["test_roc_auc"] = float(roc_auc_score(y, probabilities[:, 1]))
     for label in labels:
         metrics[f"test_precision_{label}"] = float(report[label]["precision"])
         metrics[f"test_recall_{label}"] = float(report[label]["recall"])
@@ -144,6 +148,20 @@ def confusion_matrix_figure(confusion: np.ndarray, labels: tuple[str, ...]) -> F
         ax=axes, colorbar=False, xticks_rotation=60, values_format="d"
     )
     axes.set_title("Test confusion matrix")
+    return figure
+
+
+def roc_curve_figure(probabilities: np.ndarray, y: np.ndarray, labels: tuple[str, ...]
+                     ) -> Figure:
+    """ROC curve of the positive (second) class of a binary classifier, with its AUC."""
+    from sklearn.metrics import RocCurveDisplay
+
+    figure = Figure(figsize=(5, 5), layout="constrained")
+    axes = figure.subplots()
+    RocCurveDisplay.from_predictions(y, np.asarray(probabilities)[:, 1], pos_label=1,
+                                     name=f"{labels[1]} vs {labels[0]}", ax=axes,
+                                     plot_chance_level=True)
+    axes.set_title("Test ROC curve")
     return figure
 
 

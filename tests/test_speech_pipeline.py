@@ -39,7 +39,8 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     run = client.get_run(version.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["units"] == "8" and run.data.params["task"] == "12-class"
-    assert {"test_accuracy", "test_macro_f1", "val_loss", "skipped_files"} <= set(run.data.metrics)
+    assert {"test_accuracy", "test_macro_f1", "val_loss", "skipped_examples"} <= set(
+        run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/confusion_matrix.png", "plots/training_curves.png"}

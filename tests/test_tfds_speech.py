@@ -7,7 +7,8 @@ import pytest
 import tensorflow_datasets as tfds
 from mlflow.tracking import MlflowClient
 
-from features.tfds_speech import DatasetUnavailableError, read_tfds_speech_commands
+from features.tfds_source import DatasetUnavailableError
+from features.tfds_speech import read_tfds_speech_commands
 from pipelines import speech
 from pipelines.speech import SpeechConfig
 from tests.datasets import tone

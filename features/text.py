@@ -1,0 +1,87 @@
+"""Reviews to token ids with Keras' TextVectorization: one standardisation, one vocabulary.
+
+The vocabulary is fitted on the training split only. Id 0 is padding and id 1 the
+out-of-vocabulary token; sequences are truncated or right-padded to a fixed length, which keeps
+masked recurrent layers cuDNN-eligible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+PADDING_ID = 0
+OOV_ID = 1
+OOV_TOKEN = "[UNK]"
+ENCODE_BATCH = 1024
+
+
+@keras.saving.register_keras_serializable(package="features")
+def standardize_review(text: tf.Tensor) -> tf.Tensor:
+    """Lower-cases, removes HTML tags such as `<br />`, drops apostrophes inside words
+    ("don't" -> "dont") and turns all other punctuation and symbols into spaces.
+
+    Registered with Keras so a saved model carries it by name.
+    """
+    text = tf.strings.lower(text, encoding="utf-8")
+    text = tf.strings.regex_replace(text, r"<\s*/?\s*[a-zA-Z][^>]*>", " ")
+    text = tf.strings.regex_replace(text, r"['\x{2019}]", "")
+    return tf.strings.regex_replace(text, r"[\pP\pS]", " ")
+
+
+def make_vectorizer(vocabulary_size: int, sequence_length: int,
+                    vocabulary: Sequence[str] | None = None
+                    ) -> keras.layers.TextVectorization:
+    """A TextVectorization layer with the project's standardisation.
+
+    Args:
+        vocabulary_size: Most tokens kept, padding and OOV included.
+        sequence_length: Ids per review after truncation/right padding.
+        vocabulary: A fitted vocabulary in id order (as `get_vocabulary()` or
+            `load_vocabulary` return it) to restore; None for an unfitted layer.
+    """
+    if vocabulary_size < 3:
+        raise ValueError(f"vocabulary_size must be at least 3, got {vocabulary_size}")
+    if sequence_length < 1:
+        raise ValueError(f"sequence_length must be at least 1, got {sequence_length}")
+    if vocabulary is not None:  # the layer adds padding and OOV itself
+        vocabulary = [str(token) for token in vocabulary if token not in ("", OOV_TOKEN)]
+    return keras.layers.TextVectorization(
+        max_tokens=vocabulary_size, standardize=standardize_review, split="whitespace",
+        output_mode="int", output_sequence_length=sequence_length, vocabulary=vocabulary,
+        name="token_ids")
+
+
+def fit_vectorizer(train_texts: Sequence[str], vocabulary_size: int, sequence_length: int
+                   ) -> keras.layers.TextVectorization:
+    """Fits the vocabulary on the training texts (the most frequent tokens)."""
+    vectorizer = make_vectorizer(vocabulary_size, sequence_length)
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(list(train_texts)).batch(ENCODE_BATCH))
+    return vectorizer
+
+
+def encode_reviews(vectorizer: keras.layers.TextVectorization, texts: Sequence[str]
+                   ) -> np.ndarray:
+    """Token ids (reviews, sequence_length) as int32."""
+    sequence_length = vectorizer.get_config()["output_sequence_length"]
+    if not len(texts):
+        return np.zeros((0, sequence_length), np.int32)
+    batches = [vectorizer(tf.constant(list(texts[start:start + ENCODE_BATCH]))).numpy()
+               for start in range(0, len(texts), ENCODE_BATCH)]
+    return np.concatenate(batches).astype(np.int32)
+
+
+def save_vocabulary(vectorizer: keras.layers.TextVectorization, path: str | Path) -> Path:
+    """Writes the vocabulary, one token per line in id order (line 1: padding, line 2: OOV)."""
+    path = Path(path)
+    path.write_text("\n".join(vectorizer.get_vocabulary()) + "\n", encoding="utf-8")
+    return path
+
+
+def load_vocabulary(path: str | Path) -> list[str]:
+    """Reads a vocabulary written by `save_vocabulary`."""
+    return Path(path).read_text(encoding="utf-8").split("\n")[:-1]

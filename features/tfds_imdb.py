@@ -1,0 +1,60 @@
+"""IMDB reviews through tensorflow-datasets (`imdb_reviews/plain_text`)."""
+
+from __future__ import annotations
+
+from features.imdb import ImdbData, Review, carve_validation
+from features.tfds_source import prepared_builder, prepared_version
+
+TFDS_NAME = "imdb_reviews"
+
+
+def download_url() -> str:
+    """URL the TFDS builder downloads the aclImdb archive from."""
+    from tensorflow_datasets.datasets.imdb_reviews import imdb_reviews_dataset_builder
+
+    return imdb_reviews_dataset_builder._DOWNLOAD_URL
+
+
+def imdb_builder(data_dir: str | None):
+    """The prepared TFDS builder.
+
+    Raises:
+        DatasetUnavailableError: Not prepared in `data_dir` and the download host is unreachable.
+    """
+    return prepared_builder(
+        TFDS_NAME, data_dir, download_url(), size="~80 MB",
+        alternative="train from a local copy with --source folder --data-dir PATH (the "
+        "extracted aclImdb_v1.tar.gz archive)")
+
+
+def read_tfds_imdb(data_dir: str | None, *, validation_pct: float = 10.0, seed: int = 0
+                   ) -> ImdbData:
+    """Reads `train` and `test`, carving validation out of `train` as the folder reader does.
+
+    Reviews are decoded as UTF-8 with undecodable bytes replaced; empty ones are skipped and
+    counted. Each review's id is `<split>/<index>` in the TFDS split.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = imdb_builder(data_dir)
+    names = builder.info.features["label"].names
+    splits, skipped, replaced = {}, [], []
+    for split in ("train", "test"):
+        reviews = []
+        for index, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
+            review_id = f"{split}/{index}"
+            try:
+                text = example["text"].decode("utf-8")
+            except UnicodeDecodeError:
+                text = example["text"].decode("utf-8", errors="replace")
+                replaced.append(review_id)
+            if not text.strip():
+                skipped.append((review_id, "empty review"))
+                continue
+            reviews.append(Review(text, names[int(example["label"])], review_id))
+        splits[split] = reviews
+    train, validation = carve_validation(splits["train"], validation_pct, seed)
+    return ImdbData(
+        {"train": train, "validation": validation, "test": splits["test"]}, skipped, replaced,
+        f"tfds://{TFDS_NAME}/{prepared_version(TFDS_NAME, data_dir)}",
+        f"stratified {validation_pct:g} % of train, seed {seed}")

@@ -1,0 +1,59 @@
+"""Shared plumbing for tensorflow-datasets sources: prepare once, fail fast when offline."""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlparse
+
+
+class DatasetUnavailableError(RuntimeError):
+    """The dataset is neither prepared locally nor downloadable."""
+
+
+def can_reach(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to `host` opens within `timeout` seconds."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def prepared_builder(name: str, data_dir: str | None, download_url: str, *, size: str,
+                     alternative: str):
+    """A TFDS builder, prepared: downloads only when the data is absent and the network is up.
+
+    Args:
+        name: Registered TFDS dataset name.
+        data_dir: TFDS data dir (None: TFDS' default).
+        download_url: Where the builder downloads its archive from; its host is probed first so
+            that an offline machine fails in seconds instead of retrying for minutes.
+        size: Download size, for the error message.
+        alternative: How to train from a local copy instead, for the error message.
+
+    Raises:
+        DatasetUnavailableError: The data is not prepared in `data_dir` and cannot be downloaded.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+        return builder
+    url = urlparse(download_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    if not can_reach(url.hostname, port):
+        raise DatasetUnavailableError(
+            f"tensorflow-datasets has no prepared '{name}' in {builder.data_dir} and cannot "
+            f"download it: {url.hostname} is unreachable from this machine. Either run once "
+            f"where the internet is reachable (it downloads {size} into --tfds-data-dir), or "
+            f"{alternative}."
+        )
+    builder.download_and_prepare()
+    return builder
+
+
+def prepared_version(name: str, data_dir: str | None) -> str:
+    """The version of a prepared dataset, for lineage and cache keys."""
+    import tensorflow_datasets as tfds
+
+    return str(tfds.builder(name, data_dir=data_dir).info.version)

@@ -1,0 +1,212 @@
+"""The part of a run every pipeline shares once its data is ready: log the data, fit,
+evaluate, log the results, register; plus the run wrapper and the CLI plumbing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipelines.config import config_from_args, validate_choices
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Model inputs and integer labels per split, with everything needed for data lineage.
+
+    Attributes:
+        labels: Class names in label-id order.
+        x: Split -> model input array.
+        y: Split -> label ids.
+        digests: Split -> content digest of the raw data.
+        source: Folder or URL the data came from.
+        skipped: (path, reason) of each example left out.
+        summary: Anything else worth keeping with the run (split method, notes).
+        from_cache: Whether the features were read from a cache.
+    """
+
+    labels: tuple[str, ...]
+    x: dict[str, Any]
+    y: dict[str, np.ndarray]
+    digests: dict[str, str]
+    source: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    from_cache: bool = False
+
+    def counts(self) -> dict[str, int]:
+        return {split: len(labels) for split, labels in self.y.items()}
+
+    def split_tags(self) -> dict[str, dict[str, str]]:
+        """Per split: example count and per-class counts, for the dataset inputs of a run."""
+        tags = {}
+        for split, y in self.y.items():
+            per_class = np.bincount(y, minlength=len(self.labels))
+            tags[split] = {"examples": str(len(y)), "class_counts": json.dumps(
+                dict(zip(self.labels, per_class.tolist(), strict=True)))}
+        return tags
+
+
+@dataclass
+class Trained:
+    """What fitting and evaluating produced."""
+
+    metrics: dict[str, float]
+    history: dict[str, list[float]]
+
+
+def log_data(config: Any, data: PreparedData, dataset_name: str) -> None:
+    """Logs the config as parameters, the data lineage, example counts and the label map."""
+    from pipelines import tracking
+
+    tracking.log_config(config)
+    tracking.log_dataset(dataset_name, data.source, data.digests, data.split_tags(),
+                         data.summary)
+    tracking.log_metrics({f"examples_{split}": n for split, n in data.counts().items()}
+                         | {"skipped_examples": len(data.skipped)})
+    tracking.log_dict({"labels": list(data.labels)}, "label_map.json")
+
+
+def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validation=None
+                     ) -> Trained:
+    """Compiles and fits a Keras model, evaluates it on the test split and logs the results.
+
+    Args:
+        config: A TrainingConfig (optimiser, schedule, epochs, batch size, early stopping).
+        model: An uncompiled Keras classifier.
+        data: Prepared splits; test is evaluated in one pass.
+        train: tf.data training batches; None batches `data` with `training.make_dataset`.
+        validation: tf.data validation batches, as `train`.
+    """
+    from pipelines import tracking, training
+
+    classes = len(data.labels)
+    if train is None:
+        train = training.make_dataset(data.x["train"], data.y["train"], config.batch_size,
+                                      classes, shuffle=True, seed=config.seed)
+    if validation is None:
+        validation = training.make_dataset(data.x["validation"], data.y["validation"],
+                                           config.batch_size, classes, shuffle=False)
+    steps = training.steps_per_epoch(len(data.y["train"]), config.batch_size)
+    training.compile_classifier(model, config, steps)
+    started = time.perf_counter()
+    history = training.fit_classifier(model, train, validation, config,
+                                      callbacks=[tracking.EpochMetricsLogger()])
+    train_seconds = time.perf_counter() - started
+    epochs = len(history.history["loss"])
+    probabilities = model.predict(data.x["test"], batch_size=256, verbose=0)
+    metrics = log_evaluation(probabilities, data, history.history) | {
+        "train_seconds": train_seconds,
+        "epochs_trained": epochs,
+        "train_samples_per_second": len(data.y["train"]) * epochs / train_seconds,
+    }
+    tracking.log_metrics(metrics)
+    return Trained(metrics, history.history)
+
+
+def log_evaluation(probabilities: np.ndarray, data: PreparedData,
+                   history: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """Scores test-split probabilities and logs the metrics, report and plots.
+
+    Plots: the confusion matrix, the ROC curve for two classes, and the training curves when
+    there is a Keras history.
+
+    Returns:
+        The test metrics.
+    """
+    from pipelines import tracking, training
+
+    evaluation = training.evaluate_probabilities(probabilities, data.y["test"], data.labels)
+    tracking.log_metrics(evaluation.metrics)
+    tracking.log_figure(training.confusion_matrix_figure(evaluation.confusion, data.labels),
+                        "plots/confusion_matrix.png")
+    if len(data.labels) == 2:
+        tracking.log_figure(training.roc_curve_figure(probabilities, data.y["test"],
+                                                      data.labels), "plots/roc_curve.png")
+    if history:
+        tracking.log_figure(training.training_curves_figure(history),
+                            "plots/training_curves.png")
+    tracking.log_text(evaluation.report_text, "classification_report.txt")
+    tracking.log_dict(evaluation.report, "classification_report.json")
+    return evaluation.metrics
+
+
+def register(config: Any, model_uri: str, metrics: dict[str, float], data: PreparedData,
+             *, only_if_champion: bool = False) -> dict:
+    """Registers the model (unless `config.register` is off) and applies the champion rule.
+
+    Args:
+        only_if_champion: Register only when the model would become champion (baselines).
+
+    Returns:
+        registered_version (None when not registered), champion and promotion_reason; empty
+        when registration is off.
+    """
+    from pipelines import tracking
+
+    if not config.register:
+        return {}
+    promotion = tracking.register_and_promote(
+        model_uri, config.registered_model, metrics=metrics,
+        test_digest=data.digests["test"], data_digest="-".join(data.digests.values()),
+        only_if_champion=only_if_champion)
+    return {"registered_version": promotion.version, "champion": promotion.promoted,
+            "promotion_reason": promotion.reason}
+
+
+def tracked_pipeline(config: Any, pipeline: str, work: Callable[[str], dict]) -> dict:
+    """Validates `config`, opens an MLflow run in `config.experiment` and calls `work(run_id)`.
+
+    The run ends FINISHED, FAILED or KILLED (see tracking.tracked_run).
+
+    Returns:
+        `work`'s result with run_id and total_seconds added.
+    """
+    from pipelines import tracking
+
+    validate_choices(config)
+    started = time.perf_counter()
+    with tracking.tracked_run(config.experiment, tracking_uri=config.tracking_uri,
+                              store_dir=config.store_dir, run_name=config.run_name,
+                              tags={"pipeline": pipeline}) as run_id:
+        result = work(run_id)
+        result["run_id"] = run_id
+        result["total_seconds"] = time.perf_counter() - started
+        tracking.log_metrics({"total_seconds": result["total_seconds"]})
+    return result
+
+
+def registry_lines(result: dict) -> list[str]:
+    """The summary lines every pipeline prints: run id and the registry outcome."""
+    lines = [f"MLflow run id     {result['run_id']}"]
+    if result.get("registered_version"):
+        status = "champion" if result["champion"] else "not champion"
+        lines.append(f"registered        version {result['registered_version']} "
+                     f"({status}: {result['promotion_reason']})")
+    elif "promotion_reason" in result:
+        lines.append(f"not registered    ({result['promotion_reason']})")
+    return lines
+
+
+def run_cli(parser: argparse.ArgumentParser, config_cls: type, run: Callable[[Any], dict],
+            format_summary: Callable[[dict], str], argv: Sequence[str] | None,
+            expected_errors: tuple[type[BaseException], ...]) -> int:
+    """Parses flags into `config_cls`, runs, prints the summary; expected errors exit 2."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = run(config_from_args(config_cls, args))
+    except expected_errors as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_summary(result))
+    return 0
