@@ -7,6 +7,7 @@ masked recurrent layers cuDNN-eligible.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,13 +67,24 @@ def fit_vectorizer(train_texts: Sequence[str], vocabulary_size: int, sequence_le
 
 def encode_reviews(vectorizer: keras.layers.TextVectorization, texts: Sequence[str]
                    ) -> np.ndarray:
-    """Token ids (reviews, sequence_length) as int32."""
+    """Token ids (reviews, sequence_length) as int32, right-padded with PADDING_ID.
+
+    A review that standardises to no tokens at all ("!!!") is encoded as one OOV token, so
+    that masked layers always see at least one step.
+    """
     sequence_length = vectorizer.get_config()["output_sequence_length"]
     if not len(texts):
         return np.zeros((0, sequence_length), np.int32)
     batches = [vectorizer(tf.constant(list(texts[start:start + ENCODE_BATCH]))).numpy()
                for start in range(0, len(texts), ENCODE_BATCH)]
-    return np.concatenate(batches).astype(np.int32)
+    ids = np.concatenate(batches).astype(np.int32)
+    ids[ids[:, 0] == PADDING_ID, 0] = OOV_ID  # no tokens left: one unknown token, not nothing
+    return ids
+
+
+def token_lengths(ids: np.ndarray) -> np.ndarray:
+    """Tokens per right-padded row of ids (padding excluded)."""
+    return np.count_nonzero(ids != PADDING_ID, axis=1)
 
 
 def save_vocabulary(vectorizer: keras.layers.TextVectorization, path: str | Path) -> Path:
@@ -85,3 +97,12 @@ def save_vocabulary(vectorizer: keras.layers.TextVectorization, path: str | Path
 def load_vocabulary(path: str | Path) -> list[str]:
     """Reads a vocabulary written by `save_vocabulary`."""
     return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
+
+
+_HTML_TAG = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>")
+
+
+def strip_html_lower(text: str) -> str:
+    """Plain-Python preprocessing for scikit-learn vectorizers: HTML tags out, lower case
+    (their tokenizer handles punctuation)."""
+    return _HTML_TAG.sub(" ", text).lower()

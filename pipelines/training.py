@@ -29,6 +29,39 @@ def make_dataset(
             .prefetch(tf.data.AUTOTUNE))
 
 
+def bucketed_dataset(
+    ids: np.ndarray, lengths: np.ndarray, y: np.ndarray, batch_size: int, num_classes: int, *,
+    buckets: int, shuffle: bool, seed: int = 0
+) -> tf.data.Dataset:
+    """Batches right-padded id sequences by length: each batch is padded only up to its
+    bucket's length, so short reviews do not pay for the longest one.
+
+    Args:
+        ids: (examples, max_length) right-padded token ids.
+        lengths: Tokens per example (padding excluded), at least 1.
+        y: Label ids.
+        batch_size: Examples per batch.
+        num_classes: For one-hot labels.
+        buckets: Number of equal-width length buckets up to max_length.
+        shuffle: Reshuffle examples each epoch (training).
+        seed: Shuffle seed.
+    """
+    max_length = ids.shape[1]
+    step = math.ceil(max_length / buckets)
+    boundaries = sorted({min(step * i, max_length) + 1 for i in range(1, buckets + 1)})
+    dataset = tf.data.Dataset.from_tensor_slices((ids, np.maximum(lengths, 1), y))
+    if shuffle:
+        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    return (dataset.map(lambda row, length, label: (row[:length], label))
+            .bucket_by_sequence_length(
+                element_length_func=lambda sequence, _: tf.shape(sequence)[0],
+                bucket_boundaries=boundaries,
+                bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+                pad_to_bucket_boundary=True)
+            .map(lambda features, labels: (features, tf.one_hot(labels, num_classes)))
+            .prefetch(tf.data.AUTOTUNE))
+
+
 def learning_rate_schedule(config: TrainingConfig, steps_per_epoch: int):
     """Linear warm-up to `learning_rate`, then cosine decay over the remaining epochs."""
     warmup = config.warmup_epochs * steps_per_epoch

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.datasets import SHARED_DATA, make_speech_commands
+from tests.datasets import SHARED_DATA, make_imdb, make_speech_commands
 
 
 @pytest.fixture
@@ -17,6 +17,19 @@ def speech_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def shared_speech_dir() -> Path:
     path = SHARED_DATA / "speech_commands"
+    if not path.is_dir():
+        pytest.fail(f"real data not found at {path}: ../shared/data must sit beside the repo")
+    return path
+
+
+@pytest.fixture
+def imdb_dir(tmp_path: Path) -> Path:
+    return make_imdb(tmp_path / "aclImdb")
+
+
+@pytest.fixture
+def shared_imdb_dir() -> Path:
+    path = SHARED_DATA / "aclImdb"
     if not path.is_dir():
         pytest.fail(f"real data not found at {path}: ../shared/data must sit beside the repo")
     return path

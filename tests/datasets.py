@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -55,4 +56,37 @@ def make_speech_commands(
     if with_lists:
         (root / "validation_list.txt").write_text("\n".join(validation) + "\n")
         (root / "testing_list.txt").write_text("\n".join(testing) + "\n")
+    return root
+
+
+POSITIVE_WORDS = ("great", "wonderful", "moving", "brilliant", "superb", "loved", "fun")
+NEGATIVE_WORDS = ("awful", "boring", "terrible", "waste", "dull", "hated", "worst")
+FILLER = ("the", "film", "plot", "actors", "story", "was", "and", "this", "movie", "a")
+
+
+def review_text(label: str, seed: int) -> str:
+    """A short English-like review whose sentiment words match `label`."""
+    rng = np.random.default_rng(seed)
+    words = POSITIVE_WORDS if label == "pos" else NEGATIVE_WORDS
+    sentence = [str(rng.choice(FILLER)) if i % 2 else str(rng.choice(words))
+                for i in range(int(rng.integers(6, 14)))]
+    return f"{' '.join(sentence).capitalize()}!<br /><br />{rng.choice(words).upper()}."
+
+
+def make_imdb(root: Path, *, train_per_label: int = 20, test_per_label: int = 6) -> Path:
+    """Writes an aclImdb layout: train/{neg,pos}, test/{neg,pos} with `<id>_<rating>.txt`
+    reviews, an empty train/unsup/ and the README and imdb.vocab files of the release."""
+    for split, count in (("train", train_per_label), ("test", test_per_label)):
+        for label in ("neg", "pos"):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for n in range(count):
+                rating = 8 + n % 3 if label == "pos" else 1 + n % 4
+                seed = zlib.crc32(f"{split}/{label}/{n}".encode())
+                (folder / f"{n}_{rating}.txt").write_text(review_text(label, seed),
+                                                          encoding="utf-8")
+    (root / "train" / "unsup").mkdir()
+    (root / "train" / "unsup" / "0_0.txt").write_text("unlabelled, must be ignored")
+    (root / "README").write_text("Large Movie Review Dataset (test copy)\n")
+    (root / "imdb.vocab").write_text("the\nand\n")
     return root

@@ -1,0 +1,270 @@
+"""IMDB sentiment: reviews -> token ids -> Bi-LSTM/GRU (or a TF-IDF baseline) -> MLflow.
+
+Usage: `python -m pipelines.sentiment --data-dir PATH [options]`; `--help` lists every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from features.imdb import ImdbData, load_imdb
+from features.tfds_source import DatasetUnavailableError
+from pipelines.config import TrainingConfig, add_config_arguments, option, validate_choices
+from pipelines.runner import PreparedData
+
+log = logging.getLogger("pipelines.sentiment")
+
+SOURCES = ("folder", "tfds")
+MODELS = ("recurrent", "tfidf-logreg")
+
+
+@dataclass(frozen=True)
+class SentimentConfig(TrainingConfig):
+    """Every option of a sentiment run; logged whole as the run's parameters.
+
+    The training defaults are re-tuned for IMDB on two CPU cores (see the README).
+    """
+
+    depth: int = option(1, "number of bidirectional recurrent layers")
+    units: int = option(64, "units per direction in each recurrent layer")
+    dropout: float = option(0.3, "dropout after each recurrent layer and before the head")
+    epochs: int = option(6, "maximum number of epochs")
+    batch_size: int = option(64, "examples per training step")
+    learning_rate: float = option(2e-3, "peak Adam learning rate (cosine decay after warm-up)")
+    weight_decay: float = option(1e-2, "AdamW decoupled weight decay (0: plain Adam)")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
+    warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up")
+    patience: int = option(2, "early-stopping patience in epochs (validation loss)")
+    data_dir: str | None = option(None, "aclImdb folder in the official layout",
+                                  env="IMDB_DATA_DIR")
+    source: str = option("folder", "where reviews come from: a folder (--data-dir) or "
+                         "tensorflow-datasets' imdb_reviews", SOURCES)
+    tfds_data_dir: str | None = option(None, "tensorflow-datasets data dir for --source tfds")
+    model: str = option("recurrent", "bidirectional recurrent network, or the TF-IDF + "
+                        "logistic-regression baseline", MODELS)
+    validation_pct: float = option(10.0, "share of train held out for validation (stratified)")
+    data_seed: int = option(0, "seed of the validation carve-out; kept apart from --seed so "
+                            "runs with other seeds share their splits")
+    vocabulary_size: int = option(20000, "most tokens kept, padding and OOV ids included")
+    sequence_length: int = option(400, "token ids per review after truncation/right padding")
+    embedding_dim: int = option(64, "token embedding width")
+    embedding_dropout: float = option(0.2, "dropout of whole embedding channels in training")
+    dense_units: int = option(0, "hidden units of the dense head (0: none)")
+    bucketing: bool = option(True, "batch reviews of similar length together, padding each "
+                             "batch only to its bucket's length")
+    buckets: int = option(8, "length buckets for --bucketing")
+    max_ngram: int = option(2, "tfidf-logreg: longest word n-gram")
+    min_df: int = option(2, "tfidf-logreg: drop n-grams in fewer training reviews")
+    logreg_c: float = option(10.0, "tfidf-logreg: inverse L2 regularisation strength")
+    experiment: str = option("imdb-sentiment", "MLflow experiment")
+    registered_model: str = option("imdb-sentiment", "MLflow registered model name")
+
+
+def read_reviews(config: SentimentConfig) -> ImdbData:
+    """Reads the reviews from the configured source, validation carved out of train."""
+    if config.source == "tfds":
+        from features.tfds_imdb import read_tfds_imdb
+
+        return read_tfds_imdb(config.tfds_data_dir, validation_pct=config.validation_pct,
+                              seed=config.data_seed)
+    if not config.data_dir:
+        raise ValueError("no data folder: pass --data-dir or set IMDB_DATA_DIR")
+    return load_imdb(config.data_dir, validation_pct=config.validation_pct,
+                     seed=config.data_seed)
+
+
+def prepare_data(imdb: ImdbData) -> PreparedData:
+    """Texts and label ids per split (texts are turned into ids by the chosen model)."""
+    index = {label: i for i, label in enumerate(imdb.labels)}
+    data = PreparedData(imdb.labels, {}, {}, {}, imdb.source, list(imdb.skipped))
+    for split, reviews in imdb.splits.items():
+        data.x[split] = [review.text for review in reviews]
+        data.y[split] = np.asarray([index[review.label] for review in reviews], np.int32)
+        data.digests[split] = imdb.digest(split)
+    data.summary = {
+        "source": imdb.source,
+        "split_method": imdb.split_method,
+        "class_counts": imdb.class_counts(),
+        "skipped": [{"path": path, "reason": reason} for path, reason in imdb.skipped],
+        "undecodable_bytes_replaced": imdb.replaced,
+    }
+    return data
+
+
+def encode_splits(config: SentimentConfig, data: PreparedData):
+    """Fits the vocabulary on train only and replaces every split's texts by token ids.
+
+    Returns:
+        The fitted TextVectorization layer.
+    """
+    from features.text import encode_reviews, fit_vectorizer, token_lengths
+    from pipelines import tracking
+
+    started = time.perf_counter()
+    vectorizer = fit_vectorizer(data.x["train"], config.vocabulary_size, config.sequence_length)
+    for split in data.x:
+        data.x[split] = encode_reviews(vectorizer, data.x[split])
+    lengths = token_lengths(data.x["train"])
+    vocabulary = vectorizer.get_vocabulary()
+    tracking.log_text("\n".join(vocabulary) + "\n", "vocabulary.txt")
+    tracking.log_dict({
+        "vocabulary_size": len(vocabulary), "sequence_length": config.sequence_length,
+        "padding_id": 0, "oov_id": 1, "oov_token": vocabulary[1], "padding": "post",
+        "standardize": "features.text.standardize_review",
+    }, "feature_config.json")
+    tracking.log_metrics({
+        "vocabulary_size": len(vocabulary),
+        "train_tokens_mean": float(lengths.mean()),
+        "train_truncated_share": float((lengths >= config.sequence_length).mean()),
+        "feature_seconds": time.perf_counter() - started,
+    })
+    return vectorizer
+
+
+def training_datasets(config: SentimentConfig, data: PreparedData):
+    """(train, validation) tf.data batches: length-bucketed when configured."""
+    from features.text import token_lengths
+    from pipelines import training
+
+    if not config.bucketing:
+        return None, None
+    return tuple(
+        training.bucketed_dataset(
+            data.x[split], token_lengths(data.x[split]), data.y[split], config.batch_size,
+            len(data.labels), buckets=config.buckets, shuffle=split == "train",
+            seed=config.seed)
+        for split in ("train", "validation"))
+
+
+def train_recurrent(config: SentimentConfig, data: PreparedData) -> dict:
+    """Token ids -> bidirectional RNN; logs a model that takes raw review strings."""
+    import keras
+
+    from models.recurrent import build_text_classifier, text_to_probabilities
+    from pipelines import runner, tracking
+
+    keras.utils.set_random_seed(config.seed)
+    vectorizer = encode_splits(config, data)
+    runner.log_data(config, data, "aclImdb")
+    model = build_text_classifier(
+        vectorizer.vocabulary_size(), len(data.labels),
+        sequence_length=None if config.bucketing else config.sequence_length,
+        embedding_dim=config.embedding_dim, cell=config.cell, units=config.units,
+        depth=config.depth, dropout=config.dropout,
+        embedding_dropout=config.embedding_dropout, pooling=config.pooling,
+        dense_units=config.dense_units)
+    train, validation = training_datasets(config, data)
+    trained = runner.fit_and_evaluate(config, model, data, train, validation)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "classifier.keras"
+        text_to_probabilities(vectorizer, model).save(path)
+        model_uri = tracking.log_text_classifier(path, data.labels)
+    return dict(trained.metrics, model_uri=model_uri) | runner.register(
+        config, model_uri, trained.metrics, data)
+
+
+def train_baseline(config: SentimentConfig, data: PreparedData) -> dict:
+    """TF-IDF + logistic regression on the same splits; registered only if it becomes champion.
+    """
+    import joblib
+
+    from models.baseline import build_tfidf_logreg
+    from pipelines import runner, tracking
+
+    runner.log_data(config, data, "aclImdb")
+    classifier = build_tfidf_logreg(max_ngram=config.max_ngram, min_df=config.min_df,
+                                    c=config.logreg_c, seed=config.seed)
+    started = time.perf_counter()
+    classifier.fit(data.x["train"], data.y["train"])
+    train_seconds = time.perf_counter() - started
+    validation_accuracy = float(
+        (classifier.predict(data.x["validation"]) == data.y["validation"]).mean())
+    metrics = runner.log_evaluation(classifier.predict_proba(data.x["test"]), data) | {
+        "train_seconds": train_seconds, "val_accuracy": validation_accuracy,
+        "tfidf_features": len(classifier.named_steps["tfidf"].vocabulary_),
+    }
+    tracking.log_metrics(metrics)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "classifier.joblib"
+        joblib.dump(classifier, path)
+        model_uri = tracking.log_text_classifier(path, data.labels)
+    return dict(metrics, model_uri=model_uri) | runner.register(
+        config, model_uri, metrics, data, only_if_champion=True)
+
+
+def run(config: SentimentConfig) -> dict:
+    """Trains, evaluates, tracks and (by the champion rule) registers one sentiment model.
+
+    Returns:
+        Test metrics plus run id, registered version and the champion decision.
+
+    Raises:
+        ValueError: An invalid option value or unusable data folder.
+        FileNotFoundError: The data folder does not exist.
+        DatasetUnavailableError: --source tfds without prepared data, offline.
+    """
+    from pipelines import runner
+
+    validate_choices(config)
+
+    def work(run_id: str) -> dict:
+        started = time.perf_counter()
+        imdb = read_reviews(config)
+        data = prepare_data(imdb)
+        for path, reason in imdb.skipped:
+            log.warning("skipped %s: %s", path, reason)
+        result = {"read_seconds": time.perf_counter() - started,
+                  "skipped_examples": len(data.skipped), "model": config.model}
+        if config.model == "tfidf-logreg":
+            return result | train_baseline(config, data)
+        return result | train_recurrent(config, data)
+
+    return runner.tracked_pipeline(config, "sentiment", work)
+
+
+def format_summary(result: dict) -> str:
+    """The few lines a user reads at the end of a run."""
+    from pipelines.runner import registry_lines
+
+    lines = [
+        f"model             {result['model']}",
+        f"test accuracy     {result['test_accuracy']:.4f}",
+        f"test ROC-AUC      {result['test_roc_auc']:.4f}",
+        f"skipped reviews   {result['skipped_examples']}",
+        f"training          {result['train_seconds']:.1f} s"
+        + (f", {result['epochs_trained']} epochs" if "epochs_trained" in result else ""),
+        *registry_lines(result),
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.sentiment",
+        description="Train a bidirectional LSTM/GRU (or a TF-IDF baseline) sentiment "
+        "classifier on IMDB reviews and track it in MLflow.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_config_arguments(parser, SentimentConfig)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: parse flags, run, print the summary."""
+    from pipelines.runner import run_cli
+
+    return run_cli(build_parser(), SentimentConfig, run, format_summary, argv,
+                   (ValueError, FileNotFoundError, DatasetUnavailableError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

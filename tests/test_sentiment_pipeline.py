@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import sentiment, tracking
+from pipelines.sentiment import SentimentConfig
+
+
+def small_args(data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(data_dir), "--store-dir", str(tmp_path / "mlruns"),
+            "--validation-pct", "25", "--units", "8", "--embedding-dim", "8",
+            "--vocabulary-size", "200", "--sequence-length", "32", "--buckets", "2",
+            "--epochs", "2", "--batch-size", "8", *extra]
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sentiment.main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for item in dataclasses.fields(SentimentConfig):
+        assert "--" + item.name.replace("_", "-") in text
+    assert "(default: 20000)" in text and "{recurrent,tfidf-logreg}" in text
+
+
+def test_run_end_to_end_logs_registers_and_serves_raw_text(imdb_dir: Path, tmp_path: Path,
+                                                            capsys):
+    assert sentiment.main(small_args(imdb_dir, tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "test ROC-AUC" in out and "registered        version 1 (champion" in out
+
+    tracking.connect(None, tmp_path / "mlruns")
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("imdb-sentiment", "champion")
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["sequence_length"] == "32" and run.data.params["model"] == "recurrent"
+    assert {"test_accuracy", "test_roc_auc", "val_loss", "vocabulary_size"} <= set(
+        run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {
+        "aclImdb-train", "aclImdb-validation", "aclImdb-test"}
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/roc_curve.png", "plots/confusion_matrix.png"} <= plots
+    vocabulary = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/vocabulary.txt")
+    assert vocabulary.split("\n")[:2] == ["", "[UNK]"] and "great" in vocabulary
+    assert version.tags["test_data_digest"] and version.tags["test_roc_auc"]
+
+    model = mlflow.pyfunc.load_model("models:/imdb-sentiment@champion")
+    assert model.metadata.signature.inputs.input_names() == ["text"]
+    answer = model.predict(pd.DataFrame({"text": ["Wonderful, moving, superb!",
+                                                  "Awful and boring."]}))
+    assert list(answer.columns) == ["label", "probability_neg", "probability_pos"]
+    assert set(answer["label"]) <= {"neg", "pos"}
+    assert ((answer["probability_neg"] + answer["probability_pos"] - 1).abs() < 1e-5).all()
+
+
+def test_baseline_is_logged_beside_and_registered_only_when_it_wins(imdb_dir: Path,
+                                                                     tmp_path: Path):
+    store = str(tmp_path / "mlruns")
+    config = SentimentConfig(data_dir=str(imdb_dir), store_dir=store, validation_pct=25,
+                             model="tfidf-logreg", min_df=1)
+    first = sentiment.run(config)
+    assert first["registered_version"] == "1" and first["champion"]  # no champion yet
+    assert first["test_accuracy"] > 0.9  # the sentiment words separate the tiny set
+
+    second = sentiment.run(config)  # same accuracy: does not beat the champion
+    assert second["registered_version"] is None and not second["champion"]
+    assert second["promotion_reason"].startswith("not registered: test accuracy")
+
+    tracking.connect(None, store)
+    client = MlflowClient()
+    assert [str(v.version) for v in client.search_model_versions("name='imdb-sentiment'")] == ["1"]
+    run = client.get_run(second["run_id"])
+    assert run.data.tags["champion"] == "False" and run.data.params["model"] == "tfidf-logreg"
+    assert "plots/roc_curve.png" in {
+        a.path for a in client.list_artifacts(second["run_id"], "plots")}
+    model = mlflow.pyfunc.load_model("models:/imdb-sentiment@champion")
+    assert model.predict({"text": ["superb, wonderful, brilliant"]})["label"].tolist() == ["pos"]
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path: Path, capsys):
+    code = sentiment.main(["--data-dir", str(tmp_path / "nowhere"),
+                           "--store-dir", str(tmp_path / "mlruns")])
+    assert code == 2 and "nowhere does not exist" in capsys.readouterr().err
+
+
+def subset_of(shared: Path, root: Path, train_per_label: int, test_per_label: int) -> Path:
+    """Copies the first reviews of each label of the real data into an aclImdb layout."""
+    for split, count in (("train", train_per_label), ("test", test_per_label)):
+        for label in ("neg", "pos"):
+            (root / split / label).mkdir(parents=True)
+            for path in sorted((shared / split / label).glob("*.txt"))[:count]:
+                shutil.copy(path, root / split / label / path.name)
+    return root
+
+
+@pytest.mark.slow
+def test_trains_on_real_reviews(shared_imdb_dir: Path, tmp_path: Path):
+    data_dir = subset_of(shared_imdb_dir, tmp_path / "aclImdb", 1500, 500)
+    config = SentimentConfig(data_dir=str(data_dir), store_dir=str(tmp_path / "mlruns"),
+                             vocabulary_size=10000, sequence_length=200, units=32, epochs=3,
+                             patience=3)
+    result = sentiment.run(config)
+    tracking.connect(None, tmp_path / "mlruns")
+    client = MlflowClient()
+    losses = [m.value for m in client.get_metric_history(result["run_id"], "loss")]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert result["test_accuracy"] > 0.7 and result["test_roc_auc"] > 0.8  # chance: 0.5
+    version = client.get_model_version_by_alias("imdb-sentiment", "champion")
+    assert version.run_id == result["run_id"] and str(version.version) == "1"

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from features.text import (
+    OOV_ID,
+    PADDING_ID,
+    encode_reviews,
+    fit_vectorizer,
+    load_vocabulary,
+    make_vectorizer,
+    save_vocabulary,
+    standardize_review,
+    strip_html_lower,
+    token_lengths,
+)
+
+
+def standardized(text: str) -> list[str]:
+    return standardize_review(tf.constant([text])).numpy()[0].decode().split()
+
+
+def test_standardisation_lowers_case_drops_html_and_punctuation():
+    assert standardized("A GREAT film!<br /><br />Don't miss it... (10/10)") == [
+        "a", "great", "film", "dont", "miss", "it", "10", "10"]
+    assert standardized("<BR/>line<br>break<i>italic</i>") == ["line", "break", "italic"]
+    assert standardized("Émouvant, TRÈS beau") == ["émouvant", "très", "beau"]
+    assert strip_html_lower("Great<br />FUN") == "great fun"
+
+
+def test_vocabulary_is_fitted_on_train_only_with_padding_and_oov_ids():
+    train = ["good good good film", "bad film", "good plot"]
+    vectorizer = fit_vectorizer(train, vocabulary_size=100, sequence_length=6)
+    vocabulary = vectorizer.get_vocabulary()
+    assert vocabulary[PADDING_ID] == "" and vocabulary[OOV_ID] == "[UNK]"
+    assert vocabulary[2] == "good"  # most frequent first
+    assert "validationonly" not in vocabulary
+    ids = encode_reviews(vectorizer, ["GOOD validationonly!", "film " * 10])
+    assert ids.dtype == np.int32 and ids.shape == (2, 6)
+    assert ids[0].tolist() == [2, OOV_ID, PADDING_ID, PADDING_ID, PADDING_ID, PADDING_ID]
+    assert ids[1].tolist() == [vocabulary.index("film")] * 6  # truncated to sequence_length
+    assert token_lengths(ids).tolist() == [2, 6]
+
+
+def test_vocabulary_size_caps_the_ids():
+    vectorizer = fit_vectorizer(["a b c d e f g h", "a b c"], vocabulary_size=5,
+                                sequence_length=8)
+    assert len(vectorizer.get_vocabulary()) == 5
+    assert encode_reviews(vectorizer, ["a b c d e f g h"]).max() == 4
+
+
+def test_a_review_without_tokens_becomes_one_unknown_token():
+    vectorizer = fit_vectorizer(["fine film"], vocabulary_size=10, sequence_length=4)
+    assert encode_reviews(vectorizer, ["!!! ..."]).tolist() == [[OOV_ID, 0, 0, 0]]
+
+
+def test_vocabulary_round_trip_gives_the_same_ids(tmp_path: Path):
+    train = ["the best movie ever", "the worst movie", "best acting, worst plot"]
+    vectorizer = fit_vectorizer(train, vocabulary_size=50, sequence_length=5)
+    path = save_vocabulary(vectorizer, tmp_path / "vocabulary.txt")
+    restored = make_vectorizer(50, 5, load_vocabulary(path))
+    assert restored.get_vocabulary() == vectorizer.get_vocabulary()
+    probe = ["The BEST plot<br />unseen words", "worst"]
+    assert (encode_reviews(restored, probe) == encode_reviews(vectorizer, probe)).all()
+
+
+def test_bad_sizes_fail_with_the_value():
+    with pytest.raises(ValueError, match="vocabulary_size must be at least 3, got 2"):
+        make_vectorizer(2, 10)
+    with pytest.raises(ValueError, match="sequence_length must be at least 1, got 0"):
+        make_vectorizer(100, 0)

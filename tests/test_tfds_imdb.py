@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tensorflow_datasets as tfds
+from mlflow.tracking import MlflowClient
+
+from features.tfds_imdb import read_tfds_imdb
+from features.tfds_source import DatasetUnavailableError
+from pipelines import sentiment
+from pipelines.sentiment import SentimentConfig
+from tests.datasets import review_text
+
+
+def write_tfds_imdb(data_dir: Path, per_label: dict[str, int]) -> None:
+    """Writes a small `imdb_reviews/plain_text` in TFDS' own on-disk format (TFRecord +
+    metadata), using the registered builder's feature spec so tfds.builder() reads it as
+    prepared. The first train review is empty and the second holds an undecodable byte."""
+    features = tfds.builder("imdb_reviews", data_dir=str(data_dir)).info.features
+    splits = {}
+    for split, count in per_label.items():
+        examples = []
+        for label_index, label in enumerate(("neg", "pos")):
+            for n in range(count):
+                text = review_text(label, seed=n * 2 + label_index).encode()
+                examples.append((f"{split}-{label}-{n}", {"text": text, "label": label_index}))
+        splits[split] = examples
+    splits["train"][0] = ("empty", {"text": b"   ", "label": 0})
+    splits["train"][1] = ("bad-byte", {"text": b"Awful \xff film", "label": 0})
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name="imdb_reviews", config="plain_text", version="1.0.0", features=features,
+        split_datasets=splits, data_dir=str(data_dir))
+
+
+def test_reads_the_tfds_format(tmp_path: Path):
+    write_tfds_imdb(tmp_path / "tfds", {"train": 10, "test": 4})
+    data = read_tfds_imdb(str(tmp_path / "tfds"), validation_pct=20, seed=0)
+    assert {split: len(r) for split, r in data.splits.items()} == {
+        "train": 15, "validation": 4, "test": 8}
+    assert data.class_counts()["test"] == {"neg": 4, "pos": 4}
+    assert [reason for _, reason in data.skipped] == ["empty review"]
+    assert len(data.replaced) == 1 and data.replaced[0].startswith("train/")
+    texts = [r.text for split in ("train", "validation") for r in data.splits[split]]
+    assert "Awful \ufffd film" in texts
+    assert data.source == "tfds://imdb_reviews/1.0.0"
+
+
+def test_pipeline_trains_from_tfds(tmp_path: Path):
+    write_tfds_imdb(tmp_path / "tfds", {"train": 12, "test": 4})
+    config = SentimentConfig(source="tfds", tfds_data_dir=str(tmp_path / "tfds"),
+                             store_dir=str(tmp_path / "mlruns"), validation_pct=25, units=4,
+                             embedding_dim=4, vocabulary_size=100, sequence_length=16,
+                             epochs=1, batch_size=8)
+    result = sentiment.run(config)
+    run = MlflowClient().get_run(result["run_id"])
+    assert run.data.metrics["examples_train"] == 17 and run.data.metrics["skipped_examples"] == 1
+    assert all(i.dataset.source and "tfds://imdb_reviews/1.0.0" in i.dataset.source
+               for i in run.inputs.dataset_inputs)
+
+
+def test_offline_without_prepared_data_fails_at_once_naming_data_dir(tmp_path: Path, capsys):
+    with pytest.raises(DatasetUnavailableError, match="--data-dir"):
+        read_tfds_imdb(str(tmp_path / "empty"))
+    assert not (tmp_path / "empty" / "downloads").exists()  # failed before any download
+    code = sentiment.main(["--source", "tfds", "--tfds-data-dir", str(tmp_path / "empty"),
+                           "--store-dir", str(tmp_path / "mlruns")])
+    error = capsys.readouterr().err
+    assert code == 2 and "ai.stanford.edu is unreachable" in error
+    assert "--source folder --data-dir" in error
