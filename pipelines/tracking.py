@@ -19,6 +19,7 @@ import keras
 import mlflow
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
@@ -210,9 +211,7 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
             self._keras = None
             self._sklearn = joblib.load(path)
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if isinstance(model_input, pd.DataFrame):
             texts = model_input["text"] if "text" in model_input else model_input.iloc[:, 0]
         else:
@@ -229,6 +228,9 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
         for index, label in enumerate(self.labels):
             frame[f"probability_{label}"] = probabilities[:, index]
         return frame
+
+
+INPUT_EXAMPLE_TEXTS = ("A moving, beautifully acted film.", "Two hours I will never get back.")
 
 
 def log_text_classifier(classifier_path: str | Path, labels: Sequence[str]) -> str:
@@ -251,6 +253,7 @@ def log_text_classifier(classifier_path: str | Path, labels: Sequence[str]) -> s
         python_model=TextClassifierModel(labels),
         artifacts={"classifier": str(classifier_path)},
         signature=signature,
+        input_example=pd.DataFrame({"text": list(INPUT_EXAMPLE_TEXTS)}),
         pip_requirements=pinned_requirements(
             "tensorflow", "keras", "mlflow", "scikit-learn", "pandas"),
     )

@@ -47,9 +47,13 @@ def bucketed_dataset(
         seed: Shuffle seed.
     """
     max_length = ids.shape[1]
+    lengths = np.maximum(lengths, 1)
     step = math.ceil(max_length / buckets)
     boundaries = sorted({min(step * i, max_length) + 1 for i in range(1, buckets + 1)})
-    dataset = tf.data.Dataset.from_tensor_slices((ids, np.maximum(lengths, 1), y))
+    # bucket membership depends on length only, so the batch count is the same every epoch
+    per_bucket = np.bincount(np.searchsorted(boundaries, lengths, side="right"))
+    batches = int(sum(math.ceil(count / batch_size) for count in per_bucket))
+    dataset = tf.data.Dataset.from_tensor_slices((ids, lengths, y))
     if shuffle:
         dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
     return (dataset.map(lambda row, length, label: (row[:length], label))
@@ -59,6 +63,7 @@ def bucketed_dataset(
                 bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
                 pad_to_bucket_boundary=True)
             .map(lambda features, labels: (features, tf.one_hot(labels, num_classes)))
+            .apply(tf.data.experimental.assert_cardinality(batches))
             .prefetch(tf.data.AUTOTUNE))
 
 
