@@ -76,6 +76,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                             metavar=None if item.metadata.get("choices") else base.__name__.upper())
 
 
+def config_parser(prog: str, description: str, cls: type) -> argparse.ArgumentParser:
+    """A parser with one flag per field of the config dataclass `cls`, defaults in --help."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(parser, cls)
+    return parser
+
+
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     """Builds the frozen config `cls` from parsed arguments."""
     return cls(**{item.name: getattr(args, item.name) for item in dataclasses.fields(cls)})

@@ -18,7 +18,7 @@ import numpy as np
 
 from features.imdb import ImdbData, load_imdb
 from features.tfds_source import DatasetUnavailableError
-from pipelines.config import TrainingConfig, add_config_arguments, option, validate_choices
+from pipelines.config import TrainingConfig, config_parser, option, validate_choices
 from pipelines.runner import PreparedData
 
 log = logging.getLogger("pipelines.sentiment")
@@ -212,7 +212,7 @@ def run(config: SentimentConfig) -> dict:
         FileNotFoundError: The data folder does not exist.
         DatasetUnavailableError: --source tfds without prepared data, offline.
     """
-    from pipelines import runner
+    from pipelines import runner, tracking
 
     validate_choices(config)
 
@@ -224,6 +224,7 @@ def run(config: SentimentConfig) -> dict:
             log.warning("skipped %s: %s", path, reason)
         result = {"read_seconds": time.perf_counter() - started,
                   "skipped_examples": len(data.skipped), "model": config.model}
+        tracking.log_metrics({"read_seconds": result["read_seconds"]})
         if config.model == "tfidf-logreg":
             return result | train_baseline(config, data)
         return result | train_recurrent(config, data)
@@ -248,14 +249,11 @@ def format_summary(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.sentiment",
-        description="Train a bidirectional LSTM/GRU (or a TF-IDF baseline) sentiment "
-        "classifier on IMDB reviews and track it in MLflow.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_config_arguments(parser, SentimentConfig)
-    return parser
+    return config_parser(
+        "python -m pipelines.sentiment",
+        "Train a bidirectional LSTM/GRU (or a TF-IDF baseline) sentiment classifier on IMDB "
+        "reviews and track it in MLflow.",
+        SentimentConfig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

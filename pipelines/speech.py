@@ -31,7 +31,7 @@ from features.speech_features import (
     waveform_features,
 )
 from features.tfds_source import DatasetUnavailableError
-from pipelines.config import TrainingConfig, add_config_arguments, option, validate_choices
+from pipelines.config import TrainingConfig, config_parser, option, validate_choices
 from pipelines.runner import PreparedData
 
 log = logging.getLogger("pipelines.speech")
@@ -232,14 +232,11 @@ def format_summary(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.speech",
-        description="Train a bidirectional LSTM/GRU keyword classifier on Speech Commands "
-        "and track it in MLflow.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_config_arguments(parser, SpeechConfig)
-    return parser
+    return config_parser(
+        "python -m pipelines.speech",
+        "Train a bidirectional LSTM/GRU keyword classifier on Speech Commands and track it in "
+        "MLflow.",
+        SpeechConfig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

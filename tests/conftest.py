@@ -14,12 +14,16 @@ def speech_dir(tmp_path: Path) -> Path:
     return make_speech_commands(tmp_path / "speech_commands")
 
 
-@pytest.fixture
-def shared_speech_dir() -> Path:
-    path = SHARED_DATA / "speech_commands"
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
     if not path.is_dir():
         pytest.fail(f"real data not found at {path}: ../shared/data must sit beside the repo")
     return path
+
+
+@pytest.fixture
+def shared_speech_dir() -> Path:
+    return shared_data("speech_commands")
 
 
 @pytest.fixture
@@ -29,7 +33,4 @@ def imdb_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def shared_imdb_dir() -> Path:
-    path = SHARED_DATA / "aclImdb"
-    if not path.is_dir():
-        pytest.fail(f"real data not found at {path}: ../shared/data must sit beside the repo")
-    return path
+    return shared_data("aclImdb")
