@@ -35,15 +35,12 @@ class SentimentConfig(TrainingConfig):
     """
 
     depth: int = option(1, "number of bidirectional recurrent layers")
-    units: int = option(64, "units per direction in each recurrent layer")
-    dropout: float = option(0.3, "dropout after each recurrent layer and before the head")
-    epochs: int = option(6, "maximum number of epochs")
-    batch_size: int = option(64, "examples per training step")
+    epochs: int = option(2, "maximum number of epochs (the cosine schedule spans them all)")
     learning_rate: float = option(2e-3, "peak Adam learning rate (cosine decay after warm-up)")
     weight_decay: float = option(1e-2, "AdamW decoupled weight decay (0: plain Adam)")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
     warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up")
-    patience: int = option(2, "early-stopping patience in epochs (validation loss)")
+    patience: int = option(1, "early-stopping patience in epochs (validation loss)")
     data_dir: str | None = option(None, "aclImdb folder in the official layout",
                                   env="IMDB_DATA_DIR")
     source: str = option("folder", "where reviews come from: a folder (--data-dir) or "
