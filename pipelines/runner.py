@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,6 +162,21 @@ def register(config: Any, model_uri: str, metrics: dict[str, float], data: Prepa
         only_if_champion=only_if_champion)
     return {"registered_version": promotion.version, "champion": promotion.promoted,
             "promotion_reason": promotion.reason}
+
+
+def require_data_dir(config: Any, env: str, dataset: str) -> None:
+    """Fails before any MLflow run is opened when a folder source has no usable folder.
+
+    Raises:
+        ValueError: No folder given.
+        FileNotFoundError: The folder does not exist.
+    """
+    if config.source != "folder":
+        return
+    if not config.data_dir:
+        raise ValueError(f"no data folder: pass --data-dir or set {env}")
+    if not Path(config.data_dir).is_dir():
+        raise FileNotFoundError(f"{dataset} data folder not found: {config.data_dir}")
 
 
 def tracked_pipeline(config: Any, pipeline: str, work: Callable[[str], dict]) -> dict:

@@ -212,6 +212,7 @@ def run(config: SentimentConfig) -> dict:
     from pipelines import runner, tracking
 
     validate_choices(config)
+    runner.require_data_dir(config, "IMDB_DATA_DIR", "IMDB")
 
     def work(run_id: str) -> dict:
         started = time.perf_counter()

@@ -86,10 +86,14 @@ def test_baseline_is_logged_beside_and_registered_only_when_it_wins(imdb_dir: Pa
     assert model.predict({"text": ["superb, wonderful, brilliant"]})["label"].tolist() == ["pos"]
 
 
-def test_missing_data_folder_is_a_clear_error(tmp_path: Path, capsys):
+def test_missing_data_folder_is_a_clear_error_before_any_run(tmp_path: Path, capsys):
     code = sentiment.main(["--data-dir", str(tmp_path / "nowhere"),
                            "--store-dir", str(tmp_path / "mlruns")])
-    assert code == 2 and "nowhere does not exist" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert code == 2 and f"IMDB data folder not found: {tmp_path / 'nowhere'}" in error
+    code = sentiment.main(["--store-dir", str(tmp_path / "mlruns")])
+    assert code == 2 and "pass --data-dir or set IMDB_DATA_DIR" in capsys.readouterr().err
+    assert not (tmp_path / "mlruns").exists()  # no FAILED run left behind
 
 
 def subset_of(shared: Path, root: Path, train_per_label: int, test_per_label: int) -> Path:

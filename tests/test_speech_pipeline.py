@@ -55,10 +55,12 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     assert "(from cache)" in capsys.readouterr().out
 
 
-def test_missing_data_dir_is_a_clear_error(tmp_path: Path, capsys):
+def test_missing_data_dir_is_a_clear_error_before_any_run(tmp_path: Path, capsys):
     code = speech.main(small_args(tmp_path / "absent", tmp_path))
     assert code == 2
-    assert f"Speech Commands directory not found: {tmp_path / 'absent'}" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"Speech Commands data folder not found: {tmp_path / 'absent'}" in error
+    assert not (tmp_path / "mlruns").exists()  # no FAILED run left behind
 
 
 @pytest.mark.slow
