@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from features.mfcc import MfccConfig, feature_shape
 from features.speech_commands import (
@@ -33,6 +37,7 @@ from features.speech_features import (
 from features.tfds_source import DatasetUnavailableError
 from pipelines.config import TrainingConfig, config_parser, option, validate_choices
 from pipelines.runner import PreparedData
+from pipelines.serving import SpeechPredictor
 
 log = logging.getLogger("pipelines.speech")
 
@@ -184,9 +189,28 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
         pooling=config.pooling, dense_units=config.dense_units, input_noise=config.input_noise,
     )
     trained = runner.fit_and_evaluate(config, model, data)
-    model_uri = tracking.log_keras_model(model, input_name="mfcc")
+    with tempfile.TemporaryDirectory() as folder:
+        predictor = SpeechPredictor(model, data.labels, mfcc)
+        model.save(Path(folder) / "classifier.keras")
+        model_uri = tracking.log_speech_classifier(
+            Path(folder) / "classifier.keras", predictor.save_config(Path(folder) / "config.json"),
+            data.labels, serving_input_example(mfcc.sample_rate))
     return dict(trained.metrics, model_uri=model_uri) | runner.register(
         config, model_uri, trained.metrics, data)
+
+
+def serving_input_example(sample_rate: int) -> pd.DataFrame:
+    """What the served model takes: a clip's file bytes (here a short stereo 8 kHz WAV tone,
+    resampled and mixed down on the way in) or a waveform with its sample rate."""
+    import soundfile
+
+    seconds = np.arange(int(0.5 * 8000)) / 8000
+    tone = (0.1 * np.sin(2 * np.pi * 440 * seconds)).astype(np.float32)
+    wav = io.BytesIO()
+    soundfile.write(wav, np.stack([tone, tone], axis=1), 8000, format="WAV", subtype="PCM_16")
+    waveform = np.zeros(sample_rate, np.float32).tolist()
+    return pd.DataFrame({"audio": [wav.getvalue(), b""], "waveform": [[0.0], waveform],
+                         "sample_rate": [8000, sample_rate]})
 
 
 def run(config: SpeechConfig) -> dict:

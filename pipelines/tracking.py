@@ -18,14 +18,14 @@ from typing import Any
 import keras
 import mlflow
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import Array
 
 log = logging.getLogger(__name__)
 
@@ -166,68 +166,40 @@ def pinned_requirements(*distributions: str) -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in distributions]
 
 
-def log_keras_model(model: keras.Model, input_name: str) -> str:
-    """Logs a Keras model with a tensor signature and pinned requirements.
-
-    Returns:
-        The logged model's URI.
-    """
-    input_shape = (-1, *model.input_shape[1:])
-    output_shape = (-1, *model.output_shape[1:])
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), input_shape, input_name)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), output_shape, "probabilities")]),
-    )
-    info = mlflow.keras.log_model(
-        model,
-        name="model",
-        signature=signature,
-        pip_requirements=pinned_requirements("tensorflow", "keras", "mlflow"),
-    )
-    return info.model_uri
-
-
 class TextClassifierModel(mlflow.pyfunc.PythonModel):
-    """Raw texts in; per text the label and every class probability out.
-
-    The classifier artifact is either a .keras model that takes strings (its TextVectorization
-    holds the vocabulary) or a joblib-saved scikit-learn pipeline with `predict_proba`.
-    """
+    """Raw review strings in; per review the label, every class probability and an error
+    (None when the review was usable). See pipelines.serving.TextPredictor."""
 
     def __init__(self, labels: Sequence[str]):
         self.labels = list(labels)
 
     def load_context(self, context):
-        path = context.artifacts["classifier"]
-        if path.endswith(".keras"):
-            import features.text  # noqa: F401  (registers the standardisation with Keras)
-            import models.recurrent  # noqa: F401  (registers the model's custom layers)
+        from pipelines.serving import TextPredictor
 
-            self._keras = keras.saving.load_model(path)
-            self._sklearn = None
-        else:
-            import joblib
-
-            self._keras = None
-            self._sklearn = joblib.load(path)
+        self._predictor = TextPredictor.load(context.artifacts["classifier"], self.labels)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        if isinstance(model_input, pd.DataFrame):
-            texts = model_input["text"] if "text" in model_input else model_input.iloc[:, 0]
-        else:
-            texts = model_input
-        texts = [str(text) for text in texts]
-        if self._keras is not None:
-            import tensorflow as tf
+        return self._predictor.predict(model_input)
 
-            probabilities = self._keras.predict(tf.constant(texts), batch_size=256, verbose=0)
-        else:
-            probabilities = self._sklearn.predict_proba(texts)
-        probabilities = np.asarray(probabilities, np.float64)
-        frame = pd.DataFrame({"label": [self.labels[i] for i in probabilities.argmax(axis=1)]})
-        for index, label in enumerate(self.labels):
-            frame[f"probability_{label}"] = probabilities[:, index]
-        return frame
+
+class SpeechClassifierModel(mlflow.pyfunc.PythonModel):
+    """Raw clips in (file bytes, or a waveform with its sample rate); per clip the label, every
+    class probability and an error. See pipelines.serving.SpeechPredictor."""
+
+    def load_context(self, context):
+        from pipelines.serving import SpeechPredictor
+
+        self._predictor = SpeechPredictor.load(context.artifacts["classifier"],
+                                               context.artifacts["config"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return self._predictor.predict(model_input)
+
+
+def output_schema(labels: Sequence[str]) -> Schema:
+    return Schema([ColSpec("string", "label")]
+                  + [ColSpec("double", f"probability_{label}") for label in labels]
+                  + [ColSpec("string", "error", required=False)])
 
 
 INPUT_EXAMPLE_TEXTS = ("A moving, beautifully acted film.", "Two hours I will never get back.")
@@ -243,19 +215,43 @@ def log_text_classifier(classifier_path: str | Path, labels: Sequence[str]) -> s
     Returns:
         The logged model's URI.
     """
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("string", "text")]),
-        outputs=Schema([ColSpec("string", "label")]
-                       + [ColSpec("double", f"probability_{label}") for label in labels]),
-    )
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=TextClassifierModel(labels),
         artifacts={"classifier": str(classifier_path)},
-        signature=signature,
+        signature=ModelSignature(inputs=Schema([ColSpec("string", "text")]),
+                                 outputs=output_schema(labels)),
         input_example=pd.DataFrame({"text": list(INPUT_EXAMPLE_TEXTS)}),
         pip_requirements=pinned_requirements(
             "tensorflow", "keras", "mlflow", "scikit-learn", "pandas"),
+    )
+    return info.model_uri
+
+
+def log_speech_classifier(model_path: str | Path, config_path: str | Path,
+                          labels: Sequence[str], input_example: pd.DataFrame) -> str:
+    """Logs a speech classifier as a pyfunc model that takes raw audio.
+
+    Args:
+        model_path: The .keras classifier over MFCC frames.
+        config_path: Labels and feature configuration (SpeechPredictor.save_config).
+        labels: Class names in output order.
+        input_example: A few rows of `audio` bytes and/or `waveform` + `sample_rate`.
+
+    Returns:
+        The logged model's URI.
+    """
+    inputs = Schema([ColSpec("binary", "audio", required=False),
+                     ColSpec(Array(DataType.double), "waveform", required=False),
+                     ColSpec("long", "sample_rate", required=False)])
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=SpeechClassifierModel(),
+        artifacts={"classifier": str(model_path), "config": str(config_path)},
+        signature=ModelSignature(inputs=inputs, outputs=output_schema(labels)),
+        input_example=input_example,
+        pip_requirements=pinned_requirements(
+            "tensorflow", "keras", "mlflow", "librosa", "soundfile", "pandas"),
     )
     return info.model_uri
 

@@ -55,11 +55,13 @@ def test_run_end_to_end_logs_registers_and_serves_raw_text(imdb_dir: Path, tmp_p
 
     model = mlflow.pyfunc.load_model("models:/imdb-sentiment@champion")
     assert model.metadata.signature.inputs.input_names() == ["text"]
-    answer = model.predict(pd.DataFrame({"text": ["Wonderful, moving, superb!",
+    answer = model.predict(pd.DataFrame({"text": ["Wonderful, moving, superb!", "   ",
                                                   "Awful and boring."]}))
-    assert list(answer.columns) == ["label", "probability_neg", "probability_pos"]
-    assert set(answer["label"]) <= {"neg", "pos"}
-    assert ((answer["probability_neg"] + answer["probability_pos"] - 1).abs() < 1e-5).all()
+    assert list(answer.columns) == ["label", "probability_neg", "probability_pos", "error"]
+    usable = answer.drop(index=1)
+    assert set(usable["label"]) <= {"neg", "pos"} and usable["error"].isna().all()
+    assert ((usable["probability_neg"] + usable["probability_pos"] - 1).abs() < 1e-5).all()
+    assert answer.loc[1, "error"] == "text: expected a non-empty review string"
 
 
 def test_baseline_is_logged_beside_and_registered_only_when_it_wins(imdb_dir: Path,

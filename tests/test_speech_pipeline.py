@@ -4,7 +4,7 @@ import dataclasses
 from pathlib import Path
 
 import mlflow
-import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -45,7 +45,13 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/confusion_matrix.png", "plots/training_curves.png"}
     served = mlflow.pyfunc.load_model("models:/speech-commands@champion")
-    assert np.asarray(served.predict(np.zeros((3, 98, 40), np.float32))).shape == (3, 12)
+    clip = (speech_dir / "yes" / "0a1b2c3d_nohash_0.wav").read_bytes()
+    answer = served.predict(pd.DataFrame({"audio": [clip, b"not audio"]}))
+    assert answer.shape == (2, 1 + 12 + 1) and pd.isna(answer.loc[0, "error"])
+    assert answer.loc[0, "label"] in {"_silence_", "_unknown_", "yes", "no", "up", "down",
+                                      "left", "right", "on", "off", "stop", "go"}
+    assert answer.filter(like="probability_").iloc[0].sum() == pytest.approx(1, abs=1e-5)
+    assert pd.isna(answer.loc[1, "label"]) and "not decodable audio" in answer.loc[1, "error"]
     contexts = {tag.value for i in run.inputs.dataset_inputs for tag in i.tags
                 if tag.key == "mlflow.data.context"}
     assert contexts == {"train", "validation", "test"}

@@ -3,24 +3,28 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import keras
+import joblib
 import mlflow
-import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from models.baseline import build_tfidf_logreg
 from pipelines import tracking
 
 
-def tiny_model() -> keras.Model:
-    inputs = keras.Input((4, 3), name="mfcc")
-    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
-    return keras.Model(inputs, outputs)
+def log_tiny_model(folder: Path) -> str:
+    """Logs a TF-IDF baseline fitted on four reviews; returns its model URI."""
+    classifier = build_tfidf_logreg(min_df=1).fit(
+        ["good fun", "great film", "bad plot", "awful acting"], [1, 1, 0, 0])
+    folder.mkdir(parents=True, exist_ok=True)
+    joblib.dump(classifier, folder / "classifier.joblib")
+    return tracking.log_text_classifier(folder / "classifier.joblib", ("neg", "pos"))
 
 
 def finish_run(store: Path, accuracy: float, test_digest: str = "digest-a") -> tracking.Promotion:
     with tracking.tracked_run("exp", tracking_uri=None, store_dir=store):
-        uri = tracking.log_keras_model(tiny_model(), input_name="mfcc")
+        uri = log_tiny_model(store.parent / "model")
         return tracking.register_and_promote(
             uri, "model-x", metrics={"test_accuracy": accuracy, "test_macro_f1": accuracy},
             test_digest=test_digest, data_digest="all-" + test_digest,
@@ -76,14 +80,16 @@ def test_interrupted_run_is_marked_and_registers_nothing(tmp_path: Path, error, 
 def test_logged_model_has_a_signature_and_pinned_requirements(tmp_path: Path):
     store = tmp_path / "mlruns"
     with tracking.tracked_run("exp", tracking_uri=None, store_dir=store):
-        uri = tracking.log_keras_model(tiny_model(), input_name="mfcc")
+        uri = log_tiny_model(tmp_path / "model")
     info = mlflow.models.get_model_info(uri)
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 4, 3)
+    assert info.signature.inputs.input_names() == ["text"]
+    assert info.signature.outputs.input_names() == [
+        "label", "probability_neg", "probability_pos", "error"]
     loaded = mlflow.pyfunc.load_model(uri)
-    prediction = loaded.predict(np.zeros((2, 4, 3), np.float32))
-    assert np.asarray(prediction).shape == (2, 2)
-    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri))
-    assert "tensorflow==" in requirements.read_text()
+    prediction = loaded.predict(pd.DataFrame({"text": ["great fun", "awful plot"]}))
+    assert prediction["label"].tolist() == ["pos", "neg"]
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text()
+    assert "tensorflow==" in requirements and "scikit-learn==" in requirements
 
 
 def test_connect_leaves_the_environment_as_it_was(tmp_path: Path, monkeypatch):
