@@ -27,11 +27,12 @@ def result_frame(labels: Sequence[str], probabilities: np.ndarray, errors: Seque
     """One row per input: `label`, `probability_<label>` per class, and `error` (None when the
     input was usable; its label is then None and its probabilities NaN)."""
     probabilities = np.asarray(probabilities, np.float64)
-    frame = pd.DataFrame({"label": [None if error else labels[int(row.argmax())]
-                                    for row, error in zip(probabilities, errors, strict=True)]})
+    names = [None if error else labels[int(row.argmax())]
+             for row, error in zip(probabilities, errors, strict=True)]
+    frame = pd.DataFrame({"label": pd.Series(names, dtype=object)})
     for index, label in enumerate(labels):
         frame[f"probability_{label}"] = probabilities[:, index]
-    frame[ERROR_COLUMN] = list(errors)
+    frame[ERROR_COLUMN] = pd.Series(list(errors), dtype=object)  # None, not NaN, in JSON
     return frame
 
 

@@ -1,0 +1,113 @@
+"""`mlflow models serve` answers POST /invocations for both registered champions."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from pipelines import sentiment, speech, tracking
+from pipelines.sentiment import SentimentConfig
+from pipelines.speech import SpeechConfig
+from tests.datasets import make_imdb, make_speech_commands
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """One store holding a tiny trained champion of each registered model."""
+    root = tmp_path_factory.mktemp("served")
+    store = root / "mlruns"
+    speech.run(SpeechConfig(data_dir=str(make_speech_commands(root / "speech")),
+                            store_dir=str(store), cache_dir=str(root / "cache"), units=8,
+                            depth=1, dense_units=0, epochs=1, batch_size=16))
+    sentiment.run(SentimentConfig(data_dir=str(make_imdb(root / "aclImdb")),
+                                  store_dir=str(store), validation_pct=25, units=8,
+                                  embedding_dim=8, vocabulary_size=200, sequence_length=32,
+                                  epochs=1, batch_size=8))
+    return store
+
+
+@pytest.fixture
+def server(store: Path, request) -> Iterator[str]:
+    """Starts `mlflow models serve` for the parametrised model on a free loopback port."""
+    port = free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking.local_store_uri(store))
+    log_path = store.parent / f"serve-{request.param}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m",
+             f"models:/{request.param}@champion", "--env-manager", "local",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, cwd=store.parent, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"model server did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def invoke(url: str, payload: dict) -> list[dict]:
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())["predictions"]
+
+
+@pytest.mark.parametrize("server", ["speech-commands"], indirect=True)
+def test_speech_server_labels_a_real_clip(server: str, store: Path, shared_speech_dir: Path):
+    clip = sorted((shared_speech_dir / "yes").glob("*.wav"))[0].read_bytes()
+    predictions = invoke(server, {"dataframe_records": [
+        {"audio": base64.b64encode(clip).decode()},
+        {"audio": base64.b64encode(b"not a wav file").decode()}]})
+    tracking.connect(None, store)
+    local = mlflow.pyfunc.load_model("models:/speech-commands@champion").predict(
+        pd.DataFrame({"audio": [clip]}))
+    assert predictions[0]["label"] == local.loc[0, "label"]
+    assert predictions[0]["probability_yes"] == pytest.approx(local.loc[0, "probability_yes"],
+                                                              abs=1e-6)
+    assert predictions[0]["error"] is None
+    assert predictions[1]["label"] is None and "not decodable audio" in predictions[1]["error"]
+
+
+@pytest.mark.parametrize("server", ["imdb-sentiment"], indirect=True)
+def test_sentiment_server_labels_real_reviews(server: str, store: Path, shared_imdb_dir: Path):
+    reviews = [path.read_text(encoding="utf-8") for path in
+               sorted((shared_imdb_dir / "test" / "pos").glob("*.txt"))[:2]]
+    predictions = invoke(server, {"dataframe_split": {"columns": ["text"],
+                                                      "data": [[text] for text in reviews]}})
+    tracking.connect(None, store)
+    local = mlflow.pyfunc.load_model("models:/imdb-sentiment@champion").predict(
+        pd.DataFrame({"text": reviews}))
+    assert [p["label"] for p in predictions] == local["label"].tolist()
+    assert all(p["label"] in ("neg", "pos") and p["error"] is None for p in predictions)
