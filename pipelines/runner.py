@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -226,3 +227,49 @@ def run_cli(parser: argparse.ArgumentParser, config_cls: type, run: Callable[[An
         return 2
     print(format_summary(result))
     return 0
+
+
+def model_parser(prog: str, description: str, registered_model: str) -> argparse.ArgumentParser:
+    """The options every command that uses a logged model shares."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model-uri", default=f"models:/{registered_model}@champion",
+                        help="MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, "
+                        "runs:/RUN_ID/model)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                        help="MLflow tracking URI; unset: the SQLite store in --store-dir "
+                        "[env: MLFLOW_TRACKING_URI]")
+    parser.add_argument("--store-dir", default="mlruns", help="local MLflow store")
+    return parser
+
+
+def print_predictions(names: Sequence[str], answer, failed: dict[int, str]) -> int:
+    """Prints `name<TAB>label<TAB>probability` per usable input and `name: error` (stderr)
+    per failed one.
+
+    Args:
+        names: How to name each input (file path, or the review's first words).
+        answer: The served model's DataFrame for the inputs that were sent, in order.
+        failed: Input index -> error, for inputs that never reached the model.
+
+    Returns:
+        0 when every input got a label, 1 otherwise.
+    """
+    rows = iter(answer.to_dict("records"))
+    status = 0
+    for index, name in enumerate(names):
+        row = None if index in failed else next(rows)
+        error = failed.get(index) or (row or {}).get("error")
+        if error:
+            print(f"{name}: error: {error}", file=sys.stderr)
+            status = 1
+            continue
+        probability = row[f"probability_{row['label']}"]
+        print(f"{name}\t{row['label']}\t{probability:.4f}")
+    return status
+
+
+def short_name(text: str, width: int = 40) -> str:
+    """A review shortened to one line, to name it in output."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= width else line[:width - 3] + "..."

@@ -254,10 +254,41 @@ def build_parser() -> argparse.ArgumentParser:
         SentimentConfig)
 
 
+def predict_main(argv: Sequence[str]) -> int:
+    """`predict "text" ... [--file reviews.txt]`: label and probability per review."""
+    import pandas as pd
+
+    from pipelines import runner, tracking
+
+    parser = runner.model_parser(
+        "python -m pipelines.sentiment predict",
+        "Label reviews with a logged sentiment model (default: the champion).",
+        SentimentConfig.registered_model)
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help="reviews to label")
+    parser.add_argument("--file", help="a UTF-8 file with one review per line")
+    args = parser.parse_args(argv)
+    texts = list(args.texts)
+    if args.file:
+        try:
+            lines = Path(args.file).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as error:
+            print(f"error: cannot read {args.file} ({error.strerror})", file=sys.stderr)
+            return 2
+        texts += [line for line in lines if line.strip()]
+    if not texts:
+        parser.error("give reviews as arguments or --file")
+    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
+    answer = model.predict(pd.DataFrame({"text": texts}))
+    return runner.print_predictions([runner.short_name(text) for text in texts], answer, {})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: parse flags, run, print the summary."""
+    """CLI entry point: `predict ...`, or (no command) train with the given flags."""
     from pipelines.runner import run_cli
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["predict"]:
+        return predict_main(argv[1:])
     return run_cli(build_parser(), SentimentConfig, run, format_summary, argv,
                    (ValueError, FileNotFoundError, DatasetUnavailableError))
 

@@ -264,10 +264,35 @@ def build_parser() -> argparse.ArgumentParser:
         SpeechConfig)
 
 
+def predict_main(argv: Sequence[str]) -> int:
+    """`predict FILE [FILE ...]`: label and probability per clip from a logged model."""
+    from pipelines import runner, tracking
+
+    parser = runner.model_parser(
+        "python -m pipelines.speech predict",
+        "Label audio files with a logged speech model (default: the champion).",
+        SpeechConfig.registered_model)
+    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, ...)")
+    args = parser.parse_args(argv)
+    clips, failed = [], {}
+    for index, name in enumerate(args.files):
+        try:
+            clips.append(Path(name).read_bytes())
+        except OSError as error:
+            failed[index] = f"cannot read the file ({error.strerror})"
+    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
+    answer = (model.predict(pd.DataFrame({"audio": clips})) if clips
+              else pd.DataFrame(columns=["label", "error"]))
+    return runner.print_predictions(args.files, answer, failed)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: parse flags, run, print the summary."""
+    """CLI entry point: `predict ...`, or (no command) train with the given flags."""
     from pipelines.runner import run_cli
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["predict"]:
+        return predict_main(argv[1:])
     return run_cli(build_parser(), SpeechConfig, run, format_summary, argv,
                    (ValueError, FileNotFoundError, DatasetUnavailableError))
 

@@ -196,6 +196,12 @@ class SpeechClassifierModel(mlflow.pyfunc.PythonModel):
         return self._predictor.predict(model_input)
 
 
+def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str | Path):
+    """Loads a logged or registered model (e.g. `models:/name@champion`) as pyfunc."""
+    connect(tracking_uri, store_dir)
+    return mlflow.pyfunc.load_model(model_uri)
+
+
 def output_schema(labels: Sequence[str]) -> Schema:
     return Schema([ColSpec("string", "label")]
                   + [ColSpec("double", f"probability_{label}") for label in labels]

@@ -63,6 +63,19 @@ def test_run_end_to_end_logs_registers_and_serves_raw_text(imdb_dir: Path, tmp_p
     assert ((usable["probability_neg"] + usable["probability_pos"] - 1).abs() < 1e-5).all()
     assert answer.loc[1, "error"] == "text: expected a non-empty review string"
 
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("Awful and boring.\n\nA superb, moving film with a great plot and cast\n")
+    code = sentiment.main(["predict", "Wonderful, moving, superb!", " ", "--file", str(reviews),
+                           "--store-dir", str(tmp_path / "mlruns")])
+    printed = capsys.readouterr()
+    assert code == 1
+    lines = [line.split("\t") for line in printed.out.strip().split("\n")]
+    assert [line[0] for line in lines] == ["Wonderful, moving, superb!", "Awful and boring.",
+                                           "A superb, moving film with a great pl..."]
+    assert lines[0][1] == answer.loc[0, "label"] and all(line[1] in ("neg", "pos")
+                                                         for line in lines)
+    assert ": error: text: expected a non-empty review string" in printed.err
+
 
 def test_baseline_is_logged_beside_and_registered_only_when_it_wins(imdb_dir: Path,
                                                                      tmp_path: Path):

@@ -56,6 +56,19 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
                 if tag.key == "mlflow.data.context"}
     assert contexts == {"train", "validation", "test"}
 
+    # predict: one line per clip; bad inputs get their own error and the rest an answer
+    (tmp_path / "notes.wav").write_text("not audio")
+    clip_path = speech_dir / "yes" / "0a1b2c3d_nohash_0.wav"
+    code = speech.main(["predict", str(clip_path), str(tmp_path / "missing.wav"),
+                        str(tmp_path / "notes.wav"), "--store-dir", str(tmp_path / "mlruns")])
+    printed = capsys.readouterr()
+    assert code == 1
+    name, label, probability = printed.out.strip().split("\t")
+    assert name == str(clip_path) and label == answer.loc[0, "label"]
+    assert float(probability) == pytest.approx(answer.loc[0, f"probability_{label}"], abs=1e-4)
+    assert f"{tmp_path / 'missing.wav'}: error: cannot read the file" in printed.err
+    assert f"{tmp_path / 'notes.wav'}: error: audio: not decodable audio" in printed.err
+
     # Same data and config: features come from the cache.
     assert speech.main(small_args(speech_dir, tmp_path)) == 0
     assert "(from cache)" in capsys.readouterr().out
