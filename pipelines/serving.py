@@ -25,14 +25,17 @@ ERROR_COLUMN = "error"
 def result_frame(labels: Sequence[str], probabilities: np.ndarray, errors: Sequence[str | None]
                  ) -> pd.DataFrame:
     """One row per input: `label`, `probability_<label>` per class, and `error` (None when the
-    input was usable; its label is then None and its probabilities NaN)."""
+    input was usable; for a failed input the label and probabilities are None)."""
     probabilities = np.asarray(probabilities, np.float64)
     names = [None if error else labels[int(row.argmax())]
              for row, error in zip(probabilities, errors, strict=True)]
     frame = pd.DataFrame({"label": pd.Series(names, dtype=object)})
     for index, label in enumerate(labels):
-        frame[f"probability_{label}"] = probabilities[:, index]
-    frame[ERROR_COLUMN] = pd.Series(list(errors), dtype=object)  # None, not NaN, in JSON
+        column = pd.Series(probabilities[:, index])
+        if any(errors):  # null, not NaN (which is not JSON), where an input failed
+            column = column.astype(object).where(column.notna(), None)
+        frame[f"probability_{label}"] = column
+    frame[ERROR_COLUMN] = pd.Series(list(errors), dtype=object)
     return frame
 
 

@@ -98,6 +98,7 @@ def test_speech_server_labels_a_real_clip(server: str, store: Path, shared_speec
                                                               abs=1e-6)
     assert predictions[0]["error"] is None
     assert predictions[1]["label"] is None and "not decodable audio" in predictions[1]["error"]
+    assert predictions[1]["probability_yes"] is None  # null: the answer is strict JSON
 
 
 @pytest.mark.parametrize("server", ["imdb-sentiment"], indirect=True)
