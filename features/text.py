@@ -24,14 +24,18 @@ ENCODE_BATCH = 1024
 @keras.saving.register_keras_serializable(package="features")
 def standardize_review(text: tf.Tensor) -> tf.Tensor:
     """Lower-cases, removes HTML tags such as `<br />`, drops apostrophes inside words
-    ("don't" -> "dont") and turns all other punctuation and symbols into spaces.
+    ("don't" -> "dont") and invisible format characters, and turns all other punctuation,
+    symbols, control characters and Unicode separators into spaces.
 
     Registered with Keras so a saved model carries it by name.
     """
     text = tf.strings.lower(text, encoding="utf-8")
     text = tf.strings.regex_replace(text, r"<\s*/?\s*[a-zA-Z][^>]*>", " ")
-    text = tf.strings.regex_replace(text, r"['\x{2019}]", "")
-    return tf.strings.regex_replace(text, r"[\pP\pS]", " ")
+    text = tf.strings.regex_replace(text, r"['\x{2019}\p{Cf}]", "")
+    # Control characters and Unicode separators (\x85, \u2028, \v, ...) become spaces too: a
+    # token holding one would be cut in two when Keras reads its saved vocabulary back
+    # (IndexLookup.load_assets uses str.splitlines), and the saved model would not load.
+    return tf.strings.regex_replace(text, r"[\pP\pS\p{Cc}\pZ]", " ")
 
 
 def make_vectorizer(vocabulary_size: int, sequence_length: int,

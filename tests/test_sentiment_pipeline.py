@@ -135,3 +135,9 @@ def test_trains_on_real_reviews(shared_imdb_dir: Path, tmp_path: Path):
     assert result["test_accuracy"] > 0.7 and result["test_roc_auc"] > 0.8  # chance: 0.5
     version = client.get_model_version_by_alias("imdb-sentiment", "champion")
     assert version.run_id == result["run_id"] and str(version.version) == "1"
+    # the registered model loads back (its vocabulary holds real reviews' odd characters)
+    served = mlflow.pyfunc.load_model("models:/imdb-sentiment@champion")
+    reviews = [path.read_text(encoding="utf-8")
+               for path in sorted((data_dir / "test" / "pos").glob("*.txt"))[:20]]
+    answer = served.predict(pd.DataFrame({"text": reviews}))
+    assert answer["error"].isna().all() and (answer["label"] == "pos").mean() > 0.5

@@ -73,3 +73,21 @@ def test_bad_sizes_fail_with_the_value():
         make_vectorizer(2, 10)
     with pytest.raises(ValueError, match="sequence_length must be at least 1, got 0"):
         make_vectorizer(100, 0)
+
+
+def test_saved_model_loads_whatever_characters_the_reviews_hold(tmp_path: Path):
+    import keras
+
+    from models.recurrent import build_text_classifier, text_to_probabilities
+
+    # Keras reads a saved vocabulary back with str.splitlines: a token holding \x85, \u2028,
+    # \v, \x1c ... would split in two and the model would not load.
+    reviews = ["one\x85two three\u2028four", "five\x0bsix\x1cseven\u2029eight",
+               "nine\x0cten\rEleven\tTWELVE", "soft\xadhyphen zero\u200bwidth non\xa0break"]
+    assert standardized(reviews[0]) == ["one", "two", "three", "four"]
+    assert standardized(reviews[3]) == ["softhyphen", "zerowidth", "non", "break"]
+    vectorizer = fit_vectorizer(reviews, vocabulary_size=100, sequence_length=8)
+    model = text_to_probabilities(vectorizer, build_text_classifier(100, 2, units=2))
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    assert restored.get_layer("token_ids").get_vocabulary() == vectorizer.get_vocabulary()

@@ -1,0 +1,152 @@
+"""Served-inference latency and throughput through `mlflow.pyfunc` (issue 4's figures).
+
+Usage:
+    python -m benchmarks.serving [--speech-model-uri URI] [--sentiment-model-uri URI]
+                                 [--data-dir ../shared/data] [--json out.json]
+
+Without model URIs it logs models of the default architectures (untrained: latency does not
+depend on the weights) into a temporary store and loads them back, so it runs anywhere. It
+times `predict` on one real clip / one real review at a time (p50, p99 over repeated calls after
+a warm-up) and on one batch of 1,000 (median of repeats), and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def time_single(predict, inputs: list[pd.DataFrame], calls: int, warmup: int = 10
+                ) -> list[float]:
+    """Milliseconds per call, one input per call, cycling through `inputs`."""
+    for index in range(warmup):
+        predict(inputs[index % len(inputs)])
+    times = []
+    for index in range(calls):
+        started = time.perf_counter()
+        predict(inputs[index % len(inputs)])
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def time_batch(predict, batch: pd.DataFrame, repeats: int) -> float:
+    """Median inputs per second over `repeats` calls on the whole batch (after one warm-up)."""
+    predict(batch)
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predict(batch)
+        rates.append(len(batch) / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def default_models(store: Path, data_dir: Path) -> tuple[str, str]:
+    """Logs default-architecture speech and sentiment models; returns their model URIs."""
+    import keras
+
+    from features.imdb import LABELS as REVIEW_LABELS
+    from features.mfcc import MfccConfig, feature_shape
+    from features.text import fit_vectorizer
+    from models.recurrent import build_classifier, build_text_classifier, text_to_probabilities
+    from pipelines import tracking
+    from pipelines.sentiment import SentimentConfig
+    from pipelines.serving import SpeechPredictor
+    from pipelines.speech import SpeechConfig, serving_input_example
+
+    speech, text = SpeechConfig(), SentimentConfig()
+    mfcc = MfccConfig()
+    labels = ("_silence_", "_unknown_", "yes", "no", "up", "down", "left", "right", "on", "off",
+              "stop", "go")
+    keras.utils.set_random_seed(0)
+    speech_model = build_classifier(
+        feature_shape(mfcc), len(labels), mean=np.zeros(mfcc.n_mfcc),
+        variance=np.ones(mfcc.n_mfcc), cell=speech.cell, units=speech.units, depth=speech.depth,
+        dropout=speech.dropout, pooling=speech.pooling, dense_units=speech.dense_units)
+    reviews = [p.read_text(encoding="utf-8") for p in
+               sorted((data_dir / "aclImdb" / "train" / "pos").glob("*.txt"))[:2000]]
+    vectorizer = fit_vectorizer(reviews, text.vocabulary_size, text.sequence_length)
+    text_model = build_text_classifier(
+        vectorizer.vocabulary_size(), 2, embedding_dim=text.embedding_dim, cell=text.cell,
+        units=text.units, depth=text.depth, pooling=text.pooling,
+        dense_units=text.dense_units)
+    folder = store.parent
+    with tracking.tracked_run("serving-benchmark", tracking_uri=None, store_dir=store):
+        speech_model.save(folder / "speech.keras")
+        config = SpeechPredictor(speech_model, labels, mfcc).save_config(folder / "speech.json")
+        speech_uri = tracking.log_speech_classifier(
+            folder / "speech.keras", config, labels, serving_input_example(mfcc.sample_rate))
+    with tracking.tracked_run("serving-benchmark", tracking_uri=None, store_dir=store):
+        text_to_probabilities(vectorizer, text_model).save(folder / "text.keras")
+        text_uri = tracking.log_text_classifier(folder / "text.keras", REVIEW_LABELS)
+    return speech_uri, text_uri
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--speech-model-uri")
+    parser.add_argument("--sentiment-model-uri")
+    parser.add_argument("--tracking-uri", help="for model URIs in a remote store")
+    parser.add_argument("--store-dir", default="mlruns")
+    parser.add_argument("--data-dir", type=Path, default=SHARED)
+    parser.add_argument("--calls", type=int, default=200, help="single-input calls timed")
+    parser.add_argument("--batch", type=int, default=1000, help="inputs per batch call")
+    parser.add_argument("--repeats", type=int, default=3, help="batch calls timed")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    from pipelines import tracking
+
+    with tempfile.TemporaryDirectory() as folder:
+        speech_uri, text_uri = args.speech_model_uri, args.sentiment_model_uri
+        if not (speech_uri and text_uri):
+            built = default_models(Path(folder) / "mlruns", args.data_dir)
+            speech_uri, text_uri = speech_uri or built[0], text_uri or built[1]
+            store, tracking_uri = Path(folder) / "mlruns", None
+        else:
+            store, tracking_uri = args.store_dir, args.tracking_uri
+        speech = tracking.load_served_model(speech_uri, tracking_uri, store)
+        text = tracking.load_served_model(text_uri, tracking_uri, store)
+
+        clips = [p.read_bytes() for p in
+                 sorted((args.data_dir / "speech_commands").glob("*/*_nohash_*.wav"))]
+        reviews = [p.read_text(encoding="utf-8") for p in
+                   sorted((args.data_dir / "aclImdb" / "test" / "pos").glob("*.txt"))]
+        clip_batch = pd.DataFrame({"audio": (clips * (args.batch // len(clips) + 1))
+                                   [:args.batch]})
+        review_batch = pd.DataFrame({"text": reviews[:args.batch]})
+        figures = {}
+        for name, model, singles, batch in (
+                ("clip", speech, [pd.DataFrame({"audio": [c]}) for c in clips[:100]],
+                 clip_batch),
+                ("review", text, [pd.DataFrame({"text": [r]}) for r in reviews[:100]],
+                 review_batch)):
+            times = time_single(model.predict, singles, args.calls)
+            figures[name] = {
+                "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
+                "batch_per_second": time_batch(model.predict, batch, args.repeats),
+                "batch_size": len(batch),
+            }
+    print(f"{'input':8} {'p50 ms':>8} {'p99 ms':>8} {'batch/s':>9}  (model URIs: "
+          f"{speech_uri}, {text_uri})")
+    for name, figure in figures.items():
+        print(f"{name:8} {figure['p50_ms']:8.1f} {figure['p99_ms']:8.1f} "
+              f"{figure['batch_per_second']:9.0f}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
