@@ -20,6 +20,30 @@ from features.audio import AudioDecodeError, AudioSpec, decode_clip, fix_length,
 from features.mfcc import MfccConfig, mfcc_frames
 
 ERROR_COLUMN = "error"
+DIRECT_CALL_MAX = 64  # up to this many inputs, skip Model.predict's per-call set-up
+
+
+class FastPredict:
+    """`model.predict` for large inputs; a traced direct call for small ones.
+
+    Keras' `predict` builds a data iterator on every call (tens of ms), which dominates the
+    latency of one clip or one review; a `tf.function` over the model's call is traced once.
+    """
+
+    def __init__(self, model):
+        import tensorflow as tf
+
+        self.model = model
+        spec = tf.TensorSpec(model.input.shape, model.input.dtype)
+        self._call = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+    def __call__(self, inputs) -> np.ndarray:
+        import tensorflow as tf
+
+        tensor = tf.convert_to_tensor(inputs)  # strings: Keras' predict rejects object arrays
+        if len(inputs) <= DIRECT_CALL_MAX:
+            return self._call(tensor).numpy()
+        return self.model.predict(tensor, batch_size=256, verbose=0)
 
 
 def result_frame(labels: Sequence[str], probabilities: np.ndarray, errors: Sequence[str | None]
@@ -63,6 +87,7 @@ class SpeechPredictor:
         self.model = model
         self.labels = list(labels)
         self.mfcc = mfcc
+        self._predict = FastPredict(model) if model is not None else None
         self.spec = AudioSpec(mfcc.sample_rate, mfcc.clip_seconds)
 
     @classmethod
@@ -128,7 +153,7 @@ class SpeechPredictor:
     def probabilities(self, frames: np.ndarray) -> np.ndarray:
         if not len(frames):
             return np.zeros((0, len(self.labels)), np.float32)
-        return self.model.predict(frames, batch_size=256, verbose=0)
+        return self._predict(frames)
 
 
 class TextPredictor:
@@ -140,6 +165,7 @@ class TextPredictor:
         self.labels = list(labels)
         self.keras_model = keras_model
         self.sklearn_model = sklearn_model
+        self._predict = FastPredict(keras_model) if keras_model is not None else None
 
     @classmethod
     def load(cls, classifier_path: str | Path, labels: Sequence[str]) -> TextPredictor:
@@ -181,10 +207,8 @@ class TextPredictor:
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, len(self.labels)), np.float32)
-        if self.keras_model is not None:
-            import tensorflow as tf
-
-            return self.keras_model.predict(tf.constant(list(texts)), batch_size=256, verbose=0)
+        if self._predict is not None:
+            return self._predict(np.asarray(list(texts), dtype=object))
         return self.sklearn_model.predict_proba(list(texts))
 
 

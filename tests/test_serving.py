@@ -45,6 +45,9 @@ def test_served_speech_features_and_predictions_equal_training(shared_speech_dir
 
     expected = model.predict(training_frames, verbose=0)
     answer = served.predict(pd.DataFrame(rows))
+    many = served.predict(pd.DataFrame(rows * 8))  # above the direct-call size
+    np.testing.assert_allclose(many.filter(like="probability_").to_numpy(),
+                               np.tile(expected, (8, 1)), atol=1e-6)
     np.testing.assert_allclose(answer.filter(like="probability_").to_numpy(), expected,
                                atol=1e-6)
     assert answer["label"].tolist() == [LABELS[i] for i in expected.argmax(axis=1)]
@@ -104,6 +107,10 @@ def test_served_text_ids_and_predictions_equal_training(shared_imdb_dir: Path, t
     answer = served.predict(pd.DataFrame({"text": reviews}))
     np.testing.assert_allclose(answer[["probability_neg", "probability_pos"]].to_numpy(),
                                expected, atol=1e-6)
+    many = reviews * 8  # above the direct-call size: the Model.predict path
+    np.testing.assert_allclose(
+        served.predict(pd.DataFrame({"text": many}))[["probability_neg", "probability_pos"]],
+        np.tile(expected, (8, 1)), atol=1e-6)
     bad = served.predict(pd.DataFrame({"text": ["", reviews[0], None]}))
     assert bad["error"].tolist()[0] == "text: expected a non-empty review string"
     assert pd.isna(bad.loc[1, "error"]) and bad.loc[1, "label"] in ("neg", "pos")
