@@ -282,3 +282,35 @@ def load_speech_commands(
             + silence_examples(silence_count, noise, clip_samples, silence_rms, rng)
         )
     return SpeechCommandsData(data_dir, labels, examples, method, listed_missing, notes)
+
+
+def is_test_release(data_dir: str | Path) -> bool:
+    """Whether a folder is in the official test-release layout: one folder per class, with
+    `_silence_/` and `_unknown_/` holding clips, and no `_background_noise_/`."""
+    data_dir = Path(data_dir)
+    return ((data_dir / SILENCE_LABEL).is_dir() or (data_dir / UNKNOWN_LABEL).is_dir()) and \
+        not (data_dir / "_background_noise_").is_dir()
+
+
+def test_release_examples(data_dir: str | Path) -> list[Example]:
+    """Every clip of a test-release folder, labelled by its folder (`_unknown_/` files may be
+    named `<word>_<speaker>_nohash_<n>.wav`).
+
+    Raises:
+        FileNotFoundError: `data_dir` does not exist.
+        ValueError: A folder is not one of the 12 classes, or there are no clips.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"Speech Commands test folder not found: {data_dir}")
+    classes = {SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS}
+    examples = []
+    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        if folder.name not in classes:
+            raise ValueError(f"{folder}: not one of the 12 test-release classes "
+                             f"({', '.join(sorted(classes))})")
+        examples += [Example(folder.name, path.relative_to(data_dir).as_posix())
+                     for path in sorted(folder.glob("*.wav"))]
+    if not examples:
+        raise ValueError(f"{data_dir}: no .wav clips in its class folders")
+    return examples

@@ -106,7 +106,7 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
     train_seconds = time.perf_counter() - started
     epochs = len(history.history["loss"])
     probabilities = model.predict(data.x["test"], batch_size=256, verbose=0)
-    metrics = log_evaluation(probabilities, data, history.history) | {
+    metrics = log_evaluation(probabilities, data, history.history).metrics | {
         "train_seconds": train_seconds,
         "epochs_trained": epochs,
         "train_samples_per_second": len(data.y["train"]) * epochs / train_seconds,
@@ -116,14 +116,14 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
 
 
 def log_evaluation(probabilities: np.ndarray, data: PreparedData,
-                   history: dict[str, list[float]] | None = None) -> dict[str, float]:
+                   history: dict[str, list[float]] | None = None):
     """Scores test-split probabilities and logs the metrics, report and plots.
 
     Plots: the confusion matrix, the ROC curve for two classes, and the training curves when
     there is a Keras history.
 
     Returns:
-        The test metrics.
+        The training.Evaluation (metrics, report, confusion matrix).
     """
     from pipelines import tracking, training
 
@@ -139,7 +139,7 @@ def log_evaluation(probabilities: np.ndarray, data: PreparedData,
                             "plots/training_curves.png")
     tracking.log_text(evaluation.report_text, "classification_report.txt")
     tracking.log_dict(evaluation.report, "classification_report.json")
-    return evaluation.metrics
+    return evaluation
 
 
 def register(config: Any, model_uri: str, metrics: dict[str, float], data: PreparedData,
@@ -273,3 +273,117 @@ def short_name(text: str, width: int = 40) -> str:
     """A review shortened to one line, to name it in output."""
     line = " ".join(str(text).split())
     return line if len(line) <= width else line[:width - 3] + "..."
+
+
+EVALUATE_CHUNK = 256
+
+
+def evaluation_parser(prog: str, description: str, registered_model: str, experiment: str
+                      ) -> argparse.ArgumentParser:
+    """Options of an `evaluate` command: the model, the store, the folder and the run."""
+    parser = model_parser(prog, description, registered_model)
+    parser.add_argument("--data-dir", required=True, help="folder to evaluate on")
+    parser.add_argument("--experiment", default=experiment,
+                        help="MLflow experiment of the evaluation run")
+    parser.add_argument("--run-name", help="MLflow run name of the evaluation run")
+    return parser
+
+
+def evaluate_served(args: argparse.Namespace, *, pipeline: str, inputs, truth: Sequence[str],
+                    names: Sequence[str], source: str, digest: str, dataset_name: str) -> dict:
+    """Evaluates a logged model on labelled raw inputs through its served (pyfunc) path and
+    records an evaluation run linked to the model (and its registered version).
+
+    Args:
+        args: Parsed `evaluation_parser` options.
+        pipeline: Pipeline name for the run's tags.
+        inputs: DataFrame of model inputs, one row per example.
+        truth: True label name per row.
+        names: How to name each row in errors (its file).
+        source: Folder evaluated, for lineage.
+        digest: Content digest of the evaluated examples.
+        dataset_name: Dataset name shown in the UI.
+
+    Returns:
+        Metrics, labels, confusion matrix, failed inputs, run id and evaluated version.
+
+    Raises:
+        ValueError: A true label is not one of the model's classes.
+    """
+
+    from pipelines import tracking
+
+    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
+    columns = [name for name in model.metadata.get_output_schema().input_names()
+               if name.startswith("probability_")]
+    labels = tuple(name.removeprefix("probability_") for name in columns)
+    unknown = sorted(set(truth) - set(labels))
+    if unknown:
+        raise ValueError(f"labels {unknown} of {source} are not classes of the model "
+                         f"({', '.join(labels)})")
+    with tracking.tracked_run(args.experiment, tracking_uri=args.tracking_uri,
+                              store_dir=args.store_dir, run_name=args.run_name,
+                              tags={"pipeline": pipeline, "run_type": "evaluation"}) as run_id:
+        answer = predict_in_groups(model, inputs)
+        usable = answer["error"].isna().to_numpy()
+        failed = [(names[i], answer.loc[i, "error"]) for i in np.flatnonzero(~usable)]
+        y = np.asarray([labels.index(label) for label in truth], np.int32)[usable]
+        data = PreparedData(labels, {}, {"test": y}, {"test": digest}, source, failed,
+                            {"source": source, "model_uri": args.model_uri,
+                             "failed_inputs": [{"path": p, "error": e} for p, e in failed]})
+        tracking.log_dataset(dataset_name, source, data.digests, data.split_tags(),
+                             data.summary)
+        probabilities = answer.loc[usable, columns].to_numpy(np.float64)
+        evaluation = log_evaluation(probabilities, data)
+        tracking.log_metrics({"evaluated_examples": int(usable.sum()),
+                              "failed_inputs": len(failed)})
+        version = tracking.link_evaluation(
+            args.model_uri, run_id,
+            f"test_accuracy={evaluation.metrics['test_accuracy']:.4f} on {source}")
+    return {"metrics": evaluation.metrics, "labels": labels, "confusion": evaluation.confusion,
+            "failed": failed, "run_id": run_id, "version": version}
+
+
+def predict_in_groups(model, inputs):
+    """Predicts rows in chunks, each chunk holding rows that fill the same columns (a column
+    of None in a chunk would fail the model's schema), and returns answers in input order."""
+    import pandas as pd
+
+    filled = inputs.notna()
+    groups: dict[tuple, list[int]] = {}
+    for index, row in enumerate(filled.itertuples(index=False)):
+        groups.setdefault(tuple(row), []).append(index)
+    parts = []
+    for key, indices in groups.items():
+        columns = [column for column, present in zip(inputs.columns, key, strict=True)
+                   if present]
+        if not columns:  # e.g. a file that could not be read
+            parts.append(pd.DataFrame({"label": None, "error": "no input (unreadable file?)"},
+                                      index=pd.Index(indices)))
+            continue
+        for start in range(0, len(indices), EVALUATE_CHUNK):
+            chunk = indices[start:start + EVALUATE_CHUNK]
+            rows = pd.DataFrame(inputs.iloc[chunk][columns].to_dict("records"))
+            parts.append(model.predict(rows).set_index(pd.Index(chunk)))
+    return pd.concat(parts).sort_index()
+
+
+def print_evaluation(result: dict) -> int:
+    """Prints accuracy, macro-F1 and the confusion matrix; failed inputs go to stderr."""
+    for name, error in result["failed"]:
+        print(f"{name}: error: {error}", file=sys.stderr)
+    metrics = result["metrics"]
+    print(f"accuracy          {metrics['test_accuracy']:.4f}")
+    print(f"macro-F1          {metrics['test_macro_f1']:.4f}")
+    if "test_roc_auc" in metrics:
+        print(f"ROC-AUC           {metrics['test_roc_auc']:.4f}")
+    print(f"failed inputs     {len(result['failed'])}")
+    print(f"MLflow run id     {result['run_id']}"
+          + (f" (evaluates version {result['version']})" if result["version"] else ""))
+    labels = result["labels"]
+    width = max(*(len(label) for label in labels), len(str(result["confusion"].max()))) + 2
+    print("confusion matrix (rows: true, columns: predicted)")
+    print(" " * width + "".join(f"{label:>{width}}" for label in labels))
+    for label, row in zip(labels, result["confusion"], strict=True):
+        print(f"{label:>{width}}" + "".join(f"{count:>{width}}" for count in row))
+    return 0

@@ -185,7 +185,7 @@ def train_baseline(config: SentimentConfig, data: PreparedData) -> dict:
     train_seconds = time.perf_counter() - started
     validation_accuracy = float(
         (classifier.predict(data.x["validation"]) == data.y["validation"]).mean())
-    metrics = runner.log_evaluation(classifier.predict_proba(data.x["test"]), data) | {
+    metrics = runner.log_evaluation(classifier.predict_proba(data.x["test"]), data).metrics | {
         "train_seconds": train_seconds, "val_accuracy": validation_accuracy,
         "tfidf_features": len(classifier.named_steps["tfidf"].vocabulary_),
     }
@@ -282,13 +282,46 @@ def predict_main(argv: Sequence[str]) -> int:
     return runner.print_predictions([runner.short_name(text) for text in texts], answer, {})
 
 
+def evaluate_main(argv: Sequence[str]) -> int:
+    """`evaluate --data-dir DIR [--model-uri URI]`: accuracy, macro-F1, ROC-AUC and confusion
+    matrix of a logged model on an aclImdb folder's test split, recorded as an evaluation run
+    linked to the model version."""
+    import pandas as pd
+
+    from features.imdb import ImdbData, read_split_folder
+    from pipelines import runner
+
+    parser = runner.evaluation_parser(
+        "python -m pipelines.sentiment evaluate",
+        "Evaluate a logged sentiment model on the test/{neg,pos} reviews of an aclImdb folder.",
+        SentimentConfig.registered_model, SentimentConfig.experiment)
+    args = parser.parse_args(argv)
+    try:
+        if not Path(args.data_dir).is_dir():
+            raise FileNotFoundError(f"IMDB data folder not found: {args.data_dir}")
+        reviews, skipped, _ = read_split_folder(Path(args.data_dir), "test")
+        for path, reason in skipped:
+            print(f"{path}: skipped: {reason}", file=sys.stderr)
+        result = runner.evaluate_served(
+            args, pipeline="sentiment", inputs=pd.DataFrame({"text": [r.text for r in reviews]}),
+            truth=[r.label for r in reviews], names=[r.path for r in reviews],
+            source=str(Path(args.data_dir).resolve()),
+            digest=ImdbData({"test": reviews}).digest("test"), dataset_name="aclImdb-evaluation")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return runner.print_evaluation(result)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: `predict ...`, or (no command) train with the given flags."""
+    """CLI entry point: `predict ...`, `evaluate ...`, or (no command) train with the flags."""
     from pipelines.runner import run_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["predict"]:
         return predict_main(argv[1:])
+    if argv[:1] == ["evaluate"]:
+        return evaluate_main(argv[1:])
     return run_cli(build_parser(), SentimentConfig, run, format_summary, argv,
                    (ValueError, FileNotFoundError, DatasetUnavailableError))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.audio import AudioSpec
 from features.mfcc import MfccConfig, feature_shape
 from features.speech_commands import (
     COMMAND_WORDS,
@@ -83,18 +84,24 @@ class SpeechConfig(TrainingConfig):
                           self.n_mels, self.n_mfcc, self.fmin, self.fmax)
 
 
+def compose_folder(config: SpeechConfig):
+    """Lists a Speech Commands folder and composes the task's splits as the config says."""
+    return load_speech_commands(
+        config.data_dir, task=config.task, validation_pct=config.validation_pct,
+        test_pct=config.test_pct, unknown_pct=config.unknown_pct,
+        silence_pct=config.silence_pct,
+        silence_rms=(config.silence_rms_min, config.silence_rms_max),
+        sample_rate=config.sample_rate, clip_samples=config.mfcc().clip_samples,
+        seed=config.data_seed,
+    )
+
+
 def prepare_folder(config: SpeechConfig) -> PreparedData:
     """Reads a Speech Commands folder and computes (or loads cached) MFCC frames per split."""
     if not config.data_dir:
         raise ValueError("no data folder: pass --data-dir or set SPEECH_COMMANDS_DIR")
     mfcc = config.mfcc()
-    data = load_speech_commands(
-        config.data_dir, task=config.task, validation_pct=config.validation_pct,
-        test_pct=config.test_pct, unknown_pct=config.unknown_pct,
-        silence_pct=config.silence_pct,
-        silence_rms=(config.silence_rms_min, config.silence_rms_max),
-        sample_rate=config.sample_rate, clip_samples=mfcc.clip_samples, seed=config.data_seed,
-    )
+    data = compose_folder(config)
     for note in data.notes:
         log.warning(note)
     index = {label: i for i, label in enumerate(data.labels)}
@@ -286,13 +293,86 @@ def predict_main(argv: Sequence[str]) -> int:
     return runner.print_predictions(args.files, answer, failed)
 
 
+def evaluation_inputs(data_dir: str, data_seed: int
+                      ) -> tuple[pd.DataFrame, list[str], list[str], str, str]:
+    """Labelled model inputs from a test-release folder (every clip, labelled by its folder) or
+    a training-layout folder (its test split, composed as training composes it).
+
+    Clips go in as file bytes; `_silence_` windows cut from the noise recordings go in as
+    waveforms.
+
+    Returns:
+        (inputs, true labels, input names, content digest, layout description).
+    """
+    from features.speech_commands import is_test_release, test_release_examples
+    from features.speech_features import decode_examples
+
+    config = SpeechConfig(data_dir=data_dir, data_seed=data_seed)
+    root = Path(data_dir)
+    if is_test_release(root):
+        examples, layout = test_release_examples(root), "test release (one folder per class)"
+    else:
+        examples, layout = compose_folder(config).examples["test"], "training layout, test split"
+    silence = [e for e in examples if e.is_silence]
+    waveforms = {index: waveform for index, waveform, _ in decode_examples(
+        silence, root, AudioSpec(config.sample_rate, config.clip_seconds))}
+    rows, hasher, position = [], hashlib.sha256(), 0
+    for example in examples:
+        hasher.update(f"{example.label}|{example.path}|{example.offset}|{example.rms!r}".encode())
+        if example.is_silence:
+            waveform = waveforms.get(position)
+            position += 1
+            rows.append({"audio": None, "sample_rate": config.sample_rate,
+                         "waveform": None if waveform is None else waveform.tolist()})
+            continue
+        try:
+            audio = (root / example.path).read_bytes()
+        except OSError:
+            audio = None
+        hasher.update(hashlib.sha256(audio or b"").digest())
+        rows.append({"audio": audio, "waveform": None, "sample_rate": config.sample_rate})
+    names = [str(root / example.path) if not example.is_silence
+             else f"{root / example.path}@{example.offset}" for example in examples]
+    return (pd.DataFrame(rows, columns=["audio", "waveform", "sample_rate"]),
+            [example.label for example in examples], names, hasher.hexdigest()[:16], layout)
+
+
+def evaluate_main(argv: Sequence[str]) -> int:
+    """`evaluate --data-dir DIR [--model-uri URI]`: accuracy, macro-F1 and confusion matrix of
+    a logged model on a folder, recorded as an evaluation run linked to the model version."""
+    from pipelines import runner
+
+    parser = runner.evaluation_parser(
+        "python -m pipelines.speech evaluate",
+        "Evaluate a logged speech model on a Speech Commands folder: the official test "
+        "release (ten word folders, _silence_/, _unknown_/) or the training layout (its test "
+        "split).", SpeechConfig.registered_model, SpeechConfig.experiment)
+    parser.add_argument("--data-seed", type=int, default=SpeechConfig.data_seed,
+                        help="training layout: seed of the _unknown_/_silence_ composition")
+    args = parser.parse_args(argv)
+    try:
+        inputs, truth, names, digest, layout = evaluation_inputs(args.data_dir, args.data_seed)
+        log.info("evaluating %s on %d examples (%s)", args.model_uri, len(truth), layout)
+        result = runner.evaluate_served(
+            args, pipeline="speech", inputs=inputs, truth=truth, names=names,
+            source=str(Path(args.data_dir).resolve()), digest=digest,
+            dataset_name="speech-commands-evaluation")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return runner.print_evaluation(result)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: `predict ...`, or (no command) train with the given flags."""
+    """CLI entry point: `predict ...`, `evaluate ...`, or (no command) train with the flags."""
     from pipelines.runner import run_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["predict"]:
         return predict_main(argv[1:])
+    if argv[:1] == ["evaluate"]:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return evaluate_main(argv[1:])
     return run_cli(build_parser(), SpeechConfig, run, format_summary, argv,
                    (ValueError, FileNotFoundError, DatasetUnavailableError))
 

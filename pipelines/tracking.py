@@ -202,6 +202,35 @@ def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str |
     return mlflow.pyfunc.load_model(model_uri)
 
 
+def model_version_of(model_uri: str) -> Any | None:
+    """The registered version a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI points at;
+    None for other URIs."""
+    if not model_uri.startswith("models:/"):
+        return None
+    name, _, rest = model_uri[len("models:/"):].partition("/")
+    client = MlflowClient()
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    if rest.isdigit():
+        return client.get_model_version(name, rest)
+    return None
+
+
+def link_evaluation(model_uri: str, run_id: str, summary: str) -> str | None:
+    """Tags the evaluation run with the model it evaluated and, for a registered version, the
+    version with `evaluation.<run_id>`; returns the version number (None if unregistered)."""
+    version = model_version_of(model_uri)
+    tags = {"evaluated_model_uri": model_uri}
+    if version is not None:
+        MlflowClient().set_model_version_tag(version.name, version.version,
+                                             f"evaluation.{run_id}", summary)
+        tags |= {"evaluated_model": version.name, "evaluated_version": version.version,
+                 "evaluated_model_run_id": version.run_id}
+    set_tags(tags)
+    return None if version is None else str(version.version)
+
+
 def output_schema(labels: Sequence[str]) -> Schema:
     return Schema([ColSpec("string", "label")]
                   + [ColSpec("double", f"probability_{label}") for label in labels]

@@ -135,6 +135,14 @@ def test_trains_on_real_reviews(shared_imdb_dir: Path, tmp_path: Path):
     assert result["test_accuracy"] > 0.7 and result["test_roc_auc"] > 0.8  # chance: 0.5
     version = client.get_model_version_by_alias("imdb-sentiment", "champion")
     assert version.run_id == result["run_id"] and str(version.version) == "1"
+    # evaluate: the served path gives the training run's test accuracy, in a linked run
+    code = sentiment.main(["evaluate", "--data-dir", str(data_dir),
+                           "--store-dir", str(tmp_path / "mlruns")])
+    assert code == 0
+    evaluation = client.search_runs([client.get_experiment_by_name(
+        "imdb-sentiment").experiment_id], "tags.run_type = 'evaluation'")[0]
+    assert evaluation.data.metrics["test_accuracy"] == pytest.approx(result["test_accuracy"])
+    assert evaluation.data.tags["evaluated_version"] == "1"
     # the registered model loads back (its vocabulary holds real reviews' odd characters)
     served = mlflow.pyfunc.load_model("models:/imdb-sentiment@champion")
     reviews = [path.read_text(encoding="utf-8")

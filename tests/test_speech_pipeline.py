@@ -114,3 +114,61 @@ def test_training_seed_does_not_change_the_test_data(speech_dir: Path, tmp_path:
     assert first.digests == second.digests
     other = speech.prepare_data(SpeechConfig(data_dir=str(speech_dir), data_seed=7, cache=False))
     assert other.digests["test"] != first.digests["test"]
+
+
+def write_test_release(shared: Path, root: Path, per_class: int = 3) -> Path:
+    """An official test-release layout from real clips: ten word folders, `_unknown_/` with
+    `<word>_<speaker>_nohash_<n>.wav` names, `_silence_/` with noise excerpts."""
+    import shutil
+
+    import numpy as np
+    import soundfile
+
+    from features.speech_commands import COMMAND_WORDS
+
+    for word in COMMAND_WORDS:
+        (root / word).mkdir(parents=True)
+        for path in sorted((shared / word).glob("*.wav"))[:per_class]:
+            shutil.copy(path, root / word / path.name)
+    (root / "_unknown_").mkdir()
+    for word in ("bed", "cat", "dog"):
+        path = sorted((shared / word).glob("*.wav"))[0]
+        shutil.copy(path, root / "_unknown_" / f"{word}_{path.name}")
+    (root / "_silence_").mkdir()
+    noise, rate = soundfile.read(sorted((shared / "_background_noise_").glob("*.wav"))[0])
+    for n in range(per_class):
+        excerpt = noise[n * rate:(n + 1) * rate] * (0.5 ** n)
+        soundfile.write(root / "_silence_" / f"noise_{n}.wav", np.asarray(excerpt), rate)
+    return root
+
+
+@pytest.mark.slow
+def test_evaluate_any_model_on_both_layouts(speech_dir: Path, shared_speech_dir: Path,
+                                            tmp_path: Path, capsys):
+    store = tmp_path / "mlruns"
+    assert speech.main(small_args(speech_dir, tmp_path)) == 0
+    release = write_test_release(shared_speech_dir, tmp_path / "release")
+    (release / "yes" / "broken.wav").write_bytes(b"RIFF not really")
+    capsys.readouterr()
+    code = speech.main(["evaluate", "--data-dir", str(release), "--store-dir", str(store)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "accuracy" in printed.out and "macro-F1" in printed.out
+    assert "confusion matrix (rows: true, columns: predicted)" in printed.out
+    assert "failed inputs     1" in printed.out and "broken.wav: error: audio:" in printed.err
+
+    tracking.connect(None, store)
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("speech-commands", "champion")
+    evaluation = client.search_runs(
+        [client.get_experiment_by_name("speech-commands").experiment_id],
+        "tags.run_type = 'evaluation'")[0]
+    assert evaluation.data.tags["evaluated_version"] == str(version.version)
+    assert evaluation.data.metrics["evaluated_examples"] == 10 * 3 + 3 + 3
+    assert f"evaluation.{evaluation.info.run_id}" in client.get_model_version(
+        "speech-commands", version.version).tags
+
+    # the training layout: its test split, composed as training composes it
+    code = speech.main(["evaluate", "--data-dir", str(speech_dir), "--store-dir", str(store),
+                        "--model-uri", f"models:/speech-commands/{version.version}"])
+    assert code == 0 and "failed inputs     0" in capsys.readouterr().out
