@@ -111,6 +111,8 @@ def test_served_text_ids_and_predictions_equal_training(shared_imdb_dir: Path, t
     np.testing.assert_allclose(
         served.predict(pd.DataFrame({"text": many}))[["probability_neg", "probability_pos"]],
         np.tile(expected, (8, 1)), atol=1e-6)
+    no_tokens = served.predict(pd.DataFrame({"text": ["!!! ..."]}))  # one OOV token, as trained
+    assert no_tokens.loc[0, "label"] in ("neg", "pos") and pd.isna(no_tokens.loc[0, "error"])
     bad = served.predict(pd.DataFrame({"text": ["", reviews[0], None]}))
     assert bad["error"].tolist()[0] == "text: expected a non-empty review string"
     assert pd.isna(bad.loc[1, "error"]) and bad.loc[1, "label"] in ("neg", "pos")
