@@ -76,9 +76,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                             metavar=None if item.metadata.get("choices") else base.__name__.upper())
 
 
-def config_parser(prog: str, description: str, cls: type) -> argparse.ArgumentParser:
+def config_parser(prog: str, description: str, cls: type, epilog: str | None = None
+                  ) -> argparse.ArgumentParser:
     """A parser with one flag per field of the config dataclass `cls`, defaults in --help."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_config_arguments(parser, cls)
     return parser

@@ -246,12 +246,20 @@ def format_summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+COMMANDS_EPILOG = (
+    "other commands: 'python -m pipelines.sentiment predict TEXT [...] [--file F]' labels"
+    " inputs with the champion "
+    "(or --model-uri); 'python -m pipelines.sentiment evaluate --data-dir DIR' evaluates a logged "
+    "model on a folder; each has its own --help.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     return config_parser(
         "python -m pipelines.sentiment",
         "Train a bidirectional LSTM/GRU (or a TF-IDF baseline) sentiment classifier on IMDB "
         "reviews and track it in MLflow.",
-        SentimentConfig)
+        SentimentConfig,
+        epilog=COMMANDS_EPILOG)
 
 
 def predict_main(argv: Sequence[str]) -> int:

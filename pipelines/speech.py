@@ -263,12 +263,20 @@ def format_summary(result: dict) -> str:
     ])
 
 
+COMMANDS_EPILOG = (
+    "other commands: 'python -m pipelines.speech predict FILE [FILE ...]' labels"
+    " inputs with the champion "
+    "(or --model-uri); 'python -m pipelines.speech evaluate --data-dir DIR' evaluates a logged "
+    "model on a folder; each has its own --help.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     return config_parser(
         "python -m pipelines.speech",
         "Train a bidirectional LSTM/GRU keyword classifier on Speech Commands and track it in "
         "MLflow.",
-        SpeechConfig)
+        SpeechConfig,
+        epilog=COMMANDS_EPILOG)
 
 
 def predict_main(argv: Sequence[str]) -> int:
