@@ -45,6 +45,8 @@ def test_served_speech_features_and_predictions_equal_training(shared_speech_dir
 
     expected = model.predict(training_frames, verbose=0)
     answer = served.predict(pd.DataFrame(rows))
+    chunked, _ = served.features(rows * 8)  # above one MFCC chunk: threaded chunks
+    np.testing.assert_array_equal(chunked, np.tile(training_frames, (8, 1, 1)))
     many = served.predict(pd.DataFrame(rows * 8))  # above the direct-call size
     np.testing.assert_allclose(many.filter(like="probability_").to_numpy(),
                                np.tile(expected, (8, 1)), atol=1e-6)
