@@ -59,6 +59,7 @@ def default_models(store: Path, data_dir: Path) -> tuple[str, str]:
 
     from features.imdb import LABELS as REVIEW_LABELS
     from features.mfcc import MfccConfig, feature_shape
+    from features.speech_commands import TWELVE_CLASS_LABELS
     from features.text import fit_vectorizer
     from models.recurrent import build_classifier, build_text_classifier, text_to_probabilities
     from pipelines import tracking
@@ -68,8 +69,7 @@ def default_models(store: Path, data_dir: Path) -> tuple[str, str]:
 
     speech, text = SpeechConfig(), SentimentConfig()
     mfcc = MfccConfig()
-    labels = ("_silence_", "_unknown_", "yes", "no", "up", "down", "left", "right", "on", "off",
-              "stop", "go")
+    labels = TWELVE_CLASS_LABELS
     keras.utils.set_random_seed(0)
     speech_model = build_classifier(
         feature_shape(mfcc), len(labels), mean=np.zeros(mfcc.n_mfcc),

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LABELS = ("neg", "pos")
-SPLITS = ("train", "validation", "test")
-REPLACEMENT_CHARACTER = "\ufffd"
 _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
 
 

@@ -19,6 +19,8 @@ import soundfile
 COMMAND_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE_LABEL = "_silence_"
 UNKNOWN_LABEL = "_unknown_"
+# label ids of the 12-class task, in this order
+TWELVE_CLASS_LABELS = (SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS)
 BACKGROUND_NOISE_DIR = "_background_noise_"
 SPLITS = ("train", "validation", "test")
 TASKS = ("12-class", "all-words")
@@ -264,7 +266,7 @@ def load_speech_commands(
     missing_words = [word for word in COMMAND_WORDS if word not in clips]
     if missing_words:
         raise ValueError(f"{data_dir}: command word folders missing: {', '.join(missing_words)}")
-    labels = (SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS)
+    labels = TWELVE_CLASS_LABELS
     noise = noise_recordings(data_dir, sample_rate)
     examples = {}
     for index, split in enumerate(SPLITS):
@@ -303,7 +305,7 @@ def test_release_examples(data_dir: str | Path) -> list[Example]:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"Speech Commands test folder not found: {data_dir}")
-    classes = {SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS}
+    classes = set(TWELVE_CLASS_LABELS)
     examples = []
     for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
         if folder.name not in classes:

@@ -19,6 +19,7 @@ PADDING_ID = 0
 OOV_ID = 1
 OOV_TOKEN = "[UNK]"
 ENCODE_BATCH = 1024
+HTML_TAG = r"<\s*/?\s*[a-zA-Z][^>]*>"  # e.g. <br />; the same pattern in RE2 (TF) and re
 
 
 @keras.saving.register_keras_serializable(package="features")
@@ -30,7 +31,7 @@ def standardize_review(text: tf.Tensor) -> tf.Tensor:
     Registered with Keras so a saved model carries it by name.
     """
     text = tf.strings.lower(text, encoding="utf-8")
-    text = tf.strings.regex_replace(text, r"<\s*/?\s*[a-zA-Z][^>]*>", " ")
+    text = tf.strings.regex_replace(text, HTML_TAG, " ")
     text = tf.strings.regex_replace(text, r"['\x{2019}\p{Cf}]", "")
     # Control characters and Unicode separators (\x85, \u2028, \v, ...) become spaces too: a
     # token holding one would be cut in two when Keras reads its saved vocabulary back
@@ -91,10 +92,15 @@ def token_lengths(ids: np.ndarray) -> np.ndarray:
     return np.count_nonzero(ids != PADDING_ID, axis=1)
 
 
+def vocabulary_text(vectorizer: keras.layers.TextVectorization) -> str:
+    """The vocabulary, one token per line in id order (line 1: padding, line 2: OOV)."""
+    return "\n".join(vectorizer.get_vocabulary()) + "\n"
+
+
 def save_vocabulary(vectorizer: keras.layers.TextVectorization, path: str | Path) -> Path:
-    """Writes the vocabulary, one token per line in id order (line 1: padding, line 2: OOV)."""
+    """Writes `vocabulary_text` to `path`."""
     path = Path(path)
-    path.write_text("\n".join(vectorizer.get_vocabulary()) + "\n", encoding="utf-8")
+    path.write_text(vocabulary_text(vectorizer), encoding="utf-8")
     return path
 
 
@@ -103,7 +109,7 @@ def load_vocabulary(path: str | Path) -> list[str]:
     return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
 
 
-_HTML_TAG = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>")
+_HTML_TAG = re.compile(HTML_TAG)
 
 
 def strip_html_lower(text: str) -> str:

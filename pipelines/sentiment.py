@@ -103,7 +103,7 @@ def encode_splits(config: SentimentConfig, data: PreparedData):
     Returns:
         The fitted TextVectorization layer.
     """
-    from features.text import encode_reviews, fit_vectorizer, token_lengths
+    from features.text import encode_reviews, fit_vectorizer, token_lengths, vocabulary_text
     from pipelines import tracking
 
     started = time.perf_counter()
@@ -112,7 +112,7 @@ def encode_splits(config: SentimentConfig, data: PreparedData):
         data.x[split] = encode_reviews(vectorizer, data.x[split])
     lengths = token_lengths(data.x["train"])
     vocabulary = vectorizer.get_vocabulary()
-    tracking.log_text("\n".join(vocabulary) + "\n", "vocabulary.txt")
+    tracking.log_text(vocabulary_text(vectorizer), "vocabulary.txt")
     tracking.log_dict({
         "vocabulary_size": len(vocabulary), "sequence_length": config.sequence_length,
         "padding_id": 0, "oov_id": 1, "oov_token": vocabulary[1], "padding": "post",

@@ -21,14 +21,7 @@ import pandas as pd
 
 from features.audio import AudioSpec
 from features.mfcc import MfccConfig, feature_shape
-from features.speech_commands import (
-    COMMAND_WORDS,
-    SILENCE_LABEL,
-    SPLITS,
-    TASKS,
-    UNKNOWN_LABEL,
-    load_speech_commands,
-)
+from features.speech_commands import SPLITS, TASKS, TWELVE_CLASS_LABELS, load_speech_commands
 from features.speech_features import (
     SplitFeatures,
     cached_features,
@@ -140,7 +133,7 @@ def prepare_tfds(config: SpeechConfig) -> PreparedData:
         raise ValueError("--source tfds holds 16 kHz audio; keep --sample-rate 16000")
     mfcc = config.mfcc()
     splits = read_tfds_speech_commands(config.tfds_data_dir, mfcc.clip_samples)
-    labels = (SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS)
+    labels = TWELVE_CLASS_LABELS
     index = {label: i for i, label in enumerate(labels)}
     source = f"tfds://{TFDS_NAME}/{tfds_version(config.tfds_data_dir)}"
     prepared = PreparedData(labels, {}, {}, {}, source)

@@ -11,14 +11,13 @@ import soundfile
 
 from features.audio import decode_clip
 from features.mfcc import MfccConfig, feature_shape
-from features.speech_commands import Example
+from features.speech_commands import TWELVE_CLASS_LABELS, Example
 from features.speech_features import compute_features
 from features.text import encode_reviews, fit_vectorizer
 from models.recurrent import build_classifier, build_text_classifier, text_to_probabilities
 from pipelines.serving import SpeechPredictor, TextPredictor
 
-LABELS = ("_silence_", "_unknown_", "yes", "no", "up", "down", "left", "right", "on", "off",
-          "stop", "go")
+LABELS = TWELVE_CLASS_LABELS
 
 
 def real_clips(shared_speech_dir: Path, per_word: int = 3) -> list[Example]:
