@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,17 +216,32 @@ def registry_lines(result: dict) -> list[str]:
 
 def run_cli(parser: argparse.ArgumentParser, config_cls: type, run: Callable[[Any], dict],
             format_summary: Callable[[dict], str], argv: Sequence[str] | None,
-            expected_errors: tuple[type[BaseException], ...]) -> int:
-    """Parses flags into `config_cls`, runs, prints the summary; expected errors exit 2."""
-    args = parser.parse_args(argv)
+            expected_errors: tuple[type[BaseException], ...],
+            commands: Mapping[str, Callable[[list[str]], int]] | None = None) -> int:
+    """A pipeline's entry point: `COMMAND ...` runs one of `commands` (e.g. predict,
+    evaluate) on the remaining arguments; anything else parses training flags into
+    `config_cls`, runs and prints the summary. Expected errors print `error: ...` and exit 2.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = (commands or {}).get(argv[0]) if argv else None
+    args = None if command else parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if command:
+            return command(argv[1:])
         result = run(config_from_args(config_cls, args))
     except expected_errors as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_summary(result))
     return 0
+
+
+def commands_epilog(prog: str, predict_usage: str) -> str:
+    """The --help epilog that names a pipeline's other commands."""
+    return (f"other commands: '{prog} predict {predict_usage}' labels inputs with the "
+            f"champion (or --model-uri); '{prog} evaluate --data-dir DIR' evaluates a logged "
+            "model on a folder; each has its own --help.")
 
 
 def model_parser(prog: str, description: str, registered_model: str) -> argparse.ArgumentParser:

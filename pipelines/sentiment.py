@@ -19,7 +19,7 @@ import numpy as np
 from features.imdb import ImdbData, load_imdb
 from features.tfds_source import DatasetUnavailableError
 from pipelines.config import TrainingConfig, config_parser, option, validate_choices
-from pipelines.runner import PreparedData
+from pipelines.runner import PreparedData, commands_epilog
 
 log = logging.getLogger("pipelines.sentiment")
 
@@ -246,20 +246,13 @@ def format_summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-COMMANDS_EPILOG = (
-    "other commands: 'python -m pipelines.sentiment predict TEXT [...] [--file F]' labels"
-    " inputs with the champion "
-    "(or --model-uri); 'python -m pipelines.sentiment evaluate --data-dir DIR' evaluates a logged "
-    "model on a folder; each has its own --help.")
-
-
 def build_parser() -> argparse.ArgumentParser:
     return config_parser(
         "python -m pipelines.sentiment",
         "Train a bidirectional LSTM/GRU (or a TF-IDF baseline) sentiment classifier on IMDB "
         "reviews and track it in MLflow.",
         SentimentConfig,
-        epilog=COMMANDS_EPILOG)
+        epilog=commands_epilog("python -m pipelines.sentiment", "TEXT [...] [--file F]"))
 
 
 def predict_main(argv: Sequence[str]) -> int:
@@ -304,20 +297,16 @@ def evaluate_main(argv: Sequence[str]) -> int:
         "Evaluate a logged sentiment model on the test/{neg,pos} reviews of an aclImdb folder.",
         SentimentConfig.registered_model, SentimentConfig.experiment)
     args = parser.parse_args(argv)
-    try:
-        if not Path(args.data_dir).is_dir():
-            raise FileNotFoundError(f"IMDB data folder not found: {args.data_dir}")
-        reviews, skipped, _ = read_split_folder(Path(args.data_dir), "test")
-        for path, reason in skipped:
-            print(f"{path}: skipped: {reason}", file=sys.stderr)
-        result = runner.evaluate_served(
-            args, pipeline="sentiment", inputs=pd.DataFrame({"text": [r.text for r in reviews]}),
-            truth=[r.label for r in reviews], names=[r.path for r in reviews],
-            source=str(Path(args.data_dir).resolve()),
-            digest=ImdbData({"test": reviews}).digest("test"), dataset_name="aclImdb-evaluation")
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if not Path(args.data_dir).is_dir():
+        raise FileNotFoundError(f"IMDB data folder not found: {args.data_dir}")
+    reviews, skipped, _ = read_split_folder(Path(args.data_dir), "test")
+    for path, reason in skipped:
+        print(f"{path}: skipped: {reason}", file=sys.stderr)
+    result = runner.evaluate_served(
+        args, pipeline="sentiment", inputs=pd.DataFrame({"text": [r.text for r in reviews]}),
+        truth=[r.label for r in reviews], names=[r.path for r in reviews],
+        source=str(Path(args.data_dir).resolve()),
+        digest=ImdbData({"test": reviews}).digest("test"), dataset_name="aclImdb-evaluation")
     return runner.print_evaluation(result)
 
 
@@ -325,13 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: `predict ...`, `evaluate ...`, or (no command) train with the flags."""
     from pipelines.runner import run_cli
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["predict"]:
-        return predict_main(argv[1:])
-    if argv[:1] == ["evaluate"]:
-        return evaluate_main(argv[1:])
     return run_cli(build_parser(), SentimentConfig, run, format_summary, argv,
-                   (ValueError, FileNotFoundError, DatasetUnavailableError))
+                   (ValueError, FileNotFoundError, DatasetUnavailableError),
+                   {"predict": predict_main, "evaluate": evaluate_main})
 
 
 if __name__ == "__main__":

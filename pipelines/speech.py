@@ -30,7 +30,7 @@ from features.speech_features import (
 )
 from features.tfds_source import DatasetUnavailableError
 from pipelines.config import TrainingConfig, config_parser, option, validate_choices
-from pipelines.runner import PreparedData
+from pipelines.runner import PreparedData, commands_epilog
 from pipelines.serving import SpeechPredictor
 
 log = logging.getLogger("pipelines.speech")
@@ -256,20 +256,13 @@ def format_summary(result: dict) -> str:
     ])
 
 
-COMMANDS_EPILOG = (
-    "other commands: 'python -m pipelines.speech predict FILE [FILE ...]' labels"
-    " inputs with the champion "
-    "(or --model-uri); 'python -m pipelines.speech evaluate --data-dir DIR' evaluates a logged "
-    "model on a folder; each has its own --help.")
-
-
 def build_parser() -> argparse.ArgumentParser:
     return config_parser(
         "python -m pipelines.speech",
         "Train a bidirectional LSTM/GRU keyword classifier on Speech Commands and track it in "
         "MLflow.",
         SpeechConfig,
-        epilog=COMMANDS_EPILOG)
+        epilog=commands_epilog("python -m pipelines.speech", "FILE [FILE ...]"))
 
 
 def predict_main(argv: Sequence[str]) -> int:
@@ -351,16 +344,12 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--data-seed", type=int, default=SpeechConfig.data_seed,
                         help="training layout: seed of the _unknown_/_silence_ composition")
     args = parser.parse_args(argv)
-    try:
-        inputs, truth, names, digest, layout = evaluation_inputs(args.data_dir, args.data_seed)
-        log.info("evaluating %s on %d examples (%s)", args.model_uri, len(truth), layout)
-        result = runner.evaluate_served(
-            args, pipeline="speech", inputs=inputs, truth=truth, names=names,
-            source=str(Path(args.data_dir).resolve()), digest=digest,
-            dataset_name="speech-commands-evaluation")
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    inputs, truth, names, digest, layout = evaluation_inputs(args.data_dir, args.data_seed)
+    log.info("evaluating %s on %d examples (%s)", args.model_uri, len(truth), layout)
+    result = runner.evaluate_served(
+        args, pipeline="speech", inputs=inputs, truth=truth, names=names,
+        source=str(Path(args.data_dir).resolve()), digest=digest,
+        dataset_name="speech-commands-evaluation")
     return runner.print_evaluation(result)
 
 
@@ -368,14 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: `predict ...`, `evaluate ...`, or (no command) train with the flags."""
     from pipelines.runner import run_cli
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["predict"]:
-        return predict_main(argv[1:])
-    if argv[:1] == ["evaluate"]:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        return evaluate_main(argv[1:])
     return run_cli(build_parser(), SpeechConfig, run, format_summary, argv,
-                   (ValueError, FileNotFoundError, DatasetUnavailableError))
+                   (ValueError, FileNotFoundError, DatasetUnavailableError),
+                   {"predict": predict_main, "evaluate": evaluate_main})
 
 
 if __name__ == "__main__":
