@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import config_from_args, validate_choices
+from pipelines.config import config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -165,23 +165,22 @@ def register(config: Any, model_uri: str, metrics: dict[str, float], data: Prepa
             "promotion_reason": promotion.reason}
 
 
-def require_data_dir(config: Any, env: str, dataset: str) -> None:
-    """Fails before any MLflow run is opened when a folder source has no usable folder.
+def require_data_dir(data_dir: str | None, env: str, dataset: str) -> None:
+    """Fails before any MLflow run is opened when there is no usable data folder.
 
     Raises:
         ValueError: No folder given.
         FileNotFoundError: The folder does not exist.
     """
-    if config.source != "folder":
-        return
-    if not config.data_dir:
+    if not data_dir:
         raise ValueError(f"no data folder: pass --data-dir or set {env}")
-    if not Path(config.data_dir).is_dir():
-        raise FileNotFoundError(f"{dataset} data folder not found: {config.data_dir}")
+    if not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"{dataset} data folder not found: {data_dir}")
 
 
 def tracked_pipeline(config: Any, pipeline: str, work: Callable[[str], dict]) -> dict:
-    """Validates `config`, opens an MLflow run in `config.experiment` and calls `work(run_id)`.
+    """Opens an MLflow run in `config.experiment` and calls `work(run_id)`; the caller has
+    validated `config` (and its data folder) so that bad options open no run.
 
     The run ends FINISHED, FAILED or KILLED (see tracking.tracked_run).
 
@@ -190,7 +189,6 @@ def tracked_pipeline(config: Any, pipeline: str, work: Callable[[str], dict]) ->
     """
     from pipelines import tracking
 
-    validate_choices(config)
     started = time.perf_counter()
     with tracking.tracked_run(config.experiment, tracking_uri=config.tracking_uri,
                               store_dir=config.store_dir, run_name=config.run_name,

@@ -212,7 +212,8 @@ def run(config: SentimentConfig) -> dict:
     from pipelines import runner, tracking
 
     validate_choices(config)
-    runner.require_data_dir(config, "IMDB_DATA_DIR", "IMDB")
+    if config.source == "folder":
+        runner.require_data_dir(config.data_dir, "IMDB_DATA_DIR", "IMDB")
 
     def work(run_id: str) -> dict:
         started = time.perf_counter()
@@ -297,8 +298,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
         "Evaluate a logged sentiment model on the test/{neg,pos} reviews of an aclImdb folder.",
         SentimentConfig.registered_model, SentimentConfig.experiment)
     args = parser.parse_args(argv)
-    if not Path(args.data_dir).is_dir():
-        raise FileNotFoundError(f"IMDB data folder not found: {args.data_dir}")
+    runner.require_data_dir(args.data_dir, "IMDB_DATA_DIR", "IMDB")
     reviews, skipped, _ = read_split_folder(Path(args.data_dir), "test")
     for path, reason in skipped:
         print(f"{path}: skipped: {reason}", file=sys.stderr)

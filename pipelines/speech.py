@@ -227,7 +227,8 @@ def run(config: SpeechConfig) -> dict:
 
     validate_choices(config)
     feature_shape(config.mfcc())
-    runner.require_data_dir(config, "SPEECH_COMMANDS_DIR", "Speech Commands")
+    if config.source == "folder":
+        runner.require_data_dir(config.data_dir, "SPEECH_COMMANDS_DIR", "Speech Commands")
 
     def work(run_id: str) -> dict:
         started = time.perf_counter()
