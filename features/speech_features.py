@@ -1,31 +1,38 @@
 """Turns a split's examples into MFCC frames, once, and caches them on disk.
 
+The feature stage decodes clips on worker threads, in chunks, while the previous chunk's MFCC
+frames are computed (one compiled call per chunk, on every core), and streams the frames to the
+cache file as they come: memory stays bounded by a few chunks, however many clips there are.
+
 A cache entry is keyed by a hash of the example list (paths, sizes, modification times, silence
 windows) and the feature configuration, so a second run with the same data and config reads the
-arrays back and decodes nothing.
+frames back (memory-mapped) and decodes nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from features.audio import AudioDecodeError, AudioSpec, decode_clip, decode_recording
-from features.mfcc import MfccConfig, feature_shape, mfcc_frames
+from features.mfcc import CHUNK_CLIPS, MfccConfig, extractor, feature_shape
 from features.speech_commands import Example
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the way features are computed changes
-BATCH_CLIPS = 256
+CACHE_FORMAT = 2  # bump when the way features are computed or stored changes
+DTYPE = np.float32
 
 
 @dataclass
@@ -33,16 +40,20 @@ class SplitFeatures:
     """Features of one split.
 
     Attributes:
-        frames: float32 array (clips, frames, n_mfcc); memory-mapped when read from the cache.
+        frames: float32 array (clips, frames, n_mfcc); memory-mapped when it lives in the cache.
         kept: Indices into the split's example list of the clips that decoded.
         skipped: (path, reason) of each clip that could not be decoded.
         from_cache: Whether the arrays were read from the cache.
+        mean: Per-coefficient mean over all kept clips and frames (for input normalisation).
+        variance: Per-coefficient variance, as `mean`.
     """
 
     frames: np.ndarray
     kept: np.ndarray
     skipped: list[tuple[str, str]]
     from_cache: bool
+    mean: np.ndarray
+    variance: np.ndarray
 
 
 def cache_key(examples: Sequence[Example], data_dir: Path, config: MfccConfig) -> str:
@@ -66,119 +77,257 @@ def silence_window(noise: np.ndarray, example: Example, clip_samples: int) -> np
     return np.clip(scaled, -1.0, 1.0).astype(np.float32)
 
 
+@dataclass
+class DecodedChunk:
+    """Waveforms of a run of examples that decoded, and the ones that did not."""
+
+    waveforms: np.ndarray
+    kept: list[int]
+    skipped: list[tuple[str, str]]
+
+
+class ExampleDecoder:
+    """Decodes examples into training-ready waveforms; noise recordings (the source of
+    `_silence_` windows) are decoded once and shared by every chunk."""
+
+    def __init__(self, examples: Sequence[Example], data_dir: Path, spec: AudioSpec):
+        self.examples = examples
+        self.data_dir = Path(data_dir)
+        self.spec = spec
+        self.noise: dict[str, np.ndarray | AudioDecodeError] = {}
+        for path in sorted({example.path for example in examples if example.is_silence}):
+            try:
+                self.noise[path] = decode_recording(self.data_dir / path, spec.sample_rate)
+            except AudioDecodeError as error:
+                self.noise[path] = error
+
+    def waveform(self, index: int) -> np.ndarray:
+        """One example's waveform.
+
+        Raises:
+            AudioDecodeError: The clip (or its noise recording) is not decodable audio.
+        """
+        example = self.examples[index]
+        if example.is_silence:
+            noise = self.noise[example.path]
+            if isinstance(noise, AudioDecodeError):
+                raise noise
+            return silence_window(noise, example, self.spec.clip_samples)
+        return decode_clip(self.data_dir / example.path, self.spec)
+
+    def chunk(self, start: int, stop: int) -> DecodedChunk:
+        """Decodes examples[start:stop], setting the undecodable ones aside with the reason."""
+        waveforms, kept, skipped = [], [], []
+        for index in range(start, stop):
+            try:
+                waveforms.append(self.waveform(index))
+                kept.append(index)
+            except AudioDecodeError as error:
+                skipped.append((self.examples[index].path, str(error)))
+        stacked = (np.stack(waveforms) if waveforms
+                   else np.zeros((0, self.spec.clip_samples), np.float32))
+        return DecodedChunk(stacked, kept, skipped)
+
+    def chunks(self, size: int = CHUNK_CLIPS) -> Iterator[Callable[[], DecodedChunk]]:
+        """Deferred decoding of consecutive chunks of `size` examples."""
+        for start in range(0, len(self.examples), size):
+            yield functools.partial(self.chunk, start, min(start + size, len(self.examples)))
+
+
 def decode_examples(
     examples: Sequence[Example], data_dir: Path, spec: AudioSpec
 ) -> Iterator[tuple[int, np.ndarray | None, str]]:
     """Yields (index, waveform or None, error) for each example, decoding noise files once."""
-    noise_cache: dict[str, np.ndarray] = {}
-    for index, example in enumerate(examples):
-        path = data_dir / example.path
+    decoder = ExampleDecoder(examples, data_dir, spec)
+    for index in range(len(examples)):
         try:
-            if example.is_silence:
-                if example.path not in noise_cache:
-                    noise_cache[example.path] = decode_recording(path, spec.sample_rate)
-                waveform = silence_window(noise_cache[example.path], example, spec.clip_samples)
-            else:
-                waveform = decode_clip(path, spec)
+            yield index, decoder.waveform(index), ""
         except AudioDecodeError as error:
             yield index, None, str(error)
-            continue
-        yield index, waveform, ""
+
+
+def waveform_chunks(waveforms: np.ndarray, size: int = CHUNK_CLIPS
+                    ) -> Iterator[Callable[[], DecodedChunk]]:
+    """Chunks of an array of ready waveforms, in the form `extract_features` takes."""
+    for start in range(0, len(waveforms), size):
+        stop = min(start + size, len(waveforms))
+        yield functools.partial(lambda a, b: DecodedChunk(
+            np.asarray(waveforms[a:b], np.float32), list(range(a, b)), []), start, stop)
+
+
+class Moments:
+    """Running per-coefficient mean and variance (Chan et al.'s parallel update, float64)."""
+
+    def __init__(self, width: int):
+        self.count = 0
+        self.mean = np.zeros(width)
+        self.m2 = np.zeros(width)
+
+    def update(self, frames: np.ndarray) -> None:
+        values = frames.reshape(-1, frames.shape[-1]).astype(np.float64)
+        if not len(values):
+            return
+        count, mean = len(values), values.mean(axis=0)
+        m2 = np.square(values - mean).sum(axis=0)
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * count / total
+        self.m2 = self.m2 + m2 + np.square(delta) * self.count * count / total
+        self.count = total
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.m2 / max(self.count, 1)
+
+
+def extract_features(
+    chunks: Iterable[Callable[[], DecodedChunk]],
+    total: int,
+    config: MfccConfig,
+    out: Path | None = None,
+    desc: str = "MFCC",
+    workers: int | None = None,
+) -> SplitFeatures:
+    """The feature stage: decoding on worker threads overlapped with batched MFCC.
+
+    Args:
+        chunks: Deferred decoders of consecutive chunks (`ExampleDecoder.chunks`,
+            `waveform_chunks`); they run on `workers` threads, a few chunks ahead.
+        total: Number of examples the chunks cover (for the progress bar and the output).
+        config: Feature configuration.
+        out: File the frames are streamed to (raw float32, C order), so that no more than a
+            few chunks are ever in memory; None keeps them in memory.
+        desc: Label of the progress bar.
+        workers: Decoding threads (default: one per core, at most 4).
+
+    Returns:
+        The frames (memory-mapped from `out` when given), kept indices, skipped examples and
+        the per-coefficient moments.
+    """
+    from tqdm.auto import tqdm
+
+    compute = extractor(config)
+    shape = feature_shape(config)
+    workers = workers or min(4, os.cpu_count() or 1)
+    frames = np.empty((total, *shape), DTYPE) if out is None else None
+    moments = Moments(shape[1])
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    handle = open(out, "wb") if out is not None else None  # noqa: SIM115 (closed below)
+    try:
+        with (ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool,
+              tqdm(total=total, desc=desc, unit="clip") as progress):
+            pending: deque = deque()
+            source = iter(chunks)
+            for task in source:  # keep the decoders `workers + 1` chunks ahead
+                pending.append(pool.submit(task))
+                if len(pending) > workers:
+                    break
+            while pending:
+                chunk = pending.popleft().result()
+                task = next(source, None)
+                if task is not None:
+                    pending.append(pool.submit(task))
+                for path, reason in chunk.skipped:
+                    log.warning("skipped %s", reason if path in reason else f"{path}: {reason}")
+                skipped += chunk.skipped
+                if len(chunk.kept):
+                    block = compute(chunk.waveforms)
+                    moments.update(block)
+                    if handle is not None:
+                        handle.write(memoryview(np.ascontiguousarray(block, DTYPE)).cast("B"))
+                    else:
+                        frames[len(kept) : len(kept) + len(block)] = block
+                    kept += chunk.kept
+                progress.update(len(chunk.kept) + len(chunk.skipped))
+    finally:
+        if handle is not None:
+            handle.close()
+    if out is not None:
+        frames = (np.memmap(out, DTYPE, "r", shape=(len(kept), *shape)) if kept
+                  else np.zeros((0, *shape), DTYPE))
+    else:
+        frames = frames[: len(kept)]
+    return SplitFeatures(frames, np.asarray(kept, np.int64), skipped, False,
+                         moments.mean, moments.variance)
 
 
 def compute_features(
-    examples: Sequence[Example], data_dir: Path, config: MfccConfig, desc: str = "MFCC"
+    examples: Sequence[Example], data_dir: Path, config: MfccConfig, desc: str = "MFCC",
+    out: Path | None = None,
 ) -> SplitFeatures:
-    """Decodes every example and computes MFCC frames in batches, skipping undecodable clips."""
-    from tqdm.auto import tqdm
-
-    spec = AudioSpec(config.sample_rate, config.clip_seconds)
-    frames = np.empty((len(examples), *feature_shape(config)), np.float32)
-    kept: list[int] = []
-    skipped: list[tuple[str, str]] = []
-    batch: list[np.ndarray] = []
-    with tqdm(total=len(examples), desc=desc, unit="clip") as progress:
-        for index, waveform, error in decode_examples(examples, data_dir, spec):
-            if waveform is None:
-                log.warning("skipped %s", error)
-                skipped.append((examples[index].path, error))
-            else:
-                batch.append(waveform)
-                kept.append(index)
-            if len(batch) == BATCH_CLIPS or index == len(examples) - 1:
-                if batch:
-                    start = len(kept) - len(batch)
-                    frames[start : len(kept)] = mfcc_frames(np.stack(batch), config)
-                    progress.update(len(batch))
-                batch = []
-            if waveform is None:
-                progress.update(1)
-    return SplitFeatures(frames[: len(kept)], np.asarray(kept, np.int64), skipped, False)
+    """Decodes every example and computes its MFCC frames, skipping undecodable clips."""
+    decoder = ExampleDecoder(examples, Path(data_dir),
+                             AudioSpec(config.sample_rate, config.clip_seconds))
+    return extract_features(decoder.chunks(), len(examples), config, out, desc)
 
 
 class FeatureCache:
-    """A folder of `<key>.npy` feature arrays with `<key>.json` metadata written last."""
+    """A folder of entries: `<key>.f32` (raw float32 frames) and `<key>.json` (shape, kept and
+    skipped examples, moments), the metadata written last so that it marks a complete entry."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
 
+    def data_path(self, key: str) -> Path:
+        return self.directory / f"{key}.f32"
+
     def load(self, key: str) -> SplitFeatures | None:
-        """Returns the cached entry, or None if absent or incomplete."""
-        meta_path = self.directory / f"{key}.json"
-        data_path = self.directory / f"{key}.npy"
+        """Returns the cached entry (frames memory-mapped), or None if absent or incomplete."""
+        meta_path, data_path = self.directory / f"{key}.json", self.data_path(key)
         if not (meta_path.is_file() and data_path.is_file()):
             return None
         meta = json.loads(meta_path.read_text())
-        frames = np.load(data_path, mmap_mode="r")
-        if list(frames.shape) != meta["shape"]:
-            log.warning("feature cache %s has shape %s, expected %s; rebuilding",
-                        data_path, list(frames.shape), meta["shape"])
+        shape = tuple(meta["shape"])
+        expected = int(np.prod(shape)) * np.dtype(DTYPE).itemsize
+        if data_path.stat().st_size != expected:
+            log.warning("feature cache %s holds %d bytes, expected %d for shape %s; rebuilding",
+                        data_path, data_path.stat().st_size, expected, list(shape))
             return None
+        frames = (np.memmap(data_path, DTYPE, "r", shape=shape) if shape[0]
+                  else np.zeros(shape, DTYPE))
         skipped = [tuple(item) for item in meta["skipped"]]
-        return SplitFeatures(frames, np.asarray(meta["kept"], np.int64), skipped, True)
+        return SplitFeatures(frames, np.asarray(meta["kept"], np.int64), skipped, True,
+                             np.asarray(meta["mean"]), np.asarray(meta["variance"]))
 
-    def store(self, key: str, features: SplitFeatures) -> None:
-        """Writes an entry atomically: arrays first, then the metadata that marks it complete."""
+    def build(self, key: str, compute: Callable[[Path], SplitFeatures]) -> SplitFeatures:
+        """Runs `compute(path)`, which streams the frames to a temporary file, then moves the
+        file into place and writes the metadata that marks the entry complete."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        data_path = self.directory / f"{key}.npy"
-        tmp = self.directory / f".{key}.{os.getpid()}.npy"
-        np.save(tmp, features.frames)
-        os.replace(tmp, data_path)
+        tmp = self.directory / f".{key}.{os.getpid()}.f32"
+        try:
+            features = compute(tmp)
+            if not len(features.kept):
+                tmp.write_bytes(b"")
+            os.replace(tmp, self.data_path(key))
+        finally:
+            tmp.unlink(missing_ok=True)
         meta = {
             "shape": list(features.frames.shape),
             "kept": features.kept.tolist(),
             "skipped": [list(item) for item in features.skipped],
+            "mean": features.mean.tolist(),
+            "variance": features.variance.tolist(),
         }
         tmp_meta = self.directory / f".{key}.{os.getpid()}.json"
         tmp_meta.write_text(json.dumps(meta))
         os.replace(tmp_meta, self.directory / f"{key}.json")
+        # mapped again from its final path (the map of the temporary name is dropped)
+        return dataclasses.replace(self.load(key), from_cache=False)
 
 
-def waveform_features(waveforms: np.ndarray, config: MfccConfig, desc: str = "MFCC") -> np.ndarray:
-    """MFCC frames for an array of equal-length waveforms, in batches, with a progress bar."""
-    from tqdm.auto import tqdm
-
-    frames = np.empty((len(waveforms), *feature_shape(config)), np.float32)
-    with tqdm(total=len(waveforms), desc=desc, unit="clip") as progress:
-        for start in range(0, len(waveforms), BATCH_CLIPS):
-            stop = min(start + BATCH_CLIPS, len(waveforms))
-            frames[start:stop] = mfcc_frames(waveforms[start:stop], config)
-            progress.update(stop - start)
-    return frames
-
-
-def cached_features(cache_dir: str | Path | None, key: str, compute) -> SplitFeatures:
-    """Returns the cache entry `key`, or calls `compute()` and stores its result."""
+def cached_features(cache_dir: str | Path | None, key: str,
+                    compute: Callable[[Path | None], SplitFeatures]) -> SplitFeatures:
+    """Returns the cache entry `key`, or builds it with `compute(out)`, which streams the frames
+    to the file `out` (None when caching is off: the frames stay in memory)."""
     if cache_dir is None:
-        return compute()
+        return compute(None)
     cache = FeatureCache(cache_dir)
     cached = cache.load(key)
     if cached is not None:
         log.info("%d clips read from feature cache %s", len(cached.kept), key)
         return cached
-    features = compute()
-    cache.store(key, features)
-    return features
+    return cache.build(key, compute)
 
 
 def split_features(
@@ -194,7 +343,7 @@ def split_features(
         examples: The split's examples.
         data_dir: Folder the example paths are relative to.
         config: Feature configuration.
-        cache_dir: Cache folder; None disables caching.
+        cache_dir: Cache folder; None disables caching (the frames are then held in memory).
         desc: Label of the progress bar.
 
     Returns:
@@ -203,4 +352,4 @@ def split_features(
     data_dir = Path(data_dir)
     key = cache_key(examples, data_dir, config) if cache_dir is not None else ""
     return cached_features(
-        cache_dir, key, lambda: compute_features(examples, data_dir, config, desc))
+        cache_dir, key, lambda out: compute_features(examples, data_dir, config, desc, out))

@@ -34,6 +34,8 @@ class PreparedData:
         skipped: (path, reason) of each example left out.
         summary: Anything else worth keeping with the run (split method, notes).
         from_cache: Whether the features were read from a cache.
+        normalization: Per-feature (mean, variance) of the training inputs, when the feature
+            stage computed them.
     """
 
     labels: tuple[str, ...]
@@ -44,6 +46,7 @@ class PreparedData:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     from_cache: bool = False
+    normalization: tuple[np.ndarray, np.ndarray] | None = None
 
     def counts(self) -> dict[str, int]:
         return {split: len(labels) for split, labels in self.y.items()}
@@ -78,8 +81,8 @@ def log_data(config: Any, data: PreparedData, dataset_name: str) -> None:
     tracking.log_dict({"labels": list(data.labels)}, "label_map.json")
 
 
-def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validation=None
-                     ) -> Trained:
+def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validation=None,
+                     in_memory_bytes: int | None = None) -> Trained:
     """Compiles and fits a Keras model, evaluates it on the test split and logs the results.
 
     Args:
@@ -88,16 +91,19 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
         data: Prepared splits; test is evaluated in one pass.
         train: tf.data training batches; None batches `data` with `training.make_dataset`.
         validation: tf.data validation batches, as `train`.
+        in_memory_bytes: Memory-mapped splits larger than this are streamed from their file
+            (default: training.IN_MEMORY_BYTES).
     """
     from pipelines import tracking, training
 
     classes = len(data.labels)
+    limit = {} if in_memory_bytes is None else {"in_memory_bytes": in_memory_bytes}
     if train is None:
         train = training.make_dataset(data.x["train"], data.y["train"], config.batch_size,
-                                      classes, shuffle=True, seed=config.seed)
+                                      classes, shuffle=True, seed=config.seed, **limit)
     if validation is None:
         validation = training.make_dataset(data.x["validation"], data.y["validation"],
-                                           config.batch_size, classes, shuffle=False)
+                                           config.batch_size, classes, shuffle=False, **limit)
     steps = training.steps_per_epoch(len(data.y["train"]), config.batch_size)
     training.compile_classifier(model, config, steps)
     started = time.perf_counter()
@@ -105,7 +111,9 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
                                       callbacks=[tracking.EpochMetricsLogger()])
     train_seconds = time.perf_counter() - started
     epochs = len(history.history["loss"])
-    probabilities = model.predict(data.x["test"], batch_size=256, verbose=0)
+    test = training.make_dataset(data.x["test"], data.y["test"], 256, classes, shuffle=False,
+                                 **limit)
+    probabilities = model.predict(test, verbose=0)
     metrics = log_evaluation(probabilities, data, history.history).metrics | {
         "train_seconds": train_seconds,
         "epochs_trained": epochs,

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,6 @@ from features.mfcc import MfccConfig, mfcc_frames
 
 ERROR_COLUMN = "error"
 DIRECT_CALL_MAX = 64  # inputs per compiled call
-MFCC_CHUNK = 64  # clips per MFCC call when a request holds many
 
 
 class FastPredict:
@@ -155,16 +152,7 @@ class SpeechPredictor:
                 errors.append(str(error))
         if not clips:
             return np.zeros((0, self.mfcc.num_frames, self.mfcc.n_mfcc), np.float32), errors
-        waveforms = np.stack(clips)
-        if len(waveforms) <= MFCC_CHUNK:
-            return mfcc_frames(waveforms, self.mfcc), errors
-        # chunks stay in cache, and numpy's FFTs and matrix products release the GIL, so
-        # threads use every core: about 3x a single call on 1,000 clips with 2 cores
-        chunks = [waveforms[start:start + MFCC_CHUNK]
-                  for start in range(0, len(waveforms), MFCC_CHUNK)]
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            frames = list(pool.map(lambda chunk: mfcc_frames(chunk, self.mfcc), chunks))
-        return np.concatenate(frames), errors
+        return mfcc_frames(np.stack(clips), self.mfcc), errors  # compiled, on every core
 
     def predict(self, model_input: Any) -> pd.DataFrame:
         rows = rows_of(model_input, self.INPUT_COLUMNS)

@@ -23,10 +23,10 @@ from features.audio import AudioSpec
 from features.mfcc import MfccConfig, feature_shape
 from features.speech_commands import SPLITS, TASKS, TWELVE_CLASS_LABELS, load_speech_commands
 from features.speech_features import (
-    SplitFeatures,
     cached_features,
+    extract_features,
     split_features,
-    waveform_features,
+    waveform_chunks,
 )
 from features.tfds_source import DatasetUnavailableError
 from pipelines.config import TrainingConfig, config_parser, option, validate_choices
@@ -66,6 +66,8 @@ class SpeechConfig(TrainingConfig):
     fmax: float = option(8000.0, "highest mel frequency (Hz)")
     cache_dir: str = option(".cache/features", "feature cache folder")
     cache: bool = option(True, "read/write the feature cache")
+    in_memory_mb: int = option(512, "cached splits with more feature data than this (MB) are "
+                               "streamed from the cache file during training, not loaded")
     dense_units: int = option(64, "hidden units of the dense head (0: none)")
     input_noise: float = option(0.2, "std of Gaussian noise on normalised MFCCs in training")
     experiment: str = option("speech-commands", "MLflow experiment")
@@ -110,6 +112,8 @@ def prepare_folder(config: SpeechConfig) -> PreparedData:
         prepared.digests[split] = data.digest((split,))
         prepared.skipped += features.skipped
         cached.append(features.from_cache)
+        if split == "train":
+            prepared.normalization = (features.mean, features.variance)
     prepared.from_cache = all(cached)
     prepared.summary = {
         "source": prepared.source,
@@ -146,11 +150,13 @@ def prepare_tfds(config: SpeechConfig) -> PreparedData:
             f"{source}|{split}|{prepared.digests[split]}|{mfcc}".encode()).hexdigest()[:24]
         features = cached_features(
             config.cache_dir if config.cache else None, key,
-            lambda w=data.waveforms, s=split: SplitFeatures(
-                waveform_features(w, mfcc, f"MFCC {s}"), np.arange(len(w)), [], False))
+            lambda out, w=data.waveforms, s=split: extract_features(
+                waveform_chunks(w), len(w), mfcc, out, f"MFCC {s}"))
         prepared.x[split] = features.frames
         prepared.y[split] = np.asarray([index[label] for label in data.labels], np.int32)
         cached.append(features.from_cache)
+        if split == "train":
+            prepared.normalization = (features.mean, features.variance)
     prepared.from_cache = all(cached)
     prepared.summary = {
         "source": source,
@@ -181,14 +187,14 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
     mfcc = config.mfcc()
     tracking.log_dict(asdict(mfcc) | {"num_frames": mfcc.num_frames}, "feature_config.json")
 
-    x_train = np.asarray(data.x["train"])
+    mean, variance = data.normalization  # computed by the feature stage, in one pass
     model = build_classifier(
-        feature_shape(mfcc), len(data.labels),
-        mean=x_train.mean(axis=(0, 1)), variance=x_train.var(axis=(0, 1)),
+        feature_shape(mfcc), len(data.labels), mean=mean, variance=variance,
         cell=config.cell, units=config.units, depth=config.depth, dropout=config.dropout,
         pooling=config.pooling, dense_units=config.dense_units, input_noise=config.input_noise,
     )
-    trained = runner.fit_and_evaluate(config, model, data)
+    trained = runner.fit_and_evaluate(config, model, data,
+                                      in_memory_bytes=config.in_memory_mb * 2**20)
     with tempfile.TemporaryDirectory() as folder:
         predictor = SpeechPredictor(model, data.labels, mfcc)
         model.save(Path(folder) / "classifier.keras")

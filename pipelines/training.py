@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass
 
@@ -13,19 +14,86 @@ from matplotlib.figure import Figure
 
 from pipelines.config import TrainingConfig
 
+IN_MEMORY_BYTES = 512 * 2**20  # larger memory-mapped inputs are streamed from their file
+
+
+class RowReader:
+    """Reads rows of a memory-mapped array with positioned file reads.
+
+    The rows pass through the OS page cache instead of the process's address space: every page
+    of a memory map that an epoch touches stays counted in the process's resident memory, so
+    iterating a map of the whole training set would grow to its size.
+    """
+
+    def __init__(self, array: np.memmap):
+        if not isinstance(array, np.memmap) or array.filename is None:
+            raise TypeError("RowReader needs a np.memmap backed by a file")
+        self.path = array.filename
+        self.offset = array.offset
+        self.dtype = array.dtype
+        self.row_shape = array.shape[1:]
+        self.row_bytes = int(np.prod(self.row_shape)) * array.dtype.itemsize
+        self.rows = len(array)
+
+    def __call__(self, indices: np.ndarray) -> np.ndarray:
+        """The rows at `indices`, in that order."""
+        out = np.empty((len(indices), *self.row_shape), self.dtype)
+        buffer = memoryview(out).cast("B")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for position, row in enumerate(indices):
+                if not 0 <= row < self.rows:
+                    raise IndexError(f"row {row} outside {self.path} ({self.rows} rows)")
+                start = position * self.row_bytes
+                read = os.preadv(fd, [buffer[start:start + self.row_bytes]],
+                                 self.offset + int(row) * self.row_bytes)
+                if read != self.row_bytes:
+                    raise OSError(f"{self.path}: short read of row {row} ({read} of "
+                                  f"{self.row_bytes} bytes); the feature file was truncated")
+        finally:
+            os.close(fd)
+        return out
+
 
 def make_dataset(
-    x, y, batch_size: int, num_classes: int, *, shuffle: bool, seed: int = 0
+    x, y, batch_size: int, num_classes: int, *, shuffle: bool, seed: int = 0,
+    in_memory_bytes: int = IN_MEMORY_BYTES,
 ) -> tf.data.Dataset:
     """Batches (x, one-hot y) through tf.data, reshuffled each epoch when training, prefetched.
 
-    Labels are one-hot so that the loss can apply label smoothing.
+    Labels are one-hot so that the loss can apply label smoothing. A memory-mapped `x` larger
+    than `in_memory_bytes` is streamed: only a shuffled index list is held, and each batch's
+    rows are read from the file by parallel tf.data map calls, so memory stays bounded by a
+    few batches however large the split.
     """
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if isinstance(x, np.memmap) and x.nbytes > in_memory_bytes:
+        return streamed_dataset(x, y, batch_size, num_classes, shuffle=shuffle, seed=seed)
+    dataset = tf.data.Dataset.from_tensor_slices((np.asarray(x), y))
     if shuffle:
         dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
     return (dataset.batch(batch_size)
             .map(lambda features, labels: (features, tf.one_hot(labels, num_classes)))
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def streamed_dataset(
+    x: np.memmap, y, batch_size: int, num_classes: int, *, shuffle: bool, seed: int = 0
+) -> tf.data.Dataset:
+    """Batches of rows read from the file behind the memory map `x` (see make_dataset)."""
+    reader = RowReader(x)
+    labels = tf.constant(np.asarray(y))
+    row_shape = x.shape[1:]
+    dataset = tf.data.Dataset.range(len(y))
+    if shuffle:
+        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+
+    def load(indices):
+        rows = tf.numpy_function(reader, [indices], tf.as_dtype(x.dtype), stateful=False)
+        rows.set_shape([None, *row_shape])
+        return rows, tf.one_hot(tf.gather(labels, indices), num_classes)
+
+    return (dataset.batch(batch_size)
+            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
 

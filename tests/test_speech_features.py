@@ -7,7 +7,13 @@ import numpy as np
 
 from features.mfcc import MfccConfig
 from features.speech_commands import load_speech_commands
-from features.speech_features import split_features
+from features.speech_features import (
+    FeatureCache,
+    compute_features,
+    extract_features,
+    split_features,
+    waveform_chunks,
+)
 from tests.datasets import tone, write_wav
 
 CONFIG = MfccConfig()
@@ -67,3 +73,57 @@ def test_silence_windows_reach_their_target_level(speech_dir: Path, tmp_path: Pa
          if e.is_silence], speech_dir, CONFIG, None)
     # c0 of the MFCC tracks log energy: louder silence has a clearly larger first coefficient
     assert loud.frames[..., 0].mean() > quiet.frames[..., 0].mean() + 50
+
+
+def test_streamed_cache_file_equals_in_memory_features_and_carries_moments(
+        shared_speech_dir: Path, tmp_path: Path):
+    examples = load_speech_commands(shared_speech_dir).examples["validation"]
+    in_memory = compute_features(examples, shared_speech_dir, CONFIG)
+    cached = split_features(examples, shared_speech_dir, CONFIG, tmp_path / "cache")
+    assert isinstance(cached.frames, np.memmap) and not isinstance(in_memory.frames, np.memmap)
+    assert np.array_equal(np.asarray(cached.frames), in_memory.frames)
+    assert np.array_equal(cached.kept, in_memory.kept)
+    flat = in_memory.frames.reshape(-1, CONFIG.n_mfcc).astype(np.float64)
+    np.testing.assert_allclose(cached.mean, flat.mean(axis=0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(cached.variance, flat.var(axis=0), rtol=1e-7)
+    reread = split_features(examples, shared_speech_dir, CONFIG, tmp_path / "cache")
+    assert reread.from_cache
+    np.testing.assert_array_equal(reread.mean, cached.mean)
+
+
+def test_truncated_cache_file_is_rebuilt_not_used(speech_dir: Path, tmp_path: Path):
+    examples = load_speech_commands(speech_dir).examples["train"]
+    cache_dir = tmp_path / "cache"
+    first = np.array(split_features(examples, speech_dir, CONFIG, cache_dir).frames)
+    [data_file] = cache_dir.glob("*.f32")
+    with data_file.open("r+b") as handle:
+        handle.truncate(data_file.stat().st_size - 100)
+    assert FeatureCache(cache_dir).load(data_file.stem) is None
+    rebuilt = split_features(examples, speech_dir, CONFIG, cache_dir)
+    assert not rebuilt.from_cache
+    assert np.array_equal(np.asarray(rebuilt.frames), first)
+    assert split_features(examples, speech_dir, CONFIG, cache_dir).from_cache
+
+
+def test_decoding_runs_ahead_on_threads_and_keeps_example_order(tmp_path: Path):
+    """Chunks finish decoding out of order on the worker threads; frames stay in input order."""
+    import threading
+    import time
+
+    clips = np.stack([tone(200 + 40 * index, seed=index) for index in range(23)])
+    threads = set()
+
+    def slow_first(chunks):
+        for number, task in enumerate(chunks):
+            def run(task=task, number=number):
+                threads.add(threading.current_thread().name)
+                time.sleep(0.2 if number == 0 else 0)
+                return task()
+            yield run
+
+    streamed = extract_features(slow_first(waveform_chunks(clips, size=4)), len(clips), CONFIG,
+                                out=tmp_path / "frames.f32", workers=3)
+    assert len(threads) > 1 and all(name.startswith("decode") for name in threads)
+    assert np.array_equal(streamed.kept, np.arange(len(clips)))
+    expected = extract_features(waveform_chunks(clips), len(clips), CONFIG)
+    assert np.array_equal(np.asarray(streamed.frames), expected.frames)

@@ -71,7 +71,15 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
 
     # Same data and config: features come from the cache.
     assert speech.main(small_args(speech_dir, tmp_path)) == 0
-    assert "(from cache)" in capsys.readouterr().out
+    cached = capsys.readouterr().out
+    assert "(from cache)" in cached
+
+    # Streamed from the cache file instead of loaded: the same batches, so the same model.
+    assert speech.main([*small_args(speech_dir, tmp_path), "--in-memory-mb", "0"]) == 0
+    streamed = capsys.readouterr().out
+    accuracy = [line for line in cached.splitlines() if line.startswith("test accuracy")]
+    assert accuracy and accuracy == [line for line in streamed.splitlines()
+                                     if line.startswith("test accuracy")]
 
 
 def test_missing_data_dir_is_a_clear_error_before_any_run(tmp_path: Path, capsys):

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from pipelines.training import bucketed_dataset
+from pipelines.training import RowReader, bucketed_dataset, make_dataset
 
 
 def test_bucketed_batches_pad_to_their_bucket_and_cover_every_example_once():
@@ -25,3 +26,39 @@ def test_bucketed_batches_pad_to_their_bucket_and_cover_every_example_once():
             assert features.shape[1] - 5 < lengths[example] <= features.shape[1]
     assert sorted(seen) == list(range(len(lengths)))
     assert len(batches) == dataset.cardinality().numpy() == 7  # buckets of 4, 2, 3, 3 examples
+
+
+def test_large_memory_maps_are_streamed_from_the_file_with_the_same_batches(tmp_path):
+    rows = np.arange(50 * 3 * 2, dtype=np.float32).reshape(50, 3, 2)
+    path = tmp_path / "frames.f32"
+    rows.tofile(path)
+    mapped = np.memmap(path, np.float32, "r", shape=rows.shape)
+    labels = np.arange(50) % 5
+    streamed = make_dataset(mapped, labels, 8, 5, shuffle=True, seed=3, in_memory_bytes=0)
+    rows = rows + 6000  # rewritten after the dataset was made: it must read the file, not a copy
+    rows.tofile(path)
+    seen = []
+    for _ in range(2):
+        batches = list(streamed.as_numpy_iterator())
+        assert [len(features) for features, _ in batches] == [8] * 6 + [2]
+        order = [int(row[0, 0] - 6000) // 6 for features, _ in batches for row in features]
+        assert sorted(order) == list(range(50))  # each row once per epoch
+        seen.append(order)
+        for features, onehot in batches:
+            index = (features[:, 0, 0].astype(int) - 6000) // 6
+            assert np.array_equal(features, rows[index])
+            assert np.array_equal(onehot.argmax(axis=1), labels[index])
+    assert seen[0] != seen[1]  # reshuffled each epoch
+    ordered = make_dataset(mapped, labels, 16, 5, shuffle=False, in_memory_bytes=0)
+    assert np.array_equal(np.concatenate([f for f, _ in ordered.as_numpy_iterator()]), rows)
+
+
+def test_row_reader_names_a_truncated_file(tmp_path):
+    path = tmp_path / "frames.f32"
+    np.zeros((4, 10), np.float32).tofile(path)
+    reader = RowReader(np.memmap(path, np.float32, "r", shape=(4, 10)))
+    assert reader(np.array([3, 0])).shape == (2, 10)
+    with path.open("r+b") as handle:
+        handle.truncate(100)
+    with pytest.raises(OSError, match="frames.f32: short read of row 3.*truncated"):
+        reader(np.array([3]))
