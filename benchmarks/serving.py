@@ -94,6 +94,56 @@ def default_models(store: Path, data_dir: Path) -> tuple[str, str]:
     return speech_uri, text_uri
 
 
+def measure(speech, text, data_dir: Path, calls: int, batch_size: int, repeats: int
+            ) -> dict[str, dict[str, float]]:
+    """p50/p99 milliseconds of one real clip / review per call, and inputs per second in a
+    batch of `batch_size`, for loaded pyfunc models."""
+    clips = [p.read_bytes() for p in
+             sorted((data_dir / "speech_commands").glob("*/*_nohash_*.wav"))]
+    reviews = [p.read_text(encoding="utf-8") for p in
+               sorted((data_dir / "aclImdb" / "test" / "pos").glob("*.txt"))]
+    clip_batch = pd.DataFrame({"audio": (clips * (batch_size // len(clips) + 1))[:batch_size]})
+    review_batch = pd.DataFrame({"text": reviews[:batch_size]})
+    figures = {}
+    for name, model, singles, batch in (
+            ("clip", speech, [pd.DataFrame({"audio": [c]}) for c in clips[:100]], clip_batch),
+            ("review", text, [pd.DataFrame({"text": [r]}) for r in reviews[:100]],
+             review_batch)):
+        times = time_single(model.predict, singles, calls)
+        figures[name] = {
+            "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
+            "batch_per_second": time_batch(model.predict, batch, repeats),
+            "batch_size": len(batch),
+        }
+    return figures
+
+
+def served_inference(options) -> list:
+    """The suite's section: default-architecture models through mlflow.pyfunc; the reference
+    for a batch is the same model answering the inputs one call at a time."""
+    from benchmarks.suite import Figure
+    from pipelines import tracking
+
+    store = options.work_dir / "mlruns"
+    speech_uri, text_uri = default_models(store, options.data_dir)
+    speech = tracking.load_served_model(speech_uri, None, store)
+    text = tracking.load_served_model(text_uri, None, store)
+    calls, repeats = (50, 1) if options.quick else (200, 3)
+    figures = measure(speech, text, options.data_dir, calls, 1000, repeats)
+    rows = []
+    for name, unit in (("clip", "clips/s"), ("review", "reviews/s")):
+        figure = figures[name]
+        rows += [
+            Figure("serving", f"p50 latency, one {name} per call", figure["p50_ms"], "ms",
+                   higher_is_better=False, note=f"p99 {figure['p99_ms']:.1f} ms over {calls} "
+                   "calls"),
+            Figure("serving", f"batch of {figure['batch_size']} {name}s", figure[
+                "batch_per_second"], unit, "one per call (1000 / p50)",
+                1000 / figure["p50_ms"]),
+        ]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speech-model-uri")
@@ -119,26 +169,7 @@ def main() -> None:
             store, tracking_uri = args.store_dir, args.tracking_uri
         speech = tracking.load_served_model(speech_uri, tracking_uri, store)
         text = tracking.load_served_model(text_uri, tracking_uri, store)
-
-        clips = [p.read_bytes() for p in
-                 sorted((args.data_dir / "speech_commands").glob("*/*_nohash_*.wav"))]
-        reviews = [p.read_text(encoding="utf-8") for p in
-                   sorted((args.data_dir / "aclImdb" / "test" / "pos").glob("*.txt"))]
-        clip_batch = pd.DataFrame({"audio": (clips * (args.batch // len(clips) + 1))
-                                   [:args.batch]})
-        review_batch = pd.DataFrame({"text": reviews[:args.batch]})
-        figures = {}
-        for name, model, singles, batch in (
-                ("clip", speech, [pd.DataFrame({"audio": [c]}) for c in clips[:100]],
-                 clip_batch),
-                ("review", text, [pd.DataFrame({"text": [r]}) for r in reviews[:100]],
-                 review_batch)):
-            times = time_single(model.predict, singles, args.calls)
-            figures[name] = {
-                "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
-                "batch_per_second": time_batch(model.predict, batch, args.repeats),
-                "batch_size": len(batch),
-            }
+        figures = measure(speech, text, args.data_dir, args.calls, args.batch, args.repeats)
     print(f"{'input':8} {'p50 ms':>8} {'p99 ms':>8} {'batch/s':>9}  (model URIs: "
           f"{speech_uri}, {text_uri})")
     for name, figure in figures.items():

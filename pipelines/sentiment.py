@@ -36,7 +36,9 @@ class SentimentConfig(TrainingConfig):
 
     depth: int = option(1, "number of bidirectional recurrent layers")
     epochs: int = option(2, "maximum number of epochs (the cosine schedule spans them all)")
-    learning_rate: float = option(2e-3, "peak Adam learning rate (cosine decay after warm-up)")
+    batch_size: int = option(512, "examples per training step (large batches: fewer, longer "
+                             "recurrent steps, 1.4x the reviews/s of 64 on 2 cores)")
+    learning_rate: float = option(6e-3, "peak Adam learning rate (cosine decay after warm-up)")
     weight_decay: float = option(1e-2, "AdamW decoupled weight decay (0: plain Adam)")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
     warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up")
@@ -198,8 +200,12 @@ def train_baseline(config: SentimentConfig, data: PreparedData) -> dict:
         config, model_uri, metrics, data, only_if_champion=True)
 
 
-def run(config: SentimentConfig) -> dict:
+def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
     """Trains, evaluates, tracks and (by the champion rule) registers one sentiment model.
+
+    Args:
+        config: The run's options.
+        reviews: Reviews already read (a slice, say); None reads the configured source.
 
     Returns:
         Test metrics plus run id, registered version and the champion decision.
@@ -212,12 +218,12 @@ def run(config: SentimentConfig) -> dict:
     from pipelines import runner, tracking
 
     validate_choices(config)
-    if config.source == "folder":
+    if config.source == "folder" and reviews is None:
         runner.require_data_dir(config.data_dir, "IMDB_DATA_DIR", "IMDB")
 
     def work(run_id: str) -> dict:
         started = time.perf_counter()
-        imdb = read_reviews(config)
+        imdb = read_reviews(config) if reviews is None else reviews
         data = prepare_data(imdb)
         for path, reason in imdb.skipped:
             log.warning("skipped %s: %s", path, reason)

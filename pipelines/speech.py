@@ -175,11 +175,23 @@ def prepare_data(config: SpeechConfig) -> PreparedData:
     return prepare_folder(config)
 
 
+def build_model(config: SpeechConfig, num_classes: int, mean: np.ndarray,
+                variance: np.ndarray):
+    """The configured (uncompiled) classifier over MFCC frames, normalised by `mean` and
+    `variance` (per coefficient, from the training split)."""
+    from models.recurrent import build_classifier
+
+    return build_classifier(
+        feature_shape(config.mfcc()), num_classes, mean=mean, variance=variance,
+        cell=config.cell, units=config.units, depth=config.depth, dropout=config.dropout,
+        pooling=config.pooling, dense_units=config.dense_units, input_noise=config.input_noise,
+    )
+
+
 def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> dict:
     """Builds, fits and evaluates the model, logging everything to the active run."""
     import keras
 
-    from models.recurrent import build_classifier
     from pipelines import runner, tracking
 
     keras.utils.set_random_seed(config.seed)
@@ -188,11 +200,7 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
     tracking.log_dict(asdict(mfcc) | {"num_frames": mfcc.num_frames}, "feature_config.json")
 
     mean, variance = data.normalization  # computed by the feature stage, in one pass
-    model = build_classifier(
-        feature_shape(mfcc), len(data.labels), mean=mean, variance=variance,
-        cell=config.cell, units=config.units, depth=config.depth, dropout=config.dropout,
-        pooling=config.pooling, dense_units=config.dense_units, input_noise=config.input_noise,
-    )
+    model = build_model(config, len(data.labels), mean, variance)
     trained = runner.fit_and_evaluate(config, model, data,
                                       in_memory_bytes=config.in_memory_mb * 2**20)
     with tempfile.TemporaryDirectory() as folder:

@@ -264,7 +264,8 @@ def log_text_classifier(classifier_path: str | Path, labels: Sequence[str]) -> s
 
 
 def log_speech_classifier(model_path: str | Path, config_path: str | Path,
-                          labels: Sequence[str], input_example: pd.DataFrame) -> str:
+                          labels: Sequence[str], input_example: pd.DataFrame, *,
+                          infer_requirements: bool = False) -> str:
     """Logs a speech classifier as a pyfunc model that takes raw audio.
 
     Args:
@@ -272,6 +273,8 @@ def log_speech_classifier(model_path: str | Path, config_path: str | Path,
         config_path: Labels and feature configuration (SpeechPredictor.save_config).
         labels: Class names in output order.
         input_example: A few rows of `audio` bytes and/or `waveform` + `sample_rate`.
+        infer_requirements: Let MLflow infer the pip requirements, which loads the model in a
+            subprocess (~20 s), instead of pinning the installed versions of what it needs.
 
     Returns:
         The logged model's URI.
@@ -285,7 +288,7 @@ def log_speech_classifier(model_path: str | Path, config_path: str | Path,
         artifacts={"classifier": str(model_path), "config": str(config_path)},
         signature=ModelSignature(inputs=inputs, outputs=output_schema(labels)),
         input_example=input_example,
-        pip_requirements=pinned_requirements(
+        pip_requirements=None if infer_requirements else pinned_requirements(
             "tensorflow", "keras", "mlflow", "librosa", "soundfile", "pandas"),
     )
     return info.model_uri

@@ -1,0 +1,40 @@
+"""Wall time and peak memory of the default pipelines, run as a user runs them."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from benchmarks.suite import Figure, Options, run_child
+
+
+def accuracy_of(output: str) -> float:
+    found = re.findall(r"^test accuracy\s+([0-9.]+)", output, re.MULTILINE)
+    if not found:
+        raise RuntimeError(f"no test accuracy in the run's output:\n{output[-2000:]}")
+    return float(found[-1])
+
+
+def end_to_end(options: Options) -> list[Figure]:
+    """`python -m pipelines.speech` and `python -m pipelines.sentiment` with defaults, each
+    twice: cold (empty feature cache and store) and warm (the same cache and store again).
+    Sentiment has no feature cache: its second run differs only by the OS's file cache."""
+    figures = []
+    store, cache = options.work_dir / "mlruns", options.work_dir / "features"
+    for pipeline, data in (("speech", "speech_commands"), ("sentiment", "aclImdb")):
+        command = [sys.executable, "-m", f"pipelines.{pipeline}", "--data-dir",
+                   str(options.data_dir / data), "--store-dir", str(store)]
+        if pipeline == "speech":
+            command += ["--cache-dir", str(cache)]
+        if options.quick:
+            command += ["--epochs", "1"]
+        runs = [run_child(command, options.work_dir / f"{pipeline}-{when}.log")
+                for when in ("cold", "warm")]
+        for when, child in zip(("cold", "warm"), runs, strict=True):
+            figures.append(Figure(
+                "end-to-end", f"python -m pipelines.{pipeline}, {when}", child.seconds, "s",
+                note=f"peak RSS {child.peak_rss_gb:.2f} GB, test accuracy "
+                     f"{accuracy_of(child.output):.4f}"))
+            figures.append(Figure("end-to-end", f"peak RSS, {pipeline} {when}",
+                                  child.peak_rss_gb, "GB", higher_is_better=False))
+    return figures

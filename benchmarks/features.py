@@ -1,0 +1,84 @@
+"""MFCC feature stage vs per-clip and batched librosa; the cached second run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.suite import Figure, Options, median_seconds
+
+
+def real_clips(speech_dir: Path, count: int):
+    """The first `count` real word clips of the folder (every split, no silence windows)."""
+    from features.speech_commands import load_speech_commands
+
+    data = load_speech_commands(speech_dir)
+    examples = sorted((e for split in data.examples.values() for e in split
+                       if not e.is_silence), key=lambda e: e.path)
+    return examples[:count]
+
+
+def mfcc_stage(options: Options) -> list[Figure]:
+    """Files -> MFCC frames on the same real clips: the project's stage vs librosa."""
+    import librosa
+
+    from features.audio import AudioSpec, decode_clip
+    from features.mfcc import MfccConfig, librosa_kwargs
+    from features.speech_features import compute_features
+
+    speech_dir = options.data_dir / "speech_commands"
+    count, repeats = (300, 1) if options.quick else (1000, 3)
+    examples = real_clips(speech_dir, count)
+    paths = [speech_dir / e.path for e in examples]
+    config = MfccConfig()
+    kwargs = librosa_kwargs(config)
+    out = options.work_dir / "frames.f32"
+
+    def stage():
+        return compute_features(examples, speech_dir, config, out=out)
+
+    def per_clip_loop():
+        return np.stack([librosa.feature.mfcc(
+            y=librosa.util.fix_length(librosa.load(path, sr=config.sample_rate)[0],
+                                      size=config.clip_samples), **kwargs).T
+            for path in paths])
+
+    def batched_librosa():
+        clips = np.stack([decode_clip(path, AudioSpec()) for path in paths])
+        return librosa.feature.mfcc(y=clips, **kwargs)
+
+    stage_seconds = median_seconds(stage, repeats)
+    loop_seconds = median_seconds(per_clip_loop, repeats)
+    batched_seconds = median_seconds(batched_librosa, repeats)
+    difference = float(np.max(np.abs(np.asarray(stage().frames) - per_clip_loop())))
+    rate = count / stage_seconds
+    return [
+        Figure("mfcc", f"feature stage, {count} real clips (files -> frames)", rate, "clips/s",
+               "per-clip librosa.load + librosa.feature.mfcc loop", count / loop_seconds,
+               goal=">= 15x", met=rate >= 15 * count / loop_seconds),
+        Figure("mfcc", "feature stage vs one batched librosa.feature.mfcc call", rate,
+               "clips/s", "decode + one batched librosa call", count / batched_seconds),
+        Figure("mfcc", "max |stage - per-clip librosa|", difference, "", higher_is_better=False,
+               goal="<= 1e-3", met=difference <= 1e-3),
+    ]
+
+
+def cached_run(options: Options) -> list[Figure]:
+    """Feature time of a first run (empty cache) and a second one (same data and config)."""
+    from pipelines.speech import SpeechConfig, prepare_data
+
+    config = SpeechConfig(data_dir=str(options.data_dir / "speech_commands"),
+                          cache_dir=str(options.work_dir / "cache"))
+    times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        data = prepare_data(config)
+        times.append(time.perf_counter() - started)
+    clips = sum(len(y) for y in data.y.values())
+    assert data.from_cache, "the second run did not read the cache"
+    return [Figure("cache", f"features of a second run ({clips} clips, all splits)", times[1],
+                   "s", "first run, empty cache", times[0], higher_is_better=False,
+                   goal="~0 s", note="one run each; listing the folder and hashing file "
+                   "stats is all the second run does")]

@@ -1,0 +1,194 @@
+"""The benchmark suite: every performance figure beside a reference measured in the same run.
+
+Usage:
+    python -m benchmarks [--quick] [--only SECTION[,SECTION...]] [--json PATH]
+                         [--data-dir ../shared/data]
+
+Sections (in order): mfcc, cache, speech-training, sentiment-training, tracking, serving,
+memory, end-to-end. Timings are medians of repeated runs after a warm-up, except where a
+figure is one long run (training, end to end), which says so. `--quick` runs each section on
+a small slice of the data in a few minutes, to check that the suite works; its figures are not
+the ones to report. Tests never assert times: this suite is how figures are obtained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass
+class Figure:
+    """One line of the table: a measured figure, its reference from the same run, the goal."""
+
+    section: str
+    name: str
+    value: float
+    unit: str
+    reference: str = ""
+    reference_value: float | None = None
+    higher_is_better: bool = True
+    goal: str = ""
+    met: bool | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.reference_value or self.value is None:
+            return None
+        return (self.value / self.reference_value if self.higher_is_better
+                else self.reference_value / self.value)
+
+
+@dataclass
+class Options:
+    data_dir: Path
+    quick: bool
+    work_dir: Path
+
+
+@dataclass
+class Child:
+    """A finished child process: exit status, combined output, own peak RSS, wall time."""
+
+    output: str
+    peak_rss_gb: float
+    seconds: float
+
+
+def run_child(command: list[str], log: Path, env: dict | None = None) -> Child:
+    """Runs `command` with its output in the file `log`; raises if it fails.
+
+    The child is reaped with os.wait4, whose resource usage is that one process's own (its
+    peak resident set size), unlike RUSAGE_CHILDREN, the maximum over every child so far.
+    """
+    import subprocess
+
+    started = time.perf_counter()
+    with log.open("w") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                                   env=env, cwd=Path(__file__).resolve().parents[1])
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    output = log.read_text()
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}:\n"
+                           f"{output[-3000:]}")
+    return Child(output, usage.ru_maxrss / 2**20, seconds)
+
+
+def median_seconds(work: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        work()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def sections() -> dict[str, Callable[[Options], list[Figure]]]:
+    from benchmarks import end_to_end, features, memory, serving, tracking_overhead, training
+
+    return {
+        "mfcc": features.mfcc_stage,
+        "cache": features.cached_run,
+        "speech-training": training.speech_training,
+        "sentiment-training": training.sentiment_training,
+        "tracking": tracking_overhead.tracking_overhead,
+        "serving": serving.served_inference,
+        "memory": memory.bounded_memory,
+        "end-to-end": end_to_end.end_to_end,
+    }
+
+
+def format_value(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.3g}"
+    return f"{text} {unit}".strip()
+
+
+def print_table(figures: list[Figure], out=sys.stdout) -> None:
+    rows = [("figure", "project", "reference", "ratio", "goal")]
+    for figure in figures:
+        reference = (f"{figure.reference}: {format_value(figure.reference_value, figure.unit)}"
+                     if figure.reference else "")
+        ratio = f"{figure.ratio:.2f}x" if figure.ratio is not None else ""
+        goal = figure.goal + ("" if figure.met is None else (" met" if figure.met
+                                                              else " MISSED"))
+        rows.append((f"[{figure.section}] {figure.name}", format_value(figure.value,
+                     figure.unit), reference, ratio, goal))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for number, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)),
+              file=out)
+        if number == 0:
+            print("  ".join("-" * width for width in widths), file=out)
+    for figure in figures:
+        if figure.note:
+            print(f"[{figure.section}] {figure.name}: {figure.note}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=SHARED,
+                        help="folder holding speech_commands/ and aclImdb/")
+    parser.add_argument("--quick", action="store_true", help="a short version of every section")
+    parser.add_argument("--only", help="comma-separated sections to run")
+    parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
+    parser.add_argument("--work-dir", type=Path,
+                        help="scratch folder for stores and caches (default: a temporary one)")
+    args = parser.parse_args(argv)
+    available = sections()
+    chosen = args.only.split(",") if args.only else list(available)
+    unknown = [name for name in chosen if name not in available]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from "
+                     f"{', '.join(available)}")
+    for name in ("speech_commands", "aclImdb"):
+        if not (args.data_dir / name).is_dir():
+            parser.error(f"{args.data_dir / name} not found: --data-dir must hold "
+                         "speech_commands/ and aclImdb/ (see ../shared/data/README)")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.basicConfig(level=logging.WARNING)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as folder:
+        options = Options(args.data_dir.resolve(), args.quick, Path(folder))
+        figures: list[Figure] = []
+        started = time.perf_counter()
+        for name in chosen:
+            began = time.perf_counter()
+            print(f"-- {name}", file=sys.stderr, flush=True)
+            section_dir = options.work_dir / name
+            section_dir.mkdir()
+            new = available[name](Options(options.data_dir, options.quick, section_dir))
+            figures += new
+            print_table(new, sys.stderr)
+            print(f"-- {name} took {time.perf_counter() - began:.0f} s", file=sys.stderr,
+                  flush=True)
+    print(f"\nbenchmarks ({'quick' if args.quick else 'full'}; {os.cpu_count()} cores, "
+          f"{platform.processor() or platform.machine()}; "
+          f"{time.perf_counter() - started:.0f} s)")
+    print_table(figures)
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"quick": args.quick, "cores": os.cpu_count(),
+             "figures": [asdict(f) | {"ratio": f.ratio} for f in figures]}, indent=2))
+    return 0
