@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 
 from benchmarks.suite import Figure, Options, run_child
 
@@ -22,8 +21,8 @@ def end_to_end(options: Options) -> list[Figure]:
     figures = []
     store, cache = options.work_dir / "mlruns", options.work_dir / "features"
     for pipeline, data in (("speech", "speech_commands"), ("sentiment", "aclImdb")):
-        command = [sys.executable, "-m", f"pipelines.{pipeline}", "--data-dir",
-                   str(options.data_dir / data), "--store-dir", str(store)]
+        command = [f"pipelines.{pipeline}", "--data-dir", str(options.data_dir / data),
+                   "--store-dir", str(store)]
         if pipeline == "speech":
             command += ["--cache-dir", str(cache)]
         if options.quick:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ def variant_chunk(base: np.ndarray, labels: np.ndarray, noise: list[np.ndarray],
 def run(clips: int, work_dir: Path, data_dir: Path) -> dict:
     import keras
 
+    from benchmarks.peak import peak_rss_kb
     from features.audio import AudioSpec, decode_clip, decode_recording
     from features.mfcc import CHUNK_CLIPS, MfccConfig
     from features.speech_commands import TWELVE_CLASS_LABELS, load_speech_commands
@@ -84,7 +84,7 @@ def run(clips: int, work_dir: Path, data_dir: Path) -> dict:
     features = extract_features(chunks(), clips, mfcc, out=work_dir / "frames.f32",
                                 desc="MFCC variants")
     feature_seconds = time.perf_counter() - started
-    rss_after_features = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rss_after_features = peak_rss_kb() / 2**20
 
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, len(TWELVE_CLASS_LABELS), features.mean, features.variance)
@@ -104,7 +104,6 @@ def run(clips: int, work_dir: Path, data_dir: Path) -> dict:
         "train_samples_per_second": clips / train_seconds,
         "train_accuracy": float(history.history["accuracy"][-1]),
         "peak_rss_gb_after_features": rss_after_features,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
 
 
@@ -112,10 +111,11 @@ def bounded_memory(options) -> list:
     from benchmarks.suite import Figure, run_child
 
     clips = 5000 if options.quick else 100_000
-    child = run_child([sys.executable, "-m", "benchmarks.memory", "--clips", str(clips),
-                       "--work-dir", str(options.work_dir), "--data-dir",
-                       str(options.data_dir)], options.work_dir / "memory.log")
+    child = run_child(["benchmarks.memory", "--clips", str(clips), "--work-dir",
+                       str(options.work_dir), "--data-dir", str(options.data_dir)],
+                      options.work_dir / "memory.log")
     figures = json.loads(child.output.strip().splitlines()[-1])
+    figures["peak_rss_gb"] = child.peak_rss_gb
     note = (f"{clips:,} clips, {figures['cache_gb']:.2f} GB of float32 frames in the cache; "
             f"streamed: {figures['streamed']}; peak RSS after building the cache "
             f"{figures['peak_rss_gb_after_features']:.2f} GB")

@@ -67,26 +67,24 @@ class Child:
     seconds: float
 
 
-def run_child(command: list[str], log: Path, env: dict | None = None) -> Child:
-    """Runs `command` with its output in the file `log`; raises if it fails.
-
-    The child is reaped with os.wait4, whose resource usage is that one process's own (its
-    peak resident set size), unlike RUSAGE_CHILDREN, the maximum over every child so far.
-    """
+def run_child(target: list[str], log: Path) -> Child:
+    """Runs `python -m MODULE ARGS...` (target = [MODULE, *ARGS], or ["-c", CODE]) with its
+    output in the file `log`, through benchmarks.peak, which records the child's own peak
+    resident memory; raises if it fails."""
     import subprocess
 
+    peak_file = log.with_suffix(".peak")
+    command = [sys.executable, "-m", "benchmarks.peak", str(peak_file), *target]
     started = time.perf_counter()
     with log.open("w") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                                   env=env, cwd=Path(__file__).resolve().parents[1])
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False,
+                                cwd=Path(__file__).resolve().parents[1])
     seconds = time.perf_counter() - started
     output = log.read_text()
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}:\n"
+    if result.returncode:
+        raise RuntimeError(f"python -m {' '.join(target)} exited with {result.returncode}:\n"
                            f"{output[-3000:]}")
-    return Child(output, usage.ru_maxrss / 2**20, seconds)
+    return Child(output, int(peak_file.read_text()) / 2**20, seconds)
 
 
 def median_seconds(work: Callable[[], object], repeats: int, warmup: int = 1) -> float:

@@ -198,7 +198,8 @@ def extract_features(
         out: File the frames are streamed to (raw float32, C order), so that no more than a
             few chunks are ever in memory; None keeps them in memory.
         desc: Label of the progress bar.
-        workers: Decoding threads (default: one per core, at most 4).
+        workers: Decoding threads (default: one per two cores; the MFCC graph itself runs on
+            every core, and more decoders than that only compete with it).
 
     Returns:
         The frames (memory-mapped from `out` when given), kept indices, skipped examples and
@@ -208,7 +209,7 @@ def extract_features(
 
     compute = extractor(config)
     shape = feature_shape(config)
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or max(1, (os.cpu_count() or 2) // 2)
     frames = np.empty((total, *shape), DTYPE) if out is None else None
     moments = Moments(shape[1])
     kept: list[int] = []

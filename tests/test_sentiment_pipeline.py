@@ -126,7 +126,7 @@ def test_trains_on_real_reviews(shared_imdb_dir: Path, tmp_path: Path):
     data_dir = subset_of(shared_imdb_dir, tmp_path / "aclImdb", 1500, 500)
     config = SentimentConfig(data_dir=str(data_dir), store_dir=str(tmp_path / "mlruns"),
                              vocabulary_size=10000, sequence_length=200, units=32, epochs=3,
-                             patience=3)
+                             patience=3, batch_size=64, learning_rate=2e-3)
     result = sentiment.run(config)
     tracking.connect(None, tmp_path / "mlruns")
     client = MlflowClient()

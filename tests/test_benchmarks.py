@@ -1,0 +1,62 @@
+"""The suite's own plumbing (its figures come from running it, never from tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.memory import variant_chunk
+from benchmarks.suite import Figure, main, run_child
+
+
+def test_ratio_is_how_many_times_better_than_the_reference():
+    assert Figure("s", "rate", 300.0, "clips/s", "loop", 100.0).ratio == 3
+    assert Figure("s", "time", 2.0, "s", "naive", 8.0, higher_is_better=False).ratio == 4
+    assert Figure("s", "alone", 5.0, "ms").ratio is None
+
+
+def test_child_peak_memory_is_the_childs_own(tmp_path):
+    import numpy
+
+    held = numpy.ones(100_000_000)  # this process: 760 MB more, which the children must not see
+    small = run_child(["-c", "print('ok')"], tmp_path / "small.log")
+    big = run_child(["-c", "import numpy; a = numpy.ones(80_000_000); print(a.sum())"],
+                    tmp_path / "big.log")
+    assert held.sum() and small.output.strip() == "ok" and "80000000.0" in big.output
+    assert small.peak_rss_gb < 0.3  # not this process's peak
+    assert 0.55 < big.peak_rss_gb - small.peak_rss_gb < 0.75  # its 610 MB of float64 ones
+    with pytest.raises(RuntimeError, match="exited with 3:\n.*boom"):
+        run_child(["-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "fail.log")
+    json_out = run_child(["json.tool", str(_write(tmp_path / "x.json", '{"a": 1}'))],
+                         tmp_path / "module.log")
+    assert '"a": 1' in json_out.output  # a module with its arguments
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_generated_variants_are_shifted_noisy_copies_with_their_labels():
+    base = np.zeros((3, 16000), np.float32)
+    for row in range(3):
+        base[row, 8000] = 0.5 + row * 0.1  # an impulse identifies each clip
+    labels = np.array([4, 5, 6], np.int32)
+    quiet = [np.zeros(40000, np.float32)]
+    chunk, chunk_labels = variant_chunk(base, labels, quiet, 100, 164, 16000)
+    assert chunk.waveforms.shape == (64, 16000) and chunk.kept == list(range(100, 164))
+    peaks = chunk.waveforms.argmax(axis=1)
+    assert (np.abs(peaks - 8000) <= 1600).all() and len(set(peaks)) > 10  # +-100 ms shifts
+    source = np.round((chunk.waveforms.max(axis=1) - 0.5) / 0.1).astype(int)
+    assert np.array_equal(labels[source], chunk_labels)
+    again, _ = variant_chunk(base, labels, quiet, 100, 164, 16000)
+    assert np.array_equal(again.waveforms, chunk.waveforms)  # seeded by position
+    noisy, _ = variant_chunk(base, labels, [np.ones(40000, np.float32)], 0, 64, 16000)
+    assert 0.5 < (noisy.waveforms.min(axis=1) > 0).mean() < 1  # noise on ~80 % of clips
+
+
+def test_unknown_sections_are_refused_with_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--only", "mfcc,warp-speed"])
+    assert exit_info.value.code == 2
+    assert "unknown section(s) warp-speed; choose from mfcc, cache" in capsys.readouterr().err
