@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from features.batching import padded_calls
+
 
 @dataclass(frozen=True)
 class MfccConfig:
@@ -126,17 +128,9 @@ class MfccExtractor:
         Thread-safe; each call runs on every core.
         """
         waveforms = np.asarray(waveforms, np.float32)
-        if len(waveforms) > CHUNK_CLIPS:
-            return np.concatenate([self(waveforms[start:start + CHUNK_CLIPS])
-                                   for start in range(0, len(waveforms), CHUNK_CLIPS)])
-        count = len(waveforms)
-        if count == 0:
+        if len(waveforms) == 0:
             return np.zeros((0, *self.shape), np.float32)
-        padded = 1 << (count - 1).bit_length()  # a handful of compiled shapes, not one per size
-        if padded > count:
-            waveforms = np.concatenate(
-                [waveforms, np.zeros((padded - count, waveforms.shape[1]), np.float32)])
-        return self._frames(waveforms).numpy()[:count]
+        return padded_calls(self._frames, waveforms, CHUNK_CLIPS)
 
 
 @functools.lru_cache(maxsize=8)

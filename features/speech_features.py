@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -151,8 +152,8 @@ def waveform_chunks(waveforms: np.ndarray, size: int = CHUNK_CLIPS
     """Chunks of an array of ready waveforms, in the form `extract_features` takes."""
     for start in range(0, len(waveforms), size):
         stop = min(start + size, len(waveforms))
-        yield functools.partial(lambda a, b: DecodedChunk(
-            np.asarray(waveforms[a:b], np.float32), list(range(a, b)), []), start, stop)
+        yield lambda a=start, b=stop: DecodedChunk(
+            np.asarray(waveforms[a:b], np.float32), list(range(a, b)), [])
 
 
 class Moments:
@@ -218,12 +219,8 @@ def extract_features(
     try:
         with (ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool,
               tqdm(total=total, desc=desc, unit="clip") as progress):
-            pending: deque = deque()
-            source = iter(chunks)
-            for task in source:  # keep the decoders `workers + 1` chunks ahead
-                pending.append(pool.submit(task))
-                if len(pending) > workers:
-                    break
+            source = iter(chunks)  # the decoders stay `workers + 1` chunks ahead
+            pending = deque(pool.submit(task) for task in itertools.islice(source, workers + 1))
             while pending:
                 chunk = pending.popleft().result()
                 task = next(source, None)

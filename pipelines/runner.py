@@ -97,13 +97,14 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
     from pipelines import tracking, training
 
     classes = len(data.labels)
-    limit = {} if in_memory_bytes is None else {"in_memory_bytes": in_memory_bytes}
     if train is None:
         train = training.make_dataset(data.x["train"], data.y["train"], config.batch_size,
-                                      classes, shuffle=True, seed=config.seed, **limit)
+                                      classes, shuffle=True, seed=config.seed,
+                                      in_memory_bytes=in_memory_bytes)
     if validation is None:
         validation = training.make_dataset(data.x["validation"], data.y["validation"],
-                                           config.batch_size, classes, shuffle=False, **limit)
+                                           config.batch_size, classes, shuffle=False,
+                                           in_memory_bytes=in_memory_bytes)
     steps = training.steps_per_epoch(len(data.y["train"]), config.batch_size)
     training.compile_classifier(model, config, steps)
     started = time.perf_counter()
@@ -112,7 +113,7 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
     train_seconds = time.perf_counter() - started
     epochs = len(history.history["loss"])
     test = training.make_dataset(data.x["test"], data.y["test"], 256, classes, shuffle=False,
-                                 **limit)
+                                 in_memory_bytes=in_memory_bytes)
     probabilities = model.predict(test, verbose=0)
     metrics = log_evaluation(probabilities, data, history.history).metrics | {
         "train_seconds": train_seconds,

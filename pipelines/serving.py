@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from features.audio import AudioDecodeError, AudioSpec, decode_clip, fix_length, resample
+from features.batching import padded_calls
 from features.mfcc import MfccConfig, mfcc_frames
 
 ERROR_COLUMN = "error"
@@ -46,14 +47,7 @@ class FastPredict:
                                  autograph=False)
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        if len(inputs) > DIRECT_CALL_MAX:
-            return np.concatenate([self(inputs[start:start + DIRECT_CALL_MAX])
-                                   for start in range(0, len(inputs), DIRECT_CALL_MAX)])
-        count = len(inputs)
-        padded = 1 << (count - 1).bit_length()
-        batch = np.concatenate([inputs, np.zeros((padded - count, *inputs.shape[1:]),
-                                                 inputs.dtype)]) if padded > count else inputs
-        return self._call(batch).numpy()[:count]
+        return padded_calls(self._call, inputs, DIRECT_CALL_MAX)
 
 
 def result_frame(labels: Sequence[str], probabilities: np.ndarray, errors: Sequence[str | None]

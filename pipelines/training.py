@@ -57,16 +57,17 @@ class RowReader:
 
 def make_dataset(
     x, y, batch_size: int, num_classes: int, *, shuffle: bool, seed: int = 0,
-    in_memory_bytes: int = IN_MEMORY_BYTES,
+    in_memory_bytes: int | None = None,
 ) -> tf.data.Dataset:
     """Batches (x, one-hot y) through tf.data, reshuffled each epoch when training, prefetched.
 
     Labels are one-hot so that the loss can apply label smoothing. A memory-mapped `x` larger
-    than `in_memory_bytes` is streamed: only a shuffled index list is held, and each batch's
-    rows are read from the file by parallel tf.data map calls, so memory stays bounded by a
-    few batches however large the split.
+    than `in_memory_bytes` (None: IN_MEMORY_BYTES) is streamed: only a shuffled index list is
+    held, and each batch's rows are read from the file by parallel tf.data map calls, so memory
+    stays bounded by a few batches however large the split.
     """
-    if isinstance(x, np.memmap) and x.nbytes > in_memory_bytes:
+    limit = IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes
+    if isinstance(x, np.memmap) and x.nbytes > limit:
         return streamed_dataset(x, y, batch_size, num_classes, shuffle=shuffle, seed=seed)
     dataset = tf.data.Dataset.from_tensor_slices((np.asarray(x), y))
     if shuffle:
