@@ -58,36 +58,30 @@ def default_models(store: Path, data_dir: Path) -> tuple[str, str]:
     import keras
 
     from features.imdb import LABELS as REVIEW_LABELS
-    from features.mfcc import MfccConfig, feature_shape
+    from features.mfcc import MfccConfig
     from features.speech_commands import TWELVE_CLASS_LABELS
     from features.text import fit_vectorizer
-    from models.recurrent import build_classifier, build_text_classifier, text_to_probabilities
-    from pipelines import tracking
-    from pipelines.sentiment import SentimentConfig
+    from models.recurrent import text_to_probabilities
+    from pipelines import sentiment, speech, tracking
     from pipelines.serving import SpeechPredictor
-    from pipelines.speech import SpeechConfig, serving_input_example
 
-    speech, text = SpeechConfig(), SentimentConfig()
+    text = sentiment.SentimentConfig()
     mfcc = MfccConfig()
     labels = TWELVE_CLASS_LABELS
     keras.utils.set_random_seed(0)
-    speech_model = build_classifier(
-        feature_shape(mfcc), len(labels), mean=np.zeros(mfcc.n_mfcc),
-        variance=np.ones(mfcc.n_mfcc), cell=speech.cell, units=speech.units, depth=speech.depth,
-        dropout=speech.dropout, pooling=speech.pooling, dense_units=speech.dense_units)
+    speech_model = speech.build_model(speech.SpeechConfig(), len(labels),
+                                      np.zeros(mfcc.n_mfcc), np.ones(mfcc.n_mfcc))
     reviews = [p.read_text(encoding="utf-8") for p in
                sorted((data_dir / "aclImdb" / "train" / "pos").glob("*.txt"))[:2000]]
     vectorizer = fit_vectorizer(reviews, text.vocabulary_size, text.sequence_length)
-    text_model = build_text_classifier(
-        vectorizer.vocabulary_size(), 2, embedding_dim=text.embedding_dim, cell=text.cell,
-        units=text.units, depth=text.depth, pooling=text.pooling,
-        dense_units=text.dense_units)
+    text_model = sentiment.build_model(text, vectorizer.vocabulary_size(), 2)
     folder = store.parent
     with tracking.tracked_run("serving-benchmark", tracking_uri=None, store_dir=store):
         speech_model.save(folder / "speech.keras")
         config = SpeechPredictor(speech_model, labels, mfcc).save_config(folder / "speech.json")
         speech_uri = tracking.log_speech_classifier(
-            folder / "speech.keras", config, labels, serving_input_example(mfcc.sample_rate))
+            folder / "speech.keras", config, labels,
+            speech.serving_input_example(mfcc.sample_rate))
     with tracking.tracked_run("serving-benchmark", tracking_uri=None, store_dir=store):
         text_to_probabilities(vectorizer, text_model).save(folder / "text.keras")
         text_uri = tracking.log_text_classifier(folder / "text.keras", REVIEW_LABELS)

@@ -16,17 +16,15 @@ def tracking_overhead(options: Options) -> list[Figure]:
     requirements (it loads the model in a subprocess to see what it imports)."""
     import mlflow
 
-    from features.mfcc import MfccConfig, feature_shape
     from features.speech_commands import TWELVE_CLASS_LABELS
-    from models.recurrent import build_classifier
     from pipelines import tracking
     from pipelines.serving import SpeechPredictor
-    from pipelines.speech import SpeechConfig, serving_input_example
+    from pipelines.speech import SpeechConfig, build_model, serving_input_example
 
-    config, mfcc = SpeechConfig(), MfccConfig()
-    model = build_classifier(feature_shape(mfcc), len(TWELVE_CLASS_LABELS),
-                             mean=np.zeros(mfcc.n_mfcc), variance=np.ones(mfcc.n_mfcc),
-                             cell=config.cell, units=config.units, depth=config.depth)
+    config = SpeechConfig()
+    mfcc = config.mfcc()
+    model = build_model(config, len(TWELVE_CLASS_LABELS), np.zeros(mfcc.n_mfcc),
+                        np.ones(mfcc.n_mfcc))
     folder = options.work_dir
     model.save(folder / "classifier.keras")
     config_path = SpeechPredictor(model, TWELVE_CLASS_LABELS, mfcc).save_config(

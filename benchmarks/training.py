@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
+import keras
 import numpy as np
 
 from benchmarks.suite import Figure, Options
@@ -11,41 +13,36 @@ from benchmarks.suite import Figure, Options
 KERAS_IO_MAXLEN = 200  # keras-io "Bidirectional LSTM on IMDB"
 
 
-class EpochClock:
-    """Keras callback: training-phase seconds per epoch (validation excluded), validation
-    accuracy per epoch, and the wall time from the start of fit to each epoch's end."""
+class EpochClock(keras.callbacks.Callback):
+    """Training-phase seconds per epoch (validation excluded), validation accuracy per epoch,
+    and the wall time from the start of fit to each epoch's end; stops at `target` validation
+    accuracy when one is given."""
 
-    def __new__(cls, *args, **kwargs):
-        import keras
+    def __init__(self, target: float | None = None):
+        super().__init__()
+        self.target = target
+        self.train_seconds: list[float] = []
+        self.val_accuracy: list[float] = []
+        self.elapsed: list[float] = []
 
-        class Clock(keras.callbacks.Callback):
-            def __init__(self, target: float | None = None):
-                super().__init__()
-                self.target = target
-                self.train_seconds: list[float] = []
-                self.val_accuracy: list[float] = []
-                self.elapsed: list[float] = []
+    def on_train_begin(self, logs=None):
+        self.fit_started = time.perf_counter()
 
-            def on_train_begin(self, logs=None):
-                self.fit_started = time.perf_counter()
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.perf_counter()
+        self.train_ended = None
 
-            def on_epoch_begin(self, epoch, logs=None):
-                self.epoch_started = time.perf_counter()
-                self.train_ended = None
+    def on_test_begin(self, logs=None):
+        if self.train_ended is None:
+            self.train_ended = time.perf_counter()
 
-            def on_test_begin(self, logs=None):
-                if self.train_ended is None:
-                    self.train_ended = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                ended = self.train_ended or time.perf_counter()
-                self.train_seconds.append(ended - self.epoch_started)
-                self.elapsed.append(time.perf_counter() - self.fit_started)
-                self.val_accuracy.append(float((logs or {}).get("val_accuracy", np.nan)))
-                if self.target is not None and self.val_accuracy[-1] >= self.target:
-                    self.model.stop_training = True
-
-        return Clock(*args, **kwargs)
+    def on_epoch_end(self, epoch, logs=None):
+        ended = self.train_ended or time.perf_counter()
+        self.train_seconds.append(ended - self.epoch_started)
+        self.elapsed.append(time.perf_counter() - self.fit_started)
+        self.val_accuracy.append(float((logs or {}).get("val_accuracy", np.nan)))
+        if self.target is not None and self.val_accuracy[-1] >= self.target:
+            self.model.stop_training = True
 
 
 def steady_rate(examples: int, seconds: list[float]) -> float:
@@ -57,9 +54,6 @@ def steady_rate(examples: int, seconds: list[float]) -> float:
 def speech_training(options: Options) -> list[Figure]:
     """The default speech model vs a 2xBiGRU(128) at batch 64 on the same data, each fitted
     until 80 % validation accuracy (or the default's epoch budget)."""
-    import keras
-
-    from models.recurrent import build_classifier
     from pipelines import training
     from pipelines.speech import SpeechConfig, build_model, prepare_data
 
@@ -72,15 +66,11 @@ def speech_training(options: Options) -> list[Figure]:
     results = {}
     for name in ("default", "reference"):
         keras.utils.set_random_seed(config.seed)
-        if name == "default":
-            model, batch = build_model(config, classes, mean, variance), config.batch_size
-        else:
-            model = build_classifier((config.mfcc().num_frames, config.n_mfcc), classes,
-                                     mean=mean, variance=variance, cell="gru", units=128,
-                                     depth=2, dropout=config.dropout, pooling=config.pooling,
-                                     dense_units=config.dense_units,
-                                     input_noise=config.input_noise)
-            batch = 64
+        model_config = (config if name == "default" else  # the reference: 2x BiGRU(128), b64
+                        dataclasses.replace(config, cell="gru", units=128, depth=2,
+                                            batch_size=64))
+        model = build_model(model_config, classes, mean, variance)
+        batch = model_config.batch_size
         training.compile_classifier(model, config, training.steps_per_epoch(examples, batch))
         clock = EpochClock(target=0.8)
         model.fit(training.make_dataset(data.x["train"], data.y["train"], batch, classes,
@@ -116,8 +106,6 @@ def speech_training(options: Options) -> list[Figure]:
 
 def keras_io_reference(vocabulary_size: int):
     """keras-io's "Bidirectional LSTM on IMDB": Embedding 128, 2x BiLSTM(64), sigmoid."""
-    import keras
-
     inputs = keras.Input(shape=(None,), dtype="int32")
     x = keras.layers.Embedding(vocabulary_size, 128)(inputs)
     x = keras.layers.Bidirectional(keras.layers.LSTM(64, return_sequences=True))(x)
@@ -133,8 +121,6 @@ def sentiment_training(options: Options) -> list[Figure]:
 
     Samples/s is examples x epochs / fit wall time (validation and graph tracing included)
     for both, which is how the pipeline reports it."""
-    import keras
-
     from features.imdb import load_imdb
     from features.text import encode_reviews, fit_vectorizer
     from pipelines import sentiment

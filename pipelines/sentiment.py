@@ -144,23 +144,30 @@ def training_datasets(config: SentimentConfig, data: PreparedData):
         for split in ("train", "validation"))
 
 
-def train_recurrent(config: SentimentConfig, data: PreparedData) -> dict:
-    """Token ids -> bidirectional RNN; logs a model that takes raw review strings."""
-    import keras
+def build_model(config: SentimentConfig, vocabulary_size: int, num_classes: int):
+    """The configured (uncompiled) recurrent classifier over token ids."""
+    from models.recurrent import build_text_classifier
 
-    from models.recurrent import build_text_classifier, text_to_probabilities
-    from pipelines import runner, tracking
-
-    keras.utils.set_random_seed(config.seed)
-    vectorizer = encode_splits(config, data)
-    runner.log_data(config, data, "aclImdb")
-    model = build_text_classifier(
-        vectorizer.vocabulary_size(), len(data.labels),
+    return build_text_classifier(
+        vocabulary_size, num_classes,
         sequence_length=None if config.bucketing else config.sequence_length,
         embedding_dim=config.embedding_dim, cell=config.cell, units=config.units,
         depth=config.depth, dropout=config.dropout,
         embedding_dropout=config.embedding_dropout, pooling=config.pooling,
         dense_units=config.dense_units)
+
+
+def train_recurrent(config: SentimentConfig, data: PreparedData) -> dict:
+    """Token ids -> bidirectional RNN; logs a model that takes raw review strings."""
+    import keras
+
+    from models.recurrent import text_to_probabilities
+    from pipelines import runner, tracking
+
+    keras.utils.set_random_seed(config.seed)
+    vectorizer = encode_splits(config, data)
+    runner.log_data(config, data, "aclImdb")
+    model = build_model(config, vectorizer.vocabulary_size(), len(data.labels))
     train, validation = training_datasets(config, data)
     trained = runner.fit_and_evaluate(config, model, data, train, validation)
     with tempfile.TemporaryDirectory() as folder:
