@@ -11,6 +11,7 @@ frames back (memory-mapped) and decodes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -57,10 +58,12 @@ class SplitFeatures:
     variance: np.ndarray
 
 
-def cache_key(examples: Sequence[Example], data_dir: Path, config: MfccConfig) -> str:
-    """Hash of the example list (with file sizes and mtimes) and the feature config."""
+def cache_key(examples: Sequence[Example], data_dir: Path, config: MfccConfig,
+              kind: str = "mfcc") -> str:
+    """Hash of the example list (with file sizes and mtimes), the feature config and what the
+    entry holds (`kind`: "mfcc" frames or decoded "waveforms")."""
     hasher = hashlib.sha256()
-    hasher.update(json.dumps([CACHE_FORMAT, dataclasses.asdict(config)]).encode())
+    hasher.update(json.dumps([CACHE_FORMAT, kind, dataclasses.asdict(config)]).encode())
     for example in examples:
         stat = (data_dir / example.path).stat()
         hasher.update(
@@ -260,6 +263,33 @@ def compute_features(
     return extract_features(decoder.chunks(), len(examples), config, out, desc)
 
 
+def compute_waveforms(
+    examples: Sequence[Example], data_dir: Path, spec: AudioSpec, out: Path | None = None
+) -> SplitFeatures:
+    """Decodes every example into a (clips, samples) float32 array, streamed to `out` when
+    given, skipping undecodable clips exactly as the feature stage does (so row i of the
+    waveforms and of the MFCC frames are the same clip). The moments are left empty."""
+    decoder = ExampleDecoder(examples, Path(data_dir), spec)
+    rows = np.empty((len(examples), spec.clip_samples), DTYPE) if out is None else None
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    with open(out, "wb") if out is not None else contextlib.nullcontext() as handle:
+        for task in decoder.chunks():
+            chunk = task()
+            skipped += chunk.skipped
+            if handle is not None:
+                handle.write(memoryview(np.ascontiguousarray(chunk.waveforms, DTYPE)).cast("B"))
+            else:
+                rows[len(kept) : len(kept) + len(chunk.kept)] = chunk.waveforms
+            kept += chunk.kept
+    if out is not None:
+        rows = (np.memmap(out, DTYPE, "r", shape=(len(kept), spec.clip_samples)) if kept
+                else np.zeros((0, spec.clip_samples), DTYPE))
+    empty = np.zeros(0)
+    return SplitFeatures(rows[: len(kept)], np.asarray(kept, np.int64), skipped, False,
+                         empty, empty)
+
+
 class FeatureCache:
     """A folder of entries: `<key>.f32` (raw float32 frames) and `<key>.json` (shape, kept and
     skipped examples, moments), the metadata written last so that it marks a complete entry."""
@@ -351,3 +381,17 @@ def split_features(
     key = cache_key(examples, data_dir, config) if cache_dir is not None else ""
     return cached_features(
         cache_dir, key, lambda out: compute_features(examples, data_dir, config, desc, out))
+
+
+def split_waveforms(
+    examples: Sequence[Example], data_dir: str | Path, config: MfccConfig,
+    cache_dir: str | Path | None,
+) -> SplitFeatures:
+    """Decoded waveforms of a split (for augmentation, which needs audio, not frames), cached
+    like the frames; `frames` holds the (clips, samples) waveforms, rows aligned with
+    `split_features`' rows."""
+    data_dir = Path(data_dir)
+    spec = AudioSpec(config.sample_rate, config.clip_seconds)
+    key = cache_key(examples, data_dir, config, "waveforms") if cache_dir is not None else ""
+    return cached_features(
+        cache_dir, key, lambda out: compute_waveforms(examples, data_dir, spec, out))

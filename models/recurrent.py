@@ -8,7 +8,8 @@ import keras
 import numpy as np
 
 CELLS = ("gru", "lstm")
-POOLINGS = ("mean", "max", "mean-max")
+POOLINGS = ("mean", "max", "mean-max", "attention")
+FRONT_ENDS = ("none", "conv")
 
 
 def recurrent_layer(cell: str, units: int, name: str) -> keras.layers.Layer:
@@ -28,6 +29,19 @@ def recurrent_layer(cell: str, units: int, name: str) -> keras.layers.Layer:
     else:
         raise ValueError(f"unknown cell {cell!r}; valid choices: {', '.join(CELLS)}")
     return keras.layers.Bidirectional(layer, name=name)
+
+
+def conv_front_end(x: keras.KerasTensor, *, filters: int, kernel_size: int = 5,
+                   layers: int = 2) -> keras.KerasTensor:
+    """The convolutional front of a CRNN: `layers` x (Conv1D over time, batch norm, ReLU), then
+    max-pooling by 2 in time, so the recurrent layers see local patterns at half the frame rate
+    (and run twice as fast)."""
+    for index in range(layers):
+        x = keras.layers.Conv1D(filters, kernel_size, padding="same", use_bias=False,
+                                name=f"conv_{index + 1}")(x)
+        x = keras.layers.BatchNormalization(name=f"conv_{index + 1}_norm")(x)
+        x = keras.layers.ReLU(name=f"conv_{index + 1}_relu")(x)
+    return keras.layers.MaxPooling1D(2, name="conv_pool")(x)
 
 
 def recurrent_stack(
@@ -64,8 +78,44 @@ class MaskedGlobalMaxPooling1D(keras.layers.Layer):
         return (input_shape[0], input_shape[2])
 
 
+@keras.saving.register_keras_serializable(package="models")
+class AttentionPooling(keras.layers.Layer):
+    """Weighted mean over time with learned weights (additive attention, Bahdanau-style):
+    score_t = v . tanh(W h_t + b), weights = softmax over the unmasked steps."""
+
+    def __init__(self, units: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        units = self.units or input_shape[-1]
+        self.project = keras.layers.Dense(units, activation="tanh", name="project")
+        self.project.build(input_shape)
+        self.score = keras.layers.Dense(1, use_bias=False, name="score")
+        self.score.build((*input_shape[:-1], units))
+
+    def call(self, inputs, mask=None):
+        scores = self.score(self.project(inputs))[..., 0]
+        if mask is not None:
+            scores = keras.ops.where(mask, scores, keras.ops.full_like(scores, -1e9))
+        weights = keras.ops.softmax(scores, axis=1)
+        return keras.ops.sum(inputs * keras.ops.expand_dims(weights, -1), axis=1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+    def get_config(self):
+        return super().get_config() | {"units": self.units}
+
+
 def pool_over_time(x: keras.KerasTensor, pooling: str) -> keras.KerasTensor:
     """Pools a (batch, time, features) sequence into (batch, features); masks are honoured."""
+    if pooling == "attention":
+        return AttentionPooling(name="attention_pool")(x)
     if pooling == "mean":
         return keras.layers.GlobalAveragePooling1D(name="mean_pool")(x)
     if pooling == "max":
@@ -102,8 +152,11 @@ def build_classifier(
     pooling: str = "mean-max",
     dense_units: int = 64,
     input_noise: float = 0.0,
+    front_end: str = "none",
+    conv_filters: int = 64,
 ) -> keras.Model:
-    """Classifier over frame sequences (e.g. MFCC frames): normalise, Bi-RNN stack, pool, softmax.
+    """Classifier over frame sequences (e.g. MFCC frames): normalise, optional convolutional
+    front end (a CRNN), Bi-RNN stack, pool, softmax.
 
     Args:
         input_shape: (frames, coefficients) of one example.
@@ -114,28 +167,36 @@ def build_classifier(
         units: Units per direction in each recurrent layer.
         depth: Number of bidirectional layers.
         dropout: Dropout after each recurrent layer and before the head.
-        pooling: "mean", "max" or "mean-max" pooling over time.
+        pooling: "mean", "max", "mean-max" or "attention" pooling over time.
         dense_units: Width of the hidden dense layer of the head (0 for none).
         input_noise: Standard deviation of Gaussian noise added to the normalised input during
             training only (0 for none); a cheap regulariser for small datasets.
+        front_end: "none", or "conv" for two Conv1D layers and 2x time pooling (conv_front_end).
+        conv_filters: Filters of each convolution of the "conv" front end.
 
     Returns:
         An uncompiled Functional model mapping (batch, frames, coefficients) to class
         probabilities.
 
     Raises:
-        ValueError: An unknown cell or pooling name, or depth < 1.
+        ValueError: An unknown cell, pooling or front-end name, or depth < 1.
     """
+    if front_end not in FRONT_ENDS:
+        raise ValueError(f"unknown front_end {front_end!r}; valid choices: "
+                         f"{', '.join(FRONT_ENDS)}")
     inputs = keras.Input(shape=input_shape, name="mfcc")
     x = keras.layers.Normalization(
         axis=-1, mean=np.asarray(mean), variance=np.asarray(variance), name="normalize"
     )(inputs)
     if input_noise:
         x = keras.layers.GaussianNoise(input_noise, name="input_noise")(x)
+    if front_end == "conv":
+        x = conv_front_end(x, filters=conv_filters)
     x = recurrent_stack(x, cell=cell, units=units, depth=depth, dropout=dropout)
     x = pool_over_time(x, pooling)
     outputs = classification_head(x, num_classes, dense_units=dense_units, dropout=dropout)
-    return keras.Model(inputs, outputs, name=f"bi_{cell}_classifier")
+    prefix = "conv_" if front_end == "conv" else ""
+    return keras.Model(inputs, outputs, name=f"{prefix}bi_{cell}_classifier")
 
 
 def build_text_classifier(

@@ -98,6 +98,44 @@ def streamed_dataset(
             .prefetch(tf.data.AUTOTUNE))
 
 
+class AugmentedBatches:
+    """Training batches made fresh each epoch: shuffled rows of raw inputs (waveforms) passed
+    through `augment(rows, rng)`. Epoch e draws from its own generator seeded by (seed, e), so a
+    run is reproducible and every epoch sees different perturbations."""
+
+    def __init__(self, inputs: np.ndarray, y: np.ndarray, batch_size: int, num_classes: int,
+                 augment, seed: int = 0, in_memory_bytes: int | None = None):
+        limit = IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes
+        streamed = isinstance(inputs, np.memmap) and inputs.nbytes > limit
+        self.rows = RowReader(inputs) if streamed else np.asarray(inputs).__getitem__
+        self.y = np.asarray(y)
+        self.batch_size = batch_size
+        self.num_classes = num_classes
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return steps_per_epoch(len(self.y), self.batch_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        order = rng.permutation(len(self.y))
+        eye = np.eye(self.num_classes, dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            yield self.augment(self.rows(rows), rng).astype(np.float32), eye[self.y[rows]]
+
+    def dataset(self, feature_shape: tuple[int, ...]) -> tf.data.Dataset:
+        """The batches as a tf.data pipeline, prepared one batch ahead of training."""
+        signature = (tf.TensorSpec((None, *feature_shape), tf.float32),
+                     tf.TensorSpec((None, self.num_classes), tf.float32))
+        return (tf.data.Dataset.from_generator(lambda: iter(self), output_signature=signature)
+                .apply(tf.data.experimental.assert_cardinality(len(self)))
+                .prefetch(2))
+
+
 def bucketed_dataset(
     ids: np.ndarray, lengths: np.ndarray, y: np.ndarray, batch_size: int, num_classes: int, *,
     buckets: int, shuffle: bool, seed: int = 0

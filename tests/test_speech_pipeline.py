@@ -25,7 +25,7 @@ def test_help_lists_every_option_with_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for item in dataclasses.fields(SpeechConfig):
         assert "--" + item.name.replace("_", "-") in text
-    assert "(default: 12-class)" in text and "(default: 30)" in text
+    assert "(default: 12-class)" in text and "(default: 140)" in text
 
 
 def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, capsys):
@@ -180,3 +180,23 @@ def test_evaluate_any_model_on_both_layouts(speech_dir: Path, shared_speech_dir:
     code = speech.main(["evaluate", "--data-dir", str(speech_dir), "--store-dir", str(store),
                         "--model-uri", f"models:/speech-commands/{version.version}"])
     assert code == 0 and "failed inputs     0" in capsys.readouterr().out
+
+
+def test_tutorial_cnn_reference_is_logged_beside_the_recurrent_runs(speech_dir: Path,
+                                                                     tmp_path: Path, capsys):
+    args = small_args(speech_dir, tmp_path, "--model", "tutorial-cnn", "--epochs", "1")
+    assert speech.main(args) == 0
+    out = capsys.readouterr().out
+    assert "model             tutorial-cnn" in out
+    tracking.connect(None, tmp_path / "mlruns")
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("speech-commands", "champion")
+    run = client.get_run(version.run_id)
+    assert run.data.params["model"] == "tutorial-cnn"
+    assert client.get_experiment(run.info.experiment_id).name == "speech-commands"
+    served = mlflow.pyfunc.load_model("models:/speech-commands@champion")
+    clip = (speech_dir / "yes" / "0a1b2c3d_nohash_0.wav").read_bytes()
+    answer = served.predict(pd.DataFrame({"audio": [clip]}))
+    assert answer.filter(like="probability_").iloc[0].sum() == pytest.approx(1, abs=1e-5)
+    assert answer.loc[0, "label"] == answer.filter(like="probability_").iloc[0].idxmax()[
+        len("probability_"):]

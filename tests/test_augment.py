@@ -1,0 +1,135 @@
+"""Training-time augmentation: time shift, noise mixing, SpecAugment, augmented batches."""
+
+import numpy as np
+import pytest
+
+from features.augment import (
+    AugmentConfig,
+    ClipAugmenter,
+    change_speed,
+    mix_noise,
+    spec_augment,
+    time_shift,
+)
+from features.mfcc import MfccConfig, feature_shape, mfcc_frames
+from pipelines.training import AugmentedBatches
+
+OFF = AugmentConfig(0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def test_time_shift_moves_each_clip_and_fills_with_silence():
+    rng = np.random.default_rng(0)
+    clips = np.tile(np.arange(1, 101, dtype=np.float32), (50, 1))
+    shifted = time_shift(clips, 10, rng)
+    assert shifted.shape == clips.shape and shifted.dtype == np.float32
+    shifts = set()
+    for row in shifted:
+        nonzero = np.flatnonzero(row)
+        first, last = nonzero[0], nonzero[-1]
+        shift = first if row[first] == 1 else -(int(row[first]) - 1)
+        shifts.add(shift)
+        assert abs(shift) <= 10
+        assert np.array_equal(row[first:last + 1], np.arange(row[first], row[last] + 1))
+        assert not row[:first].any() and not row[last + 1:].any()
+    assert len(shifts) > 5  # random per clip
+    assert np.array_equal(time_shift(clips, 0, rng), clips)
+
+
+def test_change_speed_stretches_around_the_centre():
+    rng = np.random.default_rng(6)
+    ramp = np.tile(np.arange(1001, dtype=np.float32) - 500, (20, 1))
+    changed = change_speed(ramp, 0.2, rng)
+    slopes = changed[:, 501] - changed[:, 500]
+    assert np.all((slopes >= 0.8 - 1e-4) & (slopes <= 1.2 + 1e-4))
+    assert len(np.unique(slopes.round(4))) > 10
+    np.testing.assert_allclose(changed[:, 500], 0.0, atol=1e-3)  # the centre stays put
+    faster = slopes > 1.0 + 1e-3
+    assert np.all(changed[faster, 0] == 0) and np.all(changed[faster, -1] == 0)  # silence
+    assert np.array_equal(change_speed(ramp, 0.0, rng), ramp)
+
+
+@pytest.mark.parametrize("change", [-0.1, 1.0])
+def test_speed_change_must_be_a_fraction(change):
+    with pytest.raises(ValueError, match="speed_change"):
+        AugmentConfig(speed_change=change)
+
+
+def test_mix_noise_adds_a_scaled_stretch_with_the_given_probability():
+    rng = np.random.default_rng(1)
+    clips = np.zeros((400, 100), np.float32)
+    noise = [np.full(1000, 0.5, np.float32)]
+    mixed = mix_noise(clips, noise, prob=0.5, volume=0.2, rng=rng)
+    added = mixed.max(axis=1)
+    assert np.allclose(mixed, added[:, None])  # a constant recording adds a constant
+    assert 0.35 < np.mean(added > 0) < 0.65
+    assert added.max() <= 0.2 * 0.5 + 1e-7
+    assert np.array_equal(mix_noise(clips, noise, prob=0.0, volume=0.2, rng=rng), clips)
+    loud = mix_noise(np.full((4, 100), 0.9, np.float32), [np.ones(200, np.float32)], 1.0, 1.0,
+                     rng)
+    assert loud.max() <= 1.0  # clipped to full scale
+
+
+def test_mix_noise_ignores_recordings_shorter_than_a_clip():
+    clips = np.zeros((3, 100), np.float32)
+    assert np.array_equal(mix_noise(clips, [np.ones(50)], 1.0, 1.0, np.random.default_rng(0)),
+                          clips)
+
+
+def test_spec_augment_sets_masked_runs_to_the_fill_value():
+    rng = np.random.default_rng(2)
+    frames = np.random.default_rng(3).normal(size=(64, 98, 40)).astype(np.float32)
+    fill = np.linspace(-1, 1, 40).astype(np.float32)
+    config = AugmentConfig(0, 0, 0, 0, time_masks=2, time_mask_frames=10, freq_masks=2,
+                           freq_mask_bins=5)
+    masked = spec_augment(frames, config, fill, rng)
+    changed = masked != frames
+    assert np.all(masked[changed] == np.broadcast_to(fill, frames.shape)[changed])
+    whole_frames = changed.all(axis=2).sum(axis=1)
+    whole_bins = changed.all(axis=1).sum(axis=1)
+    assert whole_frames.max() <= 20 and whole_bins.max() <= 10
+    assert whole_frames.mean() > 2 and whole_bins.mean() > 1
+    assert np.array_equal(spec_augment(frames, OFF, fill, rng), frames)
+
+
+@pytest.mark.parametrize("field, value", [("time_shift_ms", -1), ("noise_prob", 1.5),
+                                          ("freq_masks", -2)])
+def test_augment_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        AugmentConfig(**{field: value})
+
+
+def test_clip_augmenter_without_perturbations_gives_the_plain_features():
+    mfcc = MfccConfig()
+    waveforms = np.random.default_rng(4).normal(0, 0.1, (3, mfcc.clip_samples)).astype(
+        np.float32)
+    fill = np.zeros(mfcc.n_mfcc, np.float32)
+    assert not OFF.active
+    plain = ClipAugmenter(OFF, mfcc, [], fill)(waveforms, np.random.default_rng(0))
+    np.testing.assert_allclose(plain, mfcc_frames(waveforms, mfcc), rtol=1e-5, atol=1e-4)
+    noise = [np.random.default_rng(5).normal(0, 0.1, 3 * mfcc.clip_samples)]
+    augmented = ClipAugmenter(AugmentConfig(), mfcc, noise, fill)(waveforms,
+                                                                  np.random.default_rng(0))
+    assert augmented.shape == (3, *feature_shape(mfcc))
+    assert not np.allclose(augmented, plain)
+
+
+def test_augmented_batches_cover_every_row_once_per_epoch_with_fresh_draws():
+    rows = np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)
+    labels = np.arange(10) % 3
+
+    def jitter(batch, rng):
+        return batch + rng.uniform(0, 0.1, batch.shape)
+
+    batches = AugmentedBatches(rows, labels, 4, 3, jitter, seed=7)
+    assert len(batches) == 3
+    epochs = []
+    for _ in range(2):
+        pairs = list(batches)
+        x = np.concatenate([features for features, _ in pairs])
+        y = np.concatenate([onehot for _, onehot in pairs])
+        epochs.append(x)
+        assert sorted(np.floor(x[:, 0]).astype(int).tolist()) == list(range(10))
+        assert np.array_equal(y.argmax(1), labels[np.floor(x[:, 0]).astype(int)])
+    assert not np.allclose(epochs[0], epochs[1])
+    again = AugmentedBatches(rows, labels, 4, 3, jitter, seed=7)
+    np.testing.assert_array_equal(np.concatenate([f for f, _ in again]), epochs[0])
