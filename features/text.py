@@ -87,6 +87,49 @@ def encode_reviews(vectorizer: keras.layers.TextVectorization, texts: Sequence[s
     return ids
 
 
+def fit_ngram_vectorizer(train_texts: Sequence[str], max_tokens: int, max_ngram: int
+                         ) -> keras.layers.TextVectorization:
+    """A bag of word n-grams (1 to `max_ngram` words) fitted on the training texts: the
+    `max_tokens` most frequent n-grams, each present (1) or absent (0) in a review, as a sparse
+    (reviews, max_tokens) output. Same standardisation and split as the token ids."""
+    if max_tokens < 2:
+        raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
+    if max_ngram < 1:
+        raise ValueError(f"max_ngram must be at least 1, got {max_ngram}")
+    vectorizer = keras.layers.TextVectorization(
+        max_tokens=max_tokens, standardize=standardize_review, split="whitespace",
+        ngrams=max_ngram, output_mode="multi_hot", sparse=True, name="ngram_bag")
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(list(train_texts)).batch(ENCODE_BATCH))
+    return vectorizer
+
+
+def ngram_matrix(vectorizer: keras.layers.TextVectorization, texts: Sequence[str]):
+    """The bag of n-grams of `texts` as a scipy CSR matrix (reviews, n-grams) of 0/1."""
+    import scipy.sparse
+
+    width = vectorizer.vocabulary_size()
+    blocks = [scipy.sparse.csr_matrix((0, width), dtype=np.float32)]
+    for start in range(0, len(texts), ENCODE_BATCH):
+        bag = vectorizer(tf.constant(list(texts[start:start + ENCODE_BATCH])))
+        rows, columns = bag.indices.numpy().T
+        blocks.append(scipy.sparse.csr_matrix(
+            (bag.values.numpy().astype(np.float32), (rows, columns)),
+            shape=tuple(bag.dense_shape.numpy())))
+    return scipy.sparse.vstack(blocks).tocsr()
+
+
+def log_count_ratio(bags, labels: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """Naive-Bayes log-count ratio per feature (Wang & Manning 2012, NBSVM):
+    log((alpha + count in positive reviews) / |.|_1) - log((alpha + count in negative) / |.|_1),
+    with label 1 positive. Scaling binary n-gram features by it before a linear classifier is
+    what makes NBSVM/NB-LR strong on sentiment."""
+    labels = np.asarray(labels)
+    positive = alpha + np.asarray(bags[labels == 1].sum(axis=0)).ravel()
+    negative = alpha + np.asarray(bags[labels == 0].sum(axis=0)).ravel()
+    return (np.log(positive / positive.sum()) - np.log(negative / negative.sum())).astype(
+        np.float32)
+
+
 def token_lengths(ids: np.ndarray) -> np.ndarray:
     """Tokens per right-padded row of ids (padding excluded)."""
     return np.count_nonzero(ids != PADDING_ID, axis=1)

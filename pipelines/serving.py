@@ -169,11 +169,18 @@ class TextPredictor:
         self.labels = list(labels)
         self.keras_model = keras_model
         self.sklearn_model = sklearn_model
+        self.blend = self.ngrams = None
         if keras_model is not None:  # strings -> token_ids layer -> classifier (a sub-model)
             import keras
 
-            self.vectorizer = keras_model.get_layer("token_ids")
-            self.classifier = next(layer for layer in keras_model.layers
+            text_model = keras_model
+            if "blend" in {layer.name for layer in keras_model.layers}:
+                # strings -> [n-gram branch, string recurrent model] -> blend
+                self.blend = keras_model.get_layer("blend")
+                self.ngrams = keras_model.get_layer("ngram_classifier")
+                text_model = keras_model.get_layer("text_classifier")
+            self.vectorizer = text_model.get_layer("token_ids")
+            self.classifier = next(layer for layer in text_model.layers
                                    if isinstance(layer, keras.Model))
             self._predict = FastPredict(self.classifier)
 
@@ -184,6 +191,7 @@ class TextPredictor:
             import keras
 
             import features.text  # noqa: F401  (registers the standardisation with Keras)
+            import models.ngram  # noqa: F401  (registers the n-gram branch's layers)
             import models.recurrent  # noqa: F401  (registers the model's custom layers)
 
             return cls(labels, keras_model=keras.saving.load_model(classifier_path))
@@ -220,8 +228,19 @@ class TextPredictor:
         if self.keras_model is not None:
             from features.text import encode_reviews  # the ids training computed
 
-            return self._predict(encode_reviews(self.vectorizer, list(texts)))
+            recurrent = self._predict(encode_reviews(self.vectorizer, list(texts)))
+            if self.blend is None:
+                return recurrent
+            return np.asarray(self.blend([self.ngram_logits(texts), recurrent]))
         return self.sklearn_model.predict_proba(list(texts))
+
+
+    def ngram_logits(self, texts: Sequence[str], chunk: int = 256) -> np.ndarray:
+        """The n-gram branch's logit per text (sparse bags, so computed in chunks)."""
+        import tensorflow as tf
+
+        return np.concatenate([np.asarray(self.ngrams(tf.constant(list(texts[i:i + chunk]))))
+                               for i in range(0, len(texts), chunk)])
 
 
 def scatter(probabilities: np.ndarray, errors: Sequence[str | None], classes: int

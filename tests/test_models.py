@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from features.text import fit_vectorizer
+from features.text import fit_ngram_vectorizer, fit_vectorizer
+from models.cnn import build_tutorial_cnn
+from models.ngram import blended_text_classifier, ngram_branch
 from models.recurrent import (
+    AttentionPooling,
     MaskedGlobalMaxPooling1D,
     build_classifier,
     build_text_classifier,
@@ -43,7 +46,7 @@ def test_unknown_cell_lists_the_choices():
 
 
 def test_unknown_pooling_lists_the_choices():
-    with pytest.raises(ValueError, match="valid choices: mean, max, mean-max"):
+    with pytest.raises(ValueError, match="valid choices: mean, max, mean-max, attention"):
         build_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), pooling="sum")
 
 
@@ -85,3 +88,75 @@ def test_string_model_saves_and_loads_with_its_vocabulary(tmp_path: Path):
     restored = keras.saving.load_model(tmp_path / "classifier.keras")
     np.testing.assert_allclose(restored.predict(texts, verbose=0), expected, atol=1e-6)
     assert restored.get_layer("token_ids").get_vocabulary() == vectorizer.get_vocabulary()
+
+
+def test_crnn_with_attention_pooling_halves_the_frame_rate_and_round_trips(tmp_path: Path):
+    model = build_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), units=8,
+                             depth=1, front_end="conv", conv_filters=8, pooling="attention")
+    assert model.get_layer("conv_pool").output.shape[1] == 49
+    assert model.get_layer("bi_gru_1").output.shape[1] == 49
+    assert isinstance(model.get_layer("attention_pool"), AttentionPooling)
+    frames = np.random.default_rng(0).normal(size=(2, 98, 40)).astype("float32")
+    expected = model.predict(frames, verbose=0)
+    np.testing.assert_allclose(expected.sum(axis=1), 1.0, rtol=1e-5)
+    model.save(tmp_path / "crnn.keras")
+    restored = keras.saving.load_model(tmp_path / "crnn.keras")
+    np.testing.assert_allclose(restored.predict(frames, verbose=0), expected, atol=1e-6)
+
+
+def test_unknown_front_end_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown front_end 'cnn'; valid choices: none, conv"):
+        build_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), front_end="cnn")
+
+
+def test_attention_pooling_weights_only_unmasked_steps():
+    layer = AttentionPooling()
+    values = np.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]], np.float32)
+    mask = np.array([[True, True, False]])
+    pooled = np.asarray(layer(values, mask=mask))
+    # a convex combination of the unmasked steps only
+    assert 1.0 <= pooled[0, 0] <= 3.0 and 2.0 <= pooled[0, 1] <= 4.0
+    assert np.asarray(layer(values)).max() > 4.0  # unmasked, the last step counts
+
+
+def test_blended_model_serves_strings_and_carries_the_ngram_weights(tmp_path: Path):
+    texts = ["good film", "bad film", "good good", "bad bad film"]
+    words = fit_vectorizer(texts, 20, 6)
+    bags = fit_ngram_vectorizer(texts, 50, 2)
+    vocabulary = bags.get_vocabulary()
+    weights = np.zeros(len(vocabulary), np.float32)
+    weights[vocabulary.index("good")], weights[vocabulary.index("bad")] = 3.0, -3.0
+    ngrams = ngram_branch(bags, weights, 0.5)
+    logits = ngrams.predict(tf.constant(["good film", "bad", "unseen"]), verbose=0)[:, 0]
+    np.testing.assert_allclose(logits, [3.5, -2.5, 0.5], rtol=1e-6)
+    recurrent = text_to_probabilities(words, build_text_classifier(20, 2, units=4))
+    model = blended_text_classifier(recurrent, ngrams, 0.75)
+    strings = tf.constant(["good film", "bad bad film"])
+    expected = 0.75 * np.stack([1 - 1 / (1 + np.exp(-np.array([3.5, -2.5]))),
+                                1 / (1 + np.exp(-np.array([3.5, -2.5])))], axis=1)
+    expected += 0.25 * recurrent.predict(strings, verbose=0)
+    blended = model.predict(strings, verbose=0)
+    np.testing.assert_allclose(blended, expected, rtol=1e-5)
+    model.save(tmp_path / "blended.keras")
+    restored = keras.saving.load_model(tmp_path / "blended.keras")
+    np.testing.assert_allclose(restored.predict(strings, verbose=0), blended, atol=1e-6)
+
+
+def test_blend_rejects_a_weight_outside_zero_to_one():
+    words = fit_vectorizer(["a b"], 20, 4)
+    recurrent = text_to_probabilities(words, build_text_classifier(20, 2, units=4))
+    bags = fit_ngram_vectorizer(["a b"], 10, 1)
+    ngrams = ngram_branch(bags, np.zeros(bags.vocabulary_size()), 0.0)
+    with pytest.raises(ValueError, match="blend weight must be within"):
+        blended_text_classifier(recurrent, ngrams, 1.5)
+    with pytest.raises(ValueError, match="7 coefficients for 3 n-grams"):
+        ngram_branch(bags, np.zeros(7), 0.0)
+
+
+def test_tutorial_cnn_reference_maps_frames_to_probabilities():
+    model = build_tutorial_cnn((98, 40), 12, mean=np.zeros(40), variance=np.ones(40))
+    assert [layer.name for layer in model.layers if "conv" in layer.name] == ["conv_1", "conv_2"]
+    assert model.get_layer("resize").output.shape[1:3] == (32, 32)
+    probabilities = model.predict(np.zeros((2, 98, 40), np.float32), verbose=0)
+    assert probabilities.shape == (2, 12)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

@@ -10,9 +10,12 @@ from features.text import (
     OOV_ID,
     PADDING_ID,
     encode_reviews,
+    fit_ngram_vectorizer,
     fit_vectorizer,
     load_vocabulary,
+    log_count_ratio,
     make_vectorizer,
+    ngram_matrix,
     save_vocabulary,
     standardize_review,
     strip_html_lower,
@@ -91,3 +94,32 @@ def test_saved_model_loads_whatever_characters_the_reviews_hold(tmp_path: Path):
     model.save(tmp_path / "model.keras")
     restored = keras.saving.load_model(tmp_path / "model.keras")
     assert restored.get_layer("token_ids").get_vocabulary() == vectorizer.get_vocabulary()
+
+
+def test_ngram_bags_are_binary_and_fitted_on_train_only():
+    train = ["good good film", "bad film", "good plot"]
+    vectorizer = fit_ngram_vectorizer(train, 100, 2)
+    vocabulary = vectorizer.get_vocabulary()
+    assert "good film" in vocabulary and "good" in vocabulary and "bad" in vocabulary
+    bags = ngram_matrix(vectorizer, ["Good GOOD film!", "unseen words"])
+    assert bags.shape == (2, len(vocabulary))
+    present = {vocabulary[i] for i in bags[0].indices}
+    assert {"good", "film", "good good", "good film"} <= present
+    assert bags.max() == 1.0  # present or not, however often
+    assert {vocabulary[i] for i in bags[1].indices} <= {"[UNK]"}
+    assert ngram_matrix(vectorizer, []).shape == (0, len(vocabulary))
+
+
+def test_ngram_vectorizer_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="max_ngram must be at least 1"):
+        fit_ngram_vectorizer(["a"], 10, 0)
+
+
+def test_log_count_ratio_favours_the_class_a_feature_occurs_in():
+    import scipy.sparse
+
+    bags = scipy.sparse.csr_matrix(np.array([[1, 0, 1], [1, 0, 1], [0, 1, 1], [0, 1, 1]],
+                                            np.float32))
+    ratio = log_count_ratio(bags, np.array([1, 1, 0, 0]))
+    assert ratio[0] > 0 > ratio[1] and ratio[2] == pytest.approx(0.0)
+    assert ratio[0] == pytest.approx(np.log(3 / 7) - np.log(1 / 7))
