@@ -36,6 +36,8 @@ class PreparedData:
         from_cache: Whether the features were read from a cache.
         normalization: Per-feature (mean, variance) of the training inputs, when the feature
             stage computed them.
+        raw_train: The training split before feature extraction (speech: waveforms), rows
+            aligned with x["train"], for augmentation that must happen before it; or None.
     """
 
     labels: tuple[str, ...]
@@ -47,6 +49,7 @@ class PreparedData:
     summary: dict = field(default_factory=dict)
     from_cache: bool = False
     normalization: tuple[np.ndarray, np.ndarray] | None = None
+    raw_train: Any = None
 
     def counts(self) -> dict[str, int]:
         return {split: len(labels) for split, labels in self.y.items()}
@@ -82,7 +85,9 @@ def log_data(config: Any, data: PreparedData, dataset_name: str) -> None:
 
 
 def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validation=None,
-                     in_memory_bytes: int | None = None) -> Trained:
+                     in_memory_bytes: int | None = None,
+                     predict: Callable[[Any], tuple[np.ndarray, dict]] | None = None
+                     ) -> Trained:
     """Compiles and fits a Keras model, evaluates it on the test split and logs the results.
 
     Args:
@@ -93,6 +98,9 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
         validation: tf.data validation batches, as `train`.
         in_memory_bytes: Memory-mapped splits larger than this are streamed from their file
             (default: training.IN_MEMORY_BYTES).
+        predict: `predict(fitted model) -> (test probabilities, metrics)` when the evaluated
+            classifier is more than the fitted model (a blend); its metrics (e.g. its own
+            val_accuracy) replace those derived from the Keras history.
     """
     from pipelines import tracking, training
 
@@ -112,14 +120,21 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
                                       callbacks=[tracking.EpochMetricsLogger()])
     train_seconds = time.perf_counter() - started
     epochs = len(history.history["loss"])
-    test = training.make_dataset(data.x["test"], data.y["test"], 256, classes, shuffle=False,
-                                 in_memory_bytes=in_memory_bytes)
-    probabilities = model.predict(test, verbose=0)
+    best_epoch = int(np.argmin(history.history["val_loss"]))  # the weights early stopping kept
+    extra: dict = {}
+    if predict is None:
+        test = training.make_dataset(data.x["test"], data.y["test"], 256, classes,
+                                     shuffle=False, in_memory_bytes=in_memory_bytes)
+        probabilities = model.predict(test, verbose=0)
+    else:
+        probabilities, extra = predict(model)
     metrics = log_evaluation(probabilities, data, history.history).metrics | {
         "train_seconds": train_seconds,
         "epochs_trained": epochs,
         "train_samples_per_second": len(data.y["train"]) * epochs / train_seconds,
-    }
+        "val_accuracy": history.history["val_accuracy"][best_epoch],
+        "best_epoch": best_epoch + 1,
+    } | extra
     tracking.log_metrics(metrics)
     return Trained(metrics, history.history)
 
@@ -159,16 +174,30 @@ def register(config: Any, model_uri: str, metrics: dict[str, float], data: Prepa
         only_if_champion: Register only when the model would become champion (baselines).
 
     Returns:
-        registered_version (None when not registered), champion and promotion_reason; empty
-        when registration is off.
+        The data digests (`lineage`), and unless registration is off, registered_version
+        (None when not registered), champion and promotion_reason.
     """
+    digests = lineage(data)
+    if not config.register:
+        return digests
+    return digests | register_lineage(config, model_uri, metrics, digests,
+                                      only_if_champion=only_if_champion)
+
+
+def lineage(data: PreparedData) -> dict[str, str]:
+    """The digests the champion rule compares: the test split's and all splits'."""
+    return {"test_data_digest": data.digests["test"],
+            "data_digest": "-".join(data.digests.values())}
+
+
+def register_lineage(config: Any, model_uri: str, metrics: dict[str, float],
+                     digests: dict[str, str], *, only_if_champion: bool = False) -> dict:
+    """`register` for a model whose data is known by its digests (`lineage`) only."""
     from pipelines import tracking
 
-    if not config.register:
-        return {}
     promotion = tracking.register_and_promote(
         model_uri, config.registered_model, metrics=metrics,
-        test_digest=data.digests["test"], data_digest="-".join(data.digests.values()),
+        test_digest=digests["test_data_digest"], data_digest=digests["data_digest"],
         only_if_champion=only_if_champion)
     return {"registered_version": promotion.version, "champion": promotion.promoted,
             "promotion_reason": promotion.reason}
@@ -212,6 +241,12 @@ def tracked_pipeline(config: Any, pipeline: str, work: Callable[[str], dict]) ->
 def registry_lines(result: dict) -> list[str]:
     """The summary lines every pipeline prints: run id and the registry outcome."""
     lines = [f"MLflow run id     {result['run_id']}"]
+    if "trials" in result:
+        params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else
+                           f"{key}={value}" for key, value in result["best_params"].items())
+        lines += [f"sweep             {result['trials']} trials; best (validation accuracy "
+                  f"{result['val_accuracy']:.4f}): run {result['trial_run_id']}",
+                  f"best parameters   {params}"]
     if result.get("registered_version"):
         status = "champion" if result["champion"] else "not champion"
         lines.append(f"registered        version {result['registered_version']} "

@@ -58,6 +58,11 @@ class SentimentConfig(TrainingConfig):
     embedding_dim: int = option(64, "token embedding width")
     embedding_dropout: float = option(0.2, "dropout of whole embedding channels in training")
     dense_units: int = option(0, "hidden units of the dense head (0: none)")
+    ngram_features: int = option(500_000, "most frequent word n-grams in the bag-of-n-grams "
+                                 "branch blended with the recurrent model (0: no branch)")
+    ngram_order: int = option(3, "longest n-gram of that branch (words)")
+    ngram_c: float = option(0.1, "inverse L2 regularisation of the branch's naive-Bayes-"
+                            "weighted logistic regression (NBSVM-style)")
     bucketing: bool = option(True, "batch reviews of similar length together, padding each "
                              "batch only to its bucket's length")
     buckets: int = option(8, "length buckets for --bucketing")
@@ -157,25 +162,117 @@ def build_model(config: SentimentConfig, vocabulary_size: int, num_classes: int)
         dense_units=config.dense_units)
 
 
+@dataclass
+class NgramBranch:
+    """The fitted bag-of-n-grams branch: vectorizer, folded weights, and its logits per split."""
+
+    vectorizer: object
+    coefficients: np.ndarray
+    intercept: float
+    logits: dict[str, np.ndarray]
+    metrics: dict[str, float]
+
+
+def fit_ngram_branch(config: SentimentConfig, data: PreparedData) -> NgramBranch:
+    """Fits the n-gram branch on the training texts: binary 1..ngram_order-gram bags, scaled by
+    the naive-Bayes log-count ratio, then an L2 logistic regression (liblinear; NBSVM's NB-LR
+    variant). The scaling is folded into the coefficients, so the branch is one linear layer.
+
+    Raises:
+        ValueError: The task is not binary.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from features.text import fit_ngram_vectorizer, log_count_ratio, ngram_matrix
+    from pipelines import tracking
+
+    if len(data.labels) != 2:
+        raise ValueError(f"the n-gram branch needs two classes, got {len(data.labels)}; "
+                         "pass --ngram-features 0")
+    started = time.perf_counter()
+    vectorizer = fit_ngram_vectorizer(data.x["train"], config.ngram_features, config.ngram_order)
+    bags = {split: ngram_matrix(vectorizer, texts) for split, texts in data.x.items()}
+    ratio = log_count_ratio(bags["train"], data.y["train"])
+    classifier = LogisticRegression(C=config.ngram_c, solver="liblinear", max_iter=1000)
+    classifier.fit(bags["train"].multiply(ratio[None, :]).tocsr(), data.y["train"])
+    coefficients = (ratio * classifier.coef_[0]).astype(np.float32)
+    intercept = float(classifier.intercept_[0])
+    logits = {split: bag @ coefficients + intercept for split, bag in bags.items()}
+    metrics = {
+        "ngram_features": vectorizer.vocabulary_size(),
+        "ngram_seconds": time.perf_counter() - started,
+        **{f"ngram_{split}_accuracy": float(((logits[split] > 0) == data.y[split]).mean())
+           for split in ("validation", "test")},
+    }
+    tracking.log_metrics(metrics)
+    return NgramBranch(vectorizer, coefficients, intercept, logits, metrics)
+
+
+def blend_weight(recurrent: np.ndarray, ngram: np.ndarray, y: np.ndarray) -> float:
+    """The weight of the n-gram branch (0 to 1 in steps of 0.05) whose blend has the lowest
+    validation log-loss."""
+    from sklearn.metrics import log_loss
+
+    weights = np.linspace(0, 1, 21)
+    losses = [log_loss(y, w * ngram + (1 - w) * recurrent, labels=[0, 1]) for w in weights]
+    return float(weights[int(np.argmin(losses))])
+
+
+def blended_predictions(config: SentimentConfig, data: PreparedData, branch: NgramBranch,
+                        blend: dict):
+    """`fit_and_evaluate`'s `predict`: the fitted recurrent model's probabilities blended with
+    the n-gram branch's, the weight chosen on validation (stored in `blend["weight"]`)."""
+    from pipelines import training
+
+    def predict(model) -> tuple[np.ndarray, dict]:
+        probabilities, metrics = {}, {}
+        for split in ("validation", "test"):
+            batches = training.make_dataset(data.x[split], data.y[split], 256, 2, shuffle=False)
+            recurrent = model.predict(batches, verbose=0)
+            positive = 1 / (1 + np.exp(-branch.logits[split]))
+            probabilities[split] = (recurrent, np.stack([1 - positive, positive], axis=1))
+            metrics[f"recurrent_{split}_accuracy"] = float(
+                (recurrent.argmax(1) == data.y[split]).mean())
+        weight = blend_weight(*probabilities["validation"], data.y["validation"])
+        blend["weight"] = weight
+        mixed = {split: weight * ngram + (1 - weight) * recurrent
+                 for split, (recurrent, ngram) in probabilities.items()}
+        metrics |= {"blend_weight": weight, "val_accuracy": float(
+            (mixed["validation"].argmax(1) == data.y["validation"]).mean())}
+        return mixed["test"], metrics
+
+    return predict
+
+
 def train_recurrent(config: SentimentConfig, data: PreparedData) -> dict:
-    """Token ids -> bidirectional RNN; logs a model that takes raw review strings."""
+    """Token ids -> bidirectional RNN, blended with the bag-of-n-grams branch unless it is off;
+    logs one model that takes raw review strings."""
     import keras
 
+    from models.ngram import blended_text_classifier, ngram_branch
     from models.recurrent import text_to_probabilities
     from pipelines import runner, tracking
 
     keras.utils.set_random_seed(config.seed)
+    branch = fit_ngram_branch(config, data) if config.ngram_features else None
     vectorizer = encode_splits(config, data)
     runner.log_data(config, data, "aclImdb")
     model = build_model(config, vectorizer.vocabulary_size(), len(data.labels))
     train, validation = training_datasets(config, data)
-    trained = runner.fit_and_evaluate(config, model, data, train, validation)
+    blend: dict = {}
+    predict = blended_predictions(config, data, branch, blend) if branch else None
+    trained = runner.fit_and_evaluate(config, model, data, train, validation, predict=predict)
+    served = text_to_probabilities(vectorizer, model)
+    if branch:
+        served = blended_text_classifier(
+            served, ngram_branch(branch.vectorizer, branch.coefficients, branch.intercept),
+            blend["weight"])
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "classifier.keras"
-        text_to_probabilities(vectorizer, model).save(path)
+        served.save(path)
         model_uri = tracking.log_text_classifier(path, data.labels)
-    return dict(trained.metrics, model_uri=model_uri) | runner.register(
-        config, model_uri, trained.metrics, data)
+    return dict(branch.metrics if branch else {}, **trained.metrics,
+                model_uri=model_uri) | runner.register(config, model_uri, trained.metrics, data)
 
 
 def train_baseline(config: SentimentConfig, data: PreparedData) -> dict:
@@ -227,6 +324,11 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
     validate_choices(config)
     if config.source == "folder" and reviews is None:
         runner.require_data_dir(config.data_dir, "IMDB_DATA_DIR", "IMDB")
+    if config.sweep:
+        from pipelines.sweep import run_sweep
+
+        return run_sweep(config, lambda trial: run(trial, reviews), search_space(),
+                         "sentiment")
 
     def work(run_id: str) -> dict:
         started = time.perf_counter()
@@ -244,6 +346,24 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
     return runner.tracked_pipeline(config, "sentiment", work)
 
 
+def search_space() -> dict:
+    """What `--sweep N` searches: sequence length, model shape, regularisation, schedule."""
+    from optuna.distributions import CategoricalDistribution as OneOf
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    return {
+        "sequence_length": OneOf([300, 400, 600]),
+        "units": IntDistribution(32, 128, step=32),
+        "pooling": OneOf(["mean-max", "attention"]),
+        "embedding_dropout": FloatDistribution(0.0, 0.4),
+        "dropout": FloatDistribution(0.1, 0.5),
+        "ngram_features": OneOf([0, 200_000, 500_000]),
+        "ngram_c": FloatDistribution(0.03, 1.0, log=True),
+        "learning_rate": FloatDistribution(2e-3, 1e-2, log=True),
+        "label_smoothing": FloatDistribution(0.0, 0.1),
+    }
+
+
 def format_summary(result: dict) -> str:
     """The few lines a user reads at the end of a run."""
     from pipelines.runner import registry_lines
@@ -252,6 +372,10 @@ def format_summary(result: dict) -> str:
         f"model             {result['model']}",
         f"test accuracy     {result['test_accuracy']:.4f}",
         f"test ROC-AUC      {result['test_roc_auc']:.4f}",
+        *([f"  recurrent alone {result['recurrent_test_accuracy']:.4f}",
+           f"  n-grams alone   {result['ngram_test_accuracy']:.4f}",
+           f"  blend weight    {result['blend_weight']:.2f} on the n-gram branch (chosen on "
+           "validation)"] if "blend_weight" in result else []),
         f"skipped reviews   {result['skipped_examples']}",
         f"training          {result['train_seconds']:.1f} s"
         + (f", {result['epochs_trained']} epochs" if "epochs_trained" in result else ""),

@@ -19,13 +19,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.audio import AudioSpec
+from features.audio import AudioSpec, decode_recording
+from features.augment import AugmentConfig, ClipAugmenter
 from features.mfcc import MfccConfig, feature_shape
-from features.speech_commands import SPLITS, TASKS, TWELVE_CLASS_LABELS, load_speech_commands
+from features.speech_commands import (
+    BACKGROUND_NOISE_DIR,
+    SPLITS,
+    TASKS,
+    TWELVE_CLASS_LABELS,
+    load_speech_commands,
+)
 from features.speech_features import (
     cached_features,
     extract_features,
     split_features,
+    split_waveforms,
     waveform_chunks,
 )
 from features.tfds_source import DatasetUnavailableError
@@ -36,17 +44,32 @@ from pipelines.serving import SpeechPredictor
 log = logging.getLogger("pipelines.speech")
 
 SOURCES = ("folder", "tfds")
+MODELS = ("recurrent", "tutorial-cnn")
+FRONT_ENDS = ("none", "conv")  # models.recurrent.FRONT_ENDS, without importing Keras here
 
 
 @dataclass(frozen=True)
 class SpeechConfig(TrainingConfig):
-    """Every option of a speech run; logged whole as the run's parameters."""
+    """Every option of a speech run; logged whole as the run's parameters.
+
+    The training defaults are tuned for ~2,700 training clips on two CPU cores (see the README):
+    a CRNN with attention pooling, trained long under heavy augmentation.
+    """
+
+    pooling: str = option("attention", "pooling over time",
+                          ("mean", "max", "mean-max", "attention"))
+    epochs: int = option(140, "maximum number of epochs (the cosine schedule spans them all)")
+    warmup_epochs: int = option(2, "epochs of linear learning-rate warm-up")
+    patience: int = option(30, "early-stopping patience in epochs (validation loss)")
 
     data_dir: str | None = option(
         None, "Speech Commands folder in the official layout", env="SPEECH_COMMANDS_DIR")
     source: str = option("folder", "where clips come from: a folder (--data-dir) or "
                          "tensorflow-datasets' speech_commands", SOURCES)
     tfds_data_dir: str | None = option(None, "tensorflow-datasets data dir for --source tfds")
+    model: str = option("recurrent", "the (CRNN) bidirectional recurrent classifier, or the "
+                        "reference CNN of TensorFlow's audio tutorial (registered only if it "
+                        "becomes champion)", MODELS)
     task: str = option("12-class", "ten words + _silence_ + _unknown_, or every word", TASKS)
     validation_pct: float = option(10.0, "validation share when validation_list.txt is absent")
     test_pct: float = option(10.0, "test share when testing_list.txt is absent")
@@ -68,8 +91,23 @@ class SpeechConfig(TrainingConfig):
     cache: bool = option(True, "read/write the feature cache")
     in_memory_mb: int = option(512, "cached splits with more feature data than this (MB) are "
                                "streamed from the cache file during training, not loaded")
+    front_end: str = option("conv", "front end before the recurrent layers: two Conv1D layers "
+                            "and 2x time pooling (a CRNN), or none", FRONT_ENDS)
+    conv_filters: int = option(64, "filters per convolution of the conv front end")
     dense_units: int = option(64, "hidden units of the dense head (0: none)")
-    input_noise: float = option(0.2, "std of Gaussian noise on normalised MFCCs in training")
+    input_noise: float = option(0.0, "std of Gaussian noise on normalised MFCCs in training")
+    time_shift_ms: float = option(100.0, "augmentation: largest random shift of a training clip "
+                                  "(ms; 0: off)")
+    speed_change: float = option(0.15, "augmentation: largest relative change of playback "
+                                 "speed (0.1: 0.9x to 1.1x; 0: off)")
+    noise_prob: float = option(0.8, "augmentation: share of training clips mixed with a "
+                               "_background_noise_ stretch (0: off)")
+    noise_volume: float = option(0.1, "augmentation: loudest mixed-in noise (uniform in [0, "
+                                 "this]; 1: as recorded)")
+    time_masks: int = option(2, "SpecAugment: masked runs of frames per training clip")
+    time_mask_frames: int = option(10, "SpecAugment: longest masked run of frames")
+    freq_masks: int = option(2, "SpecAugment: masked runs of MFCC coefficients per clip")
+    freq_mask_bins: int = option(5, "SpecAugment: longest masked run of coefficients")
     experiment: str = option("speech-commands", "MLflow experiment")
     registered_model: str = option("speech-commands", "MLflow registered model name")
 
@@ -77,6 +115,12 @@ class SpeechConfig(TrainingConfig):
         """The feature geometry this config describes."""
         return MfccConfig(self.sample_rate, self.clip_seconds, self.window_ms, self.hop_ms,
                           self.n_mels, self.n_mfcc, self.fmin, self.fmax)
+
+    def augment(self) -> AugmentConfig:
+        """The training-time augmentation this config describes."""
+        return AugmentConfig(self.time_shift_ms, self.speed_change, self.noise_prob,
+                             self.noise_volume, self.time_masks, self.time_mask_frames,
+                             self.freq_masks, self.freq_mask_bins)
 
 
 def compose_folder(config: SpeechConfig):
@@ -114,6 +158,13 @@ def prepare_folder(config: SpeechConfig) -> PreparedData:
         cached.append(features.from_cache)
         if split == "train":
             prepared.normalization = (features.mean, features.variance)
+            if config.augment().active:
+                waveforms = split_waveforms(examples, data.data_dir, mfcc, cache_dir)
+                if not np.array_equal(waveforms.kept, features.kept):
+                    raise RuntimeError("decoded waveforms and cached MFCC frames of the "
+                                       "training split disagree on the usable clips; clear "
+                                       f"{config.cache_dir} and run again")
+                prepared.raw_train = waveforms.frames
     prepared.from_cache = all(cached)
     prepared.summary = {
         "source": prepared.source,
@@ -157,6 +208,7 @@ def prepare_tfds(config: SpeechConfig) -> PreparedData:
         cached.append(features.from_cache)
         if split == "train":
             prepared.normalization = (features.mean, features.variance)
+            prepared.raw_train = data.waveforms
     prepared.from_cache = all(cached)
     prepared.summary = {
         "source": source,
@@ -179,13 +231,49 @@ def build_model(config: SpeechConfig, num_classes: int, mean: np.ndarray,
                 variance: np.ndarray):
     """The configured (uncompiled) classifier over MFCC frames, normalised by `mean` and
     `variance` (per coefficient, from the training split)."""
+    from models.cnn import build_tutorial_cnn
     from models.recurrent import build_classifier
+
+    if config.model == "tutorial-cnn":
+        return build_tutorial_cnn(feature_shape(config.mfcc()), num_classes, mean=mean,
+                                  variance=variance)
 
     return build_classifier(
         feature_shape(config.mfcc()), num_classes, mean=mean, variance=variance,
         cell=config.cell, units=config.units, depth=config.depth, dropout=config.dropout,
         pooling=config.pooling, dense_units=config.dense_units, input_noise=config.input_noise,
+        front_end=config.front_end, conv_filters=config.conv_filters,
     )
+
+
+def background_noise(config: SpeechConfig) -> list[np.ndarray]:
+    """The `_background_noise_` recordings of a folder source (none for tfds, whose release
+    does not ship them), decoded at the config's sample rate."""
+    if config.source != "folder":
+        return []
+    folder = Path(config.data_dir) / BACKGROUND_NOISE_DIR
+    return [decode_recording(path, config.sample_rate) for path in sorted(folder.glob("*.wav"))]
+
+
+def augmented_training_batches(config: SpeechConfig, data: PreparedData):
+    """The training split as augmented tf.data batches (time shift and noise on the waveforms,
+    SpecAugment on their MFCC frames), made fresh each epoch; None when augmentation is off."""
+    from pipelines import tracking
+    from pipelines.training import AugmentedBatches
+
+    augment = config.augment()
+    if not augment.active or data.raw_train is None:
+        return None
+    noise = background_noise(config) if augment.noise_prob and augment.noise_volume else []
+    if augment.noise_prob and augment.noise_volume and not noise:
+        log.warning("no %s recordings in this source: training without noise mixing",
+                    BACKGROUND_NOISE_DIR)
+    tracking.log_metrics({"augment_noise_recordings": len(noise)})
+    augmenter = ClipAugmenter(augment, config.mfcc(), noise, data.normalization[0])
+    return AugmentedBatches(
+        data.raw_train, data.y["train"], config.batch_size, len(data.labels), augmenter,
+        seed=config.seed, in_memory_bytes=config.in_memory_mb * 2**20,
+    ).dataset(feature_shape(config.mfcc()))
 
 
 def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> dict:
@@ -202,6 +290,7 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
     mean, variance = data.normalization  # computed by the feature stage, in one pass
     model = build_model(config, len(data.labels), mean, variance)
     trained = runner.fit_and_evaluate(config, model, data,
+                                      augmented_training_batches(config, data),
                                       in_memory_bytes=config.in_memory_mb * 2**20)
     with tempfile.TemporaryDirectory() as folder:
         predictor = SpeechPredictor(model, data.labels, mfcc)
@@ -210,7 +299,8 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
             Path(folder) / "classifier.keras", predictor.save_config(Path(folder) / "config.json"),
             data.labels, serving_input_example(mfcc.sample_rate))
     return dict(trained.metrics, model_uri=model_uri) | runner.register(
-        config, model_uri, trained.metrics, data)
+        config, model_uri, trained.metrics, data,
+        only_if_champion=config.model == "tutorial-cnn")
 
 
 def serving_input_example(sample_rate: int) -> pd.DataFrame:
@@ -241,8 +331,13 @@ def run(config: SpeechConfig) -> dict:
 
     validate_choices(config)
     feature_shape(config.mfcc())
+    config.augment()  # validates the augmentation options
     if config.source == "folder":
         runner.require_data_dir(config.data_dir, "SPEECH_COMMANDS_DIR", "Speech Commands")
+    if config.sweep:
+        from pipelines.sweep import run_sweep
+
+        return run_sweep(config, run, search_space(), "speech")
 
     def work(run_id: str) -> dict:
         started = time.perf_counter()
@@ -250,10 +345,28 @@ def run(config: SpeechConfig) -> dict:
         feature_seconds = time.perf_counter() - started
         tracking.log_metrics({"feature_seconds": feature_seconds})
         return train_and_track(config, data, run_id) | {
-            "feature_seconds": feature_seconds, "features_from_cache": data.from_cache,
-            "skipped_examples": len(data.skipped)}
+            "model": config.model, "feature_seconds": feature_seconds,
+            "features_from_cache": data.from_cache, "skipped_examples": len(data.skipped)}
 
     return runner.tracked_pipeline(config, "speech", work)
+
+
+def search_space() -> dict:
+    """What `--sweep N` searches: model shape, regularisation, learning rate, augmentation."""
+    from optuna.distributions import CategoricalDistribution as OneOf
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    return {
+        "front_end": OneOf(["conv", "none"]),
+        "pooling": OneOf(["attention", "mean-max"]),
+        "units": IntDistribution(32, 128, step=32),
+        "depth": IntDistribution(1, 3),
+        "dropout": FloatDistribution(0.1, 0.5),
+        "learning_rate": FloatDistribution(1e-3, 1e-2, log=True),
+        "noise_volume": FloatDistribution(0.0, 0.3),
+        "time_mask_frames": IntDistribution(0, 20, step=5),
+        "freq_mask_bins": IntDistribution(0, 10),
+    }
 
 
 def format_summary(result: dict) -> str:
@@ -261,6 +374,7 @@ def format_summary(result: dict) -> str:
     from pipelines.runner import registry_lines
 
     return "\n".join([
+        f"model             {result['model']}",
         f"test accuracy     {result['test_accuracy']:.4f}",
         f"test macro-F1     {result['test_macro_f1']:.4f}",
         f"skipped files     {result['skipped_examples']}",

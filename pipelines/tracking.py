@@ -82,14 +82,16 @@ def tracked_run(
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
-    """Opens an MLflow run and yields its id.
+    """Opens an MLflow run and yields its id; opened while another run is active (a sweep's
+    parent), it is nested under that run.
 
     The run ends FINISHED on success, KILLED on Ctrl-C and FAILED on any other exception,
     which is re-raised.
     """
     connect(tracking_uri, store_dir)
     experiment_id = ensure_experiment(experiment, store_dir, local=not tracking_uri)
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {}))
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {}),
+                           nested=mlflow.active_run() is not None)
     try:
         yield run.info.run_id
     except KeyboardInterrupt:
@@ -154,6 +156,15 @@ def log_figure(figure, path: str) -> None:
 
 def log_dict(data: Mapping[str, Any], path: str) -> None:
     mlflow.log_dict(dict(data), path)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    mlflow.log_params({key: str(value) for key, value in params.items()})
+
+
+def log_table(table, path: str) -> None:
+    """Logs a pandas DataFrame as a table artifact (shown in the UI's evaluation view)."""
+    mlflow.log_table(table, path)
 
 
 def log_text(text: str, path: str) -> None:

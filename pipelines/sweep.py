@@ -1,0 +1,115 @@
+"""Hyper-parameter sweeps: Optuna trials as nested MLflow runs under one parent run.
+
+Each trial is an ordinary pipeline run (its own MLflow run, config, curves, plots and model)
+nested under the sweep's parent run, with registration off. Trials are scored by validation
+accuracy, never by test accuracy, so the test split stays an unbiased estimate; the best
+trial's model then goes through the same champion rule as a single run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE = "val_accuracy"
+
+
+def describe(distribution) -> str:
+    """A short readable form of an Optuna distribution, for the run's parameters."""
+    import optuna.distributions as dists
+
+    if isinstance(distribution, dists.CategoricalDistribution):
+        return "one of " + ", ".join(map(str, distribution.choices))
+    scale = " (log)" if distribution.log else ""
+    step = f" step {distribution.step}" if getattr(distribution, "step", None) else ""
+    return f"{distribution.low} to {distribution.high}{step}{scale}"
+
+
+def run_sweep(config: Any, run_one: Callable[[Any], dict], space: Mapping[str, Any],
+              pipeline: str, expected_errors: tuple[type[BaseException], ...] = (ValueError,)
+              ) -> dict:
+    """Runs `config.sweep` trials of `space` with Optuna's TPE sampler (seeded by
+    `config.seed`), each as `run_one(trial_config)` nested under one parent MLflow run.
+
+    The parent run holds the search space (parameters `space.<name>` and
+    `sweep/search_space.json`), one `trial_val_accuracy`/`trial_test_accuracy` point per
+    trial, the trials table `sweep/trials.json`, and the best trial's parameters; the best
+    trial's model is registered through the champion rule (unless `config.register` is off).
+
+    Args:
+        config: The pipeline config; the trials override the fields named in `space`.
+        run_one: The pipeline's single-run function (opens its own, nested, MLflow run).
+        space: Config field name -> optuna distribution.
+        pipeline: Pipeline name, for the parent run's tag.
+        expected_errors: Errors that fail one trial (an unusable combination) rather than
+            the sweep.
+
+    Returns:
+        The best trial's result plus the parent run id, the trial count and the best
+        parameters, and the registration outcome.
+
+    Raises:
+        ValueError: `space` names a field the config does not have, or every trial failed.
+    """
+    import optuna
+
+    from pipelines import runner, tracking
+
+    fields = {item.name for item in dataclasses.fields(config)}
+    unknown = sorted(set(space) - fields)
+    if unknown:
+        raise ValueError(f"search space names unknown options: {', '.join(unknown)}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=config.seed))
+
+    def work(parent_run_id: str) -> dict:
+        tracking.log_config(config)
+        tracking.log_params({f"space.{name}": describe(dist) for name, dist in space.items()})
+        tracking.log_dict({name: {"distribution": type(dist).__name__, **dist._asdict()}
+                           for name, dist in space.items()}, "sweep/search_space.json")
+        results: dict[int, dict] = {}
+        for number in range(config.sweep):
+            trial = study.ask(dict(space))
+            trial_config = dataclasses.replace(
+                config, **trial.params, sweep=0, register=False,
+                run_name=f"{config.run_name or pipeline + ' sweep'} trial {number}")
+            log.info("trial %d/%d: %s", number + 1, config.sweep, trial.params)
+            try:
+                result = run_one(trial_config)
+            except expected_errors as error:
+                log.warning("trial %d failed: %s", number, error)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            results[number] = result
+            study.tell(trial, result[OBJECTIVE])
+            tracking.log_metrics({f"trial_{OBJECTIVE}": result[OBJECTIVE],
+                                  "trial_test_accuracy": result["test_accuracy"]}, step=number)
+        if not results:
+            raise ValueError(f"all {config.sweep} trials failed")
+        table = study.trials_dataframe(attrs=("number", "value", "params", "state",
+                                              "duration"))
+        table["run_id"] = table["number"].map(lambda n: results.get(n, {}).get("run_id"))
+        table["duration"] = table["duration"].dt.total_seconds()
+        table["test_accuracy"] = table["number"].map(
+            lambda n: results.get(n, {}).get("test_accuracy"))
+        tracking.log_table(table.rename(columns={"value": OBJECTIVE}), "sweep/trials.json")
+        best = study.best_trial
+        chosen = results[best.number]
+        tracking.log_params({f"best.{name}": value for name, value in best.params.items()})
+        tracking.set_tags({"best_trial": best.number, "best_trial_run_id": chosen["run_id"]})
+        tracking.log_metrics({f"best_{OBJECTIVE}": best.value,
+                              "best_test_accuracy": chosen["test_accuracy"]})
+        summary = dict(chosen, trial_run_id=chosen["run_id"], trials=len(results),
+                       best_params=best.params)
+        if not config.register:
+            return summary
+        metrics = {key: value for key, value in chosen.items() if key.startswith("test_")
+                   and isinstance(value, float)}
+        return summary | runner.register_lineage(config, chosen["model_uri"], metrics, chosen)
+
+    return runner.tracked_pipeline(config, f"{pipeline}-sweep", work)

@@ -1,0 +1,66 @@
+"""`--sweep N`: Optuna trials as nested MLflow runs, the best one through the champion rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import speech, tracking
+from pipelines.speech import SpeechConfig
+from pipelines.sweep import run_sweep
+
+
+def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_path: Path,
+                                                          capsys):
+    store = tmp_path / "mlruns"
+    args = ["--data-dir", str(speech_dir), "--store-dir", str(store), "--cache-dir",
+            str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "16", "--sweep", "2",
+            "--run-name", "tiny"]
+    assert speech.main(args) == 0
+    out = capsys.readouterr().out
+    assert "sweep             2 trials" in out and "best parameters   front_end=" in out
+    assert "registered        version 1 (champion" in out
+
+    tracking.connect(None, store)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("speech-commands").experiment_id
+    parent = client.search_runs([experiment], "tags.pipeline = 'speech-sweep'")[0]
+    trials = client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(trials) == 2
+    assert {run.info.run_name for run in trials} == {"tiny trial 0", "tiny trial 1"}
+    assert all(run.data.params["sweep"] == "0" and run.data.params["register"] == "False"
+               for run in trials)
+    # the search space and every trial's score are on the parent
+    assert parent.data.params["space.units"] == "32 to 128 step 32"
+    assert parent.data.params["space.front_end"] == "one of conv, none"
+    scores = client.get_metric_history(parent.info.run_id, "trial_val_accuracy")
+    assert [point.step for point in scores] == [0, 1]
+    best_run = max(trials, key=lambda run: run.data.metrics["val_accuracy"])
+    assert parent.data.tags["best_trial_run_id"] == best_run.info.run_id
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(
+        best_run.data.metrics["val_accuracy"])
+    for name, value in best_run.data.params.items():
+        if f"best.{name}" in parent.data.params:
+            assert parent.data.params[f"best.{name}"] == value
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert artifacts == {"sweep/search_space.json", "sweep/trials.json"}
+    table = json.loads(Path(client.download_artifacts(
+        parent.info.run_id, "sweep/trials.json", str(tmp_path))).read_text())
+    assert len(table["data"]) == 2 and "params_units" in table["columns"]
+    # one registered version: the best trial's model, champion by the usual rule
+    versions = client.search_model_versions("name = 'speech-commands'")
+    assert [version.run_id for version in versions] == [best_run.info.run_id]
+    assert str(client.get_model_version_by_alias("speech-commands", "champion").version) == "1"
+
+
+def test_sweep_rejects_a_space_naming_unknown_options(tmp_path: Path):
+    from optuna.distributions import IntDistribution
+
+    config = SpeechConfig(store_dir=str(tmp_path / "mlruns"), sweep=2)
+    with pytest.raises(ValueError, match="unknown options: unitz"):
+        run_sweep(config, speech.run, {"unitz": IntDistribution(1, 2)}, "speech")
+    assert not (tmp_path / "mlruns").exists()
