@@ -2,13 +2,15 @@
 
 Usage:
     python -m benchmarks [--quick] [--only SECTION[,SECTION...]] [--json PATH]
-                         [--data-dir ../shared/data]
+                         [--data-dir ../shared/data] [--store-dir mlruns]
 
 Sections (in order): mfcc, cache, speech-training, sentiment-training, tracking, serving,
-memory, end-to-end. Timings are medians of repeated runs after a warm-up, except where a
-figure is one long run (training, end to end), which says so. `--quick` runs each section on
-a small slice of the data in a few minutes, to check that the suite works; its figures are not
-the ones to report. Tests never assert times: this suite is how figures are obtained.
+memory, end-to-end, speech-accuracy, sentiment-accuracy (the accuracy sections train the
+default pipelines over three seeds, about an hour in all). Timings are medians of repeated runs
+after a warm-up, except where a figure is one long run (training, end to end), which says so.
+`--quick` runs each section on a small slice of the data in a few minutes, to check that the
+suite works; its figures are not the ones to report. Tests never assert times: this suite is
+how figures are obtained.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ class Options:
     data_dir: Path
     quick: bool
     work_dir: Path
+    store_dir: Path | None = None  # MLflow store of the accuracy sections
+
+    def __post_init__(self):
+        if self.store_dir is None:
+            self.store_dir = self.work_dir / "mlruns"
 
 
 @dataclass
@@ -100,7 +107,15 @@ def median_seconds(work: Callable[[], object], repeats: int, warmup: int = 1) ->
 
 
 def sections() -> dict[str, Callable[[Options], list[Figure]]]:
-    from benchmarks import end_to_end, features, memory, serving, tracking_overhead, training
+    from benchmarks import (
+        accuracy,
+        end_to_end,
+        features,
+        memory,
+        serving,
+        tracking_overhead,
+        training,
+    )
 
     return {
         "mfcc": features.mfcc_stage,
@@ -111,6 +126,8 @@ def sections() -> dict[str, Callable[[Options], list[Figure]]]:
         "serving": serving.served_inference,
         "memory": memory.bounded_memory,
         "end-to-end": end_to_end.end_to_end,
+        "speech-accuracy": accuracy.speech_accuracy,
+        "sentiment-accuracy": accuracy.sentiment_accuracy,
     }
 
 
@@ -152,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--work-dir", type=Path,
                         help="scratch folder for stores and caches (default: a temporary one)")
+    parser.add_argument("--store-dir", type=Path,
+                        help="MLflow store the accuracy sections log to, e.g. the project's "
+                             "mlruns to see them in its UI (default: one in the scratch folder)")
     args = parser.parse_args(argv)
     available = sections()
     chosen = args.only.split(",") if args.only else list(available)
@@ -176,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"-- {name}", file=sys.stderr, flush=True)
             section_dir = options.work_dir / name
             section_dir.mkdir()
-            new = available[name](Options(options.data_dir, options.quick, section_dir))
+            new = available[name](Options(options.data_dir, options.quick, section_dir,
+                                          args.store_dir and args.store_dir.resolve()))
             figures += new
             print_table(new, sys.stderr)
             print(f"-- {name} took {time.perf_counter() - began:.0f} s", file=sys.stderr,

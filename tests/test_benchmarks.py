@@ -60,3 +60,18 @@ def test_unknown_sections_are_refused_with_the_choices(capsys):
         main(["--only", "mfcc,warp-speed"])
     assert exit_info.value.code == 2
     assert "unknown section(s) warp-speed; choose from mfcc, cache" in capsys.readouterr().err
+
+
+def test_accuracy_summary_reports_mean_spread_margin_and_goals():
+    from benchmarks.accuracy import summary
+
+    runs = [(0, 0.90, 600.0, 1.5), (1, 0.92, 700.0, 1.6), (2, 0.94, 650.0, 1.4)]
+    reference = [(0, 0.80, 60.0, 1.0), (1, 0.84, 60.0, 1.0)]
+    accuracy, margin, slowest = summary("s", "default", runs, "cnn", reference, 0.92, 15)
+    assert accuracy.value == pytest.approx(0.92) and accuracy.reference_value == pytest.approx(
+        0.82)
+    assert accuracy.met and "std 0.0200" in accuracy.note and "range 0.0400" in accuracy.note
+    assert margin.value == pytest.approx(10.0) and margin.unit == "points"
+    assert slowest.value == 700.0 and slowest.met and "1.50, 1.60, 1.40 GB" in slowest.note
+    late = summary("s", "default", [(0, 0.5, 1000.0, 1.0)], "cnn", reference, 0.92, 15)
+    assert not late[0].met and not late[2].met and "one seed" in late[0].note

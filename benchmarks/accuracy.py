@@ -1,0 +1,88 @@
+"""Accuracy of the default pipelines over several seeds, beside references from the same run.
+
+Speech: `python -m pipelines.speech` with defaults, against the small CNN of TensorFlow's
+audio tutorial trained the tutorial's way (Adam 1e-3, up to 10 epochs, early stopping with
+patience 2, no augmentation) on the same split. Sentiment: `python -m pipelines.sentiment`
+with defaults, against the TF-IDF + logistic-regression baseline. Every run is logged in the
+same MLflow experiment (the store of --store-dir), so the UI shows them side by side.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from benchmarks.end_to_end import accuracy_of
+from benchmarks.suite import Figure, Options, run_child
+
+SEEDS = (0, 1, 2)
+TUTORIAL_RECIPE = ["--model", "tutorial-cnn", "--epochs", "10", "--learning-rate", "1e-3",
+                   "--weight-decay", "0", "--label-smoothing", "0", "--warmup-epochs", "0",
+                   "--patience", "2", "--time-shift-ms", "0", "--speed-change", "0",
+                   "--noise-prob", "0", "--time-masks", "0", "--freq-masks", "0"]
+
+
+def seeded_runs(options: Options, command: list[str], name: str, seeds) -> list:
+    """Runs `command --seed S` for each seed; (seed, accuracy, seconds, peak GB) per run."""
+    runs = []
+    for seed in seeds:
+        child = run_child([*command, "--seed", str(seed)],
+                          options.work_dir / f"{name}-seed{seed}.log")
+        runs.append((seed, accuracy_of(child.output), child.seconds, child.peak_rss_gb))
+    return runs
+
+
+def spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return "one seed"
+    return (f"seeds {', '.join(f'{v:.4f}' for v in values)}; std {statistics.stdev(values):.4f}"
+            f", range {max(values) - min(values):.4f}")
+
+
+def summary(section: str, name: str, runs: list, reference: str, reference_runs: list,
+            goal: float, minutes: float) -> list[Figure]:
+    accuracies = [run[1] for run in runs]
+    reference_accuracies = [run[1] for run in reference_runs]
+    mean, reference_mean = statistics.mean(accuracies), statistics.mean(reference_accuracies)
+    slowest = max(run[2] for run in runs)
+    return [
+        Figure(section, f"{name}: test accuracy, mean of {len(runs)}", mean, "",
+               reference=f"{reference} (mean of {len(reference_runs)})",
+               reference_value=reference_mean, goal=f">= {goal:.2f}", met=mean >= goal,
+               note=spread(accuracies) + f"; reference {spread(reference_accuracies)}"),
+        Figure(section, f"{name}: points over the reference", 100 * (mean - reference_mean),
+               "points", note=f"{reference}: {reference_mean:.4f}"),
+        Figure(section, f"{name}: slowest run, wall time", slowest, "s",
+               higher_is_better=False, goal=f"<= {minutes:.0f} min",
+               met=slowest <= 60 * minutes,
+               note="peak RSS " + ", ".join(f"{run[3]:.2f}" for run in runs) + " GB"),
+    ]
+
+
+def speech_accuracy(options: Options) -> list[Figure]:
+    """The default speech pipeline over SEEDS vs the tutorial CNN on the same split."""
+    command = ["pipelines.speech", "--data-dir", str(options.data_dir / "speech_commands"),
+               "--store-dir", str(options.store_dir),
+               "--cache-dir", str(options.work_dir / "features")]
+    seeds = SEEDS[:1] if options.quick else SEEDS
+    quick = ["--epochs", "2"] if options.quick else []
+    runs = seeded_runs(options, [*command, *quick], "speech", seeds)
+    reference = seeded_runs(options, [*command, *TUTORIAL_RECIPE, *quick], "tutorial-cnn",
+                            seeds)
+    figures = summary("speech-accuracy", "python -m pipelines.speech", runs,
+                      "tutorial CNN", reference, 0.92, 15)
+    figures[1].goal, figures[1].met = ">= 5 points", figures[1].value >= 5
+    return figures
+
+
+def sentiment_accuracy(options: Options) -> list[Figure]:
+    """The default sentiment pipeline over SEEDS vs TF-IDF + logistic regression."""
+    command = ["pipelines.sentiment", "--data-dir", str(options.data_dir / "aclImdb"),
+               "--store-dir", str(options.store_dir)]
+    seeds = SEEDS[:1] if options.quick else SEEDS
+    quick = ["--epochs", "1"] if options.quick else []
+    runs = seeded_runs(options, [*command, *quick], "sentiment", seeds)
+    baseline = seeded_runs(options, [*command, "--model", "tfidf-logreg"], "tfidf", (0,))
+    figures = summary("sentiment-accuracy", "python -m pipelines.sentiment", runs,
+                      "TF-IDF + logistic regression", baseline, 0.91, 20)
+    figures[1].goal, figures[1].met = "> 0 points", figures[1].value > 0
+    return figures
