@@ -100,7 +100,7 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
             (default: training.IN_MEMORY_BYTES).
         predict: `predict(fitted model) -> (test probabilities, metrics)` when the evaluated
             classifier is more than the fitted model (a blend); its metrics (e.g. its own
-            val_accuracy) replace those derived from the Keras history.
+            model_val_accuracy) replace those derived from the Keras history.
     """
     from pipelines import tracking, training
 
@@ -132,7 +132,8 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
         "train_seconds": train_seconds,
         "epochs_trained": epochs,
         "train_samples_per_second": len(data.y["train"]) * epochs / train_seconds,
-        "val_accuracy": history.history["val_accuracy"][best_epoch],
+        # not "val_accuracy": that name holds the per-epoch curve
+        "model_val_accuracy": history.history["val_accuracy"][best_epoch],
         "best_epoch": best_epoch + 1,
     } | extra
     tracking.log_metrics(metrics)
@@ -245,7 +246,7 @@ def registry_lines(result: dict) -> list[str]:
         params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else
                            f"{key}={value}" for key, value in result["best_params"].items())
         lines += [f"sweep             {result['trials']} trials; best (validation accuracy "
-                  f"{result['val_accuracy']:.4f}): run {result['trial_run_id']}",
+                  f"{result['model_val_accuracy']:.4f}): run {result['trial_run_id']}",
                   f"best parameters   {params}"]
     if result.get("registered_version"):
         status = "champion" if result["champion"] else "not champion"

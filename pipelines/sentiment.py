@@ -237,7 +237,7 @@ def blended_predictions(config: SentimentConfig, data: PreparedData, branch: Ngr
         blend["weight"] = weight
         mixed = {split: weight * ngram + (1 - weight) * recurrent
                  for split, (recurrent, ngram) in probabilities.items()}
-        metrics |= {"blend_weight": weight, "val_accuracy": float(
+        metrics |= {"blend_weight": weight, "model_val_accuracy": float(
             (mixed["validation"].argmax(1) == data.y["validation"]).mean())}
         return mixed["test"], metrics
 
@@ -293,6 +293,7 @@ def train_baseline(config: SentimentConfig, data: PreparedData) -> dict:
         (classifier.predict(data.x["validation"]) == data.y["validation"]).mean())
     metrics = runner.log_evaluation(classifier.predict_proba(data.x["test"]), data).metrics | {
         "train_seconds": train_seconds, "val_accuracy": validation_accuracy,
+        "model_val_accuracy": validation_accuracy,
         "tfidf_features": len(classifier.named_steps["tfidf"].vocabulary_),
     }
     tracking.log_metrics(metrics)

@@ -15,7 +15,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-OBJECTIVE = "val_accuracy"
+OBJECTIVE = "model_val_accuracy"  # validation accuracy of the model a run keeps
 
 
 def describe(distribution) -> str:
@@ -87,7 +87,7 @@ def run_sweep(config: Any, run_one: Callable[[Any], dict], space: Mapping[str, A
                 continue
             results[number] = result
             study.tell(trial, result[OBJECTIVE])
-            tracking.log_metrics({f"trial_{OBJECTIVE}": result[OBJECTIVE],
+            tracking.log_metrics({"trial_val_accuracy": result[OBJECTIVE],
                                   "trial_test_accuracy": result["test_accuracy"]}, step=number)
         if not results:
             raise ValueError(f"all {config.sweep} trials failed")
@@ -97,12 +97,13 @@ def run_sweep(config: Any, run_one: Callable[[Any], dict], space: Mapping[str, A
         table["duration"] = table["duration"].dt.total_seconds()
         table["test_accuracy"] = table["number"].map(
             lambda n: results.get(n, {}).get("test_accuracy"))
-        tracking.log_table(table.rename(columns={"value": OBJECTIVE}), "sweep/trials.json")
+        tracking.log_table(table.rename(columns={"value": "val_accuracy"}),
+                           "sweep/trials.json")
         best = study.best_trial
         chosen = results[best.number]
         tracking.log_params({f"best.{name}": value for name, value in best.params.items()})
         tracking.set_tags({"best_trial": best.number, "best_trial_run_id": chosen["run_id"]})
-        tracking.log_metrics({f"best_{OBJECTIVE}": best.value,
+        tracking.log_metrics({"best_val_accuracy": best.value,
                               "best_test_accuracy": chosen["test_accuracy"]})
         summary = dict(chosen, trial_run_id=chosen["run_id"], trials=len(results),
                        best_params=best.params)
