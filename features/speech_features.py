@@ -11,7 +11,6 @@ frames back (memory-mapped) and decodes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -184,6 +183,42 @@ class Moments:
         return self.m2 / max(self.count, 1)
 
 
+class RowSink:
+    """Where a stage's output rows go, block by block: streamed to the raw float32 file `out`
+    (so that no more than a block is held), or, with no file, into an array of up to `total`
+    rows. `rows()` then gives what was written: memory-mapped from `out`, or the array."""
+
+    def __init__(self, out: Path | None, total: int, row_shape: tuple[int, ...]):
+        self.out = out
+        self.row_shape = tuple(row_shape)
+        self.count = 0
+        self.array = np.empty((total, *self.row_shape), DTYPE) if out is None else None
+        self.handle = None
+
+    def __enter__(self) -> RowSink:
+        if self.out is not None:
+            self.handle = open(self.out, "wb")  # noqa: SIM115 (closed in __exit__)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+    def write(self, block: np.ndarray) -> None:
+        if self.handle is not None:
+            self.handle.write(memoryview(np.ascontiguousarray(block, DTYPE)).cast("B"))
+        else:
+            self.array[self.count : self.count + len(block)] = block
+        self.count += len(block)
+
+    def rows(self) -> np.ndarray:
+        if self.out is None:
+            return self.array[: self.count]
+        if not self.count:
+            return np.zeros((0, *self.row_shape), DTYPE)
+        return np.memmap(self.out, DTYPE, "r", shape=(self.count, *self.row_shape))
+
+
 def extract_features(
     chunks: Iterable[Callable[[], DecodedChunk]],
     total: int,
@@ -214,41 +249,29 @@ def extract_features(
     compute = extractor(config)
     shape = feature_shape(config)
     workers = workers or max(1, (os.cpu_count() or 2) // 2)
-    frames = np.empty((total, *shape), DTYPE) if out is None else None
     moments = Moments(shape[1])
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
-    handle = open(out, "wb") if out is not None else None  # noqa: SIM115 (closed below)
-    try:
-        with (ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool,
-              tqdm(total=total, desc=desc, unit="clip") as progress):
-            source = iter(chunks)  # the decoders stay `workers + 1` chunks ahead
-            pending = deque(pool.submit(task) for task in itertools.islice(source, workers + 1))
-            while pending:
-                chunk = pending.popleft().result()
-                task = next(source, None)
-                if task is not None:
-                    pending.append(pool.submit(task))
-                for path, reason in chunk.skipped:
-                    log.warning("skipped %s", reason if path in reason else f"{path}: {reason}")
-                skipped += chunk.skipped
-                if len(chunk.kept):
-                    block = compute(chunk.waveforms)
-                    moments.update(block)
-                    if handle is not None:
-                        handle.write(memoryview(np.ascontiguousarray(block, DTYPE)).cast("B"))
-                    else:
-                        frames[len(kept) : len(kept) + len(block)] = block
-                    kept += chunk.kept
-                progress.update(len(chunk.kept) + len(chunk.skipped))
-    finally:
-        if handle is not None:
-            handle.close()
-    if out is not None:
-        frames = (np.memmap(out, DTYPE, "r", shape=(len(kept), *shape)) if kept
-                  else np.zeros((0, *shape), DTYPE))
-    else:
-        frames = frames[: len(kept)]
+    with (RowSink(out, total, shape) as sink,
+          ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool,
+          tqdm(total=total, desc=desc, unit="clip") as progress):
+        source = iter(chunks)  # the decoders stay `workers + 1` chunks ahead
+        pending = deque(pool.submit(task) for task in itertools.islice(source, workers + 1))
+        while pending:
+            chunk = pending.popleft().result()
+            task = next(source, None)
+            if task is not None:
+                pending.append(pool.submit(task))
+            for path, reason in chunk.skipped:
+                log.warning("skipped %s", reason if path in reason else f"{path}: {reason}")
+            skipped += chunk.skipped
+            if len(chunk.kept):
+                block = compute(chunk.waveforms)
+                moments.update(block)
+                sink.write(block)
+                kept += chunk.kept
+            progress.update(len(chunk.kept) + len(chunk.skipped))
+    frames = sink.rows()
     return SplitFeatures(frames, np.asarray(kept, np.int64), skipped, False,
                          moments.mean, moments.variance)
 
@@ -270,24 +293,16 @@ def compute_waveforms(
     given, skipping undecodable clips exactly as the feature stage does (so row i of the
     waveforms and of the MFCC frames are the same clip). The moments are left empty."""
     decoder = ExampleDecoder(examples, Path(data_dir), spec)
-    rows = np.empty((len(examples), spec.clip_samples), DTYPE) if out is None else None
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
-    with open(out, "wb") if out is not None else contextlib.nullcontext() as handle:
+    with RowSink(out, len(examples), (spec.clip_samples,)) as sink:
         for task in decoder.chunks():
             chunk = task()
             skipped += chunk.skipped
-            if handle is not None:
-                handle.write(memoryview(np.ascontiguousarray(chunk.waveforms, DTYPE)).cast("B"))
-            else:
-                rows[len(kept) : len(kept) + len(chunk.kept)] = chunk.waveforms
+            sink.write(chunk.waveforms)
             kept += chunk.kept
-    if out is not None:
-        rows = (np.memmap(out, DTYPE, "r", shape=(len(kept), spec.clip_samples)) if kept
-                else np.zeros((0, spec.clip_samples), DTYPE))
     empty = np.zeros(0)
-    return SplitFeatures(rows[: len(kept)], np.asarray(kept, np.int64), skipped, False,
-                         empty, empty)
+    return SplitFeatures(sink.rows(), np.asarray(kept, np.int64), skipped, False, empty, empty)
 
 
 class FeatureCache:
