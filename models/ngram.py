@@ -40,10 +40,18 @@ class SparseLinear(keras.layers.Layer):
         return super().get_config() | {"features": self.features}
 
 
+def blend_probabilities(logit, recurrent, weight: float):
+    """sigmoid(n-gram logit) as P(class 1), blended with the recurrent model's probabilities:
+    weight * [1 - p, p] + (1 - weight) * recurrent. `logit` is (batch, 1), `recurrent`
+    (batch, 2); tensors or NumPy arrays (training picks the weight with this same function)."""
+    positive = keras.ops.sigmoid(logit)
+    ngram = keras.ops.concatenate([1.0 - positive, positive], axis=-1)
+    return weight * ngram + (1.0 - weight) * recurrent
+
+
 @keras.saving.register_keras_serializable(package="models")
 class BlendProbabilities(keras.layers.Layer):
-    """weight * sigmoid(ngram logit) as P(class 1), blended with the recurrent model's
-    probabilities: weight * [1 - p, p] + (1 - weight) * recurrent."""
+    """The blended model's output layer: `blend_probabilities` with a fixed weight."""
 
     def __init__(self, weight: float, **kwargs):
         super().__init__(**kwargs)
@@ -51,9 +59,7 @@ class BlendProbabilities(keras.layers.Layer):
 
     def call(self, inputs):
         logit, recurrent = inputs
-        positive = keras.ops.sigmoid(logit)
-        ngram = keras.ops.concatenate([1.0 - positive, positive], axis=-1)
-        return self.weight * ngram + (1.0 - self.weight) * recurrent
+        return blend_probabilities(logit, recurrent, self.weight)
 
     def compute_output_shape(self, input_shape):
         return input_shape[1]

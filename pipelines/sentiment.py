@@ -208,35 +208,40 @@ def fit_ngram_branch(config: SentimentConfig, data: PreparedData) -> NgramBranch
     return NgramBranch(vectorizer, coefficients, intercept, logits, metrics)
 
 
-def blend_weight(recurrent: np.ndarray, ngram: np.ndarray, y: np.ndarray) -> float:
+def blend(logits: np.ndarray, recurrent: np.ndarray, weight: float) -> np.ndarray:
+    """The blended model's probabilities (models.ngram.blend_probabilities) as NumPy."""
+    from models.ngram import blend_probabilities
+
+    return np.asarray(blend_probabilities(logits[:, None], recurrent, weight))
+
+
+def blend_weight(logits: np.ndarray, recurrent: np.ndarray, y: np.ndarray) -> float:
     """The weight of the n-gram branch (0 to 1 in steps of 0.05) whose blend has the lowest
     validation log-loss."""
     from sklearn.metrics import log_loss
 
     weights = np.linspace(0, 1, 21)
-    losses = [log_loss(y, w * ngram + (1 - w) * recurrent, labels=[0, 1]) for w in weights]
+    losses = [log_loss(y, blend(logits, recurrent, w), labels=[0, 1]) for w in weights]
     return float(weights[int(np.argmin(losses))])
 
 
-def blended_predictions(config: SentimentConfig, data: PreparedData, branch: NgramBranch,
-                        blend: dict):
+def blended_predictions(data: PreparedData, branch: NgramBranch, chosen: dict):
     """`fit_and_evaluate`'s `predict`: the fitted recurrent model's probabilities blended with
-    the n-gram branch's, the weight chosen on validation (stored in `blend["weight"]`)."""
+    the n-gram branch's, the weight chosen on validation (stored in `chosen["weight"]`)."""
     from pipelines import training
 
     def predict(model) -> tuple[np.ndarray, dict]:
-        probabilities, metrics = {}, {}
+        recurrent, metrics = {}, {}
         for split in ("validation", "test"):
             batches = training.make_dataset(data.x[split], data.y[split], 256, 2, shuffle=False)
-            recurrent = model.predict(batches, verbose=0)
-            positive = 1 / (1 + np.exp(-branch.logits[split]))
-            probabilities[split] = (recurrent, np.stack([1 - positive, positive], axis=1))
+            recurrent[split] = model.predict(batches, verbose=0)
             metrics[f"recurrent_{split}_accuracy"] = float(
-                (recurrent.argmax(1) == data.y[split]).mean())
-        weight = blend_weight(*probabilities["validation"], data.y["validation"])
-        blend["weight"] = weight
-        mixed = {split: weight * ngram + (1 - weight) * recurrent
-                 for split, (recurrent, ngram) in probabilities.items()}
+                (recurrent[split].argmax(1) == data.y[split]).mean())
+        weight = blend_weight(branch.logits["validation"], recurrent["validation"],
+                              data.y["validation"])
+        chosen["weight"] = weight
+        mixed = {split: blend(branch.logits[split], recurrent[split], weight)
+                 for split in recurrent}
         metrics |= {"blend_weight": weight, "model_val_accuracy": float(
             (mixed["validation"].argmax(1) == data.y["validation"]).mean())}
         return mixed["test"], metrics
@@ -259,14 +264,14 @@ def train_recurrent(config: SentimentConfig, data: PreparedData) -> dict:
     runner.log_data(config, data, "aclImdb")
     model = build_model(config, vectorizer.vocabulary_size(), len(data.labels))
     train, validation = training_datasets(config, data)
-    blend: dict = {}
-    predict = blended_predictions(config, data, branch, blend) if branch else None
+    chosen: dict = {}
+    predict = blended_predictions(data, branch, chosen) if branch else None
     trained = runner.fit_and_evaluate(config, model, data, train, validation, predict=predict)
     served = text_to_probabilities(vectorizer, model)
     if branch:
         served = blended_text_classifier(
             served, ngram_branch(branch.vectorizer, branch.coefficients, branch.intercept),
-            blend["weight"])
+            chosen["weight"])
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "classifier.keras"
         served.save(path)

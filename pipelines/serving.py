@@ -234,7 +234,6 @@ class TextPredictor:
             return np.asarray(self.blend([self.ngram_logits(texts), recurrent]))
         return self.sklearn_model.predict_proba(list(texts))
 
-
     def ngram_logits(self, texts: Sequence[str], chunk: int = 256) -> np.ndarray:
         """The n-gram branch's logit per text (sparse bags, so computed in chunks)."""
         import tensorflow as tf
