@@ -7,16 +7,21 @@ import argparse
 import json
 import logging
 import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.config import config_from_args
+from pipelines.config import config_from_args, config_from_params
+from pipelines.errors import SetupError, Terminated
+from pipelines.interrupts import handle_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +75,28 @@ class Trained:
 
     metrics: dict[str, float]
     history: dict[str, list[float]]
+    model: Any = None
 
 
 def log_data(config: Any, data: PreparedData, dataset_name: str) -> None:
-    """Logs the config as parameters, the data lineage, example counts and the label map."""
+    """Logs the config as parameters, the data lineage, example counts and the label map.
+
+    A resumed run logged them when it started; it only checks that its data is the same.
+
+    Raises:
+        SetupError: A resumed run's data differs from what the run started with.
+    """
     from pipelines import tracking
 
+    digest = lineage(data)["data_digest"]
+    if config.resume:
+        tags = tracking.run_tags(config.resume)
+        if tags.get("data_digest") != digest:
+            raise SetupError(f"--resume {config.resume}: the data changed since the run "
+                             f"started (digest {digest}, the run's {tags.get('data_digest')});"
+                             " start a new run")
+        return
+    tracking.set_tags({"data_digest": digest})
     tracking.log_config(config)
     tracking.log_dataset(dataset_name, data.source, data.digests, data.split_tags(),
                          data.summary)
@@ -114,13 +135,19 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
                                            config.batch_size, classes, shuffle=False,
                                            in_memory_bytes=in_memory_bytes)
     steps = training.steps_per_epoch(len(data.y["train"]), config.batch_size)
-    training.compile_classifier(model, config, steps)
+    resume = training.load_checkpoint(checkpoint_path(config)) if config.resume else None
+    if resume:
+        model = resume.model  # compiled, with the optimizer's state
+        log.info("resuming run %s after epoch %d", config.resume, resume.epoch + 1)
+    else:
+        training.compile_classifier(model, config, steps)
     started = time.perf_counter()
     history = training.fit_classifier(model, train, validation, config,
-                                      callbacks=[tracking.EpochMetricsLogger()])
+                                      callbacks=[tracking.EpochMetricsLogger()],
+                                      checkpoint_dir=checkpoint_path(config), resume=resume)
     train_seconds = time.perf_counter() - started
-    epochs = len(history.history["loss"])
-    best_epoch = int(np.argmin(history.history["val_loss"]))  # the weights early stopping kept
+    epochs = len(history["loss"])
+    best_epoch = int(np.argmin(history["val_loss"]))  # the weights early stopping kept
     extra: dict = {}
     if predict is None:
         test = training.make_dataset(data.x["test"], data.y["test"], 256, classes,
@@ -128,16 +155,18 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
         probabilities = model.predict(test, verbose=0)
     else:
         probabilities, extra = predict(model)
-    metrics = log_evaluation(probabilities, data, history.history).metrics | {
+    metrics = log_evaluation(probabilities, data, history).metrics | {
         "train_seconds": train_seconds,
         "epochs_trained": epochs,
-        "train_samples_per_second": len(data.y["train"]) * epochs / train_seconds,
+        # epochs of this process: a resumed run trained the others earlier
+        "train_samples_per_second": len(data.y["train"]) * (
+            epochs - (resume.epoch + 1 if resume else 0)) / train_seconds,
         # not "val_accuracy": that name holds the per-epoch curve
-        "model_val_accuracy": history.history["val_accuracy"][best_epoch],
+        "model_val_accuracy": history["val_accuracy"][best_epoch],
         "best_epoch": best_epoch + 1,
     } | extra
     tracking.log_metrics(metrics)
-    return Trained(metrics, history.history)
+    return Trained(metrics, history, model)
 
 
 def log_evaluation(probabilities: np.ndarray, data: PreparedData,
@@ -218,10 +247,13 @@ def require_data_dir(data_dir: str | None, env: str, dataset: str) -> None:
 
 
 def tracked_pipeline(config: Any, pipeline: str, work: Callable[[str], dict]) -> dict:
-    """Opens an MLflow run in `config.experiment` and calls `work(run_id)`; the caller has
-    validated `config` (and its data folder) so that bad options open no run.
+    """Opens an MLflow run in `config.experiment` (or reopens `config.resume`) and calls
+    `work(run_id)`; the caller has validated `config` (`prepare_run`) so that bad options open
+    no run.
 
-    The run ends FINISHED, FAILED or KILLED (see tracking.tracked_run).
+    The run ends FINISHED, FAILED or KILLED (see tracking.tracked_run). Training saves a
+    checkpoint after every epoch (`checkpoint_path`); it is deleted when the run finishes and
+    kept when it is interrupted, for `--resume`.
 
     Returns:
         `work`'s result with run_id and total_seconds added.
@@ -231,12 +263,105 @@ def tracked_pipeline(config: Any, pipeline: str, work: Callable[[str], dict]) ->
     started = time.perf_counter()
     with tracking.tracked_run(config.experiment, tracking_uri=config.tracking_uri,
                               store_dir=config.store_dir, run_name=config.run_name,
-                              tags={"pipeline": pipeline}) as run_id:
-        result = work(run_id)
+                              tags={"pipeline": pipeline},
+                              resume_run_id=config.resume) as run_id:
+        checkpoint = checkpoint_path(config, run_id)
+        if not config.resume:
+            tracking.set_tags({"checkpoint": str(checkpoint)})
+        try:
+            result = work(run_id)
+        except KeyboardInterrupt:
+            if (checkpoint / "state.json").is_file():
+                log.warning("run %s interrupted; its last epoch checkpoint is in %s. Continue "
+                            "it with: python -m pipelines.%s --resume %s", run_id, checkpoint,
+                            pipeline.removesuffix("-sweep"), run_id)
+            raise
         result["run_id"] = run_id
         result["total_seconds"] = time.perf_counter() - started
         tracking.log_metrics({"total_seconds": result["total_seconds"]})
+    if checkpoint.is_dir():
+        shutil.rmtree(checkpoint)
     return result
+
+
+def checkpoint_path(config: Any, run_id: str | None = None) -> Path:
+    """Where the run's per-epoch training checkpoint lives: `<checkpoint_dir>/<run id>`
+    (absolute, so `--resume` finds it from any working directory)."""
+    from pipelines import tracking
+
+    run_id = run_id or config.resume or tracking.active_run_id()
+    return Path(config.checkpoint_dir).resolve() / run_id
+
+
+def completed_epochs(config: Any) -> int:
+    """Epochs the interrupted run `config.resume` completed (0 for a new run)."""
+    if not config.resume:
+        return 0
+    return json.loads((checkpoint_path(config) / "state.json").read_text())["epoch"] + 1
+
+
+def prepare_run(config: Any, pipeline: str, folders: Mapping[str, str]) -> Any:
+    """Everything checked before a run opens and before any data or feature work: the
+    tracking server answers, the store and the other `folders` can be written, and with
+    `--resume` the interrupted run exists and has a checkpoint.
+
+    Args:
+        config: The run's config.
+        pipeline: "speech" or "sentiment" (what a resumed run must have been).
+        folders: What each folder is for -> its path; each must be writable.
+
+    Returns:
+        The config to run: with `--resume`, the interrupted run's logged options (only the
+        store options and `resume` come from the command line).
+
+    Raises:
+        SetupError: An unreachable server, a folder that cannot be written, or a run that
+            cannot be resumed.
+    """
+    from pipelines import tracking
+
+    tracking.check_tracking(config.tracking_uri)
+    if not config.tracking_uri or config.tracking_uri.startswith("sqlite:"):
+        require_writable_dir(config.store_dir if not config.tracking_uri else
+                             Path(config.tracking_uri.removeprefix("sqlite:///")).parent,
+                             "MLflow store folder")
+    if config.resume:
+        if config.sweep:
+            raise SetupError("--resume continues one interrupted run; it cannot be combined "
+                             "with --sweep")
+        params, tags = tracking.interrupted_run(config.resume, config.tracking_uri,
+                                                config.store_dir)
+        if tags.get("pipeline") != pipeline:
+            raise SetupError(f"--resume {config.resume}: that run is not a {pipeline} training "
+                             f"run (pipeline tag {tags.get('pipeline')!r})")
+        checkpoint = Path(tags.get("checkpoint", ""))
+        if not (checkpoint / "state.json").is_file():
+            raise SetupError(f"--resume {config.resume}: no checkpoint at {checkpoint} (the "
+                             "run stopped before its first epoch ended, or finished); start a "
+                             "new run")
+        config = replace(config_from_params(type(config), params),
+                         tracking_uri=config.tracking_uri, store_dir=config.store_dir,
+                         resume=config.resume, checkpoint_dir=str(checkpoint.parent))
+    for purpose, folder in folders.items():
+        require_writable_dir(folder, purpose)
+    require_writable_dir(config.checkpoint_dir, "checkpoint folder")
+    return config
+
+
+def require_writable_dir(path: str | Path, purpose: str) -> None:
+    """Creates `path` if needed and writes a probe file into it.
+
+    Raises:
+        SetupError: The folder cannot be created or written, naming it and why.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise SetupError(f"{purpose} {path} is not writable ({error.strerror or error}); "
+                         "choose another with its option or fix its permissions") from error
 
 
 def registry_lines(result: dict) -> list[str]:
@@ -263,19 +388,27 @@ def run_cli(parser: argparse.ArgumentParser, config_cls: type, run: Callable[[An
             commands: Mapping[str, Callable[[list[str]], int]] | None = None) -> int:
     """A pipeline's entry point: `COMMAND ...` runs one of `commands` (e.g. predict,
     evaluate) on the remaining arguments; anything else parses training flags into
-    `config_cls`, runs and prints the summary. Expected errors print `error: ...` and exit 2.
+    `config_cls`, runs and prints the summary.
+
+    Expected errors (and SetupError) print `error: ...` and exit 2. Ctrl-C and SIGTERM
+    (pipelines.interrupts) both end the MLflow run KILLED; they exit 130 and 143.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     command = (commands or {}).get(argv[0]) if argv else None
     args = None if command else parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if command:
-            return command(argv[1:])
-        result = run(config_from_args(config_cls, args))
-    except expected_errors as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with handle_interrupts():
+        try:
+            if command:
+                return command(argv[1:])
+            result = run(config_from_args(config_cls, args))
+        except (*expected_errors, SetupError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as interrupt:
+            terminated = isinstance(interrupt, Terminated)
+            print(f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'}", file=sys.stderr)
+            return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     print(format_summary(result))
     return 0
 

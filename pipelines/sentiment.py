@@ -267,7 +267,7 @@ def train_recurrent(config: SentimentConfig, data: PreparedData) -> dict:
     chosen: dict = {}
     predict = blended_predictions(data, branch, chosen) if branch else None
     trained = runner.fit_and_evaluate(config, model, data, train, validation, predict=predict)
-    served = text_to_probabilities(vectorizer, model)
+    served = text_to_probabilities(vectorizer, trained.model)  # resumed: the checkpoint's
     if branch:
         served = blended_text_classifier(
             served, ngram_branch(branch.vectorizer, branch.coefficients, branch.intercept),
@@ -324,10 +324,16 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
         ValueError: An invalid option value or unusable data folder.
         FileNotFoundError: The data folder does not exist.
         DatasetUnavailableError: --source tfds without prepared data, offline.
+        SetupError: An unreachable tracking server, a folder that cannot be written, or a run
+            that cannot be resumed (all checked before any data is read).
     """
     from pipelines import runner, tracking
 
+    config = runner.prepare_run(config, "sentiment", {})
     validate_choices(config)
+    if config.resume and config.model != "recurrent":
+        raise ValueError(f"--resume: {config.model} fits in one step, with no epochs to "
+                         "continue; start a new run")
     if config.source == "folder" and reviews is None:
         runner.require_data_dir(config.data_dir, "IMDB_DATA_DIR", "IMDB")
     if config.sweep:
@@ -463,4 +469,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.interrupts import exit_process
+
+    exit_process(main())

@@ -9,7 +9,6 @@ import argparse
 import hashlib
 import io
 import logging
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -258,7 +257,7 @@ def background_noise(config: SpeechConfig) -> list[np.ndarray]:
 def augmented_training_batches(config: SpeechConfig, data: PreparedData):
     """The training split as augmented tf.data batches (time shift and noise on the waveforms,
     SpecAugment on their MFCC frames), made fresh each epoch; None when augmentation is off."""
-    from pipelines import tracking
+    from pipelines import runner, tracking
     from pipelines.training import AugmentedBatches
 
     augment = config.augment()
@@ -273,6 +272,7 @@ def augmented_training_batches(config: SpeechConfig, data: PreparedData):
     return AugmentedBatches(
         data.raw_train, data.y["train"], config.batch_size, len(data.labels), augmenter,
         seed=config.seed, in_memory_bytes=config.in_memory_mb * 2**20,
+        first_epoch=runner.completed_epochs(config),
     ).dataset(feature_shape(config.mfcc()))
 
 
@@ -292,6 +292,7 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
     trained = runner.fit_and_evaluate(config, model, data,
                                       augmented_training_batches(config, data),
                                       in_memory_bytes=config.in_memory_mb * 2**20)
+    model = trained.model  # a resumed run's model comes from its checkpoint
     with tempfile.TemporaryDirectory() as folder:
         predictor = SpeechPredictor(model, data.labels, mfcc)
         model.save(Path(folder) / "classifier.keras")
@@ -326,9 +327,13 @@ def run(config: SpeechConfig) -> dict:
     Raises:
         ValueError: An invalid option value or unusable data folder.
         FileNotFoundError: The data folder does not exist.
+        SetupError: An unreachable tracking server, a folder that cannot be written, or a run
+            that cannot be resumed (all checked before any data is read).
     """
     from pipelines import runner, tracking
 
+    config = runner.prepare_run(config, "speech", {"feature cache folder": config.cache_dir}
+                                if config.cache else {})
     validate_choices(config)
     feature_shape(config.mfcc())
     config.augment()  # validates the augmentation options
@@ -492,4 +497,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.interrupts import exit_process
+
+    exit_process(main())

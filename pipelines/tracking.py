@@ -10,6 +10,7 @@ import dataclasses
 import importlib.metadata
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
+
+from pipelines.errors import SetupError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,50 @@ def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
     return uri
 
 
+def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
+    """Fails fast when an HTTP tracking server does not answer, instead of MLflow's retries
+    (minutes) after the data and features were prepared.
+
+    Any HTTP answer counts as reachable (a server behind a proxy may not serve /health);
+    only a refused or timed-out connection does not.
+
+    Raises:
+        SetupError: The server cannot be reached within `timeout` seconds.
+    """
+    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as error:
+        raise SetupError(
+            f"cannot reach the MLflow tracking server at {tracking_uri} "
+            f"({type(error).__name__}: {error}); start it, or unset MLFLOW_TRACKING_URI / "
+            "--tracking-uri to use the local store") from error
+
+
+def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path):
+    """The run `--resume` continues: its logged parameters and tags.
+
+    Returns:
+        (params, tags) of the run.
+
+    Raises:
+        SetupError: No such run, or it is still RUNNING or already FINISHED.
+    """
+    connect(tracking_uri, store_dir)
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as error:
+        raise SetupError(f"--resume {run_id}: no such run in {tracking_uri or store_dir} "
+                         f"({error.message})") from error
+    if run.info.status not in ("KILLED", "FAILED"):
+        raise SetupError(f"--resume {run_id}: the run is {run.info.status}; only KILLED or "
+                         "FAILED runs can be resumed")
+    return dict(run.data.params), dict(run.data.tags)
+
+
 def ensure_experiment(name: str, store_dir: str | Path, local: bool) -> str:
     """Returns the experiment id, creating the experiment (artifacts under the store) if new."""
     experiment = mlflow.get_experiment_by_name(name)
@@ -81,17 +128,22 @@ def tracked_run(
     store_dir: str | Path,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[str]:
     """Opens an MLflow run and yields its id; opened while another run is active (a sweep's
-    parent), it is nested under that run.
+    parent), it is nested under that run. With `resume_run_id`, that (interrupted) run is
+    reopened instead.
 
-    The run ends FINISHED on success, KILLED on Ctrl-C and FAILED on any other exception,
-    which is re-raised.
+    The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM (see `Terminated`) and
+    FAILED on any other exception, which is re-raised.
     """
     connect(tracking_uri, store_dir)
-    experiment_id = ensure_experiment(experiment, store_dir, local=not tracking_uri)
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {}),
-                           nested=mlflow.active_run() is not None)
+    if resume_run_id:
+        run = mlflow.start_run(run_id=resume_run_id)
+    else:
+        experiment_id = ensure_experiment(experiment, store_dir, local=not tracking_uri)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                               tags=dict(tags or {}), nested=mlflow.active_run() is not None)
     try:
         yield run.info.run_id
     except KeyboardInterrupt:
@@ -106,6 +158,15 @@ def tracked_run(
 def log_config(config: Any) -> None:
     """Logs every field of a config dataclass as a run parameter."""
     mlflow.log_params({key: str(value) for key, value in dataclasses.asdict(config).items()})
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    return dict(MlflowClient().get_run(run_id).data.tags)
+
+
+def active_run_id() -> str | None:
+    run = mlflow.active_run()
+    return None if run is None else run.info.run_id
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -208,7 +269,12 @@ class SpeechClassifierModel(mlflow.pyfunc.PythonModel):
 
 
 def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str | Path):
-    """Loads a logged or registered model (e.g. `models:/name@champion`) as pyfunc."""
+    """Loads a logged or registered model (e.g. `models:/name@champion`) as pyfunc.
+
+    Raises:
+        SetupError: The tracking server does not answer.
+    """
+    check_tracking(tracking_uri)
     connect(tracking_uri, store_dir)
     return mlflow.pyfunc.load_model(model_uri)
 
@@ -346,6 +412,32 @@ def current_champion(client: MlflowClient, name: str) -> Any | None:
         return None
 
 
+PROMOTION_STATE = "promotion_state"  # version tag: "pending" until its champion decision
+PENDING, DECIDED = "pending", "decided"
+STALE_PENDING_SECONDS = 300  # a pending version older than this was left by a dead process
+QUEUE_POLL_SECONDS = 0.2
+
+
+def wait_for_earlier_promotions(client: MlflowClient, name: str, version: int) -> None:
+    """Waits until no lower-numbered version of `name` is still pending its champion decision.
+
+    The store numbers a registered model's versions atomically, so a version number is a
+    ticket: promotions are decided one at a time, in version order, even by processes on
+    different machines sharing one tracking server. A pending version older than
+    STALE_PENDING_SECONDS (its process died mid-decision) is no longer waited for.
+    """
+    while True:
+        now_ms = time.time() * 1000
+        earlier = [v for v in client.search_model_versions(f"name='{name}'")
+                   if int(v.version) < version and v.tags.get(PROMOTION_STATE) == PENDING
+                   and now_ms - v.creation_timestamp < STALE_PENDING_SECONDS * 1000]
+        if not earlier:
+            return
+        log.info("waiting for the champion decision of %s v%s", name,
+                 ", v".join(str(v.version) for v in earlier))
+        time.sleep(QUEUE_POLL_SECONDS)
+
+
 def register_and_promote(
     model_uri: str,
     name: str,
@@ -357,33 +449,44 @@ def register_and_promote(
 ) -> Promotion:
     """Registers `model_uri` under `name`, tags it and moves `champion` to it if it wins.
 
-    The version is tagged with its test metrics and dataset digests; the run records the
-    decision and its reason.
+    The version is registered first, marked pending: its number is its place in the queue of
+    promotions (`wait_for_earlier_promotions`). Once the versions before it are decided, the
+    current champion is read, compared and, if beaten, replaced, so two runs finishing at the
+    same time never leave the worse model as champion. The version is tagged with its test
+    metrics and dataset digests; the run records the decision and its reason.
 
     Args:
-        only_if_champion: Leave the model unregistered unless it becomes champion (for
-            baselines, which should not crowd the registry).
+        only_if_champion: Keep the model registered only if it becomes champion (for
+            baselines, which should not crowd the registry): otherwise its queued version is
+            deleted again.
 
     Returns:
-        The outcome; `version` is None when the model was not registered.
+        The outcome; `version` is None when the model was not kept registered.
     """
     client = MlflowClient()
-    promoted, reason = champion_decision(
-        metrics["test_accuracy"], test_digest, current_champion(client, name)
-    )
-    if only_if_champion and not promoted:
-        set_tags({"registered_version": "", "champion": False,
-                  "promotion_reason": f"not registered: {reason}"})
-        log.info("not registering in %s: %s", name, reason)
-        return Promotion(None, False, f"not registered: {reason}")
     tags = {key: f"{value:.6f}" for key, value in metrics.items() if key in
             ("test_accuracy", "test_macro_f1", "test_roc_auc")}
     tags.update(test_data_digest=test_digest, data_digest=data_digest)
-    version = mlflow.register_model(model_uri, name, tags=tags)
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version.version)
-    client.set_model_version_tag(name, version.version, "promotion", reason)
-    set_tags({"registered_version": version.version, "champion": promoted,
-              "promotion_reason": reason})
-    log.info("registered %s v%s; champion: %s (%s)", name, version.version, promoted, reason)
-    return Promotion(str(version.version), promoted, reason)
+    version = mlflow.register_model(model_uri, name, tags=tags | {PROMOTION_STATE: PENDING})
+    number = str(version.version)
+    kept = True
+    try:
+        wait_for_earlier_promotions(client, name, int(number))
+        promoted, reason = champion_decision(
+            metrics["test_accuracy"], test_digest, current_champion(client, name))
+        if only_if_champion and not promoted:
+            client.delete_model_version(name, number)
+            kept = False
+            set_tags({"registered_version": "", "champion": False,
+                      "promotion_reason": f"not registered: {reason}"})
+            log.info("not registering in %s: %s", name, reason)
+            return Promotion(None, False, f"not registered: {reason}")
+        if promoted:
+            client.set_registered_model_alias(name, CHAMPION, number)
+        client.set_model_version_tag(name, number, "promotion", reason)
+    finally:  # also on failure, so that later promotions do not wait for this one
+        if kept:
+            client.set_model_version_tag(name, number, PROMOTION_STATE, DECIDED)
+    set_tags({"registered_version": number, "champion": promoted, "promotion_reason": reason})
+    log.info("registered %s v%s; champion: %s (%s)", name, number, promoted, reason)
+    return Promotion(number, promoted, reason)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
 
+from pipelines import interrupts
 from pipelines.config import TrainingConfig
 
 IN_MEMORY_BYTES = 512 * 2**20  # larger memory-mapped inputs are streamed from their file
@@ -101,10 +104,12 @@ def streamed_dataset(
 class AugmentedBatches:
     """Training batches made fresh each epoch: shuffled rows of raw inputs (waveforms) passed
     through `augment(rows, rng)`. Epoch e draws from its own generator seeded by (seed, e), so a
-    run is reproducible and every epoch sees different perturbations."""
+    run is reproducible and every epoch sees different perturbations; a resumed fit starts at
+    `first_epoch`."""
 
     def __init__(self, inputs: np.ndarray, y: np.ndarray, batch_size: int, num_classes: int,
-                 augment, seed: int = 0, in_memory_bytes: int | None = None):
+                 augment, seed: int = 0, in_memory_bytes: int | None = None,
+                 first_epoch: int = 0):
         limit = IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes
         streamed = isinstance(inputs, np.memmap) and inputs.nbytes > limit
         self.rows = RowReader(inputs) if streamed else np.asarray(inputs).__getitem__
@@ -113,7 +118,7 @@ class AugmentedBatches:
         self.num_classes = num_classes
         self.augment = augment
         self.seed = seed
-        self.epoch = 0
+        self.epoch = first_epoch
 
     def __len__(self) -> int:
         return steps_per_epoch(len(self.y), self.batch_size)
@@ -208,6 +213,107 @@ class LearningRateLogger(keras.callbacks.Callback):
                 self.model.optimizer.learning_rate))
 
 
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping whose state (best value, epochs waited, best weights) can be carried
+    over from an interrupted fit, so a resumed run stops exactly where it would have."""
+
+    def __init__(self, *args, state: StopperState | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resumed = state
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.resumed is not None:
+            self.wait = self.resumed.wait
+            self.best = self.resumed.best
+            self.best_epoch = self.resumed.best_epoch
+            self.best_weights = self.resumed.best_weights
+
+
+@dataclass
+class StopperState:
+    """What early stopping knows after an epoch."""
+
+    wait: int
+    best: float | None
+    best_epoch: int
+    best_weights: list[np.ndarray] | None
+
+
+@dataclass
+class CheckpointState:
+    """An interrupted fit: the model after its last completed epoch (compiled, with its
+    optimizer state), that epoch (0-based), the history so far and early stopping's state."""
+
+    model: keras.Model
+    epoch: int
+    history: dict[str, list[float]]
+    stopper: StopperState
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves a resumable checkpoint into `directory` after every epoch.
+
+    Files: `last.keras` (model and optimizer state), `best.npz` (early stopping's best
+    weights, written when they change) and `state.json` (epoch, history, early-stopping
+    counters), each written to a temporary name and renamed, `state.json` last, so a
+    checkpoint interrupted half-way leaves the previous epoch's complete.
+    """
+
+    def __init__(self, directory: str | Path, stopper: keras.callbacks.EarlyStopping,
+                 history: dict[str, list[float]] | None = None):
+        super().__init__()
+        self.directory = Path(directory)
+        self.stopper = stopper
+        self.history = {key: list(values) for key, values in (history or {}).items()}
+        self._saved_best_epoch: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = self.directory / ".last.tmp.keras"
+        self.model.save(temporary)
+        os.replace(temporary, self.directory / "last.keras")
+        stopper = self.stopper
+        if stopper.best_weights is not None and stopper.best_epoch != self._saved_best_epoch:
+            with open(self.directory / ".best.tmp.npz", "wb") as handle:
+                np.savez(handle, *stopper.best_weights)
+            os.replace(self.directory / ".best.tmp.npz", self.directory / "best.npz")
+            self._saved_best_epoch = stopper.best_epoch
+        state = {"epoch": epoch, "history": self.history,
+                 "stopper": {"wait": stopper.wait, "best_epoch": stopper.best_epoch,
+                             "best": None if stopper.best is None else float(stopper.best)}}
+        (self.directory / ".state.tmp.json").write_text(json.dumps(state))
+        os.replace(self.directory / ".state.tmp.json", self.directory / "state.json")
+
+
+def load_checkpoint(directory: str | Path) -> CheckpointState:
+    """Reads what EpochCheckpoint saved.
+
+    Raises:
+        FileNotFoundError: No complete checkpoint in `directory`.
+    """
+    directory = Path(directory)
+    state_path = directory / "state.json"
+    if not state_path.is_file() or not (directory / "last.keras").is_file():
+        raise FileNotFoundError(f"no training checkpoint in {directory} (state.json and "
+                                "last.keras are written after each completed epoch)")
+    import models.ngram  # noqa: F401  (registers the project's custom layers)
+    import models.recurrent  # noqa: F401
+
+    state = json.loads(state_path.read_text())
+    best_weights = None
+    if (directory / "best.npz").is_file():
+        with np.load(directory / "best.npz") as saved:
+            best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    stopper = state["stopper"]
+    return CheckpointState(keras.saving.load_model(directory / "last.keras"), state["epoch"],
+                           state["history"],
+                           StopperState(stopper["wait"], stopper["best"], stopper["best_epoch"],
+                                        best_weights))
+
+
 def fit_classifier(
     model: keras.Model,
     train: tf.data.Dataset,
@@ -215,24 +321,46 @@ def fit_classifier(
     config: TrainingConfig,
     callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int | None = None,
-) -> keras.callbacks.History:
+    *,
+    checkpoint_dir: str | Path | None = None,
+    resume: CheckpointState | None = None,
+) -> dict[str, list[float]]:
     """Fits with early stopping on validation loss, restoring the best weights.
 
-    `verbose` defaults to a progress bar on a terminal and one line per epoch otherwise.
+    Args:
+        model: The compiled model (for a resumed fit, `resume.model`).
+        train: Training batches.
+        validation: Validation batches.
+        config: Epochs and patience.
+        callbacks: More Keras callbacks, called after early stopping.
+        verbose: Keras verbosity; default a progress bar on a terminal, one line per epoch
+            otherwise.
+        checkpoint_dir: Save a resumable checkpoint here after every epoch (EpochCheckpoint).
+        resume: An interrupted fit to continue from the epoch after its last one.
+
+    Returns:
+        The history per epoch, a resumed fit's earlier epochs included.
     """
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    stopper = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=config.patience, restore_best_weights=True
-    )
-    return model.fit(
-        train,
-        validation_data=validation,
-        epochs=config.epochs,
-        shuffle=False,  # the tf.data pipeline reshuffles each epoch
-        callbacks=[LearningRateLogger(), stopper, *(callbacks or [])],
-        verbose=verbose,
-    )
+    stopper = ResumableEarlyStopping(monitor="val_loss", patience=config.patience,
+                                     restore_best_weights=True,
+                                     state=resume.stopper if resume else None)
+    earlier = resume.history if resume else {}
+    extra = [EpochCheckpoint(checkpoint_dir, stopper, earlier)] if checkpoint_dir else []
+    with interrupts.deferred():  # a signal stops training at a batch end
+        history = model.fit(
+            train,
+            validation_data=validation,
+            epochs=config.epochs,
+            initial_epoch=resume.epoch + 1 if resume else 0,
+            shuffle=False,  # the tf.data pipeline reshuffles each epoch
+            callbacks=[interrupts.InterruptCallback(), LearningRateLogger(), stopper, *extra,
+                       *(callbacks or [])],
+            verbose=verbose,
+        )
+    return {key: list(earlier.get(key, [])) + list(history.history.get(key, []))
+            for key in {**earlier, **history.history}}
 
 
 @dataclass

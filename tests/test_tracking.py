@@ -53,6 +53,10 @@ def test_champion_rule(tmp_path: Path):
     other_data = finish_run(store, 0.99, test_digest="digest-b")
     assert not other_data.promoted and "different test data" in other_data.reason
     assert champion_version(store) == "2"
+    client = MlflowClient()  # registered, not promoted, and the run says why
+    unpromoted = client.get_model_version("model-x", other_data.version)
+    assert "different test data" in client.get_run(unpromoted.run_id).data.tags[
+        "promotion_reason"]
 
     client = MlflowClient()
     version = client.get_model_version("model-x", "3")

@@ -1,0 +1,96 @@
+"""Ctrl-C and SIGTERM: both end a run as an interruption (KeyboardInterrupt), at a safe point.
+
+Raising from a signal handler while TensorFlow is inside a step can run Python code that the
+runtime called back into (a tf.data generator, a NumPy function) and corrupt its state; so
+while a Keras fit, evaluate or predict runs, the handler only records the signal and
+`InterruptCallback` raises it at the end of the current batch, in plain Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+import keras
+
+from pipelines.errors import Terminated
+
+_deferring = 0
+_pending: KeyboardInterrupt | None = None
+
+
+def _handle(signum, frame):
+    global _pending
+    error = Terminated(f"signal {signum}") if signum == signal.SIGTERM else KeyboardInterrupt()
+    if _deferring and _pending is None:
+        _pending = error
+        return
+    raise error  # outside Keras, or a second signal: at once
+
+
+@contextlib.contextmanager
+def handle_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated and Ctrl-C KeyboardInterrupt, deferred to a
+    batch end during Keras loops; the previous handlers are restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _handle)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class InterruptCallback(keras.callbacks.Callback):
+    """Raises a signal recorded by `handle_interrupts` at the next batch end."""
+
+    def _raise_pending(self, *args, **kwargs):
+        global _pending
+        if _pending is not None:
+            error, _pending = _pending, None
+            raise error
+
+    on_train_batch_end = on_test_batch_end = on_predict_batch_end = _raise_pending
+    on_epoch_end = _raise_pending
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Defers signals to InterruptCallback while a Keras loop runs; a signal recorded but not
+    yet raised when the loop ends is raised on leaving the block."""
+    global _deferring, _pending
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring and _pending is not None:
+        error, _pending = _pending, None
+        raise error
+
+
+INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+def exit_process(status: int) -> None:
+    """Exits a command-line process with `status`.
+
+    After an interruption the process exits at once, without the interpreter's teardown: a
+    tf.data pipeline stopped mid-epoch holds a prefetch thread waiting to run Python (a
+    generator), and destroying its iterator at teardown, with the interpreter lock held,
+    waits for that thread forever. The run was ended and the output flushed before.
+    """
+    if status in INTERRUPTED:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

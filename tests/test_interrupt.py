@@ -1,0 +1,89 @@
+"""Interrupted runs: a real signal to a real training process, then --resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import speech, tracking
+from tests.test_speech_pipeline import small_args
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_training(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipelines.speech", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(process: subprocess.Popen, checkpoints: Path, epochs: int,
+                    timeout: float = 180) -> Path:
+    """The run's checkpoint folder, once it holds `epochs` completed epochs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for state in checkpoints.glob("*/state.json"):
+            if json.loads(state.read_text())["epoch"] + 1 >= epochs:
+                return state.parent
+        if process.poll() is not None:
+            pytest.fail(f"training ended before the signal:\n{process.communicate()[1]}")
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"no checkpoint of {epochs} epochs within {timeout} s")
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_ends_the_run_killed_keeps_the_checkpoint_and_resume_finishes_it(
+        speech_dir: Path, tmp_path: Path, signum: int, status: int):
+    checkpoints = tmp_path / "checkpoints"
+    args = small_args(speech_dir, tmp_path, "--epochs", "30", "--patience", "30",
+                      "--checkpoint-dir", str(checkpoints))
+    process = start_training(args)
+    checkpoint = wait_for_epochs(process, checkpoints, 2)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    run_id = checkpoint.name
+
+    assert process.returncode == status, stderr
+    assert f"--resume {run_id}" in stderr and "Traceback" not in stderr
+    tracking.connect(None, tmp_path / "mlruns")
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert client.search_model_versions("name='speech-commands'") == []
+    assert {"state.json", "last.keras"} <= {path.name for path in checkpoint.iterdir()}
+    done = json.loads((checkpoint / "state.json").read_text())["epoch"] + 1
+    assert done < 30
+
+    if signum == signal.SIGINT:
+        return  # resuming is the same whichever signal stopped the run
+    assert speech.main(["--resume", run_id, "--store-dir", str(tmp_path / "mlruns")]) == 0
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    losses = client.get_metric_history(run_id, "loss")
+    epochs = int(run.data.metrics["epochs_trained"])
+    # every epoch logged once: the interrupted process's and then the resumed one's
+    assert sorted(m.step for m in losses) == list(range(epochs)) and epochs > done
+    version = client.get_model_version_by_alias("speech-commands", "champion")
+    assert version.run_id == run_id
+    assert not checkpoint.exists()
+
+
+def test_resume_refuses_a_finished_run_and_an_unknown_one(speech_dir: Path, tmp_path: Path,
+                                                          capsys):
+    store = str(tmp_path / "mlruns")
+    assert speech.main(small_args(speech_dir, tmp_path, "--epochs", "1")) == 0
+    tracking.connect(None, store)
+    run_id = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("speech-commands").experiment_id])[0].info.run_id
+    capsys.readouterr()
+    assert speech.main(["--resume", run_id, "--store-dir", store]) == 2
+    assert "the run is FINISHED; only KILLED or FAILED runs" in capsys.readouterr().err
+    assert speech.main(["--resume", "0" * 32, "--store-dir", store]) == 2
+    assert "no such run" in capsys.readouterr().err

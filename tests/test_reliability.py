@@ -1,0 +1,89 @@
+"""Runs that cannot start fail fast and clearly; the same seed gives the same model."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import sentiment, speech, tracking
+from pipelines.errors import SetupError
+from pipelines.runner import require_writable_dir
+from tests import test_sentiment_pipeline, test_speech_pipeline
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("pipeline", [speech, sentiment])
+def test_unreachable_tracking_server_fails_before_any_data_work(pipeline, tmp_path: Path,
+                                                                monkeypatch, capsys):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # a missing data folder would be the error if anything looked at the data first
+    code = pipeline.main(["--data-dir", str(tmp_path / "missing"),
+                          "--checkpoint-dir", str(tmp_path / "checkpoints")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the MLflow tracking server at {uri}" in err and "Traceback" not in err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_served_model_commands_check_the_server_too(tmp_path: Path, capsys):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    code = speech.main(["predict", "--tracking-uri", uri, str(tmp_path / "clip.wav")])
+    assert code == 2 and "cannot reach the MLflow tracking server" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("option", "purpose"), [("--store-dir", "MLflow store folder"),
+                                                  ("--cache-dir", "feature cache folder"),
+                                                  ("--checkpoint-dir", "checkpoint folder")])
+def test_folder_that_cannot_be_written_is_a_clear_error_before_training(
+        speech_dir: Path, tmp_path: Path, capsys, option: str, purpose: str):
+    blocker = tmp_path / "a-file"  # a folder under a regular file cannot be made, even by root
+    blocker.write_text("not a folder")
+    args = test_speech_pipeline.small_args(speech_dir, tmp_path, option, str(blocker / "sub"))
+    assert speech.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{purpose} {blocker / 'sub'} is not writable" in err
+    # no feature work happened and no run was opened
+    assert not list(tmp_path.glob("cache/*")) and not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+def test_require_writable_dir_names_the_folder(tmp_path: Path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SetupError, match="cache folder .*file/cache is not writable"):
+        require_writable_dir(tmp_path / "file" / "cache", "cache folder")
+    require_writable_dir(tmp_path / "new" / "folder", "cache folder")
+    assert (tmp_path / "new" / "folder").is_dir()
+    assert list((tmp_path / "new" / "folder").iterdir()) == []  # the probe file is gone
+
+
+def logged_metrics(store: Path, experiment: str) -> list[dict[str, float]]:
+    tracking.connect(None, store)
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    keep = ("test_", "val_loss", "loss", "model_val_accuracy")
+    return [{key: value for key, value in run.data.metrics.items() if key.startswith(keep)}
+            for run in runs]
+
+
+def test_same_seed_data_and_config_give_the_same_metrics(speech_dir: Path, imdb_dir: Path,
+                                                         tmp_path: Path):
+    """Speech (augmented batches, dropout) and sentiment (bucketing, n-gram branch): two runs
+    with the same seed give identical metrics on CPU (tolerance 1e-6)."""
+    speech_args = test_speech_pipeline.small_args(speech_dir, tmp_path, "--epochs", "3")
+    text_args = test_sentiment_pipeline.small_args(imdb_dir, tmp_path)
+    for _ in range(2):
+        assert speech.main(speech_args) == 0
+        assert sentiment.main(text_args) == 0
+    for experiment in ("speech-commands", "imdb-sentiment"):
+        first, second = logged_metrics(tmp_path / "mlruns", experiment)
+        assert first.keys() == second.keys() and "test_accuracy" in first
+        assert second == pytest.approx(first, abs=1e-6)
