@@ -6,13 +6,17 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import speech, tracking
+from pipelines import sentiment, speech, tracking
+from tests import test_sentiment_pipeline
 from tests.test_speech_pipeline import small_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,3 +91,42 @@ def test_resume_refuses_a_finished_run_and_an_unknown_one(speech_dir: Path, tmp_
     assert "the run is FINISHED; only KILLED or FAILED runs" in capsys.readouterr().err
     assert speech.main(["--resume", "0" * 32, "--store-dir", store]) == 2
     assert "no such run" in capsys.readouterr().err
+
+
+def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir: Path,
+                                                                        tmp_path: Path):
+    """SIGTERM from another thread while `main` trains (as a supervisor would send it): the
+    pipeline returns 143 with the run KILLED; --resume refits the n-gram branch, continues the
+    recurrent model from its checkpoint and logs one blended model."""
+    checkpoints = tmp_path / "checkpoints"
+    args = test_sentiment_pipeline.small_args(imdb_dir, tmp_path, "--epochs", "40",
+                                              "--patience", "40",
+                                              "--checkpoint-dir", str(checkpoints))
+
+    def signal_after_two_epochs():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            states = list(checkpoints.glob("*/state.json"))
+            if states and json.loads(states[0].read_text())["epoch"] >= 1:
+                signal.raise_signal(signal.SIGTERM)
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=signal_after_two_epochs)
+    watcher.start()
+    assert sentiment.main(args) == 143
+    watcher.join()
+    (checkpoint,) = checkpoints.iterdir()
+    tracking.connect(None, tmp_path / "mlruns")
+    client = MlflowClient()
+    assert client.get_run(checkpoint.name).info.status == "KILLED"
+
+    assert sentiment.main(["--resume", checkpoint.name, "--store-dir",
+                           str(tmp_path / "mlruns")]) == 0
+    run = client.get_run(checkpoint.name)
+    assert run.info.status == "FINISHED" and "blend_weight" in run.data.metrics
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert steps == list(range(int(run.data.metrics["epochs_trained"])))
+    served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    answer = served.predict(pd.DataFrame({"text": ["a fine film", "a dull film"]}))
+    assert answer["error"].isna().all()
