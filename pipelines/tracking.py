@@ -71,23 +71,28 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
     """Fails fast when an HTTP tracking server does not answer, instead of MLflow's retries
     (minutes) after the data and features were prepared.
 
-    Any HTTP answer counts as reachable (a server behind a proxy may not serve /health);
-    only a refused or timed-out connection does not.
+    The server must answer its `/health` endpoint (every `mlflow server` does, without
+    authentication) within `timeout` seconds.
 
     Raises:
-        SetupError: The server cannot be reached within `timeout` seconds.
+        SetupError: No connection, no answer in time, or an answer that is not an MLflow
+            server's.
     """
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         return
     import requests
 
+    url = f"{tracking_uri.rstrip('/')}/health"
     try:
-        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout)
+        answer = requests.get(url, timeout=timeout)
     except requests.RequestException as error:
         raise SetupError(
             f"cannot reach the MLflow tracking server at {tracking_uri} "
             f"({type(error).__name__}: {error}); start it, or unset MLFLOW_TRACKING_URI / "
             "--tracking-uri to use the local store") from error
+    if not answer.ok:
+        raise SetupError(f"{tracking_uri} is not an MLflow tracking server: {url} answered "
+                         f"HTTP {answer.status_code}; check MLFLOW_TRACKING_URI / --tracking-uri")
 
 
 def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path):

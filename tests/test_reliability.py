@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,35 @@ def test_unreachable_tracking_server_fails_before_any_data_work(pipeline, tmp_pa
     err = capsys.readouterr().err
     assert f"cannot reach the MLflow tracking server at {uri}" in err and "Traceback" not in err
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(SetupError, match="cannot reach .*ReadTimeout"):
+            tracking.check_tracking(uri, timeout=1)
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_port}"
+        with pytest.raises(SetupError, match="is not an MLflow tracking server: .* HTTP 404"):
+            tracking.check_tracking(uri)
+    finally:
+        server.shutdown()
+        thread.join()
 
 
 def test_served_model_commands_check_the_server_too(tmp_path: Path, capsys):
