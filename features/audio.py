@@ -1,13 +1,45 @@
-"""Decoding audio into fixed-length mono float32 waveforms."""
+"""Decoding audio into fixed-length mono float32 waveforms.
+
+What `decode_clip` makes of each kind of input (the training feature stage skips, and counts
+with its path, every clip that raises; the served speech model answers that row with the
+error and the other rows normally):
+
+- Any soundfile-readable file (WAV PCM_U8/16/24/32, FLOAT, DOUBLE, ...; any channel count) at
+  MIN_SAMPLE_RATE to MAX_SAMPLE_RATE Hz is read as float32 full scale, mixed to mono by the
+  mean of its channels, resampled to the target rate with librosa (soxr, high quality), then
+  zero-padded at the end or trimmed to the clip length. The result is float32 of shape
+  (clip_samples,) and finite.
+- Only the first clip_seconds + RESAMPLE_MARGIN_SECONDS of a longer file are read, so a long
+  recording is never decoded whole (the margin keeps the resampler's edge off the clip).
+- Shorter than the clip (down to one frame): zero-padded at the end. All-zero samples are a
+  valid (silent) clip; their MFCC frames are finite.
+- Truncated data (the header promises more frames than the file holds): libsndfile reads the
+  frames that are present, so the clip is the part that survived, zero-padded. A file cut
+  inside its header raises; one cut right after it holds no frames and raises.
+- A missing file, zero-length input, bytes that are not audio, a file without frames, a
+  sample rate outside MIN_SAMPLE_RATE to MAX_SAMPLE_RATE, NaN/Inf samples, or samples beyond
+  +/-MAX_SAMPLE_MAGNITUDE (features computed from them overflow to Inf) raise
+  `AudioDecodeError`, whose message starts with the input's name (path, or the name given
+  for bytes). Samples are checked in the part that is read: a NaN after the clip is never
+  seen.
+
+`decode_recording` (whole noise recordings) reads the whole file under the same rules.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile
+
+MIN_SAMPLE_RATE = 1_000  # Hz; outside this range a rate is taken for a broken header or input
+MAX_SAMPLE_RATE = 384_000
+MAX_SAMPLE_MAGNITUDE = 1e6  # 120 dB over full scale; MFCC power overflows float32 near 1e17
+RESAMPLE_MARGIN_SECONDS = 0.1  # read past the clip so resampling matches a whole-file decode
 
 
 class AudioDecodeError(ValueError):
@@ -53,32 +85,97 @@ def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarr
     return librosa.resample(waveform, orig_sr=orig_rate, target_sr=target_rate)
 
 
-def read_samples(source: str | Path | bytes, name: str | None = None) -> tuple[np.ndarray, int]:
+def check_sample_rate(rate: float, label: str) -> int:
+    """The rate as an int when it is a whole number of Hz in MIN_SAMPLE_RATE..MAX_SAMPLE_RATE.
+
+    Raises:
+        AudioDecodeError: Otherwise; the message names `label`.
+    """
+    if not (math.isfinite(rate) and float(rate).is_integer()
+            and MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE):
+        raise AudioDecodeError(f"{label}: sample rate {rate} Hz is not a whole number from "
+                               f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz")
+    return int(rate)
+
+
+def check_samples(samples: np.ndarray, label: str) -> np.ndarray:
+    """Returns `samples` when they are finite and within +/-MAX_SAMPLE_MAGNITUDE.
+
+    Raises:
+        AudioDecodeError: NaN/Inf or absurdly large samples; the message names `label`.
+    """
+    if not np.isfinite(samples).all():
+        raise AudioDecodeError(f"{label}: holds NaN/Inf samples")
+    peak = float(np.abs(samples).max(initial=0.0))
+    if peak > MAX_SAMPLE_MAGNITUDE:
+        raise AudioDecodeError(f"{label}: samples reach {peak:.3g}, beyond "
+                               f"+/-{MAX_SAMPLE_MAGNITUDE:.0e} (full scale is 1.0)")
+    return samples
+
+
+def source_label(source: str | Path | bytes, name: str | None) -> str:
+    """How errors name an input: `name`, else the path (bytes: "<bytes>")."""
+    return name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+
+
+def not_decodable(label: str, source: str | Path | bytes, error: Exception) -> AudioDecodeError:
+    """The error for input libsndfile refuses, with libsndfile's reason but not its repeat of
+    the path (or repr of the in-memory buffer)."""
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        return AudioDecodeError(f"{label}: no such file")
+    detail = error.error_string if isinstance(error, soundfile.LibsndfileError) else str(error)
+    return AudioDecodeError(f"{label}: not decodable audio ({detail})")
+
+
+def audio_info(source: str | Path | bytes, name: str | None = None):
+    """The header of an audio file (frames, sample rate, channels, duration), read without
+    decoding its samples.
+
+    Raises:
+        AudioDecodeError: The input is not decodable audio.
+    """
+    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        return soundfile.info(handle)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        raise not_decodable(source_label(source, name), source, error) from error
+
+
+def read_samples(source: str | Path | bytes, name: str | None = None,
+                 seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Reads any soundfile-supported audio (WAV PCM 8/16/24/32-bit, float, ...) as float32.
 
     Args:
         source: A path, or the file's bytes.
         name: How to name the input in errors (defaults to the path).
+        seconds: Read at most this much from the start; None reads the whole file.
 
     Returns:
         (samples of shape (frames, channels), sample rate).
 
     Raises:
-        AudioDecodeError: The input is not decodable audio or has no samples.
+        AudioDecodeError: The input is not decodable audio, has no samples, has a sample
+            rate out of range or holds NaN/Inf or absurdly large samples.
     """
-    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    label = source_label(source, name)
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        samples, rate = soundfile.read(handle, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(handle) as audio:
+            rate = check_sample_rate(audio.samplerate, label)
+            frames = -1 if seconds is None else math.ceil(rate * seconds)
+            samples = audio.read(frames, dtype="float32", always_2d=True)
+    except AudioDecodeError:
+        raise
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-        raise AudioDecodeError(f"{label}: not decodable audio ({error})") from error
+        raise not_decodable(label, source, error) from error
     if samples.shape[0] == 0:
         raise AudioDecodeError(f"{label}: the file holds no audio samples")
-    return samples, rate
+    return check_samples(samples, label), rate
 
 
 def decode_clip(source: str | Path | bytes, spec: AudioSpec, name: str | None = None) -> np.ndarray:
-    """Decodes, mixes to mono, resamples and pads/trims one clip.
+    """Decodes, mixes to mono, resamples and pads/trims one clip (see the module docstring
+    for what each kind of input gives).
 
     Args:
         source: A path, or the file's bytes.
@@ -86,12 +183,12 @@ def decode_clip(source: str | Path | bytes, spec: AudioSpec, name: str | None = 
         name: How to name the input in errors.
 
     Returns:
-        float32 waveform of shape (spec.clip_samples,).
+        Finite float32 waveform of shape (spec.clip_samples,).
 
     Raises:
-        AudioDecodeError: The input is not decodable audio.
+        AudioDecodeError: The input is not decodable audio, or not usable as a clip.
     """
-    samples, rate = read_samples(source, name)
+    samples, rate = read_samples(source, name, spec.clip_seconds + RESAMPLE_MARGIN_SECONDS)
     waveform = resample(to_mono(samples), rate, spec.sample_rate)
     return fix_length(waveform, spec.clip_samples).astype(np.float32, copy=False)
 

@@ -3,6 +3,13 @@
 The vocabulary is fitted on the training split only. Id 0 is padding and id 1 the
 out-of-vocabulary token; sequences are truncated or right-padded to a fixed length, which keeps
 masked recurrent layers cuDNN-eligible.
+
+Any text is accepted (`review_text`): bytes are decoded as UTF-8 with replacement (as the
+IMDB reader does), lone surrogates (which TensorFlow cannot encode) become U+FFFD, which the
+standardisation turns into a space like any symbol. A review that standardises to no tokens at
+all (empty, whitespace, only HTML such as "<br /><br />", only punctuation) is encoded as one
+OOV token, so the model answers it with its prior rather than failing; rejecting empty
+reviews is the server's job (pipelines.serving).
 """
 
 from __future__ import annotations
@@ -20,6 +27,20 @@ OOV_ID = 1
 OOV_TOKEN = "[UNK]"
 ENCODE_BATCH = 1024
 HTML_TAG = r"<\s*/?\s*[a-zA-Z][^>]*>"  # e.g. <br />; the same pattern in RE2 (TF) and re
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a str may hold them; UTF-8 cannot
+
+
+def review_text(text: str | bytes) -> str:
+    """A review as text TensorFlow can encode: bytes decoded as UTF-8 with replacement, lone
+    surrogates (e.g. "\\udcff" from a JSON escape) replaced by U+FFFD."""
+    if isinstance(text, bytes | bytearray):
+        return bytes(text).decode("utf-8", errors="replace")
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def review_tensor(texts: Sequence[str | bytes]):
+    """A tf.string tensor of `texts`, each passed through `review_text`."""
+    return tf.constant([review_text(text) for text in texts], tf.string)
 
 
 @keras.saving.register_keras_serializable(package="features")
@@ -66,21 +87,23 @@ def fit_vectorizer(train_texts: Sequence[str], vocabulary_size: int, sequence_le
                    ) -> keras.layers.TextVectorization:
     """Fits the vocabulary on the training texts (the most frequent tokens)."""
     vectorizer = make_vectorizer(vocabulary_size, sequence_length)
-    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(list(train_texts)).batch(ENCODE_BATCH))
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(review_tensor(train_texts))
+                     .batch(ENCODE_BATCH))
     return vectorizer
 
 
-def encode_reviews(vectorizer: keras.layers.TextVectorization, texts: Sequence[str]
+def encode_reviews(vectorizer: keras.layers.TextVectorization, texts: Sequence[str | bytes]
                    ) -> np.ndarray:
     """Token ids (reviews, sequence_length) as int32, right-padded with PADDING_ID.
 
-    A review that standardises to no tokens at all ("!!!") is encoded as one OOV token, so
-    that masked layers always see at least one step.
+    A review that standardises to no tokens at all ("", "!!!", "<br />") is encoded as one OOV
+    token, so that masked layers always see at least one step. Bytes and lone surrogates are
+    handled as `review_text` says.
     """
     sequence_length = vectorizer.get_config()["output_sequence_length"]
     if not len(texts):
         return np.zeros((0, sequence_length), np.int32)
-    batches = [vectorizer(tf.constant(list(texts[start:start + ENCODE_BATCH]))).numpy()
+    batches = [vectorizer(review_tensor(texts[start:start + ENCODE_BATCH])).numpy()
                for start in range(0, len(texts), ENCODE_BATCH)]
     ids = np.concatenate(batches).astype(np.int32)
     ids[ids[:, 0] == PADDING_ID, 0] = OOV_ID  # no tokens left: one unknown token, not nothing
@@ -99,7 +122,8 @@ def fit_ngram_vectorizer(train_texts: Sequence[str], max_tokens: int, max_ngram:
     vectorizer = keras.layers.TextVectorization(
         max_tokens=max_tokens, standardize=standardize_review, split="whitespace",
         ngrams=max_ngram, output_mode="multi_hot", sparse=True, name="ngram_bag")
-    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(list(train_texts)).batch(ENCODE_BATCH))
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(review_tensor(train_texts))
+                     .batch(ENCODE_BATCH))
     return vectorizer
 
 
@@ -110,7 +134,7 @@ def ngram_matrix(vectorizer: keras.layers.TextVectorization, texts: Sequence[str
     width = vectorizer.vocabulary_size()
     blocks = [scipy.sparse.csr_matrix((0, width), dtype=np.float32)]
     for start in range(0, len(texts), ENCODE_BATCH):
-        bag = vectorizer(tf.constant(list(texts[start:start + ENCODE_BATCH])))
+        bag = vectorizer(review_tensor(texts[start:start + ENCODE_BATCH]))
         rows, columns = bag.indices.numpy().T
         blocks.append(scipy.sparse.csr_matrix(
             (bag.values.numpy().astype(np.float32), (rows, columns)),

@@ -3,6 +3,11 @@
 They use the same feature code as training (features.audio + features.mfcc for speech, the
 saved TextVectorization for text), so a served model sees exactly what the trained one saw.
 MLflow only wraps them (pipelines.tracking); they are usable and testable without it.
+
+Each input row is answered on its own: a row that cannot be used (not decodable audio, a clip
+longer than MAX_AUDIO_SECONDS, a waveform with a sample rate out of range or NaN/Inf values,
+an empty review or one longer than MAX_TEXT_CHARS) gets None for its label and probabilities
+and a message in `error`; the other rows of the request are answered normally.
 """
 
 from __future__ import annotations
@@ -16,12 +21,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.audio import AudioDecodeError, AudioSpec, decode_clip, fix_length, resample
+from features.audio import (
+    AudioDecodeError,
+    AudioSpec,
+    audio_info,
+    check_sample_rate,
+    check_samples,
+    decode_clip,
+    fix_length,
+    resample,
+)
 from features.batching import padded_calls
 from features.mfcc import MfccConfig, mfcc_frames
 
 ERROR_COLUMN = "error"
 DIRECT_CALL_MAX = 64  # inputs per compiled call
+MAX_AUDIO_SECONDS = 60  # longest clip a request may send (only the first clip_seconds are used)
+MAX_TEXT_CHARS = 100_000  # longest review a request may send (the longest IMDB one is ~14k)
 
 
 class FastPredict:
@@ -117,23 +133,44 @@ class SpeechPredictor:
         float waveform with its sample rate; mixed to mono, resampled, padded/trimmed.
 
         Raises:
-            AudioDecodeError: Nothing usable in the row.
+            AudioDecodeError: Nothing usable in the row, or the clip is out of bounds.
         """
         audio, waveform = row.get("audio"), row.get("waveform")
         if isinstance(audio, bytes | bytearray) and len(audio):
-            return decode_clip(bytes(audio), self.spec, name="audio")
+            audio = bytes(audio)
+            seconds = audio_info(audio, "audio").duration  # the header only: nothing decoded
+            self.check_duration("audio", seconds)
+            return decode_clip(audio, self.spec, name="audio")
         if waveform is not None and not (isinstance(waveform, float) and np.isnan(waveform)):
-            samples = np.asarray(waveform, np.float32)
-            if samples.ndim != 1 or samples.size == 0:
-                raise AudioDecodeError(
-                    f"waveform: expected a non-empty 1-D array of samples, got shape "
-                    f"{samples.shape}")
-            rate = row.get("sample_rate")
-            if rate is None or (isinstance(rate, float) and np.isnan(rate)) or int(rate) <= 0:
-                raise AudioDecodeError("waveform: needs a positive sample_rate (Hz)")
-            resampled = resample(samples, int(rate), self.spec.sample_rate)
-            return fix_length(resampled, self.spec.clip_samples).astype(np.float32, copy=False)
+            return self.waveform_clip(waveform, row.get("sample_rate"))
+        if isinstance(audio, bytes | bytearray):
+            raise AudioDecodeError("audio: not decodable audio (the file is empty: 0 bytes)")
         raise AudioDecodeError("expected 'audio' (file bytes) or 'waveform' with 'sample_rate'")
+
+    def waveform_clip(self, waveform: Any, rate: Any) -> np.ndarray:
+        """A `waveform` row (samples at `rate` Hz) as a training-ready clip."""
+        try:
+            samples = np.asarray(waveform, np.float32)
+        except (TypeError, ValueError) as error:
+            raise AudioDecodeError("waveform: expected a 1-D array of numbers") from error
+        if samples.ndim != 1 or samples.size == 0:
+            raise AudioDecodeError(
+                f"waveform: expected a non-empty 1-D array of samples, got shape "
+                f"{samples.shape}")
+        if isinstance(rate, bool) or not isinstance(rate, int | float | np.number) or not rate > 0:
+            raise AudioDecodeError("waveform: needs a positive sample_rate (Hz)")
+        rate = check_sample_rate(float(rate), "waveform")
+        self.check_duration("waveform", samples.size / rate)
+        check_samples(samples, "waveform")
+        resampled = resample(samples, rate, self.spec.sample_rate)
+        return fix_length(resampled, self.spec.clip_samples).astype(np.float32, copy=False)
+
+    @staticmethod
+    def check_duration(label: str, seconds: float) -> None:
+        """Raises AudioDecodeError for a clip longer than MAX_AUDIO_SECONDS."""
+        if seconds > MAX_AUDIO_SECONDS:
+            raise AudioDecodeError(f"{label}: {seconds:.1f} s long, longer than the "
+                                   f"{MAX_AUDIO_SECONDS} s a request may send")
 
     def features(self, rows: Sequence[dict]) -> tuple[np.ndarray, list[str | None]]:
         """MFCC frames of the usable rows, and per row its error (None when usable)."""
@@ -201,12 +238,11 @@ class TextPredictor:
 
     def predict(self, model_input: Any) -> pd.DataFrame:
         texts, errors = [], []
-        for text in self.texts_of(model_input):
-            if not isinstance(text, str) or not text.strip():
-                errors.append("text: expected a non-empty review string")
-                continue
-            texts.append(text)
-            errors.append(None)
+        for value in self.texts_of(model_input):
+            text, error = usable_review(value)
+            if text is not None:
+                texts.append(text)
+            errors.append(error)
         return result_frame(self.labels, scatter(self.probabilities(texts), errors,
                                                  len(self.labels)), errors)
 
@@ -240,6 +276,22 @@ class TextPredictor:
 
         return np.concatenate([np.asarray(self.ngrams(tf.constant(list(texts[i:i + chunk]))))
                                for i in range(0, len(texts), chunk)])
+
+
+def usable_review(value: Any) -> tuple[str | None, str | None]:
+    """(review, None) for a usable review, else (None, the error for its row). Bytes are
+    decoded as UTF-8 with replacement and lone surrogates replaced, as training reads files
+    (features.text.review_text). A review that standardises to no tokens (only HTML, only
+    punctuation) is usable: it is encoded as one unknown token, as in training."""
+    from features.text import review_text  # deferred, as in `probabilities`: TF loads slowly
+
+    if not isinstance(value, str | bytes) or not value.strip():
+        return None, "text: expected a non-empty review string"
+    text = review_text(value)
+    if len(text) > MAX_TEXT_CHARS:
+        return None, (f"text: {len(text)} characters long, longer than the {MAX_TEXT_CHARS} "
+                      f"a review may be")
+    return text, None
 
 
 def scatter(probabilities: np.ndarray, errors: Sequence[str | None], classes: int

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,4 +38,10 @@ def test_not_audio_names_the_file(tmp_path: Path):
     path = tmp_path / "broken.wav"
     path.write_bytes(b"this is not a wav file at all")
     with pytest.raises(AudioDecodeError, match="broken.wav: not decodable audio"):
+        decode_clip(path, SPEC)
+
+
+def test_missing_file_is_named(tmp_path: Path):
+    path = tmp_path / "gone.wav"
+    with pytest.raises(AudioDecodeError, match=f"^{re.escape(str(path))}: no such file$"):
         decode_clip(path, SPEC)

@@ -112,3 +112,11 @@ def test_sentiment_server_labels_real_reviews(server: str, store: Path, shared_i
         pd.DataFrame({"text": reviews}))
     assert [p["label"] for p in predictions] == local["label"].tolist()
     assert all(p["label"] in ("neg", "pos") and p["error"] is None for p in predictions)
+
+    # an over-long review gets an error row; the others in the request are answered
+    predictions = invoke(server, {"dataframe_split": {
+        "columns": ["text"], "data": [["x" * 100_001], [reviews[0]], ["<br /><br />"]]}})
+    assert predictions[0]["label"] is None and predictions[0]["probability_pos"] is None
+    assert predictions[0]["error"].startswith("text: 100001 characters long")
+    assert predictions[1]["label"] == local["label"][0]
+    assert predictions[2]["error"] is None and predictions[2]["label"] in ("neg", "pos")
