@@ -3,6 +3,13 @@
 Official layout: `train/{pos,neg}/<id>_<rating>.txt` and `test/{pos,neg}/<id>_<rating>.txt`;
 `train/unsup/` (unlabelled) is ignored. The validation split is carved out of `train`,
 stratified by label and seeded, so the test split stays the release's own.
+
+Review files are read whole, however long (the model truncates token ids to its sequence
+length). A review that is empty, whitespace only, or nothing but HTML tags is skipped with its
+reason; undecodable bytes are replaced and the file noted. Reviews with identical text are kept
+once, test before train, and within a split the first by path; every dropped copy is skipped as
+"duplicate of <kept path>". Duplicates are dropped before validation is carved out of train, so
+no text is in two splits and the carve-out stays stratified over distinct reviews.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ from pathlib import Path
 
 LABELS = ("neg", "pos")
 _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
+# features.text.HTML_TAG, mirrored here as importing that module loads TensorFlow
+HTML_TAG = r"<\s*/?\s*[a-zA-Z][^>]*>"
+_HTML_TAG = re.compile(HTML_TAG)
+SPLIT_PRIORITY = ("test", "validation", "train")  # which split keeps a duplicated review
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,10 @@ def rating_of(name: str) -> int | None:
 
 
 def read_review(path: Path) -> tuple[str, bool]:
-    """The text of a review file and whether undecodable bytes had to be replaced."""
+    """The whole text of a review file and whether undecodable bytes had to be replaced.
+
+    Long reviews are not cut here: the model truncates token ids to its sequence length.
+    """
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8"), False
@@ -85,12 +99,18 @@ def read_review(path: Path) -> tuple[str, bool]:
         return raw.decode("utf-8", errors="replace"), True
 
 
-def read_split_folder(data_dir: Path, split: str) -> tuple[list[Review], list[tuple[str, str]],
-                                                             list[str]]:
+def read_split_folder(data_dir: Path, split: str, *, drop_duplicates: bool = True
+                      ) -> tuple[list[Review], list[tuple[str, str]], list[str]]:
     """Reads `<data_dir>/<split>/{neg,pos}/*.txt`.
 
+    Args:
+        data_dir: Folder holding `<split>/`.
+        split: "train" or "test".
+        drop_duplicates: Skip a review whose text repeats one earlier by path.
+
     Returns:
-        (reviews sorted by path, skipped (path, reason), paths with replaced bytes).
+        (reviews sorted by path, skipped (path, reason), paths with replaced bytes). A review
+        with no text, or none outside HTML tags such as `<br />`, is skipped.
 
     Raises:
         ValueError: A label folder is missing or holds no .txt files.
@@ -111,10 +131,39 @@ def read_split_folder(data_dir: Path, split: str) -> tuple[list[Review], list[tu
             if not text.strip():
                 skipped.append((relative, "empty review"))
                 continue
+            if not _HTML_TAG.sub(" ", text).strip():
+                skipped.append((relative, "no text outside HTML tags"))
+                continue
             if was_replaced:
                 replaced.append(relative)
             reviews.append(Review(text, label, relative, rating_of(path.name)))
-    return reviews, skipped, replaced
+    if not drop_duplicates:
+        return reviews, skipped, replaced
+    distinct, duplicates = drop_duplicate_reviews({split: reviews})
+    return distinct[split], skipped + duplicates, replaced
+
+
+def drop_duplicate_reviews(splits: dict[str, list[Review]]
+                           ) -> tuple[dict[str, list[Review]], list[tuple[str, str]]]:
+    """Keeps one copy of each text: the one in the first split of `SPLIT_PRIORITY` that holds
+    a copy, and within that split the first by path.
+
+    Returns:
+        (the reviews per split, in their order, without the dropped copies;
+        (path, "duplicate of <kept path>") of each dropped copy).
+    """
+    kept_by_text: dict[str, str] = {}
+    dropped: dict[str, str] = {}
+    for split in (name for name in SPLIT_PRIORITY if name in splits):
+        for review in sorted(splits[split], key=lambda review: review.path):
+            if review.text in kept_by_text:
+                dropped[review.path] = kept_by_text[review.text]
+            else:
+                kept_by_text[review.text] = review.path
+    kept = {split: [review for review in reviews if review.path not in dropped]
+            for split, reviews in splits.items()}
+    skipped = [(path, f"duplicate of {original}") for path, original in dropped.items()]
+    return kept, skipped
 
 
 def carve_validation(reviews: Sequence[Review], validation_pct: float, seed: int
@@ -150,6 +199,9 @@ def load_imdb(data_dir: str | Path, *, validation_pct: float = 10.0, seed: int =
         validation_pct: Share of `train` held out for validation (stratified by label).
         seed: Seed of the validation carve-out.
 
+    Returns:
+        The reviews per split; `skipped` lists empty or tag-only reviews and dropped duplicates.
+
     Raises:
         FileNotFoundError: `data_dir` does not exist.
         ValueError: The layout is not aclImdb's.
@@ -157,10 +209,12 @@ def load_imdb(data_dir: str | Path, *, validation_pct: float = 10.0, seed: int =
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"IMDB data folder {data_dir} does not exist")
-    train, skipped, replaced = read_split_folder(data_dir, "train")
+    # train copies are dropped against train and test at once, so that each names a kept copy
+    train, skipped, replaced = read_split_folder(data_dir, "train", drop_duplicates=False)
     test, test_skipped, test_replaced = read_split_folder(data_dir, "test")
-    train, validation = carve_validation(train, validation_pct, seed)
+    distinct, duplicates = drop_duplicate_reviews({"train": train, "test": test})
+    train, validation = carve_validation(distinct["train"], validation_pct, seed)
     return ImdbData(
-        {"train": train, "validation": validation, "test": test},
-        skipped + test_skipped, replaced + test_replaced, str(data_dir.resolve()),
-        f"stratified {validation_pct:g} % of train, seed {seed}")
+        {"train": train, "validation": validation, "test": distinct["test"]},
+        skipped + test_skipped + duplicates, replaced + test_replaced, str(data_dir.resolve()),
+        f"stratified {validation_pct:g} % of train (duplicates dropped first), seed {seed}")

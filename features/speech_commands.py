@@ -3,11 +3,23 @@
 Layout: `<word>/<speaker>_nohash_<n>.wav`, `_background_noise_/*.wav`, and optionally
 `validation_list.txt` / `testing_list.txt`. The standard 12-class task keeps the ten command
 words, maps every other word to `_unknown_` and cuts `_silence_` clips from the background noise.
+
+What a damaged or unusual folder does (each note is also logged as a warning):
+
+- an empty word folder is left out and noted, unless the task needs the word (a command word of
+  the 12-class task), which is a `ValueError` naming the folder;
+- a missing split list is noted once; the clips it would have placed are split by speaker hash;
+- listed files that do not exist are counted, and the first `MAX_LISTED_PATHS` kept by name;
+- a clip on both lists goes to test (noted);
+- clips with identical bytes are kept once, test before validation before train, and within a
+  split the first by path; every dropped copy is in `skipped` as "duplicate of <kept path>", as
+  a copy of a test clip in train would leak the test set into training.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -15,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+
+log = logging.getLogger(__name__)
 
 COMMAND_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE_LABEL = "_silence_"
@@ -26,6 +40,8 @@ SPLITS = ("train", "validation", "test")
 TASKS = ("12-class", "all-words")
 LIST_FILES = {"validation": "validation_list.txt", "test": "testing_list.txt"}
 MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # as in TensorFlow's speech_commands example
+MAX_LISTED_PATHS = 20  # listed-but-missing paths kept by name (all are counted)
+SPLIT_PRIORITY = ("test", "validation", "train")  # which split keeps a duplicated clip
 
 
 @dataclass(frozen=True)
@@ -51,7 +67,18 @@ class Example:
 
 @dataclass(frozen=True)
 class SpeechCommandsData:
-    """A task's examples per split, its label names and where they came from."""
+    """A task's examples per split, its label names and where they came from.
+
+    Attributes:
+        data_dir: The folder read.
+        labels: Class names in model output order.
+        examples: "train", "validation", "test" -> examples.
+        split_method: "lists", "hash", or "lists+hash" (one list missing).
+        listed_missing: How many names on the split lists have no file.
+        notes: What reading the folder noticed (left-out folders, missing lists, ...).
+        listed_missing_paths: The first `MAX_LISTED_PATHS` of those names, sorted.
+        skipped: (path, reason) of each clip left out, e.g. a duplicate's dropped copy.
+    """
 
     data_dir: Path
     labels: tuple[str, ...]
@@ -59,6 +86,8 @@ class SpeechCommandsData:
     split_method: str
     listed_missing: int = 0
     notes: list[str] = field(default_factory=list)
+    listed_missing_paths: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def digest(self, splits: tuple[str, ...] = SPLITS) -> str:
         """A content digest of the given splits: file names, sizes, labels and silence windows."""
@@ -108,11 +137,12 @@ def which_set(filename: str, validation_pct: float, test_pct: float) -> str:
 
 
 def list_word_clips(data_dir: Path) -> dict[str, list[str]]:
-    """Lists `<word>/*.wav` clips as paths relative to `data_dir`.
+    """Lists `<word>/*.wav` clips as paths relative to `data_dir`; a word folder without clips
+    maps to an empty list (the task decides whether it can do without it).
 
     Raises:
         FileNotFoundError: `data_dir` does not exist.
-        ValueError: there are no word folders, or a word folder holds no WAV files.
+        ValueError: there are no word folders, or none holds a WAV file.
     """
     if not data_dir.is_dir():
         raise FileNotFoundError(
@@ -123,12 +153,10 @@ def list_word_clips(data_dir: Path) -> dict[str, list[str]]:
     words = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
     if not words:
         raise ValueError(f"{data_dir}: no word folders found (expected <word>/*.wav)")
-    clips = {}
-    for word_dir in words:
-        files = sorted(f"{word_dir.name}/{p.name}" for p in word_dir.glob("*.wav"))
-        if not files:
-            raise ValueError(f"{word_dir}: word folder holds no .wav files")
-        clips[word_dir.name] = files
+    clips = {word_dir.name: sorted(f"{word_dir.name}/{p.name}" for p in word_dir.glob("*.wav"))
+             for word_dir in words}
+    if not any(clips.values()):
+        raise ValueError(f"{data_dir}: no word folder holds .wav files (expected <word>/*.wav)")
     return clips
 
 
@@ -139,27 +167,43 @@ def read_list(path: Path) -> set[str] | None:
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
+@dataclass
+class SplitAssignment:
+    """Clips per split and what the split lists said about the folder.
+
+    Attributes:
+        clips: "train", "validation", "test" -> clip paths.
+        method: "lists", "hash", or "lists+hash" (one list missing).
+        missing_lists: Names of the absent list files.
+        listed_missing: Listed names without a file, sorted.
+        listed_twice: Clips on both lists (placed in test), sorted.
+    """
+
+    clips: dict[str, list[str]]
+    method: str
+    missing_lists: list[str]
+    listed_missing: list[str]
+    listed_twice: list[str]
+
+
 def assign_splits(
     data_dir: Path, clips: list[str], validation_pct: float, test_pct: float
-) -> tuple[dict[str, list[str]], str, int]:
-    """Splits clips by the official lists where present, by speaker hash otherwise.
-
-    Returns:
-        (clips per split, the method used, how many listed files do not exist).
-    """
+) -> SplitAssignment:
+    """Splits clips by the official lists where present, by speaker hash otherwise; a clip on
+    both lists goes to test."""
     lists = {split: read_list(data_dir / name) for split, name in LIST_FILES.items()}
     present = set(clips)
-    listed_missing = sum(
-        len(listed - present) for listed in lists.values() if listed is not None
-    )
+    listed = [names for names in lists.values() if names is not None]
+    listed_missing = sorted(set().union(*listed) - present)
+    listed_twice = (sorted(lists["validation"] & lists["test"] & present)
+                    if len(listed) == 2 else [])
     splits: dict[str, list[str]] = {split: [] for split in SPLITS}
     for clip in clips:
         hashed = None
         split = "train"
         for name in ("test", "validation"):
-            listed = lists[name]
-            if listed is not None:
-                if clip in listed:
+            if lists[name] is not None:
+                if clip in lists[name]:
                     split = name
                     break
             else:
@@ -168,9 +212,91 @@ def assign_splits(
                     split = name
                     break
         splits[split].append(clip)
-    present_lists = [name for name, listed in lists.items() if listed is not None]
-    method = "lists" if len(present_lists) == 2 else "hash" if not present_lists else "lists+hash"
-    return splits, method, listed_missing
+    missing_lists = [LIST_FILES[name] for name, names in lists.items() if names is None]
+    method = ("lists" if not missing_lists
+              else "hash" if len(missing_lists) == 2 else "lists+hash")
+    return SplitAssignment(splits, method, missing_lists, listed_missing, listed_twice)
+
+
+def content_hashes(data_dir: Path, clips: list[str]) -> dict[str, str]:
+    """SHA-256 of the bytes of each clip that shares its file size with another clip (only
+    those can be exact copies); the other clips are left out."""
+    by_size: dict[int, list[str]] = {}
+    for clip in clips:
+        by_size.setdefault((data_dir / clip).stat().st_size, []).append(clip)
+    hashes = {}
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        for clip in group:
+            with open(data_dir / clip, "rb") as handle:
+                hashes[clip] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return hashes
+
+
+def drop_duplicate_clips(data_dir: Path, split_clips: dict[str, list[str]]
+                         ) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+    """Keeps one copy of each set of byte-identical clips: the one in the first split of
+    `SPLIT_PRIORITY` that holds a copy, and within that split the first by path.
+
+    Returns:
+        (the clips per split without the dropped copies, (path, "duplicate of <kept>") of each).
+    """
+    hashes = content_hashes(data_dir, [c for clips in split_clips.values() for c in clips])
+    kept_by_hash: dict[str, str] = {}
+    dropped: dict[str, str] = {}
+    for split in SPLIT_PRIORITY:
+        for clip in sorted(split_clips[split]):
+            digest = hashes.get(clip)
+            if digest is None:
+                continue
+            if digest in kept_by_hash:
+                dropped[clip] = kept_by_hash[digest]
+            else:
+                kept_by_hash[digest] = clip
+    kept = {split: [c for c in clips if c not in dropped] for split, clips in split_clips.items()}
+    skipped = [(clip, f"duplicate of {original}") for clip, original in sorted(dropped.items())]
+    return kept, skipped
+
+
+def add_note(notes: list[str], message: str) -> None:
+    """Records a note about the folder and logs it as a warning."""
+    notes.append(message)
+    log.warning("%s", message)
+
+
+def drop_empty_words(data_dir: Path, clips: dict[str, list[str]], task: str,
+                     notes: list[str]) -> dict[str, list[str]]:
+    """Leaves out (and notes) word folders without clips.
+
+    Raises:
+        ValueError: The folder of a word the task needs (a 12-class command word) is empty.
+    """
+    empty = [word for word, files in clips.items() if not files]
+    needed = [word for word in empty if task == "12-class" and word in COMMAND_WORDS]
+    if needed:
+        raise ValueError(
+            f"{', '.join(str(data_dir / word) for word in needed)}: command word folder holds "
+            "no .wav files (the 12-class task needs <word>/*.wav clips of every command word)")
+    for word in empty:
+        add_note(notes, f"{data_dir / word}: word folder holds no .wav files; left out")
+    return {word: files for word, files in clips.items() if files}
+
+
+def report_split_lists(data_dir: Path, assignment: SplitAssignment, validation_pct: float,
+                       test_pct: float, notes: list[str]) -> None:
+    """Notes missing split lists and clips on both lists; logs listed files that do not exist."""
+    if assignment.missing_lists:
+        add_note(notes, f"{data_dir}: {' and '.join(assignment.missing_lists)} not found; "
+                 f"the clips they would list are split by speaker hash ({validation_pct:g} % "
+                 f"validation, {test_pct:g} % test)")
+    if assignment.listed_twice:
+        add_note(notes, f"{len(assignment.listed_twice)} clips listed in both "
+                 f"{LIST_FILES['validation']} and {LIST_FILES['test']} were put in test, e.g. "
+                 f"{', '.join(assignment.listed_twice[:3])}")
+    if assignment.listed_missing:
+        log.warning("%s: %d files named in the split lists do not exist, e.g. %s", data_dir,
+                    len(assignment.listed_missing), ", ".join(assignment.listed_missing[:3]))
 
 
 def noise_recordings(data_dir: Path, sample_rate: int) -> dict[str, int]:
@@ -240,33 +366,40 @@ def load_speech_commands(
         seed: Seed for the unknown subsample and the silence windows.
 
     Returns:
-        The examples per split, with labels in model output order.
+        The examples per split, with labels in model output order, and what was left out.
 
     Raises:
         FileNotFoundError: `data_dir` does not exist.
-        ValueError: Unknown task, or an empty word folder.
+        ValueError: Unknown task, no clips at all, or a command word folder of the 12-class
+            task is missing or empty.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
     data_dir = Path(data_dir)
-    clips = list_word_clips(data_dir)
-    all_clips = [clip for files in clips.values() for clip in files]
-    split_clips, method, listed_missing = assign_splits(
-        data_dir, all_clips, validation_pct, test_pct
-    )
-    notes = []
+    notes: list[str] = []
+    clips = drop_empty_words(data_dir, list_word_clips(data_dir), task, notes)
+    assignment = assign_splits(
+        data_dir, [clip for files in clips.values() for clip in files], validation_pct, test_pct)
+    report_split_lists(data_dir, assignment, validation_pct, test_pct, notes)
+    split_clips, skipped = drop_duplicate_clips(data_dir, assignment.clips)
+    if skipped:
+        add_note(notes, f"{len(skipped)} clips are byte-identical copies of others and were "
+                 f"left out (kept: test, then validation, then train), e.g. {skipped[0][0]} "
+                 f"({skipped[0][1]})")
+    found = {"data_dir": data_dir, "split_method": assignment.method,
+             "listed_missing": len(assignment.listed_missing), "notes": notes,
+             "listed_missing_paths": assignment.listed_missing[:MAX_LISTED_PATHS],
+             "skipped": skipped}
     if task == "all-words":
-        labels = tuple(clips)
         examples = {
             split: [Example(clip.split("/")[0], clip) for clip in items]
             for split, items in split_clips.items()
         }
-        return SpeechCommandsData(data_dir, labels, examples, method, listed_missing, notes)
+        return SpeechCommandsData(labels=tuple(clips), examples=examples, **found)
 
     missing_words = [word for word in COMMAND_WORDS if word not in clips]
     if missing_words:
         raise ValueError(f"{data_dir}: command word folders missing: {', '.join(missing_words)}")
-    labels = TWELVE_CLASS_LABELS
     noise = noise_recordings(data_dir, sample_rate)
     examples = {}
     for index, split in enumerate(SPLITS):
@@ -275,7 +408,7 @@ def load_speech_commands(
         others = [c for c in split_clips[split] if c.split("/")[0] not in COMMAND_WORDS]
         wanted = math.ceil(len(words) * unknown_pct / 100)
         if wanted > len(others):
-            notes.append(f"{split}: {wanted} _unknown_ wanted, {len(others)} available")
+            add_note(notes, f"{split}: {wanted} _unknown_ wanted, {len(others)} available")
         unknown = [others[i] for i in rng.permutation(len(others))[:wanted]]
         silence_count = math.ceil(len(words) * silence_pct / 100)
         examples[split] = (
@@ -283,7 +416,7 @@ def load_speech_commands(
             + [Example(UNKNOWN_LABEL, c) for c in sorted(unknown)]
             + silence_examples(silence_count, noise, clip_samples, silence_rms, rng)
         )
-    return SpeechCommandsData(data_dir, labels, examples, method, listed_missing, notes)
+    return SpeechCommandsData(labels=TWELVE_CLASS_LABELS, examples=examples, **found)
 
 
 def is_test_release(data_dir: str | Path) -> bool:

@@ -6,7 +6,9 @@ cache file as they come: memory stays bounded by a few chunks, however many clip
 
 A cache entry is keyed by a hash of the example list (paths, sizes, modification times, silence
 windows) and the feature configuration, so a second run with the same data and config reads the
-frames back (memory-mapped) and decodes nothing.
+frames back (memory-mapped) and decodes nothing. The CRC-32 of the frame file, computed while it
+is streamed, is stored with the entry and checked on every load: an entry whose metadata is
+unreadable, or whose frame file has another size or checksum, is logged and rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +35,10 @@ from features.speech_commands import Example
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when the way features are computed or stored changes
+CACHE_FORMAT = 3  # bump when the way features are computed or stored changes
 DTYPE = np.float32
+CHECKSUM_BLOCK = 1 << 20  # bytes read at a time when verifying a cache file
+META_KEYS = ("shape", "kept", "skipped", "mean", "variance", "crc32")
 
 
 @dataclass
@@ -47,6 +52,7 @@ class SplitFeatures:
         from_cache: Whether the arrays were read from the cache.
         mean: Per-coefficient mean over all kept clips and frames (for input normalisation).
         variance: Per-coefficient variance, as `mean`.
+        crc32: CRC-32 of the bytes streamed to the cache file; None when held in memory.
     """
 
     frames: np.ndarray
@@ -55,6 +61,7 @@ class SplitFeatures:
     from_cache: bool
     mean: np.ndarray
     variance: np.ndarray
+    crc32: int | None = None
 
 
 def cache_key(examples: Sequence[Example], data_dir: Path, config: MfccConfig,
@@ -186,12 +193,15 @@ class Moments:
 class RowSink:
     """Where a stage's output rows go, block by block: streamed to the raw float32 file `out`
     (so that no more than a block is held), or, with no file, into an array of up to `total`
-    rows. `rows()` then gives what was written: memory-mapped from `out`, or the array."""
+    rows. `rows()` then gives what was written: memory-mapped from `out`, or the array. The
+    CRC-32 of the bytes written to `out` is kept as they go (`crc32`), so that the cache need
+    not read the file again to checksum it."""
 
     def __init__(self, out: Path | None, total: int, row_shape: tuple[int, ...]):
         self.out = out
         self.row_shape = tuple(row_shape)
         self.count = 0
+        self.crc32 = 0 if out is not None else None
         self.array = np.empty((total, *self.row_shape), DTYPE) if out is None else None
         self.handle = None
 
@@ -206,7 +216,9 @@ class RowSink:
 
     def write(self, block: np.ndarray) -> None:
         if self.handle is not None:
-            self.handle.write(memoryview(np.ascontiguousarray(block, DTYPE)).cast("B"))
+            data = memoryview(np.ascontiguousarray(block, DTYPE)).cast("B")
+            self.handle.write(data)
+            self.crc32 = zlib.crc32(data, self.crc32)
         else:
             self.array[self.count : self.count + len(block)] = block
         self.count += len(block)
@@ -273,7 +285,7 @@ def extract_features(
             progress.update(len(chunk.kept) + len(chunk.skipped))
     frames = sink.rows()
     return SplitFeatures(frames, np.asarray(kept, np.int64), skipped, False,
-                         moments.mean, moments.variance)
+                         moments.mean, moments.variance, sink.crc32)
 
 
 def compute_features(
@@ -302,12 +314,23 @@ def compute_waveforms(
             sink.write(chunk.waveforms)
             kept += chunk.kept
     empty = np.zeros(0)
-    return SplitFeatures(sink.rows(), np.asarray(kept, np.int64), skipped, False, empty, empty)
+    return SplitFeatures(sink.rows(), np.asarray(kept, np.int64), skipped, False, empty, empty,
+                         sink.crc32)
+
+
+def file_crc32(path: Path) -> int:
+    """CRC-32 of a file, read in `CHECKSUM_BLOCK` blocks."""
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(CHECKSUM_BLOCK):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 class FeatureCache:
     """A folder of entries: `<key>.f32` (raw float32 frames) and `<key>.json` (shape, kept and
-    skipped examples, moments), the metadata written last so that it marks a complete entry."""
+    skipped examples, moments, the frame file's CRC-32), the metadata written last so that it
+    marks a complete entry."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -315,33 +338,83 @@ class FeatureCache:
     def data_path(self, key: str) -> Path:
         return self.directory / f"{key}.f32"
 
-    def load(self, key: str) -> SplitFeatures | None:
-        """Returns the cached entry (frames memory-mapped), or None if absent or incomplete."""
-        meta_path, data_path = self.directory / f"{key}.json", self.data_path(key)
-        if not (meta_path.is_file() and data_path.is_file()):
+    def meta_path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def read_meta(self, key: str) -> dict | None:
+        """The entry's metadata, or None (with a warning) when it is not valid metadata."""
+        meta_path = self.meta_path(key)
+        try:
+            meta = json.loads(meta_path.read_text())
+            missing = [name for name in META_KEYS if name not in meta]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
+            log.warning("feature cache metadata %s is unreadable (%s); rebuilding", meta_path,
+                        error)
             return None
-        meta = json.loads(meta_path.read_text())
-        shape = tuple(meta["shape"])
+        if missing:
+            log.warning("feature cache metadata %s lacks %s; rebuilding", meta_path,
+                        ", ".join(missing))
+            return None
+        return meta
+
+    def verify(self, key: str, meta: dict) -> bool:
+        """Whether the frame file has the size and CRC-32 the metadata records (warns if not)."""
+        data_path = self.data_path(key)
+        try:
+            shape = tuple(int(size) for size in meta["shape"])
+            recorded = int(meta["crc32"])
+        except (TypeError, ValueError) as error:
+            log.warning("feature cache metadata %s is malformed (%s); rebuilding",
+                        self.meta_path(key), error)
+            return False
         expected = int(np.prod(shape)) * np.dtype(DTYPE).itemsize
         if data_path.stat().st_size != expected:
             log.warning("feature cache %s holds %d bytes, expected %d for shape %s; rebuilding",
                         data_path, data_path.stat().st_size, expected, list(shape))
-            return None
-        frames = (np.memmap(data_path, DTYPE, "r", shape=shape) if shape[0]
+            return False
+        actual = file_crc32(data_path)
+        if actual != recorded:
+            log.warning("feature cache %s has CRC-32 %08x, expected %08x (corrupted); "
+                        "rebuilding", data_path, actual, recorded)
+            return False
+        return True
+
+    def entry(self, key: str, meta: dict, from_cache: bool) -> SplitFeatures:
+        """The entry described by `meta`, its frames memory-mapped."""
+        shape = tuple(meta["shape"])
+        frames = (np.memmap(self.data_path(key), DTYPE, "r", shape=shape) if shape[0]
                   else np.zeros(shape, DTYPE))
         skipped = [tuple(item) for item in meta["skipped"]]
-        return SplitFeatures(frames, np.asarray(meta["kept"], np.int64), skipped, True,
-                             np.asarray(meta["mean"]), np.asarray(meta["variance"]))
+        return SplitFeatures(frames, np.asarray(meta["kept"], np.int64), skipped, from_cache,
+                             np.asarray(meta["mean"]), np.asarray(meta["variance"]),
+                             meta["crc32"])
+
+    def load(self, key: str) -> SplitFeatures | None:
+        """Returns the cached entry (frames memory-mapped) after checking the frame file's size
+        and CRC-32; None if it is absent, incomplete or damaged (damage is logged)."""
+        if not (self.meta_path(key).is_file() and self.data_path(key).is_file()):
+            return None
+        meta = self.read_meta(key)
+        if meta is None or not self.verify(key, meta):
+            return None
+        try:
+            return self.entry(key, meta, from_cache=True)
+        except (TypeError, ValueError) as error:
+            log.warning("feature cache metadata %s is malformed (%s); rebuilding",
+                        self.meta_path(key), error)
+            return None
 
     def build(self, key: str, compute: Callable[[Path], SplitFeatures]) -> SplitFeatures:
-        """Runs `compute(path)`, which streams the frames to a temporary file, then moves the
-        file into place and writes the metadata that marks the entry complete."""
+        """Runs `compute(path)`, which streams the frames to a temporary file (and checksums
+        them as it goes), then moves the file into place and writes the metadata that marks the
+        entry complete."""
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / f".{key}.{os.getpid()}.f32"
         try:
             features = compute(tmp)
             if not len(features.kept):
                 tmp.write_bytes(b"")
+            crc32 = features.crc32 if features.crc32 is not None else file_crc32(tmp)
             os.replace(tmp, self.data_path(key))
         finally:
             tmp.unlink(missing_ok=True)
@@ -351,12 +424,13 @@ class FeatureCache:
             "skipped": [list(item) for item in features.skipped],
             "mean": features.mean.tolist(),
             "variance": features.variance.tolist(),
+            "crc32": crc32,
         }
         tmp_meta = self.directory / f".{key}.{os.getpid()}.json"
         tmp_meta.write_text(json.dumps(meta))
-        os.replace(tmp_meta, self.directory / f"{key}.json")
+        os.replace(tmp_meta, self.meta_path(key))
         # mapped again from its final path (the map of the temporary name is dropped)
-        return dataclasses.replace(self.load(key), from_cache=False)
+        return self.entry(key, meta, from_cache=False)
 
 
 def cached_features(cache_dir: str | Path | None, key: str,

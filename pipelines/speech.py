@@ -139,11 +139,10 @@ def prepare_folder(config: SpeechConfig) -> PreparedData:
     if not config.data_dir:
         raise ValueError("no data folder: pass --data-dir or set SPEECH_COMMANDS_DIR")
     mfcc = config.mfcc()
-    data = compose_folder(config)
-    for note in data.notes:
-        log.warning(note)
+    data = compose_folder(config)  # logs its notes
     index = {label: i for i, label in enumerate(data.labels)}
-    prepared = PreparedData(data.labels, {}, {}, {}, str(data.data_dir.resolve()))
+    prepared = PreparedData(data.labels, {}, {}, {}, str(data.data_dir.resolve()),
+                            list(data.skipped))  # dropped duplicates
     cache_dir = config.cache_dir if config.cache else None
     cached = []
     for split in SPLITS:
@@ -169,6 +168,7 @@ def prepare_folder(config: SpeechConfig) -> PreparedData:
         "source": prepared.source,
         "split_method": data.split_method,
         "listed_files_missing": data.listed_missing,
+        "listed_files_missing_paths": data.listed_missing_paths,
         "class_counts": data.class_counts(),
         "skipped": [{"path": p, "reason": r} for p, r in prepared.skipped],
         "notes": data.notes,

@@ -59,6 +59,17 @@ def make_speech_commands(
     return root
 
 
+def copy_clip(root: Path, source: str, target: str, list_file: str | None = None) -> str:
+    """Writes a byte-identical copy of clip `source` as `target` (both relative to `root`),
+    adding `target` to the split list `list_file` when given; returns `target`."""
+    (root / target).parent.mkdir(parents=True, exist_ok=True)
+    (root / target).write_bytes((root / source).read_bytes())
+    if list_file is not None:
+        with (root / list_file).open("a") as handle:
+            handle.write(f"{target}\n")
+    return target
+
+
 POSITIVE_WORDS = ("great", "wonderful", "moving", "brilliant", "superb", "loved", "fun")
 NEGATIVE_WORDS = ("awful", "boring", "terrible", "waste", "dull", "hated", "worst")
 FILLER = ("the", "film", "plot", "actors", "story", "was", "and", "this", "movie", "a")

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from features.imdb import carve_validation, load_imdb, rating_of
+from features.imdb import HTML_TAG, carve_validation, load_imdb, rating_of, read_split_folder
+
+ONE_MEGABYTE_REVIEW = ("A slow but great film. " * 50_000)[:2**20]  # read whole, not cut
 
 
 def test_reads_the_official_layout_and_ignores_unsup(imdb_dir: Path):
@@ -44,6 +46,65 @@ def test_undecodable_bytes_are_replaced_and_empty_reviews_skipped(imdb_dir: Path
     assert data.replaced == ["train/pos/100_9.txt"]
     texts = [r.text for split in ("train", "validation") for r in data.splits[split]]
     assert "Caf\ufffd scenes were great" in texts
+
+
+@pytest.mark.parametrize(("content", "skip_reason", "replaced"), [
+    (b"", "empty review", False),
+    (b"  \n\t \r\n", "empty review", False),
+    (b"<br /><br />", "no text outside HTML tags", False),
+    (b" <br /> <i></i>\n", "no text outside HTML tags", False),
+    (b"Caf\xe9 scenes were great", None, True),
+    (ONE_MEGABYTE_REVIEW.encode(), None, False),
+], ids=["empty", "whitespace", "html-only", "html-and-spaces", "non-utf8", "one-megabyte"])
+def test_each_kind_of_review_file_is_read_or_skipped_with_its_reason(
+        imdb_dir: Path, content: bytes, skip_reason: str | None, replaced: bool):
+    (imdb_dir / "train" / "pos" / "100_9.txt").write_bytes(content)
+    data = load_imdb(imdb_dir, validation_pct=25)
+    reviews = {r.path: r for split in ("train", "validation") for r in data.splits[split]}
+    if skip_reason is not None:
+        assert data.skipped == [("train/pos/100_9.txt", skip_reason)]
+        assert "train/pos/100_9.txt" not in reviews
+    else:
+        assert data.skipped == []
+        text = reviews["train/pos/100_9.txt"].text
+        assert text == content.decode("utf-8", errors="replace")
+        assert data.replaced == (["train/pos/100_9.txt"] if replaced else [])
+
+
+def test_html_pattern_is_the_text_features_one():
+    from features import text
+
+    assert HTML_TAG == text.HTML_TAG
+
+
+def test_identical_reviews_are_kept_once_test_first_then_by_path(imdb_dir: Path):
+    def copy(source: str, target: str) -> None:
+        (imdb_dir / target).write_bytes((imdb_dir / source).read_bytes())
+
+    copy("test/neg/0_1.txt", "train/neg/50_1.txt")  # a test review in train, twice, once with
+    copy("test/neg/0_1.txt", "train/pos/51_9.txt")  # the other label
+    copy("test/pos/1_9.txt", "test/pos/70_9.txt")
+    copy("train/pos/0_8.txt", "train/pos/60_8.txt")
+    copy("train/neg/5_2.txt", "train/neg/10_2.txt")  # "10_2" < "5_2": the copy is kept
+    expected = [("train/neg/50_1.txt", "duplicate of test/neg/0_1.txt"),
+                ("train/pos/51_9.txt", "duplicate of test/neg/0_1.txt"),
+                ("test/pos/70_9.txt", "duplicate of test/pos/1_9.txt"),
+                ("train/pos/60_8.txt", "duplicate of train/pos/0_8.txt"),
+                ("train/neg/5_2.txt", "duplicate of train/neg/10_2.txt")]
+    data = load_imdb(imdb_dir, validation_pct=25, seed=1)
+    assert sorted(data.skipped) == sorted(expected)
+    texts = {split: [r.text for r in reviews] for split, reviews in data.splits.items()}
+    assert sum(len(items) for items in texts.values()) == len(set().union(*texts.values()))
+    assert {split: len(items) for split, items in texts.items()} == {
+        "train": 30, "validation": 10, "test": 12}
+    assert Counter(r.label for r in data.splits["validation"]) == {"neg": 5, "pos": 5}
+    again = load_imdb(imdb_dir, validation_pct=25, seed=1)
+    assert again.skipped == data.skipped
+    # reading the test split alone (as `evaluate` does) gives the same test reviews
+    test, skipped, _ = read_split_folder(imdb_dir, "test")
+    assert test == data.splits["test"]
+    assert skipped == [("test/pos/70_9.txt", "duplicate of test/pos/1_9.txt")]
+    assert again.digest("validation") == data.digest("validation")
 
 
 def test_missing_or_wrong_layout_names_the_path(tmp_path: Path, imdb_dir: Path):

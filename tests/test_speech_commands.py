@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -13,7 +14,14 @@ from features.speech_commands import (
     speaker_of,
     which_set,
 )
-from tests.datasets import SPEAKERS, make_speech_commands
+from tests.datasets import SPEAKERS, copy_clip, make_speech_commands
+
+LOGGER = "features.speech_commands"
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records
+            if record.name == LOGGER and record.levelno == logging.WARNING]
 
 
 def test_lists_are_honoured(speech_dir: Path):
@@ -87,10 +95,110 @@ def test_missing_directory_names_the_path(tmp_path: Path):
         load_speech_commands(missing)
 
 
-def test_empty_word_folder_names_the_path(speech_dir: Path):
+def test_empty_folder_of_a_word_the_task_can_do_without_is_left_out_and_noted(
+        speech_dir: Path, caplog: pytest.LogCaptureFixture):
     (speech_dir / "wow").mkdir()
-    with pytest.raises(ValueError, match=r"wow: word folder holds no \.wav files"):
+    caplog.set_level(logging.WARNING, LOGGER)
+    data = load_speech_commands(speech_dir)
+    expected = f"{speech_dir / 'wow'}: word folder holds no .wav files; left out"
+    assert expected in data.notes and expected in warnings_of(caplog)
+    assert data.labels == (SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS)
+
+    for path in (speech_dir / "yes").iterdir():
+        path.unlink()
+    all_words = load_speech_commands(speech_dir, task="all-words")
+    assert "wow" not in all_words.labels and "yes" not in all_words.labels
+    assert f"{speech_dir / 'yes'}: word folder holds no .wav files; left out" in all_words.notes
+
+
+def test_empty_command_word_folder_is_an_error_for_the_twelve_class_task(speech_dir: Path):
+    for path in (speech_dir / "stop").iterdir():
+        path.unlink()
+    with pytest.raises(ValueError, match=r"stop: command word folder holds no \.wav files"):
         load_speech_commands(speech_dir)
+
+
+def test_folder_without_any_clip_is_an_error(tmp_path: Path):
+    (tmp_path / "sc" / "yes").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"sc: no word folder holds \.wav files"):
+        load_speech_commands(tmp_path / "sc", task="all-words")
+
+
+@pytest.mark.parametrize(("removed", "method"), [
+    (("validation_list.txt",), "lists+hash"),
+    (("testing_list.txt",), "lists+hash"),
+    (("validation_list.txt", "testing_list.txt"), "hash"),
+])
+def test_missing_split_list_falls_back_to_the_speaker_hash_with_one_warning(
+        speech_dir: Path, caplog: pytest.LogCaptureFixture, removed: tuple[str, ...],
+        method: str):
+    for name in removed:
+        (speech_dir / name).unlink()
+    caplog.set_level(logging.WARNING, LOGGER)
+    data = load_speech_commands(speech_dir, task="all-words", validation_pct=30, test_pct=30)
+    assert data.split_method == method
+    [warning] = [message for message in warnings_of(caplog) if "not found" in message]
+    assert all(name in warning for name in removed) and "speaker hash" in warning
+    assert warning in data.notes
+    for split in ("validation", "test"):
+        if f"{'testing' if split == 'test' else split}_list.txt" in removed:
+            assert all(which_set(e.path, 30, 30) == split for e in data.examples[split])
+        else:
+            assert {speaker_of(e.path) for e in data.examples[split]} == {
+                SPEAKERS[4 if split == "validation" else 5]}
+
+
+def test_listed_files_that_do_not_exist_are_counted_logged_and_named(
+        speech_dir: Path, caplog: pytest.LogCaptureFixture):
+    ghosts = [f"yes/ffff{n:04d}_nohash_0.wav" for n in range(25)]
+    with (speech_dir / "validation_list.txt").open("a") as handle:
+        handle.write("\n".join(ghosts) + "\n")
+    caplog.set_level(logging.WARNING, LOGGER)
+    data = load_speech_commands(speech_dir)
+    assert data.listed_missing == 25
+    assert data.listed_missing_paths == ghosts[:20]
+    [warning] = [message for message in warnings_of(caplog) if "do not exist" in message]
+    assert "25 files" in warning and ghosts[0] in warning and str(speech_dir) in warning
+
+
+def test_clip_on_both_lists_goes_to_test_and_is_noted(speech_dir: Path):
+    both = f"no/{SPEAKERS[5]}_nohash_0.wav"
+    with (speech_dir / "validation_list.txt").open("a") as handle:
+        handle.write(both + "\n")
+    data = load_speech_commands(speech_dir, task="all-words")
+    assert both in {e.path for e in data.examples["test"]}
+    assert both not in {e.path for e in data.examples["validation"]}
+    assert any(note.startswith("1 clips listed in both") and both in note for note in data.notes)
+
+
+def test_byte_identical_clips_are_kept_once_test_first(speech_dir: Path):
+    train, validation, test = SPEAKERS[0], SPEAKERS[4], SPEAKERS[5]
+    test_clip, validation_clip = f"yes/{test}_nohash_0.wav", f"no/{validation}_nohash_0.wav"
+    leaks = [
+        copy_clip(speech_dir, test_clip, f"yes/{train}_nohash_7.wav"),
+        copy_clip(speech_dir, test_clip, f"bed/{validation}_nohash_7.wav", "validation_list.txt"),
+        copy_clip(speech_dir, validation_clip, f"no/{train}_nohash_7.wav"),
+    ]
+    # within one split the first by path is kept, here the copy
+    train_clip = f"up/{SPEAKERS[1]}_nohash_0.wav"
+    early = copy_clip(speech_dir, train_clip, f"up/{train}_nohash_7.wav")
+    repeat_in_test = copy_clip(speech_dir, test_clip, f"yes/{test}_nohash_7.wav",
+                               "testing_list.txt")
+
+    data = load_speech_commands(speech_dir, task="all-words")
+    assert sorted(data.skipped) == sorted([
+        (leaks[0], f"duplicate of {test_clip}"),
+        (leaks[1], f"duplicate of {test_clip}"),
+        (leaks[2], f"duplicate of {validation_clip}"),
+        (train_clip, f"duplicate of {early}"),
+        (repeat_in_test, f"duplicate of {test_clip}"),
+    ])
+    paths = {split: {e.path for e in items} for split, items in data.examples.items()}
+    assert test_clip in paths["test"] and validation_clip in paths["validation"]
+    assert early in paths["train"]
+    assert not {path for path, _ in data.skipped} & set().union(*paths.values())
+    assert any(note.startswith("5 clips are byte-identical copies") for note in data.notes)
+    assert load_speech_commands(speech_dir).skipped == data.skipped
 
 
 def test_unknown_task_lists_choices(speech_dir: Path):

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import json
+import logging
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from features.mfcc import MfccConfig
 from features.speech_commands import load_speech_commands
 from features.speech_features import (
+    CACHE_FORMAT,
     FeatureCache,
     compute_features,
     extract_features,
@@ -91,18 +96,60 @@ def test_streamed_cache_file_equals_in_memory_features_and_carries_moments(
     np.testing.assert_array_equal(reread.mean, cached.mean)
 
 
-def test_truncated_cache_file_is_rebuilt_not_used(speech_dir: Path, tmp_path: Path):
-    examples = load_speech_commands(speech_dir).examples["train"]
-    cache_dir = tmp_path / "cache"
-    first = np.array(split_features(examples, speech_dir, CONFIG, cache_dir).frames)
-    [data_file] = cache_dir.glob("*.f32")
+def truncate(data_file: Path, meta_file: Path) -> Path:
     with data_file.open("r+b") as handle:
         handle.truncate(data_file.stat().st_size - 100)
+    return data_file
+
+
+def flip_middle_byte(data_file: Path, meta_file: Path) -> Path:
+    with data_file.open("r+b") as handle:
+        handle.seek(data_file.stat().st_size // 2)
+        byte = handle.read(1)[0]
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte ^ 0x10]))
+    return data_file
+
+
+def garble_metadata(data_file: Path, meta_file: Path) -> Path:
+    meta_file.write_text(meta_file.read_text()[:-40])
+    return meta_file
+
+
+def drop_metadata_key(data_file: Path, meta_file: Path) -> Path:
+    meta = json.loads(meta_file.read_text())
+    del meta["kept"]
+    meta_file.write_text(json.dumps(meta))
+    return meta_file
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_middle_byte, garble_metadata,
+                                    drop_metadata_key])
+def test_damaged_cache_entry_is_logged_and_rebuilt_not_used(
+        speech_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage):
+    assert CACHE_FORMAT >= 3  # entries without a checksum are never looked up
+    examples = load_speech_commands(speech_dir).examples["train"]
+    cache_dir = tmp_path / "cache"
+    split_features(examples, speech_dir, CONFIG, cache_dir)
+    [data_file] = cache_dir.glob("*.f32")
+    meta_file = data_file.with_suffix(".json")
+    # the checksum streamed while writing is the file's
+    assert json.loads(meta_file.read_text())["crc32"] == zlib.crc32(data_file.read_bytes())
+    size = data_file.stat().st_size
+
+    damaged = damage(data_file, meta_file)
+    caplog.set_level(logging.WARNING, "features.speech_features")
     assert FeatureCache(cache_dir).load(data_file.stem) is None
+    assert any(str(damaged) in record.getMessage() and "rebuilding" in record.getMessage()
+               for record in caplog.records)
     rebuilt = split_features(examples, speech_dir, CONFIG, cache_dir)
     assert not rebuilt.from_cache
-    assert np.array_equal(np.asarray(rebuilt.frames), first)
-    assert split_features(examples, speech_dir, CONFIG, cache_dir).from_cache
+    fresh = compute_features(examples, speech_dir, CONFIG)
+    assert np.array_equal(np.asarray(rebuilt.frames), fresh.frames)
+    assert np.array_equal(rebuilt.kept, fresh.kept)
+    assert data_file.stat().st_size == size
+    again = split_features(examples, speech_dir, CONFIG, cache_dir)
+    assert again.from_cache and np.array_equal(np.asarray(again.frames), fresh.frames)
 
 
 def test_decoding_runs_ahead_on_threads_and_keeps_example_order(tmp_path: Path):
