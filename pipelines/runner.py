@@ -349,15 +349,21 @@ def prepare_run(config: Any, pipeline: str, folders: Mapping[str, str]) -> Any:
 
 
 def require_writable_dir(path: str | Path, purpose: str) -> None:
-    """Creates `path` if needed and writes a probe file into it.
+    """Checks that `path` can be written, or created and written, without creating anything:
+    a probe file is opened (and dropped) in the folder or its nearest existing ancestor.
 
     Raises:
-        SetupError: The folder cannot be created or written, naming it and why.
+        SetupError: The folder (or the ancestor it would be made in) is not a writable
+            folder, naming it and why.
     """
-    path = Path(path)
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise SetupError(f"{purpose} {path} is not writable ({error.strerror or error}); "
