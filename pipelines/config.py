@@ -54,6 +54,10 @@ class TrainingConfig:
                         "as nested MLflow runs under one parent, then register the trial with "
                         "the best validation accuracy; 0: one ordinary run")
 
+    def writable_folders(self) -> dict[str, str]:
+        """What each folder a run writes (besides the MLflow store) is for -> its path."""
+        return {"checkpoint folder": self.checkpoint_dir}
+
 
 def _field_type(cls: type, name: str) -> tuple[type, bool]:
     """(base type, optional?) of a dataclass field, resolving string annotations."""

@@ -300,15 +300,15 @@ def completed_epochs(config: Any) -> int:
     return json.loads((checkpoint_path(config) / "state.json").read_text())["epoch"] + 1
 
 
-def prepare_run(config: Any, pipeline: str, folders: Mapping[str, str]) -> Any:
+def prepare_run(config: Any, pipeline: str) -> Any:
     """Everything checked before a run opens and before any data or feature work: the
-    tracking server answers, the store and the other `folders` can be written, and with
-    `--resume` the interrupted run exists and has a checkpoint.
+    tracking server answers, the store, the checkpoint folder and the config's other
+    `writable_folders()` can be written, and with `--resume` the interrupted run exists and
+    has a checkpoint.
 
     Args:
         config: The run's config.
         pipeline: "speech" or "sentiment" (what a resumed run must have been).
-        folders: What each folder is for -> its path; each must be writable.
 
     Returns:
         The config to run: with `--resume`, the interrupted run's logged options (only the
@@ -342,9 +342,8 @@ def prepare_run(config: Any, pipeline: str, folders: Mapping[str, str]) -> Any:
         config = replace(config_from_params(type(config), params),
                          tracking_uri=config.tracking_uri, store_dir=config.store_dir,
                          resume=config.resume, checkpoint_dir=str(checkpoint.parent))
-    for purpose, folder in folders.items():
+    for purpose, folder in config.writable_folders().items():
         require_writable_dir(folder, purpose)
-    require_writable_dir(config.checkpoint_dir, "checkpoint folder")
     return config
 
 

@@ -329,7 +329,7 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
     """
     from pipelines import runner, tracking
 
-    config = runner.prepare_run(config, "sentiment", {})
+    config = runner.prepare_run(config, "sentiment")
     validate_choices(config)
     if config.resume and config.model != "recurrent":
         raise ValueError(f"--resume: {config.model} fits in one step, with no epochs to "

@@ -115,6 +115,10 @@ class SpeechConfig(TrainingConfig):
         return MfccConfig(self.sample_rate, self.clip_seconds, self.window_ms, self.hop_ms,
                           self.n_mels, self.n_mfcc, self.fmin, self.fmax)
 
+    def writable_folders(self) -> dict[str, str]:
+        cache = {"feature cache folder": self.cache_dir} if self.cache else {}
+        return super().writable_folders() | cache
+
     def augment(self) -> AugmentConfig:
         """The training-time augmentation this config describes."""
         return AugmentConfig(self.time_shift_ms, self.speed_change, self.noise_prob,
@@ -332,8 +336,7 @@ def run(config: SpeechConfig) -> dict:
     """
     from pipelines import runner, tracking
 
-    config = runner.prepare_run(config, "speech", {"feature cache folder": config.cache_dir}
-                                if config.cache else {})
+    config = runner.prepare_run(config, "speech")
     validate_choices(config)
     feature_shape(config.mfcc())
     config.augment()  # validates the augmentation options
