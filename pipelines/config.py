@@ -22,6 +22,9 @@ def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | 
     return field(default=default, metadata={"help": help, "choices": choices, "env": env})
 
 
+STRATEGIES = ("auto", "none", "mirrored")  # pipelines.distribute.strategy_for
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Options every pipeline shares: model stack, optimisation, tracking."""
@@ -32,13 +35,17 @@ class TrainingConfig:
     dropout: float = option(0.3, "dropout after each recurrent layer and before the head")
     pooling: str = option("mean-max", "pooling over time", ("mean", "max", "mean-max", "attention"))
     epochs: int = option(30, "maximum number of epochs")
-    batch_size: int = option(64, "examples per training step")
+    batch_size: int = option(64, "examples per training step on each replica (the global batch "
+                             "is this times the replicas of --strategy)")
     learning_rate: float = option(3e-3, "peak Adam learning rate (cosine decay after warm-up)")
     weight_decay: float = option(1e-3, "AdamW decoupled weight decay (0: plain Adam)")
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy loss")
     warmup_epochs: int = option(1, "epochs of linear learning-rate warm-up")
     patience: int = option(6, "early-stopping patience in epochs (validation loss)")
     seed: int = option(0, "random seed for weights, shuffling and dropout")
+    strategy: str = option("auto", "tf.distribute strategy: mirrored over the GPUs when there "
+                           "are several (auto), the default single-device one (none), or "
+                           "mirrored over every GPU or logical CPU device (mirrored)", STRATEGIES)
     tracking_uri: str | None = option(
         None, "MLflow tracking URI; unset: the SQLite store in --store-dir",
         env="MLFLOW_TRACKING_URI")

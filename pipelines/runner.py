@@ -123,24 +123,28 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
             classifier is more than the fitted model (a blend); its metrics (e.g. its own
             model_val_accuracy) replace those derived from the Keras history.
     """
-    from pipelines import tracking, training
+    from pipelines import distribute, tracking, training
 
     classes = len(data.labels)
+    batch = distribute.global_batch_size(config.batch_size, config.strategy)
     if train is None:
-        train = training.make_dataset(data.x["train"], data.y["train"], config.batch_size,
+        train = training.make_dataset(data.x["train"], data.y["train"], batch,
                                       classes, shuffle=True, seed=config.seed,
                                       in_memory_bytes=in_memory_bytes)
     if validation is None:
         validation = training.make_dataset(data.x["validation"], data.y["validation"],
-                                           config.batch_size, classes, shuffle=False,
+                                           batch, classes, shuffle=False,
                                            in_memory_bytes=in_memory_bytes)
-    steps = training.steps_per_epoch(len(data.y["train"]), config.batch_size)
-    resume = training.load_checkpoint(checkpoint_path(config)) if config.resume else None
-    if resume:
-        model = resume.model  # compiled, with the optimizer's state
-        log.info("resuming run %s after epoch %d", config.resume, resume.epoch + 1)
-    else:
-        training.compile_classifier(model, config, steps)
+    steps = training.steps_per_epoch(len(data.y["train"]), batch)
+    tracking.log_metrics({"replicas": distribute.replicas(config.strategy),
+                          "global_batch_size": batch})
+    with distribute.strategy_for(config.strategy).scope():
+        resume = training.load_checkpoint(checkpoint_path(config)) if config.resume else None
+        if resume:
+            model = resume.model  # compiled, with the optimizer's state
+            log.info("resuming run %s after epoch %d", config.resume, resume.epoch + 1)
+        else:
+            training.compile_classifier(model, config, steps)
     started = time.perf_counter()
     history = training.fit_classifier(model, train, validation, config,
                                       callbacks=[tracking.EpochMetricsLogger()],

@@ -137,13 +137,14 @@ def encode_splits(config: SentimentConfig, data: PreparedData):
 def training_datasets(config: SentimentConfig, data: PreparedData):
     """(train, validation) tf.data batches: length-bucketed when configured."""
     from features.text import token_lengths
-    from pipelines import training
+    from pipelines import distribute, training
 
     if not config.bucketing:
         return None, None
     return tuple(
         training.bucketed_dataset(
-            data.x[split], token_lengths(data.x[split]), data.y[split], config.batch_size,
+            data.x[split], token_lengths(data.x[split]), data.y[split],
+            distribute.global_batch_size(config.batch_size, config.strategy),
             len(data.labels), buckets=config.buckets, shuffle=split == "train",
             seed=config.seed)
         for split in ("train", "validation"))
@@ -256,13 +257,14 @@ def train_recurrent(config: SentimentConfig, data: PreparedData) -> dict:
 
     from models.ngram import blended_text_classifier, ngram_branch
     from models.recurrent import text_to_probabilities
-    from pipelines import runner, tracking
+    from pipelines import distribute, runner, tracking
 
     keras.utils.set_random_seed(config.seed)
     branch = fit_ngram_branch(config, data) if config.ngram_features else None
     vectorizer = encode_splits(config, data)
     runner.log_data(config, data, "aclImdb")
-    model = build_model(config, vectorizer.vocabulary_size(), len(data.labels))
+    with distribute.strategy_for(config.strategy).scope():
+        model = build_model(config, vectorizer.vocabulary_size(), len(data.labels))
     train, validation = training_datasets(config, data)
     chosen: dict = {}
     predict = blended_predictions(data, branch, chosen) if branch else None

@@ -261,7 +261,7 @@ def background_noise(config: SpeechConfig) -> list[np.ndarray]:
 def augmented_training_batches(config: SpeechConfig, data: PreparedData):
     """The training split as augmented tf.data batches (time shift and noise on the waveforms,
     SpecAugment on their MFCC frames), made fresh each epoch; None when augmentation is off."""
-    from pipelines import runner, tracking
+    from pipelines import distribute, runner, tracking
     from pipelines.training import AugmentedBatches
 
     augment = config.augment()
@@ -274,7 +274,9 @@ def augmented_training_batches(config: SpeechConfig, data: PreparedData):
     tracking.log_metrics({"augment_noise_recordings": len(noise)})
     augmenter = ClipAugmenter(augment, config.mfcc(), noise, data.normalization[0])
     return AugmentedBatches(
-        data.raw_train, data.y["train"], config.batch_size, len(data.labels), augmenter,
+        data.raw_train, data.y["train"],
+        distribute.global_batch_size(config.batch_size, config.strategy), len(data.labels),
+        augmenter,
         seed=config.seed, in_memory_bytes=config.in_memory_mb * 2**20,
         first_epoch=runner.completed_epochs(config),
     ).dataset(feature_shape(config.mfcc()))
@@ -284,7 +286,7 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
     """Builds, fits and evaluates the model, logging everything to the active run."""
     import keras
 
-    from pipelines import runner, tracking
+    from pipelines import distribute, runner, tracking
 
     keras.utils.set_random_seed(config.seed)
     runner.log_data(config, data, "speech-commands")
@@ -292,7 +294,8 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
     tracking.log_dict(asdict(mfcc) | {"num_frames": mfcc.num_frames}, "feature_config.json")
 
     mean, variance = data.normalization  # computed by the feature stage, in one pass
-    model = build_model(config, len(data.labels), mean, variance)
+    with distribute.strategy_for(config.strategy).scope():
+        model = build_model(config, len(data.labels), mean, variance)
     trained = runner.fit_and_evaluate(config, model, data,
                                       augmented_training_batches(config, data),
                                       in_memory_bytes=config.in_memory_mb * 2**20)
