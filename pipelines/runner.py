@@ -105,15 +105,17 @@ def log_data(config: Any, data: PreparedData, dataset_name: str) -> None:
     tracking.log_dict({"labels": list(data.labels)}, "label_map.json")
 
 
-def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validation=None,
-                     in_memory_bytes: int | None = None,
+def fit_and_evaluate(config: Any, build: Callable[[], Any], data: PreparedData, train=None,
+                     validation=None, in_memory_bytes: int | None = None,
                      predict: Callable[[Any], tuple[np.ndarray, dict]] | None = None
                      ) -> Trained:
-    """Compiles and fits a Keras model, evaluates it on the test split and logs the results.
+    """Builds (inside the strategy's scope), compiles and fits a Keras model, evaluates it on
+    the test split and logs the results; with `config.resume`, the model comes from the run's
+    checkpoint instead.
 
     Args:
         config: A TrainingConfig (optimiser, schedule, epochs, batch size, early stopping).
-        model: An uncompiled Keras classifier.
+        build: Makes the uncompiled Keras classifier.
         data: Prepared splits; test is evaluated in one pass.
         train: tf.data training batches; None batches `data` with `training.make_dataset`.
         validation: tf.data validation batches, as `train`.
@@ -144,6 +146,7 @@ def fit_and_evaluate(config: Any, model, data: PreparedData, train=None, validat
             model = resume.model  # compiled, with the optimizer's state
             log.info("resuming run %s after epoch %d", config.resume, resume.epoch + 1)
         else:
+            model = build()
             training.compile_classifier(model, config, steps)
     started = time.perf_counter()
     history = training.fit_classifier(model, train, validation, config,

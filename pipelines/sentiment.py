@@ -257,19 +257,19 @@ def train_recurrent(config: SentimentConfig, data: PreparedData) -> dict:
 
     from models.ngram import blended_text_classifier, ngram_branch
     from models.recurrent import text_to_probabilities
-    from pipelines import distribute, runner, tracking
+    from pipelines import runner, tracking
 
     keras.utils.set_random_seed(config.seed)
     branch = fit_ngram_branch(config, data) if config.ngram_features else None
     vectorizer = encode_splits(config, data)
     runner.log_data(config, data, "aclImdb")
-    with distribute.strategy_for(config.strategy).scope():
-        model = build_model(config, vectorizer.vocabulary_size(), len(data.labels))
     train, validation = training_datasets(config, data)
     chosen: dict = {}
     predict = blended_predictions(data, branch, chosen) if branch else None
-    trained = runner.fit_and_evaluate(config, model, data, train, validation, predict=predict)
-    served = text_to_probabilities(vectorizer, trained.model)  # resumed: the checkpoint's
+    trained = runner.fit_and_evaluate(
+        config, lambda: build_model(config, vectorizer.vocabulary_size(), len(data.labels)),
+        data, train, validation, predict=predict)
+    served = text_to_probabilities(vectorizer, trained.model)
     if branch:
         served = blended_text_classifier(
             served, ngram_branch(branch.vectorizer, branch.coefficients, branch.intercept),

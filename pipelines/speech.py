@@ -286,7 +286,7 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
     """Builds, fits and evaluates the model, logging everything to the active run."""
     import keras
 
-    from pipelines import distribute, runner, tracking
+    from pipelines import runner, tracking
 
     keras.utils.set_random_seed(config.seed)
     runner.log_data(config, data, "speech-commands")
@@ -294,12 +294,10 @@ def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> di
     tracking.log_dict(asdict(mfcc) | {"num_frames": mfcc.num_frames}, "feature_config.json")
 
     mean, variance = data.normalization  # computed by the feature stage, in one pass
-    with distribute.strategy_for(config.strategy).scope():
-        model = build_model(config, len(data.labels), mean, variance)
-    trained = runner.fit_and_evaluate(config, model, data,
-                                      augmented_training_batches(config, data),
-                                      in_memory_bytes=config.in_memory_mb * 2**20)
-    model = trained.model  # a resumed run's model comes from its checkpoint
+    trained = runner.fit_and_evaluate(
+        config, lambda: build_model(config, len(data.labels), mean, variance), data,
+        augmented_training_batches(config, data), in_memory_bytes=config.in_memory_mb * 2**20)
+    model = trained.model
     with tempfile.TemporaryDirectory() as folder:
         predictor = SpeechPredictor(model, data.labels, mfcc)
         model.save(Path(folder) / "classifier.keras")
