@@ -272,20 +272,22 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.directory / ".last.tmp.keras"
-        self.model.save(temporary)
-        os.replace(temporary, self.directory / "last.keras")
+        self.replace("last.keras", self.model.save)
         stopper = self.stopper
         if stopper.best_weights is not None and stopper.best_epoch != self._saved_best_epoch:
-            with open(self.directory / ".best.tmp.npz", "wb") as handle:
-                np.savez(handle, *stopper.best_weights)
-            os.replace(self.directory / ".best.tmp.npz", self.directory / "best.npz")
+            self.replace("best.npz", lambda path: np.savez(path, *stopper.best_weights))
             self._saved_best_epoch = stopper.best_epoch
         state = {"epoch": epoch, "history": self.history,
                  "stopper": {"wait": stopper.wait, "best_epoch": stopper.best_epoch,
                              "best": None if stopper.best is None else float(stopper.best)}}
-        (self.directory / ".state.tmp.json").write_text(json.dumps(state))
-        os.replace(self.directory / ".state.tmp.json", self.directory / "state.json")
+        self.replace("state.json", lambda path: path.write_text(json.dumps(state)))
+
+    def replace(self, name: str, write) -> None:
+        """`write(path)` to a temporary name with the same suffix, then renamed to `name`."""
+        final = self.directory / name
+        temporary = final.with_name(f".{final.stem}.tmp{final.suffix}")
+        write(temporary)
+        os.replace(temporary, final)
 
 
 def load_checkpoint(directory: str | Path) -> CheckpointState:
