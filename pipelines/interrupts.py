@@ -49,14 +49,19 @@ def handle_interrupts() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def raise_pending() -> None:
+    """Raises the signal recorded while deferred, if any, and forgets it."""
+    global _pending
+    if _pending is not None:
+        error, _pending = _pending, None
+        raise error
+
+
 class InterruptCallback(keras.callbacks.Callback):
     """Raises a signal recorded by `handle_interrupts` at the next batch end."""
 
     def _raise_pending(self, *args, **kwargs):
-        global _pending
-        if _pending is not None:
-            error, _pending = _pending, None
-            raise error
+        raise_pending()
 
     on_train_batch_end = on_test_batch_end = on_predict_batch_end = _raise_pending
     on_epoch_end = _raise_pending
@@ -66,18 +71,22 @@ class InterruptCallback(keras.callbacks.Callback):
 def deferred() -> Iterator[None]:
     """Defers signals to InterruptCallback while a Keras loop runs; a signal recorded but not
     yet raised when the loop ends is raised on leaving the block."""
-    global _deferring, _pending
+    global _deferring
     _deferring += 1
     try:
         yield
     finally:
         _deferring -= 1
-    if not _deferring and _pending is not None:
-        error, _pending = _pending, None
-        raise error
+    if not _deferring:
+        raise_pending()
 
 
-INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+def exit_status(interrupt: KeyboardInterrupt) -> int:
+    """The shell's status for a process ended by the interrupt's signal: 128 + its number."""
+    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the statuses exit_status gives
 
 
 def exit_process(status: int) -> None:

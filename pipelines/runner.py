@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ import numpy as np
 
 from pipelines.config import config_from_args, config_from_params
 from pipelines.errors import SetupError, Terminated
-from pipelines.interrupts import handle_interrupts
+from pipelines.interrupts import exit_status, handle_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +419,7 @@ def run_cli(parser: argparse.ArgumentParser, config_cls: type, run: Callable[[An
         except KeyboardInterrupt as interrupt:
             terminated = isinstance(interrupt, Terminated)
             print(f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'}", file=sys.stderr)
-            return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+            return exit_status(interrupt)
     print(format_summary(result))
     return 0
 
