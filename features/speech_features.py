@@ -342,52 +342,53 @@ class FeatureCache:
         return self.directory / f"{key}.json"
 
     def read_meta(self, key: str) -> dict | None:
-        """The entry's metadata, or None (with a warning) when it is not valid metadata."""
+        """The entry's metadata with its values typed (shape a tuple of ints, crc32 an int,
+        kept, mean and variance arrays, skipped pairs), or None, with a warning, when it is
+        unreadable, incomplete or malformed."""
         meta_path = self.meta_path(key)
         try:
             meta = json.loads(meta_path.read_text())
             missing = [name for name in META_KEYS if name not in meta]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
+            if missing:
+                log.warning("feature cache metadata %s lacks %s; rebuilding", meta_path,
+                            ", ".join(missing))
+                return None
+            return meta | {
+                "shape": tuple(int(size) for size in meta["shape"]),
+                "crc32": int(meta["crc32"]),
+                "kept": np.asarray(meta["kept"], np.int64),
+                "skipped": [tuple(item) for item in meta["skipped"]],
+                "mean": np.asarray(meta["mean"], np.float64),
+                "variance": np.asarray(meta["variance"], np.float64),
+            }
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError,
+                ValueError) as error:
             log.warning("feature cache metadata %s is unreadable (%s); rebuilding", meta_path,
                         error)
             return None
-        if missing:
-            log.warning("feature cache metadata %s lacks %s; rebuilding", meta_path,
-                        ", ".join(missing))
-            return None
-        return meta
 
     def verify(self, key: str, meta: dict) -> bool:
         """Whether the frame file has the size and CRC-32 the metadata records (warns if not)."""
         data_path = self.data_path(key)
-        try:
-            shape = tuple(int(size) for size in meta["shape"])
-            recorded = int(meta["crc32"])
-        except (TypeError, ValueError) as error:
-            log.warning("feature cache metadata %s is malformed (%s); rebuilding",
-                        self.meta_path(key), error)
-            return False
-        expected = int(np.prod(shape)) * np.dtype(DTYPE).itemsize
+        expected = int(np.prod(meta["shape"])) * np.dtype(DTYPE).itemsize
         if data_path.stat().st_size != expected:
             log.warning("feature cache %s holds %d bytes, expected %d for shape %s; rebuilding",
-                        data_path, data_path.stat().st_size, expected, list(shape))
+                        data_path, data_path.stat().st_size, expected, list(meta["shape"]))
             return False
         actual = file_crc32(data_path)
-        if actual != recorded:
+        if actual != meta["crc32"]:
             log.warning("feature cache %s has CRC-32 %08x, expected %08x (corrupted); "
-                        "rebuilding", data_path, actual, recorded)
+                        "rebuilding", data_path, actual, meta["crc32"])
             return False
         return True
 
     def entry(self, key: str, meta: dict, from_cache: bool) -> SplitFeatures:
-        """The entry described by `meta`, its frames memory-mapped."""
-        shape = tuple(meta["shape"])
+        """The entry described by typed metadata (`read_meta`), its frames memory-mapped."""
+        shape = meta["shape"]
         frames = (np.memmap(self.data_path(key), DTYPE, "r", shape=shape) if shape[0]
                   else np.zeros(shape, DTYPE))
-        skipped = [tuple(item) for item in meta["skipped"]]
-        return SplitFeatures(frames, np.asarray(meta["kept"], np.int64), skipped, from_cache,
-                             np.asarray(meta["mean"]), np.asarray(meta["variance"]),
-                             meta["crc32"])
+        return SplitFeatures(frames, meta["kept"], meta["skipped"], from_cache, meta["mean"],
+                             meta["variance"], meta["crc32"])
 
     def load(self, key: str) -> SplitFeatures | None:
         """Returns the cached entry (frames memory-mapped) after checking the frame file's size
@@ -397,12 +398,7 @@ class FeatureCache:
         meta = self.read_meta(key)
         if meta is None or not self.verify(key, meta):
             return None
-        try:
-            return self.entry(key, meta, from_cache=True)
-        except (TypeError, ValueError) as error:
-            log.warning("feature cache metadata %s is malformed (%s); rebuilding",
-                        self.meta_path(key), error)
-            return None
+        return self.entry(key, meta, from_cache=True)
 
     def build(self, key: str, compute: Callable[[Path], SplitFeatures]) -> SplitFeatures:
         """Runs `compute(path)`, which streams the frames to a temporary file (and checksums
@@ -418,16 +414,12 @@ class FeatureCache:
             os.replace(tmp, self.data_path(key))
         finally:
             tmp.unlink(missing_ok=True)
-        meta = {
-            "shape": list(features.frames.shape),
-            "kept": features.kept.tolist(),
-            "skipped": [list(item) for item in features.skipped],
-            "mean": features.mean.tolist(),
-            "variance": features.variance.tolist(),
-            "crc32": crc32,
-        }
+        meta = {"shape": tuple(features.frames.shape), "kept": features.kept,
+                "skipped": features.skipped, "mean": features.mean,
+                "variance": features.variance, "crc32": crc32}  # as read_meta types it
         tmp_meta = self.directory / f".{key}.{os.getpid()}.json"
-        tmp_meta.write_text(json.dumps(meta))
+        tmp_meta.write_text(json.dumps({name: value.tolist() if isinstance(value, np.ndarray)
+                                        else value for name, value in meta.items()}))
         os.replace(tmp_meta, self.meta_path(key))
         # mapped again from its final path (the map of the temporary name is dropped)
         return self.entry(key, meta, from_cache=False)
