@@ -23,9 +23,10 @@ from pathlib import Path
 
 LABELS = ("neg", "pos")
 _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
-# features.text.HTML_TAG, mirrored here as importing that module loads TensorFlow
+# e.g. <br />; the same pattern in RE2 (features.text's TensorFlow standardisation) and re;
+# defined here, in a module without TensorFlow, so that the reader need not load it
 HTML_TAG = r"<\s*/?\s*[a-zA-Z][^>]*>"
-_HTML_TAG = re.compile(HTML_TAG)
+HTML_TAG_RE = re.compile(HTML_TAG)
 SPLIT_PRIORITY = ("test", "validation", "train")  # which split keeps a duplicated review
 
 
@@ -131,7 +132,7 @@ def read_split_folder(data_dir: Path, split: str, *, drop_duplicates: bool = Tru
             if not text.strip():
                 skipped.append((relative, "empty review"))
                 continue
-            if not _HTML_TAG.sub(" ", text).strip():
+            if not HTML_TAG_RE.sub(" ", text).strip():
                 skipped.append((relative, "no text outside HTML tags"))
                 continue
             if was_replaced:

@@ -22,11 +22,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from features.imdb import HTML_TAG, HTML_TAG_RE
+
 PADDING_ID = 0
 OOV_ID = 1
 OOV_TOKEN = "[UNK]"
 ENCODE_BATCH = 1024
-HTML_TAG = r"<\s*/?\s*[a-zA-Z][^>]*>"  # e.g. <br />; the same pattern in RE2 (TF) and re
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a str may hold them; UTF-8 cannot
 
 
@@ -176,10 +177,7 @@ def load_vocabulary(path: str | Path) -> list[str]:
     return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
 
 
-_HTML_TAG = re.compile(HTML_TAG)
-
-
 def strip_html_lower(text: str) -> str:
     """Plain-Python preprocessing for scikit-learn vectorizers: HTML tags out, lower case
     (their tokenizer handles punctuation)."""
-    return _HTML_TAG.sub(" ", text).lower()
+    return HTML_TAG_RE.sub(" ", text).lower()

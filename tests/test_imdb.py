@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from features.imdb import HTML_TAG, carve_validation, load_imdb, rating_of, read_split_folder
+from features.imdb import carve_validation, load_imdb, rating_of, read_split_folder
 
 ONE_MEGABYTE_REVIEW = ("A slow but great film. " * 50_000)[:2**20]  # read whole, not cut
 
@@ -69,12 +69,6 @@ def test_each_kind_of_review_file_is_read_or_skipped_with_its_reason(
         text = reviews["train/pos/100_9.txt"].text
         assert text == content.decode("utf-8", errors="replace")
         assert data.replaced == (["train/pos/100_9.txt"] if replaced else [])
-
-
-def test_html_pattern_is_the_text_features_one():
-    from features import text
-
-    assert HTML_TAG == text.HTML_TAG
 
 
 def test_identical_reviews_are_kept_once_test_first_then_by_path(imdb_dir: Path):
