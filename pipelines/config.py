@@ -22,7 +22,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | 
     return field(default=default, metadata={"help": help, "choices": choices, "env": env})
 
 
-STRATEGIES = ("auto", "none", "mirrored")  # pipelines.distribute.strategy_for
+STRATEGIES = ("auto", "none", "mirrored", "multi-worker")  # pipelines.distribute.strategy_for
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,10 @@ class TrainingConfig:
     patience: int = option(6, "early-stopping patience in epochs (validation loss)")
     seed: int = option(0, "random seed for weights, shuffling and dropout")
     strategy: str = option("auto", "tf.distribute strategy: mirrored over the GPUs when there "
-                           "are several (auto), the default single-device one (none), or "
-                           "mirrored over every GPU or logical CPU device (mirrored)", STRATEGIES)
+                           "are several (auto), the default single-device one (none), "
+                           "mirrored over every GPU or logical CPU device (mirrored), or "
+                           "MultiWorkerMirroredStrategy over the workers TF_CONFIG names, of "
+                           "which only the chief logs and registers (multi-worker)", STRATEGIES)
     tracking_uri: str | None = option(
         None, "MLflow tracking URI; unset: the SQLite store in --store-dir",
         env="MLFLOW_TRACKING_URI")

@@ -1,4 +1,5 @@
-"""Errors a run reports to the user as `error: ...` (exit status 2), with no traceback."""
+"""Errors a run reports to the user as `error: ...` with no traceback (exit status 2 for a run
+that cannot start, 1 for one that failed)."""
 
 from __future__ import annotations
 
@@ -10,3 +11,8 @@ class SetupError(RuntimeError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that a run ends KILLED."""
+
+
+class WorkerLost(RuntimeError):
+    """A multi-worker run lost a worker (it stopped, crashed or became unreachable) while
+    training; the run ends FAILED and nothing is registered."""

@@ -21,6 +21,7 @@ import keras
 from pipelines.errors import Terminated
 
 _deferring = 0
+_installed = 0
 _pending: KeyboardInterrupt | None = None
 
 
@@ -40,13 +41,26 @@ def handle_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _installed
     previous = {signum: signal.signal(signum, _handle)
                 for signum in (signal.SIGINT, signal.SIGTERM)}
+    _installed += 1
     try:
         yield
     finally:
+        _installed -= 1
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def take_back_signals() -> None:
+    """Installs this module's handlers again inside `handle_interrupts`, after something
+    replaced them underneath Python: MultiWorkerMirroredStrategy's coordination service
+    installs its own C-level SIGTERM handler (for TensorFlow's preemption notices), after
+    which Python's handler would never run."""
+    if _installed and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _handle)
 
 
 def raise_pending() -> None:
@@ -87,6 +101,8 @@ def exit_status(interrupt: KeyboardInterrupt) -> int:
 
 
 INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the statuses exit_status gives
+# a multi-worker run lost a worker (errors.WorkerLost): sysexits' EX_TEMPFAIL, "try again"
+WORKER_LOST = 75
 
 
 def exit_process(status: int) -> None:
@@ -95,9 +111,11 @@ def exit_process(status: int) -> None:
     After an interruption the process exits at once, without the interpreter's teardown: a
     tf.data pipeline stopped mid-epoch holds a prefetch thread waiting to run Python (a
     generator), and destroying its iterator at teardown, with the interpreter lock held,
-    waits for that thread forever. The run was ended and the output flushed before.
+    waits for that thread forever. So does a process that lost a worker of its cluster, whose
+    aborted collective ops also leave TensorFlow's thread pools failing at teardown. The run
+    was ended and the output flushed before.
     """
-    if status in INTERRUPTED:
+    if status in (*INTERRUPTED, WORKER_LOST):
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -4,6 +4,7 @@ evaluate, log the results, register; plus the run wrapper and the CLI plumbing."
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -12,15 +13,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.config import config_from_args, config_from_params
-from pipelines.errors import SetupError, Terminated
-from pipelines.interrupts import exit_status, handle_interrupts
+from pipelines.errors import SetupError, Terminated, WorkerLost
+from pipelines.interrupts import WORKER_LOST, exit_status, handle_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ def fit_and_evaluate(config: Any, build: Callable[[], Any], data: PreparedData, 
                      ) -> Trained:
     """Builds (inside the strategy's scope), compiles and fits a Keras model, evaluates it on
     the test split and logs the results; with `config.resume`, the model comes from the run's
-    checkpoint instead.
+    checkpoint instead. Under `--strategy multi-worker` the workers first check that they
+    agree (`check_workers_agree`), and evaluate a local copy of the fitted model.
 
     Args:
         config: A TrainingConfig (optimiser, schedule, epochs, batch size, early stopping).
@@ -126,6 +128,8 @@ def fit_and_evaluate(config: Any, build: Callable[[], Any], data: PreparedData, 
     """
     from pipelines import distribute, tracking, training
 
+    if config.strategy == "multi-worker":
+        check_workers_agree(config, data)
     classes = len(data.labels)
     batch = distribute.global_batch_size(config.batch_size, config.strategy)
     if train is None:
@@ -138,7 +142,8 @@ def fit_and_evaluate(config: Any, build: Callable[[], Any], data: PreparedData, 
                                            in_memory_bytes=in_memory_bytes)
     steps = training.steps_per_epoch(len(data.y["train"]), batch)
     tracking.log_metrics({"replicas": distribute.replicas(config.strategy),
-                          "global_batch_size": batch})
+                          "global_batch_size": batch,
+                          "workers": distribute.worker(config.strategy).workers})
     with distribute.strategy_for(config.strategy).scope():
         resume = training.load_checkpoint(checkpoint_path(config)) if config.resume else None
         if resume:
@@ -148,10 +153,15 @@ def fit_and_evaluate(config: Any, build: Callable[[], Any], data: PreparedData, 
             model = build()
             training.compile_classifier(model, config, steps)
     started = time.perf_counter()
-    history = training.fit_classifier(model, train, validation, config,
-                                      callbacks=[tracking.EpochMetricsLogger()],
-                                      checkpoint_dir=checkpoint_path(config), resume=resume)
+    multi_worker = config.strategy == "multi-worker"
+    with distribute.reporting_lost_workers(config.strategy):
+        history = training.fit_classifier(
+            model, train, validation, config, callbacks=[tracking.EpochMetricsLogger()],
+            # a multi-worker run cannot be resumed (prepare_run): no checkpoint to keep
+            checkpoint_dir=None if multi_worker else checkpoint_path(config), resume=resume)
     train_seconds = time.perf_counter() - started
+    if multi_worker:  # from here on, each worker goes on alone: no collective ops
+        model = distribute.local_copy(model)
     epochs = len(history["loss"])
     best_epoch = int(np.argmin(history["val_loss"]))  # the weights early stopping kept
     extra: dict = {}
@@ -173,6 +183,33 @@ def fit_and_evaluate(config: Any, build: Callable[[], Any], data: PreparedData, 
     } | extra
     tracking.log_metrics(metrics)
     return Trained(metrics, history, model)
+
+
+# options that may differ between the workers of one multi-worker run: where each finds its
+# data and writes its files (a worker that is not the chief has its own store: join_cluster)
+LOCAL_OPTIONS = {"tracking_uri", "store_dir", "run_name", "register", "checkpoint_dir",
+                 "data_dir", "tfds_data_dir", "cache_dir", "cache", "in_memory_mb"}
+
+
+def check_workers_agree(config: Any, data: PreparedData) -> None:
+    """Checks that every worker of a multi-worker run has the chief's options (but
+    LOCAL_OPTIONS) and data: otherwise their training steps would not line up, or would train
+    a model other than the one the chief logs.
+
+    Raises:
+        ValueError: On every worker, when any worker differs.
+    """
+    from pipelines import distribute
+
+    shared = {key: value for key, value in asdict(config).items() if key not in LOCAL_OPTIONS}
+    digest = lineage(data)["data_digest"]
+    mine, anyone = distribute.differing_workers(
+        config.strategy, json.dumps(shared, sort_keys=True, default=str) + digest)
+    if anyone:
+        who = "this worker's" if mine else "another worker's"
+        raise ValueError(f"{distribute.worker(config.strategy)}: {who} options or data differ "
+                         f"from the chief's (data digest here: {digest}); run every worker "
+                         "with the same options on the same data")
 
 
 def log_evaluation(probabilities: np.ndarray, data: PreparedData,
@@ -272,7 +309,7 @@ def tracked_pipeline(config: Any, pipeline: str, work: Callable[[str], dict]) ->
                               tags={"pipeline": pipeline},
                               resume_run_id=config.resume) as run_id:
         checkpoint = checkpoint_path(config, run_id)
-        if not config.resume:
+        if not config.resume and config.strategy != "multi-worker":
             tracking.set_tags({"checkpoint": str(checkpoint)})
         try:
             result = work(run_id)
@@ -287,7 +324,20 @@ def tracked_pipeline(config: Any, pipeline: str, work: Callable[[str], dict]) ->
         tracking.log_metrics({"total_seconds": result["total_seconds"]})
     if checkpoint.is_dir():
         shutil.rmtree(checkpoint)
-    return result
+    return result if config.strategy != "multi-worker" else worker_result(config, result)
+
+
+def worker_result(config: Any, result: dict) -> dict:
+    """A multi-worker run's result as this worker reports it: a worker that is not the chief
+    logged nothing, so it names itself instead of a run, a model and a registry outcome."""
+    from pipelines import distribute
+
+    worker = distribute.worker(config.strategy)
+    if worker.is_chief:
+        return result | {"worker": str(worker)}
+    logged = {"run_id", "model_uri", "registered_version", "champion", "promotion_reason"}
+    return {key: value for key, value in result.items() if key not in logged} | {
+        "worker": str(worker), "not_chief": True}
 
 
 def checkpoint_path(config: Any, run_id: str | None = None) -> Path:
@@ -316,16 +366,21 @@ def prepare_run(config: Any, pipeline: str) -> Any:
         config: The run's config.
         pipeline: "speech" or "sentiment" (what a resumed run must have been).
 
+    With `--strategy multi-worker` it then joins the cluster (`join_cluster` decides who
+    logs).
+
     Returns:
         The config to run: with `--resume`, the interrupted run's logged options (only the
-        store options and `resume` come from the command line).
+        store options and `resume` come from the command line); on a worker that is not the
+        chief, pointed at its throwaway store.
 
     Raises:
-        SetupError: An unreachable server, a folder that cannot be written, or a run that
-            cannot be resumed.
+        SetupError: An unreachable server, a folder that cannot be written, a run that
+            cannot be resumed, or a multi-worker run without a usable TF_CONFIG.
     """
     from pipelines import tracking
 
+    config = join_cluster(config)
     tracking.check_tracking(config.tracking_uri)
     if not config.tracking_uri or config.tracking_uri.startswith("sqlite:"):
         require_writable_dir(config.store_dir if not config.tracking_uri else
@@ -350,7 +405,50 @@ def prepare_run(config: Any, pipeline: str) -> Any:
                          resume=config.resume, checkpoint_dir=str(checkpoint.parent))
     for purpose, folder in config.writable_folders().items():
         require_writable_dir(folder, purpose)
+    if config.strategy == "multi-worker":
+        # joins the cluster (waiting for every worker) once this worker's setup is known to
+        # be good, and before any TensorFlow op runs, as MultiWorkerMirroredStrategy requires
+        from pipelines import distribute
+
+        distribute.strategy_for(config.strategy)
     return config
+
+
+def join_cluster(config: Any) -> Any:
+    """With `--strategy multi-worker`, decides from TF_CONFIG who logs.
+
+    Every worker runs the same pipeline, so that their collective training steps match; the
+    chief logs, saves and registers as a single process would. Any other worker logs nothing:
+    its MLflow calls go to a throwaway SQLite store in a temporary folder, deleted when the
+    process exits (TensorFlow's own pattern for the checkpoints of non-chief workers).
+
+    Returns:
+        `config` itself, or for a worker that is not the chief, `config` pointed at its
+        throwaway store.
+
+    Raises:
+        SetupError: No usable TF_CONFIG, or --resume/--sweep, which run in one process.
+    """
+    if config.strategy != "multi-worker":
+        return config
+    if config.resume:
+        raise SetupError("--resume continues a single-process run; a multi-worker run keeps "
+                         "no checkpoint (start it again)")
+    if config.sweep:
+        raise SetupError("--sweep runs its trials in one process; sweep with --strategy "
+                         "auto, mirrored or none")
+    from pipelines import distribute
+
+    worker = distribute.worker(config.strategy)
+    if worker.is_chief:
+        log.info("%s: the chief, logging to MLflow", worker)
+        return config
+    scratch = Path(tempfile.mkdtemp(prefix=f"pipelines-{worker.task_type}-{worker.task_id}-"))
+    atexit.register(shutil.rmtree, scratch)
+    log.info("%s: not the chief; it trains in sync and logs nothing (its MLflow calls go to "
+             "the throwaway store %s)", worker, scratch)
+    return replace(config, tracking_uri=None, store_dir=str(scratch / "mlruns"),
+                   checkpoint_dir=str(scratch / "checkpoints"), run_name=None, register=False)
 
 
 def require_writable_dir(path: str | Path, purpose: str) -> None:
@@ -377,6 +475,9 @@ def require_writable_dir(path: str | Path, purpose: str) -> None:
 
 def registry_lines(result: dict) -> list[str]:
     """The summary lines every pipeline prints: run id and the registry outcome."""
+    if result.get("not_chief"):
+        return [f"MLflow            nothing logged by {result['worker']}: the chief logs the "
+                "run and registers the model"]
     lines = [f"MLflow run id     {result['run_id']}"]
     if "trials" in result:
         params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else
@@ -401,7 +502,8 @@ def run_cli(parser: argparse.ArgumentParser, config_cls: type, run: Callable[[An
     evaluate) on the remaining arguments; anything else parses training flags into
     `config_cls`, runs and prints the summary.
 
-    Expected errors (and SetupError) print `error: ...` and exit 2. Ctrl-C and SIGTERM
+    Expected errors (and SetupError) print `error: ...` and exit 2; a multi-worker run that
+    lost a worker (WorkerLost) prints `error: ...` and exits 75 (EX_TEMPFAIL). Ctrl-C and SIGTERM
     (pipelines.interrupts) both end the MLflow run KILLED; they exit 130 and 143.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -416,6 +518,9 @@ def run_cli(parser: argparse.ArgumentParser, config_cls: type, run: Callable[[An
         except (*expected_errors, SetupError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        except WorkerLost as error:
+            print(f"error: {error}", file=sys.stderr)
+            return WORKER_LOST
         except KeyboardInterrupt as interrupt:
             terminated = isinstance(interrupt, Terminated)
             print(f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'}", file=sys.stderr)

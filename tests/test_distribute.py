@@ -1,15 +1,26 @@
-"""Training under tf.distribute: MirroredStrategy over two logical CPU devices."""
+"""Training under tf.distribute: MirroredStrategy over two logical CPU devices, and
+MultiWorkerMirroredStrategy over two worker processes on loopback."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import tracking
+from pipelines import distribute, runner, tracking
+from pipelines.errors import SetupError
+from pipelines.speech import SpeechConfig
 from tests import test_sentiment_pipeline, test_speech_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +40,6 @@ TWO_CPU_REPLICAS = textwrap.dedent("""
 
 def test_mirrored_strategy_over_two_cpu_devices_trains_and_registers_each_pipeline(
         speech_dir: Path, imdb_dir: Path, tmp_path: Path):
-    import json
-
     strategy = ["--strategy", "mirrored", "--checkpoint-dir", str(tmp_path / "checkpoints")]
     speech_args = test_speech_pipeline.small_args(speech_dir, tmp_path, *strategy)
     sentiment_args = test_sentiment_pipeline.small_args(imdb_dir, tmp_path, *strategy)
@@ -50,3 +59,199 @@ def test_mirrored_strategy_over_two_cpu_devices_trains_and_registers_each_pipeli
         assert run.data.metrics["global_batch_size"] == 2 * batch
         assert client.get_model_version_by_alias(name, "champion").version == version.version
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+
+
+def tf_config(index: int, ports: list[int], task_type: str = "worker") -> str:
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                       "task": {"type": task_type, "index": index}})
+
+
+@pytest.mark.parametrize("value, message", [
+    (None, "needs TF_CONFIG"),
+    ("{cluster", "not JSON"),
+    ('{"cluster": {"worker": ["a:1"]}}', "needs a 'cluster' and a 'task'"),
+    ('{"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "worker", "index": 0}}',
+     "has ps tasks"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}',
+     "is not one of its cluster's tasks (worker: 2)"),
+])
+def test_multi_worker_without_a_usable_tf_config_is_a_setup_error(monkeypatch, value, message):
+    if value is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", value)
+    with pytest.raises(SetupError, match=re.escape(message)):
+        distribute.worker("multi-worker")
+
+
+def test_the_chief_is_the_chief_task_or_else_worker_zero(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", tf_config(0, [1, 2]))
+    assert distribute.worker("multi-worker") == distribute.Worker("worker", 0, 2)
+    assert distribute.worker("multi-worker").is_chief
+    monkeypatch.setenv("TF_CONFIG", tf_config(1, [1, 2]))
+    assert not distribute.worker("multi-worker").is_chief
+    with_chief = {"cluster": {"chief": ["c:1"], "worker": ["a:1"]},
+                  "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(with_chief))
+    assert str(distribute.worker("multi-worker")) == "worker 0 of 2"
+    assert not distribute.worker("multi-worker").is_chief
+    monkeypatch.setenv("TF_CONFIG", json.dumps(with_chief | {"task": {"type": "chief",
+                                                                         "index": 0}}))
+    assert distribute.worker("multi-worker").is_chief
+    assert distribute.worker("mirrored").is_chief  # one process: its own chief
+
+
+def test_a_worker_that_is_not_the_chief_is_pointed_at_a_throwaway_store(monkeypatch,
+                                                                        tmp_path: Path):
+    monkeypatch.setenv("TF_CONFIG", tf_config(1, [1, 2]))
+    config = SpeechConfig(strategy="multi-worker", tracking_uri="http://team-server:5000",
+                          store_dir=str(tmp_path / "mlruns"), run_name="shared",
+                          checkpoint_dir=str(tmp_path / "checkpoints"))
+    local = runner.join_cluster(config)
+    scratch = Path(local.store_dir).parent
+    assert scratch.is_dir() and not scratch.is_relative_to(tmp_path)
+    assert local.tracking_uri is None and local.run_name is None and not local.register
+    assert Path(local.checkpoint_dir).parent == scratch
+    assert local.data_dir == config.data_dir and local.seed == config.seed
+    monkeypatch.setenv("TF_CONFIG", tf_config(0, [1, 2]))
+    assert runner.join_cluster(config) is config
+
+
+@pytest.mark.parametrize("option", [{"resume": "0" * 32}, {"sweep": 2}])
+def test_resume_and_sweep_run_in_one_process_only(monkeypatch, tmp_path: Path, option):
+    monkeypatch.setenv("TF_CONFIG", tf_config(0, [1, 2]))
+    config = SpeechConfig(strategy="multi-worker", store_dir=str(tmp_path / "mlruns"), **option)
+    with pytest.raises(SetupError, match="--resume|--sweep"):
+        runner.prepare_run(config, "speech")
+    assert not (tmp_path / "mlruns").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def two_workers(pipeline: str, args: list[str], tmp_path: Path, worker1_args=()):
+    """Starts `python -m pipelines.<pipeline> ARGS --strategy multi-worker` as worker 0 (the
+    chief) and worker 1 (with `worker1_args` added) of a loopback cluster; yields the
+    processes and their log files, and kills whatever still runs on leaving."""
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / f"worker{index}.log" for index in range(2)]
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", f"pipelines.{pipeline}", *args, "--strategy", "multi-worker",
+         "--checkpoint-dir", str(tmp_path / "checkpoints"), *(worker1_args if index else ())],
+        cwd=REPO, env=os.environ | {"TF_CONFIG": tf_config(index, ports)},
+        stdout=log.open("w"), stderr=subprocess.STDOUT) for index, log in enumerate(logs)]
+    try:
+        yield workers, logs
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", ["speech", "sentiment"])
+def test_two_workers_train_in_sync_and_only_the_chief_logs_and_registers(
+        pipeline, speech_dir: Path, imdb_dir: Path, tmp_path: Path):
+    """Two real worker processes on loopback ports, as TF_CONFIG describes them, run the same
+    command under MultiWorkerMirroredStrategy against one store."""
+    if pipeline == "speech":
+        args, name, batch = test_speech_pipeline.small_args(speech_dir, tmp_path), \
+            "speech-commands", 16
+    else:
+        args, name, batch = test_sentiment_pipeline.small_args(imdb_dir, tmp_path), \
+            "imdb-sentiment", 8
+    with two_workers(pipeline, args, tmp_path) as (workers, logs):
+        codes = [worker.wait(timeout=400) for worker in workers]
+    output = [log.read_text() for log in logs]
+    assert codes == [0, 0], "\n\n".join(text[-4000:] for text in output)
+
+    tracking.connect(None, tmp_path / "mlruns")
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    (run,) = runs
+    assert run.data.params["strategy"] == "multi-worker"
+    assert run.data.metrics["workers"] == 2 and run.data.metrics["replicas"] == 2
+    assert run.data.metrics["global_batch_size"] == 2 * batch
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+    (version,) = client.search_model_versions(f"name='{name}'")
+    assert version.run_id == run.info.run_id
+    assert client.get_model_version_by_alias(name, "champion").version == version.version
+    assert f"MLflow run id     {run.info.run_id}" in output[0]
+    assert "nothing logged by worker 1 of 2" in output[1]
+    # the workers trained one model: the same final losses, the same test accuracy
+    accuracy = re.findall(r"test accuracy +(\S+)", output[1])
+    assert accuracy == [f"{run.data.metrics['test_accuracy']:.4f}"]
+    throwaway = re.search(r"the throwaway store (\S+)\)", output[1])
+    assert throwaway and not Path(throwaway.group(1)).exists()
+    assert not (tmp_path / "checkpoints").exists() or not any(
+        (tmp_path / "checkpoints").iterdir())
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_mid_training_fails_the_run_on_the_others(speech_dir: Path,
+                                                                    tmp_path: Path):
+    """SIGTERM stops worker 1 at a batch end (after MultiWorkerMirroredStrategy installed its
+    own SIGTERM handler); the chief learns of it from the coordination service, ends its run
+    FAILED, registers nothing and exits 75 with the lost worker named."""
+    args = test_speech_pipeline.small_args(speech_dir, tmp_path, "--patience", "500")
+    args[args.index("--epochs") + 1] = "500"
+    with two_workers("speech", args, tmp_path) as (workers, logs):
+        deadline = time.monotonic() + 300
+        while "Epoch 3/" not in logs[1].read_text():
+            assert time.monotonic() < deadline and workers[1].poll() is None, \
+                logs[1].read_text()[-3000:]
+            time.sleep(0.5)
+        workers[1].send_signal(signal.SIGTERM)
+        codes = [worker.wait(timeout=180) for worker in workers]
+    output = [log.read_text() for log in logs]
+    assert codes == [75, 143], "\n\n".join(text[-3000:] for text in output)
+    assert "interrupted by SIGTERM" in output[1]
+    assert "error: worker 0 of 2: the cluster lost worker 1 during training" in output[0]
+    tracking.connect(None, tmp_path / "mlruns")
+    client = MlflowClient()
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED"
+    assert client.search_registered_models() == []
+
+
+@pytest.mark.slow
+def test_workers_with_other_options_stop_before_training(speech_dir: Path, tmp_path: Path):
+    """A worker started with another --seed would train another model than the chief logs:
+    every worker says so and stops before the first step; nothing is registered."""
+    args = test_speech_pipeline.small_args(speech_dir, tmp_path)
+    with two_workers("speech", args, tmp_path, ["--seed", "1"]) as (workers, logs):
+        codes = [worker.wait(timeout=300) for worker in workers]
+    output = [log.read_text() for log in logs]
+    assert codes == [2, 2], "\n\n".join(text[-3000:] for text in output)
+    assert "error: worker 0 of 2: another worker's options or data differ" in output[0]
+    assert "error: worker 1 of 2: this worker's options or data differ" in output[1]
+    assert "Epoch 1/" not in output[0] + output[1]
+    tracking.connect(None, tmp_path / "mlruns")
+    client = MlflowClient()
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED"
+    assert client.search_registered_models() == []
+
+
+@pytest.mark.parametrize("message, me, expected", [
+    ("Collective ops is aborted by: Error reported from /job:worker/task:1: The following "
+     "tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe "
+     "tasks have crashed.\n\t [[{{node CollectiveReduceV2}}]]", ("worker", 0),
+     "the cluster lost worker 1 during training (stopped sending heartbeats)"),
+    ("{{function_node __wrapped__CollectiveReduceV2_device_/job:worker/replica:0/task:1/device:"
+     "CPU:0}} Collective ops is aborted by: recvmsg:Connection reset by peer\nAdditional GRPC "
+     "error information from remote target /job:worker/replica:0/task:0 while calling "
+     "/tensorflow.WorkerService/CompleteInstance:", ("worker", 1),
+     "the cluster lost worker 0 during training (recvmsg:Connection reset by peer)"),
+    ("Deadline exceeded", ("chief", 0), "the cluster lost a worker during training (Deadline "
+     "exceeded)"),
+])
+def test_a_lost_worker_is_named_from_tensorflows_error(message, me, expected):
+    import tensorflow as tf
+
+    error = tf.errors.UnavailableError(None, None, message)
+    assert distribute.lost(error, distribute.Worker(*me, 2)) == expected
