@@ -7,9 +7,10 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -17,6 +18,8 @@ import tensorflow as tf
 from pipelines import interrupts
 from pipelines.config import STRATEGIES
 from pipelines.errors import SetupError, WorkerLost
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -128,6 +131,31 @@ def worker(name: str) -> Worker:
     cluster = config["cluster"]
     return Worker(config["task"]["type"], config["task"]["index"],
                   sum(len(tasks) for tasks in cluster.values()), "chief" in cluster)
+
+
+def sharded_input(name: str, make: Callable[[int, int], tf.data.Dataset]):
+    """Training input that each worker of a multi-worker run makes only its share of.
+
+    Args:
+        name: The strategy.
+        make: `make(shard, shards)` -> the batches of input pipeline `shard` of `shards`: for
+            each global batch, that pipeline's piece (of the per-replica batch size).
+
+    Returns:
+        Under "multi-worker" with one replica per worker, a distributed dataset with one input
+        pipeline per worker (`distribute_datasets_from_function`). Otherwise `make(0, 1)`,
+        which tf.data splits across the replicas (and across workers, auto-shards: each worker
+        then makes every batch and keeps its part).
+    """
+    strategy = strategy_for(name)
+    if name != "multi-worker" or strategy.num_replicas_in_sync != worker(name).workers:
+        return make(0, 1)
+    def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        log.info("%s makes input pipeline %d of %d: its share of every training batch",
+                 worker(name), context.input_pipeline_id, context.num_input_pipelines)
+        return make(context.input_pipeline_id, context.num_input_pipelines)
+
+    return strategy.distribute_datasets_from_function(pipeline)
 
 
 def differing_workers(name: str, text: str) -> tuple[bool, bool]:

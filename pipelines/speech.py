@@ -260,7 +260,9 @@ def background_noise(config: SpeechConfig) -> list[np.ndarray]:
 
 def augmented_training_batches(config: SpeechConfig, data: PreparedData):
     """The training split as augmented tf.data batches (time shift and noise on the waveforms,
-    SpecAugment on their MFCC frames), made fresh each epoch; None when augmentation is off."""
+    SpecAugment on their MFCC frames), made fresh each epoch; None when augmentation is off.
+    The workers of a multi-worker run each make their share of every batch
+    (`distribute.sharded_input`)."""
     from pipelines import distribute, runner, tracking
     from pipelines.training import AugmentedBatches
 
@@ -273,13 +275,16 @@ def augmented_training_batches(config: SpeechConfig, data: PreparedData):
                     BACKGROUND_NOISE_DIR)
     tracking.log_metrics({"augment_noise_recordings": len(noise)})
     augmenter = ClipAugmenter(augment, config.mfcc(), noise, data.normalization[0])
-    return AugmentedBatches(
-        data.raw_train, data.y["train"],
-        distribute.global_batch_size(config.batch_size, config.strategy), len(data.labels),
-        augmenter,
-        seed=config.seed, in_memory_bytes=config.in_memory_mb * 2**20,
-        first_epoch=runner.completed_epochs(config),
-    ).dataset(feature_shape(config.mfcc()))
+
+    def batches(shard: int, shards: int):
+        return AugmentedBatches(
+            data.raw_train, data.y["train"],
+            distribute.global_batch_size(config.batch_size, config.strategy), len(data.labels),
+            augmenter, seed=config.seed, in_memory_bytes=config.in_memory_mb * 2**20,
+            first_epoch=runner.completed_epochs(config), shard=shard, shards=shards,
+        ).dataset(feature_shape(config.mfcc()))
+
+    return distribute.sharded_input(config.strategy, batches)
 
 
 def train_and_track(config: SpeechConfig, data: PreparedData, run_id: str) -> dict:

@@ -105,11 +105,20 @@ class AugmentedBatches:
     """Training batches made fresh each epoch: shuffled rows of raw inputs (waveforms) passed
     through `augment(rows, rng)`. Epoch e draws from its own generator seeded by (seed, e), so a
     run is reproducible and every epoch sees different perturbations; a resumed fit starts at
-    `first_epoch`."""
+    `first_epoch`.
+
+    With `shards` > 1 (one input pipeline of a multi-worker run), each batch of `batch_size`
+    rows is cut into `shards` pieces and only piece `shard` is made, so that the workers share
+    the augmentation work instead of each making every batch: the shuffle is the same on every
+    worker (seeded by (seed, e)), the perturbations are drawn per piece (seeded by (seed, e,
+    shard + 1)), and a last batch too small to give every piece a row is left out.
+    """
 
     def __init__(self, inputs: np.ndarray, y: np.ndarray, batch_size: int, num_classes: int,
                  augment, seed: int = 0, in_memory_bytes: int | None = None,
-                 first_epoch: int = 0):
+                 first_epoch: int = 0, shard: int = 0, shards: int = 1):
+        if not 0 <= shard < shards:
+            raise ValueError(f"shard {shard} is not one of {shards} shards")
         limit = IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes
         streamed = isinstance(inputs, np.memmap) and inputs.nbytes > limit
         self.rows = RowReader(inputs) if streamed else np.asarray(inputs).__getitem__
@@ -119,18 +128,25 @@ class AugmentedBatches:
         self.augment = augment
         self.seed = seed
         self.epoch = first_epoch
+        self.shard = shard
+        self.shards = shards
 
     def __len__(self) -> int:
-        return steps_per_epoch(len(self.y), self.batch_size)
+        batches = steps_per_epoch(len(self.y), self.batch_size)
+        last = len(self.y) - (batches - 1) * self.batch_size
+        return batches - (last < self.shards)
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
+        draws = rng if self.shards == 1 else np.random.default_rng(
+            [self.seed, self.epoch, self.shard + 1])
         self.epoch += 1
         order = rng.permutation(len(self.y))
         eye = np.eye(self.num_classes, dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            yield self.augment(self.rows(rows), rng).astype(np.float32), eye[self.y[rows]]
+        for step in range(len(self)):
+            rows = order[step * self.batch_size:(step + 1) * self.batch_size]
+            rows = np.array_split(rows, self.shards)[self.shard]
+            yield self.augment(self.rows(rows), draws).astype(np.float32), eye[self.y[rows]]
 
     def dataset(self, feature_shape: tuple[int, ...]) -> tf.data.Dataset:
         """The batches as a tf.data pipeline, prepared one batch ahead of training."""

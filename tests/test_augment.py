@@ -133,3 +133,28 @@ def test_augmented_batches_cover_every_row_once_per_epoch_with_fresh_draws():
     assert not np.allclose(epochs[0], epochs[1])
     again = AugmentedBatches(rows, labels, 4, 3, jitter, seed=7)
     np.testing.assert_array_equal(np.concatenate([f for f, _ in again]), epochs[0])
+
+
+def test_shards_of_augmented_batches_split_each_batch_and_drop_a_last_one_too_small():
+    rows = np.arange(9, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)
+    labels = np.arange(9) % 3
+
+    def jitter(batch, rng):
+        return batch + rng.uniform(0, 0.1, batch.shape)
+
+    whole = [np.floor(x[:, 0]).astype(int) for x, _ in AugmentedBatches(
+        rows, labels, 4, 3, jitter, seed=7)]
+    assert [len(batch) for batch in whole] == [4, 4, 1]
+    shards = [AugmentedBatches(rows, labels, 4, 3, jitter, seed=7, shard=shard, shards=2)
+              for shard in range(2)]
+    assert [len(batches) for batches in shards] == [2, 2]  # the 1-row batch cannot be split
+    pieces = [[np.floor(x[:, 0]).astype(int) for x, _ in batches] for batches in shards]
+    for step in range(2):  # same shuffle: the two pieces make up the unsharded batch, in order
+        assert [len(piece[step]) for piece in pieces] == [2, 2]
+        np.testing.assert_array_equal(np.concatenate([pieces[0][step], pieces[1][step]]),
+                                      whole[step])
+    # each piece draws its own perturbations (the rows are integers: the fractions are draws)
+    first, second = ([x for x, _ in batches] for batches in shards)
+    assert not np.allclose(np.concatenate(first) % 1, np.concatenate(second) % 1)
+    with pytest.raises(ValueError, match="shard 2 is not one of 2 shards"):
+        AugmentedBatches(rows, labels, 4, 3, jitter, shard=2, shards=2)
