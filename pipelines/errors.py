@@ -1,5 +1,5 @@
 """Errors a run reports to the user as `error: ...` with no traceback (exit status 2 for a run
-that cannot start, 1 for one that failed)."""
+that cannot start, 75 for a multi-worker run that lost a worker)."""
 
 from __future__ import annotations
 
