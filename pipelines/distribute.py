@@ -44,9 +44,8 @@ def strategy_for(name: str) -> tf.distribute.Strategy:
         from pipelines import keras_compat
 
         keras_compat.patch_multi_worker_fit()
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        interrupts.take_back_signals()
-        return strategy
+        with interrupts.blocking_call():  # waits for every worker of the cluster
+            return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()

@@ -53,14 +53,24 @@ def handle_interrupts() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def take_back_signals() -> None:
-    """Installs this module's handlers again inside `handle_interrupts`, after something
-    replaced them underneath Python: MultiWorkerMirroredStrategy's coordination service
-    installs its own C-level SIGTERM handler (for TensorFlow's preemption notices), after
-    which Python's handler would never run."""
-    if _installed and threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, _handle)
+@contextlib.contextmanager
+def blocking_call() -> Iterator[None]:
+    """Around a call that blocks in TensorFlow without returning to Python (making a
+    MultiWorkerMirroredStrategy waits there for every worker of the cluster): Ctrl-C ends the
+    process at once (nothing was started yet), since Python's handler could not run before the
+    call returns. After the call this module's handlers are installed again, also for SIGTERM,
+    which the strategy's coordination service takes over with its own C-level handler (for
+    TensorFlow's preemption notices) so that Python's would never run."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+            if _installed:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(signum, _handle)
 
 
 def raise_pending() -> None:

@@ -8,6 +8,7 @@ import atexit
 import json
 import logging
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -419,8 +420,9 @@ def join_cluster(config: Any) -> Any:
 
     Every worker runs the same pipeline, so that their collective training steps match; the
     chief logs, saves and registers as a single process would. Any other worker logs nothing:
-    its MLflow calls go to a throwaway SQLite store in a temporary folder, deleted when the
-    process exits (TensorFlow's own pattern for the checkpoints of non-chief workers).
+    its MLflow calls go to a throwaway SQLite store in a temporary folder (made on first use),
+    deleted when the process exits (TensorFlow's own pattern for the checkpoints of non-chief
+    workers).
 
     Returns:
         `config` itself, or for a worker that is not the chief, `config` pointed at its
@@ -443,12 +445,24 @@ def join_cluster(config: Any) -> Any:
     if worker.is_chief:
         log.info("%s: the chief, logging to MLflow", worker)
         return config
-    scratch = Path(tempfile.mkdtemp(prefix=f"pipelines-{worker.task_type}-{worker.task_id}-"))
-    atexit.register(shutil.rmtree, scratch)
+    # made on first use (after the cluster formed), removed at exit
+    scratch = Path(tempfile.gettempdir()) / (
+        f"pipelines-{worker.task_type}-{worker.task_id}-{os.getpid()}-{secrets.token_hex(4)}")
+    THROWAWAY.append(scratch)
+    atexit.register(remove_folder, scratch)  # run_cli removes it before exit_process
     log.info("%s: not the chief; it trains in sync and logs nothing (its MLflow calls go to "
              "the throwaway store %s)", worker, scratch)
     return replace(config, tracking_uri=None, store_dir=str(scratch / "mlruns"),
                    checkpoint_dir=str(scratch / "checkpoints"), run_name=None, register=False)
+
+
+THROWAWAY: list[Path] = []  # this process's throwaway stores (join_cluster)
+
+
+def remove_folder(path: Path) -> None:
+    """Removes a folder this process made, if it made it."""
+    if path.exists():
+        shutil.rmtree(path)
 
 
 def require_writable_dir(path: str | Path, purpose: str) -> None:
@@ -525,6 +539,9 @@ def run_cli(parser: argparse.ArgumentParser, config_cls: type, run: Callable[[An
             terminated = isinstance(interrupt, Terminated)
             print(f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'}", file=sys.stderr)
             return exit_status(interrupt)
+        finally:  # also when exit_process skips the interpreter's teardown (and atexit)
+            for folder in THROWAWAY:
+                remove_folder(folder)
     print(format_summary(result))
     return 0
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -109,7 +110,8 @@ def test_a_worker_that_is_not_the_chief_is_pointed_at_a_throwaway_store(monkeypa
                           checkpoint_dir=str(tmp_path / "checkpoints"))
     local = runner.join_cluster(config)
     scratch = Path(local.store_dir).parent
-    assert scratch.is_dir() and not scratch.is_relative_to(tmp_path)
+    assert scratch.parent == Path(tempfile.gettempdir()) and "worker-1" in scratch.name
+    assert not scratch.exists()  # made on first use
     assert local.tracking_uri is None and local.run_name is None and not local.register
     assert Path(local.checkpoint_dir).parent == scratch
     assert local.data_dir == config.data_dir and local.seed == config.seed
@@ -213,6 +215,8 @@ def test_a_worker_stopped_mid_training_fails_the_run_on_the_others(speech_dir: P
     output = [log.read_text() for log in logs]
     assert codes == [75, 143], "\n\n".join(text[-3000:] for text in output)
     assert "interrupted by SIGTERM" in output[1]
+    throwaway = re.search(r"the throwaway store (\S+)\)", output[1])
+    assert throwaway and not Path(throwaway.group(1)).exists()  # removed despite os._exit
     assert "error: worker 0 of 2: the cluster lost worker 1 during training" in output[0]
     tracking.connect(None, tmp_path / "mlruns")
     client = MlflowClient()
@@ -238,6 +242,30 @@ def test_workers_with_other_options_stop_before_training(speech_dir: Path, tmp_p
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FAILED"
     assert client.search_registered_models() == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_worker_still_waiting_for_its_cluster(speech_dir: Path, tmp_path: Path):
+    """Worker 1 of a cluster whose chief never starts waits inside TensorFlow, where Python's
+    handler cannot run: Ctrl-C still ends it at once, before any run is opened."""
+    log = tmp_path / "worker1.log"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.speech",
+         *test_speech_pipeline.small_args(speech_dir, tmp_path), "--strategy", "multi-worker"],
+        cwd=REPO, env=os.environ | {"TF_CONFIG": tf_config(1, [free_port(), free_port()])},
+        stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "Started server with target" not in log.read_text():  # inside the strategy
+            assert time.monotonic() < deadline and worker.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(1)
+        worker.send_signal(signal.SIGINT)
+        assert worker.wait(timeout=10) == -signal.SIGINT
+    finally:
+        worker.kill()
+    throwaway = re.search(r"the throwaway store (\S+)\)", log.read_text())
+    assert throwaway and not Path(throwaway.group(1)).exists()  # nothing made yet
 
 
 @pytest.mark.parametrize("message, me, expected", [
