@@ -196,6 +196,14 @@ def test_two_workers_train_in_sync_and_only_the_chief_logs_and_registers(
         (tmp_path / "checkpoints").iterdir())
 
 
+def assert_one_failed_run_and_nothing_registered(store: Path) -> None:
+    tracking.connect(None, store)
+    client = MlflowClient()
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED"
+    assert client.search_registered_models() == []
+
+
 @pytest.mark.slow
 def test_a_worker_stopped_mid_training_fails_the_run_on_the_others(speech_dir: Path,
                                                                     tmp_path: Path):
@@ -218,11 +226,7 @@ def test_a_worker_stopped_mid_training_fails_the_run_on_the_others(speech_dir: P
     throwaway = re.search(r"the throwaway store (\S+)\)", output[1])
     assert throwaway and not Path(throwaway.group(1)).exists()  # removed despite os._exit
     assert "error: worker 0 of 2: the cluster lost worker 1 during training" in output[0]
-    tracking.connect(None, tmp_path / "mlruns")
-    client = MlflowClient()
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert run.info.status == "FAILED"
-    assert client.search_registered_models() == []
+    assert_one_failed_run_and_nothing_registered(tmp_path / "mlruns")
 
 
 @pytest.mark.slow
@@ -237,11 +241,7 @@ def test_workers_with_other_options_stop_before_training(speech_dir: Path, tmp_p
     assert "error: worker 0 of 2: another worker's options or data differ" in output[0]
     assert "error: worker 1 of 2: this worker's options or data differ" in output[1]
     assert "Epoch 1/" not in output[0] + output[1]
-    tracking.connect(None, tmp_path / "mlruns")
-    client = MlflowClient()
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert run.info.status == "FAILED"
-    assert client.search_registered_models() == []
+    assert_one_failed_run_and_nothing_registered(tmp_path / "mlruns")
 
 
 @pytest.mark.slow
