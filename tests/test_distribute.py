@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pipelines import distribute, runner, tracking
 from pipelines.errors import SetupError
 from pipelines.speech import SpeechConfig
 from tests import test_sentiment_pipeline, test_speech_pipeline
+from tests.processes import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,12 +128,6 @@ def test_resume_and_sweep_run_in_one_process_only(monkeypatch, tmp_path: Path, o
     assert not (tmp_path / "mlruns").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def two_workers(pipeline: str, args: list[str], tmp_path: Path, worker1_args=()):
     """Starts `python -m pipelines.<pipeline> ARGS --strategy multi-worker` as worker 0 (the
@@ -213,11 +207,8 @@ def test_a_worker_stopped_mid_training_fails_the_run_on_the_others(speech_dir: P
     args = test_speech_pipeline.small_args(speech_dir, tmp_path, "--patience", "500")
     args[args.index("--epochs") + 1] = "500"
     with two_workers("speech", args, tmp_path) as (workers, logs):
-        deadline = time.monotonic() + 300
-        while "Epoch 3/" not in logs[1].read_text():
-            assert time.monotonic() < deadline and workers[1].poll() is None, \
-                logs[1].read_text()[-3000:]
-            time.sleep(0.5)
+        wait_until(lambda: "Epoch 3/" in logs[1].read_text(), "worker 1 to reach epoch 3",
+                   workers[1], logs[1], timeout=300)
         workers[1].send_signal(signal.SIGTERM)
         codes = [worker.wait(timeout=180) for worker in workers]
     output = [log.read_text() for log in logs]
@@ -255,10 +246,8 @@ def test_ctrl_c_stops_a_worker_still_waiting_for_its_cluster(speech_dir: Path, t
         cwd=REPO, env=os.environ | {"TF_CONFIG": tf_config(1, [free_port(), free_port()])},
         stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while "Started server with target" not in log.read_text():  # inside the strategy
-            assert time.monotonic() < deadline and worker.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.2)
+        wait_until(lambda: "Started server with target" in log.read_text(),  # in the strategy
+                   "worker 1 to wait for its cluster", worker, log, interval=0.2)
         time.sleep(1)
         worker.send_signal(signal.SIGINT)
         assert worker.wait(timeout=10) == -signal.SIGINT

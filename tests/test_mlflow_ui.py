@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import speech, tracking
 from pipelines.speech import SpeechConfig
+from tests.processes import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +25,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 SCREENSHOTS = Path(os.environ.get("UI_SCREENSHOT_DIR", Path(__file__).parent / "artifacts"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_ui(store: Path) -> tuple[subprocess.Popen, str]:

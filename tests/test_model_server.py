@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,14 +20,9 @@ from pipelines import sentiment, speech, tracking
 from pipelines.sentiment import SentimentConfig
 from pipelines.speech import SpeechConfig
 from tests.datasets import make_imdb, make_speech_commands
+from tests.processes import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,9 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,15 +17,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import speech
+from tests.processes import free_port, wait_until
 from tests.test_speech_pipeline import small_args
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def postgres_bin() -> Path:
@@ -50,14 +43,6 @@ def as_postgres_user() -> dict:
         os.setuid(account.pw_uid)
 
     return {"preexec_fn": drop_privileges, "owner": account}
-
-
-def wait_until(check, what: str, process: subprocess.Popen, log: Path, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while not check():
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{what} did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
 
 
 def answers(url: str) -> bool:
@@ -88,7 +73,7 @@ def postgres() -> Iterator[str]:
     try:
         wait_until(lambda: subprocess.run(
             [bin_dir / "pg_isready", "-h", "127.0.0.1", "-p", str(port)],
-            capture_output=True).returncode == 0, "PostgreSQL", server, log)
+            capture_output=True).returncode == 0, "PostgreSQL to start", server, log)
         subprocess.run([bin_dir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow",
                         "mlflow"], check=True, capture_output=True)
         yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
@@ -110,7 +95,8 @@ def tracking_server(postgres: str, tmp_path: Path) -> Iterator[str]:
             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: answers(f"{url}/health"), "mlflow server", server, log, timeout=180)
+        wait_until(lambda: answers(f"{url}/health"), "mlflow server to start", server, log,
+                   timeout=180)
         yield url
     finally:
         server.terminate()

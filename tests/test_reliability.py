@@ -13,18 +13,13 @@ from pipelines import sentiment, speech, tracking
 from pipelines.errors import SetupError
 from pipelines.runner import require_writable_dir
 from tests import test_sentiment_pipeline, test_speech_pipeline
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.processes import free_port
 
 
 @pytest.mark.parametrize("pipeline", [speech, sentiment])
 def test_unreachable_tracking_server_fails_before_any_data_work(pipeline, tmp_path: Path,
                                                                 monkeypatch, capsys):
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     # a missing data folder would be the error if anything looked at the data first
     code = pipeline.main(["--data-dir", str(tmp_path / "missing"),
@@ -65,7 +60,7 @@ def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path):
 
 
 def test_served_model_commands_check_the_server_too(tmp_path: Path, capsys):
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     code = speech.main(["predict", "--tracking-uri", uri, str(tmp_path / "clip.wav")])
     assert code == 2 and "cannot reach the MLflow tracking server" in capsys.readouterr().err
 
