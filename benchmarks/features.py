@@ -5,16 +5,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import librosa
 import numpy as np
 
 from benchmarks.suite import Figure, Options, median_seconds
+from features.audio import decode_clip
+from features.mfcc import MfccConfig, librosa_kwargs, mfcc_frames
+from features.speech_commands import SplitConfig, load_speech_commands
+from features.speech_data import prepare_speech_data
+from features.speech_features import compute_features
+from pipelines.speech import SpeechConfig
 
 
 def real_clips(speech_dir: Path, count: int):
     """The first `count` real word clips of the folder (every split, no silence windows)."""
-    from features.speech_commands import load_speech_commands
-
-    data = load_speech_commands(speech_dir)
+    data = load_speech_commands(speech_dir, SplitConfig(), MfccConfig().audio)
     examples = sorted((e for split in data.examples.values() for e in split
                        if not e.is_silence), key=lambda e: e.path)
     return examples[:count]
@@ -22,12 +27,6 @@ def real_clips(speech_dir: Path, count: int):
 
 def mfcc_stage(options: Options) -> list[Figure]:
     """Files -> MFCC frames on the same real clips: the project's stage vs librosa."""
-    import librosa
-
-    from features.audio import AudioSpec, decode_clip
-    from features.mfcc import MfccConfig, librosa_kwargs, mfcc_frames
-    from features.speech_features import compute_features
-
     speech_dir = options.data_dir / "speech_commands"
     count, repeats = (300, 1) if options.quick else (1000, 3)
     examples = real_clips(speech_dir, count)
@@ -46,10 +45,10 @@ def mfcc_stage(options: Options) -> list[Figure]:
             for path in paths])
 
     def batched_librosa():
-        clips = np.stack([decode_clip(path, AudioSpec()) for path in paths])
+        clips = np.stack([decode_clip(path, config.audio) for path in paths])
         return librosa.feature.mfcc(y=clips, **kwargs)
 
-    decoded = np.stack([decode_clip(path, AudioSpec()) for path in paths])
+    decoded = np.stack([decode_clip(path, config.audio) for path in paths])
     stage_seconds = median_seconds(stage, repeats)
     loop_seconds = median_seconds(per_clip_loop, repeats)
     batched_seconds = median_seconds(batched_librosa, repeats)
@@ -72,18 +71,19 @@ def mfcc_stage(options: Options) -> list[Figure]:
 
 
 def cached_run(options: Options) -> list[Figure]:
-    """Feature time of a first run (empty cache) and a second one (same data and config)."""
-    from pipelines.speech import SpeechConfig, prepare_data
-
-    config = SpeechConfig(data_dir=str(options.data_dir / "speech_commands"),
-                          cache_dir=str(options.work_dir / "cache"))
+    """Feature time of a first run (empty cache) and a second one (same data and config), as
+the default speech run prepares its data (training waveforms included)."""
+    config = SpeechConfig.from_options(data_dir=str(options.data_dir / "speech_commands"),
+                                       cache_dir=str(options.work_dir / "cache"))
     times = []
     for _ in range(2):
         started = time.perf_counter()
-        data = prepare_data(config)
+        data = prepare_speech_data(config.source, config.splits, config.features,
+                                   waveforms=config.augment.active)
         times.append(time.perf_counter() - started)
-    clips = sum(len(y) for y in data.y.values())
-    assert data.from_cache, "the second run did not read the cache"
+    clips = sum(len(y) for y in data.splits.y.values())
+    if not data.lineage.from_cache:
+        raise RuntimeError("the second run did not read the feature cache")
     return [Figure("cache", f"features of a second run ({clips} clips, all splits)", times[1],
                    "s", "first run, empty cache", times[0], higher_is_better=False,
                    goal="~0 s", note="one run each; listing the folder and hashing file "

@@ -9,13 +9,25 @@ prints one JSON line of figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
+
+from benchmarks.peak import peak_rss_kb
+from benchmarks.suite import Figure, Options, run_child
+from features.audio import decode_clip, decode_recording
+from features.input_pipelines import TrainingBatches, make_dataset, steps_per_epoch
+from features.mfcc import CHUNK_CLIPS
+from features.speech_commands import TWELVE_CLASS_LABELS, load_speech_commands
+from features.speech_features import DecodedChunk, extract_features
+from pipelines import training
+from pipelines.speech import SpeechConfig, build_model
 
 SHIFT_SECONDS = 0.1
 NOISE_PROBABILITY, NOISE_VOLUME = 0.8, 0.1  # as TensorFlow's speech_commands example
@@ -25,8 +37,6 @@ def variant_chunk(base: np.ndarray, labels: np.ndarray, noise: list[np.ndarray],
                   stop: int, sample_rate: int):
     """Clips start..stop-1: a base clip each (by seeded choice), shifted by up to +-100 ms and
     mixed with a random stretch of background noise."""
-    from features.speech_features import DecodedChunk
-
     rng = np.random.default_rng(start)
     picks = rng.integers(len(base), size=stop - start)
     limit = int(SHIFT_SECONDS * sample_rate)
@@ -47,22 +57,12 @@ def variant_chunk(base: np.ndarray, labels: np.ndarray, noise: list[np.ndarray],
 
 
 def run(clips: int, work_dir: Path, data_dir: Path) -> dict:
-    import keras
-
-    from benchmarks.peak import peak_rss_kb
-    from features.audio import AudioSpec, decode_clip, decode_recording
-    from features.mfcc import CHUNK_CLIPS, MfccConfig
-    from features.speech_commands import TWELVE_CLASS_LABELS, load_speech_commands
-    from features.speech_features import extract_features
-    from pipelines import training
-    from pipelines.speech import SpeechConfig, build_model
-
     config = SpeechConfig()
-    mfcc = MfccConfig()
+    mfcc = config.features
     speech_dir = data_dir / "speech_commands"
-    examples = [e for e in load_speech_commands(speech_dir).examples["train"]
-                if not e.is_silence]
-    base = np.stack([decode_clip(speech_dir / e.path, AudioSpec()) for e in examples])
+    examples = [e for e in load_speech_commands(speech_dir, config.splits, mfcc.audio)
+                .examples["train"] if not e.is_silence]
+    base = np.stack([decode_clip(speech_dir / e.path, mfcc.audio) for e in examples])
     index = {label: i for i, label in enumerate(TWELVE_CLASS_LABELS)}
     labels = np.asarray([index[e.label] for e in examples], np.int32)
     noise = [decode_recording(path, mfcc.sample_rate) for path in
@@ -86,30 +86,33 @@ def run(clips: int, work_dir: Path, data_dir: Path) -> dict:
     feature_seconds = time.perf_counter() - started
     rss_after_features = peak_rss_kb() / 2**20
 
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config, len(TWELVE_CLASS_LABELS), features.mean, features.variance)
-    training.compile_classifier(model, config,
-                                training.steps_per_epoch(clips, config.batch_size))
-    dataset = training.make_dataset(features.frames, y, config.batch_size,
-                                    len(TWELVE_CLASS_LABELS), shuffle=True, seed=config.seed,
-                                    in_memory_bytes=config.in_memory_mb * 2**20)
+    # one epoch of the default model and optimiser, streamed from the cache file as the
+    # pipeline streams a split larger than --in-memory-mb (validation: the first 512 clips)
+    keras.utils.set_random_seed(config.optim.seed)
+    limit, classes = config.source.stream_over_bytes, len(TWELVE_CLASS_LABELS)
+    batch = config.optim.batch_size
+    batches = TrainingBatches(
+        make_dataset(features.frames, y, batch, classes, shuffle_seed=config.optim.seed,
+                     stream_over_bytes=limit),
+        make_dataset(np.asarray(features.frames[:512]), y[:512], batch, classes),
+        steps_per_epoch(clips, batch))
     started = time.perf_counter()
-    history = model.fit(dataset, epochs=1, verbose=0)
+    fitted = training.fit(
+        lambda: build_model(config, classes, features.mean, features.variance), batches,
+        dataclasses.replace(config.optim, epochs=1), strategy="none", verbose=0)
     train_seconds = time.perf_counter() - started
     return {
         "clips": clips,
         "cache_gb": features.frames.nbytes / 2**30,
-        "streamed": features.frames.nbytes > config.in_memory_mb * 2**20,
+        "streamed": features.frames.nbytes > limit,
         "feature_clips_per_second": clips / feature_seconds,
         "train_samples_per_second": clips / train_seconds,
-        "train_accuracy": float(history.history["accuracy"][-1]),
+        "train_accuracy": float(fitted.history["accuracy"][-1]),
         "peak_rss_gb_after_features": rss_after_features,
     }
 
 
-def bounded_memory(options) -> list:
-    from benchmarks.suite import Figure, run_child
-
+def bounded_memory(options: Options) -> list[Figure]:
     clips = 5000 if options.quick else 100_000
     child = run_child(["benchmarks.memory", "--clips", str(clips), "--work-dir",
                        str(options.work_dir), "--data-dir", str(options.data_dir)],

@@ -19,8 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
+
+from benchmarks.suite import Figure
+from features.imdb import LABELS as REVIEW_LABELS
+from features.speech_commands import TWELVE_CLASS_LABELS
+from features.text import fit_vectorizer
+from models.recurrent import text_to_probabilities
+from pipelines import sentiment, speech, tracking
+from pipelines.serving import SpeechPredictor
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -55,25 +64,16 @@ def time_batch(predict, batch: pd.DataFrame, repeats: int) -> float:
 
 def default_models(store: Path, data_dir: Path) -> tuple[str, str]:
     """Logs default-architecture speech and sentiment models; returns their model URIs."""
-    import keras
-
-    from features.imdb import LABELS as REVIEW_LABELS
-    from features.mfcc import MfccConfig
-    from features.speech_commands import TWELVE_CLASS_LABELS
-    from features.text import fit_vectorizer
-    from models.recurrent import text_to_probabilities
-    from pipelines import sentiment, speech, tracking
-    from pipelines.serving import SpeechPredictor
-
-    text = sentiment.SentimentConfig()
-    mfcc = MfccConfig()
+    text, voice = sentiment.SentimentConfig(), speech.SpeechConfig()
+    mfcc = voice.features
     labels = TWELVE_CLASS_LABELS
     keras.utils.set_random_seed(0)
-    speech_model = speech.build_model(speech.SpeechConfig(), len(labels),
-                                      np.zeros(mfcc.n_mfcc), np.ones(mfcc.n_mfcc))
+    speech_model = speech.build_model(voice, len(labels), np.zeros(mfcc.n_mfcc),
+                                      np.ones(mfcc.n_mfcc))
     reviews = [p.read_text(encoding="utf-8") for p in
                sorted((data_dir / "aclImdb" / "train" / "pos").glob("*.txt"))[:2000]]
-    vectorizer = fit_vectorizer(reviews, text.vocabulary_size, text.sequence_length)
+    vectorizer = fit_vectorizer(reviews, text.tokens.vocabulary_size,
+                                text.tokens.sequence_length)
     text_model = sentiment.build_model(text, vectorizer.vocabulary_size(), 2)
     folder = store.parent
     with tracking.tracked_run("serving-benchmark", tracking_uri=None, store_dir=store):
@@ -115,9 +115,6 @@ def measure(speech, text, data_dir: Path, calls: int, batch_size: int, repeats: 
 def served_inference(options) -> list:
     """The suite's section: default-architecture models through mlflow.pyfunc; the reference
     for a batch is the same model answering the inputs one call at a time."""
-    from benchmarks.suite import Figure
-    from pipelines import tracking
-
     store = options.work_dir / "mlruns"
     speech_uri, text_uri = default_models(store, options.data_dir)
     speech = tracking.load_served_model(speech_uri, None, store)
@@ -150,8 +147,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="batch calls timed")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-
-    from pipelines import tracking
 
     with tempfile.TemporaryDirectory() as folder:
         speech_uri, text_uri = args.speech_model_uri, args.sentiment_model_uri

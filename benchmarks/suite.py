@@ -21,7 +21,9 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -78,8 +80,6 @@ def run_child(target: list[str], log: Path) -> Child:
     """Runs `python -m MODULE ARGS...` (target = [MODULE, *ARGS], or ["-c", CODE]) with its
     output in the file `log`, through benchmarks.peak, which records the child's own peak
     resident memory; raises if it fails."""
-    import subprocess
-
     peak_file = log.with_suffix(".peak")
     command = [sys.executable, "-m", "benchmarks.peak", str(peak_file), *target]
     started = time.perf_counter()
@@ -107,6 +107,7 @@ def median_seconds(work: Callable[[], object], repeats: int, warmup: int = 1) ->
 
 
 def sections() -> dict[str, Callable[[Options], list[Figure]]]:
+    # the section modules import this one (Figure, Options), and TensorFlow: loaded on use
     from benchmarks import (
         accuracy,
         end_to_end,
@@ -185,8 +186,6 @@ def main(argv: list[str] | None = None) -> int:
                          "speech_commands/ and aclImdb/ (see ../shared/data/README)")
     os.environ.setdefault("TQDM_DISABLE", "1")
     logging.basicConfig(level=logging.WARNING)
-    import tempfile
-
     with tempfile.TemporaryDirectory(dir=args.work_dir) as folder:
         options = Options(args.data_dir.resolve(), args.quick, Path(folder))
         figures: list[Figure] = []

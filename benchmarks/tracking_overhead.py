@@ -5,24 +5,22 @@ from __future__ import annotations
 import statistics
 import time
 
+import mlflow
 import numpy as np
 
 from benchmarks.suite import Figure, Options
+from features.speech_commands import TWELVE_CLASS_LABELS
+from pipelines import tracking
+from pipelines.serving import SpeechPredictor
+from pipelines.speech import SpeechConfig, build_model, serving_input_example
 
 
 def tracking_overhead(options: Options) -> list[Figure]:
     """`log_model` + register + alias on the default speech model: the pipeline's way
     (signature, input example, pinned requirements) vs the same call letting MLflow infer the
     requirements (it loads the model in a subprocess to see what it imports)."""
-    import mlflow
-
-    from features.speech_commands import TWELVE_CLASS_LABELS
-    from pipelines import tracking
-    from pipelines.serving import SpeechPredictor
-    from pipelines.speech import SpeechConfig, build_model, serving_input_example
-
     config = SpeechConfig()
-    mfcc = config.mfcc()
+    mfcc = config.features
     model = build_model(config, len(TWELVE_CLASS_LABELS), np.zeros(mfcc.n_mfcc),
                         np.ones(mfcc.n_mfcc))
     folder = options.work_dir

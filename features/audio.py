@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import librosa
 import numpy as np
 import soundfile
 
@@ -55,8 +56,8 @@ class AudioSpec:
         clip_seconds: Target duration; shorter clips are zero-padded at the end, longer trimmed.
     """
 
-    sample_rate: int = 16000
-    clip_seconds: float = 1.0
+    sample_rate: int
+    clip_seconds: float
 
     @property
     def clip_samples(self) -> int:
@@ -80,8 +81,6 @@ def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarr
     """Resamples with librosa (soxr, high quality); a no-op at the target rate."""
     if orig_rate == target_rate:
         return waveform
-    import librosa  # imported lazily: its first import is slow and most clips never need it
-
     return librosa.resample(waveform, orig_sr=orig_rate, target_sr=target_rate)
 
 

@@ -13,7 +13,7 @@ layer maps to zero.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,16 +22,24 @@ from features.mfcc import MfccConfig, extractor
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """How training clips are perturbed; every value 0 turns that perturbation off."""
+    """Augmentation of training clips; every value 0 turns that perturbation off."""
 
-    time_shift_ms: float = 100.0
-    speed_change: float = 0.0
-    noise_prob: float = 0.8
-    noise_volume: float = 0.1
-    time_masks: int = 2
-    time_mask_frames: int = 10
-    freq_masks: int = 2
-    freq_mask_bins: int = 5
+    time_shift_ms: float = field(default=100.0, metadata={
+        "help": "largest random shift of a training clip (ms; 0: off)"})
+    speed_change: float = field(default=0.15, metadata={
+        "help": "largest relative change of playback speed (0.1: 0.9x to 1.1x; 0: off)"})
+    noise_prob: float = field(default=0.8, metadata={
+        "help": "share of training clips mixed with a _background_noise_ stretch (0: off)"})
+    noise_volume: float = field(default=0.1, metadata={
+        "help": "loudest mixed-in noise (uniform in [0, this]; 1: as recorded)"})
+    time_masks: int = field(default=2, metadata={
+        "help": "SpecAugment: masked runs of frames per training clip"})
+    time_mask_frames: int = field(default=10, metadata={
+        "help": "SpecAugment: longest masked run of frames"})
+    freq_masks: int = field(default=2, metadata={
+        "help": "SpecAugment: masked runs of MFCC coefficients per clip"})
+    freq_mask_bins: int = field(default=5, metadata={
+        "help": "SpecAugment: longest masked run of coefficients"})
 
     def __post_init__(self):
         if not 0 <= self.speed_change < 1:

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sklearn.model_selection import train_test_split
+
 LABELS = ("neg", "pos")
 _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
 # e.g. <br />; the same pattern in RE2 (features.text's TensorFlow standardisation) and re;
@@ -177,8 +179,6 @@ def carve_validation(reviews: Sequence[Review], validation_pct: float, seed: int
     Raises:
         ValueError: `validation_pct` is not in (0, 100), or a label has too few reviews.
     """
-    from sklearn.model_selection import train_test_split
-
     if not 0 < validation_pct < 100:
         raise ValueError(f"validation_pct must be between 0 and 100, got {validation_pct}")
     indices = list(range(len(reviews)))
@@ -192,7 +192,7 @@ def carve_validation(reviews: Sequence[Review], validation_pct: float, seed: int
     return [reviews[i] for i in sorted(train)], [reviews[i] for i in sorted(validation)]
 
 
-def load_imdb(data_dir: str | Path, *, validation_pct: float = 10.0, seed: int = 0) -> ImdbData:
+def load_imdb(data_dir: str | Path, *, validation_pct: float, seed: int) -> ImdbData:
     """Reads an aclImdb folder into train/validation/test reviews.
 
     Args:

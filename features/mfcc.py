@@ -3,34 +3,46 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import librosa
 import numpy as np
+import scipy.fft
+import tensorflow as tf
 
+from features.audio import AudioSpec
 from features.batching import padded_calls
 
 
 @dataclass(frozen=True)
 class MfccConfig:
-    """Feature geometry shared by the feature stage and the model.
+    """MFCC features: the clip geometry shared by the feature stage, the model and serving.
 
     Frames are not centred (`center=False`): a 1 s clip at a 30 ms window and 10 ms hop gives
     98 frames, the same geometry as TensorFlow's speech_commands example.
     """
 
-    sample_rate: int = 16000
-    clip_seconds: float = 1.0
-    window_ms: float = 30.0
-    hop_ms: float = 10.0
-    n_mels: int = 40
-    n_mfcc: int = 40
-    fmin: float = 20.0
-    fmax: float = 8000.0
-    top_db: float = 80.0
+    sample_rate: int = field(default=16000, metadata={
+        "help": "sample rate clips are resampled to (Hz)"})
+    clip_seconds: float = field(default=1.0, metadata={
+        "help": "clip length after padding/trimming (s)"})
+    window_ms: float = field(default=30.0, metadata={"help": "MFCC analysis window (ms)"})
+    hop_ms: float = field(default=10.0, metadata={"help": "MFCC hop (ms)"})
+    n_mels: int = field(default=40, metadata={"help": "mel bands"})
+    n_mfcc: int = field(default=40, metadata={"help": "MFCC coefficients per frame"})
+    fmin: float = field(default=20.0, metadata={"help": "lowest mel frequency (Hz)"})
+    fmax: float = field(default=8000.0, metadata={"help": "highest mel frequency (Hz)"})
+    top_db: float = field(default=80.0, metadata={
+        "help": "dynamic range kept below each clip's loudest log-mel value (dB)"})
+
+    @property
+    def audio(self) -> AudioSpec:
+        """What every clip becomes before its frames are computed."""
+        return AudioSpec(self.sample_rate, self.clip_seconds)
 
     @property
     def clip_samples(self) -> int:
-        return int(round(self.sample_rate * self.clip_seconds))
+        return self.audio.clip_samples
 
     @property
     def win_length(self) -> int:
@@ -92,10 +104,6 @@ class MfccExtractor:
     """
 
     def __init__(self, config: MfccConfig):
-        import librosa  # deferred: importing librosa costs seconds
-        import scipy.fft
-        import tensorflow as tf
-
         self.config = config
         self.shape = feature_shape(config)
         kwargs = librosa_kwargs(config)

@@ -21,12 +21,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile
+
+from features.audio import AudioSpec
+from features.speech_splits import (
+    assign_splits,
+    drop_duplicate_clips,
+    split_list_notes,
+)
+from features.splits import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +43,31 @@ UNKNOWN_LABEL = "_unknown_"
 # label ids of the 12-class task, in this order
 TWELVE_CLASS_LABELS = (SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS)
 BACKGROUND_NOISE_DIR = "_background_noise_"
-SPLITS = ("train", "validation", "test")
 TASKS = ("12-class", "all-words")
-LIST_FILES = {"validation": "validation_list.txt", "test": "testing_list.txt"}
-MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # as in TensorFlow's speech_commands example
 MAX_LISTED_PATHS = 20  # listed-but-missing paths kept by name (all are counted)
-SPLIT_PRIORITY = ("test", "validation", "train")  # which split keeps a duplicated clip
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Split composition: the task's classes and how many examples of each a split gets."""
+
+    task: str = field(default="12-class", metadata={
+        "help": "ten words + _silence_ + _unknown_, or every word", "choices": TASKS})
+    validation_pct: float = field(default=10.0, metadata={
+        "help": "validation share when validation_list.txt is absent"})
+    test_pct: float = field(default=10.0, metadata={
+        "help": "test share when testing_list.txt is absent"})
+    unknown_pct: float = field(default=10.0, metadata={
+        "help": "_unknown_ examples per split, % of its command words"})
+    silence_pct: float = field(default=10.0, metadata={
+        "help": "_silence_ examples per split, % of its command words"})
+    data_seed: int = field(default=0, metadata={
+        "help": "seed of the _unknown_ subsample and _silence_ windows; kept apart from --seed "
+                "so runs with other seeds share test data"})
+    silence_rms_min: float = field(default=1e-4, metadata={
+        "help": "quietest _silence_ level (RMS, full scale = 1)"})
+    silence_rms_max: float = field(default=0.4, metadata={
+        "help": "loudest _silence_ level (RMS, full scale = 1)"})
 
 
 @dataclass(frozen=True)
@@ -109,33 +135,6 @@ class SpeechCommandsData:
         }
 
 
-def speaker_of(filename: str) -> str:
-    """The speaker part of a clip name: everything before `_nohash_`."""
-    return re.sub(r"_nohash_.*$", "", Path(filename).name)
-
-
-def which_set(filename: str, validation_pct: float, test_pct: float) -> str:
-    """Assigns a clip to a split by hashing its speaker, as TensorFlow's example does.
-
-    Args:
-        filename: Clip file name or path.
-        validation_pct: Share of speakers for validation, in percent.
-        test_pct: Share of speakers for test, in percent.
-
-    Returns:
-        "train", "validation" or "test"; all clips of one speaker land in the same split.
-    """
-    hashed = hashlib.sha1(speaker_of(filename).encode()).hexdigest()
-    percentage = (int(hashed, 16) % (MAX_NUM_WAVS_PER_CLASS + 1)) * (
-        100.0 / MAX_NUM_WAVS_PER_CLASS
-    )
-    if percentage < validation_pct:
-        return "validation"
-    if percentage < validation_pct + test_pct:
-        return "test"
-    return "train"
-
-
 def list_word_clips(data_dir: Path) -> dict[str, list[str]]:
     """Lists `<word>/*.wav` clips as paths relative to `data_dir`; a word folder without clips
     maps to an empty list (the task decides whether it can do without it).
@@ -160,105 +159,6 @@ def list_word_clips(data_dir: Path) -> dict[str, list[str]]:
     return clips
 
 
-def read_list(path: Path) -> set[str] | None:
-    """Reads a split list (one relative path per line); None when the file is absent."""
-    if not path.is_file():
-        return None
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
-
-
-@dataclass
-class SplitAssignment:
-    """Clips per split and what the split lists said about the folder.
-
-    Attributes:
-        clips: "train", "validation", "test" -> clip paths.
-        method: "lists", "hash", or "lists+hash" (one list missing).
-        missing_lists: Names of the absent list files.
-        listed_missing: Listed names without a file, sorted.
-        listed_twice: Clips on both lists (placed in test), sorted.
-    """
-
-    clips: dict[str, list[str]]
-    method: str
-    missing_lists: list[str]
-    listed_missing: list[str]
-    listed_twice: list[str]
-
-
-def assign_splits(
-    data_dir: Path, clips: list[str], validation_pct: float, test_pct: float
-) -> SplitAssignment:
-    """Splits clips by the official lists where present, by speaker hash otherwise; a clip on
-    both lists goes to test."""
-    lists = {split: read_list(data_dir / name) for split, name in LIST_FILES.items()}
-    present = set(clips)
-    listed = [names for names in lists.values() if names is not None]
-    listed_missing = sorted(set().union(*listed) - present)
-    listed_twice = (sorted(lists["validation"] & lists["test"] & present)
-                    if len(listed) == 2 else [])
-    splits: dict[str, list[str]] = {split: [] for split in SPLITS}
-    for clip in clips:
-        hashed = None
-        split = "train"
-        for name in ("test", "validation"):
-            if lists[name] is not None:
-                if clip in lists[name]:
-                    split = name
-                    break
-            else:
-                hashed = hashed or which_set(clip, validation_pct, test_pct)
-                if hashed == name:
-                    split = name
-                    break
-        splits[split].append(clip)
-    missing_lists = [LIST_FILES[name] for name, names in lists.items() if names is None]
-    method = ("lists" if not missing_lists
-              else "hash" if len(missing_lists) == 2 else "lists+hash")
-    return SplitAssignment(splits, method, missing_lists, listed_missing, listed_twice)
-
-
-def content_hashes(data_dir: Path, clips: list[str]) -> dict[str, str]:
-    """SHA-256 of the bytes of each clip that shares its file size with another clip (only
-    those can be exact copies); the other clips are left out."""
-    by_size: dict[int, list[str]] = {}
-    for clip in clips:
-        by_size.setdefault((data_dir / clip).stat().st_size, []).append(clip)
-    hashes = {}
-    for group in by_size.values():
-        if len(group) < 2:
-            continue
-        for clip in group:
-            with open(data_dir / clip, "rb") as handle:
-                hashes[clip] = hashlib.file_digest(handle, "sha256").hexdigest()
-    return hashes
-
-
-def drop_duplicate_clips(data_dir: Path, split_clips: dict[str, list[str]]
-                         ) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
-    """Keeps one copy of each set of byte-identical clips: the one in the first split of
-    `SPLIT_PRIORITY` that holds a copy, and within that split the first by path.
-
-    Returns:
-        (the clips per split without the dropped copies, (path, "duplicate of <kept>") of each).
-    """
-    hashes = content_hashes(data_dir, [c for clips in split_clips.values() for c in clips])
-    kept_by_hash: dict[str, str] = {}
-    dropped: dict[str, str] = {}
-    for split in SPLIT_PRIORITY:
-        for clip in sorted(split_clips[split]):
-            digest = hashes.get(clip)
-            if digest is None:
-                continue
-            if digest in kept_by_hash:
-                dropped[clip] = kept_by_hash[digest]
-            else:
-                kept_by_hash[digest] = clip
-    kept = {split: [c for c in clips if c not in dropped] for split, clips in split_clips.items()}
-    skipped = [(clip, f"duplicate of {original}") for clip, original in sorted(dropped.items())]
-    return kept, skipped
-
-
 def add_note(notes: list[str], message: str) -> None:
     """Records a note about the folder and logs it as a warning."""
     notes.append(message)
@@ -281,22 +181,6 @@ def drop_empty_words(data_dir: Path, clips: dict[str, list[str]], task: str,
     for word in empty:
         add_note(notes, f"{data_dir / word}: word folder holds no .wav files; left out")
     return {word: files for word, files in clips.items() if files}
-
-
-def report_split_lists(data_dir: Path, assignment: SplitAssignment, validation_pct: float,
-                       test_pct: float, notes: list[str]) -> None:
-    """Notes missing split lists and clips on both lists; logs listed files that do not exist."""
-    if assignment.missing_lists:
-        add_note(notes, f"{data_dir}: {' and '.join(assignment.missing_lists)} not found; "
-                 f"the clips they would list are split by speaker hash ({validation_pct:g} % "
-                 f"validation, {test_pct:g} % test)")
-    if assignment.listed_twice:
-        add_note(notes, f"{len(assignment.listed_twice)} clips listed in both "
-                 f"{LIST_FILES['validation']} and {LIST_FILES['test']} were put in test, e.g. "
-                 f"{', '.join(assignment.listed_twice[:3])}")
-    if assignment.listed_missing:
-        log.warning("%s: %d files named in the split lists do not exist, e.g. %s", data_dir,
-                    len(assignment.listed_missing), ", ".join(assignment.listed_missing[:3]))
 
 
 def noise_recordings(data_dir: Path, sample_rate: int) -> dict[str, int]:
@@ -338,32 +222,17 @@ def silence_examples(
     return examples
 
 
-def load_speech_commands(
-    data_dir: str | Path,
-    *,
-    task: str = "12-class",
-    validation_pct: float = 10.0,
-    test_pct: float = 10.0,
-    unknown_pct: float = 10.0,
-    silence_pct: float = 10.0,
-    silence_rms: tuple[float, float] = (1e-4, 0.4),
-    sample_rate: int = 16000,
-    clip_samples: int = 16000,
-    seed: int = 0,
-) -> SpeechCommandsData:
+def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: AudioSpec
+                         ) -> SpeechCommandsData:
     """Lists a Speech Commands folder and composes the task's splits.
 
     Args:
         data_dir: Folder in the official layout.
-        task: "12-class" (ten words, `_silence_`, `_unknown_`) or "all-words".
-        validation_pct: Validation share for the hash split (used when a list is absent).
-        test_pct: Test share for the hash split (used when a list is absent).
-        unknown_pct: `_unknown_` examples per split, in percent of that split's command words.
-        silence_pct: `_silence_` examples per split, in percent of that split's command words.
-        silence_rms: Range of RMS levels for silence windows (drawn log-uniformly).
-        sample_rate: Sample rate clips are converted to.
-        clip_samples: Samples per clip.
-        seed: Seed for the unknown subsample and the silence windows.
+        splits: The task ("12-class": ten words, `_silence_`, `_unknown_`; or "all-words"),
+            the hash-split shares used where a list is absent, the `_unknown_` and `_silence_`
+            shares of each split (in percent of its command words), the RMS range silence
+            windows are drawn from (log-uniformly) and the seed of both draws.
+        audio: Sample rate and length of a clip (for the silence windows).
 
     Returns:
         The examples per split, with labels in model output order, and what was left out.
@@ -373,14 +242,20 @@ def load_speech_commands(
         ValueError: Unknown task, no clips at all, or a command word folder of the 12-class
             task is missing or empty.
     """
+    task = splits.task
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
     data_dir = Path(data_dir)
     notes: list[str] = []
     clips = drop_empty_words(data_dir, list_word_clips(data_dir), task, notes)
     assignment = assign_splits(
-        data_dir, [clip for files in clips.values() for clip in files], validation_pct, test_pct)
-    report_split_lists(data_dir, assignment, validation_pct, test_pct, notes)
+        data_dir, [clip for files in clips.values() for clip in files], splits.validation_pct,
+        splits.test_pct)
+    for note in split_list_notes(data_dir, assignment, splits.validation_pct, splits.test_pct):
+        add_note(notes, note)
+    if assignment.listed_missing:
+        log.warning("%s: %d files named in the split lists do not exist, e.g. %s", data_dir,
+                    len(assignment.listed_missing), ", ".join(assignment.listed_missing[:3]))
     split_clips, skipped = drop_duplicate_clips(data_dir, assignment.clips)
     if skipped:
         add_note(notes, f"{len(skipped)} clips are byte-identical copies of others and were "
@@ -400,21 +275,22 @@ def load_speech_commands(
     missing_words = [word for word in COMMAND_WORDS if word not in clips]
     if missing_words:
         raise ValueError(f"{data_dir}: command word folders missing: {', '.join(missing_words)}")
-    noise = noise_recordings(data_dir, sample_rate)
+    noise = noise_recordings(data_dir, audio.sample_rate)
+    silence_rms = (splits.silence_rms_min, splits.silence_rms_max)
     examples = {}
     for index, split in enumerate(SPLITS):
-        rng = np.random.default_rng([seed, index])
+        rng = np.random.default_rng([splits.data_seed, index])
         words = [c for c in split_clips[split] if c.split("/")[0] in COMMAND_WORDS]
         others = [c for c in split_clips[split] if c.split("/")[0] not in COMMAND_WORDS]
-        wanted = math.ceil(len(words) * unknown_pct / 100)
+        wanted = math.ceil(len(words) * splits.unknown_pct / 100)
         if wanted > len(others):
             add_note(notes, f"{split}: {wanted} _unknown_ wanted, {len(others)} available")
         unknown = [others[i] for i in rng.permutation(len(others))[:wanted]]
-        silence_count = math.ceil(len(words) * silence_pct / 100)
+        silence_count = math.ceil(len(words) * splits.silence_pct / 100)
         examples[split] = (
             [Example(c.split("/")[0], c) for c in words]
             + [Example(UNKNOWN_LABEL, c) for c in sorted(unknown)]
-            + silence_examples(silence_count, noise, clip_samples, silence_rms, rng)
+            + silence_examples(silence_count, noise, audio.clip_samples, silence_rms, rng)
         )
     return SpeechCommandsData(labels=TWELVE_CLASS_LABELS, examples=examples, **found)
 

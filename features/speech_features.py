@@ -4,11 +4,9 @@ The feature stage decodes clips on worker threads, in chunks, while the previous
 frames are computed (one compiled call per chunk, on every core), and streams the frames to the
 cache file as they come: memory stays bounded by a few chunks, however many clips there are.
 
-A cache entry is keyed by a hash of the example list (paths, sizes, modification times, silence
-windows) and the feature configuration, so a second run with the same data and config reads the
-frames back (memory-mapped) and decodes nothing. The CRC-32 of the frame file, computed while it
-is streamed, is stored with the entry and checked on every load: an entry whose metadata is
-unreadable, or whose frame file has another size or checksum, is logged and rebuilt, never used.
+A cache entry (features.feature_cache) is keyed by a hash of the example list (paths, sizes,
+modification times, silence windows) and the feature configuration, so a second run with the
+same data and config reads the frames back (memory-mapped) and decodes nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import itertools
 import json
 import logging
 import os
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,40 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from features.audio import AudioDecodeError, AudioSpec, decode_clip, decode_recording
+from features.feature_cache import RowSink, SplitFeatures, cached_features
 from features.mfcc import CHUNK_CLIPS, MfccConfig, extractor, feature_shape
 from features.speech_commands import Example
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 3  # bump when the way features are computed or stored changes
-DTYPE = np.float32
-CHECKSUM_BLOCK = 1 << 20  # bytes read at a time when verifying a cache file
-META_KEYS = ("shape", "kept", "skipped", "mean", "variance", "crc32")
-
-
-@dataclass
-class SplitFeatures:
-    """Features of one split.
-
-    Attributes:
-        frames: float32 array (clips, frames, n_mfcc); memory-mapped when it lives in the cache.
-        kept: Indices into the split's example list of the clips that decoded.
-        skipped: (path, reason) of each clip that could not be decoded.
-        from_cache: Whether the arrays were read from the cache.
-        mean: Per-coefficient mean over all kept clips and frames (for input normalisation).
-        variance: Per-coefficient variance, as `mean`.
-        crc32: CRC-32 of the bytes streamed to the cache file; None when held in memory.
-    """
-
-    frames: np.ndarray
-    kept: np.ndarray
-    skipped: list[tuple[str, str]]
-    from_cache: bool
-    mean: np.ndarray
-    variance: np.ndarray
-    crc32: int | None = None
 
 
 def cache_key(examples: Sequence[Example], data_dir: Path, config: MfccConfig,
@@ -190,47 +163,6 @@ class Moments:
         return self.m2 / max(self.count, 1)
 
 
-class RowSink:
-    """Where a stage's output rows go, block by block: streamed to the raw float32 file `out`
-    (so that no more than a block is held), or, with no file, into an array of up to `total`
-    rows. `rows()` then gives what was written: memory-mapped from `out`, or the array. The
-    CRC-32 of the bytes written to `out` is kept as they go (`crc32`), so that the cache need
-    not read the file again to checksum it."""
-
-    def __init__(self, out: Path | None, total: int, row_shape: tuple[int, ...]):
-        self.out = out
-        self.row_shape = tuple(row_shape)
-        self.count = 0
-        self.crc32 = 0 if out is not None else None
-        self.array = np.empty((total, *self.row_shape), DTYPE) if out is None else None
-        self.handle = None
-
-    def __enter__(self) -> RowSink:
-        if self.out is not None:
-            self.handle = open(self.out, "wb")  # noqa: SIM115 (closed in __exit__)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.handle is not None:
-            self.handle.close()
-
-    def write(self, block: np.ndarray) -> None:
-        if self.handle is not None:
-            data = memoryview(np.ascontiguousarray(block, DTYPE)).cast("B")
-            self.handle.write(data)
-            self.crc32 = zlib.crc32(data, self.crc32)
-        else:
-            self.array[self.count : self.count + len(block)] = block
-        self.count += len(block)
-
-    def rows(self) -> np.ndarray:
-        if self.out is None:
-            return self.array[: self.count]
-        if not self.count:
-            return np.zeros((0, *self.row_shape), DTYPE)
-        return np.memmap(self.out, DTYPE, "r", shape=(self.count, *self.row_shape))
-
-
 def extract_features(
     chunks: Iterable[Callable[[], DecodedChunk]],
     total: int,
@@ -256,8 +188,6 @@ def extract_features(
         The frames (memory-mapped from `out` when given), kept indices, skipped examples and
         the per-coefficient moments.
     """
-    from tqdm.auto import tqdm
-
     compute = extractor(config)
     shape = feature_shape(config)
     workers = workers or max(1, (os.cpu_count() or 2) // 2)
@@ -293,8 +223,7 @@ def compute_features(
     out: Path | None = None,
 ) -> SplitFeatures:
     """Decodes every example and computes its MFCC frames, skipping undecodable clips."""
-    decoder = ExampleDecoder(examples, Path(data_dir),
-                             AudioSpec(config.sample_rate, config.clip_seconds))
+    decoder = ExampleDecoder(examples, Path(data_dir), config.audio)
     return extract_features(decoder.chunks(), len(examples), config, out, desc)
 
 
@@ -316,127 +245,6 @@ def compute_waveforms(
     empty = np.zeros(0)
     return SplitFeatures(sink.rows(), np.asarray(kept, np.int64), skipped, False, empty, empty,
                          sink.crc32)
-
-
-def file_crc32(path: Path) -> int:
-    """CRC-32 of a file, read in `CHECKSUM_BLOCK` blocks."""
-    crc = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(CHECKSUM_BLOCK):
-            crc = zlib.crc32(block, crc)
-    return crc
-
-
-class FeatureCache:
-    """A folder of entries: `<key>.f32` (raw float32 frames) and `<key>.json` (shape, kept and
-    skipped examples, moments, the frame file's CRC-32), the metadata written last so that it
-    marks a complete entry."""
-
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-
-    def data_path(self, key: str) -> Path:
-        return self.directory / f"{key}.f32"
-
-    def meta_path(self, key: str) -> Path:
-        return self.directory / f"{key}.json"
-
-    def read_meta(self, key: str) -> dict | None:
-        """The entry's metadata with its values typed (shape a tuple of ints, crc32 an int,
-        kept, mean and variance arrays, skipped pairs), or None, with a warning, when it is
-        unreadable, incomplete or malformed."""
-        meta_path = self.meta_path(key)
-        try:
-            meta = json.loads(meta_path.read_text())
-            missing = [name for name in META_KEYS if name not in meta]
-            if missing:
-                log.warning("feature cache metadata %s lacks %s; rebuilding", meta_path,
-                            ", ".join(missing))
-                return None
-            return meta | {
-                "shape": tuple(int(size) for size in meta["shape"]),
-                "crc32": int(meta["crc32"]),
-                "kept": np.asarray(meta["kept"], np.int64),
-                "skipped": [tuple(item) for item in meta["skipped"]],
-                "mean": np.asarray(meta["mean"], np.float64),
-                "variance": np.asarray(meta["variance"], np.float64),
-            }
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError,
-                ValueError) as error:
-            log.warning("feature cache metadata %s is unreadable (%s); rebuilding", meta_path,
-                        error)
-            return None
-
-    def verify(self, key: str, meta: dict) -> bool:
-        """Whether the frame file has the size and CRC-32 the metadata records (warns if not)."""
-        data_path = self.data_path(key)
-        expected = int(np.prod(meta["shape"])) * np.dtype(DTYPE).itemsize
-        if data_path.stat().st_size != expected:
-            log.warning("feature cache %s holds %d bytes, expected %d for shape %s; rebuilding",
-                        data_path, data_path.stat().st_size, expected, list(meta["shape"]))
-            return False
-        actual = file_crc32(data_path)
-        if actual != meta["crc32"]:
-            log.warning("feature cache %s has CRC-32 %08x, expected %08x (corrupted); "
-                        "rebuilding", data_path, actual, meta["crc32"])
-            return False
-        return True
-
-    def entry(self, key: str, meta: dict, from_cache: bool) -> SplitFeatures:
-        """The entry described by typed metadata (`read_meta`), its frames memory-mapped."""
-        shape = meta["shape"]
-        frames = (np.memmap(self.data_path(key), DTYPE, "r", shape=shape) if shape[0]
-                  else np.zeros(shape, DTYPE))
-        return SplitFeatures(frames, meta["kept"], meta["skipped"], from_cache, meta["mean"],
-                             meta["variance"], meta["crc32"])
-
-    def load(self, key: str) -> SplitFeatures | None:
-        """Returns the cached entry (frames memory-mapped) after checking the frame file's size
-        and CRC-32; None if it is absent, incomplete or damaged (damage is logged)."""
-        if not (self.meta_path(key).is_file() and self.data_path(key).is_file()):
-            return None
-        meta = self.read_meta(key)
-        if meta is None or not self.verify(key, meta):
-            return None
-        return self.entry(key, meta, from_cache=True)
-
-    def build(self, key: str, compute: Callable[[Path], SplitFeatures]) -> SplitFeatures:
-        """Runs `compute(path)`, which streams the frames to a temporary file (and checksums
-        them as it goes), then moves the file into place and writes the metadata that marks the
-        entry complete."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".{key}.{os.getpid()}.f32"
-        try:
-            features = compute(tmp)
-            if not len(features.kept):
-                tmp.write_bytes(b"")
-            crc32 = features.crc32 if features.crc32 is not None else file_crc32(tmp)
-            os.replace(tmp, self.data_path(key))
-        finally:
-            tmp.unlink(missing_ok=True)
-        meta = {"shape": tuple(features.frames.shape), "kept": features.kept,
-                "skipped": features.skipped, "mean": features.mean,
-                "variance": features.variance, "crc32": crc32}  # as read_meta types it
-        tmp_meta = self.directory / f".{key}.{os.getpid()}.json"
-        tmp_meta.write_text(json.dumps({name: value.tolist() if isinstance(value, np.ndarray)
-                                        else value for name, value in meta.items()}))
-        os.replace(tmp_meta, self.meta_path(key))
-        # mapped again from its final path (the map of the temporary name is dropped)
-        return self.entry(key, meta, from_cache=False)
-
-
-def cached_features(cache_dir: str | Path | None, key: str,
-                    compute: Callable[[Path | None], SplitFeatures]) -> SplitFeatures:
-    """Returns the cache entry `key`, or builds it with `compute(out)`, which streams the frames
-    to the file `out` (None when caching is off: the frames stay in memory)."""
-    if cache_dir is None:
-        return compute(None)
-    cache = FeatureCache(cache_dir)
-    cached = cache.load(key)
-    if cached is not None:
-        log.info("%d clips read from feature cache %s", len(cached.kept), key)
-        return cached
-    return cache.build(key, compute)
 
 
 def split_features(
@@ -472,7 +280,7 @@ def split_waveforms(
     like the frames; `frames` holds the (clips, samples) waveforms, rows aligned with
     `split_features`' rows."""
     data_dir = Path(data_dir)
-    spec = AudioSpec(config.sample_rate, config.clip_seconds)
+    spec = config.audio
     key = cache_key(examples, data_dir, config, "waveforms") if cache_dir is not None else ""
     return cached_features(
         cache_dir, key, lambda out: compute_waveforms(examples, data_dir, spec, out))

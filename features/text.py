@@ -16,19 +16,36 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
+import scipy.sparse
 import tensorflow as tf
 
 from features.imdb import HTML_TAG, HTML_TAG_RE
+from features.splits import Splits
 
 PADDING_ID = 0
 OOV_ID = 1
 OOV_TOKEN = "[UNK]"
 ENCODE_BATCH = 1024
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a str may hold them; UTF-8 cannot
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Token ids: the vocabulary, the ids kept per review, and length-bucketed batches."""
+
+    vocabulary_size: int = field(default=20000, metadata={
+        "help": "most tokens kept, padding and OOV ids included"})
+    sequence_length: int = field(default=400, metadata={
+        "help": "token ids per review after truncation/right padding"})
+    bucketing: bool = field(default=True, metadata={
+        "help": "batch reviews of similar length together, padding each batch only to its "
+                "bucket's length"})
+    buckets: int = field(default=8, metadata={"help": "length buckets for --bucketing"})
 
 
 def review_text(text: str | bytes) -> str:
@@ -111,6 +128,27 @@ def encode_reviews(vectorizer: keras.layers.TextVectorization, texts: Sequence[s
     return ids
 
 
+def encode_splits(texts: Splits, tokens: TokenConfig
+                  ) -> tuple[keras.layers.TextVectorization, Splits]:
+    """Fits the vocabulary on the training texts only and encodes every split.
+
+    Returns:
+        The fitted TextVectorization, and the splits with token ids in place of texts.
+    """
+    vectorizer = fit_vectorizer(texts.x["train"], tokens.vocabulary_size, tokens.sequence_length)
+    return vectorizer, texts.with_inputs(
+        {split: encode_reviews(vectorizer, reviews) for split, reviews in texts.x.items()})
+
+
+def vectorizer_summary(vectorizer: keras.layers.TextVectorization) -> dict:
+    """How token ids are made, as the run records it (`feature_config.json`)."""
+    vocabulary = vectorizer.get_vocabulary()
+    return {"vocabulary_size": len(vocabulary),
+            "sequence_length": vectorizer.get_config()["output_sequence_length"],
+            "padding_id": PADDING_ID, "oov_id": OOV_ID, "oov_token": vocabulary[OOV_ID],
+            "padding": "post", "standardize": "features.text.standardize_review"}
+
+
 def fit_ngram_vectorizer(train_texts: Sequence[str], max_tokens: int, max_ngram: int
                          ) -> keras.layers.TextVectorization:
     """A bag of word n-grams (1 to `max_ngram` words) fitted on the training texts: the
@@ -130,8 +168,6 @@ def fit_ngram_vectorizer(train_texts: Sequence[str], max_tokens: int, max_ngram:
 
 def ngram_matrix(vectorizer: keras.layers.TextVectorization, texts: Sequence[str]):
     """The bag of n-grams of `texts` as a scipy CSR matrix (reviews, n-grams) of 0/1."""
-    import scipy.sparse
-
     width = vectorizer.vocabulary_size()
     blocks = [scipy.sparse.csr_matrix((0, width), dtype=np.float32)]
     for start in range(0, len(texts), ENCODE_BATCH):

@@ -10,6 +10,7 @@ TFDS_NAME = "imdb_reviews"
 
 def download_url() -> str:
     """URL the TFDS builder downloads the aclImdb archive from."""
+    # on use, like tensorflow_datasets itself
     from tensorflow_datasets.datasets.imdb_reviews import imdb_reviews_dataset_builder
 
     return imdb_reviews_dataset_builder._DOWNLOAD_URL
@@ -27,14 +28,13 @@ def imdb_builder(data_dir: str | None):
         "extracted aclImdb_v1.tar.gz archive)")
 
 
-def read_tfds_imdb(data_dir: str | None, *, validation_pct: float = 10.0, seed: int = 0
-                   ) -> ImdbData:
+def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int) -> ImdbData:
     """Reads `train` and `test`, carving validation out of `train` as the folder reader does.
 
     Reviews are decoded as UTF-8 with undecodable bytes replaced; empty ones are skipped and
     counted. Each review's id is `<split>/<index>` in the TFDS split.
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # on use: seconds to import, only --source tfds
 
     builder = imdb_builder(data_dir)
     names = builder.info.features["label"].names

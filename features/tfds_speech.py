@@ -23,6 +23,7 @@ class TfdsSplit:
 
 def download_url() -> str:
     """URL the TFDS builder downloads the archives from."""
+    # on use, like tensorflow_datasets itself
     from tensorflow_datasets.datasets.speech_commands import speech_commands_dataset_builder
 
     return speech_commands_dataset_builder._DOWNLOAD_PATH
@@ -50,7 +51,7 @@ def read_tfds_speech_commands(data_dir: str | None, clip_samples: int) -> dict[s
     Returns:
         The splits "train", "validation" and "test".
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # on use: seconds to import, only --source tfds
 
     builder = speech_commands_builder(data_dir)
     names = builder.info.features["label"].names

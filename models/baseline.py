@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -9,24 +11,35 @@ from sklearn.pipeline import Pipeline
 from features.text import strip_html_lower
 
 
-def build_tfidf_logreg(*, max_ngram: int = 2, min_df: int = 2, c: float = 10.0,
-                       max_features: int | None = None, seed: int = 0) -> Pipeline:
+@dataclass(frozen=True)
+class TfidfConfig:
+    """TF-IDF baseline (--model tfidf-logreg): word n-grams and logistic regression."""
+
+    max_ngram: int = field(default=2, metadata={"help": "tfidf-logreg: longest word n-gram"})
+    min_df: int = field(default=2, metadata={
+        "help": "tfidf-logreg: drop n-grams in fewer training reviews"})
+    logreg_c: float = field(default=10.0, metadata={
+        "help": "tfidf-logreg: inverse L2 regularisation strength"})
+
+
+def build_tfidf_logreg(config: TfidfConfig, *, seed: int, max_features: int | None = None
+                       ) -> Pipeline:
     """TF-IDF over word n-grams (sublinear term frequency) + L2 logistic regression.
 
     Args:
-        max_ngram: Longest word n-gram (1: unigrams only).
-        min_df: Drop n-grams seen in fewer training documents.
-        c: Inverse regularisation strength of the logistic regression.
-        max_features: Keep only the most frequent n-grams (None: all).
+        config: Longest n-gram (1: unigrams only), the fewest training documents an n-gram
+            must appear in, and the inverse regularisation strength.
         seed: Solver seed.
+        max_features: Keep only the most frequent n-grams (None: all).
 
     Returns:
         An unfitted scikit-learn pipeline with `fit(texts, y)` and `predict_proba(texts)`.
     """
-    if max_ngram < 1:
-        raise ValueError(f"max_ngram must be at least 1, got {max_ngram}")
+    if config.max_ngram < 1:
+        raise ValueError(f"max_ngram must be at least 1, got {config.max_ngram}")
     return Pipeline([
-        ("tfidf", TfidfVectorizer(preprocessor=strip_html_lower, ngram_range=(1, max_ngram),
-                                  min_df=min_df, max_features=max_features, sublinear_tf=True)),
-        ("logreg", LogisticRegression(C=c, max_iter=1000, random_state=seed)),
+        ("tfidf", TfidfVectorizer(preprocessor=strip_html_lower,
+                                  ngram_range=(1, config.max_ngram), min_df=config.min_df,
+                                  max_features=max_features, sublinear_tf=True)),
+        ("logreg", LogisticRegression(C=config.logreg_c, max_iter=1000, random_state=seed)),
     ])

@@ -1,12 +1,35 @@
-"""The bag-of-n-grams branch of the sentiment model and the model joining it to the Bi-RNN."""
+"""The bag-of-n-grams branch of the sentiment model: fitting it (NB-LR), choosing its blend
+weight with the Bi-RNN, and the Keras model joining the two."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 import tensorflow as tf
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+from features.splits import Splits
+from features.text import fit_ngram_vectorizer, log_count_ratio, ngram_matrix
+
+BLEND_WEIGHTS = np.linspace(0, 1, 21)  # the n-gram branch's weights tried, in steps of 0.05
+
+
+@dataclass(frozen=True)
+class NgramConfig:
+    """Bag-of-n-grams branch: NB-weighted logistic regression blended with the Bi-RNN."""
+
+    ngram_features: int = field(default=500_000, metadata={
+        "help": "most frequent word n-grams in the bag-of-n-grams branch blended with the "
+                "recurrent model (0: no branch)"})
+    ngram_order: int = field(default=3, metadata={"help": "longest n-gram of that branch (words)"})
+    ngram_c: float = field(default=0.1, metadata={
+        "help": "inverse L2 regularisation of the branch's naive-Bayes-weighted logistic "
+                "regression (NBSVM-style)"})
 
 
 @keras.saving.register_keras_serializable(package="models")
@@ -104,3 +127,61 @@ def blended_text_classifier(recurrent: keras.Model, ngrams: keras.Model, weight:
     texts = keras.Input(shape=(), dtype="string", name="text")
     blended = BlendProbabilities(weight, name="blend")([ngrams(texts), recurrent(texts)])
     return keras.Model(texts, blended, name="blended_text_classifier")
+
+
+@dataclass
+class FittedBranch:
+    """The fitted n-gram branch: vectorizer, folded weights, its logits per split, and what
+    fitting it measured (`ngram_features`, `ngram_seconds`, `ngram_<split>_accuracy`)."""
+
+    vectorizer: keras.layers.TextVectorization
+    coefficients: np.ndarray
+    intercept: float
+    logits: dict[str, np.ndarray]
+    metrics: dict[str, float]
+
+    def model(self) -> keras.Model:
+        """The branch as a Keras model over raw strings (`ngram_branch`)."""
+        return ngram_branch(self.vectorizer, self.coefficients, self.intercept)
+
+
+def fit_ngram_branch(texts: Splits, config: NgramConfig) -> FittedBranch:
+    """Fits the branch on the training texts: binary 1..ngram_order-gram bags, scaled by the
+    naive-Bayes log-count ratio, then an L2 logistic regression (liblinear; NBSVM's NB-LR
+    variant). The scaling is folded into the coefficients, so the branch is one linear layer.
+
+    Raises:
+        ValueError: The task is not binary.
+    """
+    if len(texts.labels) != 2:
+        raise ValueError(f"the n-gram branch needs two classes, got {len(texts.labels)}; "
+                         "pass --ngram-features 0")
+    started = time.perf_counter()
+    vectorizer = fit_ngram_vectorizer(texts.x["train"], config.ngram_features,
+                                      config.ngram_order)
+    bags = {split: ngram_matrix(vectorizer, reviews) for split, reviews in texts.x.items()}
+    ratio = log_count_ratio(bags["train"], texts.y["train"])
+    classifier = LogisticRegression(C=config.ngram_c, solver="liblinear", max_iter=1000)
+    classifier.fit(bags["train"].multiply(ratio[None, :]).tocsr(), texts.y["train"])
+    coefficients = (ratio * classifier.coef_[0]).astype(np.float32)
+    intercept = float(classifier.intercept_[0])
+    logits = {split: bag @ coefficients + intercept for split, bag in bags.items()}
+    metrics = {
+        "ngram_features": vectorizer.vocabulary_size(),
+        "ngram_seconds": time.perf_counter() - started,
+        **{f"ngram_{split}_accuracy": float(((logits[split] > 0) == texts.y[split]).mean())
+           for split in ("validation", "test")},
+    }
+    return FittedBranch(vectorizer, coefficients, intercept, logits, metrics)
+
+
+def blend(logits: np.ndarray, recurrent: np.ndarray, weight: float) -> np.ndarray:
+    """The blended model's probabilities (`blend_probabilities`) as NumPy."""
+    return np.asarray(blend_probabilities(logits[:, None], recurrent, weight))
+
+
+def choose_blend_weight(logits: np.ndarray, recurrent: np.ndarray, y: np.ndarray) -> float:
+    """The weight of the n-gram branch (one of BLEND_WEIGHTS) whose blend has the lowest
+    validation log-loss."""
+    losses = [log_loss(y, blend(logits, recurrent, w), labels=[0, 1]) for w in BLEND_WEIGHTS]
+    return float(BLEND_WEIGHTS[int(np.argmin(losses))])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -10,6 +11,24 @@ import numpy as np
 CELLS = ("gru", "lstm")
 POOLINGS = ("mean", "max", "mean-max", "attention")
 FRONT_ENDS = ("none", "conv")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecurrentConfig:
+    """Recurrent classifier: the bidirectional stack, its pooling over time and the head.
+
+    Both tasks build on it; each sets its own depth, pooling and head width.
+    """
+
+    cell: str = field(default="gru", metadata={
+        "help": "recurrent cell of the bidirectional layers", "choices": CELLS})
+    units: int = field(default=64, metadata={
+        "help": "units per direction in each recurrent layer"})
+    depth: int = field(metadata={"help": "number of bidirectional recurrent layers"})
+    dropout: float = field(default=0.3, metadata={
+        "help": "dropout after each recurrent layer and before the head"})
+    pooling: str = field(metadata={"help": "pooling over time", "choices": POOLINGS})
+    dense_units: int = field(metadata={"help": "hidden units of the dense head (0: none)"})
 
 
 def recurrent_layer(cell: str, units: int, name: str) -> keras.layers.Layer:
@@ -139,21 +158,26 @@ def classification_head(x: keras.KerasTensor, num_classes: int, *, dense_units: 
     return keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
 
 
+def recurrent_classifier(x: keras.KerasTensor, num_classes: int, config: RecurrentConfig
+                         ) -> keras.KerasTensor:
+    """The Bi-RNN stack, pooling over time and softmax head of `config`, applied to `x`."""
+    x = recurrent_stack(x, cell=config.cell, units=config.units, depth=config.depth,
+                        dropout=config.dropout)
+    x = pool_over_time(x, config.pooling)
+    return classification_head(x, num_classes, dense_units=config.dense_units,
+                               dropout=config.dropout)
+
+
 def build_classifier(
     input_shape: tuple[int, int],
     num_classes: int,
+    config: RecurrentConfig,
     *,
     mean: Sequence[float] | np.ndarray,
     variance: Sequence[float] | np.ndarray,
-    cell: str = "gru",
-    units: int = 64,
-    depth: int = 2,
-    dropout: float = 0.2,
-    pooling: str = "mean-max",
-    dense_units: int = 64,
-    input_noise: float = 0.0,
-    front_end: str = "none",
-    conv_filters: int = 64,
+    front_end: str,
+    conv_filters: int,
+    input_noise: float,
 ) -> keras.Model:
     """Classifier over frame sequences (e.g. MFCC frames): normalise, optional convolutional
     front end (a CRNN), Bi-RNN stack, pool, softmax.
@@ -161,18 +185,14 @@ def build_classifier(
     Args:
         input_shape: (frames, coefficients) of one example.
         num_classes: Number of output classes.
+        config: The recurrent stack (cell, units, depth, dropout), its pooling over time
+            ("mean", "max", "mean-max" or "attention") and the head's hidden units.
         mean: Per-coefficient mean fitted on the training split.
         variance: Per-coefficient variance fitted on the training split.
-        cell: "gru" or "lstm".
-        units: Units per direction in each recurrent layer.
-        depth: Number of bidirectional layers.
-        dropout: Dropout after each recurrent layer and before the head.
-        pooling: "mean", "max", "mean-max" or "attention" pooling over time.
-        dense_units: Width of the hidden dense layer of the head (0 for none).
-        input_noise: Standard deviation of Gaussian noise added to the normalised input during
-            training only (0 for none); a cheap regulariser for small datasets.
         front_end: "none", or "conv" for two Conv1D layers and 2x time pooling (conv_front_end).
         conv_filters: Filters of each convolution of the "conv" front end.
+        input_noise: Standard deviation of Gaussian noise added to the normalised input during
+            training only (0 for none); a cheap regulariser for small datasets.
 
     Returns:
         An uncompiled Functional model mapping (batch, frames, coefficients) to class
@@ -192,26 +212,19 @@ def build_classifier(
         x = keras.layers.GaussianNoise(input_noise, name="input_noise")(x)
     if front_end == "conv":
         x = conv_front_end(x, filters=conv_filters)
-    x = recurrent_stack(x, cell=cell, units=units, depth=depth, dropout=dropout)
-    x = pool_over_time(x, pooling)
-    outputs = classification_head(x, num_classes, dense_units=dense_units, dropout=dropout)
+    outputs = recurrent_classifier(x, num_classes, config)
     prefix = "conv_" if front_end == "conv" else ""
-    return keras.Model(inputs, outputs, name=f"{prefix}bi_{cell}_classifier")
+    return keras.Model(inputs, outputs, name=f"{prefix}bi_{config.cell}_classifier")
 
 
 def build_text_classifier(
     vocabulary_size: int,
     num_classes: int,
+    config: RecurrentConfig,
     *,
+    embedding_dim: int,
+    embedding_dropout: float,
     sequence_length: int | None = None,
-    embedding_dim: int = 64,
-    cell: str = "gru",
-    units: int = 64,
-    depth: int = 1,
-    dropout: float = 0.3,
-    embedding_dropout: float = 0.0,
-    pooling: str = "mean-max",
-    dense_units: int = 0,
 ) -> keras.Model:
     """Classifier over token ids: masked embedding, Bi-RNN stack, pooling, softmax.
 
@@ -221,15 +234,10 @@ def build_text_classifier(
     Args:
         vocabulary_size: Number of token ids (padding and OOV included).
         num_classes: Number of output classes.
-        sequence_length: Ids per example, or None for batches of any length.
+        config: The recurrent stack, its pooling over time and the head's hidden units.
         embedding_dim: Width of the token embedding.
-        cell: "gru" or "lstm".
-        units: Units per direction in each recurrent layer.
-        depth: Number of bidirectional layers.
-        dropout: Dropout after each recurrent layer and before the head.
         embedding_dropout: Dropout of whole embedding channels (SpatialDropout1D), 0 for none.
-        pooling: "mean", "max" or "mean-max" pooling over time.
-        dense_units: Width of the hidden dense layer of the head (0 for none).
+        sequence_length: Ids per example, or None for batches of any length.
 
     Returns:
         An uncompiled Functional model mapping int32 (batch, length) ids to class probabilities.
@@ -242,10 +250,8 @@ def build_text_classifier(
                                name="embedding")(inputs)
     if embedding_dropout:
         x = keras.layers.SpatialDropout1D(embedding_dropout, name="embedding_dropout")(x)
-    x = recurrent_stack(x, cell=cell, units=units, depth=depth, dropout=dropout)
-    x = pool_over_time(x, pooling)
-    outputs = classification_head(x, num_classes, dense_units=dense_units, dropout=dropout)
-    return keras.Model(inputs, outputs, name=f"bi_{cell}_text_classifier")
+    outputs = recurrent_classifier(x, num_classes, config)
+    return keras.Model(inputs, outputs, name=f"bi_{config.cell}_text_classifier")
 
 
 def text_to_probabilities(vectorizer: keras.layers.Layer, classifier: keras.Model

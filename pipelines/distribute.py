@@ -1,8 +1,17 @@
-"""Which tf.distribute strategy a run trains under, the batch size that follows from it, and
-which worker of a multi-worker cluster this process is."""
+"""Which tf.distribute strategy a run trains under and the batch size that follows from it,
+and everything a multi-worker run does differently: which worker this process is, who logs,
+checking that the workers agree, sharing out input, and naming a lost worker.
+
+Under `--strategy multi-worker` every worker runs the same pipeline, so that their collective
+training steps match. The chief logs, saves and registers as a single process would. Any other
+worker logs nothing: its MLflow calls go to a throwaway SQLite store in a temporary folder
+(made on first use), deleted when the process exits (TensorFlow's own pattern for the
+checkpoints of non-chief workers).
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hashlib
@@ -10,16 +19,24 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import keras
 import tensorflow as tf
 
-from pipelines import interrupts
-from pipelines.config import STRATEGIES
+from pipelines import interrupts, keras_compat
 from pipelines.errors import SetupError, WorkerLost
 
 log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "none", "mirrored", "multi-worker")
+MULTI_WORKER = "multi-worker"
 
 
 @functools.cache
@@ -33,16 +50,14 @@ def strategy_for(name: str) -> tf.distribute.Strategy:
       there is no GPU (one replica unless several were configured).
     - "multi-worker": MultiWorkerMirroredStrategy over the cluster the standard TF_CONFIG
       describes (every worker runs the same command); it must be made before any other
-      TensorFlow work in the process, which `runner.prepare_run` sees to.
+      TensorFlow work in the process, which `lifecycle.prepare_run` sees to.
 
     Raises:
         ValueError: An unknown name.
         SetupError: "multi-worker" without a usable TF_CONFIG.
     """
-    if name == "multi-worker":  # first: listing devices would start TensorFlow's runtime
+    if name == MULTI_WORKER:  # first: listing devices would start TensorFlow's runtime
         cluster_config()
-        from pipelines import keras_compat
-
         keras_compat.patch_multi_worker_fit()
         with interrupts.blocking_call():  # waits for every worker of the cluster
             return tf.distribute.MultiWorkerMirroredStrategy()
@@ -124,7 +139,7 @@ def cluster_config() -> dict:
 def worker(name: str) -> Worker:
     """This process's task under the strategy `name`: the one chief of a single process for
     every strategy but "multi-worker", where TF_CONFIG says."""
-    if name != "multi-worker":
+    if name != MULTI_WORKER:
         return Worker("chief", 0, 1)
     config = cluster_config()
     cluster = config["cluster"]
@@ -147,7 +162,7 @@ def sharded_input(name: str, make: Callable[[int, int], tf.data.Dataset]):
         then makes every batch and keeps its part).
     """
     strategy = strategy_for(name)
-    if name != "multi-worker" or strategy.num_replicas_in_sync != worker(name).workers:
+    if name != MULTI_WORKER or strategy.num_replicas_in_sync != worker(name).workers:
         return make(0, 1)
     def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
         log.info("%s makes input pipeline %d of %d: its share of every training batch",
@@ -204,23 +219,99 @@ def reporting_lost_workers(name: str) -> Iterator[None]:
     try:
         yield
     except CLUSTER_ERRORS as error:
-        if name != "multi-worker":
+        if name != MULTI_WORKER:
             raise
         me = worker(name)
         raise WorkerLost(f"{me}: {lost(error, me)}; the run ends FAILED and nothing is "
                          "registered: start every worker again") from error
 
 
-def local_copy(model):
-    """The fitted `model` rebuilt outside any strategy, with its weights: evaluating, saving
-    and serving it then runs no collective op, so that each worker of a multi-worker run can
-    finish on its own (the chief's logging does not hold the others up)."""
-    import tempfile
-    from pathlib import Path
-
-    import keras
-
+def standalone(model: keras.Model, name: str) -> keras.Model:
+    """The fitted `model`, under "multi-worker" rebuilt outside any strategy with its weights:
+    evaluating, saving and serving it then runs no collective op, so that each worker can
+    finish on its own (the chief's logging does not hold the others up). Other strategies'
+    models are returned as they are."""
+    if name != MULTI_WORKER:
+        return model
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.keras"
         model.save(path)
         return keras.models.load_model(path, compile=False)
+
+
+def layout(per_replica_batch: int, name: str) -> dict[str, int]:
+    """How a run trains under the strategy `name`: its replicas, global batch and workers (the
+    run logs them)."""
+    return {"replicas": replicas(name),
+            "global_batch_size": global_batch_size(per_replica_batch, name),
+            "workers": worker(name).workers}
+
+
+# options that may differ between the workers of one multi-worker run: where each finds its
+# data and writes its files (a worker that is not the chief has its own store: join_cluster)
+LOCAL_OPTIONS = {"tracking_uri", "store_dir", "run_name", "register", "checkpoint_dir",
+                 "data_dir", "tfds_data_dir", "cache_dir", "cache", "in_memory_mb"}
+
+
+def check_workers_agree(name: str, options: Mapping[str, Any], data_digest: str) -> None:
+    """Under "multi-worker", checks that every worker has the chief's options (but
+    LOCAL_OPTIONS) and data: otherwise their training steps would not line up, or would train
+    a model other than the one the chief logs. Other strategies have nothing to check.
+
+    Raises:
+        ValueError: On every worker, when any worker differs.
+    """
+    if name != MULTI_WORKER:
+        return
+    shared = {key: value for key, value in options.items() if key not in LOCAL_OPTIONS}
+    mine, anyone = differing_workers(
+        name, json.dumps(shared, sort_keys=True, default=str) + data_digest)
+    if anyone:
+        who = "this worker's" if mine else "another worker's"
+        raise ValueError(f"{worker(name)}: {who} options or data differ from the chief's "
+                         f"(data digest here: {data_digest}); run every worker with the same "
+                         "options on the same data")
+
+
+THROWAWAY: list[Path] = []  # this process's throwaway stores (throwaway_store)
+
+
+def throwaway_store() -> Path:
+    """A folder for the MLflow store and checkpoints of a worker that is not the chief: made
+    on first use (after the cluster formed), removed at exit (and by `remove_throwaway`)."""
+    me = worker(MULTI_WORKER)
+    scratch = Path(tempfile.gettempdir()) / (
+        f"pipelines-{me.task_type}-{me.task_id}-{os.getpid()}-{secrets.token_hex(4)}")
+    THROWAWAY.append(scratch)
+    atexit.register(remove_folder, scratch)
+    log.info("%s: not the chief; it trains in sync and logs nothing (its MLflow calls go to "
+             "the throwaway store %s)", me, scratch)
+    return scratch
+
+
+def remove_folder(path: Path) -> None:
+    """Removes a folder this process made, if it made it."""
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def remove_throwaway() -> None:
+    """Removes this process's throwaway stores (also where `exit_process` skips atexit)."""
+    for folder in THROWAWAY:
+        remove_folder(folder)
+
+
+LOGGED_RESULTS = {"run_id", "model_uri", "registered_version", "champion", "promotion_reason"}
+
+
+def worker_result(name: str, result: dict) -> dict:
+    """A run's result as this worker reports it: under "multi-worker", a worker that is not the
+    chief logged nothing, so it names itself instead of a run, a model and a registry outcome.
+    """
+    if name != MULTI_WORKER:
+        return result
+    me = worker(name)
+    if me.is_chief:
+        return result | {"worker": str(me)}
+    return {key: value for key, value in result.items() if key not in LOGGED_RESULTS} | {
+        "worker": str(me), "not_chief": True}

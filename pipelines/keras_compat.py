@@ -33,7 +33,7 @@ def patch_multi_worker_fit() -> None:
         RuntimeError: This Keras no longer has the functions the fixes wrap; name the version
             so that the fixes can be checked against it.
     """
-    try:
+    try:  # private internals: inside the try, so that a Keras without them is named
         from keras.src.backend.tensorflow import trainer
         maybe_symbolic_build = trainer.TensorFlowTrainer._maybe_symbolic_build
         reduce_per_replica = trainer.reduce_per_replica

@@ -18,9 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import joblib
+import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
+import models.ngram  # noqa: F401  (registers the n-gram branch's layers)
+import models.recurrent  # noqa: F401  (registers the model's custom layers)
 from features.audio import (
     AudioDecodeError,
     AudioSpec,
@@ -33,6 +38,7 @@ from features.audio import (
 )
 from features.batching import padded_calls
 from features.mfcc import MfccConfig, mfcc_frames
+from features.text import encode_reviews, review_text  # also registers the standardisation
 
 ERROR_COLUMN = "error"
 DIRECT_CALL_MAX = 64  # inputs per compiled call
@@ -51,8 +57,6 @@ class FastPredict:
     """
 
     def __init__(self, model):
-        import tensorflow as tf
-
         self.model = model
 
         def call(inputs):
@@ -113,10 +117,6 @@ class SpeechPredictor:
     @classmethod
     def load(cls, model_path: str | Path, config_path: str | Path) -> SpeechPredictor:
         """Loads the .keras classifier and the JSON written by `save_config`."""
-        import keras
-
-        import models.recurrent  # noqa: F401  (registers the model's custom layers)
-
         config = json.loads(Path(config_path).read_text())
         return cls(keras.saving.load_model(model_path), config["labels"],
                    MfccConfig(**config["mfcc"]))
@@ -208,8 +208,6 @@ class TextPredictor:
         self.sklearn_model = sklearn_model
         self.blend = self.ngrams = None
         if keras_model is not None:  # strings -> token_ids layer -> classifier (a sub-model)
-            import keras
-
             text_model = keras_model
             if "blend" in {layer.name for layer in keras_model.layers}:
                 # strings -> [n-gram branch, string recurrent model] -> blend
@@ -225,15 +223,7 @@ class TextPredictor:
     def load(cls, classifier_path: str | Path, labels: Sequence[str]) -> TextPredictor:
         """Loads a .keras string-input model or a joblib scikit-learn pipeline."""
         if str(classifier_path).endswith(".keras"):
-            import keras
-
-            import features.text  # noqa: F401  (registers the standardisation with Keras)
-            import models.ngram  # noqa: F401  (registers the n-gram branch's layers)
-            import models.recurrent  # noqa: F401  (registers the model's custom layers)
-
             return cls(labels, keras_model=keras.saving.load_model(classifier_path))
-        import joblib
-
         return cls(labels, sklearn_model=joblib.load(classifier_path))
 
     def predict(self, model_input: Any) -> pd.DataFrame:
@@ -262,8 +252,6 @@ class TextPredictor:
         if not texts:
             return np.zeros((0, len(self.labels)), np.float32)
         if self.keras_model is not None:
-            from features.text import encode_reviews  # the ids training computed
-
             recurrent = self._predict(encode_reviews(self.vectorizer, list(texts)))
             if self.blend is None:
                 return recurrent
@@ -272,8 +260,6 @@ class TextPredictor:
 
     def ngram_logits(self, texts: Sequence[str], chunk: int = 256) -> np.ndarray:
         """The n-gram branch's logit per text (sparse bags, so computed in chunks)."""
-        import tensorflow as tf
-
         return np.concatenate([np.asarray(self.ngrams(tf.constant(list(texts[i:i + chunk]))))
                                for i in range(0, len(texts), chunk)])
 
@@ -283,8 +269,6 @@ def usable_review(value: Any) -> tuple[str | None, str | None]:
     decoded as UTF-8 with replacement and lone surrogates replaced, as training reads files
     (features.text.review_text). A review that standardises to no tokens (only HTML, only
     punctuation) is usable: it is encoded as one unknown token, as in training."""
-    from features.text import review_text  # deferred, as in `probabilities`: TF loads slowly
-
     if not isinstance(value, str | bytes) or not value.strip():
         return None, "text: expected a non-empty review string"
     text = review_text(value)

@@ -8,10 +8,15 @@ trial's model then goes through the same champion rule as a single run.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import optuna
+import optuna.distributions as dists
+
+from pipelines import lifecycle, tracking
+from pipelines.config import TaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +25,6 @@ OBJECTIVE = "model_val_accuracy"  # validation accuracy of the model a run keeps
 
 def describe(distribution) -> str:
     """A short readable form of an Optuna distribution, for the run's parameters."""
-    import optuna.distributions as dists
-
     if isinstance(distribution, dists.CategoricalDistribution):
         return "one of " + ", ".join(map(str, distribution.choices))
     scale = " (log)" if distribution.log else ""
@@ -29,21 +32,21 @@ def describe(distribution) -> str:
     return f"{distribution.low} to {distribution.high}{step}{scale}"
 
 
-def run_sweep(config: Any, run_one: Callable[[Any], dict], space: Mapping[str, Any],
+def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping[str, Any],
               pipeline: str, expected_errors: tuple[type[BaseException], ...] = (ValueError,)
               ) -> dict:
-    """Runs `config.sweep` trials of `space` with Optuna's TPE sampler (seeded by
-    `config.seed`), each as `run_one(trial_config)` nested under one parent MLflow run.
+    """Runs `--sweep` trials of `space` with Optuna's TPE sampler (seeded by `--seed`), each as
+    `run_one(trial_config)` nested under one parent MLflow run.
 
     The parent run holds the search space (parameters `space.<name>` and
     `sweep/search_space.json`), one `trial_val_accuracy`/`trial_test_accuracy` point per
     trial, the trials table `sweep/trials.json`, and the best trial's parameters; the best
-    trial's model is registered through the champion rule (unless `config.register` is off).
+    trial's model is registered through the champion rule (unless `--no-register`).
 
     Args:
-        config: The pipeline config; the trials override the fields named in `space`.
+        config: The pipeline config; the trials override the options named in `space`.
         run_one: The pipeline's single-run function (opens its own, nested, MLflow run).
-        space: Config field name -> optuna distribution.
+        space: Option name -> optuna distribution.
         pipeline: Pipeline name, for the parent run's tag.
         expected_errors: Errors that fail one trial (an unusable combination) rather than
             the sweep.
@@ -53,32 +56,27 @@ def run_sweep(config: Any, run_one: Callable[[Any], dict], space: Mapping[str, A
         parameters, and the registration outcome.
 
     Raises:
-        ValueError: `space` names a field the config does not have, or every trial failed.
+        ValueError: `space` names an option the config does not have, or every trial failed.
     """
-    import optuna
-
-    from pipelines import runner, tracking
-
-    fields = {item.name for item in dataclasses.fields(config)}
-    unknown = sorted(set(space) - fields)
+    unknown = sorted(set(space) - set(config.options()))
     if unknown:
         raise ValueError(f"search space names unknown options: {', '.join(unknown)}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=config.seed))
-
-    def work(parent_run_id: str) -> dict:
-        tracking.log_config(config)
+                                sampler=optuna.samplers.TPESampler(seed=config.optim.seed))
+    trials = config.run.sweep
+    with lifecycle.tracked_run(config, f"{pipeline}-sweep") as parent:
+        tracking.log_params(config.options())
         tracking.log_params({f"space.{name}": describe(dist) for name, dist in space.items()})
         tracking.log_dict({name: {"distribution": type(dist).__name__, **dist._asdict()}
                            for name, dist in space.items()}, "sweep/search_space.json")
         results: dict[int, dict] = {}
-        for number in range(config.sweep):
+        for number in range(trials):
             trial = study.ask(dict(space))
-            trial_config = dataclasses.replace(
-                config, **trial.params, sweep=0, register=False,
-                run_name=f"{config.run_name or pipeline + ' sweep'} trial {number}")
-            log.info("trial %d/%d: %s", number + 1, config.sweep, trial.params)
+            trial_config = config.replace(
+                **trial.params, sweep=0, register=False,
+                run_name=f"{config.run.run_name or pipeline + ' sweep'} trial {number}")
+            log.info("trial %d/%d: %s", number + 1, trials, trial.params)
             try:
                 result = run_one(trial_config)
             except expected_errors as error:
@@ -90,7 +88,7 @@ def run_sweep(config: Any, run_one: Callable[[Any], dict], space: Mapping[str, A
             tracking.log_metrics({"trial_val_accuracy": result[OBJECTIVE],
                                   "trial_test_accuracy": result["test_accuracy"]}, step=number)
         if not results:
-            raise ValueError(f"all {config.sweep} trials failed")
+            raise ValueError(f"all {trials} trials failed")
         table = study.trials_dataframe(attrs=("number", "value", "params", "state",
                                               "duration"))
         table["run_id"] = table["number"].map(lambda n: results.get(n, {}).get("run_id"))
@@ -107,10 +105,8 @@ def run_sweep(config: Any, run_one: Callable[[Any], dict], space: Mapping[str, A
                               "best_test_accuracy": chosen["test_accuracy"]})
         summary = dict(chosen, trial_run_id=chosen["run_id"], trials=len(results),
                        best_params=best.params)
-        if not config.register:
-            return summary
         metrics = {key: value for key, value in chosen.items() if key.startswith("test_")
                    and isinstance(value, float)}
-        return summary | runner.register_lineage(config, chosen["model_uri"], metrics, chosen)
-
-    return runner.tracked_pipeline(config, f"{pipeline}-sweep", work)
+        return parent.result(summary | parent.register(
+            chosen["model_uri"], metrics, test_digest=chosen["test_data_digest"],
+            data_digest=chosen["data_digest"]))

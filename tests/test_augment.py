@@ -11,8 +11,8 @@ from features.augment import (
     spec_augment,
     time_shift,
 )
+from features.input_pipelines import AugmentedBatches
 from features.mfcc import MfccConfig, feature_shape, mfcc_frames
-from pipelines.training import AugmentedBatches
 
 OFF = AugmentConfig(0, 0, 0, 0, 0, 0, 0, 0)
 
@@ -120,7 +120,7 @@ def test_augmented_batches_cover_every_row_once_per_epoch_with_fresh_draws():
     def jitter(batch, rng):
         return batch + rng.uniform(0, 0.1, batch.shape)
 
-    batches = AugmentedBatches(rows, labels, 4, 3, jitter, seed=7)
+    batches = AugmentedBatches(rows, labels, 4, 3, jitter, shuffle_seed=7)
     assert len(batches) == 3
     epochs = []
     for _ in range(2):
@@ -131,7 +131,7 @@ def test_augmented_batches_cover_every_row_once_per_epoch_with_fresh_draws():
         assert sorted(np.floor(x[:, 0]).astype(int).tolist()) == list(range(10))
         assert np.array_equal(y.argmax(1), labels[np.floor(x[:, 0]).astype(int)])
     assert not np.allclose(epochs[0], epochs[1])
-    again = AugmentedBatches(rows, labels, 4, 3, jitter, seed=7)
+    again = AugmentedBatches(rows, labels, 4, 3, jitter, shuffle_seed=7)
     np.testing.assert_array_equal(np.concatenate([f for f, _ in again]), epochs[0])
 
 
@@ -143,9 +143,9 @@ def test_shards_of_augmented_batches_split_each_batch_and_drop_a_last_one_too_sm
         return batch + rng.uniform(0, 0.1, batch.shape)
 
     whole = [np.floor(x[:, 0]).astype(int) for x, _ in AugmentedBatches(
-        rows, labels, 4, 3, jitter, seed=7)]
+        rows, labels, 4, 3, jitter, shuffle_seed=7)]
     assert [len(batch) for batch in whole] == [4, 4, 1]
-    shards = [AugmentedBatches(rows, labels, 4, 3, jitter, seed=7, shard=shard, shards=2)
+    shards = [AugmentedBatches(rows, labels, 4, 3, jitter, shuffle_seed=7, shard=shard, shards=2)
               for shard in range(2)]
     assert [len(batches) for batches in shards] == [2, 2]  # the 1-row batch cannot be split
     pieces = [[np.floor(x[:, 0]).astype(int) for x, _ in batches] for batches in shards]
@@ -157,4 +157,4 @@ def test_shards_of_augmented_batches_split_each_batch_and_drop_a_last_one_too_sm
     first, second = ([x for x, _ in batches] for batches in shards)
     assert not np.allclose(np.concatenate(first) % 1, np.concatenate(second) % 1)
     with pytest.raises(ValueError, match="shard 2 is not one of 2 shards"):
-        AugmentedBatches(rows, labels, 4, 3, jitter, shard=2, shards=2)
+        AugmentedBatches(rows, labels, 4, 3, jitter, shuffle_seed=0, shard=2, shards=2)

@@ -28,8 +28,9 @@ from features.text import (
     review_tensor,
     standardize_review,
 )
-from models.recurrent import build_classifier, build_text_classifier, text_to_probabilities
+from models.recurrent import text_to_probabilities
 from pipelines.serving import MAX_AUDIO_SECONDS, MAX_TEXT_CHARS, SpeechPredictor, TextPredictor
+from tests.builders import frame_classifier, text_classifier
 from tests.datasets import review_text, tone
 
 SPEC = AudioSpec(16000, 1.0)
@@ -177,7 +178,7 @@ def test_training_stage_skips_and_counts_bad_clips_with_their_path(tmp_path: Pat
 @pytest.fixture(scope="module")
 def speech_predictor() -> SpeechPredictor:
     mfcc = MfccConfig()
-    model = build_classifier(feature_shape(mfcc), len(LABELS), mean=np.zeros(mfcc.n_mfcc),
+    model = frame_classifier(feature_shape(mfcc), len(LABELS), mean=np.zeros(mfcc.n_mfcc),
                              variance=np.ones(mfcc.n_mfcc), units=4, depth=1, dense_units=0)
     return SpeechPredictor(model, LABELS, mfcc)
 
@@ -309,7 +310,7 @@ def test_lone_surrogates_and_bad_bytes_become_the_replacement_character(vectoriz
 
 @pytest.fixture(scope="module")
 def text_predictor(vectorizer) -> TextPredictor:
-    classifier = build_text_classifier(50, 2, units=2, embedding_dim=4)
+    classifier = text_classifier(50, 2, units=2, embedding_dim=4)
     return TextPredictor(("neg", "pos"), keras_model=text_to_probabilities(vectorizer, classifier))
 
 

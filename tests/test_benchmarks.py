@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.accuracy import summary
 from benchmarks.memory import variant_chunk
 from benchmarks.suite import Figure, main, run_child
 
@@ -16,9 +17,8 @@ def test_ratio_is_how_many_times_better_than_the_reference():
 
 
 def test_child_peak_memory_is_the_childs_own(tmp_path):
-    import numpy
 
-    held = numpy.ones(100_000_000)  # this process: 760 MB more, which the children must not see
+    held = np.ones(100_000_000)  # this process: 760 MB more, which the children must not see
     small = run_child(["-c", "print('ok')"], tmp_path / "small.log")
     big = run_child(["-c", "import numpy; a = numpy.ones(80_000_000); print(a.sum())"],
                     tmp_path / "big.log")
@@ -63,7 +63,6 @@ def test_unknown_sections_are_refused_with_the_choices(capsys):
 
 
 def test_accuracy_summary_reports_mean_spread_margin_and_goals():
-    from benchmarks.accuracy import summary
 
     runs = [(0, 0.90, 600.0, 1.5), (1, 0.92, 700.0, 1.6), (2, 0.94, 650.0, 1.4)]
     reference = [(0, 0.80, 60.0, 1.0), (1, 0.84, 60.0, 1.0)]

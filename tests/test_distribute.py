@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from pipelines import distribute, runner, tracking
+from pipelines import distribute, lifecycle, tracking
 from pipelines.errors import SetupError
 from pipelines.speech import SpeechConfig
 from tests import test_sentiment_pipeline, test_speech_pipeline
@@ -105,26 +106,29 @@ def test_the_chief_is_the_chief_task_or_else_worker_zero(monkeypatch):
 def test_a_worker_that_is_not_the_chief_is_pointed_at_a_throwaway_store(monkeypatch,
                                                                         tmp_path: Path):
     monkeypatch.setenv("TF_CONFIG", tf_config(1, [1, 2]))
-    config = SpeechConfig(strategy="multi-worker", tracking_uri="http://team-server:5000",
-                          store_dir=str(tmp_path / "mlruns"), run_name="shared",
-                          checkpoint_dir=str(tmp_path / "checkpoints"))
-    local = runner.join_cluster(config)
-    scratch = Path(local.store_dir).parent
+    config = SpeechConfig.from_options(
+        strategy="multi-worker", tracking_uri="http://team-server:5000", store_dir=str(tmp_path /
+        "mlruns"), run_name="shared", checkpoint_dir=str(tmp_path / "checkpoints"))
+    local = lifecycle.join_cluster(config)
+    scratch = Path(local.run.store_dir).parent
     assert scratch.parent == Path(tempfile.gettempdir()) and "worker-1" in scratch.name
     assert not scratch.exists()  # made on first use
-    assert local.tracking_uri is None and local.run_name is None and not local.register
-    assert Path(local.checkpoint_dir).parent == scratch
-    assert local.data_dir == config.data_dir and local.seed == config.seed
+    assert local.run.tracking_uri is None and local.run.run_name is None
+    assert not local.run.register
+    assert Path(local.run.checkpoint_dir).parent == scratch
+    assert local.source.data_dir == config.source.data_dir
+    assert local.optim.seed == config.optim.seed
     monkeypatch.setenv("TF_CONFIG", tf_config(0, [1, 2]))
-    assert runner.join_cluster(config) is config
+    assert lifecycle.join_cluster(config) is config
 
 
 @pytest.mark.parametrize("option", [{"resume": "0" * 32}, {"sweep": 2}])
 def test_resume_and_sweep_run_in_one_process_only(monkeypatch, tmp_path: Path, option):
     monkeypatch.setenv("TF_CONFIG", tf_config(0, [1, 2]))
-    config = SpeechConfig(strategy="multi-worker", store_dir=str(tmp_path / "mlruns"), **option)
+    config = SpeechConfig.from_options(
+        strategy="multi-worker", store_dir=str(tmp_path / "mlruns"), **option)
     with pytest.raises(SetupError, match="--resume|--sweep"):
-        runner.prepare_run(config, "speech")
+        lifecycle.prepare_run(config, "speech")
     assert not (tmp_path / "mlruns").exists()
 
 
@@ -271,7 +275,5 @@ def test_ctrl_c_stops_a_worker_still_waiting_for_its_cluster(speech_dir: Path, t
      "exceeded)"),
 ])
 def test_a_lost_worker_is_named_from_tensorflows_error(message, me, expected):
-    import tensorflow as tf
-
     error = tf.errors.UnavailableError(None, None, message)
     assert distribute.lost(error, distribute.Worker(*me, 2)) == expected

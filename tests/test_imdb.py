@@ -40,7 +40,7 @@ def test_undecodable_bytes_are_replaced_and_empty_reviews_skipped(imdb_dir: Path
     (imdb_dir / "train" / "pos" / "100_9.txt").write_bytes(b"Caf\xe9 scenes were great")
     (imdb_dir / "train" / "neg" / "101_2.txt").write_text("  \n\t ")
     (imdb_dir / "test" / "neg" / "102_1.txt").write_bytes(b"")
-    data = load_imdb(imdb_dir, validation_pct=25)
+    data = load_imdb(imdb_dir, validation_pct=25, seed=0)
     assert data.skipped == [("train/neg/101_2.txt", "empty review"),
                             ("test/neg/102_1.txt", "empty review")]
     assert data.replaced == ["train/pos/100_9.txt"]
@@ -59,7 +59,7 @@ def test_undecodable_bytes_are_replaced_and_empty_reviews_skipped(imdb_dir: Path
 def test_each_kind_of_review_file_is_read_or_skipped_with_its_reason(
         imdb_dir: Path, content: bytes, skip_reason: str | None, replaced: bool):
     (imdb_dir / "train" / "pos" / "100_9.txt").write_bytes(content)
-    data = load_imdb(imdb_dir, validation_pct=25)
+    data = load_imdb(imdb_dir, validation_pct=25, seed=0)
     reviews = {r.path: r for split in ("train", "validation") for r in data.splits[split]}
     if skip_reason is not None:
         assert data.skipped == [("train/pos/100_9.txt", skip_reason)]
@@ -103,18 +103,18 @@ def test_identical_reviews_are_kept_once_test_first_then_by_path(imdb_dir: Path)
 
 def test_missing_or_wrong_layout_names_the_path(tmp_path: Path, imdb_dir: Path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        load_imdb(tmp_path / "nowhere")
+        load_imdb(tmp_path / "nowhere", validation_pct=10, seed=0)
     for path in (imdb_dir / "test" / "pos").iterdir():
         path.unlink()
     with pytest.raises(ValueError, match=r"test/pos holds no \.txt reviews"):
-        load_imdb(imdb_dir)
+        load_imdb(imdb_dir, validation_pct=10, seed=0)
     (imdb_dir / "test" / "pos").rmdir()
     with pytest.raises(ValueError, match=r"test/pos is missing; expected the aclImdb layout"):
-        load_imdb(imdb_dir)
+        load_imdb(imdb_dir, validation_pct=10, seed=0)
 
 
 def test_validation_share_must_be_a_percentage(imdb_dir: Path):
-    reviews = load_imdb(imdb_dir).splits["test"]
+    reviews = load_imdb(imdb_dir, validation_pct=10, seed=0).splits["test"]
     with pytest.raises(ValueError, match="between 0 and 100"):
         carve_validation(reviews, 0, seed=0)
 

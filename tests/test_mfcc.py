@@ -4,7 +4,8 @@ import librosa
 import numpy as np
 import pytest
 
-from features.mfcc import MfccConfig, feature_shape, librosa_kwargs, mfcc_frames
+from features.audio import AudioSpec, decode_clip
+from features.mfcc import CHUNK_CLIPS, MfccConfig, feature_shape, librosa_kwargs, mfcc_frames
 from tests.datasets import tone
 
 
@@ -33,11 +34,9 @@ def test_batched_features_equal_a_direct_librosa_call_per_clip():
 def test_real_clips_in_uneven_batches_equal_librosa_per_clip(shared_speech_dir):
     """Real speech, more clips than one compiled call takes and a count that is not a power of
     two (padded calls), and a non-default geometry: all equal to librosa per clip."""
-    from features.audio import AudioSpec, decode_clip
-    from features.mfcc import CHUNK_CLIPS
 
     paths = sorted(shared_speech_dir.glob("yes/*.wav"))[: CHUNK_CLIPS + 37]
-    clips = np.stack([decode_clip(path, AudioSpec()) for path in paths])
+    clips = np.stack([decode_clip(path, AudioSpec(16000, 1.0)) for path in paths])
     for config in (MfccConfig(), MfccConfig(hop_ms=20, n_mfcc=13, fmax=7000)):
         batched = mfcc_frames(clips, config)
         assert batched.shape == (len(paths), *feature_shape(config))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from playwright.sync_api import expect, sync_playwright
 
 from pipelines import speech, tracking
 from pipelines.speech import SpeechConfig
@@ -50,14 +51,13 @@ def start_ui(store: Path) -> tuple[subprocess.Popen, str]:
 
 
 def test_ui_shows_runs_metrics_artifacts_and_the_champion(speech_dir: Path, tmp_path: Path):
-    from playwright.sync_api import expect, sync_playwright
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: .ci/run installs Debian's chromium package")
     store = tmp_path / "mlruns"
-    result = speech.run(SpeechConfig(
-        data_dir=str(speech_dir), store_dir=str(store), cache_dir=str(tmp_path / "cache"),
-        units=8, depth=1, dense_units=0, epochs=1, batch_size=16, run_name="ui-check"))
+    result = speech.run(SpeechConfig.from_options(
+        data_dir=str(speech_dir), store_dir=str(store), cache_dir=str(tmp_path / "cache"), units=8,
+        depth=1, dense_units=0, epochs=1, batch_size=16, run_name="ui-check"))
     tracking.connect(None, store)
     experiment_id = MlflowClient().get_experiment_by_name("speech-commands").experiment_id
     run_id = result["run_id"]

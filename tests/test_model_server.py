@@ -30,13 +30,12 @@ def store(tmp_path_factory) -> Path:
     """One store holding a tiny trained champion of each registered model."""
     root = tmp_path_factory.mktemp("served")
     store = root / "mlruns"
-    speech.run(SpeechConfig(data_dir=str(make_speech_commands(root / "speech")),
-                            store_dir=str(store), cache_dir=str(root / "cache"), units=8,
-                            depth=1, dense_units=0, epochs=1, batch_size=16))
-    sentiment.run(SentimentConfig(data_dir=str(make_imdb(root / "aclImdb")),
-                                  store_dir=str(store), validation_pct=25, units=8,
-                                  embedding_dim=8, vocabulary_size=200, sequence_length=32,
-                                  epochs=1, batch_size=8))
+    speech.run(SpeechConfig.from_options(
+        data_dir=str(make_speech_commands(root / "speech")), store_dir=str(store),
+        cache_dir=str(root / "cache"), units=8, depth=1, dense_units=0, epochs=1, batch_size=16))
+    sentiment.run(SentimentConfig.from_options(
+        data_dir=str(make_imdb(root / "aclImdb")), store_dir=str(store), validation_pct=25, units=8,
+        embedding_dim=8, vocabulary_size=200, sequence_length=32, epochs=1, batch_size=8))
     return store
 
 

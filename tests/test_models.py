@@ -10,18 +10,13 @@ import tensorflow as tf
 from features.text import fit_ngram_vectorizer, fit_vectorizer
 from models.cnn import build_tutorial_cnn
 from models.ngram import blended_text_classifier, ngram_branch
-from models.recurrent import (
-    AttentionPooling,
-    MaskedGlobalMaxPooling1D,
-    build_classifier,
-    build_text_classifier,
-    text_to_probabilities,
-)
+from models.recurrent import AttentionPooling, MaskedGlobalMaxPooling1D, text_to_probabilities
+from tests.builders import frame_classifier, text_classifier
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_builds_uncompiled_bidirectional_classifier(cell: str):
-    model = build_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), cell=cell,
+    model = frame_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), cell=cell,
                              units=8, depth=2)
     assert model.input_shape == (None, 98, 40)
     assert model.output_shape == (None, 12)
@@ -34,7 +29,7 @@ def test_builds_uncompiled_bidirectional_classifier(cell: str):
 
 def test_normalisation_uses_the_training_statistics():
     mean, variance = np.arange(40.0), np.full(40, 4.0)
-    model = build_classifier((98, 40), 3, mean=mean, variance=variance, units=4, depth=1)
+    model = frame_classifier((98, 40), 3, mean=mean, variance=variance, units=4, depth=1)
     normalize = model.get_layer("normalize")
     out = normalize(np.broadcast_to(mean + 2.0, (1, 98, 40)).astype("float32"))
     np.testing.assert_allclose(np.asarray(out), 1.0, rtol=1e-5)
@@ -42,17 +37,17 @@ def test_normalisation_uses_the_training_statistics():
 
 def test_unknown_cell_lists_the_choices():
     with pytest.raises(ValueError, match="unknown cell 'lstmm'; valid choices: gru, lstm"):
-        build_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), cell="lstmm")
+        frame_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), cell="lstmm")
 
 
 def test_unknown_pooling_lists_the_choices():
     with pytest.raises(ValueError, match="valid choices: mean, max, mean-max, attention"):
-        build_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), pooling="sum")
+        frame_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), pooling="sum")
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_builds_text_classifier_over_masked_token_ids(cell: str):
-    model = build_text_classifier(50, 2, embedding_dim=8, cell=cell, units=4, depth=2,
+    model = text_classifier(50, 2, embedding_dim=8, cell=cell, units=4, depth=2,
                                   embedding_dropout=0.1, dense_units=4)
     assert model.input_shape == (None, None) and model.output_shape == (None, 2)
     assert not model.compiled
@@ -68,7 +63,7 @@ def test_builds_text_classifier_over_masked_token_ids(cell: str):
 
 def test_text_classifier_rejects_unknown_cell():
     with pytest.raises(ValueError, match="unknown cell 'rnn'; valid choices: gru, lstm"):
-        build_text_classifier(50, 2, cell="rnn")
+        text_classifier(50, 2, cell="rnn")
 
 
 def test_masked_max_pooling_ignores_padding_steps():
@@ -81,7 +76,7 @@ def test_masked_max_pooling_ignores_padding_steps():
 
 def test_string_model_saves_and_loads_with_its_vocabulary(tmp_path: Path):
     vectorizer = fit_vectorizer(["good film", "bad film", "good good"], 20, 6)
-    model = text_to_probabilities(vectorizer, build_text_classifier(20, 2, units=4))
+    model = text_to_probabilities(vectorizer, text_classifier(20, 2, units=4))
     texts = tf.constant(["GOOD film<br />", "bad, bad film"])
     expected = model.predict(texts, verbose=0)
     model.save(tmp_path / "classifier.keras")
@@ -91,7 +86,7 @@ def test_string_model_saves_and_loads_with_its_vocabulary(tmp_path: Path):
 
 
 def test_crnn_with_attention_pooling_halves_the_frame_rate_and_round_trips(tmp_path: Path):
-    model = build_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), units=8,
+    model = frame_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), units=8,
                              depth=1, front_end="conv", conv_filters=8, pooling="attention")
     assert model.get_layer("conv_pool").output.shape[1] == 49
     assert model.get_layer("bi_gru_1").output.shape[1] == 49
@@ -106,7 +101,7 @@ def test_crnn_with_attention_pooling_halves_the_frame_rate_and_round_trips(tmp_p
 
 def test_unknown_front_end_lists_the_choices():
     with pytest.raises(ValueError, match="unknown front_end 'cnn'; valid choices: none, conv"):
-        build_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), front_end="cnn")
+        frame_classifier((98, 40), 12, mean=np.zeros(40), variance=np.ones(40), front_end="cnn")
 
 
 def test_attention_pooling_weights_only_unmasked_steps():
@@ -129,7 +124,7 @@ def test_blended_model_serves_strings_and_carries_the_ngram_weights(tmp_path: Pa
     ngrams = ngram_branch(bags, weights, 0.5)
     logits = ngrams.predict(tf.constant(["good film", "bad", "unseen"]), verbose=0)[:, 0]
     np.testing.assert_allclose(logits, [3.5, -2.5, 0.5], rtol=1e-6)
-    recurrent = text_to_probabilities(words, build_text_classifier(20, 2, units=4))
+    recurrent = text_to_probabilities(words, text_classifier(20, 2, units=4))
     model = blended_text_classifier(recurrent, ngrams, 0.75)
     strings = tf.constant(["good film", "bad bad film"])
     expected = 0.75 * np.stack([1 - 1 / (1 + np.exp(-np.array([3.5, -2.5]))),
@@ -144,7 +139,7 @@ def test_blended_model_serves_strings_and_carries_the_ngram_weights(tmp_path: Pa
 
 def test_blend_rejects_a_weight_outside_zero_to_one():
     words = fit_vectorizer(["a b"], 20, 4)
-    recurrent = text_to_probabilities(words, build_text_classifier(20, 2, units=4))
+    recurrent = text_to_probabilities(words, text_classifier(20, 2, units=4))
     bags = fit_ngram_vectorizer(["a b"], 10, 1)
     ngrams = ngram_branch(bags, np.zeros(bags.vocabulary_size()), 0.0)
     with pytest.raises(ValueError, match="blend weight must be within"):

@@ -11,6 +11,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
+from pipelines.tracking.registry import DECIDED, PROMOTION_STATE
 from tests.test_tracking import log_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def test_concurrent_promotions_leave_the_better_model_champion(tmp_path: Path):
     for round in range(ROUNDS):
         versions = client.search_model_versions(f"name='race-{round}'")
         assert len(versions) == 2
-        assert {v.tags[tracking.PROMOTION_STATE] for v in versions} == {tracking.DECIDED}
+        assert {v.tags[PROMOTION_STATE] for v in versions} == {DECIDED}
         champion = client.get_model_version_by_alias(f"race-{round}", "champion")
         assert champion.tags["test_accuracy"] == "0.900000", f"round {round}"
         winner = "a" if round % 2 == 0 else "b"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import sentiment, speech, tracking
 from pipelines.errors import SetupError
-from pipelines.runner import require_writable_dir
+from pipelines.lifecycle import require_writable_dir
 from tests import test_sentiment_pipeline, test_speech_pipeline
 from tests.processes import free_port
 
@@ -31,7 +32,6 @@ def test_unreachable_tracking_server_fails_before_any_data_work(pipeline, tmp_pa
 
 
 def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path):
-    from http.server import BaseHTTPRequestHandler, HTTPServer
 
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))

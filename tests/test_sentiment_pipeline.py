@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -25,8 +24,8 @@ def test_help_lists_every_option_with_its_default(capsys):
         sentiment.main(["--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for item in dataclasses.fields(SentimentConfig):
-        assert "--" + item.name.replace("_", "-") in text
+    for option in SentimentConfig.option_fields().values():
+        assert option.flag in text
     assert "(default: 20000)" in text and "{recurrent,tfidf-logreg}" in text
 
 
@@ -80,8 +79,8 @@ def test_run_end_to_end_logs_registers_and_serves_raw_text(imdb_dir: Path, tmp_p
 def test_baseline_is_logged_beside_and_registered_only_when_it_wins(imdb_dir: Path,
                                                                      tmp_path: Path):
     store = str(tmp_path / "mlruns")
-    config = SentimentConfig(data_dir=str(imdb_dir), store_dir=store, validation_pct=25,
-                             model="tfidf-logreg", min_df=1)
+    config = SentimentConfig.from_options(
+        data_dir=str(imdb_dir), store_dir=store, validation_pct=25, model="tfidf-logreg", min_df=1)
     first = sentiment.run(config)
     assert first["registered_version"] == "1" and first["champion"]  # no champion yet
     assert first["test_accuracy"] > 0.9  # the sentiment words separate the tiny set
@@ -124,9 +123,9 @@ def subset_of(shared: Path, root: Path, train_per_label: int, test_per_label: in
 @pytest.mark.slow
 def test_trains_on_real_reviews(shared_imdb_dir: Path, tmp_path: Path):
     data_dir = subset_of(shared_imdb_dir, tmp_path / "aclImdb", 1500, 500)
-    config = SentimentConfig(data_dir=str(data_dir), store_dir=str(tmp_path / "mlruns"),
-                             vocabulary_size=10000, sequence_length=200, units=32, epochs=3,
-                             patience=3, batch_size=64, learning_rate=2e-3)
+    config = SentimentConfig.from_options(
+        data_dir=str(data_dir), store_dir=str(tmp_path / "mlruns"), vocabulary_size=10000,
+        sequence_length=200, units=32, epochs=3, patience=3, batch_size=64, learning_rate=2e-3)
     result = sentiment.run(config)
     tracking.connect(None, tmp_path / "mlruns")
     client = MlflowClient()

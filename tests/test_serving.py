@@ -14,8 +14,9 @@ from features.mfcc import MfccConfig, feature_shape
 from features.speech_commands import TWELVE_CLASS_LABELS, Example
 from features.speech_features import compute_features
 from features.text import encode_reviews, fit_vectorizer
-from models.recurrent import build_classifier, build_text_classifier, text_to_probabilities
+from models.recurrent import text_to_probabilities
 from pipelines.serving import SpeechPredictor, TextPredictor
+from tests.builders import frame_classifier, text_classifier
 
 LABELS = TWELVE_CLASS_LABELS
 
@@ -31,7 +32,7 @@ def test_served_speech_features_and_predictions_equal_training(shared_speech_dir
     mfcc = MfccConfig()
     examples = real_clips(shared_speech_dir)
     training_frames = compute_features(examples, shared_speech_dir, mfcc).frames
-    model = build_classifier(feature_shape(mfcc), len(LABELS), mean=np.zeros(mfcc.n_mfcc),
+    model = frame_classifier(feature_shape(mfcc), len(LABELS), mean=np.zeros(mfcc.n_mfcc),
                              variance=np.ones(mfcc.n_mfcc), units=4, depth=1)
     model.save(tmp_path / "classifier.keras")
     SpeechPredictor(model, LABELS, mfcc).save_config(tmp_path / "config.json")
@@ -76,7 +77,7 @@ def test_waveforms_at_any_rate_and_stereo_files_go_through_training_decoding(
 
 def test_bad_clips_get_their_own_error_and_the_others_an_answer(shared_speech_dir: Path):
     mfcc = MfccConfig()
-    model = build_classifier(feature_shape(mfcc), len(LABELS), mean=np.zeros(mfcc.n_mfcc),
+    model = frame_classifier(feature_shape(mfcc), len(LABELS), mean=np.zeros(mfcc.n_mfcc),
                              variance=np.ones(mfcc.n_mfcc), units=4, depth=1)
     good = (shared_speech_dir / real_clips(shared_speech_dir, 1)[0].path).read_bytes()
     answer = SpeechPredictor(model, LABELS, mfcc).predict(pd.DataFrame({
@@ -98,7 +99,7 @@ def real_reviews(shared_imdb_dir: Path, count: int) -> list[str]:
 
 def test_served_text_ids_and_predictions_equal_training(shared_imdb_dir: Path, tmp_path: Path):
     vectorizer = fit_vectorizer(real_reviews(shared_imdb_dir, 200), 2000, 120)
-    classifier = build_text_classifier(2000, 2, units=4, embedding_dim=8)
+    classifier = text_classifier(2000, 2, units=4, embedding_dim=8)
     reviews = real_reviews(shared_imdb_dir, 205)[-10:]  # not seen by the vocabulary fit
     training_ids = encode_reviews(vectorizer, reviews)
     expected = classifier.predict(training_ids, verbose=0)

@@ -6,17 +6,19 @@ from pathlib import Path
 
 import pytest
 
+from features.audio import AudioSpec
 from features.speech_commands import (
     COMMAND_WORDS,
     SILENCE_LABEL,
     UNKNOWN_LABEL,
+    SplitConfig,
     load_speech_commands,
-    speaker_of,
-    which_set,
 )
+from features.speech_splits import speaker_of, which_set
 from tests.datasets import SPEAKERS, copy_clip, make_speech_commands
 
 LOGGER = "features.speech_commands"
+AUDIO = AudioSpec(16000, 1.0)
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -25,7 +27,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_lists_are_honoured(speech_dir: Path):
-    data = load_speech_commands(speech_dir, task="all-words")
+    data = load_speech_commands(speech_dir, SplitConfig(task="all-words"), AUDIO)
     assert data.split_method == "lists"
     assert {speaker_of(e.path) for e in data.examples["validation"]} == {SPEAKERS[4]}
     assert {speaker_of(e.path) for e in data.examples["test"]} == {SPEAKERS[5]}
@@ -34,8 +36,10 @@ def test_lists_are_honoured(speech_dir: Path):
 
 def test_hash_split_is_speaker_disjoint_and_deterministic(tmp_path: Path):
     root = make_speech_commands(tmp_path / "sc", with_lists=False, clips_per_speaker=2)
-    first = load_speech_commands(root, task="all-words", validation_pct=30, test_pct=30)
-    second = load_speech_commands(root, task="all-words", validation_pct=30, test_pct=30)
+    first = load_speech_commands(
+        root, SplitConfig(task="all-words", validation_pct=30, test_pct=30), AUDIO)
+    second = load_speech_commands(
+        root, SplitConfig(task="all-words", validation_pct=30, test_pct=30), AUDIO)
     assert first.split_method == "hash"
     assert first.examples == second.examples
     speakers = {split: {speaker_of(e.path) for e in items}
@@ -57,8 +61,9 @@ def test_which_set_uses_the_speaker_part_only():
 
 
 def test_twelve_class_composition(speech_dir: Path):
-    data = load_speech_commands(speech_dir, unknown_pct=10, silence_pct=20, seed=3,
-                                silence_rms=(1e-3, 0.3))
+    data = load_speech_commands(
+        speech_dir, SplitConfig(unknown_pct=10, silence_pct=20, data_seed=3, silence_rms_min=1e-3,
+        silence_rms_max=0.3), AUDIO)
     assert data.labels == (SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS)
     train = data.examples["train"]
     words = [e for e in train if e.label in COMMAND_WORDS]
@@ -73,18 +78,19 @@ def test_twelve_class_composition(speech_dir: Path):
         assert 0 <= example.offset <= 3 * 16000 - 16000
         assert 1e-3 <= example.rms <= 0.3
     assert data.examples == load_speech_commands(
-        speech_dir, unknown_pct=10, silence_pct=20, seed=3, silence_rms=(1e-3, 0.3)).examples
+        speech_dir, SplitConfig(unknown_pct=10, silence_pct=20, data_seed=3, silence_rms_min=1e-3,
+        silence_rms_max=0.3), AUDIO).examples
 
 
 def test_unknown_is_capped_at_what_exists(speech_dir: Path):
-    data = load_speech_commands(speech_dir, unknown_pct=100)
+    data = load_speech_commands(speech_dir, SplitConfig(unknown_pct=100), AUDIO)
     unknown = [e for e in data.examples["train"] if e.label == UNKNOWN_LABEL]
     assert len(unknown) == 2 * 4
     assert any("_unknown_ wanted" in note for note in data.notes)
 
 
 def test_all_words_task(speech_dir: Path):
-    data = load_speech_commands(speech_dir, task="all-words")
+    data = load_speech_commands(speech_dir, SplitConfig(task="all-words"), AUDIO)
     assert data.labels == tuple(sorted((*COMMAND_WORDS, "bed", "cat")))
     assert not any(e.is_silence for items in data.examples.values() for e in items)
 
@@ -92,21 +98,21 @@ def test_all_words_task(speech_dir: Path):
 def test_missing_directory_names_the_path(tmp_path: Path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        load_speech_commands(missing)
+        load_speech_commands(missing, SplitConfig(), AUDIO)
 
 
 def test_empty_folder_of_a_word_the_task_can_do_without_is_left_out_and_noted(
         speech_dir: Path, caplog: pytest.LogCaptureFixture):
     (speech_dir / "wow").mkdir()
     caplog.set_level(logging.WARNING, LOGGER)
-    data = load_speech_commands(speech_dir)
+    data = load_speech_commands(speech_dir, SplitConfig(), AUDIO)
     expected = f"{speech_dir / 'wow'}: word folder holds no .wav files; left out"
     assert expected in data.notes and expected in warnings_of(caplog)
     assert data.labels == (SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS)
 
     for path in (speech_dir / "yes").iterdir():
         path.unlink()
-    all_words = load_speech_commands(speech_dir, task="all-words")
+    all_words = load_speech_commands(speech_dir, SplitConfig(task="all-words"), AUDIO)
     assert "wow" not in all_words.labels and "yes" not in all_words.labels
     assert f"{speech_dir / 'yes'}: word folder holds no .wav files; left out" in all_words.notes
 
@@ -115,13 +121,13 @@ def test_empty_command_word_folder_is_an_error_for_the_twelve_class_task(speech_
     for path in (speech_dir / "stop").iterdir():
         path.unlink()
     with pytest.raises(ValueError, match=r"stop: command word folder holds no \.wav files"):
-        load_speech_commands(speech_dir)
+        load_speech_commands(speech_dir, SplitConfig(), AUDIO)
 
 
 def test_folder_without_any_clip_is_an_error(tmp_path: Path):
     (tmp_path / "sc" / "yes").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"sc: no word folder holds \.wav files"):
-        load_speech_commands(tmp_path / "sc", task="all-words")
+        load_speech_commands(tmp_path / "sc", SplitConfig(task="all-words"), AUDIO)
 
 
 @pytest.mark.parametrize(("removed", "method"), [
@@ -135,7 +141,8 @@ def test_missing_split_list_falls_back_to_the_speaker_hash_with_one_warning(
     for name in removed:
         (speech_dir / name).unlink()
     caplog.set_level(logging.WARNING, LOGGER)
-    data = load_speech_commands(speech_dir, task="all-words", validation_pct=30, test_pct=30)
+    data = load_speech_commands(
+        speech_dir, SplitConfig(task="all-words", validation_pct=30, test_pct=30), AUDIO)
     assert data.split_method == method
     [warning] = [message for message in warnings_of(caplog) if "not found" in message]
     assert all(name in warning for name in removed) and "speaker hash" in warning
@@ -154,7 +161,7 @@ def test_listed_files_that_do_not_exist_are_counted_logged_and_named(
     with (speech_dir / "validation_list.txt").open("a") as handle:
         handle.write("\n".join(ghosts) + "\n")
     caplog.set_level(logging.WARNING, LOGGER)
-    data = load_speech_commands(speech_dir)
+    data = load_speech_commands(speech_dir, SplitConfig(), AUDIO)
     assert data.listed_missing == 25
     assert data.listed_missing_paths == ghosts[:20]
     [warning] = [message for message in warnings_of(caplog) if "do not exist" in message]
@@ -165,7 +172,7 @@ def test_clip_on_both_lists_goes_to_test_and_is_noted(speech_dir: Path):
     both = f"no/{SPEAKERS[5]}_nohash_0.wav"
     with (speech_dir / "validation_list.txt").open("a") as handle:
         handle.write(both + "\n")
-    data = load_speech_commands(speech_dir, task="all-words")
+    data = load_speech_commands(speech_dir, SplitConfig(task="all-words"), AUDIO)
     assert both in {e.path for e in data.examples["test"]}
     assert both not in {e.path for e in data.examples["validation"]}
     assert any(note.startswith("1 clips listed in both") and both in note for note in data.notes)
@@ -185,7 +192,7 @@ def test_byte_identical_clips_are_kept_once_test_first(speech_dir: Path):
     repeat_in_test = copy_clip(speech_dir, test_clip, f"yes/{test}_nohash_7.wav",
                                "testing_list.txt")
 
-    data = load_speech_commands(speech_dir, task="all-words")
+    data = load_speech_commands(speech_dir, SplitConfig(task="all-words"), AUDIO)
     assert sorted(data.skipped) == sorted([
         (leaks[0], f"duplicate of {test_clip}"),
         (leaks[1], f"duplicate of {test_clip}"),
@@ -198,18 +205,18 @@ def test_byte_identical_clips_are_kept_once_test_first(speech_dir: Path):
     assert early in paths["train"]
     assert not {path for path, _ in data.skipped} & set().union(*paths.values())
     assert any(note.startswith("5 clips are byte-identical copies") for note in data.notes)
-    assert load_speech_commands(speech_dir).skipped == data.skipped
+    assert load_speech_commands(speech_dir, SplitConfig(), AUDIO).skipped == data.skipped
 
 
 def test_unknown_task_lists_choices(speech_dir: Path):
     with pytest.raises(ValueError, match="12-class, all-words"):
-        load_speech_commands(speech_dir, task="twelve")
+        load_speech_commands(speech_dir, SplitConfig(task="twelve"), AUDIO)
 
 
 def test_digest_changes_with_the_data(speech_dir: Path):
-    data = load_speech_commands(speech_dir)
+    data = load_speech_commands(speech_dir, SplitConfig(), AUDIO)
     before = data.digest(("test",))
-    assert before == load_speech_commands(speech_dir).digest(("test",))
+    assert before == load_speech_commands(speech_dir, SplitConfig(), AUDIO).digest(("test",))
     target = speech_dir / data.examples["test"][0].path
     target.write_bytes(target.read_bytes() + b"\0\0")
-    assert load_speech_commands(speech_dir).digest(("test",)) != before
+    assert load_speech_commands(speech_dir, SplitConfig(), AUDIO).digest(("test",)) != before

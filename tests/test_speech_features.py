@@ -3,17 +3,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from features.feature_cache import FeatureCache
 from features.mfcc import MfccConfig
-from features.speech_commands import load_speech_commands
+from features.speech_commands import SplitConfig, load_speech_commands
 from features.speech_features import (
     CACHE_FORMAT,
-    FeatureCache,
     compute_features,
     extract_features,
     split_features,
@@ -22,10 +24,11 @@ from features.speech_features import (
 from tests.datasets import tone, write_wav
 
 CONFIG = MfccConfig()
+AUDIO = CONFIG.audio
 
 
 def test_second_call_reads_the_cache_and_decodes_nothing(speech_dir: Path, tmp_path: Path):
-    examples = load_speech_commands(speech_dir).examples["train"]
+    examples = load_speech_commands(speech_dir, SplitConfig(), AUDIO).examples["train"]
     cache = tmp_path / "cache"
     first = split_features(examples, speech_dir, CONFIG, cache)
     assert not first.from_cache and first.frames.shape == (len(examples), 98, 40)
@@ -47,7 +50,7 @@ def test_second_call_reads_the_cache_and_decodes_nothing(speech_dir: Path, tmp_p
 
 
 def test_touching_a_file_invalidates_the_cache(speech_dir: Path, tmp_path: Path):
-    examples = load_speech_commands(speech_dir).examples["test"]
+    examples = load_speech_commands(speech_dir, SplitConfig(), AUDIO).examples["test"]
     cache = tmp_path / "cache"
     split_features(examples, speech_dir, CONFIG, cache)
     target = speech_dir / examples[0].path
@@ -57,7 +60,7 @@ def test_touching_a_file_invalidates_the_cache(speech_dir: Path, tmp_path: Path)
 
 
 def test_undecodable_clip_is_skipped_and_counted(speech_dir: Path, tmp_path: Path):
-    examples = load_speech_commands(speech_dir).examples["validation"]
+    examples = load_speech_commands(speech_dir, SplitConfig(), AUDIO).examples["validation"]
     broken = examples[2]
     (speech_dir / broken.path).write_bytes(b"RIFF\x00\x00garbage")
     features = split_features(examples, speech_dir, CONFIG, tmp_path / "cache")
@@ -70,19 +73,21 @@ def test_undecodable_clip_is_skipped_and_counted(speech_dir: Path, tmp_path: Pat
 
 
 def test_silence_windows_reach_their_target_level(speech_dir: Path, tmp_path: Path):
-    data = load_speech_commands(speech_dir, silence_rms=(0.2, 0.3))
+    data = load_speech_commands(
+        speech_dir, SplitConfig(silence_rms_min=0.2, silence_rms_max=0.3), AUDIO)
     silence = [e for e in data.examples["train"] if e.is_silence]
     loud = split_features(silence, speech_dir, CONFIG, None)
-    quiet = split_features(
-        [e for e in load_speech_commands(speech_dir, silence_rms=(1e-4, 2e-4)).examples["train"]
-         if e.is_silence], speech_dir, CONFIG, None)
+    quiet_data = load_speech_commands(
+        speech_dir, SplitConfig(silence_rms_min=1e-4, silence_rms_max=2e-4), AUDIO)
+    quiet = split_features([e for e in quiet_data.examples["train"] if e.is_silence],
+                           speech_dir, CONFIG, None)
     # c0 of the MFCC tracks log energy: louder silence has a clearly larger first coefficient
     assert loud.frames[..., 0].mean() > quiet.frames[..., 0].mean() + 50
 
 
 def test_streamed_cache_file_equals_in_memory_features_and_carries_moments(
         shared_speech_dir: Path, tmp_path: Path):
-    examples = load_speech_commands(shared_speech_dir).examples["validation"]
+    examples = load_speech_commands(shared_speech_dir, SplitConfig(), AUDIO).examples["validation"]
     in_memory = compute_features(examples, shared_speech_dir, CONFIG)
     cached = split_features(examples, shared_speech_dir, CONFIG, tmp_path / "cache")
     assert isinstance(cached.frames, np.memmap) and not isinstance(in_memory.frames, np.memmap)
@@ -128,7 +133,7 @@ def drop_metadata_key(data_file: Path, meta_file: Path) -> Path:
 def test_damaged_cache_entry_is_logged_and_rebuilt_not_used(
         speech_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage):
     assert CACHE_FORMAT >= 3  # entries without a checksum are never looked up
-    examples = load_speech_commands(speech_dir).examples["train"]
+    examples = load_speech_commands(speech_dir, SplitConfig(), AUDIO).examples["train"]
     cache_dir = tmp_path / "cache"
     split_features(examples, speech_dir, CONFIG, cache_dir)
     [data_file] = cache_dir.glob("*.f32")
@@ -138,7 +143,7 @@ def test_damaged_cache_entry_is_logged_and_rebuilt_not_used(
     size = data_file.stat().st_size
 
     damaged = damage(data_file, meta_file)
-    caplog.set_level(logging.WARNING, "features.speech_features")
+    caplog.set_level(logging.WARNING, "features.feature_cache")
     assert FeatureCache(cache_dir).load(data_file.stem) is None
     assert any(str(damaged) in record.getMessage() and "rebuilding" in record.getMessage()
                for record in caplog.records)
@@ -154,8 +159,6 @@ def test_damaged_cache_entry_is_logged_and_rebuilt_not_used(
 
 def test_decoding_runs_ahead_on_threads_and_keeps_example_order(tmp_path: Path):
     """Chunks finish decoding out of order on the worker threads; frames stay in input order."""
-    import threading
-    import time
 
     clips = np.stack([tone(200 + 40 * index, seed=index) for index in range(23)])
     threads = set()

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
-import dataclasses
+import shutil
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
+import soundfile
 from mlflow.tracking import MlflowClient
 
+from features.speech_commands import COMMAND_WORDS
+from features.speech_data import prepare_speech_data
 from pipelines import speech, tracking
 from pipelines.speech import SpeechConfig
 
@@ -23,8 +27,8 @@ def test_help_lists_every_option_with_its_default(capsys):
         speech.main(["--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for item in dataclasses.fields(SpeechConfig):
-        assert "--" + item.name.replace("_", "-") in text
+    for option in SpeechConfig.option_fields().values():
+        assert option.flag in text
     assert "(default: 12-class)" in text and "(default: 140)" in text
 
 
@@ -92,9 +96,9 @@ def test_missing_data_dir_is_a_clear_error_before_any_run(tmp_path: Path, capsys
 
 @pytest.mark.slow
 def test_real_data_trains_registers_and_promotes(shared_speech_dir: Path, tmp_path: Path):
-    config = SpeechConfig(data_dir=str(shared_speech_dir), store_dir=str(tmp_path / "mlruns"),
-                          cache_dir=str(tmp_path / "cache"), epochs=10, units=48, depth=1,
-                          dense_units=0, patience=10)
+    config = SpeechConfig.from_options(
+        data_dir=str(shared_speech_dir), store_dir=str(tmp_path / "mlruns"), cache_dir=str(tmp_path
+        / "cache"), epochs=10, units=48, depth=1, dense_units=0, patience=10)
     result = speech.run(config)
     client = MlflowClient()
     history = client.get_metric_history(result["run_id"], "loss")
@@ -113,26 +117,25 @@ def test_environment_variables_set_the_cli_defaults(monkeypatch, tmp_path: Path)
     assert args.tracking_uri == "http://127.0.0.1:5999"
     # A config built in code is not changed by the environment (MLflow itself writes
     # MLFLOW_TRACKING_URI when a tracking URI is set).
-    assert SpeechConfig().tracking_uri is None and SpeechConfig().data_dir is None
+    assert SpeechConfig().run.tracking_uri is None and SpeechConfig().source.data_dir is None
 
 
 def test_training_seed_does_not_change_the_test_data(speech_dir: Path, tmp_path: Path):
-    first = speech.prepare_data(SpeechConfig(data_dir=str(speech_dir), seed=0, cache=False))
-    second = speech.prepare_data(SpeechConfig(data_dir=str(speech_dir), seed=7, cache=False))
-    assert first.digests == second.digests
-    other = speech.prepare_data(SpeechConfig(data_dir=str(speech_dir), data_seed=7, cache=False))
-    assert other.digests["test"] != first.digests["test"]
+    def digests(**options):
+        config = SpeechConfig.from_options(data_dir=str(speech_dir), cache=False, **options)
+        return prepare_speech_data(config.source, config.splits, config.features,
+                                   waveforms=False).lineage.digests
+
+    first = digests(seed=0)
+    assert first == digests(seed=7)
+    assert digests(data_seed=7)["test"] != first["test"]
 
 
 def write_test_release(shared: Path, root: Path, per_class: int = 3) -> Path:
     """An official test-release layout from real clips: ten word folders, `_unknown_/` with
     `<word>_<speaker>_nohash_<n>.wav` names, `_silence_/` with noise excerpts."""
-    import shutil
 
-    import numpy as np
-    import soundfile
 
-    from features.speech_commands import COMMAND_WORDS
 
     for word in COMMAND_WORDS:
         (root / word).mkdir(parents=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.distributions import IntDistribution
 
 from pipelines import speech, tracking
 from pipelines.speech import SpeechConfig
@@ -60,9 +61,8 @@ def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_
 
 
 def test_sweep_rejects_a_space_naming_unknown_options(tmp_path: Path):
-    from optuna.distributions import IntDistribution
 
-    config = SpeechConfig(store_dir=str(tmp_path / "mlruns"), sweep=2)
+    config = SpeechConfig.from_options(store_dir=str(tmp_path / "mlruns"), sweep=2)
     with pytest.raises(ValueError, match="unknown options: unitz"):
         run_sweep(config, speech.run, {"unitz": IntDistribution(1, 2)}, "speech")
     assert not (tmp_path / "mlruns").exists()

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import scipy.sparse
 import tensorflow as tf
 
 from features.text import (
@@ -21,6 +23,8 @@ from features.text import (
     strip_html_lower,
     token_lengths,
 )
+from models.recurrent import text_to_probabilities
+from tests.builders import text_classifier
 
 
 def standardized(text: str) -> list[str]:
@@ -79,9 +83,6 @@ def test_bad_sizes_fail_with_the_value():
 
 
 def test_saved_model_loads_whatever_characters_the_reviews_hold(tmp_path: Path):
-    import keras
-
-    from models.recurrent import build_text_classifier, text_to_probabilities
 
     # Keras reads a saved vocabulary back with str.splitlines: a token holding \x85, \u2028,
     # \v, \x1c ... would split in two and the model would not load.
@@ -90,7 +91,7 @@ def test_saved_model_loads_whatever_characters_the_reviews_hold(tmp_path: Path):
     assert standardized(reviews[0]) == ["one", "two", "three", "four"]
     assert standardized(reviews[3]) == ["softhyphen", "zerowidth", "non", "break"]
     vectorizer = fit_vectorizer(reviews, vocabulary_size=100, sequence_length=8)
-    model = text_to_probabilities(vectorizer, build_text_classifier(100, 2, units=2))
+    model = text_to_probabilities(vectorizer, text_classifier(100, 2, units=2))
     model.save(tmp_path / "model.keras")
     restored = keras.saving.load_model(tmp_path / "model.keras")
     assert restored.get_layer("token_ids").get_vocabulary() == vectorizer.get_vocabulary()
@@ -116,7 +117,6 @@ def test_ngram_vectorizer_rejects_bad_sizes():
 
 
 def test_log_count_ratio_favours_the_class_a_feature_occurs_in():
-    import scipy.sparse
 
     bags = scipy.sparse.csr_matrix(np.array([[1, 0, 1], [1, 0, 1], [0, 1, 1], [0, 1, 1]],
                                             np.float32))

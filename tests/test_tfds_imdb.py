@@ -48,10 +48,10 @@ def test_reads_the_tfds_format(tmp_path: Path):
 
 def test_pipeline_trains_from_tfds(tmp_path: Path):
     write_tfds_imdb(tmp_path / "tfds", {"train": 12, "test": 4})
-    config = SentimentConfig(source="tfds", tfds_data_dir=str(tmp_path / "tfds"),
-                             store_dir=str(tmp_path / "mlruns"), validation_pct=25, units=4,
-                             embedding_dim=4, vocabulary_size=100, sequence_length=16,
-                             epochs=1, batch_size=8)
+    config = SentimentConfig.from_options(
+        source="tfds", tfds_data_dir=str(tmp_path / "tfds"), store_dir=str(tmp_path / "mlruns"),
+        validation_pct=25, units=4, embedding_dim=4, vocabulary_size=100, sequence_length=16,
+        epochs=1, batch_size=8)
     result = sentiment.run(config)
     run = MlflowClient().get_run(result["run_id"])
     assert run.data.metrics["examples_train"] == 17 and run.data.metrics["skipped_examples"] == 1
@@ -61,7 +61,7 @@ def test_pipeline_trains_from_tfds(tmp_path: Path):
 
 def test_offline_without_prepared_data_fails_at_once_naming_data_dir(tmp_path: Path, capsys):
     with pytest.raises(DatasetUnavailableError, match="--data-dir"):
-        read_tfds_imdb(str(tmp_path / "empty"))
+        read_tfds_imdb(str(tmp_path / "empty"), validation_pct=10, seed=0)
     assert not (tmp_path / "empty" / "downloads").exists()  # failed before any download
     code = sentiment.main(["--source", "tfds", "--tfds-data-dir", str(tmp_path / "empty"),
                            "--store-dir", str(tmp_path / "mlruns")])

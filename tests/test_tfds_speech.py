@@ -46,9 +46,9 @@ def test_reads_the_tfds_format(tmp_path: Path):
 
 def test_pipeline_trains_from_tfds(tmp_path: Path):
     write_tfds_speech_commands(tmp_path / "tfds", {"train": 3, "validation": 1, "test": 1})
-    config = SpeechConfig(source="tfds", tfds_data_dir=str(tmp_path / "tfds"),
-                          store_dir=str(tmp_path / "mlruns"), cache_dir=str(tmp_path / "cache"),
-                          units=8, depth=1, dense_units=0, epochs=1, batch_size=8)
+    config = SpeechConfig.from_options(
+        source="tfds", tfds_data_dir=str(tmp_path / "tfds"), store_dir=str(tmp_path / "mlruns"),
+        cache_dir=str(tmp_path / "cache"), units=8, depth=1, dense_units=0, epochs=1, batch_size=8)
     result = speech.run(config)
     run = MlflowClient().get_run(result["run_id"])
     assert run.data.metrics["examples_train"] == 36

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from models.baseline import build_tfidf_logreg
+from models.baseline import TfidfConfig, build_tfidf_logreg
 from pipelines import tracking
 
 
 def log_tiny_model(folder: Path) -> str:
     """Logs a TF-IDF baseline fitted on four reviews; returns its model URI."""
-    classifier = build_tfidf_logreg(min_df=1).fit(
+    classifier = build_tfidf_logreg(TfidfConfig(min_df=1), seed=0).fit(
         ["good fun", "great film", "bad plot", "awful acting"], [1, 1, 0, 0])
     folder.mkdir(parents=True, exist_ok=True)
     joblib.dump(classifier, folder / "classifier.joblib")

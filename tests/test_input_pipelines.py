@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.training import RowReader, bucketed_dataset, make_dataset
+from features.input_pipelines import RowReader, bucketed_dataset, make_dataset
 
 
 def test_bucketed_batches_pad_to_their_bucket_and_cover_every_example_once():
@@ -12,7 +12,7 @@ def test_bucketed_batches_pad_to_their_bucket_and_cover_every_example_once():
     for row, length in enumerate(lengths):
         ids[row, :length] = row + 1  # the row number identifies the example
     dataset = bucketed_dataset(ids, lengths, np.arange(len(lengths)) % 2, batch_size=2,
-                               num_classes=2, buckets=4, shuffle=True, seed=1)
+                               num_classes=2, buckets=4, shuffle_seed=1)
     seen = []
     batches = list(dataset.as_numpy_iterator())
     for features, labels in batches:
@@ -34,7 +34,7 @@ def test_large_memory_maps_are_streamed_from_the_file_with_the_same_batches(tmp_
     rows.tofile(path)
     mapped = np.memmap(path, np.float32, "r", shape=rows.shape)
     labels = np.arange(50) % 5
-    streamed = make_dataset(mapped, labels, 8, 5, shuffle=True, seed=3, in_memory_bytes=0)
+    streamed = make_dataset(mapped, labels, 8, 5, shuffle_seed=3, stream_over_bytes=0)
     rows = rows + 6000  # rewritten after the dataset was made: it must read the file, not a copy
     rows.tofile(path)
     seen = []
@@ -49,7 +49,7 @@ def test_large_memory_maps_are_streamed_from_the_file_with_the_same_batches(tmp_
             assert np.array_equal(features, rows[index])
             assert np.array_equal(onehot.argmax(axis=1), labels[index])
     assert seen[0] != seen[1]  # reshuffled each epoch
-    ordered = make_dataset(mapped, labels, 16, 5, shuffle=False, in_memory_bytes=0)
+    ordered = make_dataset(mapped, labels, 16, 5, stream_over_bytes=0)
     assert np.array_equal(np.concatenate([f for f, _ in ordered.as_numpy_iterator()]), rows)
 
 

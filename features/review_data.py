@@ -1,0 +1,99 @@
+"""The sentiment task's data stage: an aclImdb folder or tensorflow-datasets' imdb_reviews in,
+review texts and label ids per split with their lineage out (validation carved out of train)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features import tfds_imdb
+from features.imdb import ImdbData, load_imdb, read_split_folder
+from features.splits import LabelledInputs, Lineage, Splits
+from features.tfds_source import SOURCES
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class ReviewSourceConfig:
+    """Data source: where the reviews come from, and how validation is carved out of train."""
+
+    data_dir: str | None = field(default=None, metadata={
+        "help": "aclImdb folder in the official layout", "env": "IMDB_DATA_DIR"})
+    source: str = field(default="folder", metadata={
+        "help": "where reviews come from: a folder (--data-dir) or tensorflow-datasets' "
+                "imdb_reviews", "choices": SOURCES})
+    tfds_data_dir: str | None = field(default=None, metadata={
+        "help": "tensorflow-datasets data dir for --source tfds"})
+    validation_pct: float = field(default=10.0, metadata={
+        "help": "share of train held out for validation (stratified)"})
+    data_seed: int = field(default=0, metadata={
+        "help": "seed of the validation carve-out; kept apart from --seed so runs with other "
+                "seeds share their splits"})
+
+
+@dataclass(frozen=True)
+class ReviewData:
+    """Review texts and label ids per split, and their lineage."""
+
+    splits: Splits
+    lineage: Lineage
+
+
+def read_reviews(source: ReviewSourceConfig) -> ImdbData:
+    """Reads the reviews from the configured source, validation carved out of train.
+
+    Raises:
+        ValueError: No data folder, or a layout that is not aclImdb's.
+        FileNotFoundError: The data folder does not exist.
+        DatasetUnavailableError: --source tfds without prepared data, offline.
+    """
+    if source.source == "tfds":
+        return tfds_imdb.read_tfds_imdb(source.tfds_data_dir,
+                                        validation_pct=source.validation_pct,
+                                        seed=source.data_seed)
+    if not source.data_dir:
+        raise ValueError("no data folder: pass --data-dir or set IMDB_DATA_DIR")
+    return load_imdb(source.data_dir, validation_pct=source.validation_pct,
+                     seed=source.data_seed)
+
+
+def review_data(imdb: ImdbData) -> ReviewData:
+    """Texts and label ids per split, with the digests and skipped reviews of the reading."""
+    for path, reason in imdb.skipped:
+        log.warning("skipped %s: %s", path, reason)
+    index = {label: i for i, label in enumerate(imdb.labels)}
+    x = {split: [review.text for review in reviews] for split, reviews in imdb.splits.items()}
+    y = {split: np.asarray([index[review.label] for review in reviews], np.int32)
+         for split, reviews in imdb.splits.items()}
+    summary = {
+        "source": imdb.source,
+        "split_method": imdb.split_method,
+        "class_counts": imdb.class_counts(),
+        "skipped": [{"path": path, "reason": reason} for path, reason in imdb.skipped],
+        "undecodable_bytes_replaced": imdb.replaced,
+    }
+    digests = {split: imdb.digest(split) for split in imdb.splits}
+    return ReviewData(Splits(imdb.labels, x, y),
+                      Lineage(imdb.source, digests, tuple(imdb.skipped), summary))
+
+
+def evaluation_inputs(data_dir: str) -> tuple[LabelledInputs, list[tuple[str, str]]]:
+    """The `test/{neg,pos}` reviews of an aclImdb folder as labelled model inputs, and the
+    reviews skipped (empty, only HTML, duplicates) with their reasons.
+
+    Raises:
+        ValueError: A label folder is missing or holds no reviews.
+    """
+    reviews, skipped, _ = read_split_folder(Path(data_dir), "test")
+    labelled = LabelledInputs(
+        pd.DataFrame({"text": [review.text for review in reviews]}),
+        [review.label for review in reviews], [review.path for review in reviews],
+        ImdbData({"test": reviews}).digest("test"), str(Path(data_dir).resolve()),
+        "aclImdb test split")
+    return labelled, skipped

@@ -1,0 +1,241 @@
+"""The speech task's data stage: a Speech Commands folder or tensorflow-datasets' release in,
+MFCC frames per split (computed once, cached) with their labels and lineage out.
+
+The training split also yields its per-coefficient moments (the model's normalisation, computed
+by the feature stage in the same pass) and, when augmentation needs them, its decoded waveforms,
+row for row with its frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features import tfds_speech
+from features.audio import decode_recording
+from features.feature_cache import cached_features
+from features.mfcc import MfccConfig
+from features.speech_commands import (
+    BACKGROUND_NOISE_DIR,
+    TWELVE_CLASS_LABELS,
+    SplitConfig,
+    is_test_release,
+    load_speech_commands,
+    test_release_examples,
+)
+from features.speech_features import (
+    decode_examples,
+    extract_features,
+    split_features,
+    split_waveforms,
+    waveform_chunks,
+)
+from features.splits import SPLITS, LabelledInputs, Lineage, Splits
+from features.tfds_source import SOURCES
+
+
+@dataclass(frozen=True)
+class SpeechSourceConfig:
+    """Data source: where the clips come from, and where their features are kept."""
+
+    data_dir: str | None = field(default=None, metadata={
+        "help": "Speech Commands folder in the official layout", "env": "SPEECH_COMMANDS_DIR"})
+    source: str = field(default="folder", metadata={
+        "help": "where clips come from: a folder (--data-dir) or tensorflow-datasets' "
+                "speech_commands", "choices": SOURCES})
+    tfds_data_dir: str | None = field(default=None, metadata={
+        "help": "tensorflow-datasets data dir for --source tfds"})
+    cache_dir: str = field(default=".cache/features", metadata={
+        "help": "feature cache folder"})
+    cache: bool = field(default=True, metadata={"help": "read/write the feature cache"})
+    in_memory_mb: int = field(default=512, metadata={
+        "help": "cached splits with more feature data than this (MB) are streamed from the "
+                "cache file during training, not loaded"})
+
+    @property
+    def stream_over_bytes(self) -> int:
+        """Memory-mapped splits larger than this are streamed from their file."""
+        return self.in_memory_mb * 2**20
+
+    @property
+    def cache_folder(self) -> str | None:
+        """The feature cache, or None when caching is off."""
+        return self.cache_dir if self.cache else None
+
+    def writable_folders(self) -> dict[str, str]:
+        return {"feature cache folder": self.cache_dir} if self.cache else {}
+
+
+@dataclass(frozen=True)
+class SpeechData:
+    """MFCC frames and labels per split, their lineage, and what training needs besides.
+
+    Attributes:
+        splits: Frames (clips, frames, coefficients) and label ids per split.
+        lineage: Source, per-split digests, skipped clips and the data summary.
+        mean: Per-coefficient mean of the training frames (the model's normalisation).
+        variance: Per-coefficient variance of the training frames.
+        train_waveforms: The training clips as (clips, samples) waveforms, rows aligned with
+            the training frames, for augmentation; None when not asked for.
+    """
+
+    splits: Splits
+    lineage: Lineage
+    mean: np.ndarray
+    variance: np.ndarray
+    train_waveforms: np.ndarray | None = None
+
+
+def prepare_speech_data(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccConfig,
+                        *, waveforms: bool) -> SpeechData:
+    """The configured source's splits as MFCC frames (computed, or read from the cache).
+
+    Args:
+        source: Where the clips come from and the feature cache.
+        splits: How the task's splits are composed.
+        mfcc: Feature geometry.
+        waveforms: Also return the training split's decoded waveforms.
+
+    Raises:
+        ValueError: No data folder, or options the source cannot honour.
+        FileNotFoundError: The data folder does not exist.
+        DatasetUnavailableError: --source tfds without prepared data, offline.
+    """
+    if source.source == "tfds":
+        return prepare_tfds(source, splits, mfcc, waveforms=waveforms)
+    return prepare_folder(source, splits, mfcc, waveforms=waveforms)
+
+
+def prepare_folder(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccConfig,
+                   *, waveforms: bool) -> SpeechData:
+    """Reads a Speech Commands folder and computes (or loads cached) MFCC frames per split."""
+    if not source.data_dir:
+        raise ValueError("no data folder: pass --data-dir or set SPEECH_COMMANDS_DIR")
+    data = load_speech_commands(source.data_dir, splits, mfcc.audio)  # logs its notes
+    index = {label: i for i, label in enumerate(data.labels)}
+    x, y, digests, cached = {}, {}, {}, []
+    skipped = list(data.skipped)  # dropped duplicates
+    train_waveforms = None
+    for split in SPLITS:
+        examples = data.examples[split]
+        features = split_features(examples, data.data_dir, mfcc, source.cache_folder,
+                                  desc=f"MFCC {split}")
+        x[split] = features.frames
+        y[split] = np.asarray([index[examples[i].label] for i in features.kept], np.int32)
+        digests[split] = data.digest((split,))
+        skipped += features.skipped
+        cached.append(features.from_cache)
+        if split == "train":
+            moments = features.mean, features.variance
+            if waveforms:
+                decoded = split_waveforms(examples, data.data_dir, mfcc, source.cache_folder)
+                if not np.array_equal(decoded.kept, features.kept):
+                    raise RuntimeError("decoded waveforms and cached MFCC frames of the "
+                                       "training split disagree on the usable clips; clear "
+                                       f"{source.cache_dir} and run again")
+                train_waveforms = decoded.frames
+    folder = str(data.data_dir.resolve())
+    summary = {
+        "source": folder,
+        "split_method": data.split_method,
+        "listed_files_missing": data.listed_missing,
+        "listed_files_missing_paths": data.listed_missing_paths,
+        "class_counts": data.class_counts(),
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        "notes": data.notes,
+    }
+    return SpeechData(Splits(data.labels, x, y),
+                      Lineage(folder, digests, tuple(skipped), summary, all(cached)),
+                      *moments, train_waveforms)
+
+
+def prepare_tfds(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccConfig,
+                 *, waveforms: bool) -> SpeechData:
+    """Reads tensorflow-datasets' speech_commands and computes (or loads cached) MFCC frames."""
+    if splits.task != "12-class":
+        raise ValueError("--source tfds provides the 12-class task only; use --source folder "
+                         "for --task all-words")
+    if mfcc.sample_rate != 16000:
+        raise ValueError("--source tfds holds 16 kHz audio; keep --sample-rate 16000")
+    releases = tfds_speech.read_tfds_speech_commands(source.tfds_data_dir, mfcc.clip_samples)
+    labels = TWELVE_CLASS_LABELS
+    index = {label: i for i, label in enumerate(labels)}
+    origin = (f"tfds://{tfds_speech.TFDS_NAME}/"
+              f"{tfds_speech.tfds_version(source.tfds_data_dir)}")
+    x, y, digests, cached = {}, {}, {}, []
+    train_waveforms = None
+    for split, data in releases.items():
+        hasher = hashlib.sha256(data.waveforms.tobytes())
+        hasher.update("|".join(data.labels).encode())
+        digests[split] = hasher.hexdigest()[:16]
+        key = hashlib.sha256(f"{origin}|{split}|{digests[split]}|{mfcc}".encode()).hexdigest()
+        features = cached_features(
+            source.cache_folder, key[:24],
+            lambda out, w=data.waveforms, s=split: extract_features(
+                waveform_chunks(w), len(w), mfcc, out, f"MFCC {s}"))
+        x[split] = features.frames
+        y[split] = np.asarray([index[label] for label in data.labels], np.int32)
+        cached.append(features.from_cache)
+        if split == "train":
+            moments = features.mean, features.variance
+            train_waveforms = data.waveforms if waveforms else None
+    summary = {
+        "source": origin,
+        "split_method": "tfds",
+        "class_counts": {split: {label: data.labels.count(label) for label in labels}
+                         for split, data in releases.items()},
+        "skipped": [],
+    }
+    return SpeechData(Splits(labels, x, y), Lineage(origin, digests, (), summary, all(cached)),
+                      *moments, train_waveforms)
+
+
+def background_noise(source: SpeechSourceConfig, sample_rate: int) -> list[np.ndarray]:
+    """The `_background_noise_` recordings of a folder source (none for tfds, whose release
+    does not ship them), decoded at `sample_rate`."""
+    if source.source != "folder":
+        return []
+    folder = Path(source.data_dir) / BACKGROUND_NOISE_DIR
+    return [decode_recording(path, sample_rate) for path in sorted(folder.glob("*.wav"))]
+
+
+def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> LabelledInputs:
+    """Labelled model inputs from a test-release folder (every clip, labelled by its folder) or
+    a training-layout folder (its test split, composed as training composes it).
+
+    Clips go in as file bytes; `_silence_` windows cut from the noise recordings go in as
+    waveforms.
+    """
+    root = Path(data_dir)
+    if is_test_release(root):
+        examples, layout = test_release_examples(root), "test release (one folder per class)"
+    else:
+        examples = load_speech_commands(root, splits, mfcc.audio).examples["test"]
+        layout = "training layout, test split"
+    silence = [e for e in examples if e.is_silence]
+    waveforms = {index: waveform for index, waveform, _ in decode_examples(
+        silence, root, mfcc.audio)}
+    rows, hasher, position = [], hashlib.sha256(), 0
+    for example in examples:
+        hasher.update(f"{example.label}|{example.path}|{example.offset}|{example.rms!r}".encode())
+        if example.is_silence:
+            waveform = waveforms.get(position)
+            position += 1
+            rows.append({"audio": None, "sample_rate": mfcc.sample_rate,
+                         "waveform": None if waveform is None else waveform.tolist()})
+            continue
+        try:
+            audio = (root / example.path).read_bytes()
+        except OSError:
+            audio = None
+        hasher.update(hashlib.sha256(audio or b"").digest())
+        rows.append({"audio": audio, "waveform": None, "sample_rate": mfcc.sample_rate})
+    names = [str(root / example.path) if not example.is_silence
+             else f"{root / example.path}@{example.offset}" for example in examples]
+    return LabelledInputs(pd.DataFrame(rows, columns=["audio", "waveform", "sample_rate"]),
+                          [example.label for example in examples], names,
+                          hasher.hexdigest()[:16], str(root.resolve()), layout)

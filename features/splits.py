@@ -1,0 +1,96 @@
+"""What a task's data stage hands to training: labelled splits, and where they came from."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Model inputs and integer labels per split.
+
+    Attributes:
+        labels: Class names in label-id order.
+        x: Split -> model inputs (an array, or a list of texts), one row per example.
+        y: Split -> label ids, aligned with `x`.
+    """
+
+    labels: tuple[str, ...]
+    x: Mapping[str, Any]
+    y: Mapping[str, np.ndarray]
+
+    def counts(self) -> dict[str, int]:
+        """Examples per split."""
+        return {split: len(labels) for split, labels in self.y.items()}
+
+    def split_tags(self) -> dict[str, dict[str, str]]:
+        """Per split: example count and per-class counts, for the dataset inputs of a run."""
+        tags = {}
+        for split, y in self.y.items():
+            per_class = np.bincount(y, minlength=len(self.labels))
+            tags[split] = {"examples": str(len(y)), "class_counts": json.dumps(
+                dict(zip(self.labels, per_class.tolist(), strict=True)))}
+        return tags
+
+    def with_inputs(self, x: Mapping[str, Any]) -> Splits:
+        """The same labels and examples with other inputs (say, token ids for texts)."""
+        return replace(self, x=dict(x))
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where the examples came from: what a run records as its data lineage.
+
+    Attributes:
+        source: Folder or URL the data came from.
+        digests: Split -> content digest of its raw examples.
+        skipped: (path, reason) of each example left out.
+        summary: Anything else worth keeping with the run (split method, notes, counts).
+        from_cache: Whether the features were read from a cache.
+    """
+
+    source: str
+    digests: Mapping[str, str]
+    skipped: tuple[tuple[str, str], ...] = ()
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    from_cache: bool = False
+
+    @property
+    def test_digest(self) -> str:
+        """The digest the champion rule compares: models are comparable on the same test data."""
+        return self.digests["test"]
+
+    @property
+    def data_digest(self) -> str:
+        """The digest of every split, which a resumed run must find again."""
+        return "-".join(self.digests.values())
+
+
+@dataclass(frozen=True)
+class LabelledInputs:
+    """Labelled raw inputs for a served model, one row per example (the `evaluate` commands).
+
+    Attributes:
+        inputs: The model's input columns (`audio` bytes, `waveform` and `sample_rate`, or
+            `text`).
+        truth: True label name per row.
+        names: How to name each row in errors (its file).
+        digest: Content digest of the examples.
+        source: The folder they came from.
+        layout: What kind of folder that is.
+    """
+
+    inputs: pd.DataFrame
+    truth: list[str]
+    names: list[str]
+    digest: str
+    source: str
+    layout: str

@@ -1,0 +1,239 @@
+"""The command line of a task, from its spec (`TaskCommands`): training with one flag per
+option, `predict` and `evaluate` on a logged model, the summary a run prints, exit statuses.
+
+Exit statuses: 0 done; 1 `predict` could not label every input; 2 `error: ...` (bad options or
+data, a run that cannot start); 75 a multi-worker run lost a worker (sysexits' EX_TEMPFAIL);
+130 Ctrl-C and 143 SIGTERM, which end the MLflow run KILLED (pipelines.interrupts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from features.tfds_source import DatasetUnavailableError
+from pipelines import distribute, evaluation, tracking
+from pipelines.config import TaskConfig, config_from_args, config_parser
+from pipelines.errors import SetupError, Terminated, WorkerLost
+from pipelines.interrupts import WORKER_LOST, exit_status, handle_interrupts
+
+log = logging.getLogger(__name__)
+
+# errors a run reports as `error: ...` (exit 2), with no traceback
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, DatasetUnavailableError, SetupError)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Raw inputs for a served model, one row each, and how to name them in the output.
+
+    Attributes:
+        frame: The model's input columns, one row per usable input.
+        names: How to name every input, usable or not, in order.
+        failed: Input index -> error, for inputs that never reached the model.
+    """
+
+    frame: pd.DataFrame
+    names: list[str]
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command on a logged model: its usage, its --help description, and `read(parser,
+    argv)`, which adds the command's own arguments to the shared ones, parses `argv` and reads
+    the inputs (`Inputs` for predict, `LabelledInputs` for evaluate)."""
+
+    usage: str
+    description: str
+    read: Callable[[argparse.ArgumentParser, list[str]], tuple[argparse.Namespace, object]]
+
+
+@dataclass(frozen=True)
+class TaskCommands:
+    """What a task's command line is made of.
+
+    Attributes:
+        pipeline: The task's name ("speech": `python -m pipelines.speech`).
+        description: What training does (--help).
+        config: The task's config class; its options are the training flags.
+        run: Trains, tracks and registers one model (`run(config) -> result`).
+        summary: The task's own summary lines of a result (the registry lines follow).
+        dataset: Dataset name of evaluation runs (`<dataset>-evaluation`).
+        predict: `predict`: label inputs with a logged model.
+        evaluate: `evaluate`: score a logged model on a labelled folder.
+    """
+
+    pipeline: str
+    description: str
+    config: type[TaskConfig]
+    run: Callable[[TaskConfig], dict]
+    summary: Callable[[dict], list[str]]
+    dataset: str
+    predict: Command
+    evaluate: Command
+
+    @property
+    def prog(self) -> str:
+        return f"python -m pipelines.{self.pipeline}"
+
+
+def main(task: TaskCommands, argv: Sequence[str] | None = None) -> int:
+    """A task's entry point: `predict ...` and `evaluate ...` run those commands on the
+    remaining arguments; anything else parses training flags, runs and prints the summary."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"predict": predict, "evaluate": evaluate}
+    command = commands.get(argv[0]) if argv else None
+    args = None if command else training_parser(task).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with handle_interrupts():
+        try:
+            if command:
+                return command(task, argv[1:])
+            result = task.run(config_from_args(task.config, args))
+        except EXPECTED_ERRORS as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except WorkerLost as error:
+            print(f"error: {error}", file=sys.stderr)
+            return WORKER_LOST
+        except KeyboardInterrupt as interrupt:
+            terminated = isinstance(interrupt, Terminated)
+            print(f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'}", file=sys.stderr)
+            return exit_status(interrupt)
+        finally:  # also when exit_process skips the interpreter's teardown (and atexit)
+            distribute.remove_throwaway()
+    print("\n".join([*task.summary(result), *registry_lines(result)]))
+    return 0
+
+
+def training_parser(task: TaskCommands) -> argparse.ArgumentParser:
+    """The training command's parser: one flag per option of the task's config."""
+    epilog = (f"other commands: '{task.prog} predict {task.predict.usage}' labels inputs with "
+              f"the champion (or --model-uri); '{task.prog} evaluate {task.evaluate.usage}' "
+              "evaluates a logged model on a folder; each has its own --help.")
+    return config_parser(task.prog, task.description, task.config, epilog=epilog)
+
+
+def model_parser(task: TaskCommands, command: str, description: str
+                 ) -> argparse.ArgumentParser:
+    """The options every command that uses a logged model shares."""
+    parser = argparse.ArgumentParser(prog=f"{task.prog} {command}", description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = task.config().run
+    parser.add_argument("--model-uri", default=f"models:/{defaults.registered_model}@champion",
+                        help="MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, "
+                        "runs:/RUN_ID/model)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                        help="MLflow tracking URI; unset: the SQLite store in --store-dir "
+                        "[env: MLFLOW_TRACKING_URI]")
+    parser.add_argument("--store-dir", default=defaults.store_dir, help="local MLflow store")
+    return parser
+
+
+def predict(task: TaskCommands, argv: list[str]) -> int:
+    """`predict ...`: label and probability per input from a logged model (the champion by
+    default); 1 when an input could not be labelled."""
+    args, inputs = task.predict.read(model_parser(task, "predict", task.predict.description),
+                                     argv)
+    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
+    answer = (model.predict(inputs.frame) if len(inputs.frame)
+              else pd.DataFrame(columns=["label", "error"]))
+    return print_predictions(inputs.names, answer, inputs.failed)
+
+
+def evaluate(task: TaskCommands, argv: list[str]) -> int:
+    """`evaluate --data-dir DIR ...`: accuracy, macro-F1 and confusion matrix of a logged model
+    on a folder, recorded as an evaluation run linked to the model version."""
+    parser = model_parser(task, "evaluate", task.evaluate.description)
+    parser.add_argument("--data-dir", required=True, help="folder to evaluate on")
+    parser.add_argument("--experiment", default=task.config().run.experiment,
+                        help="MLflow experiment of the evaluation run")
+    parser.add_argument("--run-name", help="MLflow run name of the evaluation run")
+    args, labelled = task.evaluate.read(parser, argv)
+    log.info("evaluating %s on %d examples (%s)", args.model_uri, len(labelled.truth),
+             labelled.layout)
+    result = evaluation.evaluate_served(args, labelled, pipeline=task.pipeline,
+                                        dataset_name=f"{task.dataset}-evaluation")
+    return print_evaluation(result)
+
+
+def print_predictions(names: Sequence[str], answer: pd.DataFrame, failed: dict[int, str]
+                      ) -> int:
+    """Prints `name<TAB>label<TAB>probability` per usable input and `name: error` (stderr)
+    per failed one.
+
+    Args:
+        names: How to name each input (file path, or the review's first words).
+        answer: The served model's DataFrame for the inputs that were sent, in order.
+        failed: Input index -> error, for inputs that never reached the model.
+
+    Returns:
+        0 when every input got a label, 1 otherwise.
+    """
+    rows = iter(answer.to_dict("records"))
+    status = 0
+    for index, name in enumerate(names):
+        row = None if index in failed else next(rows)
+        error = failed.get(index) or (row or {}).get("error")
+        if error:
+            print(f"{name}: error: {error}", file=sys.stderr)
+            status = 1
+            continue
+        probability = row[f"probability_{row['label']}"]
+        print(f"{name}\t{row['label']}\t{probability:.4f}")
+    return status
+
+
+def print_evaluation(result: dict) -> int:
+    """Prints accuracy, macro-F1 and the confusion matrix; failed inputs go to stderr."""
+    for name, error in result["failed"]:
+        print(f"{name}: error: {error}", file=sys.stderr)
+    metrics = result["metrics"]
+    print(f"accuracy          {metrics['test_accuracy']:.4f}")
+    print(f"macro-F1          {metrics['test_macro_f1']:.4f}")
+    if "test_roc_auc" in metrics:
+        print(f"ROC-AUC           {metrics['test_roc_auc']:.4f}")
+    print(f"failed inputs     {len(result['failed'])}")
+    print(f"MLflow run id     {result['run_id']}"
+          + (f" (evaluates version {result['version']})" if result["version"] else ""))
+    labels = result["labels"]
+    width = max(*(len(label) for label in labels), len(str(result["confusion"].max()))) + 2
+    print("confusion matrix (rows: true, columns: predicted)")
+    print(" " * width + "".join(f"{label:>{width}}" for label in labels))
+    for label, row in zip(labels, result["confusion"], strict=True):
+        print(f"{label:>{width}}" + "".join(f"{count:>{width}}" for count in row))
+    return 0
+
+
+def registry_lines(result: dict) -> list[str]:
+    """The summary lines every pipeline prints after its own: run id, sweep and registry."""
+    if result.get("not_chief"):
+        return [f"MLflow            nothing logged by {result['worker']}: the chief logs the "
+                "run and registers the model"]
+    lines = [f"MLflow run id     {result['run_id']}"]
+    if "trials" in result:
+        params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else
+                           f"{key}={value}" for key, value in result["best_params"].items())
+        lines += [f"sweep             {result['trials']} trials; best (validation accuracy "
+                  f"{result['model_val_accuracy']:.4f}): run {result['trial_run_id']}",
+                  f"best parameters   {params}"]
+    if result.get("registered_version"):
+        status = "champion" if result["champion"] else "not champion"
+        lines.append(f"registered        version {result['registered_version']} "
+                     f"({status}: {result['promotion_reason']})")
+    elif "promotion_reason" in result:
+        lines.append(f"not registered    ({result['promotion_reason']})")
+    return lines
+
+
+def short_name(text: str, width: int = 40) -> str:
+    """A review shortened to one line, to name it in output."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= width else line[:width - 3] + "..."

@@ -1,0 +1,197 @@
+"""Scoring a classifier: test metrics, the classification report and plots, logged to the run;
+and evaluating a logged model through its served path on labelled raw inputs."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    RocCurveDisplay,
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+)
+
+from features.splits import LabelledInputs, Splits
+from pipelines import tracking
+
+
+@dataclass
+class Evaluation:
+    """Test-split results of a classifier."""
+
+    metrics: dict[str, float]
+    report: dict
+    report_text: str
+    confusion: np.ndarray
+    probabilities: np.ndarray
+
+
+def evaluate_probabilities(
+    probabilities: np.ndarray, y: np.ndarray, labels: tuple[str, ...]
+) -> Evaluation:
+    """Accuracy, macro-F1, per-class precision/recall, the confusion matrix and, for two
+    classes, ROC-AUC of the positive (second) class, from predicted class probabilities."""
+    probabilities = np.asarray(probabilities)
+    predicted = probabilities.argmax(axis=1)
+    indices = list(range(len(labels)))
+    report = classification_report(
+        y, predicted, labels=indices, target_names=labels, output_dict=True, zero_division=0
+    )
+    metrics = {
+        "test_accuracy": float(accuracy_score(y, predicted)),
+        "test_macro_f1": float(f1_score(y, predicted, labels=indices, average="macro",
+                                        zero_division=0)),
+    }
+    if len(labels) == 2 and len(np.unique(y)) == 2:
+        metrics["test_roc_auc"] = float(roc_auc_score(y, probabilities[:, 1]))
+    for label in labels:
+        metrics[f"test_precision_{label}"] = float(report[label]["precision"])
+        metrics[f"test_recall_{label}"] = float(report[label]["recall"])
+    text = classification_report(
+        y, predicted, labels=indices, target_names=labels, digits=3, zero_division=0
+    )
+    confusion = confusion_matrix(y, predicted, labels=indices)
+    return Evaluation(metrics, report, text, confusion, probabilities)
+
+
+def confusion_matrix_figure(confusion: np.ndarray, labels: tuple[str, ...]) -> Figure:
+    """A labelled confusion-matrix plot (rows: true class, columns: predicted)."""
+    size = max(5.0, 0.55 * len(labels) + 2)
+    figure = Figure(figsize=(size, size), layout="constrained")
+    axes = figure.subplots()
+    ConfusionMatrixDisplay(confusion, display_labels=labels).plot(
+        ax=axes, colorbar=False, xticks_rotation=60, values_format="d"
+    )
+    axes.set_title("Test confusion matrix")
+    return figure
+
+
+def roc_curve_figure(probabilities: np.ndarray, y: np.ndarray, labels: tuple[str, ...]
+                     ) -> Figure:
+    """ROC curve of the positive (second) class of a binary classifier, with its AUC."""
+    figure = Figure(figsize=(5, 5), layout="constrained")
+    axes = figure.subplots()
+    RocCurveDisplay.from_predictions(y, np.asarray(probabilities)[:, 1], pos_label=1,
+                                     name=f"{labels[1]} vs {labels[0]}", ax=axes,
+                                     plot_chance_level=True)
+    axes.set_title("Test ROC curve")
+    return figure
+
+
+def training_curves_figure(history: dict[str, list[float]]) -> Figure:
+    """Loss and accuracy per epoch for the training and validation splits."""
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    epochs = range(1, len(history["loss"]) + 1)
+    for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        axes.plot(epochs, history[key], label="train")
+        if f"val_{key}" in history:
+            axes.plot(epochs, history[f"val_{key}"], label="validation")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(key)
+        axes.legend()
+        axes.grid(alpha=0.3)
+    return figure
+
+
+def log_evaluation(probabilities: np.ndarray, y: np.ndarray, labels: tuple[str, ...],
+                   history: dict[str, list[float]] | None = None) -> Evaluation:
+    """Scores test-split probabilities and logs the metrics, report and plots.
+
+    Plots: the confusion matrix, the ROC curve for two classes, and the training curves when
+    there is a Keras history.
+    """
+    evaluation = evaluate_probabilities(probabilities, y, labels)
+    tracking.log_metrics(evaluation.metrics)
+    tracking.log_figure(confusion_matrix_figure(evaluation.confusion, labels),
+                        "plots/confusion_matrix.png")
+    if len(labels) == 2:
+        tracking.log_figure(roc_curve_figure(probabilities, y, labels), "plots/roc_curve.png")
+    if history:
+        tracking.log_figure(training_curves_figure(history), "plots/training_curves.png")
+    tracking.log_text(evaluation.report_text, "classification_report.txt")
+    tracking.log_dict(evaluation.report, "classification_report.json")
+    return evaluation
+
+
+EVALUATE_CHUNK = 256
+
+
+def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipeline: str,
+                    dataset_name: str) -> dict:
+    """Evaluates a logged model on labelled raw inputs through its served (pyfunc) path and
+    records an evaluation run linked to the model (and its registered version).
+
+    Args:
+        args: The `evaluate` command's options: model_uri, tracking_uri, store_dir,
+            experiment and run_name.
+        labelled: The inputs, their true labels, names, digest and source.
+        pipeline: Pipeline name for the run's tags.
+        dataset_name: Dataset name shown in the UI.
+
+    Returns:
+        Metrics, labels, confusion matrix, failed inputs, run id and evaluated version.
+
+    Raises:
+        ValueError: A true label is not one of the model's classes.
+    """
+    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
+    columns = [name for name in model.metadata.get_output_schema().input_names()
+               if name.startswith("probability_")]
+    labels = tuple(name.removeprefix("probability_") for name in columns)
+    unknown = sorted(set(labelled.truth) - set(labels))
+    if unknown:
+        raise ValueError(f"labels {unknown} of {labelled.source} are not classes of the model "
+                         f"({', '.join(labels)})")
+    with tracking.tracked_run(args.experiment, tracking_uri=args.tracking_uri,
+                              store_dir=args.store_dir, run_name=args.run_name,
+                              tags={"pipeline": pipeline, "run_type": "evaluation"}) as run_id:
+        answer = predict_in_groups(model, labelled.inputs)
+        usable = answer["error"].isna().to_numpy()
+        names = labelled.names
+        failed = [(names[i], answer.loc[i, "error"]) for i in np.flatnonzero(~usable)]
+        y = np.asarray([labels.index(label) for label in labelled.truth], np.int32)[usable]
+        tracking.log_dataset(
+            dataset_name, labelled.source, {"test": labelled.digest},
+            Splits(labels, {}, {"test": y}).split_tags(),
+            {"source": labelled.source, "model_uri": args.model_uri,
+             "failed_inputs": [{"path": p, "error": e} for p, e in failed]})
+        probabilities = answer.loc[usable, columns].to_numpy(np.float64)
+        evaluation = log_evaluation(probabilities, y, labels)
+        tracking.log_metrics({"evaluated_examples": int(usable.sum()),
+                              "failed_inputs": len(failed)})
+        version = tracking.link_evaluation(
+            args.model_uri, run_id,
+            f"test_accuracy={evaluation.metrics['test_accuracy']:.4f} on {labelled.source}")
+    return {"metrics": evaluation.metrics, "labels": labels, "confusion": evaluation.confusion,
+            "failed": failed, "run_id": run_id, "version": version}
+
+
+def predict_in_groups(model, inputs):
+    """Predicts rows in chunks, each chunk holding rows that fill the same columns (a column
+    of None in a chunk would fail the model's schema), and returns answers in input order."""
+    filled = inputs.notna()
+    groups: dict[tuple, list[int]] = {}
+    for index, row in enumerate(filled.itertuples(index=False)):
+        groups.setdefault(tuple(row), []).append(index)
+    parts = []
+    for key, indices in groups.items():
+        columns = [column for column, present in zip(inputs.columns, key, strict=True)
+                   if present]
+        if not columns:  # e.g. a file that could not be read
+            parts.append(pd.DataFrame({"label": None, "error": "no input (unreadable file?)"},
+                                      index=pd.Index(indices)))
+            continue
+        for start in range(0, len(indices), EVALUATE_CHUNK):
+            chunk = indices[start:start + EVALUATE_CHUNK]
+            rows = pd.DataFrame(inputs.iloc[chunk][columns].to_dict("records"))
+            parts.append(model.predict(rows).set_index(pd.Index(chunk)))
+    return pd.concat(parts).sort_index()

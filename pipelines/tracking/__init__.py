@@ -1,0 +1,55 @@
+"""Everything MLflow: the store and its runs (`runs`), the served models (`served_models`), and
+the registry with the champion rule (`registry`).
+
+This package is the only code that imports mlflow. Its public names are re-exported here, so
+callers use `tracking.log_metrics(...)`, `tracking.register_and_promote(...)`. A logged model
+refers to its pyfunc class by module path; the classes are importable from here as well as from
+`served_models`, so versions that name `pipelines.tracking.SpeechClassifierModel` (or
+`TextClassifierModel`) load too.
+"""
+
+from pipelines.tracking.registry import (
+    CHAMPION,
+    Promotion,
+    champion_decision,
+    current_champion,
+    link_evaluation,
+    model_version_of,
+    register_and_promote,
+)
+from pipelines.tracking.runs import (
+    EpochMetricsLogger,
+    active_run_id,
+    check_tracking,
+    connect,
+    interrupted_run,
+    local_store_uri,
+    log_dataset,
+    log_dict,
+    log_figure,
+    log_metrics,
+    log_params,
+    log_table,
+    log_text,
+    run_tags,
+    set_tags,
+    tracked_run,
+)
+from pipelines.tracking.served_models import (
+    SpeechClassifierModel,
+    TextClassifierModel,
+    load_served_model,
+    log_speech_classifier,
+    log_text_classifier,
+    pinned_requirements,
+)
+
+__all__ = [
+    "CHAMPION", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel",
+    "TextClassifierModel", "active_run_id", "champion_decision", "check_tracking", "connect",
+    "current_champion", "interrupted_run", "link_evaluation", "load_served_model",
+    "local_store_uri", "log_dataset", "log_dict", "log_figure", "log_metrics", "log_params",
+    "log_speech_classifier", "log_table", "log_text", "log_text_classifier",
+    "model_version_of", "pinned_requirements", "register_and_promote", "run_tags", "set_tags",
+    "tracked_run",
+]

@@ -1,0 +1,170 @@
+"""The model registry: registering versions, the champion rule and its promotion queue, and
+linking evaluation runs to the versions they evaluated."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipelines.tracking.runs import set_tags
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Outcome of registering a model version."""
+
+    version: str | None
+    promoted: bool
+    reason: str
+
+
+def champion_decision(
+    candidate_accuracy: float, test_digest: str, champion: Any | None
+) -> tuple[bool, str]:
+    """The champion rule: promote only on better test accuracy on the same test data."""
+    if champion is None:
+        return True, "no champion yet"
+    champion_digest = champion.tags.get("test_data_digest")
+    if champion_digest != test_digest:
+        return False, (
+            f"champion v{champion.version} was evaluated on different test data "
+            f"(digest {champion_digest} vs {test_digest}); not comparable"
+        )
+    champion_accuracy = float(champion.tags.get("test_accuracy", "nan"))
+    if candidate_accuracy > champion_accuracy:
+        return True, (
+            f"test accuracy {candidate_accuracy:.4f} beats champion v{champion.version}'s "
+            f"{champion_accuracy:.4f}"
+        )
+    return False, (
+        f"test accuracy {candidate_accuracy:.4f} does not beat champion v{champion.version}'s "
+        f"{champion_accuracy:.4f}"
+    )
+
+
+def current_champion(client: MlflowClient, name: str) -> Any | None:
+    """The version holding the champion alias, or None."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+PROMOTION_STATE = "promotion_state"  # version tag: "pending" until its champion decision
+PENDING, DECIDED = "pending", "decided"
+STALE_PENDING_SECONDS = 300  # a pending version older than this was left by a dead process
+QUEUE_POLL_SECONDS = 0.2
+
+
+def wait_for_earlier_promotions(client: MlflowClient, name: str, version: int) -> None:
+    """Waits until no lower-numbered version of `name` is still pending its champion decision.
+
+    The store numbers a registered model's versions atomically, so a version number is a
+    ticket: promotions are decided one at a time, in version order, even by processes on
+    different machines sharing one tracking server. A pending version older than
+    STALE_PENDING_SECONDS (its process died mid-decision) is no longer waited for.
+    """
+    while True:
+        now_ms = time.time() * 1000
+        earlier = [v for v in client.search_model_versions(f"name='{name}'")
+                   if int(v.version) < version and v.tags.get(PROMOTION_STATE) == PENDING
+                   and now_ms - v.creation_timestamp < STALE_PENDING_SECONDS * 1000]
+        if not earlier:
+            return
+        log.info("waiting for the champion decision of %s v%s", name,
+                 ", v".join(str(v.version) for v in earlier))
+        time.sleep(QUEUE_POLL_SECONDS)
+
+
+def register_and_promote(
+    model_uri: str,
+    name: str,
+    *,
+    metrics: Mapping[str, float],
+    test_digest: str,
+    data_digest: str,
+    only_if_champion: bool = False,
+) -> Promotion:
+    """Registers `model_uri` under `name`, tags it and moves `champion` to it if it wins.
+
+    The version is registered first, marked pending: its number is its place in the queue of
+    promotions (`wait_for_earlier_promotions`). Once the versions before it are decided, the
+    current champion is read, compared and, if beaten, replaced, so two runs finishing at the
+    same time never leave the worse model as champion. The version is tagged with its test
+    metrics and dataset digests; the run records the decision and its reason.
+
+    Args:
+        only_if_champion: Keep the model registered only if it becomes champion (for
+            baselines, which should not crowd the registry): otherwise its queued version is
+            deleted again.
+
+    Returns:
+        The outcome; `version` is None when the model was not kept registered.
+    """
+    client = MlflowClient()
+    tags = {key: f"{value:.6f}" for key, value in metrics.items() if key in
+            ("test_accuracy", "test_macro_f1", "test_roc_auc")}
+    tags.update(test_data_digest=test_digest, data_digest=data_digest)
+    version = mlflow.register_model(model_uri, name, tags=tags | {PROMOTION_STATE: PENDING})
+    number = str(version.version)
+    kept = True
+    try:
+        wait_for_earlier_promotions(client, name, int(number))
+        promoted, reason = champion_decision(
+            metrics["test_accuracy"], test_digest, current_champion(client, name))
+        if only_if_champion and not promoted:
+            client.delete_model_version(name, number)
+            kept = False
+            set_tags({"registered_version": "", "champion": False,
+                      "promotion_reason": f"not registered: {reason}"})
+            log.info("not registering in %s: %s", name, reason)
+            return Promotion(None, False, f"not registered: {reason}")
+        if promoted:
+            client.set_registered_model_alias(name, CHAMPION, number)
+        client.set_model_version_tag(name, number, "promotion", reason)
+    finally:  # also on failure, so that later promotions do not wait for this one
+        if kept:
+            client.set_model_version_tag(name, number, PROMOTION_STATE, DECIDED)
+    set_tags({"registered_version": number, "champion": promoted, "promotion_reason": reason})
+    log.info("registered %s v%s; champion: %s (%s)", name, number, promoted, reason)
+    return Promotion(number, promoted, reason)
+
+
+def model_version_of(model_uri: str) -> Any | None:
+    """The registered version a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI points at;
+    None for other URIs."""
+    if not model_uri.startswith("models:/"):
+        return None
+    name, _, rest = model_uri[len("models:/"):].partition("/")
+    client = MlflowClient()
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    if rest.isdigit():
+        return client.get_model_version(name, rest)
+    return None
+
+
+def link_evaluation(model_uri: str, run_id: str, summary: str) -> str | None:
+    """Tags the evaluation run with the model it evaluated and, for a registered version, the
+    version with `evaluation.<run_id>`; returns the version number (None if unregistered)."""
+    version = model_version_of(model_uri)
+    tags = {"evaluated_model_uri": model_uri}
+    if version is not None:
+        MlflowClient().set_model_version_tag(version.name, version.version,
+                                             f"evaluation.{run_id}", summary)
+        tags |= {"evaluated_model": version.name, "evaluated_version": version.version,
+                 "evaluated_model_run_id": version.run_id}
+    set_tags(tags)
+    return None if version is None else str(version.version)

@@ -1,0 +1,215 @@
+"""The MLflow store and its runs: connecting, opening and ending runs, logging to them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import requests
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipelines.errors import SetupError
+
+DB_NAME = "mlflow.db"
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def local_store_uri(store_dir: str | Path) -> str:
+    """The SQLite tracking URI of a local store folder (`<store_dir>/mlflow.db`)."""
+    return f"sqlite:///{Path(store_dir).resolve() / DB_NAME}"
+
+
+def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
+    """Points MLflow at `tracking_uri`, or at the local SQLite store in `store_dir`.
+
+    MLflow also writes the URI into os.environ (for subprocesses); that is undone, so the
+    process environment keeps meaning what the user set.
+
+    Returns:
+        The tracking URI in use.
+    """
+    if tracking_uri:
+        uri = tracking_uri
+    else:
+        Path(store_dir).mkdir(parents=True, exist_ok=True)
+        uri = local_store_uri(store_dir)
+    saved = {name: os.environ.get(name) for name in URI_VARIABLES}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    return uri
+
+
+def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
+    """Fails fast when an HTTP tracking server does not answer, instead of MLflow's retries
+    (minutes) after the data and features were prepared.
+
+    The server must answer its `/health` endpoint (every `mlflow server` does, without
+    authentication) within `timeout` seconds.
+
+    Raises:
+        SetupError: No connection, no answer in time, or an answer that is not an MLflow
+            server's.
+    """
+    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
+        return
+    url = f"{tracking_uri.rstrip('/')}/health"
+    try:
+        answer = requests.get(url, timeout=timeout)
+    except requests.RequestException as error:
+        raise SetupError(
+            f"cannot reach the MLflow tracking server at {tracking_uri} "
+            f"({type(error).__name__}: {error}); start it, or unset MLFLOW_TRACKING_URI / "
+            "--tracking-uri to use the local store") from error
+    if not answer.ok:
+        raise SetupError(f"{tracking_uri} is not an MLflow tracking server: {url} answered "
+                         f"HTTP {answer.status_code}; check MLFLOW_TRACKING_URI / --tracking-uri")
+
+
+def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path):
+    """The run `--resume` continues: its logged parameters and tags.
+
+    Returns:
+        (params, tags) of the run.
+
+    Raises:
+        SetupError: No such run, or it is still RUNNING or already FINISHED.
+    """
+    connect(tracking_uri, store_dir)
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as error:
+        raise SetupError(f"--resume {run_id}: no such run in {tracking_uri or store_dir} "
+                         f"({error.message})") from error
+    if run.info.status not in ("KILLED", "FAILED"):
+        raise SetupError(f"--resume {run_id}: the run is {run.info.status}; only KILLED or "
+                         "FAILED runs can be resumed")
+    return dict(run.data.params), dict(run.data.tags)
+
+
+def ensure_experiment(name: str, store_dir: str | Path, local: bool) -> str:
+    """Returns the experiment id, creating the experiment (artifacts under the store) if new."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (Path(store_dir).resolve() / "artifacts").as_uri() if local else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextlib.contextmanager
+def tracked_run(
+    experiment: str,
+    *,
+    tracking_uri: str | None,
+    store_dir: str | Path,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    resume_run_id: str | None = None,
+) -> Iterator[str]:
+    """Opens an MLflow run and yields its id; opened while another run is active (a sweep's
+    parent), it is nested under that run. With `resume_run_id`, that (interrupted) run is
+    reopened instead.
+
+    The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM (see `Terminated`) and
+    FAILED on any other exception, which is re-raised.
+    """
+    connect(tracking_uri, store_dir)
+    if resume_run_id:
+        run = mlflow.start_run(run_id=resume_run_id)
+    else:
+        experiment_id = ensure_experiment(experiment, store_dir, local=not tracking_uri)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                               tags=dict(tags or {}), nested=mlflow.active_run() is not None)
+    try:
+        yield run.info.run_id
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    return dict(MlflowClient().get_run(run_id).data.tags)
+
+
+def active_run_id() -> str | None:
+    run = mlflow.active_run()
+    return None if run is None else run.info.run_id
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    mlflow.set_tags({key: str(value) for key, value in tags.items()})
+
+
+class EpochMetricsLogger(keras.callbacks.Callback):
+    """Logs Keras' per-epoch logs (loss, accuracy, val_*, learning_rate) to the active run."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs:
+            log_metrics(logs, step=epoch)
+
+
+def log_dataset(
+    name: str,
+    source: str,
+    digests: Mapping[str, str],
+    split_tags: Mapping[str, Mapping[str, Any]],
+    summary: Mapping[str, Any],
+) -> None:
+    """Records data lineage: one input per split (source, digest, tags) plus a JSON summary.
+
+    Args:
+        name: Dataset name shown in the UI.
+        source: Local folder, or a URL for remote sources.
+        digests: Content digest per split.
+        split_tags: Per split, tags for its input (example and per-class counts, skips).
+        summary: Anything else worth keeping (skipped files, split method, notes).
+    """
+    dataset_source = (
+        HTTPDatasetSource(source) if "://" in source else LocalArtifactDatasetSource(source)
+    )
+    for split, digest in digests.items():
+        dataset = MetaDataset(dataset_source, name=f"{name}-{split}", digest=digest)
+        tags = {key: str(value) for key, value in split_tags[split].items()}
+        mlflow.log_input(dataset, context=split, tags=tags)
+    mlflow.log_dict(dict(summary), "data/summary.json")
+
+
+def log_figure(figure, path: str) -> None:
+    mlflow.log_figure(figure, path)
+
+
+def log_dict(data: Mapping[str, Any], path: str) -> None:
+    mlflow.log_dict(dict(data), path)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    mlflow.log_params({key: str(value) for key, value in params.items()})
+
+
+def log_table(table, path: str) -> None:
+    """Logs a pandas DataFrame as a table artifact (shown in the UI's evaluation view)."""
+    mlflow.log_table(table, path)
+
+
+def log_text(text: str, path: str) -> None:
+    mlflow.log_text(text, path)

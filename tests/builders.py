@@ -1,0 +1,25 @@
+"""Small models for tests: the project's builders with test-sized settings by default."""
+
+from __future__ import annotations
+
+from models.recurrent import RecurrentConfig, build_classifier, build_text_classifier
+
+SMALL_STACK = {"depth": 1, "pooling": "mean-max", "dense_units": 0}
+
+
+def frame_classifier(input_shape, num_classes, *, mean, variance, front_end="none",
+                     conv_filters=8, input_noise=0.0, **stack):
+    """`build_classifier` with a small recurrent stack; `stack` overrides its options."""
+    return build_classifier(input_shape, num_classes, RecurrentConfig(**SMALL_STACK | stack),
+                            mean=mean, variance=variance, front_end=front_end,
+                            conv_filters=conv_filters, input_noise=input_noise)
+
+
+def text_classifier(vocabulary_size, num_classes, *, embedding_dim=8, embedding_dropout=0.0,
+                    sequence_length=None, **stack):
+    """`build_text_classifier` with a small recurrent stack; `stack` overrides its options."""
+    return build_text_classifier(vocabulary_size, num_classes,
+                                 RecurrentConfig(**SMALL_STACK | stack),
+                                 embedding_dim=embedding_dim,
+                                 embedding_dropout=embedding_dropout,
+                                 sequence_length=sequence_length)

@@ -1,0 +1,142 @@
+"""Task configs: one dataclass per stage, each option declared once with one default, the flags
+and logged parameters derived from them."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pipelines import sentiment, speech
+from pipelines.config import config_from_params
+from pipelines.sentiment import SentimentConfig
+from pipelines.speech import SpeechConfig
+
+REPO = Path(__file__).resolve().parents[1]
+PRODUCT = [path for folder in ("features", "models", "pipelines")
+           for path in sorted((REPO / folder).rglob("*.py"))]
+TASKS = [SpeechConfig, SentimentConfig]
+SENTINELS = (None, "", ())  # "not given" values, not defaults that could drift
+
+
+def literal(node: ast.expr | None):
+    """The value of a literal expression (numbers, strings, tuples, -x), else Ellipsis."""
+    try:
+        return ast.literal_eval(node) if node is not None else Ellipsis
+    except ValueError:
+        return Ellipsis
+
+
+def declared_defaults() -> list[tuple[str, str, object]]:
+    """(where, name, value) of every literal default in the product: dataclass fields
+    (`name: T = value` or `field(default=value)`) and function keyword defaults."""
+    found = []
+    for path in PRODUCT:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if not (isinstance(item, ast.AnnAssign) and isinstance(item.target,
+                                                                           ast.Name)):
+                        continue
+                    value = item.value
+                    if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "field":
+                        value = next((k.value for k in value.keywords if k.arg == "default"),
+                                     None)
+                    found.append((f"{path.name}:{node.name}", item.target.id, literal(value)))
+            elif isinstance(node, ast.FunctionDef):
+                args = node.args
+                positional = args.posonlyargs + args.args
+                pairs = list(zip(positional[len(positional) - len(args.defaults):],
+                                 args.defaults, strict=True))
+                pairs += [(arg, default) for arg, default in zip(args.kwonlyargs,
+                                                                 args.kw_defaults, strict=True)
+                          if default is not None]
+                found += [(f"{path.name}:{node.name}()", arg.arg, literal(default))
+                          for arg, default in pairs]
+    return [(where, name, value) for where, name, value in found
+            if value is not Ellipsis and value not in SENTINELS]
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda task: task.__name__)
+def test_every_option_is_one_documented_field_of_one_stage(task):
+    options = task.option_fields()  # raises if two stages declare the same name
+    assert len(options) == sum(len(dataclasses.fields(stage))
+                               for stage in task.stage_types().values())
+    undocumented = [name for name, option in options.items()
+                    if not option.field.metadata.get("help")]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda task: task.__name__)
+def test_a_task_sets_only_the_options_its_stages_leave_open(task):
+    """A task's composition never overrides a stage's own default: an option shared by both
+    tasks with different values has no default in its stage, and each task gives it once."""
+    overridden = []
+    for name, stage_type in task.stage_types().items():
+        instance = getattr(task(), name)
+        for item in dataclasses.fields(stage_type):
+            if item.default is not dataclasses.MISSING and \
+                    getattr(instance, item.name) != item.default:
+                overridden.append(f"{name}.{item.name}")
+    assert overridden == []
+
+
+def test_no_option_default_is_declared_twice():
+    """The one place an option's default is written is its stage field: no other dataclass
+    field and no function parameter of the same name carries a default of its own. (The two
+    tasks may each have an option of a name, in their own stages: `--source` of speech and of
+    sentiment are two options.)"""
+    options: dict[str, set[str]] = {}
+    for task in TASKS:
+        for name, option in task.option_fields().items():
+            options.setdefault(name, set()).add(task.stage_types()[option.stage].__name__)
+    twice = [f"{where} {name}={value!r}" for where, name, value in declared_defaults()
+             if name in options and where.split(":")[1] not in options[name]]
+    assert twice == []
+
+
+def test_every_choice_list_is_written_once():
+    choice_sets = {frozenset(option.field.metadata["choices"])
+                   for task in TASKS for option in task.option_fields().values()
+                   if option.field.metadata.get("choices")}
+    written = []
+    for path in PRODUCT:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Tuple) and frozenset(
+                    value for value in [literal(element) for element in node.elts]
+                    if isinstance(value, str)) in choice_sets and len(node.elts) > 1:
+                written.append((path.name, node.lineno, literal(node)))
+    counts = {}
+    for _, _, values in written:
+        counts[frozenset(values)] = counts.get(frozenset(values), 0) + 1
+    assert set(counts) == choice_sets
+    assert {key: count for key, count in counts.items() if count > 1} == {}, written
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda task: task.__name__)
+def test_logged_parameters_rebuild_the_config(task):
+    config = task.from_options(units=96, seed=3, store_dir="elsewhere", run_name=None,
+                               register=False)
+    params = {name: str(value) for name, value in config.options().items()}
+    assert config_from_params(task, params) == config
+    assert config.recurrent.units == 96 and config.optim.seed == 3
+    assert not config.run.register and config.run.store_dir == "elsewhere"
+
+
+@pytest.mark.parametrize("pipeline", [speech, sentiment], ids=lambda module: module.PIPELINE)
+def test_every_flag_is_one_option(pipeline):
+    flags = {action.dest for action in pipeline.build_parser()._actions
+             if action.dest != "help"}
+    assert flags == set(pipeline.COMMANDS.config.option_fields())
+
+
+def test_unknown_option_names_and_values_fail_loudly():
+    with pytest.raises(ValueError, match="unknown options: unitz"):
+        SpeechConfig.from_options(unitz=3)
+    with pytest.raises(ValueError, match="logged parameter units='many' is not a int"):
+        config_from_params(SpeechConfig, {"units": "many"})
+    with pytest.raises(ValueError, match="speed_change"):
+        SpeechConfig.from_options(speed_change=1.5)  # the stage validates itself
