@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="MLflow store the accuracy sections log to, e.g. the project's "
                              "mlruns to see them in its UI (default: one in the scratch folder)")
     args = parser.parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported, by the sections
     available = sections()
     chosen = args.only.split(",") if args.only else list(available)
     unknown = [name for name in chosen if name not in available]
@@ -184,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.data_dir / name).is_dir():
             parser.error(f"{args.data_dir / name} not found: --data-dir must hold "
                          "speech_commands/ and aclImdb/ (see ../shared/data/README)")
-    os.environ.setdefault("TQDM_DISABLE", "1")
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as folder:
         options = Options(args.data_dir.resolve(), args.quick, Path(folder))

@@ -377,10 +377,5 @@ def main(argv: list[str] | None = None) -> int:
     return cli.main(COMMANDS, argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The training command's parser (one flag per option)."""
-    return cli.training_parser(COMMANDS)
-
-
 if __name__ == "__main__":
     exit_process(main())

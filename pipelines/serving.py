@@ -28,7 +28,6 @@ import models.ngram  # noqa: F401  (registers the n-gram branch's layers)
 import models.recurrent  # noqa: F401  (registers the model's custom layers)
 from features.audio import (
     AudioDecodeError,
-    AudioSpec,
     audio_info,
     check_sample_rate,
     check_samples,
@@ -112,7 +111,7 @@ class SpeechPredictor:
         self.labels = list(labels)
         self.mfcc = mfcc
         self._predict = FastPredict(model) if model is not None else None
-        self.spec = AudioSpec(mfcc.sample_rate, mfcc.clip_seconds)
+        self.spec = mfcc.audio
 
     @classmethod
     def load(cls, model_path: str | Path, config_path: str | Path) -> SpeechPredictor:

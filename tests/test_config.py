@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import sentiment, speech
+from pipelines import cli, sentiment, speech
 from pipelines.config import config_from_params
 from pipelines.sentiment import SentimentConfig
 from pipelines.speech import SpeechConfig
@@ -128,7 +128,7 @@ def test_logged_parameters_rebuild_the_config(task):
 
 @pytest.mark.parametrize("pipeline", [speech, sentiment], ids=lambda module: module.PIPELINE)
 def test_every_flag_is_one_option(pipeline):
-    flags = {action.dest for action in pipeline.build_parser()._actions
+    flags = {action.dest for action in cli.training_parser(pipeline.COMMANDS)._actions
              if action.dest != "help"}
     assert flags == set(pipeline.COMMANDS.config.option_fields())
 

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from features.speech_commands import COMMAND_WORDS
 from features.speech_data import prepare_speech_data
-from pipelines import speech, tracking
+from pipelines import cli, speech, tracking
 from pipelines.speech import SpeechConfig
 
 
@@ -112,7 +112,7 @@ def test_real_data_trains_registers_and_promotes(shared_speech_dir: Path, tmp_pa
 def test_environment_variables_set_the_cli_defaults(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("SPEECH_COMMANDS_DIR", str(tmp_path / "sc"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    args = speech.build_parser().parse_args([])
+    args = cli.training_parser(speech.COMMANDS).parse_args([])
     assert args.data_dir == str(tmp_path / "sc")
     assert args.tracking_uri == "http://127.0.0.1:5999"
     # A config built in code is not changed by the environment (MLflow itself writes
