@@ -97,8 +97,9 @@ def test_missing_data_dir_is_a_clear_error_before_any_run(tmp_path: Path, capsys
 @pytest.mark.slow
 def test_real_data_trains_registers_and_promotes(shared_speech_dir: Path, tmp_path: Path):
     config = SpeechConfig.from_options(
-        data_dir=str(shared_speech_dir), store_dir=str(tmp_path / "mlruns"), cache_dir=str(tmp_path
-        / "cache"), epochs=10, units=48, depth=1, dense_units=0, patience=10)
+        data_dir=str(shared_speech_dir), store_dir=str(tmp_path / "mlruns"),
+        cache_dir=str(tmp_path / "cache"), epochs=10, units=48, depth=1, dense_units=0,
+        patience=10)
     result = speech.run(config)
     client = MlflowClient()
     history = client.get_metric_history(result["run_id"], "loss")
