@@ -186,8 +186,9 @@ def config_from_params(cls: type[TaskConfig], params: Mapping[str, str]) -> Task
 
 def validate_choices(config: TaskConfig) -> None:
     """Raises ValueError for an option whose value is not among its declared choices."""
+    options = config.option_fields()
     for name, value in config.options().items():
-        choices = config.option_fields()[name].field.metadata.get("choices")
+        choices = options[name].field.metadata.get("choices")
         if choices and value not in choices:
             raise ValueError(
                 f"unknown {name} {value!r}; valid choices: {', '.join(map(str, choices))}")

@@ -232,7 +232,7 @@ class TrackedRun:
             SetupError: A resumed run's data differs from what the run started with.
             ValueError: The workers of a multi-worker run differ.
         """
-        digest = lineage.data_digest
+        digest, options = lineage.data_digest, self.config.options()
         if self.resuming:
             logged = tracking.run_tags(self.run_id).get("data_digest")
             if logged != digest:
@@ -241,13 +241,13 @@ class TrackedRun:
                                  "run")
         else:
             tracking.set_tags({"data_digest": digest})
-            tracking.log_params(self.config.options())
+            tracking.log_params(options)
             tracking.log_dataset(dataset_name, lineage.source, lineage.digests,
                                  splits.split_tags(), lineage.summary)
             tracking.log_metrics({f"examples_{split}": n for split, n in splits.counts().items()}
                                  | {"skipped_examples": len(lineage.skipped)})
             tracking.log_dict({"labels": list(splits.labels)}, "label_map.json")
-        distribute.check_workers_agree(self.config.run.strategy, self.config.options(), digest)
+        distribute.check_workers_agree(self.config.run.strategy, options, digest)
 
     def register(self, model_uri: str, metrics: Mapping[str, float], *, test_digest: str,
                  data_digest: str, only_if_champion: bool = False) -> dict:
