@@ -8,13 +8,21 @@ Each input row is answered on its own: a row that cannot be used (not decodable 
 longer than MAX_AUDIO_SECONDS, a waveform with a sample rate out of range or NaN/Inf values,
 an empty review or one longer than MAX_TEXT_CHARS) gets None for its label and probabilities
 and a message in `error`; the other rows of the request are answered normally.
+
+A request as a whole is bounded too, before any row is decoded: at most MAX_REQUEST_ROWS rows,
+and at most SPEECH_MAX_REQUEST_BYTES of audio (file bytes, plus 8 bytes per waveform sample)
+or TEXT_MAX_REQUEST_BYTES of review text (UTF-8). A request over a bound is refused whole
+with `RequestTooLarge`, which names the bound and the request's size.
+
+Artifacts that are missing or damaged raise `ModelError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +46,75 @@ from features.audio import (
 from features.batching import padded_calls
 from features.mfcc import MfccConfig, mfcc_frames
 from features.text import encode_reviews, review_text  # also registers the standardisation
+from pipelines.errors import ModelError, PipelineError
 
 ERROR_COLUMN = "error"
 DIRECT_CALL_MAX = 64  # inputs per compiled call
 MAX_AUDIO_SECONDS = 60  # longest clip a request may send (only the first clip_seconds are used)
 MAX_TEXT_CHARS = 100_000  # longest review a request may send (the longest IMDB one is ~14k)
+MAX_REQUEST_ROWS = 512  # rows one request may send (`evaluate` sends 256 at a time)
+SPEECH_MAX_REQUEST_BYTES = 64 * 2**20  # 512 WAVs of 4 s (16 kHz, 16-bit), two 60 s 48 kHz waveforms
+TEXT_MAX_REQUEST_BYTES = 32 * 2**20  # 512 reviews of 64 KB, 320 ASCII ones of MAX_TEXT_CHARS
+WAVEFORM_SAMPLE_BYTES = 8  # a waveform sample counts as the float64 the signature declares
+
+
+class RequestTooLarge(PipelineError, ValueError):
+    """A request over a served model's bounds (rows or payload bytes); none of it was decoded."""
+
+
+def check_request(sizes: Sequence[int], max_bytes: int, what: str) -> None:
+    """Refuses a request (`sizes`: each row's payload bytes) of more than MAX_REQUEST_ROWS rows
+    or `max_bytes` bytes of `what` in all.
+
+    Raises:
+        RequestTooLarge: The request is over a bound; the message names it and the size.
+    """
+    if len(sizes) > MAX_REQUEST_ROWS:
+        raise RequestTooLarge(
+            f"request too large: {len(sizes)} rows, over the bound of {MAX_REQUEST_ROWS} rows "
+            f"a request may send (MAX_REQUEST_ROWS); send them in smaller requests")
+    if sum(sizes) > max_bytes:
+        raise RequestTooLarge(
+            f"request too large: {sum(sizes):,} bytes of {what} in {len(sizes)} "
+            f"row{'s' * (len(sizes) != 1)}, over the bound of {max_bytes:,} bytes a request may "
+            f"send; send fewer or shorter inputs")
+
+
+def speech_row_bytes(row: dict) -> int:
+    """A row's audio bytes plus WAVEFORM_SAMPLE_BYTES per waveform sample (from `len`)."""
+    audio, waveform = row.get("audio"), row.get("waveform")
+    size = len(audio) if isinstance(audio, bytes | bytearray) else 0
+    if isinstance(waveform, Sequence | np.ndarray) and not isinstance(waveform, str | bytes):
+        size += len(waveform) * WAVEFORM_SAMPLE_BYTES
+    return size
+
+
+def text_bytes(value: Any) -> int:
+    """A review's UTF-8 bytes (0 for a value that is no review)."""
+    if isinstance(value, str):
+        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    return len(value) if isinstance(value, bytes | bytearray) else 0
+
+
+def load_artifact(path: str | Path, load: Callable[[Path], Any], kind: str) -> Any:
+    """`load(path)` for one of a model's artifact files.
+
+    Raises:
+        ModelError: The file is missing, or it could not be loaded (damaged, truncated, or
+            not a `kind`); the message names the file and why.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"artifact {path.name} is missing (no file at {path})")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras says "File not found"
+        raise ModelError(f"artifact {path.name} could not be loaded: not a .keras zip archive "
+                         f"({path.stat().st_size:,} bytes; truncated or damaged?) at {path}")
+    try:
+        return load(path)
+    except Exception as error:  # any failure to deserialise the file is the file's
+        raise ModelError(f"artifact {path.name} could not be loaded as {kind} "
+                         f"({type(error).__name__}: {error}); damaged or truncated? "
+                         f"at {path}") from None
 
 
 class FastPredict:
@@ -115,10 +187,14 @@ class SpeechPredictor:
 
     @classmethod
     def load(cls, model_path: str | Path, config_path: str | Path) -> SpeechPredictor:
-        """Loads the .keras classifier and the JSON written by `save_config`."""
-        config = json.loads(Path(config_path).read_text())
-        return cls(keras.saving.load_model(model_path), config["labels"],
-                   MfccConfig(**config["mfcc"]))
+        """Loads the .keras classifier and the JSON written by `save_config`.
+
+        Raises:
+            ModelError: A file is missing or damaged.
+        """
+        config = load_artifact(config_path, read_speech_config, "the labels and MFCC settings")
+        return cls(load_artifact(model_path, keras.saving.load_model, "a Keras model"),
+                   *config)
 
     def save_config(self, path: str | Path) -> Path:
         """Writes the labels and the feature configuration the model needs."""
@@ -147,7 +223,14 @@ class SpeechPredictor:
         raise AudioDecodeError("expected 'audio' (file bytes) or 'waveform' with 'sample_rate'")
 
     def waveform_clip(self, waveform: Any, rate: Any) -> np.ndarray:
-        """A `waveform` row (samples at `rate` Hz) as a training-ready clip."""
+        """A `waveform` row (samples at `rate` Hz) as a training-ready clip; its length is
+        checked (from `len`) before it is converted to an array."""
+        if isinstance(rate, bool) or not isinstance(rate, int | float | np.number) or not rate > 0:
+            raise AudioDecodeError("waveform: needs a positive sample_rate (Hz)")
+        rate = check_sample_rate(float(rate), "waveform")
+        if not isinstance(waveform, Sequence | np.ndarray) or isinstance(waveform, str | bytes):
+            raise AudioDecodeError("waveform: expected a 1-D array of numbers")
+        self.check_duration("waveform", len(waveform) / rate)
         try:
             samples = np.asarray(waveform, np.float32)
         except (TypeError, ValueError) as error:
@@ -156,10 +239,6 @@ class SpeechPredictor:
             raise AudioDecodeError(
                 f"waveform: expected a non-empty 1-D array of samples, got shape "
                 f"{samples.shape}")
-        if isinstance(rate, bool) or not isinstance(rate, int | float | np.number) or not rate > 0:
-            raise AudioDecodeError("waveform: needs a positive sample_rate (Hz)")
-        rate = check_sample_rate(float(rate), "waveform")
-        self.check_duration("waveform", samples.size / rate)
         check_samples(samples, "waveform")
         resampled = resample(samples, rate, self.spec.sample_rate)
         return fix_length(resampled, self.spec.clip_samples).astype(np.float32, copy=False)
@@ -185,7 +264,14 @@ class SpeechPredictor:
         return mfcc_frames(np.stack(clips), self.mfcc), errors  # compiled, on every core
 
     def predict(self, model_input: Any) -> pd.DataFrame:
+        """Labels and probabilities per row.
+
+        Raises:
+            RequestTooLarge: The request is over MAX_REQUEST_ROWS or SPEECH_MAX_REQUEST_BYTES.
+        """
         rows = rows_of(model_input, self.INPUT_COLUMNS)
+        check_request([speech_row_bytes(row) for row in rows], SPEECH_MAX_REQUEST_BYTES,
+                      "audio")
         frames, errors = self.features(rows)
         return result_frame(self.labels, scatter(self.probabilities(frames), errors,
                                                  len(self.labels)), errors)
@@ -220,14 +306,28 @@ class TextPredictor:
 
     @classmethod
     def load(cls, classifier_path: str | Path, labels: Sequence[str]) -> TextPredictor:
-        """Loads a .keras string-input model or a joblib scikit-learn pipeline."""
+        """Loads a .keras string-input model or a joblib scikit-learn pipeline.
+
+        Raises:
+            ModelError: The file is missing or damaged.
+        """
         if str(classifier_path).endswith(".keras"):
-            return cls(labels, keras_model=keras.saving.load_model(classifier_path))
-        return cls(labels, sklearn_model=joblib.load(classifier_path))
+            return cls(labels, keras_model=load_artifact(classifier_path,
+                                                         keras.saving.load_model, "a Keras model"))
+        return cls(labels, sklearn_model=load_artifact(classifier_path, joblib.load,
+                                                       "a scikit-learn pipeline"))
 
     def predict(self, model_input: Any) -> pd.DataFrame:
+        """Labels and probabilities per review.
+
+        Raises:
+            RequestTooLarge: The request is over MAX_REQUEST_ROWS or TEXT_MAX_REQUEST_BYTES.
+        """
+        values = self.texts_of(model_input)
+        check_request([text_bytes(value) for value in values], TEXT_MAX_REQUEST_BYTES,
+                      "review text")
         texts, errors = [], []
-        for value in self.texts_of(model_input):
+        for value in values:
             text, error = usable_review(value)
             if text is not None:
                 texts.append(text)
@@ -261,6 +361,12 @@ class TextPredictor:
         """The n-gram branch's logit per text (sparse bags, so computed in chunks)."""
         return np.concatenate([np.asarray(self.ngrams(tf.constant(list(texts[i:i + chunk]))))
                                for i in range(0, len(texts), chunk)])
+
+
+def read_speech_config(path: Path) -> tuple[list[str], MfccConfig]:
+    """The labels and MFCC settings `SpeechPredictor.save_config` wrote."""
+    config = json.loads(path.read_text())
+    return list(config["labels"]), MfccConfig(**config["mfcc"])
 
 
 def usable_review(value: Any) -> tuple[str | None, str | None]:

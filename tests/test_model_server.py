@@ -1,4 +1,5 @@
-"""`mlflow models serve` answers POST /invocations for both registered champions."""
+"""`mlflow models serve` answers POST /invocations for both registered champions, and refuses a
+request over the served bounds with a clear error while answering the next one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 
 from pipelines import sentiment, speech, tracking
 from pipelines.sentiment import SentimentConfig
+from pipelines.serving import MAX_REQUEST_ROWS
 from pipelines.speech import SpeechConfig
 from tests.datasets import make_imdb, make_speech_commands
 from tests.processes import free_port
@@ -106,7 +109,15 @@ def test_sentiment_server_labels_real_reviews(server: str, store: Path, shared_i
     assert [p["label"] for p in predictions] == local["label"].tolist()
     assert all(p["label"] in ("neg", "pos") and p["error"] is None for p in predictions)
 
-    # an over-long review gets an error row; the others in the request are answered
+    # a request over the row bound is refused whole (HTTP 400, the bound and the size named)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        invoke(server, {"dataframe_split": {"columns": ["text"],
+                                            "data": [[reviews[0]]] * (MAX_REQUEST_ROWS + 1)}})
+    assert refused.value.code == 400
+    assert (f"request too large: {MAX_REQUEST_ROWS + 1} rows, over the bound of "
+            f"{MAX_REQUEST_ROWS} rows") in json.loads(refused.value.read())["message"]
+
+    # and it goes on answering: an over-long review gets an error row, the others an answer
     predictions = invoke(server, {"dataframe_split": {
         "columns": ["text"], "data": [["x" * 100_001], [reviews[0]], ["<br /><br />"]]}})
     assert predictions[0]["label"] is None and predictions[0]["probability_pos"] is None
