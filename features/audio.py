@@ -37,13 +37,15 @@ import librosa
 import numpy as np
 import soundfile
 
+from features.errors import DataError
+
 MIN_SAMPLE_RATE = 1_000  # Hz; outside this range a rate is taken for a broken header or input
 MAX_SAMPLE_RATE = 384_000
 MAX_SAMPLE_MAGNITUDE = 1e6  # 120 dB over full scale; MFCC power overflows float32 near 1e17
 RESAMPLE_MARGIN_SECONDS = 0.1  # read past the clip so resampling matches a whole-file decode
 
 
-class AudioDecodeError(ValueError):
+class AudioDecodeError(DataError):
     """Raised when a clip cannot be turned into a waveform; the message names the input."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from features.errors import disk_space_errors
+
 log = logging.getLogger(__name__)
 
 DTYPE = np.float32
@@ -175,24 +177,33 @@ class FeatureCache:
     def build(self, key: str, compute: Callable[[Path], SplitFeatures]) -> SplitFeatures:
         """Runs `compute(path)`, which streams the frames to a temporary file (and checksums
         them as it goes), then moves the file into place and writes the metadata that marks the
-        entry complete."""
+        entry complete.
+
+        Raises:
+            DiskFullError: The disk (or a file-size limit) ran out; the partial file is
+                removed and no entry is left.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / f".{key}.{os.getpid()}.f32"
+        tmp_meta = self.directory / f".{key}.{os.getpid()}.json"
         try:
-            features = compute(tmp)
-            if not len(features.kept):
-                tmp.write_bytes(b"")
-            crc32 = features.crc32 if features.crc32 is not None else file_crc32(tmp)
+            with disk_space_errors(self.directory, tmp):
+                features = compute(tmp)
+                if not len(features.kept):
+                    tmp.write_bytes(b"")
+                crc32 = features.crc32 if features.crc32 is not None else file_crc32(tmp)
+                meta = {"shape": tuple(features.frames.shape), "kept": features.kept,
+                        "skipped": features.skipped, "mean": features.mean,
+                        "variance": features.variance, "crc32": crc32}  # as read_meta types it
+                with disk_space_errors(self.directory, tmp_meta):
+                    tmp_meta.write_text(json.dumps({
+                        name: value.tolist() if isinstance(value, np.ndarray) else value
+                        for name, value in meta.items()}))
             os.replace(tmp, self.data_path(key))
+            os.replace(tmp_meta, self.meta_path(key))  # the entry is complete
         finally:
             tmp.unlink(missing_ok=True)
-        meta = {"shape": tuple(features.frames.shape), "kept": features.kept,
-                "skipped": features.skipped, "mean": features.mean,
-                "variance": features.variance, "crc32": crc32}  # as read_meta types it
-        tmp_meta = self.directory / f".{key}.{os.getpid()}.json"
-        tmp_meta.write_text(json.dumps({name: value.tolist() if isinstance(value, np.ndarray)
-                                        else value for name, value in meta.items()}))
-        os.replace(tmp_meta, self.meta_path(key))
+            tmp_meta.unlink(missing_ok=True)
         # mapped again from its final path (the map of the temporary name is dropped)
         return self.entry(key, meta, from_cache=False)
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
+from features.errors import ConfigError, DataError, DataNotFoundError
+
 LABELS = ("neg", "pos")
 _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
 # e.g. <br />; the same pattern in RE2 (features.text's TensorFlow standardisation) and re;
@@ -122,12 +124,12 @@ def read_split_folder(data_dir: Path, split: str, *, drop_duplicates: bool = Tru
     for label in LABELS:
         folder = data_dir / split / label
         if not folder.is_dir():
-            raise ValueError(
+            raise DataError(
                 f"{folder} is missing; expected the aclImdb layout "
                 f"<data-dir>/{{train,test}}/{{neg,pos}}/<id>_<rating>.txt")
         files = sorted(folder.glob("*.txt"))
         if not files:
-            raise ValueError(f"{folder} holds no .txt reviews")
+            raise DataError(f"{folder} holds no .txt reviews")
         for path in files:
             relative = path.relative_to(data_dir).as_posix()
             text, was_replaced = read_review(path)
@@ -180,14 +182,14 @@ def carve_validation(reviews: Sequence[Review], validation_pct: float, seed: int
         ValueError: `validation_pct` is not in (0, 100), or a label has too few reviews.
     """
     if not 0 < validation_pct < 100:
-        raise ValueError(f"validation_pct must be between 0 and 100, got {validation_pct}")
+        raise ConfigError(f"validation_pct must be between 0 and 100, got {validation_pct}")
     indices = list(range(len(reviews)))
     try:
         train, validation = train_test_split(
             indices, test_size=validation_pct / 100, random_state=seed,
             stratify=[review.label for review in reviews])
     except ValueError as error:
-        raise ValueError(f"cannot carve a {validation_pct} % stratified validation split out of "
+        raise DataError(f"cannot carve a {validation_pct} % stratified validation split out of "
                          f"{len(reviews)} training reviews: {error}") from error
     return [reviews[i] for i in sorted(train)], [reviews[i] for i in sorted(validation)]
 
@@ -209,7 +211,7 @@ def load_imdb(data_dir: str | Path, *, validation_pct: float, seed: int) -> Imdb
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"IMDB data folder {data_dir} does not exist")
+        raise DataNotFoundError(f"IMDB data folder {data_dir} does not exist")
     # train copies are dropped against train and test at once, so that each names a kept copy
     train, skipped, replaced = read_split_folder(data_dir, "train", drop_duplicates=False)
     test, test_skipped, test_replaced = read_split_folder(data_dir, "test")

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from features.audio import AudioSpec
 from features.batching import padded_calls
+from features.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,12 @@ def feature_shape(config: MfccConfig) -> tuple[int, int]:
         ValueError: the window is longer than the clip, or the mel/MFCC counts do not fit.
     """
     if config.win_length > config.clip_samples:
-        raise ValueError(
+        raise ConfigError(
             f"window of {config.win_length} samples is longer than the clip "
             f"({config.clip_samples} samples)"
         )
     if config.n_mfcc > config.n_mels:
-        raise ValueError(f"n_mfcc={config.n_mfcc} exceeds n_mels={config.n_mels}")
+        raise ConfigError(f"n_mfcc={config.n_mfcc} exceeds n_mels={config.n_mels}")
     frames = 1 + (config.clip_samples - config.win_length) // config.hop_length
     return frames, config.n_mfcc
 

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from features import tfds_imdb
+from features.errors import ConfigError
 from features.imdb import ImdbData, load_imdb, read_split_folder
-from features.splits import LabelledInputs, Lineage, Splits
+from features.splits import LabelledInputs, Lineage, Splits, require_usable_splits
 from features.tfds_source import SOURCES
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,20 @@ def read_reviews(source: ReviewSourceConfig) -> ImdbData:
                                         validation_pct=source.validation_pct,
                                         seed=source.data_seed)
     if not source.data_dir:
-        raise ValueError("no data folder: pass --data-dir or set IMDB_DATA_DIR")
+        raise ConfigError("no data folder: pass --data-dir or set IMDB_DATA_DIR")
     return load_imdb(source.data_dir, validation_pct=source.validation_pct,
                      seed=source.data_seed)
 
 
 def review_data(imdb: ImdbData) -> ReviewData:
-    """Texts and label ids per split, with the digests and skipped reviews of the reading."""
+    """Texts and label ids per split, with the digests and skipped reviews of the reading.
+
+    Raises:
+        DataError: A split lacks what a run needs (`require_usable_splits`).
+    """
+    require_usable_splits(imdb.source, imdb.class_counts(),
+                          "add reviews, or change --validation-pct (the share of train held "
+                          "out for validation)")
     for path, reason in imdb.skipped:
         log.warning("skipped %s: %s", path, reason)
     index = {label: i for i, label in enumerate(imdb.labels)}

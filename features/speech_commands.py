@@ -28,6 +28,7 @@ import numpy as np
 import soundfile
 
 from features.audio import AudioSpec
+from features.errors import ConfigError, DataError, DataNotFoundError
 from features.speech_splits import (
     assign_splits,
     drop_duplicate_clips,
@@ -104,6 +105,7 @@ class SpeechCommandsData:
         notes: What reading the folder noticed (left-out folders, missing lists, ...).
         listed_missing_paths: The first `MAX_LISTED_PATHS` of those names, sorted.
         skipped: (path, reason) of each clip left out, e.g. a duplicate's dropped copy.
+        content_hashes: Path -> SHA-256 of the file's bytes, for the digests.
     """
 
     data_dir: Path
@@ -114,15 +116,21 @@ class SpeechCommandsData:
     notes: list[str] = field(default_factory=list)
     listed_missing_paths: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    content_hashes: dict[str, str] = field(default_factory=dict)
 
     def digest(self, splits: tuple[str, ...] = SPLITS) -> str:
-        """A content digest of the given splits: file names, sizes, labels and silence windows."""
+        """A content digest of the given splits: each example's label, path and the SHA-256 of
+        its bytes (for silence, of the noise recording, with the window's offset and level),
+        so re-processed audio at the same paths is other data."""
         hasher = hashlib.sha256()
         for split in splits:
             for example in self.examples[split]:
-                size = (self.data_dir / example.path).stat().st_size
+                content = self.content_hashes.get(example.path)
+                if content is None:  # a noise recording (a few, of seconds each)
+                    with open(self.data_dir / example.path, "rb") as handle:
+                        content = hashlib.file_digest(handle, "sha256").hexdigest()
                 hasher.update(
-                    f"{split}|{example.label}|{example.path}|{size}|{example.offset}|"
+                    f"{split}|{example.label}|{example.path}|{content}|{example.offset}|"
                     f"{example.rms:.6g}\n".encode()
                 )
         return hasher.hexdigest()[:16]
@@ -144,18 +152,18 @@ def list_word_clips(data_dir: Path) -> dict[str, list[str]]:
         ValueError: there are no word folders, or none holds a WAV file.
     """
     if not data_dir.is_dir():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"Speech Commands directory not found: {data_dir} (pass --data-dir or set "
             "SPEECH_COMMANDS_DIR to a folder in the official "
             "<word>/<speaker>_nohash_<n>.wav layout)"
         )
     words = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
     if not words:
-        raise ValueError(f"{data_dir}: no word folders found (expected <word>/*.wav)")
+        raise DataError(f"{data_dir}: no word folders found (expected <word>/*.wav)")
     clips = {word_dir.name: sorted(f"{word_dir.name}/{p.name}" for p in word_dir.glob("*.wav"))
              for word_dir in words}
     if not any(clips.values()):
-        raise ValueError(f"{data_dir}: no word folder holds .wav files (expected <word>/*.wav)")
+        raise DataError(f"{data_dir}: no word folder holds .wav files (expected <word>/*.wav)")
     return clips
 
 
@@ -175,7 +183,7 @@ def drop_empty_words(data_dir: Path, clips: dict[str, list[str]], task: str,
     empty = [word for word, files in clips.items() if not files]
     needed = [word for word in empty if task == "12-class" and word in COMMAND_WORDS]
     if needed:
-        raise ValueError(
+        raise DataError(
             f"{', '.join(str(data_dir / word) for word in needed)}: command word folder holds "
             "no .wav files (the 12-class task needs <word>/*.wav clips of every command word)")
     for word in empty:
@@ -208,7 +216,7 @@ def silence_examples(
     """
     usable = [name for name, length in noise.items() if length >= clip_samples]
     if count and not usable:
-        raise ValueError(
+        raise DataError(
             f"_silence_ needs {BACKGROUND_NOISE_DIR}/*.wav recordings of at least one clip length;"
             " none found"
         )
@@ -244,7 +252,7 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
     """
     task = splits.task
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
     data_dir = Path(data_dir)
     notes: list[str] = []
     clips = drop_empty_words(data_dir, list_word_clips(data_dir), task, notes)
@@ -256,7 +264,7 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
     if assignment.listed_missing:
         log.warning("%s: %d files named in the split lists do not exist, e.g. %s", data_dir,
                     len(assignment.listed_missing), ", ".join(assignment.listed_missing[:3]))
-    split_clips, skipped = drop_duplicate_clips(data_dir, assignment.clips)
+    split_clips, skipped, hashes = drop_duplicate_clips(data_dir, assignment.clips)
     if skipped:
         add_note(notes, f"{len(skipped)} clips are byte-identical copies of others and were "
                  f"left out (kept: test, then validation, then train), e.g. {skipped[0][0]} "
@@ -264,7 +272,7 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
     found = {"data_dir": data_dir, "split_method": assignment.method,
              "listed_missing": len(assignment.listed_missing), "notes": notes,
              "listed_missing_paths": assignment.listed_missing[:MAX_LISTED_PATHS],
-             "skipped": skipped}
+             "skipped": skipped, "content_hashes": hashes}
     if task == "all-words":
         examples = {
             split: [Example(clip.split("/")[0], clip) for clip in items]
@@ -274,7 +282,7 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
 
     missing_words = [word for word in COMMAND_WORDS if word not in clips]
     if missing_words:
-        raise ValueError(f"{data_dir}: command word folders missing: {', '.join(missing_words)}")
+        raise DataError(f"{data_dir}: command word folders missing: {', '.join(missing_words)}")
     noise = noise_recordings(data_dir, audio.sample_rate)
     silence_rms = (splits.silence_rms_min, splits.silence_rms_max)
     examples = {}
@@ -313,15 +321,15 @@ def test_release_examples(data_dir: str | Path) -> list[Example]:
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"Speech Commands test folder not found: {data_dir}")
+        raise DataNotFoundError(f"Speech Commands test folder not found: {data_dir}")
     classes = set(TWELVE_CLASS_LABELS)
     examples = []
     for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
         if folder.name not in classes:
-            raise ValueError(f"{folder}: not one of the 12 test-release classes "
+            raise DataError(f"{folder}: not one of the 12 test-release classes "
                              f"({', '.join(sorted(classes))})")
         examples += [Example(folder.name, path.relative_to(data_dir).as_posix())
                      for path in sorted(folder.glob("*.wav"))]
     if not examples:
-        raise ValueError(f"{data_dir}: no .wav clips in its class folders")
+        raise DataError(f"{data_dir}: no .wav clips in its class folders")
     return examples

@@ -107,44 +107,37 @@ def assign_splits(
 
 
 def content_hashes(data_dir: Path, clips: list[str]) -> dict[str, str]:
-    """SHA-256 of the bytes of each clip that shares its file size with another clip (only
-    those can be exact copies); the other clips are left out."""
-    by_size: dict[int, list[str]] = {}
-    for clip in clips:
-        by_size.setdefault((data_dir / clip).stat().st_size, []).append(clip)
+    """SHA-256 of the bytes of each clip (hex): what duplicate removal compares and the data
+    digests are made of."""
     hashes = {}
-    for group in by_size.values():
-        if len(group) < 2:
-            continue
-        for clip in group:
-            with open(data_dir / clip, "rb") as handle:
-                hashes[clip] = hashlib.file_digest(handle, "sha256").hexdigest()
+    for clip in clips:
+        with open(data_dir / clip, "rb") as handle:
+            hashes[clip] = hashlib.file_digest(handle, "sha256").hexdigest()
     return hashes
 
 
 def drop_duplicate_clips(data_dir: Path, split_clips: dict[str, list[str]]
-                         ) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+                         ) -> tuple[dict[str, list[str]], list[tuple[str, str]], dict[str, str]]:
     """Keeps one copy of each set of byte-identical clips: the one in the first split of
     `SPLIT_PRIORITY` that holds a copy, and within that split the first by path.
 
     Returns:
-        (the clips per split without the dropped copies, (path, "duplicate of <kept>") of each).
+        The clips per split without the dropped copies, (path, "duplicate of <kept>") of
+        each dropped copy, and the SHA-256 of every kept clip.
     """
     hashes = content_hashes(data_dir, [c for clips in split_clips.values() for c in clips])
     kept_by_hash: dict[str, str] = {}
     dropped: dict[str, str] = {}
     for split in SPLIT_PRIORITY:
         for clip in sorted(split_clips[split]):
-            digest = hashes.get(clip)
-            if digest is None:
-                continue
+            digest = hashes[clip]
             if digest in kept_by_hash:
                 dropped[clip] = kept_by_hash[digest]
             else:
                 kept_by_hash[digest] = clip
     kept = {split: [c for c in clips if c not in dropped] for split, clips in split_clips.items()}
     skipped = [(clip, f"duplicate of {original}") for clip, original in sorted(dropped.items())]
-    return kept, skipped
+    return kept, skipped, {clip: hashes[clip] for clip in kept_by_hash.values()}
 
 
 def split_list_notes(data_dir: Path, assignment: SplitAssignment, validation_pct: float,

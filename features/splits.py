@@ -10,7 +10,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.errors import DataError
+
 SPLITS = ("train", "validation", "test")
+
+
+def require_usable_splits(source: str, class_counts: Mapping[str, Mapping[str, int]],
+                          what_to_change: str) -> None:
+    """Refuses, before any feature or training work, splits a run cannot use: training needs
+    an example of every class, early stopping a validation example, evaluation a test one.
+
+    Args:
+        source: The data's folder or URL, for the message.
+        class_counts: Split -> class -> examples.
+        what_to_change: How the user can compose other splits, for the message.
+
+    Raises:
+        DataError: A split lacks what the run needs, with every split's count.
+    """
+    totals = {split: sum(class_counts.get(split, {}).values()) for split in SPLITS}
+    problems = [f"{split} is empty" for split in ("validation", "test") if not totals[split]]
+    absent = [label for label, count in class_counts.get("train", {}).items() if not count]
+    if not totals["train"]:
+        problems.insert(0, "train is empty")
+    elif absent:
+        problems.insert(0, f"train has no {', '.join(absent)} examples")
+    if problems:
+        counts = ", ".join(f"{split} {count}" for split, count in totals.items())
+        raise DataError(f"{source}: the splits cannot train and evaluate a model ({counts}): "
+                        f"{'; '.join(problems)}; {what_to_change}")
 
 
 @dataclass(frozen=True)

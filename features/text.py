@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse
 import tensorflow as tf
 
+from features.errors import ConfigError
 from features.imdb import HTML_TAG, HTML_TAG_RE
 from features.splits import Splits
 
@@ -90,9 +91,9 @@ def make_vectorizer(vocabulary_size: int, sequence_length: int,
             `load_vocabulary` return it) to restore; None for an unfitted layer.
     """
     if vocabulary_size < 3:
-        raise ValueError(f"vocabulary_size must be at least 3, got {vocabulary_size}")
+        raise ConfigError(f"vocabulary_size must be at least 3, got {vocabulary_size}")
     if sequence_length < 1:
-        raise ValueError(f"sequence_length must be at least 1, got {sequence_length}")
+        raise ConfigError(f"sequence_length must be at least 1, got {sequence_length}")
     if vocabulary is not None:  # the layer adds padding and OOV itself
         vocabulary = [str(token) for token in vocabulary if token not in ("", OOV_TOKEN)]
     return keras.layers.TextVectorization(
@@ -155,9 +156,9 @@ def fit_ngram_vectorizer(train_texts: Sequence[str], max_tokens: int, max_ngram:
     `max_tokens` most frequent n-grams, each present (1) or absent (0) in a review, as a sparse
     (reviews, max_tokens) output. Same standardisation and split as the token ids."""
     if max_tokens < 2:
-        raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
+        raise ConfigError(f"max_tokens must be at least 2, got {max_tokens}")
     if max_ngram < 1:
-        raise ValueError(f"max_ngram must be at least 1, got {max_ngram}")
+        raise ConfigError(f"max_ngram must be at least 1, got {max_ngram}")
     vectorizer = keras.layers.TextVectorization(
         max_tokens=max_tokens, standardize=standardize_review, split="whitespace",
         ngrams=max_ngram, output_mode="multi_hot", sparse=True, name="ngram_bag")

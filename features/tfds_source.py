@@ -5,10 +5,12 @@ from __future__ import annotations
 import socket
 from urllib.parse import urlparse
 
+from features.errors import PipelineError
+
 SOURCES = ("folder", "tfds")  # where a task's data comes from: a folder, or tensorflow-datasets
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(PipelineError, RuntimeError):
     """The dataset is neither prepared locally nor downloadable."""
 
 

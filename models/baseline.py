@@ -8,6 +8,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from features.errors import ConfigError
 from features.text import strip_html_lower
 
 
@@ -36,7 +37,7 @@ def build_tfidf_logreg(config: TfidfConfig, *, seed: int, max_features: int | No
         An unfitted scikit-learn pipeline with `fit(texts, y)` and `predict_proba(texts)`.
     """
     if config.max_ngram < 1:
-        raise ValueError(f"max_ngram must be at least 1, got {config.max_ngram}")
+        raise ConfigError(f"max_ngram must be at least 1, got {config.max_ngram}")
     return Pipeline([
         ("tfidf", TfidfVectorizer(preprocessor=strip_html_lower,
                                   ngram_range=(1, config.max_ngram), min_df=config.min_df,

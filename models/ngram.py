@@ -13,6 +13,7 @@ import tensorflow as tf
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
+from features.errors import ConfigError
 from features.splits import Splits
 from features.text import fit_ngram_vectorizer, log_count_ratio, ngram_matrix
 
@@ -120,9 +121,9 @@ def blended_text_classifier(recurrent: keras.Model, ngrams: keras.Model, weight:
         ValueError: `weight` outside [0, 1] or a recurrent model without two outputs.
     """
     if not 0 <= weight <= 1:
-        raise ValueError(f"blend weight must be within [0, 1], got {weight}")
+        raise ConfigError(f"blend weight must be within [0, 1], got {weight}")
     if recurrent.output_shape[-1] != 2:
-        raise ValueError("the n-gram branch serves binary classifiers only; the recurrent "
+        raise ConfigError("the n-gram branch serves binary classifiers only; the recurrent "
                          f"model has {recurrent.output_shape[-1]} outputs")
     texts = keras.Input(shape=(), dtype="string", name="text")
     blended = BlendProbabilities(weight, name="blend")([ngrams(texts), recurrent(texts)])
@@ -154,7 +155,7 @@ def fit_ngram_branch(texts: Splits, config: NgramConfig) -> FittedBranch:
         ValueError: The task is not binary.
     """
     if len(texts.labels) != 2:
-        raise ValueError(f"the n-gram branch needs two classes, got {len(texts.labels)}; "
+        raise ConfigError(f"the n-gram branch needs two classes, got {len(texts.labels)}; "
                          "pass --ngram-features 0")
     started = time.perf_counter()
     vectorizer = fit_ngram_vectorizer(texts.x["train"], config.ngram_features,

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from features.errors import ConfigError
+
 CELLS = ("gru", "lstm")
 POOLINGS = ("mean", "max", "mean-max", "attention")
 FRONT_ENDS = ("none", "conv")
@@ -46,7 +48,7 @@ def recurrent_layer(cell: str, units: int, name: str) -> keras.layers.Layer:
     elif cell == "lstm":
         layer = keras.layers.LSTM(units, return_sequences=True, name=f"{name}_lstm")
     else:
-        raise ValueError(f"unknown cell {cell!r}; valid choices: {', '.join(CELLS)}")
+        raise ConfigError(f"unknown cell {cell!r}; valid choices: {', '.join(CELLS)}")
     return keras.layers.Bidirectional(layer, name=name)
 
 
@@ -68,7 +70,7 @@ def recurrent_stack(
 ) -> keras.KerasTensor:
     """`depth` bidirectional layers, each followed by dropout; returns the full sequence."""
     if depth < 1:
-        raise ValueError(f"depth must be at least 1, got {depth}")
+        raise ConfigError(f"depth must be at least 1, got {depth}")
     for index in range(depth):
         x = recurrent_layer(cell, units, name=f"bi_{cell}_{index + 1}")(x)
         if dropout:
@@ -146,7 +148,7 @@ def pool_over_time(x: keras.KerasTensor, pooling: str) -> keras.KerasTensor:
                 MaskedGlobalMaxPooling1D(name="max_pool")(x),
             ]
         )
-    raise ValueError(f"unknown pooling {pooling!r}; valid choices: {', '.join(POOLINGS)}")
+    raise ConfigError(f"unknown pooling {pooling!r}; valid choices: {', '.join(POOLINGS)}")
 
 
 def classification_head(x: keras.KerasTensor, num_classes: int, *, dense_units: int,
@@ -202,7 +204,7 @@ def build_classifier(
         ValueError: An unknown cell, pooling or front-end name, or depth < 1.
     """
     if front_end not in FRONT_ENDS:
-        raise ValueError(f"unknown front_end {front_end!r}; valid choices: "
+        raise ConfigError(f"unknown front_end {front_end!r}; valid choices: "
                          f"{', '.join(FRONT_ENDS)}")
     inputs = keras.Input(shape=input_shape, name="mfcc")
     x = keras.layers.Normalization(

@@ -17,16 +17,18 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from features.tfds_source import DatasetUnavailableError
 from pipelines import distribute, evaluation, tracking
 from pipelines.config import TaskConfig, config_from_args, config_parser
-from pipelines.errors import SetupError, Terminated, WorkerLost
+from pipelines.errors import PipelineError, Terminated, WorkerLost
 from pipelines.interrupts import WORKER_LOST, exit_status, handle_interrupts
+from pipelines.tracking.runs import RedactingFilter, redact
 
 log = logging.getLogger(__name__)
 
-# errors a run reports as `error: ...` (exit 2), with no traceback
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, DatasetUnavailableError, SetupError)
+# errors a run reports as `error: ...` (exit 2), with no traceback: the project's own, whose
+# messages name what to fix; any other exception is a bug and shows its traceback (the run,
+# if one is open, ends FAILED)
+EXPECTED_ERRORS = (PipelineError,)
 
 
 @dataclass(frozen=True)
@@ -92,16 +94,18 @@ def main(task: TaskCommands, argv: Sequence[str] | None = None) -> int:
     command = commands.get(argv[0]) if argv else None
     args = None if command else training_parser(task).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # no tracking URI password in any log line
+        handler.addFilter(RedactingFilter())
     with handle_interrupts():
         try:
             if command:
                 return command(task, argv[1:])
             result = task.run(config_from_args(task.config, args))
         except EXPECTED_ERRORS as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {redact(str(error))}", file=sys.stderr)
             return 2
         except WorkerLost as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {redact(str(error))}", file=sys.stderr)
             return WORKER_LOST
         except KeyboardInterrupt as interrupt:
             terminated = isinstance(interrupt, Terminated)
@@ -143,7 +147,7 @@ def predict(task: TaskCommands, argv: list[str]) -> int:
     args, inputs = task.predict.read(model_parser(task, "predict", task.predict.description),
                                      argv)
     model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
-    answer = (model.predict(inputs.frame) if len(inputs.frame)
+    answer = (evaluation.predict_in_groups(model, inputs.frame) if len(inputs.frame)
               else pd.DataFrame(columns=["label", "error"]))
     return print_predictions(inputs.names, answer, inputs.failed)
 

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
+from pipelines.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Option:
@@ -54,12 +56,12 @@ class Option:
             return None
         if self.base is bool:
             if text not in ("True", "False"):
-                raise ValueError(f"logged parameter {self.name}={text!r} is not a boolean")
+                raise ConfigError(f"logged parameter {self.name}={text!r} is not a boolean")
             return text == "True"
         try:
             return self.base(text)
         except ValueError as error:
-            raise ValueError(f"logged parameter {self.name}={text!r} is not a "
+            raise ConfigError(f"logged parameter {self.name}={text!r} is not a "
                              f"{self.base.__name__}") from error
 
 
@@ -115,7 +117,7 @@ class TaskConfig:
         options = self.option_fields()
         unknown = sorted(set(values) - set(options))
         if unknown:
-            raise ValueError(f"unknown options: {', '.join(unknown)}")
+            raise ConfigError(f"unknown options: {', '.join(unknown)}")
         stages: dict[str, dict[str, Any]] = {}
         for name, value in values.items():
             stages.setdefault(options[name].stage, {})[name] = value
@@ -190,5 +192,5 @@ def validate_choices(config: TaskConfig) -> None:
     for name, value in config.options().items():
         choices = options[name].field.metadata.get("choices")
         if choices and value not in choices:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown {name} {value!r}; valid choices: {', '.join(map(str, choices))}")

@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from pipelines import interrupts, keras_compat
-from pipelines.errors import SetupError, WorkerLost
+from pipelines.errors import ConfigError, SetupError, WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def strategy_for(name: str) -> tf.distribute.Strategy:
     if name == "mirrored":
         devices = gpus or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
-    raise ValueError(f"unknown strategy {name!r}; valid choices: {', '.join(STRATEGIES)}")
+    raise ConfigError(f"unknown strategy {name!r}; valid choices: {', '.join(STRATEGIES)}")
 
 
 def replicas(name: str) -> int:
@@ -268,7 +268,7 @@ def check_workers_agree(name: str, options: Mapping[str, Any], data_digest: str)
         name, json.dumps(shared, sort_keys=True, default=str) + data_digest)
     if anyone:
         who = "this worker's" if mine else "another worker's"
-        raise ValueError(f"{worker(name)}: {who} options or data differ from the chief's "
+        raise ConfigError(f"{worker(name)}: {who} options or data differ from the chief's "
                          f"(data digest here: {data_digest}); run every worker with the same "
                          "options on the same data")
 

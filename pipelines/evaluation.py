@@ -4,6 +4,9 @@ and evaluating a logged model through its served path on labelled raw inputs."""
 from __future__ import annotations
 
 import argparse
+import re
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +24,7 @@ from sklearn.metrics import (
 
 from features.splits import LabelledInputs, Splits
 from pipelines import tracking
+from pipelines.errors import DataError
 
 
 @dataclass
@@ -34,11 +38,28 @@ class Evaluation:
     probabilities: np.ndarray
 
 
+def metric_names(labels: Sequence[str]) -> dict[str, str]:
+    """A name MLflow accepts in a metric name for each class label: ASCII letters, digits and
+    `_.-` (accents dropped, anything else `_`), made unique with a `_<n>` suffix; a label with
+    nothing usable is `class<i>`. The run's `label_map.json` records the mapping."""
+    names: dict[str, str] = {}
+    for index, label in enumerate(labels):
+        ascii_label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+        name = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.-]", "_", ascii_label)).strip("_")
+        name = name if name.strip(".") else f"class{index}"
+        unique, suffix = name, 2
+        while unique in names.values():
+            unique, suffix = f"{name}_{suffix}", suffix + 1
+        names[label] = unique
+    return names
+
+
 def evaluate_probabilities(
     probabilities: np.ndarray, y: np.ndarray, labels: tuple[str, ...]
 ) -> Evaluation:
-    """Accuracy, macro-F1, per-class precision/recall, the confusion matrix and, for two
-    classes, ROC-AUC of the positive (second) class, from predicted class probabilities."""
+    """Accuracy, macro-F1, per-class precision/recall (named by `metric_names`), the confusion
+    matrix and, for two classes, ROC-AUC of the positive (second) class, from predicted class
+    probabilities."""
     probabilities = np.asarray(probabilities)
     predicted = probabilities.argmax(axis=1)
     indices = list(range(len(labels)))
@@ -52,9 +73,9 @@ def evaluate_probabilities(
     }
     if len(labels) == 2 and len(np.unique(y)) == 2:
         metrics["test_roc_auc"] = float(roc_auc_score(y, probabilities[:, 1]))
-    for label in labels:
-        metrics[f"test_precision_{label}"] = float(report[label]["precision"])
-        metrics[f"test_recall_{label}"] = float(report[label]["recall"])
+    for label, name in metric_names(labels).items():
+        metrics[f"test_precision_{name}"] = float(report[label]["precision"])
+        metrics[f"test_recall_{name}"] = float(report[label]["recall"])
     text = classification_report(
         y, predicted, labels=indices, target_names=labels, digits=3, zero_division=0
     )
@@ -123,6 +144,7 @@ def log_evaluation(probabilities: np.ndarray, y: np.ndarray, labels: tuple[str, 
 
 
 EVALUATE_CHUNK = 256
+EVALUATE_CHUNK_BYTES = 16 * 2**20  # under the served models' bounds on one request
 
 
 def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipeline: str,
@@ -149,7 +171,7 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
     labels = tuple(name.removeprefix("probability_") for name in columns)
     unknown = sorted(set(labelled.truth) - set(labels))
     if unknown:
-        raise ValueError(f"labels {unknown} of {labelled.source} are not classes of the model "
+        raise DataError(f"labels {unknown} of {labelled.source} are not classes of the model "
                          f"({', '.join(labels)})")
     with tracking.tracked_run(args.experiment, tracking_uri=args.tracking_uri,
                               store_dir=args.store_dir, run_name=args.run_name,
@@ -190,8 +212,28 @@ def predict_in_groups(model, inputs):
             parts.append(pd.DataFrame({"label": None, "error": "no input (unreadable file?)"},
                                       index=pd.Index(indices)))
             continue
-        for start in range(0, len(indices), EVALUATE_CHUNK):
-            chunk = indices[start:start + EVALUATE_CHUNK]
-            rows = pd.DataFrame(inputs.iloc[chunk][columns].to_dict("records"))
-            parts.append(model.predict(rows).set_index(pd.Index(chunk)))
+        records = inputs.iloc[indices][columns].to_dict("records")
+        for chunk in request_chunks(records):
+            rows = pd.DataFrame([records[i] for i in chunk])
+            parts.append(model.predict(rows).set_index(pd.Index([indices[i] for i in chunk])))
     return pd.concat(parts).sort_index()
+
+
+def request_chunks(records: list[dict]) -> list[list[int]]:
+    """Positions of `records` in consecutive chunks of at most EVALUATE_CHUNK rows and
+    EVALUATE_CHUNK_BYTES of payload (bytes; text as UTF-8; a waveform's samples as 8 bytes
+    each), inside the bounds a served model sets on one request (pipelines.serving)."""
+    chunks: list[list[int]] = [[]]
+    size = 0
+    for position, record in enumerate(records):
+        row = sum(len(value) if isinstance(value, bytes)
+                  else len(value.encode("utf-8", "surrogatepass")) if isinstance(value, str)
+                  else 8 * len(value) if hasattr(value, "__len__") else 8
+                  for value in record.values())
+        if chunks[-1] and (len(chunks[-1]) == EVALUATE_CHUNK
+                           or size + row > EVALUATE_CHUNK_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(position)
+        size += row
+    return [chunk for chunk in chunks if chunk]

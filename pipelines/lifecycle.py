@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from features.splits import Lineage, Splits
-from pipelines import distribute, tracking, training
+from pipelines import distribute, evaluation, tracking, training
 from pipelines.config import TaskConfig, config_from_params, validate_choices
-from pipelines.errors import SetupError
+from pipelines.errors import ConfigError, DataNotFoundError, SetupError
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,9 @@ class RunConfig:
         "help": "where each run saves its last epoch (<dir>/<run id>/) for --resume; deleted "
                 "when the run finishes"})
     resume: str | None = field(default=None, metadata={
-        "help": "continue the interrupted (KILLED or FAILED) run with this id from its last "
-                "epoch checkpoint, into the same MLflow run, with the options it was started "
-                "with"})
+        "help": "continue the interrupted run with this id (KILLED, FAILED, or RUNNING with "
+                "its process gone) from its last epoch checkpoint, into the same MLflow run, "
+                "with the options it was started with"})
     sweep: int = field(default=0, metadata={
         "help": "run this many trials of the pipeline's search space (Optuna TPE) as nested "
                 "MLflow runs under one parent, then register the trial with the best "
@@ -108,7 +108,8 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
     """The options the interrupted run `config.run.resume` was started with, in this store.
 
     Raises:
-        SetupError: No such run, not a KILLED or FAILED `pipeline` run, or no checkpoint.
+        SetupError: No such run, not a KILLED, FAILED or abandoned RUNNING `pipeline` run,
+            or no checkpoint.
     """
     run = config.run
     if run.sweep:
@@ -119,7 +120,7 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
         raise SetupError(f"--resume {run.resume}: that run is not a {pipeline} training run "
                          f"(pipeline tag {tags.get('pipeline')!r})")
     checkpoint = Path(tags.get("checkpoint", ""))
-    if not (checkpoint / "state.json").is_file():
+    if training.latest_checkpoint(checkpoint) is None:
         raise SetupError(f"--resume {run.resume}: no checkpoint at {checkpoint} (the run "
                          "stopped before its first epoch ended, or finished); start a new run")
     return config_from_params(type(config), params).replace(
@@ -184,9 +185,9 @@ def require_data_dir(data_dir: str | None, env: str, dataset: str) -> None:
         FileNotFoundError: The folder does not exist.
     """
     if not data_dir:
-        raise ValueError(f"no data folder: pass --data-dir or set {env}")
+        raise ConfigError(f"no data folder: pass --data-dir or set {env}")
     if not Path(data_dir).is_dir():
-        raise FileNotFoundError(f"{dataset} data folder not found: {data_dir}")
+        raise DataNotFoundError(f"{dataset} data folder not found: {data_dir}")
 
 
 def checkpoint_path(run: RunConfig, run_id: str) -> Path:
@@ -246,7 +247,9 @@ class TrackedRun:
                                  splits.split_tags(), lineage.summary)
             tracking.log_metrics({f"examples_{split}": n for split, n in splits.counts().items()}
                                  | {"skipped_examples": len(lineage.skipped)})
-            tracking.log_dict({"labels": list(splits.labels)}, "label_map.json")
+            tracking.log_dict({"labels": list(splits.labels),
+                               "metric_names": evaluation.metric_names(splits.labels)},
+                              "label_map.json")
         distribute.check_workers_agree(self.config.run.strategy, options, digest)
 
     def register(self, model_uri: str, metrics: Mapping[str, float], *, test_digest: str,
@@ -296,7 +299,7 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
         try:
             yield tracked
         except KeyboardInterrupt:
-            if checkpoint is not None and (checkpoint / "state.json").is_file():
+            if checkpoint is not None and training.latest_checkpoint(checkpoint) is not None:
                 log.warning("run %s interrupted; its last epoch checkpoint is in %s. Continue "
                             "it with: python -m pipelines.%s --resume %s", run_id, checkpoint,
                             pipeline.removesuffix("-sweep"), run_id)

@@ -57,6 +57,7 @@ from models.ngram import (
 from models.recurrent import RecurrentConfig, build_text_classifier, text_to_probabilities
 from pipelines import cli, distribute, evaluation, lifecycle, sweep, tracking, training
 from pipelines.config import TaskConfig
+from pipelines.errors import ConfigError, DataError
 from pipelines.interrupts import exit_process
 from pipelines.lifecycle import RunConfig, TrackedRun
 from pipelines.training import OptimConfig
@@ -92,9 +93,9 @@ class SentimentConfig(TaskConfig):
     recurrent: RecurrentConfig = RecurrentConfig(depth=1, pooling="mean-max", dense_units=0)
     ngram: NgramConfig = NgramConfig()
     baseline: TfidfConfig = TfidfConfig()
-    optim: OptimConfig = OptimConfig(epochs=2, batch_size=512, learning_rate=6e-3,
-                                     weight_decay=1e-2, label_smoothing=0.0, warmup_epochs=0,
-                                     patience=1)
+    optim: OptimConfig = OptimConfig(epochs=2, example_budget=0, batch_size=512,
+                                     learning_rate=6e-3, weight_decay=1e-2, label_smoothing=0.0,
+                                     warmup_epochs=0, patience=1)
     run: RunConfig = RunConfig(experiment="imdb-sentiment", registered_model="imdb-sentiment")
 
 
@@ -130,10 +131,11 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
         tracked.log_data(data.splits, data.lineage, DATASET)
 
         batches = training_batches(config, ids)
-        tracking.log_metrics(batches.metrics)
+        optim = training.scheduled(config.optim, len(ids.y["train"]))
+        tracking.log_metrics(batches.metrics | {"scheduled_epochs": optim.epochs})
         fitted = training.fit(lambda: build_model(config, vectorizer.vocabulary_size(),
                                                   len(ids.labels)),
-                              batches, config.optim, strategy=config.run.strategy,
+                              batches, optim, strategy=config.run.strategy,
                               checkpoint_dir=tracked.checkpoint, resuming=tracked.resuming,
                               callbacks=[tracking.EpochMetricsLogger()])
 
@@ -155,7 +157,7 @@ def prepare_run(config: SentimentConfig, reviews: ImdbData | None) -> SentimentC
     a data folder that exists unless the reviews are given."""
     config = lifecycle.prepare_run(config, PIPELINE)
     if config.run.resume and config.model.model != "recurrent":
-        raise ValueError(f"--resume: {config.model.model} fits in one step, with no epochs to "
+        raise ConfigError(f"--resume: {config.model.model} fits in one step, with no epochs to "
                          "continue; start a new run")
     if config.source.source == "folder" and reviews is None:
         lifecycle.require_data_dir(config.source.data_dir, "IMDB_DATA_DIR", "IMDB")
@@ -341,7 +343,7 @@ def read_texts(parser: argparse.ArgumentParser, argv: list[str]
         try:
             lines = Path(args.file).read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError as error:
-            raise ValueError(f"cannot read {args.file} ({error.strerror})") from error
+            raise DataError(f"cannot read {args.file} ({error.strerror})") from error
         texts += [line for line in lines if line.strip()]
     if not texts:
         parser.error("give reviews as arguments or --file")

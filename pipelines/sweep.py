@@ -17,6 +17,7 @@ import optuna.distributions as dists
 
 from pipelines import lifecycle, tracking
 from pipelines.config import TaskConfig
+from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def describe(distribution) -> str:
 
 
 def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping[str, Any],
-              pipeline: str, expected_errors: tuple[type[BaseException], ...] = (ValueError,)
+              pipeline: str, expected_errors: tuple[type[BaseException], ...] = (ConfigError,)
               ) -> dict:
     """Runs `--sweep` trials of `space` with Optuna's TPE sampler (seeded by `--seed`), each as
     `run_one(trial_config)` nested under one parent MLflow run.
@@ -60,7 +61,7 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
     """
     unknown = sorted(set(space) - set(config.options()))
     if unknown:
-        raise ValueError(f"search space names unknown options: {', '.join(unknown)}")
+        raise ConfigError(f"search space names unknown options: {', '.join(unknown)}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=config.optim.seed))
@@ -88,7 +89,7 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
             tracking.log_metrics({"trial_val_accuracy": result[OBJECTIVE],
                                   "trial_test_accuracy": result["test_accuracy"]}, step=number)
         if not results:
-            raise ValueError(f"all {trials} trials failed")
+            raise ConfigError(f"all {trials} trials failed")
         table = study.trials_dataframe(attrs=("number", "value", "params", "state",
                                               "duration"))
         table["run_id"] = table["number"].map(lambda n: results.get(n, {}).get("run_id"))

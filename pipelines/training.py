@@ -6,9 +6,12 @@ the callbacks that record them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +24,7 @@ import tensorflow as tf
 
 import models.ngram  # noqa: F401  (registers custom layers: checkpoints load them)
 import models.recurrent  # noqa: F401
+from features.errors import disk_space_errors
 from features.input_pipelines import TrainingBatches
 from pipelines import distribute, interrupts
 
@@ -32,7 +36,12 @@ class OptimConfig:
     """Optimisation: AdamW, warm-up then cosine decay, early stopping; each task sets its own."""
 
     epochs: int = field(metadata={
-        "help": "maximum number of epochs (the cosine schedule spans them all)"})
+        "help": "most epochs to train (the cosine schedule spans the epochs scheduled: see "
+                "--example-budget)"})
+    example_budget: int = field(metadata={
+        "help": "training examples to show the model in all: a run is scheduled for "
+                "min(--epochs, ceil(this / training examples)) epochs, so a larger dataset "
+                "gets fewer epochs of more steps; 0: always --epochs"})
     batch_size: int = field(metadata={
         "help": "examples per training step on each replica (the global batch is this times "
                 "the replicas of --strategy)"})
@@ -47,6 +56,15 @@ class OptimConfig:
         "help": "early-stopping patience in epochs (validation loss)"})
     seed: int = field(default=0, metadata={
         "help": "random seed for weights, shuffling and dropout"})
+
+
+def scheduled(config: OptimConfig, train_examples: int) -> OptimConfig:
+    """`config` with the epochs a run on `train_examples` training examples is scheduled for:
+    `epochs`, or fewer when `example_budget` is shown in fewer (at least one)."""
+    if not config.example_budget or not train_examples:
+        return config
+    epochs = min(config.epochs, max(1, math.ceil(config.example_budget / train_examples)))
+    return dataclasses.replace(config, epochs=epochs)
 
 
 def learning_rate_schedule(config: OptimConfig, steps_per_epoch: int):
@@ -113,21 +131,33 @@ class StopperState:
 @dataclass
 class CheckpointState:
     """An interrupted fit: the model after its last completed epoch (compiled, with its
-    optimizer state), that epoch (0-based), the history so far and early stopping's state."""
+    optimizer state), that epoch (0-based), the history so far, early stopping's state and
+    whether it had stopped the fit."""
 
     model: keras.Model
     epoch: int
     history: dict[str, list[float]]
     stopper: StopperState
+    stopped: bool = False  # early stopping ended the fit at `epoch`: nothing is left to train
+
+
+CHECKPOINT_PREFIX = "epoch-"  # <run checkpoint folder>/epoch-0012/: a complete checkpoint
+PARTIAL_PREFIX = ".partial-"  # a checkpoint being written; never read
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves a resumable checkpoint into `directory` after every epoch.
+    """Saves a resumable checkpoint into `directory` after every epoch, as one unit.
 
-    Files: `last.keras` (model and optimizer state), `best.npz` (early stopping's best
-    weights, written when they change) and `state.json` (epoch, history, early-stopping
-    counters), each written to a temporary name and renamed, `state.json` last, so a
-    checkpoint interrupted half-way leaves the previous epoch's complete.
+    Each epoch's checkpoint is a folder, `epoch-NNNN/`: `last.keras` (model and optimizer
+    state), `best.npz` (early stopping's best weights) and `state.json` (epoch, history,
+    early-stopping counters). It is written as `.partial-NNNN/`, its files flushed to disk,
+    and renamed into place in one step; only then are older checkpoints removed. A process
+    killed, or a disk filling, part-way leaves the previous epoch's checkpoint whole, never
+    epoch-N weights beside epoch-(N-1) state.
+
+    Raises:
+        DiskFullError: The disk (or a file-size limit) ran out while writing; the partial
+            folder is removed and the previous checkpoint kept.
     """
 
     def __init__(self, directory: str | Path, stopper: keras.callbacks.EarlyStopping,
@@ -136,57 +166,85 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.directory = Path(directory)
         self.stopper = stopper
         self.history = {key: list(values) for key, values in (history or {}).items()}
-        self._saved_best_epoch: int | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.replace("last.keras", self.model.save)
         stopper = self.stopper
-        if stopper.best_weights is not None and stopper.best_epoch != self._saved_best_epoch:
-            self.replace("best.npz", lambda path: np.savez(path, *stopper.best_weights))
-            self._saved_best_epoch = stopper.best_epoch
         state = {"epoch": epoch, "history": self.history,
+                 "stopped": bool(self.model.stop_training and stopper.wait >= stopper.patience),
                  "stopper": {"wait": stopper.wait, "best_epoch": stopper.best_epoch,
                              "best": None if stopper.best is None else float(stopper.best)}}
-        self.replace("state.json", lambda path: path.write_text(json.dumps(state)))
+        previous = latest_checkpoint(self.directory)
+        partial = self.directory / f"{PARTIAL_PREFIX}{epoch:04d}"
+        with disk_space_errors(self.directory, partial):
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.mkdir(parents=True)
+            self.write_files(partial, state, previous)
+            os.rename(partial, self.directory / f"{CHECKPOINT_PREFIX}{epoch:04d}")
+        for older in self.directory.iterdir():
+            if older.name != f"{CHECKPOINT_PREFIX}{epoch:04d}":
+                shutil.rmtree(older, ignore_errors=True)
 
-    def replace(self, name: str, write) -> None:
-        """`write(path)` to a temporary name with the same suffix, then renamed to `name`."""
-        final = self.directory / name
-        temporary = final.with_name(f".{final.stem}.tmp{final.suffix}")
-        write(temporary)
-        os.replace(temporary, final)
+    def write_files(self, folder: Path, state: dict, previous: Path | None) -> None:
+        """The checkpoint's files, each flushed to disk, `best.npz` linked from the previous
+        checkpoint when early stopping's best epoch has not changed."""
+        self.model.save(folder / "last.keras")
+        stopper = self.stopper
+        if stopper.best_weights is not None:
+            kept = previous is not None and (previous / "best.npz").is_file() and read_state(
+                previous)["stopper"]["best_epoch"] == stopper.best_epoch
+            if kept:
+                os.link(previous / "best.npz", folder / "best.npz")
+            else:
+                np.savez(folder / "best.npz", *stopper.best_weights)
+        (folder / "state.json").write_text(json.dumps(state))
+        for path in folder.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest complete checkpoint folder in a run's checkpoint folder, or None."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    complete = sorted(path for path in directory.glob(f"{CHECKPOINT_PREFIX}*")
+                      if (path / "state.json").is_file())
+    return complete[-1] if complete else None
+
+
+def read_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "state.json").read_text())
 
 
 def completed_epochs(directory: str | Path) -> int:
-    """Epochs the checkpoint in `directory` holds (0 when there is none)."""
-    state = Path(directory) / "state.json"
-    return json.loads(state.read_text())["epoch"] + 1 if state.is_file() else 0
+    """Epochs the newest checkpoint in a run's checkpoint folder holds (0 when none)."""
+    checkpoint = latest_checkpoint(directory)
+    return read_state(checkpoint)["epoch"] + 1 if checkpoint is not None else 0
 
 
 def load_checkpoint(directory: str | Path) -> CheckpointState:
-    """Reads what EpochCheckpoint saved.
+    """Reads the newest checkpoint EpochCheckpoint saved in a run's checkpoint folder.
 
     Raises:
         FileNotFoundError: No complete checkpoint in `directory`.
     """
-    directory = Path(directory)
-    state_path = directory / "state.json"
-    if not state_path.is_file() or not (directory / "last.keras").is_file():
-        raise FileNotFoundError(f"no training checkpoint in {directory} (state.json and "
-                                "last.keras are written after each completed epoch)")
-    state = json.loads(state_path.read_text())
+    checkpoint = latest_checkpoint(directory)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no training checkpoint in {directory} ({CHECKPOINT_PREFIX}"
+                                "NNNN/ folders are written after each completed epoch)")
+    state = read_state(checkpoint)
     best_weights = None
-    if (directory / "best.npz").is_file():
-        with np.load(directory / "best.npz") as saved:
+    if (checkpoint / "best.npz").is_file():
+        with np.load(checkpoint / "best.npz") as saved:
             best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     stopper = state["stopper"]
-    return CheckpointState(keras.saving.load_model(directory / "last.keras"), state["epoch"],
+    return CheckpointState(keras.saving.load_model(checkpoint / "last.keras"), state["epoch"],
                            state["history"],
                            StopperState(stopper["wait"], stopper["best"], stopper["best_epoch"],
-                                        best_weights))
+                                        best_weights), state.get("stopped", False))
 
 
 def fit_classifier(
@@ -228,7 +286,9 @@ def fit_classifier(
             train,
             validation_data=validation,
             epochs=config.epochs,
-            initial_epoch=resume.epoch + 1 if resume else 0,
+            # a fit that early stopping had ended trains no more (and restores the best weights)
+            initial_epoch=(config.epochs if resume.stopped else resume.epoch + 1) if resume
+            else 0,
             shuffle=False,  # the tf.data pipeline reshuffles each epoch
             callbacks=[interrupts.InterruptCallback(), LearningRateLogger(), stopper, *extra,
                        *(callbacks or [])],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import cli, sentiment, speech
+from pipelines import cli, sentiment, speech, training
 from pipelines.config import config_from_params
 from pipelines.sentiment import SentimentConfig
 from pipelines.speech import SpeechConfig
@@ -140,3 +140,11 @@ def test_unknown_option_names_and_values_fail_loudly():
         config_from_params(SpeechConfig, {"units": "many"})
     with pytest.raises(ValueError, match="speed_change"):
         SpeechConfig.from_options(speed_change=1.5)  # the stage validates itself
+
+
+def test_the_schedule_scales_with_the_training_examples():
+    optim = SpeechConfig().optim
+    assert training.scheduled(optim, 2_700).epochs == 140  # the shared data: --epochs binds
+    assert training.scheduled(optim, 84_843).epochs == 18  # the full release: the budget
+    assert training.scheduled(optim, 10_000_000).epochs == 1
+    assert training.scheduled(SentimentConfig().optim, 22_500).epochs == 2  # budget 0: --epochs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import sentiment, speech, tracking
+from pipelines import sentiment, speech, tracking, training
 from tests import test_sentiment_pipeline
 from tests.test_speech_pipeline import small_args
 
@@ -32,9 +32,9 @@ def wait_for_epochs(process: subprocess.Popen, checkpoints: Path, epochs: int,
     """The run's checkpoint folder, once it holds `epochs` completed epochs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for state in checkpoints.glob("*/state.json"):
-            if json.loads(state.read_text())["epoch"] + 1 >= epochs:
-                return state.parent
+        for run in checkpoints.glob("*"):
+            if training.completed_epochs(run) >= epochs:
+                return run
         if process.poll() is not None:
             pytest.fail(f"training ended before the signal:\n{process.communicate()[1]}")
         time.sleep(0.05)
@@ -42,37 +42,50 @@ def wait_for_epochs(process: subprocess.Popen, checkpoints: Path, epochs: int,
     pytest.fail(f"no checkpoint of {epochs} epochs within {timeout} s")
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_ends_the_run_killed_keeps_the_checkpoint_and_resume_finishes_it(
-        speech_dir: Path, tmp_path: Path, signum: int, status: int):
+@pytest.mark.parametrize(("signum", "status", "run_status"), [
+    (signal.SIGTERM, 143, "KILLED"), (signal.SIGINT, 130, "KILLED"),
+    (signal.SIGKILL, -signal.SIGKILL, "RUNNING")])
+def test_a_stopped_or_killed_run_keeps_its_checkpoint_and_resume_finishes_it(
+        speech_dir: Path, tmp_path: Path, signum: int, status: int, run_status: str, capsys):
+    """SIGTERM and Ctrl-C end the run KILLED; SIGKILL leaves it RUNNING, its process gone.
+    --resume refuses the run while its process lives, and finishes a killed one into the
+    same run (SIGTERM's resumes the same way)."""
     checkpoints = tmp_path / "checkpoints"
+    store = str(tmp_path / "mlruns")
     args = small_args(speech_dir, tmp_path, "--epochs", "30", "--patience", "30",
                       "--checkpoint-dir", str(checkpoints))
     process = start_training(args)
     checkpoint = wait_for_epochs(process, checkpoints, 2)
+    run_id = checkpoint.name
+    if signum == signal.SIGKILL:
+        assert speech.main(["--resume", run_id, "--store-dir", store]) == 2
+        assert f"its process (pid {process.pid} on this host) is alive" in capsys.readouterr().err
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
-    run_id = checkpoint.name
 
     assert process.returncode == status, stderr
-    assert f"--resume {run_id}" in stderr and "Traceback" not in stderr
+    if signum != signal.SIGKILL:
+        assert f"--resume {run_id}" in stderr and "Traceback" not in stderr
     tracking.connect(None, tmp_path / "mlruns")
     client = MlflowClient()
     run = client.get_run(run_id)
-    assert run.info.status == "KILLED"
+    assert run.info.status == run_status
     assert client.search_model_versions("name='speech-commands'") == []
-    assert {"state.json", "last.keras"} <= {path.name for path in checkpoint.iterdir()}
-    done = json.loads((checkpoint / "state.json").read_text())["epoch"] + 1
-    assert done < 30
+    done = training.completed_epochs(checkpoint)
+    assert 2 <= done < 30
+    assert {"state.json", "last.keras"} <= {
+        path.name for path in training.latest_checkpoint(checkpoint).iterdir()}
 
-    if signum == signal.SIGINT:
+    if signum != signal.SIGKILL:
         return  # resuming is the same whichever signal stopped the run
-    assert speech.main(["--resume", run_id, "--store-dir", str(tmp_path / "mlruns")]) == 0
+    assert speech.main(["--resume", run_id, "--store-dir", store]) == 0
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
+    assert run.data.tags["lease.pid"] == str(os.getpid())  # taken over by this process
     losses = client.get_metric_history(run_id, "loss")
     epochs = int(run.data.metrics["epochs_trained"])
-    # every epoch logged once: the interrupted process's and then the resumed one's
+    # every epoch logged once: the killed process's and then the resumed one's (the epoch
+    # SIGKILL cut short is trained again)
     assert sorted(m.step for m in losses) == list(range(epochs)) and epochs > done
     version = client.get_model_version_by_alias("speech-commands", "champion")
     assert version.run_id == run_id
@@ -106,8 +119,8 @@ def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir
     def signal_after_two_epochs():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            states = list(checkpoints.glob("*/state.json"))
-            if states and json.loads(states[0].read_text())["epoch"] >= 1:
+            runs = list(checkpoints.glob("*"))
+            if runs and training.completed_epochs(runs[0]) >= 2:
                 signal.raise_signal(signal.SIGTERM)
                 return
             time.sleep(0.02)

@@ -6,6 +6,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -77,8 +78,8 @@ def postgres() -> Iterator[str]:
         subprocess.run([bin_dir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow",
                         "mlflow"], check=True, capture_output=True)
         yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
-    finally:
-        server.terminate()
+    finally:  # SIGINT: fast shutdown, which closes the connections clients keep pooled
+        server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
         shutil.rmtree(root, ignore_errors=True)
 
@@ -103,12 +104,36 @@ def tracking_server(postgres: str, tmp_path: Path) -> Iterator[str]:
         server.wait(timeout=60)
 
 
-def test_training_is_tracked_on_a_postgresql_backed_server(tracking_server: str, speech_dir: Path,
-                                                          tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+def test_training_is_tracked_on_a_postgresql_backed_server(tracking_server: str, postgres: str,
+                                                          speech_dir: Path, tmp_path: Path,
+                                                          monkeypatch, capfd, caplog):
+    """Through the server, with a password in the tracking URI (the server ignores it), and
+    then straight into the database with one: neither password is logged as a parameter or
+    tag, printed (MLflow's run links included) or written in a log line."""
+    credentialed = tracking_server.replace("http://", "http://analyst:srv-s3cret@")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", credentialed)
     args = small_args(speech_dir, tmp_path, "--epochs", "1",
                       "--checkpoint-dir", str(tmp_path / "checkpoints"))
-    assert speech.main(args) == 0
+    try:
+        assert speech.main(args) == 0
+        database = postgres.replace("mlflow@", "mlflow:db-s3cret@")  # trust auth accepts it
+        monkeypatch.chdir(tmp_path)  # a database store keeps artifacts in ./mlruns
+        assert speech.main([*args, "--tracking-uri", database, "--no-register",
+                            "--experiment", "speech-direct"]) == 0
+    finally:  # the credentials the server run passed to MLflow through its variables
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(name, None)
+    printed = capfd.readouterr()
+    logged = [record.getMessage() for record in caplog.records]
+    client = MlflowClient(tracking_server)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id
+                               for name in ("speech-commands", "speech-direct")])
+    assert len(runs) == 2
+    stored = [value for run in runs for value in (*run.data.params.values(),
+                                                  *run.data.tags.values())]
+    assert "analyst:***@" in printed.out + printed.err + " ".join(stored)
+    for text in (printed.out, printed.err, *logged, *stored):
+        assert "s3cret" not in text
 
     client = MlflowClient(tracking_server)  # everything below comes through the server's API
     experiment = client.get_experiment_by_name("speech-commands")
@@ -119,7 +144,7 @@ def test_training_is_tracked_on_a_postgresql_backed_server(tracking_server: str,
     assert {"plots", "label_map.json", "feature_config.json"} <= artifacts
     assert list((tmp_path / "artifacts").rglob("confusion_matrix.png"))  # stored by the server
     version = client.get_model_version_by_alias("speech-commands", "champion")
-    assert version.version == "1" and version.run_id == run.info.run_id
+    assert str(version.version) == "1" and version.run_id == run.info.run_id
     assert version.tags["promotion_state"] == "decided"
     local = tmp_path / "downloaded"
     client.download_artifacts(run.info.run_id, "label_map.json", str(local.mkdir() or local))

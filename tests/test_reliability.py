@@ -20,15 +20,23 @@ from tests.processes import free_port
 @pytest.mark.parametrize("pipeline", [speech, sentiment])
 def test_unreachable_tracking_server_fails_before_any_data_work(pipeline, tmp_path: Path,
                                                                 monkeypatch, capsys):
-    uri = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    port = free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://analyst:pw-s3cret@127.0.0.1:{port}")
     # a missing data folder would be the error if anything looked at the data first
     code = pipeline.main(["--data-dir", str(tmp_path / "missing"),
                           "--checkpoint-dir", str(tmp_path / "checkpoints")])
     assert code == 2
     err = capsys.readouterr().err
-    assert f"cannot reach the MLflow tracking server at {uri}" in err and "Traceback" not in err
+    assert f"cannot reach the MLflow tracking server at http://analyst:***@127.0.0.1:{port}" in err
+    assert "Traceback" not in err and "s3cret" not in err
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_uri_passwords_are_redacted_wherever_they_occur():
+    assert tracking.redact("postgresql://ml:p%40ss@db:5432/mlflow and http://u:x@h/p") == (
+        "postgresql://ml:***@db:5432/mlflow and http://u:***@h/p")
+    assert tracking.redact("http://user@host/ https://host:443/") == (
+        "http://user@host/ https://host:443/")  # no password: nothing to hide
 
 
 def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path):
@@ -111,3 +119,20 @@ def test_same_seed_data_and_config_give_the_same_metrics(speech_dir: Path, imdb_
         first, second = logged_metrics(tmp_path / "mlruns", experiment)
         assert first.keys() == second.keys() and "test_accuracy" in first
         assert second == pytest.approx(first, abs=1e-6)
+
+
+def test_an_internal_error_shows_its_traceback_and_fails_the_run(speech_dir: Path,
+                                                                 tmp_path: Path, monkeypatch):
+    """A programming error (here a model with the wrong number of outputs, which Keras
+    reports as a ValueError) is not reported as `error: ...`, nor taken by a sweep for an
+    unusable combination: it propagates, and every run it was in ends FAILED."""
+    build = speech.build_model
+    monkeypatch.setattr(speech, "build_model",
+                        lambda config, classes, *args: build(config, classes + 1, *args))
+    args = test_speech_pipeline.small_args(speech_dir, tmp_path, "--sweep", "2")
+    with pytest.raises(ValueError, match="shape|incompatible"):
+        speech.main(args)
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("speech-commands").experiment_id])
+    assert len(runs) == 2  # the sweep and its first trial; no second trial
+    assert {run.info.status for run in runs} == {"FAILED"}

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import soundfile
 
 from features.audio import AudioSpec
 from features.speech_commands import (
@@ -15,7 +16,8 @@ from features.speech_commands import (
     load_speech_commands,
 )
 from features.speech_splits import speaker_of, which_set
-from tests.datasets import SPEAKERS, copy_clip, make_speech_commands
+from pipelines import speech
+from tests.datasets import SPEAKERS, copy_clip, make_speech_commands, tone, write_wav
 
 LOGGER = "features.speech_commands"
 AUDIO = AudioSpec(16000, 1.0)
@@ -218,5 +220,29 @@ def test_digest_changes_with_the_data(speech_dir: Path):
     before = data.digest(("test",))
     assert before == load_speech_commands(speech_dir, SplitConfig(), AUDIO).digest(("test",))
     target = speech_dir / data.examples["test"][0].path
-    target.write_bytes(target.read_bytes() + b"\0\0")
+    samples, rate = soundfile.read(target, dtype="int16")
+    samples[100] ^= 1  # re-processed audio: the same path, size and header, other content
+    size = target.stat().st_size
+    soundfile.write(target, samples, rate, subtype="PCM_16")
+    assert target.stat().st_size == size
     assert load_speech_commands(speech_dir, SplitConfig(), AUDIO).digest(("test",)) != before
+
+
+def test_splits_a_run_cannot_use_are_refused_before_any_feature_work(tmp_path: Path, capsys):
+    """Clips from the official test release have speakers that hash to `test`: without split
+    lists, validation comes out empty (and train nearly so)."""
+    speakers = [s for s in (f"{n:08x}" for n in range(2000))
+                if which_set(f"{s}_nohash_0.wav", 10, 10) == "test"][:3]
+    root = tmp_path / "speech_commands"
+    for w, word in enumerate((*COMMAND_WORDS, "bed")):
+        for s, speaker in enumerate(speakers):
+            write_wav(root / word / f"{speaker}_nohash_0.wav", tone(300 + 150 * w, seed=s))
+    write_wav(root / "_background_noise_" / "noise.wav", tone(50, seconds=2))
+    code = speech.main(["--data-dir", str(root), "--store-dir", str(tmp_path / "mlruns"),
+                        "--cache-dir", str(tmp_path / "cache")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{root}: the splits cannot train and evaluate a model (train 0, validation 0, " in err
+    assert "train is empty; validation is empty; give validation_list.txt" in err
+    assert "--validation-pct" in err and "Traceback" not in err
+    assert not (tmp_path / "cache").exists()  # no feature was computed

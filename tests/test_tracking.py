@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from models.baseline import TfidfConfig, build_tfidf_logreg
 from pipelines import tracking
+from pipelines.tracking import registry
 
 
 def log_tiny_model(folder: Path) -> str:
@@ -60,12 +61,59 @@ def test_champion_rule(tmp_path: Path):
 
     client = MlflowClient()
     version = client.get_model_version("model-x", "3")
-    assert version.tags["test_accuracy"] == "0.830000"
+    assert version.tags["test_accuracy"] == "0.83"  # exact: repr of the float
     assert version.tags["test_data_digest"] == "digest-a"
     assert "does not beat" in version.tags["promotion"]
     run = client.get_run(version.run_id)
     assert run.data.tags["champion"] == "False" and run.data.tags["registered_version"] == "3"
     assert (store / "mlflow.db").is_file() and (store / "artifacts").is_dir()
+
+
+def test_a_tie_never_promotes_even_where_it_rounds_down(tmp_path: Path):
+    """5/6 is 0.833333 to six decimals, below itself: a tie read back rounded would win."""
+    store = tmp_path / "mlruns"
+    assert finish_run(store, 5 / 6).promoted
+    tie = finish_run(store, 5 / 6)
+    assert not tie.promoted and "ties champion v1" in tie.reason
+    assert finish_run(store, 5 / 6 + 1e-9).promoted  # strictly better is better, however little
+    # a champion registered when tags held six decimals is met at six decimals
+    MlflowClient().set_model_version_tag("model-x", "3", "test_accuracy", "0.833333")
+    assert not finish_run(store, 5 / 6).promoted
+    assert champion_version(store) == "3"
+
+
+def test_registration_is_idempotent_per_run(tmp_path: Path, monkeypatch):
+    """A run stopped after registering, or while its version waited for its decision, keeps
+    that one version when resumed: it gets its decision back, or it is decided then."""
+    store = tmp_path / "mlruns"
+    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(
+            "exp", tracking_uri=None, store_dir=store) as run_id:
+        uri = log_tiny_model(tmp_path / "model")
+        first = tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.8},
+                                              test_digest="d", data_digest="d")
+        raise KeyboardInterrupt  # a signal between registering and the end of the run
+    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store,
+                              resume_run_id=run_id):
+        again = tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.8},
+                                              test_digest="d", data_digest="d")
+    assert (again.version, again.promoted) == (first.version, True) == ("1", True)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt  # Ctrl-C while the version waits for its decision
+    with monkeypatch.context() as patch:
+        patch.setattr(registry, "wait_for_earlier_promotions", interrupted)
+        with pytest.raises(KeyboardInterrupt), tracking.tracked_run(
+                "exp", tracking_uri=None, store_dir=store) as second_id:
+            uri = log_tiny_model(tmp_path / "model")
+            tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.9},
+                                          test_digest="d", data_digest="d")
+    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store,
+                              resume_run_id=second_id):
+        decided = tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.9},
+                                                test_digest="d", data_digest="d")
+    assert (decided.version, decided.promoted) == ("2", True)
+    versions = MlflowClient().search_model_versions("name='model-x'")
+    assert sorted((v.version, v.run_id) for v in versions) == [(1, run_id), (2, second_id)]
 
 
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"),

@@ -31,6 +31,7 @@ from pipelines.tracking.runs import (
     log_params,
     log_table,
     log_text,
+    redact,
     run_tags,
     set_tags,
     tracked_run,
@@ -50,6 +51,6 @@ __all__ = [
     "current_champion", "interrupted_run", "link_evaluation", "load_served_model",
     "local_store_uri", "log_dataset", "log_dict", "log_figure", "log_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier",
-    "model_version_of", "pinned_requirements", "register_and_promote", "run_tags", "set_tags",
-    "tracked_run",
+    "model_version_of", "pinned_requirements", "redact", "register_and_promote", "run_tags",
+    "set_tags", "tracked_run",
 ]

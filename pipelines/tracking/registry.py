@@ -32,7 +32,13 @@ class Promotion:
 def champion_decision(
     candidate_accuracy: float, test_digest: str, champion: Any | None
 ) -> tuple[bool, str]:
-    """The champion rule: promote only on better test accuracy on the same test data."""
+    """The champion rule: promote only on strictly better test accuracy on the same test data.
+
+    The champion's accuracy is its version's `test_accuracy` tag, which holds the exact value
+    (`repr`; older versions hold it to six decimals). The candidate is compared at the
+    precision the champion's value was recorded with (`at_recorded_precision`), so an equal
+    score never wins, however it rounds.
+    """
     if champion is None:
         return True, "no champion yet"
     champion_digest = champion.tags.get("test_data_digest")
@@ -41,16 +47,30 @@ def champion_decision(
             f"champion v{champion.version} was evaluated on different test data "
             f"(digest {champion_digest} vs {test_digest}); not comparable"
         )
-    champion_accuracy = float(champion.tags.get("test_accuracy", "nan"))
-    if candidate_accuracy > champion_accuracy:
+    recorded = champion.tags.get("test_accuracy", "nan")
+    champion_accuracy = float(recorded)
+    candidate = at_recorded_precision(candidate_accuracy, recorded)
+    if candidate > champion_accuracy:
         return True, (
             f"test accuracy {candidate_accuracy:.4f} beats champion v{champion.version}'s "
             f"{champion_accuracy:.4f}"
         )
+    verb = "ties" if candidate == champion_accuracy else "does not beat"
     return False, (
-        f"test accuracy {candidate_accuracy:.4f} does not beat champion v{champion.version}'s "
+        f"test accuracy {candidate_accuracy:.4f} {verb} champion v{champion.version}'s "
         f"{champion_accuracy:.4f}"
     )
+
+
+def at_recorded_precision(value: float, recorded: str) -> float:
+    """`value` as precisely as `recorded` holds its value: versions registered before tags
+    held exact values recorded `f"{accuracy:.6f}"` (six decimals, no exponent), so the
+    candidate is rounded to six decimals to meet them; an exact (`repr`) value is met as is.
+    (Accuracies on one test set of under a million examples differ by more than 1e-6, so the
+    rounding never merges two different scores.)"""
+    mantissa, dot, decimals = recorded.partition(".")
+    six_decimals = dot and len(decimals) == 6 and decimals.isdigit() and mantissa.isdigit()
+    return round(value, 6) if six_decimals else value
 
 
 def current_champion(client: MlflowClient, name: str) -> Any | None:
@@ -62,7 +82,8 @@ def current_champion(client: MlflowClient, name: str) -> Any | None:
 
 
 PROMOTION_STATE = "promotion_state"  # version tag: "pending" until its champion decision
-PENDING, DECIDED = "pending", "decided"
+PENDING, DECIDED, INTERRUPTED = "pending", "decided", "interrupted"
+REGISTERED_BY = "registered_by_run"  # version tag: the run that registered it (one per run)
 STALE_PENDING_SECONDS = 300  # a pending version older than this was left by a dead process
 QUEUE_POLL_SECONDS = 0.2
 
@@ -104,6 +125,10 @@ def register_and_promote(
     same time never leave the worse model as champion. The version is tagged with its test
     metrics and dataset digests; the run records the decision and its reason.
 
+    Registration is idempotent per run: a run that registered a version already (and was
+    then stopped, and resumed) gets that version and its decision back, or, when it stopped
+    before deciding, the decision is made for that version; no second version is made.
+
     Args:
         only_if_champion: Keep the model registered only if it becomes champion (for
             baselines, which should not crowd the registry): otherwise its queued version is
@@ -113,12 +138,22 @@ def register_and_promote(
         The outcome; `version` is None when the model was not kept registered.
     """
     client = MlflowClient()
-    tags = {key: f"{value:.6f}" for key, value in metrics.items() if key in
-            ("test_accuracy", "test_macro_f1", "test_roc_auc")}
-    tags.update(test_data_digest=test_digest, data_digest=data_digest)
-    version = mlflow.register_model(model_uri, name, tags=tags | {PROMOTION_STATE: PENDING})
-    number = str(version.version)
-    kept = True
+    run_id = mlflow.active_run().info.run_id
+    earlier = registered_by(client, name, run_id)
+    if earlier is not None and earlier.tags.get(PROMOTION_STATE) == DECIDED:
+        return decided_promotion(client, earlier)
+    if earlier is not None:  # registered, then stopped before its decision: decide it now
+        number = str(earlier.version)
+        log.info("run %s already registered %s v%s; deciding its promotion", run_id, name,
+                 number)
+    else:
+        tags = {key: repr(float(value)) for key, value in metrics.items() if key in
+                ("test_accuracy", "test_macro_f1", "test_roc_auc")}
+        tags.update(test_data_digest=test_digest, data_digest=data_digest)
+        version = mlflow.register_model(model_uri, name, tags=tags | {
+            PROMOTION_STATE: PENDING, REGISTERED_BY: run_id})
+        number = str(version.version)
+    kept, state = True, INTERRUPTED
     try:
         wait_for_earlier_promotions(client, name, int(number))
         promoted, reason = champion_decision(
@@ -133,12 +168,33 @@ def register_and_promote(
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, number)
         client.set_model_version_tag(name, number, "promotion", reason)
-    finally:  # also on failure, so that later promotions do not wait for this one
+        state = DECIDED
+    finally:  # also on failure, so that later promotions do not wait for this one (a version
+        # left undecided is decided when its run is resumed)
         if kept:
-            client.set_model_version_tag(name, number, PROMOTION_STATE, DECIDED)
+            client.set_model_version_tag(name, number, PROMOTION_STATE, state)
     set_tags({"registered_version": number, "champion": promoted, "promotion_reason": reason})
     log.info("registered %s v%s; champion: %s (%s)", name, number, promoted, reason)
     return Promotion(number, promoted, reason)
+
+
+def registered_by(client: MlflowClient, name: str, run_id: str) -> Any | None:
+    """The version of `name` that run `run_id` registered, or None."""
+    mine = [version for version in client.search_model_versions(f"name='{name}'")
+            if version.tags.get(REGISTERED_BY) == run_id]
+    return min(mine, key=lambda version: int(version.version)) if mine else None
+
+
+def decided_promotion(client: MlflowClient, version: Any) -> Promotion:
+    """The outcome recorded for an already decided version (tagged on the run again)."""
+    champion = current_champion(client, version.name)
+    promoted = champion is not None and str(champion.version) == str(version.version)
+    reason = version.tags.get("promotion", "decided earlier")
+    set_tags({"registered_version": version.version, "champion": promoted,
+              "promotion_reason": reason})
+    log.info("run already registered %s v%s (champion: %s); not registering again",
+             version.name, version.version, promoted)
+    return Promotion(str(version.version), promoted, reason)
 
 
 def model_version_of(model_uri: str) -> Any | None:

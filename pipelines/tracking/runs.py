@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import keras
 import mlflow
@@ -17,9 +20,49 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.errors import SetupError
+from pipelines.tracking import leases
 
 DB_NAME = "mlflow.db"
 URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+log = logging.getLogger(__name__)
+
+
+CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):"
+                         r"(?P<password>[^@/\s]+)@")
+CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URI in it (`scheme://user:password@host`) replaced
+    by `***`: what is logged, tagged or printed about a tracking URI."""
+    return CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts URI passwords from every record a handler writes (`redact`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if CREDENTIALS.search(message):
+            record.msg, record.args = redact(message), None
+        return True
+
+
+def credentials_out_of_uri(uri: str) -> str:
+    """An HTTP tracking URI without its `user:password@`, which MLflow then sends from
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (set here unless the user set them):
+    MLflow prints the URI of an HTTP store (its run links), so it must not hold the password.
+    Other URIs (a database's) are returned as they are; only their logged forms are
+    redacted."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or parts.password is None:
+        return uri
+    for name, value in zip(CREDENTIAL_VARIABLES, (parts.username, parts.password),
+                           strict=True):
+        os.environ.setdefault(name, unquote(value or ""))
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def local_store_uri(store_dir: str | Path) -> str:
@@ -33,11 +76,14 @@ def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
     MLflow also writes the URI into os.environ (for subprocesses); that is undone, so the
     process environment keeps meaning what the user set.
 
+    An HTTP URI's credentials are passed to MLflow through its credential variables
+    (`credentials_out_of_uri`), so that MLflow never prints them.
+
     Returns:
-        The tracking URI in use.
+        The tracking URI in use (redacted: `redact`).
     """
     if tracking_uri:
-        uri = tracking_uri
+        uri = credentials_out_of_uri(tracking_uri)
     else:
         Path(store_dir).mkdir(parents=True, exist_ok=True)
         uri = local_store_uri(store_dir)
@@ -49,7 +95,7 @@ def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    return uri
+    return redact(uri)
 
 
 def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
@@ -66,37 +112,47 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         return
     url = f"{tracking_uri.rstrip('/')}/health"
+    shown = redact(tracking_uri)
     try:
         answer = requests.get(url, timeout=timeout)
     except requests.RequestException as error:
-        raise SetupError(
-            f"cannot reach the MLflow tracking server at {tracking_uri} "
+        raise SetupError(redact(
+            f"cannot reach the MLflow tracking server at {shown} "
             f"({type(error).__name__}: {error}); start it, or unset MLFLOW_TRACKING_URI / "
-            "--tracking-uri to use the local store") from error
+            "--tracking-uri to use the local store")) from None
     if not answer.ok:
-        raise SetupError(f"{tracking_uri} is not an MLflow tracking server: {url} answered "
+        raise SetupError(f"{shown} is not an MLflow tracking server: {redact(url)} answered "
                          f"HTTP {answer.status_code}; check MLFLOW_TRACKING_URI / --tracking-uri")
 
 
 def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path):
     """The run `--resume` continues: its logged parameters and tags.
 
+    A RUNNING run is taken over only when the process holding it is gone (see
+    pipelines.tracking.leases); the takeover is logged with the reason.
+
     Returns:
         (params, tags) of the run.
 
     Raises:
-        SetupError: No such run, or it is still RUNNING or already FINISHED.
+        SetupError: No such run, it is RUNNING with a live (or unknown) process, or it is
+            already FINISHED.
     """
     connect(tracking_uri, store_dir)
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException as error:
-        raise SetupError(f"--resume {run_id}: no such run in {tracking_uri or store_dir} "
-                         f"({error.message})") from error
-    if run.info.status not in ("KILLED", "FAILED"):
+        raise SetupError(redact(f"--resume {run_id}: no such run in "
+                                f"{tracking_uri or store_dir} ({error.message})")) from error
+    tags = dict(run.data.tags)
+    if run.info.status == "RUNNING":
+        why = leases.holder_is_gone(run_id, tags)
+        log.warning("--resume %s: taking over a dead run that is still marked RUNNING: %s",
+                    run_id, why)
+    elif run.info.status not in ("KILLED", "FAILED"):
         raise SetupError(f"--resume {run_id}: the run is {run.info.status}; only KILLED or "
-                         "FAILED runs can be resumed")
-    return dict(run.data.params), dict(run.data.tags)
+                         "FAILED runs, or RUNNING runs whose process is gone, can be resumed")
+    return dict(run.data.params), tags
 
 
 def ensure_experiment(name: str, store_dir: str | Path, local: bool) -> str:
@@ -123,7 +179,9 @@ def tracked_run(
     reopened instead.
 
     The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM (see `Terminated`) and
-    FAILED on any other exception, which is re-raised.
+    FAILED on any other exception, which is re-raised. While it is open, its process holds
+    the run's lease (`leases.Heartbeat`), so that a process that dies without ending the run
+    can be told from one still running.
     """
     connect(tracking_uri, store_dir)
     if resume_run_id:
@@ -133,7 +191,8 @@ def tracked_run(
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
                                tags=dict(tags or {}), nested=mlflow.active_run() is not None)
     try:
-        yield run.info.run_id
+        with leases.Heartbeat(run.info.run_id):
+            yield run.info.run_id
     except KeyboardInterrupt:
         mlflow.end_run(status="KILLED")
         raise
@@ -157,7 +216,7 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:
-    mlflow.set_tags({key: str(value) for key, value in tags.items()})
+    mlflow.set_tags({key: redact(str(value)) for key, value in tags.items()})
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
@@ -203,7 +262,7 @@ def log_dict(data: Mapping[str, Any], path: str) -> None:
 
 
 def log_params(params: Mapping[str, Any]) -> None:
-    mlflow.log_params({key: str(value) for key, value in params.items()})
+    mlflow.log_params({key: redact(str(value)) for key, value in params.items()})
 
 
 def log_table(table, path: str) -> None:

@@ -1,0 +1,54 @@
+"""The errors the data, feature and model code raise for a problem the user can fix: an
+option's value, a data folder, a split, a file. The command line reports each as
+`error: ...` (exit status 2) without a traceback; any other exception is a bug and shows its
+traceback (see pipelines.cli).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # no space, file-size limit, quota
+
+
+class PipelineError(Exception):
+    """A problem the user can fix; its message names the value, file or folder and what was
+    expected."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """An option value outside what it accepts, or options that cannot be combined."""
+
+
+class DataError(PipelineError, ValueError):
+    """Data that cannot be used as given: a folder's layout, a split too small, a label."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A data folder or file that does not exist."""
+
+
+class DiskFullError(PipelineError, OSError):
+    """The disk holding a folder the run writes (or the process's file-size limit) ran out."""
+
+
+@contextlib.contextmanager
+def disk_space_errors(folder: Path, partial: Path) -> Iterator[None]:
+    """Turns a full disk, quota or file-size limit while writing `partial` (a file or folder
+    under `folder`) into a DiskFullError naming the folder, with `partial` removed."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_FULL_ERRNOS:
+            raise
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+        raise DiskFullError(f"no space left to write {folder} ({error.strerror}); the "
+                            f"partial {partial.name} was removed: free space there or choose "
+                            "another folder with its option") from error

@@ -1,0 +1,107 @@
+"""Who is running a RUNNING run: the lease a training process holds on its MLflow run.
+
+A run that dies hard (SIGKILL, the OOM killer, a power cut, or a tracking server that went
+away so that its end could not be recorded) stays RUNNING in the store. To tell such a run
+from one still training, the process tags its run with its host, pid and process start time
+(`lease.host`, `lease.pid`, `lease.process_started`) and renews `lease.heartbeat` (Unix
+seconds) every HEARTBEAT_SECONDS from a background thread. `--resume` takes over a RUNNING
+run only when its process is provably gone: on the same host, no live process has that pid
+and start time; on another host, the heartbeat is older than LEASE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+
+import psutil
+import requests
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipelines.errors import SetupError
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 30.0
+LEASE_SECONDS = 120.0  # four missed heartbeats: the process on another host is gone
+HOST, PID, PROCESS_STARTED, HEARTBEAT = ("lease.host", "lease.pid", "lease.process_started",
+                                         "lease.heartbeat")
+
+
+def process_started(pid: int) -> float | None:
+    """When process `pid` started (Unix seconds), or None when no such process exists."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def holder_tags() -> dict[str, str]:
+    """This process's lease: its host, pid and start time, and a fresh heartbeat."""
+    return {HOST: socket.gethostname(), PID: str(os.getpid()),
+            PROCESS_STARTED: repr(process_started(os.getpid())), HEARTBEAT: repr(time.time())}
+
+
+def holder_is_gone(run_id: str, tags: Mapping[str, str], now: float | None = None) -> str:
+    """Why the process holding RUNNING run `run_id` is known to be gone (for the message
+    that the run is taken over).
+
+    Raises:
+        SetupError: The process is alive (or may be: a lease on another host renewed within
+            LEASE_SECONDS), or the run has no lease to tell.
+    """
+    if HOST not in tags or PID not in tags:
+        raise SetupError(f"--resume {run_id}: the run is RUNNING and holds no lease (host, "
+                         "pid) to tell whether its process is alive; only KILLED or FAILED "
+                         "runs, or RUNNING runs whose process is gone, can be resumed")
+    host, pid = tags[HOST], int(tags[PID])
+    if host == socket.gethostname():
+        started = process_started(pid)
+        if started is not None and abs(started - float(tags.get(PROCESS_STARTED, "nan"))) < 1:
+            raise SetupError(f"--resume {run_id}: the run is RUNNING and its process (pid "
+                             f"{pid} on this host) is alive; stop it first (Ctrl-C or kill "
+                             f"{pid} ends the run KILLED)")
+        return f"its process (pid {pid} on this host) no longer exists"
+    age = (time.time() if now is None else now) - float(tags.get(HEARTBEAT, "0"))
+    if age < LEASE_SECONDS:
+        raise SetupError(f"--resume {run_id}: the run is RUNNING on {host} (pid {pid}), whose "
+                         f"lease was renewed {age:.0f} s ago; if that process is gone, resume "
+                         f"after its lease expires ({LEASE_SECONDS - age:.0f} s)")
+    return f"its process (pid {pid} on {host}) has not renewed its lease for {age:.0f} s"
+
+
+class Heartbeat:
+    """Renews the lease of run `run_id` every `interval` seconds until stopped (a context
+    manager). A renewal that fails (the server is briefly away) is logged and retried at the
+    next beat; the lease then simply ages."""
+
+    def __init__(self, run_id: str, interval: float = HEARTBEAT_SECONDS):
+        self.run_id = run_id
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.beat, name=f"lease {run_id}", daemon=True)
+        self.client = MlflowClient()
+
+    def __enter__(self) -> Heartbeat:
+        for key, value in holder_tags().items():
+            self.client.set_tag(self.run_id, key, value)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopped.set()
+        # a renewal stuck in the client's retries (a server gone away) must not hold up the
+        # end of the run; the daemon thread ends with the process
+        self.thread.join(timeout=5)
+
+    def beat(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.client.set_tag(self.run_id, HEARTBEAT, repr(time.time()))
+            except (MlflowException, requests.RequestException) as error:
+                log.warning("could not renew the lease of run %s: %s", self.run_id, error)
