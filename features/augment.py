@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from features.errors import ConfigError
 from features.mfcc import MfccConfig, extractor
 
 
@@ -43,13 +44,13 @@ class AugmentConfig:
 
     def __post_init__(self):
         if not 0 <= self.speed_change < 1:
-            raise ValueError(f"speed_change must be within [0, 1), got {self.speed_change}")
+            raise ConfigError(f"speed_change must be within [0, 1), got {self.speed_change}")
         for name in ("time_shift_ms", "noise_volume", "time_masks", "time_mask_frames",
                      "freq_masks", "freq_mask_bins"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.noise_prob <= 1:
-            raise ValueError(f"noise_prob must be within [0, 1], got {self.noise_prob}")
+            raise ConfigError(f"noise_prob must be within [0, 1], got {self.noise_prob}")
 
     @property
     def active(self) -> bool:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from features import tfds_speech
 from features.audio import decode_recording
+from features.errors import ConfigError
 from features.feature_cache import cached_features
 from features.mfcc import MfccConfig
 from features.speech_commands import (
@@ -30,11 +31,12 @@ from features.speech_commands import (
 from features.speech_features import (
     decode_examples,
     extract_features,
+    source_cache_key,
     split_features,
     split_waveforms,
-    waveform_chunks,
+    store_waveforms,
 )
-from features.splits import SPLITS, LabelledInputs, Lineage, Splits
+from features.splits import SPLITS, LabelledInputs, Lineage, Splits, require_usable_splits
 from features.tfds_source import SOURCES
 
 
@@ -114,8 +116,12 @@ def prepare_folder(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccCo
                    *, waveforms: bool) -> SpeechData:
     """Reads a Speech Commands folder and computes (or loads cached) MFCC frames per split."""
     if not source.data_dir:
-        raise ValueError("no data folder: pass --data-dir or set SPEECH_COMMANDS_DIR")
+        raise ConfigError("no data folder: pass --data-dir or set SPEECH_COMMANDS_DIR")
     data = load_speech_commands(source.data_dir, splits, mfcc.audio)  # logs its notes
+    require_usable_splits(source.data_dir, data.class_counts(),
+                          "give validation_list.txt and testing_list.txt naming clips of the "
+                          "folder, or change --validation-pct / --test-pct (the speaker-hash "
+                          "split of clips the lists do not name)")
     index = {label: i for i, label in enumerate(data.labels)}
     x, y, digests, cached = {}, {}, {}, []
     skipped = list(data.skipped)  # dropped duplicates
@@ -155,13 +161,23 @@ def prepare_folder(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccCo
 
 def prepare_tfds(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccConfig,
                  *, waveforms: bool) -> SpeechData:
-    """Reads tensorflow-datasets' speech_commands and computes (or loads cached) MFCC frames."""
+    """Reads tensorflow-datasets' speech_commands and computes (or loads cached) MFCC frames.
+
+    Each split is streamed from TFDS into the cache in chunks, never held whole; a cache
+    entry is keyed by the split's TFDS name (dataset, config, version, split), size and
+    labels, and the feature config. The training waveforms augmentation needs are cached the
+    same way, and memory-mapped like the frames.
+
+    Raises:
+        ConfigError: Options --source tfds cannot honour.
+        DatasetUnavailableError: No prepared dataset, offline.
+    """
     if splits.task != "12-class":
-        raise ValueError("--source tfds provides the 12-class task only; use --source folder "
-                         "for --task all-words")
+        raise ConfigError("--source tfds provides the 12-class task only; use --source "
+                          "folder for --task all-words")
     if mfcc.sample_rate != 16000:
-        raise ValueError("--source tfds holds 16 kHz audio; keep --sample-rate 16000")
-    releases = tfds_speech.read_tfds_speech_commands(source.tfds_data_dir, mfcc.clip_samples)
+        raise ConfigError("--source tfds holds 16 kHz audio; keep --sample-rate 16000")
+    releases = tfds_speech.read_tfds_speech_commands(source.tfds_data_dir)
     labels = TWELVE_CLASS_LABELS
     index = {label: i for i, label in enumerate(labels)}
     origin = (f"tfds://{tfds_speech.TFDS_NAME}/"
@@ -169,20 +185,23 @@ def prepare_tfds(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccConf
     x, y, digests, cached = {}, {}, {}, []
     train_waveforms = None
     for split, data in releases.items():
-        hasher = hashlib.sha256(data.waveforms.tobytes())
-        hasher.update("|".join(data.labels).encode())
-        digests[split] = hasher.hexdigest()[:16]
-        key = hashlib.sha256(f"{origin}|{split}|{digests[split]}|{mfcc}".encode()).hexdigest()
+        digests[split] = data.digest
+        name = f"tfds|{data.name}|{digests[split]}"
         features = cached_features(
-            source.cache_folder, key[:24],
-            lambda out, w=data.waveforms, s=split: extract_features(
-                waveform_chunks(w), len(w), mfcc, out, f"MFCC {s}"))
+            source.cache_folder, source_cache_key(name, mfcc),
+            lambda out, d=data, s=split: extract_features(
+                d.waveform_chunks(mfcc.clip_samples), len(d), mfcc, out, f"MFCC {s}"))
         x[split] = features.frames
         y[split] = np.asarray([index[label] for label in data.labels], np.int32)
         cached.append(features.from_cache)
         if split == "train":
             moments = features.mean, features.variance
-            train_waveforms = data.waveforms if waveforms else None
+            if waveforms:
+                train_waveforms = cached_features(
+                    source.cache_folder, source_cache_key(name, mfcc, "waveforms"),
+                    lambda out, d=data: store_waveforms(
+                        d.waveform_chunks(mfcc.clip_samples), len(d), mfcc.clip_samples,
+                        out)).frames
     summary = {
         "source": origin,
         "split_method": "tfds",

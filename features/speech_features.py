@@ -52,6 +52,14 @@ def cache_key(examples: Sequence[Example], data_dir: Path, config: MfccConfig,
     return hasher.hexdigest()[:24]
 
 
+def source_cache_key(source: str, config: MfccConfig, kind: str = "mfcc") -> str:
+    """Hash of a versioned source's name (a TFDS dataset's name, config, version, split and
+    size: its content is fixed by them), the feature config and what the entry holds."""
+    hasher = hashlib.sha256()
+    hasher.update(json.dumps([CACHE_FORMAT, kind, dataclasses.asdict(config), source]).encode())
+    return hasher.hexdigest()[:24]
+
+
 def silence_window(noise: np.ndarray, example: Example, clip_samples: int) -> np.ndarray:
     """Cuts a silence example's window from its noise recording and scales it to its RMS."""
     window = noise[example.offset : example.offset + clip_samples]
@@ -234,10 +242,19 @@ def compute_waveforms(
     given, skipping undecodable clips exactly as the feature stage does (so row i of the
     waveforms and of the MFCC frames are the same clip). The moments are left empty."""
     decoder = ExampleDecoder(examples, Path(data_dir), spec)
+    return store_waveforms(decoder.chunks(), len(examples), spec.clip_samples, out)
+
+
+def store_waveforms(
+    chunks: Iterable[Callable[[], DecodedChunk]], total: int, clip_samples: int,
+    out: Path | None = None,
+) -> SplitFeatures:
+    """The waveforms of `chunks` (as `extract_features` takes them) as one (clips, samples)
+    float32 array, streamed to `out` when given; the moments are left empty."""
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
-    with RowSink(out, len(examples), (spec.clip_samples,)) as sink:
-        for task in decoder.chunks():
+    with RowSink(out, total, (clip_samples,)) as sink:
+        for task in chunks:
             chunk = task()
             skipped += chunk.skipped
             sink.write(chunk.waveforms)

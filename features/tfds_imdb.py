@@ -1,8 +1,15 @@
-"""IMDB reviews through tensorflow-datasets (`imdb_reviews/plain_text`)."""
+"""IMDB reviews through tensorflow-datasets (`imdb_reviews/plain_text`).
+
+Each review's id is `<split>/<index>` in the TFDS split. Reviews are decoded as UTF-8 with
+undecodable bytes replaced (noted); empty ones are skipped. Reviews with identical text are
+kept once, as the folder reader (features.imdb) keeps them: test before train, and within a
+split the first by id (in string order); every dropped copy is skipped as "duplicate of <kept
+id>", before validation is carved out of train, so that no text is in two splits.
+"""
 
 from __future__ import annotations
 
-from features.imdb import ImdbData, Review, carve_validation
+from features.imdb import ImdbData, Review, carve_validation, drop_duplicate_reviews
 from features.tfds_source import prepared_builder, prepared_version
 
 TFDS_NAME = "imdb_reviews"
@@ -29,10 +36,11 @@ def imdb_builder(data_dir: str | None):
 
 
 def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int) -> ImdbData:
-    """Reads `train` and `test`, carving validation out of `train` as the folder reader does.
+    """Reads `train` and `test`, drops duplicate reviews and carves validation out of
+    `train`, as the folder reader does (see the module docstring).
 
-    Reviews are decoded as UTF-8 with undecodable bytes replaced; empty ones are skipped and
-    counted. Each review's id is `<split>/<index>` in the TFDS split.
+    Raises:
+        DatasetUnavailableError: Not prepared in `data_dir` and the download host is unreachable.
     """
     import tensorflow_datasets as tfds  # on use: seconds to import, only --source tfds
 
@@ -53,8 +61,10 @@ def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int) ->
                 continue
             reviews.append(Review(text, names[int(example["label"])], review_id))
         splits[split] = reviews
-    train, validation = carve_validation(splits["train"], validation_pct, seed)
+    distinct, duplicates = drop_duplicate_reviews(splits)
+    train, validation = carve_validation(distinct["train"], validation_pct, seed)
     return ImdbData(
-        {"train": train, "validation": validation, "test": splits["test"]}, skipped, replaced,
+        {"train": train, "validation": validation, "test": distinct["test"]},
+        skipped + duplicates, replaced,
         f"tfds://{TFDS_NAME}/{prepared_version(TFDS_NAME, data_dir)}",
-        f"stratified {validation_pct:g} % of train, seed {seed}")
+        f"stratified {validation_pct:g} % of train (duplicates dropped first), seed {seed}")

@@ -1,5 +1,7 @@
 """Training-time augmentation: time shift, noise mixing, SpecAugment, augmented batches."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from features.augment import (
     spec_augment,
     time_shift,
 )
+from features.errors import ConfigError
 from features.input_pipelines import AugmentedBatches
 from features.mfcc import MfccConfig, feature_shape, mfcc_frames
 
@@ -50,7 +53,7 @@ def test_change_speed_stretches_around_the_centre():
 
 @pytest.mark.parametrize("change", [-0.1, 1.0])
 def test_speed_change_must_be_a_fraction(change):
-    with pytest.raises(ValueError, match="speed_change"):
+    with pytest.raises(ConfigError, match="speed_change"):
         AugmentConfig(speed_change=change)
 
 
@@ -94,7 +97,7 @@ def test_spec_augment_sets_masked_runs_to_the_fill_value():
 @pytest.mark.parametrize("field, value", [("time_shift_ms", -1), ("noise_prob", 1.5),
                                           ("freq_masks", -2)])
 def test_augment_config_rejects_bad_values(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ConfigError, match=field):
         AugmentConfig(**{field: value})
 
 
@@ -158,3 +161,36 @@ def test_shards_of_augmented_batches_split_each_batch_and_drop_a_last_one_too_sm
     assert not np.allclose(np.concatenate(first) % 1, np.concatenate(second) % 1)
     with pytest.raises(ValueError, match="shard 2 is not one of 2 shards"):
         AugmentedBatches(rows, labels, 4, 3, jitter, shuffle_seed=0, shard=2, shards=2)
+
+
+def mapped_rss_kb(path) -> int:
+    """Resident kB of this process's mappings of `path` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split()[0]:  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_augmented_batches_read_large_waveform_maps_without_making_them_resident(tmp_path):
+    rows = np.random.default_rng(0).standard_normal((256, 4096)).astype(np.float32)  # 4 MB
+    path = tmp_path / "waveforms.f32"
+    rows.tofile(path)
+    mapped = np.memmap(path, np.float32, "r", shape=rows.shape)
+    labels = np.arange(256) % 3
+
+    def identity(batch, rng):
+        return batch
+
+    streamed = AugmentedBatches(mapped, labels, 32, 3, identity, shuffle_seed=1,
+                                stream_over_bytes=2**20)
+    in_memory = AugmentedBatches(rows, labels, 32, 3, identity, shuffle_seed=1)
+    for (x, y), (x_memory, y_memory) in zip(streamed, in_memory, strict=True):
+        np.testing.assert_array_equal(x, x_memory)
+        np.testing.assert_array_equal(y, y_memory)
+    assert mapped_rss_kb(path) == 0  # read with pread, not through the map
+    loaded = AugmentedBatches(mapped, labels, 32, 3, identity, shuffle_seed=1)
+    list(loaded)
+    assert mapped_rss_kb(path) >= 3000  # what the check would see through the map

@@ -13,21 +13,27 @@ from pipelines.sentiment import SentimentConfig
 from tests.datasets import review_text
 
 
-def write_tfds_imdb(data_dir: Path, per_label: dict[str, int]) -> None:
+def write_tfds_imdb(data_dir: Path, per_label: dict[str, int], *, copies: bool = False) -> None:
     """Writes a small `imdb_reviews/plain_text` in TFDS' own on-disk format (TFRecord +
     metadata), using the registered builder's feature spec so tfds.builder() reads it as
-    prepared. The first train review is empty and the second holds an undecodable byte."""
+    prepared. The first train review is empty and the second holds an undecodable byte; with
+    `copies`, the third train review is a copy of the first test review and the fourth and
+    fifth are the same review twice."""
     features = tfds.builder("imdb_reviews", data_dir=str(data_dir)).info.features
     splits = {}
     for split, count in per_label.items():
         examples = []
         for label_index, label in enumerate(("neg", "pos")):
             for n in range(count):
-                text = review_text(label, seed=n * 2 + label_index).encode()
+                seed = n * 2 + label_index + (1000 if split == "test" else 0)  # no copies
+                text = review_text(label, seed=seed).encode()
                 examples.append((f"{split}-{label}-{n}", {"text": text, "label": label_index}))
         splits[split] = examples
     splits["train"][0] = ("empty", {"text": b"   ", "label": 0})
     splits["train"][1] = ("bad-byte", {"text": b"Awful \xff film", "label": 0})
+    if copies:
+        splits["train"][2] = ("test-copy", splits["test"][0][1])
+        splits["train"][4] = ("train-copy", splits["train"][3][1])
     tfds.dataset_builders.store_as_tfds_dataset(
         name="imdb_reviews", config="plain_text", version="1.0.0", features=features,
         split_datasets=splits, data_dir=str(data_dir))
@@ -44,6 +50,20 @@ def test_reads_the_tfds_format(tmp_path: Path):
     texts = [r.text for split in ("train", "validation") for r in data.splits[split]]
     assert "Awful \ufffd film" in texts
     assert data.source == "tfds://imdb_reviews/1.0.0"
+
+
+def test_duplicate_reviews_are_kept_once_test_first(tmp_path: Path):
+    write_tfds_imdb(tmp_path / "tfds", {"train": 10, "test": 4}, copies=True)
+    data = read_tfds_imdb(str(tmp_path / "tfds"), validation_pct=20, seed=0)
+    reviews = {review.path: review.text for split in data.splits.values() for review in split}
+    assert len(reviews) == 15 + 4 - 2 + 8 and len(set(reviews.values())) == len(reviews)
+    dropped = {path: reason.removeprefix("duplicate of ") for path, reason in data.skipped
+               if reason.startswith("duplicate of ")}
+    assert len(dropped) == 2 and all(path.startswith("train/") for path in dropped)
+    kept = sorted(dropped.values())
+    assert kept[0].startswith("test/") and kept[1].startswith("train/")
+    assert kept[1] < next(path for path in dropped if dropped[path] == kept[1])  # first by id
+    assert all(kept_id in reviews for kept_id in kept)
 
 
 def test_pipeline_trains_from_tfds(tmp_path: Path):

@@ -7,6 +7,9 @@ import pytest
 import tensorflow_datasets as tfds
 from mlflow.tracking import MlflowClient
 
+from features.mfcc import MfccConfig, extractor
+from features.speech_commands import SplitConfig
+from features.speech_data import SpeechSourceConfig, prepare_speech_data
 from features.tfds_source import DatasetUnavailableError
 from features.tfds_speech import read_tfds_speech_commands
 from pipelines import speech
@@ -35,13 +38,37 @@ def write_tfds_speech_commands(data_dir: Path, per_class: dict[str, int]) -> Non
         data_dir=str(data_dir))
 
 
-def test_reads_the_tfds_format(tmp_path: Path):
+def test_reads_labels_first_and_audio_in_chunks(tmp_path: Path):
     write_tfds_speech_commands(tmp_path / "tfds", {"train": 2, "validation": 1, "test": 1})
-    splits = read_tfds_speech_commands(str(tmp_path / "tfds"), 16000)
-    assert splits["train"].waveforms.shape == (24, 16000)
-    assert splits["train"].waveforms.dtype == np.float32
+    splits = read_tfds_speech_commands(str(tmp_path / "tfds"))
+    train = splits["train"]
+    assert len(train) == 24 and train.name == "speech_commands/0.0.3/train"
     assert sorted(set(splits["test"].labels)) == sorted(TFDS_LABELS)
-    assert np.abs(splits["train"].waveforms).max() <= 1.0
+    chunks = [task() for task in train.waveform_chunks(16000, size=10)]
+    assert [chunk.kept for chunk in chunks] == [list(range(0, 10)), list(range(10, 20)),
+                                                list(range(20, 24))]
+    waveforms = np.concatenate([chunk.waveforms for chunk in chunks])
+    assert waveforms.shape == (24, 16000) and waveforms.dtype == np.float32
+    assert np.abs(waveforms).max() <= 1.0 and np.abs(waveforms[:, :14400]).max() > 0
+    assert not waveforms[:, 15200:].any()  # clips of 0.9 s and 0.95 s, zero-padded at the end
+
+
+def test_streams_each_split_into_the_cache_keyed_by_its_tfds_name(tmp_path: Path):
+    write_tfds_speech_commands(tmp_path / "tfds", {"train": 2, "validation": 1, "test": 1})
+    source = SpeechSourceConfig(source="tfds", tfds_data_dir=str(tmp_path / "tfds"),
+                                cache_dir=str(tmp_path / "cache"))
+    mfcc = MfccConfig()
+    first = prepare_speech_data(source, SplitConfig(), mfcc, waveforms=True)
+    again = prepare_speech_data(source, SplitConfig(), mfcc, waveforms=True)
+    assert not first.lineage.from_cache and again.lineage.from_cache
+    assert again.lineage.digests == first.lineage.digests
+    waveforms = again.train_waveforms
+    assert isinstance(waveforms, np.memmap) and waveforms.shape == (24, 16000)
+    assert isinstance(again.splits.x["train"], np.memmap)
+    # row i of the cached waveforms is the clip of row i of the frames and labels
+    np.testing.assert_allclose(extractor(mfcc)(np.asarray(waveforms[:6])),
+                               again.splits.x["train"][:6], atol=1e-4)
+    assert np.bincount(again.splits.y["train"]).tolist() == [2] * 12
 
 
 def test_pipeline_trains_from_tfds(tmp_path: Path):
@@ -58,7 +85,7 @@ def test_pipeline_trains_from_tfds(tmp_path: Path):
 
 def test_offline_without_prepared_data_fails_at_once_naming_data_dir(tmp_path: Path, capsys):
     with pytest.raises(DatasetUnavailableError, match="--data-dir"):
-        read_tfds_speech_commands(str(tmp_path / "empty"), 16000)
+        read_tfds_speech_commands(str(tmp_path / "empty"))
     assert not (tmp_path / "empty" / "downloads").exists()  # failed before any download
     code = speech.main(["--source", "tfds", "--tfds-data-dir", str(tmp_path / "empty"),
                         "--store-dir", str(tmp_path / "mlruns")])
