@@ -205,18 +205,3 @@ def test_tutorial_cnn_reference_is_logged_beside_the_recurrent_runs(speech_dir: 
     assert answer.loc[0, "label"] == answer.filter(like="probability_").iloc[0].idxmax()[
         len("probability_"):]
 
-
-def test_class_names_mlflow_cannot_use_get_safe_metric_names(speech_dir: Path, tmp_path: Path):
-    for old, new in (("bed", "it's"), ("cat", "über word")):
-        (speech_dir / old).rename(speech_dir / new)
-        for name in ("validation_list.txt", "testing_list.txt"):
-            lists = speech_dir / name
-            lists.write_text(lists.read_text().replace(f"{old}/", f"{new}/"))
-    assert speech.main(small_args(speech_dir, tmp_path, "--task", "all-words", "--epochs",
-                                  "1")) == 0
-    tracking.connect(None, tmp_path / "mlruns")
-    client = MlflowClient()
-    (run,) = client.search_runs([client.get_experiment_by_name("speech-commands").experiment_id])
-    assert {"test_recall_it_s", "test_precision_uber_word"} <= set(run.data.metrics)
-    label_map = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/label_map.json")
-    assert label_map["metric_names"]["über word"] == "uber_word"

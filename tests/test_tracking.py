@@ -5,12 +5,13 @@ from pathlib import Path
 
 import joblib
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from models.baseline import TfidfConfig, build_tfidf_logreg
-from pipelines import tracking
+from pipelines import evaluation, tracking
 from pipelines.tracking import registry
 
 
@@ -150,3 +151,19 @@ def test_connect_leaves_the_environment_as_it_was(tmp_path: Path, monkeypatch):
     assert uri == f"sqlite:///{(tmp_path / 'store').resolve()}/mlflow.db"
     assert mlflow.get_tracking_uri() == uri
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_class_names_mlflow_cannot_use_get_safe_metric_names(tmp_path: Path):
+    """Folder names such as `it's` or `über word` are not MLflow metric names: the run's
+    metrics use the mapped names, which label_map.json records when the data is logged,
+    before training."""
+    labels = ("it's", "über word", "it s", "日本", "yes")
+    names = evaluation.metric_names(labels)
+    assert names == {"it's": "it_s", "über word": "uber_word", "it s": "it_s_2",
+                     "日本": "class3", "yes": "yes"}
+    with tracking.tracked_run("exp", tracking_uri=None, store_dir=tmp_path / "mlruns") as run_id:
+        probabilities = np.eye(5)[[0, 1, 2, 3, 4, 0]]
+        evaluation.log_evaluation(probabilities, np.array([0, 1, 2, 3, 4, 4]), labels)
+    metrics = MlflowClient().get_run(run_id).data.metrics
+    assert metrics["test_recall_uber_word"] == 1 and metrics["test_recall_yes"] == 0.5
+    assert {f"test_precision_{name}" for name in names.values()} <= set(metrics)
