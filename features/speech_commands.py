@@ -31,6 +31,7 @@ from features.audio import AudioSpec
 from features.errors import ConfigError, DataError, DataNotFoundError
 from features.speech_splits import (
     assign_splits,
+    content_hashes,
     drop_duplicate_clips,
     split_list_notes,
 )
@@ -105,7 +106,8 @@ class SpeechCommandsData:
         notes: What reading the folder noticed (left-out folders, missing lists, ...).
         listed_missing_paths: The first `MAX_LISTED_PATHS` of those names, sorted.
         skipped: (path, reason) of each clip left out, e.g. a duplicate's dropped copy.
-        content_hashes: Path -> SHA-256 of the file's bytes, for the digests.
+        content_hashes: Path -> SHA-256 of the bytes of each kept clip and noise
+            recording, for the digests.
     """
 
     data_dir: Path
@@ -125,10 +127,7 @@ class SpeechCommandsData:
         hasher = hashlib.sha256()
         for split in splits:
             for example in self.examples[split]:
-                content = self.content_hashes.get(example.path)
-                if content is None:  # a noise recording (a few, of seconds each)
-                    with open(self.data_dir / example.path, "rb") as handle:
-                        content = hashlib.file_digest(handle, "sha256").hexdigest()
+                content = self.content_hashes[example.path]
                 hasher.update(
                     f"{split}|{example.label}|{example.path}|{content}|{example.offset}|"
                     f"{example.rms:.6g}\n".encode()
@@ -284,6 +283,7 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
     if missing_words:
         raise DataError(f"{data_dir}: command word folders missing: {', '.join(missing_words)}")
     noise = noise_recordings(data_dir, audio.sample_rate)
+    hashes.update(content_hashes(data_dir, list(noise)))  # the _silence_ windows' sources
     silence_rms = (splits.silence_rms_min, splits.silence_rms_max)
     examples = {}
     for index, split in enumerate(SPLITS):

@@ -23,7 +23,7 @@ from sklearn.metrics import (
 )
 
 from features.splits import LabelledInputs, Splits
-from pipelines import tracking
+from pipelines import serving, tracking
 from pipelines.errors import DataError
 
 
@@ -221,15 +221,12 @@ def predict_in_groups(model, inputs):
 
 def request_chunks(records: list[dict]) -> list[list[int]]:
     """Positions of `records` in consecutive chunks of at most EVALUATE_CHUNK rows and
-    EVALUATE_CHUNK_BYTES of payload (bytes; text as UTF-8; a waveform's samples as 8 bytes
-    each), inside the bounds a served model sets on one request (pipelines.serving)."""
+    EVALUATE_CHUNK_BYTES of payload (counted as the served models count it,
+    `serving.row_bytes`), inside the bounds they set on one request."""
     chunks: list[list[int]] = [[]]
     size = 0
     for position, record in enumerate(records):
-        row = sum(len(value) if isinstance(value, bytes)
-                  else len(value.encode("utf-8", "surrogatepass")) if isinstance(value, str)
-                  else 8 * len(value) if hasattr(value, "__len__") else 8
-                  for value in record.values())
+        row = serving.row_bytes(record)
         if chunks[-1] and (len(chunks[-1]) == EVALUATE_CHUNK
                            or size + row > EVALUATE_CHUNK_BYTES):
             chunks.append([])

@@ -96,6 +96,12 @@ def text_bytes(value: Any) -> int:
     return len(value) if isinstance(value, bytes | bytearray) else 0
 
 
+def row_bytes(row: dict) -> int:
+    """A request row's payload as the bounds count it: audio and waveform (`speech_row_bytes`)
+    plus review text (`text_bytes`)."""
+    return speech_row_bytes(row) + text_bytes(row.get("text"))
+
+
 def load_artifact(path: str | Path, load: Callable[[Path], Any], kind: str) -> Any:
     """`load(path)` for one of a model's artifact files.
 

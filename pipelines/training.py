@@ -166,6 +166,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.directory = Path(directory)
         self.stopper = stopper
         self.history = {key: list(values) for key, values in (history or {}).items()}
+        self._best_saved: tuple[Path, int] | None = None  # (folder, best epoch) of best.npz
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
@@ -175,30 +176,31 @@ class EpochCheckpoint(keras.callbacks.Callback):
                  "stopped": bool(self.model.stop_training and stopper.wait >= stopper.patience),
                  "stopper": {"wait": stopper.wait, "best_epoch": stopper.best_epoch,
                              "best": None if stopper.best is None else float(stopper.best)}}
-        previous = latest_checkpoint(self.directory)
         partial = self.directory / f"{PARTIAL_PREFIX}{epoch:04d}"
+        final = self.directory / f"{CHECKPOINT_PREFIX}{epoch:04d}"
         with disk_space_errors(self.directory, partial):
             if partial.exists():
                 shutil.rmtree(partial)
             partial.mkdir(parents=True)
-            self.write_files(partial, state, previous)
-            os.rename(partial, self.directory / f"{CHECKPOINT_PREFIX}{epoch:04d}")
+            self.write_files(partial, state)
+            os.rename(partial, final)
+        if self._best_saved is not None:
+            self._best_saved = final, self._best_saved[1]
         for older in self.directory.iterdir():
-            if older.name != f"{CHECKPOINT_PREFIX}{epoch:04d}":
+            if older != final:
                 shutil.rmtree(older, ignore_errors=True)
 
-    def write_files(self, folder: Path, state: dict, previous: Path | None) -> None:
+    def write_files(self, folder: Path, state: dict) -> None:
         """The checkpoint's files, each flushed to disk, `best.npz` linked from the previous
-        checkpoint when early stopping's best epoch has not changed."""
+        checkpoint when early stopping's best epoch has not changed since it was written."""
         self.model.save(folder / "last.keras")
         stopper = self.stopper
         if stopper.best_weights is not None:
-            kept = previous is not None and (previous / "best.npz").is_file() and read_state(
-                previous)["stopper"]["best_epoch"] == stopper.best_epoch
-            if kept:
-                os.link(previous / "best.npz", folder / "best.npz")
+            if self._best_saved is not None and self._best_saved[1] == stopper.best_epoch:
+                os.link(self._best_saved[0] / "best.npz", folder / "best.npz")
             else:
                 np.savez(folder / "best.npz", *stopper.best_weights)
+            self._best_saved = folder, stopper.best_epoch
         (folder / "state.json").write_text(json.dumps(state))
         for path in folder.iterdir():
             with open(path, "rb") as handle:

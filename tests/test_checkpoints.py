@@ -52,11 +52,11 @@ class CrashingCheckpoint(training.EpochCheckpoint):
         super().__init__(*args, **kwargs)
         self.at = at
 
-    def write_files(self, folder, state, previous):
+    def write_files(self, folder, state):
         if state["epoch"] == self.at:
             self.model.save(folder / "last.keras")
             raise SystemExit("killed between the checkpoint's files")
-        super().write_files(folder, state, previous)
+        super().write_files(folder, state)
 
 
 class LimitFilesFrom(keras.callbacks.Callback):

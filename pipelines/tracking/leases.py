@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 import psutil
 import requests
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -88,8 +89,8 @@ class Heartbeat:
         self.client = MlflowClient()
 
     def __enter__(self) -> Heartbeat:
-        for key, value in holder_tags().items():
-            self.client.set_tag(self.run_id, key, value)
+        self.client.log_batch(self.run_id, tags=[RunTag(key, value)
+                                                 for key, value in holder_tags().items()])
         self.thread.start()
         return self
 

@@ -116,7 +116,7 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
     try:
         answer = requests.get(url, timeout=timeout)
     except requests.RequestException as error:
-        raise SetupError(redact(
+        raise SetupError(redact(  # requests' message may hold the URL too
             f"cannot reach the MLflow tracking server at {shown} "
             f"({type(error).__name__}: {error}); start it, or unset MLFLOW_TRACKING_URI / "
             "--tracking-uri to use the local store")) from None
