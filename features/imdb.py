@@ -1,7 +1,8 @@
 """The Large Movie Review Dataset (aclImdb): reviews, labels and stable splits.
 
-Official layout: `train/{pos,neg}/<id>_<rating>.txt` and `test/{pos,neg}/<id>_<rating>.txt`;
-`train/unsup/` (unlabelled) is ignored. The validation split is carved out of `train`,
+Official layout: `train/{pos,neg}/<id>_<rating>.txt` and `test/{pos,neg}/<id>_<rating>.txt`,
+plus unlabelled reviews in `train/unsup/<id>_0.txt` (read only when asked for: they feed the
+encoder's pretraining, never a split). The validation split is carved out of `train`,
 stratified by label and seeded, so the test split stays the release's own.
 
 Review files are read whole, however long (the model truncates token ids to its sequence
@@ -9,7 +10,9 @@ length). A review that is empty, whitespace only, or nothing but HTML tags is sk
 reason; undecodable bytes are replaced and the file noted. Reviews with identical text are kept
 once, test before train, and within a split the first by path; every dropped copy is skipped as
 "duplicate of <kept path>". Duplicates are dropped before validation is carved out of train, so
-no text is in two splits and the carve-out stays stratified over distinct reviews.
+no text is in two splits and the carve-out stays stratified over distinct reviews. An unlabelled
+review is skipped the same way when its text is any labelled review's (so no test review enters
+pretraining) or an earlier unlabelled one's; a missing `train/unsup/` means none.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +35,7 @@ _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
 HTML_TAG = r"<\s*/?\s*[a-zA-Z][^>]*>"
 HTML_TAG_RE = re.compile(HTML_TAG)
 SPLIT_PRIORITY = ("test", "validation", "train")  # which split keeps a duplicated review
+UNLABELLED = "unsup"  # train/unsup/: the release's unlabelled reviews (label "unsup")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class ImdbData:
         replaced: Paths of reviews whose undecodable bytes were replaced.
         source: Where the reviews came from (folder or TFDS URL).
         split_method: How validation was made.
+        unlabelled: Unlabelled reviews (label "unsup"), when they were read; in no split.
     """
 
     splits: dict[str, list[Review]]
@@ -69,14 +74,11 @@ class ImdbData:
     source: str = ""
     split_method: str = ""
     labels: tuple[str, ...] = LABELS
+    unlabelled: list[Review] = field(default_factory=list)
 
     def digest(self, split: str) -> str:
         """Content digest of a split: every review's id, label and text."""
-        hasher = hashlib.sha256()
-        for review in self.splits[split]:
-            hasher.update(f"{review.path}|{review.label}|".encode())
-            hasher.update(hashlib.sha256(review.text.encode()).digest())
-        return hasher.hexdigest()[:16]
+        return reviews_digest(self.splits[split])
 
     def class_counts(self) -> dict[str, dict[str, int]]:
         counts = {}
@@ -84,6 +86,15 @@ class ImdbData:
             per_label = Counter(review.label for review in reviews)
             counts[split] = {label: per_label.get(label, 0) for label in self.labels}
         return counts
+
+
+def reviews_digest(reviews: Iterable[Review]) -> str:
+    """Content digest of reviews: every review's id, label and text, in order."""
+    hasher = hashlib.sha256()
+    for review in reviews:
+        hasher.update(f"{review.path}|{review.label}|".encode())
+        hasher.update(hashlib.sha256(review.text.encode()).digest())
+    return hasher.hexdigest()[:16]
 
 
 def rating_of(name: str) -> int | None:
@@ -130,22 +141,69 @@ def read_split_folder(data_dir: Path, split: str, *, drop_duplicates: bool = Tru
         files = sorted(folder.glob("*.txt"))
         if not files:
             raise DataError(f"{folder} holds no .txt reviews")
-        for path in files:
-            relative = path.relative_to(data_dir).as_posix()
-            text, was_replaced = read_review(path)
-            if not text.strip():
-                skipped.append((relative, "empty review"))
-                continue
-            if not HTML_TAG_RE.sub(" ", text).strip():
-                skipped.append((relative, "no text outside HTML tags"))
-                continue
-            if was_replaced:
-                replaced.append(relative)
-            reviews.append(Review(text, label, relative, rating_of(path.name)))
+        read_review_files(data_dir, files, label, reviews, skipped, replaced)
     if not drop_duplicates:
         return reviews, skipped, replaced
     distinct, duplicates = drop_duplicate_reviews({split: reviews})
     return distinct[split], skipped + duplicates, replaced
+
+
+def read_review_files(data_dir: Path, files: Iterable[Path], label: str, reviews: list[Review],
+                      skipped: list[tuple[str, str]], replaced: list[str]) -> None:
+    """Appends each file's review to `reviews`, or its (path, reason) to `skipped` when it has
+    no text (empty, or nothing outside HTML tags); paths with replaced bytes go to
+    `replaced`. Paths are relative to `data_dir`."""
+    for path in files:
+        relative = path.relative_to(data_dir).as_posix()
+        text, was_replaced = read_review(path)
+        if not text.strip():
+            skipped.append((relative, "empty review"))
+            continue
+        if not HTML_TAG_RE.sub(" ", text).strip():
+            skipped.append((relative, "no text outside HTML tags"))
+            continue
+        if was_replaced:
+            replaced.append(relative)
+        reviews.append(Review(text, label, relative, rating_of(path.name)))
+
+
+def read_unlabelled(data_dir: Path, labelled: Iterable[Review]
+                    ) -> tuple[list[Review], list[tuple[str, str]], list[str]]:
+    """Reads `<data_dir>/train/unsup/*.txt`, the release's unlabelled reviews (none when the
+    folder is absent).
+
+    Args:
+        data_dir: The aclImdb folder.
+        labelled: Every labelled review kept (test included): an unlabelled copy of one is
+            dropped, so that no test review enters pretraining.
+
+    Returns:
+        (reviews sorted by path, skipped (path, reason), paths with replaced bytes); an empty
+        or HTML-only review is skipped, and so is a copy of a labelled or earlier unlabelled
+        review ("duplicate of <kept path>").
+    """
+    folder = data_dir / "train" / UNLABELLED
+    reviews, skipped, replaced = [], [], []
+    if folder.is_dir():
+        read_review_files(data_dir, sorted(folder.glob("*.txt")), UNLABELLED, reviews,
+                          skipped, replaced)
+    distinct, copies = drop_copies_of(reviews, labelled)
+    return distinct, skipped + copies, replaced
+
+
+def drop_copies_of(reviews: Sequence[Review], kept: Iterable[Review]
+                   ) -> tuple[list[Review], list[tuple[str, str]]]:
+    """`reviews` without those whose text is a `kept` review's or an earlier one's in
+    `reviews`, and (path, "duplicate of <kept path>") of each dropped one."""
+    kept_by_text = {review.text: review.path for review in kept}
+    distinct, skipped = [], []
+    for review in reviews:
+        if review.text in kept_by_text:
+            skipped.append((review.path, f"duplicate of {kept_by_text[review.text]}"))
+        else:
+            kept_by_text[review.text] = review.path
+            distinct.append(review)
+    return distinct, skipped
 
 
 def drop_duplicate_reviews(splits: dict[str, list[Review]]
@@ -157,18 +215,16 @@ def drop_duplicate_reviews(splits: dict[str, list[Review]]
         (the reviews per split, in their order, without the dropped copies;
         (path, "duplicate of <kept path>") of each dropped copy).
     """
-    kept_by_text: dict[str, str] = {}
-    dropped: dict[str, str] = {}
+    kept: list[Review] = []
+    skipped: list[tuple[str, str]] = []
     for split in (name for name in SPLIT_PRIORITY if name in splits):
-        for review in sorted(splits[split], key=lambda review: review.path):
-            if review.text in kept_by_text:
-                dropped[review.path] = kept_by_text[review.text]
-            else:
-                kept_by_text[review.text] = review.path
-    kept = {split: [review for review in reviews if review.path not in dropped]
-            for split, reviews in splits.items()}
-    skipped = [(path, f"duplicate of {original}") for path, original in dropped.items()]
-    return kept, skipped
+        distinct, dropped = drop_copies_of(
+            sorted(splits[split], key=lambda review: review.path), kept)
+        kept += distinct
+        skipped += dropped
+    dropped_paths = {path for path, _ in skipped}
+    return ({split: [review for review in reviews if review.path not in dropped_paths]
+             for split, reviews in splits.items()}, skipped)
 
 
 def carve_validation(reviews: Sequence[Review], validation_pct: float, seed: int
@@ -194,16 +250,19 @@ def carve_validation(reviews: Sequence[Review], validation_pct: float, seed: int
     return [reviews[i] for i in sorted(train)], [reviews[i] for i in sorted(validation)]
 
 
-def load_imdb(data_dir: str | Path, *, validation_pct: float, seed: int) -> ImdbData:
+def load_imdb(data_dir: str | Path, *, validation_pct: float, seed: int,
+              unlabelled: bool = False) -> ImdbData:
     """Reads an aclImdb folder into train/validation/test reviews.
 
     Args:
         data_dir: Folder holding `train/` and `test/`.
         validation_pct: Share of `train` held out for validation (stratified by label).
         seed: Seed of the validation carve-out.
+        unlabelled: Read `train/unsup/` too (`read_unlabelled`).
 
     Returns:
-        The reviews per split; `skipped` lists empty or tag-only reviews and dropped duplicates.
+        The reviews per split (and the unlabelled ones); `skipped` lists empty or tag-only
+        reviews and dropped duplicates.
 
     Raises:
         FileNotFoundError: `data_dir` does not exist.
@@ -217,7 +276,12 @@ def load_imdb(data_dir: str | Path, *, validation_pct: float, seed: int) -> Imdb
     test, test_skipped, test_replaced = read_split_folder(data_dir, "test")
     distinct, duplicates = drop_duplicate_reviews({"train": train, "test": test})
     train, validation = carve_validation(distinct["train"], validation_pct, seed)
+    extra, extra_skipped, extra_replaced = (
+        read_unlabelled(data_dir, [*distinct["test"], *distinct["train"]]) if unlabelled
+        else ([], [], []))
     return ImdbData(
         {"train": train, "validation": validation, "test": distinct["test"]},
-        skipped + test_skipped + duplicates, replaced + test_replaced, str(data_dir.resolve()),
-        f"stratified {validation_pct:g} % of train (duplicates dropped first), seed {seed}")
+        skipped + test_skipped + duplicates + extra_skipped,
+        replaced + test_replaced + extra_replaced, str(data_dir.resolve()),
+        f"stratified {validation_pct:g} % of train (duplicates dropped first), seed {seed}",
+        unlabelled=extra)

@@ -41,7 +41,7 @@ class TokenConfig:
 
     vocabulary_size: int = field(default=20000, metadata={
         "help": "most tokens kept, padding and OOV ids included"})
-    sequence_length: int = field(default=400, metadata={
+    sequence_length: int = field(default=800, metadata={
         "help": "token ids per review after truncation/right padding"})
     bucketing: bool = field(default=True, metadata={
         "help": "batch reviews of similar length together, padding each batch only to its "
@@ -129,14 +129,18 @@ def encode_reviews(vectorizer: keras.layers.TextVectorization, texts: Sequence[s
     return ids
 
 
-def encode_splits(texts: Splits, tokens: TokenConfig
+def encode_splits(texts: Splits, tokens: TokenConfig,
+                  vectorizer: keras.layers.TextVectorization | None = None
                   ) -> tuple[keras.layers.TextVectorization, Splits]:
-    """Fits the vocabulary on the training texts only and encodes every split.
+    """Encodes every split with `vectorizer`, or with a vocabulary fitted on the training texts
+    only.
 
     Returns:
-        The fitted TextVectorization, and the splits with token ids in place of texts.
+        The TextVectorization, and the splits with token ids in place of texts.
     """
-    vectorizer = fit_vectorizer(texts.x["train"], tokens.vocabulary_size, tokens.sequence_length)
+    if vectorizer is None:
+        vectorizer = fit_vectorizer(texts.x["train"], tokens.vocabulary_size,
+                                    tokens.sequence_length)
     return vectorizer, texts.with_inputs(
         {split: encode_reviews(vectorizer, reviews) for split, reviews in texts.x.items()})
 

@@ -4,12 +4,21 @@ Each review's id is `<split>/<index>` in the TFDS split. Reviews are decoded as 
 undecodable bytes replaced (noted); empty ones are skipped. Reviews with identical text are
 kept once, as the folder reader (features.imdb) keeps them: test before train, and within a
 split the first by id (in string order); every dropped copy is skipped as "duplicate of <kept
-id>", before validation is carved out of train, so that no text is in two splits.
+id>", before validation is carved out of train, so that no text is in two splits. The
+`unsupervised` split (50,000 unlabelled reviews) is read only when asked for, as the folder
+reader reads `train/unsup/`.
 """
 
 from __future__ import annotations
 
-from features.imdb import ImdbData, Review, carve_validation, drop_duplicate_reviews
+from features.imdb import (
+    UNLABELLED,
+    ImdbData,
+    Review,
+    carve_validation,
+    drop_copies_of,
+    drop_duplicate_reviews,
+)
 from features.tfds_source import prepared_builder, prepared_version
 
 TFDS_NAME = "imdb_reviews"
@@ -35,9 +44,11 @@ def imdb_builder(data_dir: str | None):
         "extracted aclImdb_v1.tar.gz archive)")
 
 
-def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int) -> ImdbData:
+def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int,
+                   unlabelled: bool = False) -> ImdbData:
     """Reads `train` and `test`, drops duplicate reviews and carves validation out of
-    `train`, as the folder reader does (see the module docstring).
+    `train`, as the folder reader does (see the module docstring); with `unlabelled`, the
+    `unsupervised` split too (copies of labelled reviews dropped).
 
     Raises:
         DatasetUnavailableError: Not prepared in `data_dir` and the download host is unreachable.
@@ -47,7 +58,7 @@ def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int) ->
     builder = imdb_builder(data_dir)
     names = builder.info.features["label"].names
     splits, skipped, replaced = {}, [], []
-    for split in ("train", "test"):
+    for split in ("train", "test", *(("unsupervised",) if unlabelled else ())):
         reviews = []
         for index, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
             review_id = f"{split}/{index}"
@@ -59,12 +70,17 @@ def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int) ->
             if not text.strip():
                 skipped.append((review_id, "empty review"))
                 continue
-            reviews.append(Review(text, names[int(example["label"])], review_id))
+            label = UNLABELLED if split == "unsupervised" else names[int(example["label"])]
+            reviews.append(Review(text, label, review_id))
         splits[split] = reviews
+    extra = splits.pop("unsupervised", [])
     distinct, duplicates = drop_duplicate_reviews(splits)
+    extra, extra_duplicates = drop_copies_of(sorted(extra, key=lambda review: review.path),
+                                             [*distinct["test"], *distinct["train"]])
     train, validation = carve_validation(distinct["train"], validation_pct, seed)
     return ImdbData(
         {"train": train, "validation": validation, "test": distinct["test"]},
-        skipped + duplicates, replaced,
+        skipped + duplicates + extra_duplicates, replaced,
         f"tfds://{TFDS_NAME}/{prepared_version(TFDS_NAME, data_dir)}",
-        f"stratified {validation_pct:g} % of train (duplicates dropped first), seed {seed}")
+        f"stratified {validation_pct:g} % of train (duplicates dropped first), seed {seed}",
+        unlabelled=extra)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -122,3 +123,33 @@ def test_validation_share_must_be_a_percentage(imdb_dir: Path):
 def test_rating_comes_from_the_file_name():
     assert rating_of("123_7.txt") == 7
     assert rating_of("notes.txt") is None
+
+
+def test_unlabelled_reviews_are_read_on_request_without_copies_of_labelled_ones(
+        imdb_dir: Path):
+    unsup = imdb_dir / "train" / "unsup"
+    (unsup / "1_0.txt").write_bytes((imdb_dir / "test" / "pos" / "1_9.txt").read_bytes())
+    (unsup / "2_0.txt").write_bytes((imdb_dir / "train" / "neg" / "3_4.txt").read_bytes())
+    (unsup / "3_0.txt").write_text("A film I keep thinking about.")
+    (unsup / "4_0.txt").write_text("A film I keep thinking about.")  # a copy inside unsup
+    (unsup / "5_0.txt").write_text("<br /><br />")
+    (unsup / "6_0.txt").write_bytes(b"Caf\xe9 scenes")
+    assert load_imdb(imdb_dir, validation_pct=25, seed=0).unlabelled == []  # not asked for
+    data = load_imdb(imdb_dir, validation_pct=25, seed=0, unlabelled=True)
+    assert [(r.path, r.label) for r in data.unlabelled] == [
+        ("train/unsup/0_0.txt", "unsup"), ("train/unsup/3_0.txt", "unsup"),
+        ("train/unsup/6_0.txt", "unsup")]
+    assert data.unlabelled[2].text == "Caf\ufffd scenes"
+    assert ("train/unsup/1_0.txt", "duplicate of test/pos/1_9.txt") in data.skipped
+    assert ("train/unsup/2_0.txt", "duplicate of train/neg/3_4.txt") in data.skipped
+    assert ("train/unsup/4_0.txt", "duplicate of train/unsup/3_0.txt") in data.skipped
+    assert ("train/unsup/5_0.txt", "no text outside HTML tags") in data.skipped
+    assert "train/unsup/6_0.txt" in data.replaced
+    # the labelled splits are what they are without the unlabelled reviews
+    plain = load_imdb(imdb_dir, validation_pct=25, seed=0)
+    assert all(data.digest(split) == plain.digest(split) for split in data.splits)
+
+
+def test_a_folder_without_unsup_has_no_unlabelled_reviews(imdb_dir: Path):
+    shutil.rmtree(imdb_dir / "train" / "unsup")
+    assert load_imdb(imdb_dir, validation_pct=25, seed=0, unlabelled=True).unlabelled == []

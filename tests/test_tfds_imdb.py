@@ -25,7 +25,7 @@ def write_tfds_imdb(data_dir: Path, per_label: dict[str, int], *, copies: bool =
         examples = []
         for label_index, label in enumerate(("neg", "pos")):
             for n in range(count):
-                seed = n * 2 + label_index + (1000 if split == "test" else 0)  # no copies
+                seed = n * 2 + label_index + {"test": 1000, "unsupervised": 2000}.get(split, 0)
                 text = review_text(label, seed=seed).encode()
                 examples.append((f"{split}-{label}-{n}", {"text": text, "label": label_index}))
         splits[split] = examples
@@ -34,6 +34,11 @@ def write_tfds_imdb(data_dir: Path, per_label: dict[str, int], *, copies: bool =
     if copies:
         splits["train"][2] = ("test-copy", splits["test"][0][1])
         splits["train"][4] = ("train-copy", splits["train"][3][1])
+    if "unsupervised" in splits:  # its first review is a copy of a test review
+        splits["unsupervised"] = [(key, {"text": example["text"], "label": -1})
+                                  for key, example in splits["unsupervised"]]
+        splits["unsupervised"][0] = ("unsup-copy", {"text": splits["test"][1][1]["text"],
+                                                    "label": -1})
     tfds.dataset_builders.store_as_tfds_dataset(
         name="imdb_reviews", config="plain_text", version="1.0.0", features=features,
         split_datasets=splits, data_dir=str(data_dir))
@@ -50,6 +55,18 @@ def test_reads_the_tfds_format(tmp_path: Path):
     texts = [r.text for split in ("train", "validation") for r in data.splits[split]]
     assert "Awful \ufffd film" in texts
     assert data.source == "tfds://imdb_reviews/1.0.0"
+
+
+def test_reads_the_unsupervised_split_on_request(tmp_path: Path):
+    write_tfds_imdb(tmp_path / "tfds", {"train": 10, "test": 4, "unsupervised": 3})
+    plain = read_tfds_imdb(str(tmp_path / "tfds"), validation_pct=20, seed=0)
+    assert plain.unlabelled == []
+    data = read_tfds_imdb(str(tmp_path / "tfds"), validation_pct=20, seed=0, unlabelled=True)
+    assert len(data.unlabelled) == 5 and {r.label for r in data.unlabelled} == {"unsup"}
+    assert all(r.path.startswith("unsupervised/") for r in data.unlabelled)
+    (copy,) = [(path, reason) for path, reason in data.skipped if path.startswith("unsup")]
+    assert copy[1].startswith("duplicate of test/")
+    assert data.digest("train") == plain.digest("train")
 
 
 def test_duplicate_reviews_are_kept_once_test_first(tmp_path: Path):
