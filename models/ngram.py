@@ -18,6 +18,8 @@ from features.splits import Splits
 from features.text import fit_ngram_vectorizer, log_count_ratio, ngram_matrix
 
 BLEND_WEIGHTS = np.linspace(0, 1, 21)  # the n-gram branch's weights tried, in steps of 0.05
+BLEND_SPACES = ("logit", "probability")
+PROBABILITY_FLOOR = 1e-7  # keeps log(p) finite for a recurrent model sure of a class
 
 
 @dataclass(frozen=True)
@@ -64,32 +66,53 @@ class SparseLinear(keras.layers.Layer):
         return super().get_config() | {"features": self.features}
 
 
-def blend_probabilities(logit, recurrent, weight: float):
-    """sigmoid(n-gram logit) as P(class 1), blended with the recurrent model's probabilities:
-    weight * [1 - p, p] + (1 - weight) * recurrent. `logit` is (batch, 1), `recurrent`
-    (batch, 2); tensors or NumPy arrays (training picks the weight with this same function)."""
-    positive = keras.ops.sigmoid(logit)
-    ngram = keras.ops.concatenate([1.0 - positive, positive], axis=-1)
-    return weight * ngram + (1.0 - weight) * recurrent
+def blend_probabilities(logit, recurrent, weight: float, space: str = "logit"):
+    """The blend of the n-gram branch's logit of class 1 (batch, 1) and the recurrent model's
+    probabilities (batch, 2), the n-gram branch weighted `weight`, as (batch, 2) probabilities:
+
+    - "logit": sigmoid(weight * logit + (1 - weight) * log(p1 / p0)), a weighted product of
+      the two models' odds, so a confident model is not averaged away;
+    - "probability": weight * [1 - sigmoid(logit), sigmoid(logit)] + (1 - weight) * recurrent.
+
+    Tensors or NumPy arrays (training picks the weight with this same function).
+
+    Raises:
+        ValueError: `space` is not one of BLEND_SPACES.
+    """
+    if space == "probability":
+        positive = keras.ops.sigmoid(logit)
+        ngram = keras.ops.concatenate([1.0 - positive, positive], axis=-1)
+        return weight * ngram + (1.0 - weight) * recurrent
+    if space != "logit":
+        raise ConfigError(f"unknown blend space {space!r}; valid choices: "
+                          f"{', '.join(BLEND_SPACES)}")
+    recurrent = keras.ops.clip(keras.ops.convert_to_tensor(recurrent, "float32"),
+                               PROBABILITY_FLOOR, 1.0)
+    odds = keras.ops.log(recurrent[:, 1:2]) - keras.ops.log(recurrent[:, 0:1])
+    positive = keras.ops.sigmoid(weight * keras.ops.cast(logit, "float32")
+                                 + (1.0 - weight) * odds)
+    return keras.ops.concatenate([1.0 - positive, positive], axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="models")
 class BlendProbabilities(keras.layers.Layer):
-    """The blended model's output layer: `blend_probabilities` with a fixed weight."""
+    """The blended model's output layer: `blend_probabilities` with a fixed weight, in the
+    given space (a saved model without one blends probabilities)."""
 
-    def __init__(self, weight: float, **kwargs):
+    def __init__(self, weight: float, space: str = "probability", **kwargs):
         super().__init__(**kwargs)
         self.weight = float(weight)
+        self.space = space
 
     def call(self, inputs):
         logit, recurrent = inputs
-        return blend_probabilities(logit, recurrent, self.weight)
+        return blend_probabilities(logit, recurrent, self.weight, self.space)
 
     def compute_output_shape(self, input_shape):
         return input_shape[1]
 
     def get_config(self):
-        return super().get_config() | {"weight": self.weight}
+        return super().get_config() | {"weight": self.weight, "space": self.space}
 
 
 def ngram_branch(vectorizer: keras.layers.Layer, coefficients: Sequence[float] | np.ndarray,
@@ -115,7 +138,7 @@ def ngram_branch(vectorizer: keras.layers.Layer, coefficients: Sequence[float] |
 def blended_text_classifier(recurrent: keras.Model, ngrams: keras.Model, weight: float
                             ) -> keras.Model:
     """One model over raw strings: the recurrent string model's probabilities blended with the
-    n-gram branch's (BlendProbabilities). Binary tasks only.
+    n-gram branch's logit, in logit space (BlendProbabilities). Binary tasks only.
 
     Raises:
         ValueError: `weight` outside [0, 1] or a recurrent model without two outputs.
@@ -126,7 +149,8 @@ def blended_text_classifier(recurrent: keras.Model, ngrams: keras.Model, weight:
         raise ConfigError("the n-gram branch serves binary classifiers only; the recurrent "
                          f"model has {recurrent.output_shape[-1]} outputs")
     texts = keras.Input(shape=(), dtype="string", name="text")
-    blended = BlendProbabilities(weight, name="blend")([ngrams(texts), recurrent(texts)])
+    blended = BlendProbabilities(weight, "logit", name="blend")([ngrams(texts),
+                                                                 recurrent(texts)])
     return keras.Model(texts, blended, name="blended_text_classifier")
 
 
@@ -177,7 +201,7 @@ def fit_ngram_branch(texts: Splits, config: NgramConfig) -> FittedBranch:
 
 
 def blend(logits: np.ndarray, recurrent: np.ndarray, weight: float) -> np.ndarray:
-    """The blended model's probabilities (`blend_probabilities`) as NumPy."""
+    """The blended model's probabilities (`blend_probabilities`, in logit space) as NumPy."""
     return np.asarray(blend_probabilities(logits[:, None], recurrent, weight))
 
 

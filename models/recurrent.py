@@ -24,8 +24,7 @@ class RecurrentConfig:
 
     cell: str = field(default="gru", metadata={
         "help": "recurrent cell of the bidirectional layers", "choices": CELLS})
-    units: int = field(default=64, metadata={
-        "help": "units per direction in each recurrent layer"})
+    units: int = field(metadata={"help": "units per direction in each recurrent layer"})
     depth: int = field(metadata={"help": "number of bidirectional recurrent layers"})
     dropout: float = field(default=0.3, metadata={
         "help": "dropout after each recurrent layer and before the head"})

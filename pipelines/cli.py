@@ -94,6 +94,7 @@ def main(task: TaskCommands, argv: Sequence[str] | None = None) -> int:
     command = commands.get(argv[0]) if argv else None
     args = None if command else training_parser(task).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gensim").setLevel(logging.WARNING)  # its INFO lines narrate every step
     for handler in logging.getLogger().handlers:  # no tracking URI password in any log line
         handler.addFilter(RedactingFilter())
     with handle_interrupts():

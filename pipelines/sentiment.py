@@ -1,8 +1,10 @@
-"""IMDB sentiment: reviews -> token ids -> Bi-LSTM/GRU, blended with a bag-of-n-grams branch
-(or a TF-IDF baseline) -> MLflow.
+"""IMDB sentiment: reviews -> token ids -> Bi-LSTM/GRU (its embedding pretrained as word
+vectors on the training and unlabelled reviews), blended with a bag-of-n-grams branch (or a
+TF-IDF baseline) -> MLflow.
 
-`run(config)` is the whole run, in order: read the reviews, fit the n-gram branch, encode token
-ids, log the data, fit, choose the blend, evaluate, log the model, register. Usage:
+`run(config)` is the whole run, in order: read the reviews, find or pretrain the encoder (a run
+of its own), then in the classifier's run fit the n-gram branch, encode token ids, log the data,
+fit, choose the blend, evaluate, log the model, register. Usage:
 `python -m pipelines.sentiment --data-dir PATH [options]`; `--help` lists every option,
 grouped by stage.
 """
@@ -16,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import joblib
 import keras
 import numpy as np
 import pandas as pd
@@ -45,7 +46,7 @@ from features.text import (
     vectorizer_summary,
     vocabulary_text,
 )
-from models.baseline import TfidfConfig, build_tfidf_logreg
+from models.baseline import TfidfConfig
 from models.ngram import (
     FittedBranch,
     NgramConfig,
@@ -55,11 +56,14 @@ from models.ngram import (
     fit_ngram_branch,
 )
 from models.recurrent import RecurrentConfig, build_text_classifier, text_to_probabilities
-from pipelines import cli, distribute, evaluation, lifecycle, sweep, tracking, training
+from models.word_vectors import load_encoder_weights
+from pipelines import cli, distribute, evaluation, lifecycle, pretraining, sweep, tracking, training
 from pipelines.config import TaskConfig
 from pipelines.errors import ConfigError, DataError
 from pipelines.interrupts import exit_process
-from pipelines.lifecycle import RunConfig, TrackedRun
+from pipelines.lifecycle import RunConfig
+from pipelines.pretraining import PretrainConfig, Pretrained
+from pipelines.text_baseline import fit_baseline
 from pipelines.training import OptimConfig
 
 PIPELINE = "sentiment"
@@ -74,7 +78,7 @@ class TextModelConfig:
     model: str = field(default="recurrent", metadata={
         "help": "bidirectional recurrent network, or the TF-IDF + logistic-regression baseline",
         "choices": MODELS})
-    embedding_dim: int = field(default=64, metadata={"help": "token embedding width"})
+    embedding_dim: int = field(default=128, metadata={"help": "token embedding width"})
     embedding_dropout: float = field(default=0.2, metadata={
         "help": "dropout of whole embedding channels in training"})
 
@@ -83,19 +87,22 @@ class TextModelConfig:
 class SentimentConfig(TaskConfig):
     """Every option of a sentiment run, by stage; logged whole (flat) as the run's parameters.
 
-    The defaults are tuned for IMDB on two CPU cores (docs/results.md): one Bi-GRU layer over
-    length-bucketed batches of 512, two epochs, blended with the n-gram branch.
+    The defaults are tuned for IMDB on two CPU cores (docs/results.md): word vectors pretrained
+    on the training and unlabelled reviews, one Bi-GRU-128 layer over up to 800 ids per review
+    in length-bucketed batches of 128, three epochs, blended with the n-gram branch.
     """
 
     source: ReviewSourceConfig = ReviewSourceConfig()
     tokens: TokenConfig = TokenConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     model: TextModelConfig = TextModelConfig()
-    recurrent: RecurrentConfig = RecurrentConfig(depth=1, pooling="mean-max", dense_units=0)
+    recurrent: RecurrentConfig = RecurrentConfig(units=128, depth=1, pooling="mean-max",
+                                                 dense_units=0)
     ngram: NgramConfig = NgramConfig()
     baseline: TfidfConfig = TfidfConfig()
-    optim: OptimConfig = OptimConfig(epochs=2, example_budget=0, batch_size=512,
-                                     learning_rate=6e-3, weight_decay=1e-2, label_smoothing=0.0,
-                                     warmup_epochs=0, patience=1)
+    optim: OptimConfig = OptimConfig(epochs=3, example_budget=0, batch_size=128,
+                                     learning_rate=3e-3, weight_decay=1e-2, label_smoothing=0.0,
+                                     warmup_epochs=0, patience=3)
     run: RunConfig = RunConfig(experiment="imdb-sentiment", registered_model="imdb-sentiment")
 
 
@@ -121,20 +128,25 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
     if config.run.sweep:
         return sweep.run_sweep(config, lambda trial: run(trial, reviews), search_space(),
                                PIPELINE)
+    data, read = read_data(config, reviews)
+    pretrained = pretrained_encoder(config, data)
     with lifecycle.tracked_run(config, PIPELINE) as tracked:
-        data, read = read_data(config, reviews)
+        tracking.log_metrics({"read_seconds": read["read_seconds"]})
         if config.model.model == "tfidf-logreg":
-            return tracked.result(read | fit_baseline(config, data, tracked))
+            return tracked.result(
+                read | fit_baseline(config.baseline, config.optim.seed, data, tracked, DATASET))
         keras.utils.set_random_seed(config.optim.seed)
         branch = fit_branch(config, data.splits)
-        vectorizer, ids = encode(config, data.splits)
+        vectorizer, ids = encode(config, data.splits, pretrained)
         tracked.log_data(data.splits, data.lineage, DATASET)
+        if pretrained is not None:
+            tracking.set_tags(pretrained.lineage())
 
         batches = training_batches(config, ids)
         optim = training.scheduled(config.optim, len(ids.y["train"]))
         tracking.log_metrics(batches.metrics | {"scheduled_epochs": optim.epochs})
         fitted = training.fit(lambda: build_model(config, vectorizer.vocabulary_size(),
-                                                  len(ids.labels)),
+                                                  len(ids.labels), pretrained),
                               batches, optim, strategy=config.run.strategy,
                               checkpoint_dir=tracked.checkpoint, resuming=tracked.resuming,
                               callbacks=[tracking.EpochMetricsLogger()])
@@ -149,12 +161,17 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
         registered = tracked.register(model_uri, metrics, test_digest=data.lineage.test_digest,
                                       data_digest=data.lineage.data_digest)
         return tracked.result(read | (branch.metrics if branch else {}) | metrics | registered
+                              | (pretrained.result() if pretrained else {})
                               | {"model_uri": model_uri})
 
 
 def prepare_run(config: SentimentConfig, reviews: ImdbData | None) -> SentimentConfig:
-    """The run's checks before any data work (`lifecycle.prepare_run`), a resumable model, and
-    a data folder that exists unless the reviews are given."""
+    """The run's checks before any data work (`lifecycle.prepare_run`, a resumable model, no
+    pretraining under multi-worker training, a data folder unless the reviews are given)."""
+    if pretrains(config) and config.run.strategy == distribute.MULTI_WORKER:
+        raise ConfigError("--strategy multi-worker trains the classifier only, and only the "
+                          "chief sees the store its pretrained encoder would be found in: pass "
+                          "--pretrain never")
     config = lifecycle.prepare_run(config, PIPELINE)
     if config.run.resume and config.model.model != "recurrent":
         raise ConfigError(f"--resume: {config.model.model} fits in one step, with no epochs to "
@@ -164,15 +181,30 @@ def prepare_run(config: SentimentConfig, reviews: ImdbData | None) -> SentimentC
     return config
 
 
+def pretrains(config: SentimentConfig) -> bool:
+    """Whether the run's recurrent model starts from a pretrained encoder."""
+    return config.model.model == "recurrent" and config.pretrain.pretrain != "never"
+
+
 def read_data(config: SentimentConfig, reviews: ImdbData | None) -> tuple[ReviewData, dict]:
-    """The reviews (read from the configured source unless given) and what reading them took
-    (`read_seconds`, logged) and skipped."""
+    """The reviews (read from the configured source unless given; the unlabelled ones too when
+    the encoder is pretrained) and what reading them took (`read_seconds`) and skipped."""
     started = time.perf_counter()
-    data = review_data(read_reviews(config.source) if reviews is None else reviews)
-    read = {"read_seconds": time.perf_counter() - started,
-            "skipped_examples": len(data.lineage.skipped), "model": config.model.model}
-    tracking.log_metrics({"read_seconds": read["read_seconds"]})
-    return data, read
+    if reviews is None:
+        reviews = read_reviews(config.source, unlabelled=pretrains(config))
+    data = review_data(reviews)
+    return data, {"read_seconds": time.perf_counter() - started,
+                  "skipped_examples": len(data.lineage.skipped), "model": config.model.model}
+
+
+def pretrained_encoder(config: SentimentConfig, data: ReviewData) -> Pretrained | None:
+    """The pretrained encoder the classifier starts from (`pipelines.pretraining`); None with
+    `--pretrain never` or the TF-IDF baseline."""
+    if not pretrains(config):
+        return None
+    return pretraining.pretrained_encoder(
+        config.pretrain, data.corpus, config.run, vocabulary_size=config.tokens.vocabulary_size,
+        embedding_dim=config.model.embedding_dim)
 
 
 def fit_branch(config: SentimentConfig, texts: Splits) -> FittedBranch | None:
@@ -185,11 +217,14 @@ def fit_branch(config: SentimentConfig, texts: Splits) -> FittedBranch | None:
     return branch
 
 
-def encode(config: SentimentConfig, texts: Splits) -> tuple[keras.layers.Layer, Splits]:
-    """Fits the vocabulary on train only, encodes every split as token ids, and logs the
-    vocabulary, the encoding and its statistics."""
+def encode(config: SentimentConfig, texts: Splits, pretrained: Pretrained | None
+           ) -> tuple[keras.layers.Layer, Splits]:
+    """Encodes every split as token ids, with the pretrained encoder's vocabulary or one fitted
+    on train only, and logs the vocabulary, the encoding and its statistics."""
     started = time.perf_counter()
-    vectorizer, ids = encode_splits(texts, config.tokens)
+    vectorizer, ids = encode_splits(
+        texts, config.tokens,
+        pretrained.vectorizer(config.tokens.sequence_length) if pretrained else None)
     lengths = token_lengths(ids.x["train"])
     tracking.log_text(vocabulary_text(vectorizer), "vocabulary.txt")
     tracking.log_dict(vectorizer_summary(vectorizer), "feature_config.json")
@@ -223,13 +258,17 @@ def training_batches(config: SentimentConfig, ids: Splits) -> TrainingBatches:
     return TrainingBatches(train, validation, steps, layout)
 
 
-def build_model(config: SentimentConfig, vocabulary_size: int, num_classes: int
-                ) -> keras.Model:
-    """The configured (uncompiled) recurrent classifier over token ids."""
-    return build_text_classifier(
+def build_model(config: SentimentConfig, vocabulary_size: int, num_classes: int,
+                pretrained: Pretrained | None = None) -> keras.Model:
+    """The configured (uncompiled) recurrent classifier over token ids, its encoder's weights
+    the pretrained encoder's when given."""
+    model = build_text_classifier(
         vocabulary_size, num_classes, config.recurrent, embedding_dim=config.model.embedding_dim,
         embedding_dropout=config.model.embedding_dropout,
         sequence_length=None if config.tokens.bucketing else config.tokens.sequence_length)
+    if pretrained is not None:
+        load_encoder_weights(model, pretrained.encoder)
+    return model
 
 
 def blended_scores(model: keras.Model, ids: Splits, branch: FittedBranch | None
@@ -252,8 +291,9 @@ def blended_scores(model: keras.Model, ids: Splits, branch: FittedBranch | None
                                  ids.y["validation"])
     mixed = {split: blend(branch.logits[split], scores, weight)
              for split, scores in recurrent.items()}
-    return mixed["test"], weight, metrics | {"blend_weight": weight, "model_val_accuracy": float(
-        (mixed["validation"].argmax(1) == ids.y["validation"]).mean())}
+    return mixed["test"], weight, metrics | {
+        "blend_weight": weight, "recurrent_blend_weight": 1.0 - weight,
+        "model_val_accuracy": float((mixed["validation"].argmax(1) == ids.y["validation"]).mean())}
 
 
 def log_model(vectorizer: keras.layers.Layer, model: keras.Model, branch: FittedBranch | None,
@@ -269,37 +309,10 @@ def log_model(vectorizer: keras.layers.Layer, model: keras.Model, branch: Fitted
         return tracking.log_text_classifier(path, labels)
 
 
-def fit_baseline(config: SentimentConfig, data: ReviewData, tracked: TrackedRun) -> dict:
-    """TF-IDF + logistic regression on the same splits, logged like the recurrent model and
-    registered only if it becomes champion."""
-    tracked.log_data(data.splits, data.lineage, DATASET)
-    splits = data.splits
-    classifier = build_tfidf_logreg(config.baseline, seed=config.optim.seed)
-    started = time.perf_counter()
-    classifier.fit(splits.x["train"], splits.y["train"])
-    train_seconds = time.perf_counter() - started
-    validation_accuracy = float(
-        (classifier.predict(splits.x["validation"]) == splits.y["validation"]).mean())
-    test = evaluation.log_evaluation(classifier.predict_proba(splits.x["test"]),
-                                     splits.y["test"], splits.labels)
-    fit_metrics = {"train_seconds": train_seconds, "val_accuracy": validation_accuracy,
-                   "model_val_accuracy": validation_accuracy,
-                   "tfidf_features": len(classifier.named_steps["tfidf"].vocabulary_)}
-    tracking.log_metrics(fit_metrics)
-    metrics = test.metrics | fit_metrics
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "classifier.joblib"
-        joblib.dump(classifier, path)
-        model_uri = tracking.log_text_classifier(path, splits.labels)
-    return metrics | {"model_uri": model_uri} | tracked.register(
-        model_uri, metrics, test_digest=data.lineage.test_digest,
-        data_digest=data.lineage.data_digest, only_if_champion=True)
-
-
 def search_space() -> dict:
     """What `--sweep N` searches: sequence length, model shape, regularisation, schedule."""
     return {
-        "sequence_length": OneOf([300, 400, 600]),
+        "sequence_length": OneOf([400, 600, 800]),
         "units": IntDistribution(32, 128, step=32),
         "pooling": OneOf(["mean-max", "attention"]),
         "embedding_dropout": FloatDistribution(0.0, 0.4),
@@ -319,8 +332,13 @@ def summary_lines(result: dict) -> list[str]:
         f"test ROC-AUC      {result['test_roc_auc']:.4f}",
         *([f"  recurrent alone {result['recurrent_test_accuracy']:.4f}",
            f"  n-grams alone   {result['ngram_test_accuracy']:.4f}",
-           f"  blend weight    {result['blend_weight']:.2f} on the n-gram branch (chosen on "
-           "validation)"] if "blend_weight" in result else []),
+           f"  blend weights   {result['recurrent_blend_weight']:.2f} recurrent, "
+           f"{result['blend_weight']:.2f} n-grams (chosen on validation)"]
+          if "blend_weight" in result else []),
+        *([f"pretrained        run {result['pretrain_run_id']} ("
+           + ("reused" if result["pretrain_reused"] else
+              f"pretrained in {result['pretrain_seconds']:.0f} s") + ")"]
+          if "pretrain_run_id" in result else []),
         f"skipped reviews   {result['skipped_examples']}",
         f"training          {result['train_seconds']:.1f} s"
         + (f", {result['epochs_trained']} epochs" if "epochs_trained" in result else ""),
@@ -352,8 +370,7 @@ def read_texts(parser: argparse.ArgumentParser, argv: list[str]
 
 
 def read_labelled_reviews(parser: argparse.ArgumentParser, argv: list[str]):
-    """`evaluate --data-dir DIR`: the folder's test/{neg,pos} reviews; skipped ones are listed
-    on stderr."""
+    """`evaluate --data-dir DIR`: the folder's test/{neg,pos} reviews (skipped ones on stderr)."""
     args = parser.parse_args(argv)
     lifecycle.require_data_dir(args.data_dir, "IMDB_DATA_DIR", "IMDB")
     labelled, skipped = evaluation_inputs(args.data_dir)

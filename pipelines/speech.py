@@ -85,7 +85,8 @@ class SpeechConfig(TaskConfig):
     features: MfccConfig = MfccConfig()
     augment: AugmentConfig = AugmentConfig()
     model: SpeechModelConfig = SpeechModelConfig()
-    recurrent: RecurrentConfig = RecurrentConfig(depth=2, pooling="attention", dense_units=64)
+    recurrent: RecurrentConfig = RecurrentConfig(units=64, depth=2, pooling="attention",
+                                                  dense_units=64)
     # 140 epochs of the 2,700 training clips of the shared data; 18 of the full release's 85k
     optim: OptimConfig = OptimConfig(epochs=140, example_budget=1_500_000, batch_size=64,
                                      learning_rate=3e-3, weight_decay=1e-3, label_smoothing=0.1,

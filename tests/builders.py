@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from models.recurrent import RecurrentConfig, build_classifier, build_text_classifier
 
-SMALL_STACK = {"depth": 1, "pooling": "mean-max", "dense_units": 0}
+SMALL_STACK = {"units": 64, "depth": 1, "pooling": "mean-max", "dense_units": 0}
 
 
 def frame_classifier(input_shape, num_classes, *, mean, variance, front_end="none",

@@ -161,8 +161,8 @@ def test_two_workers_train_in_sync_and_only_the_chief_logs_and_registers(
         args, name, batch = test_speech_pipeline.small_args(speech_dir, tmp_path), \
             "speech-commands", 16
     else:
-        args, name, batch = test_sentiment_pipeline.small_args(imdb_dir, tmp_path), \
-            "imdb-sentiment", 8
+        args, name, batch = test_sentiment_pipeline.small_args(
+            imdb_dir, tmp_path, "--pretrain", "never"), "imdb-sentiment", 8
     with two_workers(pipeline, args, tmp_path) as (workers, logs):
         codes = [worker.wait(timeout=400) for worker in workers]
     output = [log.read_text() for log in logs]

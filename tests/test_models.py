@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from features.text import fit_ngram_vectorizer, fit_vectorizer
 from models.cnn import build_tutorial_cnn
-from models.ngram import blended_text_classifier, ngram_branch
+from models.ngram import BlendProbabilities, blended_text_classifier, ngram_branch
 from models.recurrent import AttentionPooling, MaskedGlobalMaxPooling1D, text_to_probabilities
 from tests.builders import frame_classifier, text_classifier
 
@@ -127,14 +127,22 @@ def test_blended_model_serves_strings_and_carries_the_ngram_weights(tmp_path: Pa
     recurrent = text_to_probabilities(words, text_classifier(20, 2, units=4))
     model = blended_text_classifier(recurrent, ngrams, 0.75)
     strings = tf.constant(["good film", "bad bad film"])
-    expected = 0.75 * np.stack([1 - 1 / (1 + np.exp(-np.array([3.5, -2.5]))),
-                                1 / (1 + np.exp(-np.array([3.5, -2.5])))], axis=1)
-    expected += 0.25 * recurrent.predict(strings, verbose=0)
+    alone = recurrent.predict(strings, verbose=0)
+    odds = np.log(alone[:, 1] / alone[:, 0])  # a weighted product of the two models' odds
+    positive = 1 / (1 + np.exp(-(0.75 * np.array([3.5, -2.5]) + 0.25 * odds)))
     blended = model.predict(strings, verbose=0)
-    np.testing.assert_allclose(blended, expected, rtol=1e-5)
+    np.testing.assert_allclose(blended, np.stack([1 - positive, positive], axis=1), rtol=1e-5)
     model.save(tmp_path / "blended.keras")
     restored = keras.saving.load_model(tmp_path / "blended.keras")
     np.testing.assert_allclose(restored.predict(strings, verbose=0), blended, atol=1e-6)
+    # a blend layer saved without a space (older models) averages the probabilities
+    config = model.get_layer("blend").get_config()
+    config.pop("space")
+    legacy = BlendProbabilities.from_config(config)
+    sigmoid = 1 / (1 + np.exp(-np.array([[3.5], [-2.5]], np.float32)))
+    np.testing.assert_allclose(
+        np.asarray(legacy([np.log(sigmoid / (1 - sigmoid)), alone])),
+        0.75 * np.hstack([1 - sigmoid, sigmoid]) + 0.25 * alone, rtol=1e-5)
 
 
 def test_blend_rejects_a_weight_outside_zero_to_one():

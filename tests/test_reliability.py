@@ -100,6 +100,7 @@ def logged_metrics(store: Path, experiment: str) -> list[dict[str, float]]:
     tracking.connect(None, store)
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              "tags.pipeline != 'sentiment-pretrain'",  # the trained models'
                               order_by=["attributes.start_time ASC"])
     keep = ("test_", "val_loss", "loss", "model_val_accuracy")
     return [{key: value for key, value in run.data.metrics.items() if key.startswith(keep)}

@@ -16,7 +16,7 @@ def small_args(data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
     return ["--data-dir", str(data_dir), "--store-dir", str(tmp_path / "mlruns"),
             "--validation-pct", "25", "--units", "8", "--embedding-dim", "8",
             "--vocabulary-size", "200", "--sequence-length", "32", "--buckets", "2",
-            "--epochs", "2", "--batch-size", "8", *extra]
+            "--epochs", "2", "--batch-size", "8", "--word-vector-epochs", "1", *extra]
 
 
 def test_help_lists_every_option_with_its_default(capsys):

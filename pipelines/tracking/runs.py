@@ -206,6 +206,29 @@ def run_tags(run_id: str) -> dict[str, str]:
     return dict(MlflowClient().get_run(run_id).data.tags)
 
 
+def find_runs(experiment: str, tags: Mapping[str, str]) -> list[tuple[str, str, dict]]:
+    """The runs of `experiment` (none if it does not exist) that carry all of `tags`, newest
+    first, as (run id, status, tags)."""
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    runs = MlflowClient().search_runs([found.experiment_id], query,
+                                      order_by=["attributes.start_time DESC"])
+    return [(run.info.run_id, run.info.status, dict(run.data.tags)) for run in runs]
+
+
+def download_artifacts(run_id: str, path: str, folder: str | Path) -> Path:
+    """Copies a run's artifact (file or folder) `path` into `folder`; returns its local path."""
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                                    dst_path=str(folder)))
+
+
+def log_artifacts(folder: str | Path, path: str) -> None:
+    """Logs the files of `folder` as the active run's artifact folder `path`."""
+    mlflow.log_artifacts(str(folder), path)
+
+
 def active_run_id() -> str | None:
     run = mlflow.active_run()
     return None if run is None else run.info.run_id
