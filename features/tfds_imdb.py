@@ -11,6 +11,8 @@ reader reads `train/unsup/`.
 
 from __future__ import annotations
 
+import logging
+
 from features.imdb import (
     UNLABELLED,
     ImdbData,
@@ -20,6 +22,8 @@ from features.imdb import (
     drop_duplicate_reviews,
 )
 from features.tfds_source import prepared_builder, prepared_version
+
+log = logging.getLogger(__name__)
 
 TFDS_NAME = "imdb_reviews"
 
@@ -58,6 +62,10 @@ def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int,
     builder = imdb_builder(data_dir)
     names = builder.info.features["label"].names
     splits, skipped, replaced = {}, [], []
+    if unlabelled and "unsupervised" not in builder.info.splits:
+        log.warning("%s has no 'unsupervised' split: pretraining reads the training reviews "
+                    "only", builder.data_dir)
+        unlabelled = False
     for split in ("train", "test", *(("unsupervised",) if unlabelled else ())):
         reviews = []
         for index, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
