@@ -13,6 +13,7 @@ import tensorflow as tf
 from features.audio import AudioSpec
 from features.batching import padded_calls
 from features.errors import ConfigError
+from features.mfcc_layer import MfccLayer, mfcc_from_waveforms
 
 
 @dataclass(frozen=True)
@@ -90,15 +91,50 @@ def librosa_kwargs(config: MfccConfig) -> dict:
     }
 
 
+def mfcc_constants(config: MfccConfig) -> dict[str, np.ndarray]:
+    """librosa's window and mel filterbank and scipy's orthonormal DCT-II for `config`.
+
+    Returns:
+        float32 arrays keyed as `features.mfcc_layer.mfcc_from_waveforms` and `MfccLayer`
+        take them: `window` (n_fft,), `mel` (n_fft // 2 + 1, n_mels) and `dct`
+        (n_mels, n_mfcc).
+    """
+    kwargs = librosa_kwargs(config)
+    n_fft = kwargs["n_fft"]
+    window = librosa.util.pad_center(
+        librosa.filters.get_window("hann", kwargs["win_length"], fftbins=True), size=n_fft)
+    mel = librosa.filters.mel(sr=config.sample_rate, n_fft=n_fft, n_mels=config.n_mels,
+                              fmin=config.fmin, fmax=config.fmax)
+    dct = scipy.fft.dct(np.eye(config.n_mels), type=2, norm="ortho", axis=0)
+    return {"window": window.astype(np.float32), "mel": mel.T.astype(np.float32),
+            "dct": dct[: config.n_mfcc].T.astype(np.float32)}
+
+
+def mfcc_layer(config: MfccConfig) -> MfccLayer:
+    """A Keras layer computing these features from (batch, clip_samples) float waveforms.
+
+    It carries librosa's and scipy's constants as weights, so a saved model loads without
+    librosa; its frames equal `mfcc_frames` to float32 rounding.
+
+    Raises:
+        ValueError: the window is longer than the clip, or the mel/MFCC counts do not fit.
+    """
+    feature_shape(config)
+    return MfccLayer(clip_samples=config.clip_samples, n_fft=config.win_length,
+                     hop_length=config.hop_length, n_mels=config.n_mels,
+                     n_mfcc=config.n_mfcc, top_db=config.top_db, **mfcc_constants(config))
+
+
 CHUNK_CLIPS = 256  # clips per compiled call; smaller batches are padded to a power of two
 
 
 class MfccExtractor:
     """librosa's MFCC as one XLA-compiled TensorFlow graph over a batch of clips.
 
-    The window, the mel filterbank and the DCT matrix are librosa's and scipy's own, and the
-    steps are librosa's (`stft(center=False)` -> power -> mel -> `power_to_db(ref=1,
-    amin=1e-10, top_db)` per clip -> orthonormal DCT-II), so the frames equal a per-clip
+    The window, the mel filterbank and the DCT matrix are librosa's and scipy's own
+    (`mfcc_constants`), and the steps are librosa's (`stft(center=False)` -> power -> mel ->
+    `power_to_db(ref=1, amin=1e-10, top_db)` per clip -> orthonormal DCT-II), computed by
+    `mfcc_from_waveforms`, the maths `MfccLayer` runs too. So the frames equal a per-clip
     `librosa.feature.mfcc(y=clip, **librosa_kwargs(config))` to float32 rounding (within
     1e-3; tests check it). Computing a batch in one compiled graph on every core is about 8x
     faster on 2 cores than librosa's own batched call.
@@ -107,25 +143,11 @@ class MfccExtractor:
     def __init__(self, config: MfccConfig):
         self.config = config
         self.shape = feature_shape(config)
-        kwargs = librosa_kwargs(config)
-        n_fft = kwargs["n_fft"]
-        window = librosa.util.pad_center(
-            librosa.filters.get_window("hann", kwargs["win_length"], fftbins=True), size=n_fft)
-        mel = librosa.filters.mel(sr=config.sample_rate, n_fft=n_fft, n_mels=config.n_mels,
-                                  fmin=config.fmin, fmax=config.fmax)
-        dct = scipy.fft.dct(np.eye(config.n_mels), type=2, norm="ortho", axis=0)
-        window = tf.constant(window, tf.float32)
-        mel_t = tf.constant(mel.T, tf.float32)  # (frequency bins, mel bands)
-        dct_t = tf.constant(dct[: config.n_mfcc].T, tf.float32)  # (mel bands, coefficients)
+        constants = {name: tf.constant(array) for name, array in mfcc_constants(config).items()}
         hop, top_db = config.hop_length, float(config.top_db)
 
         def frames(waveforms):
-            spectrum = tf.signal.rfft(tf.signal.frame(waveforms, n_fft, hop) * window)
-            power = tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
-            log_power = 10.0 * tf.math.log(tf.maximum(tf.einsum(
-                "cft,tm->cfm", power, mel_t), 1e-10)) / tf.math.log(10.0)
-            floor = tf.reduce_max(log_power, axis=[1, 2], keepdims=True) - top_db
-            return tf.einsum("cfm,mk->cfk", tf.maximum(log_power, floor), dct_t)
+            return mfcc_from_waveforms(waveforms, **constants, hop_length=hop, top_db=top_db)
 
         spec = tf.TensorSpec([None, config.clip_samples], tf.float32)
         self._frames = tf.function(frames, input_signature=[spec], jit_compile=True,

@@ -1,12 +1,28 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
 import librosa
 import numpy as np
 import pytest
 
 from features.audio import AudioSpec, decode_clip
-from features.mfcc import CHUNK_CLIPS, MfccConfig, feature_shape, librosa_kwargs, mfcc_frames
+from features.mfcc import (
+    CHUNK_CLIPS,
+    MfccConfig,
+    feature_shape,
+    librosa_kwargs,
+    mfcc_constants,
+    mfcc_frames,
+    mfcc_layer,
+)
+from features.mfcc_layer import MfccLayer
 from tests.datasets import tone
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_default_geometry_is_98_frames_of_40_coefficients():
@@ -51,3 +67,93 @@ def test_real_clips_in_uneven_batches_equal_librosa_per_clip(shared_speech_dir):
 def test_clips_of_the_wrong_length_are_refused_with_the_expected_shape():
     with pytest.raises(ValueError, match=r"expected clips of 16000 samples.*got shape \(2, 8000\)"):
         mfcc_frames(np.zeros((2, 8000), np.float32), MfccConfig())
+
+
+def real_clips(speech_dir: Path, words=("yes", "no", "left", "stop"), per_word=3) -> np.ndarray:
+    """The first `per_word` clips of each word, decoded to (clips, 16000) float32."""
+    paths = [path for word in words
+             for path in sorted((speech_dir / word).glob("*.wav"))[:per_word]]
+    return np.stack([decode_clip(path, AudioSpec(16000, 1.0)) for path in paths])
+
+
+def test_layer_on_real_clips_equals_the_cached_frames_and_librosa(shared_speech_dir):
+    clips = real_clips(shared_speech_dir)
+    for config in (MfccConfig(), MfccConfig(hop_ms=20, n_mfcc=13, fmax=7000)):
+        frames = mfcc_layer(config)(clips).numpy()
+        assert frames.shape == (len(clips), *feature_shape(config))
+        assert frames.dtype == np.float32
+        np.testing.assert_allclose(frames, mfcc_frames(clips, config), rtol=1e-5, atol=1e-4)
+        for clip, clip_frames in zip(clips, frames, strict=True):
+            direct = librosa.feature.mfcc(y=clip, **librosa_kwargs(config)).T
+            assert np.max(np.abs(clip_frames - direct)) <= 1e-3
+
+
+def test_layer_frames_of_a_clip_do_not_depend_on_the_rest_of_the_batch(shared_speech_dir):
+    """The dB floor is each clip's own: a quiet clip and a silent one give the same frames alone
+    as beside a loud clip (a floor over the batch would lift both)."""
+    layer = mfcc_layer(MfccConfig())
+    speech = real_clips(shared_speech_dir, words=("yes",), per_word=1)[0]
+    quiet, silent = 0.001 * speech, np.zeros_like(speech)
+    loud = np.clip(30 * speech, -1, 1)
+    batch = np.stack([loud, quiet, speech, silent, loud])
+    together = layer(batch).numpy()
+    for index in (1, 2, 3):
+        alone = layer(batch[index:index + 1]).numpy()[0]
+        np.testing.assert_allclose(together[index], alone, rtol=1e-5, atol=1e-4)
+
+
+def test_layer_config_holds_numbers_and_the_constants_are_non_trainable_weights():
+    config = MfccConfig(hop_ms=20, n_mfcc=13)
+    layer = mfcc_layer(config)
+    layer_config = layer.get_config()
+    assert {key: layer_config[key] for key in ("clip_samples", "n_fft", "hop_length", "n_mels",
+                                               "n_mfcc", "top_db")} == {
+        "clip_samples": 16000, "n_fft": 480, "hop_length": 320, "n_mels": 40, "n_mfcc": 13,
+        "top_db": 80.0}
+    assert layer.trainable_weights == [] and len(layer.non_trainable_weights) == 3
+    for name, array in mfcc_constants(config).items():
+        np.testing.assert_array_equal(getattr(layer, name).numpy(), array)
+    blank = MfccLayer.from_config(layer_config)
+    assert all(not np.any(weight.numpy()) for weight in blank.weights)
+    assert layer.compute_output_shape((None, 16000)) == (None, 49, 13)
+    with pytest.raises(ValueError, match="give all of window, mel and dct"):
+        MfccLayer(**layer_config, window=mfcc_constants(config)["window"])
+    with pytest.raises(ValueError, match=r"expected waveforms of shape \(batch, 16000\)"):
+        layer(np.zeros((1, 8000), np.float32))
+
+
+LOAD_AND_PREDICT = """
+import sys
+
+import keras
+import numpy as np
+
+import features.mfcc_layer  # registers MfccLayer for load_model
+
+model = keras.saving.load_model(sys.argv[1])
+np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+loaded = sorted({"librosa", "features.mfcc"} & set(sys.modules))
+assert not loaded, f"loading the model imported {loaded}"
+"""
+
+
+def test_saved_model_with_the_layer_loads_and_predicts_without_librosa(shared_speech_dir,
+                                                                         tmp_path):
+    """Serving a raw-waveform model needs only Keras and features.mfcc_layer: the constants
+    come from the .keras file."""
+    inputs = keras.Input((16000,))
+    frames = mfcc_layer(MfccConfig())(inputs)
+    pooled = keras.layers.GlobalAveragePooling1D()(frames)
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(pooled))
+    clips = real_clips(shared_speech_dir, per_word=1)
+    expected = model.predict(clips, verbose=0)
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "clips.npy", clips)
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_PREDICT, str(tmp_path / "model.keras"),
+         str(tmp_path / "clips.npy"), str(tmp_path / "predicted.npy")],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    predicted = np.load(tmp_path / "predicted.npy")
+    assert predicted.shape == (len(clips), 4)
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
