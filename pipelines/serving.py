@@ -1,8 +1,8 @@
 """Predictors behind the served models: raw audio or raw text in, labels and probabilities out.
 
-They use the same feature code as training (features.audio + features.mfcc for speech, the
-saved TextVectorization for text), so a served model sees exactly what the trained one saw.
-MLflow only wraps them (pipelines.tracking); they are usable and testable without it.
+They use training's feature code (features.audio, then the MFCC maths of features.mfcc_layer
+inside the Keras model; the saved TextVectorization for text), so a served model sees what the
+trained one saw. MLflow only wraps them (pipelines.tracking); they work without it.
 
 Each input row is answered on its own: a row that cannot be used (not decodable audio, a clip
 longer than MAX_AUDIO_SECONDS, a waveform with a sample rate out of range or NaN/Inf values,
@@ -180,7 +180,8 @@ def rows_of(model_input: Any, columns: Sequence[str]) -> list[dict]:
 
 
 class SpeechPredictor:
-    """Raw clips -> MFCC frames (training's code) -> Keras classifier -> labels."""
+    """Raw clips -> Keras classifier over (clips, samples) waveforms (its first layer the MFCC
+    stage), or over MFCC frames computed here with training's code -> labels."""
 
     INPUT_COLUMNS = ("audio", "waveform", "sample_rate")
 
@@ -190,6 +191,7 @@ class SpeechPredictor:
         self.mfcc = mfcc
         self._predict = FastPredict(model) if model is not None else None
         self.spec = mfcc.audio
+        self.takes_waveforms = model is not None and len(model.input.shape) == 2
 
     @classmethod
     def load(cls, model_path: str | Path, config_path: str | Path) -> SpeechPredictor:
@@ -256,8 +258,9 @@ class SpeechPredictor:
             raise AudioDecodeError(f"{label}: {seconds:.1f} s long, longer than the "
                                    f"{MAX_AUDIO_SECONDS} s a request may send")
 
-    def features(self, rows: Sequence[dict]) -> tuple[np.ndarray, list[str | None]]:
-        """MFCC frames of the usable rows, and per row its error (None when usable)."""
+    def inputs(self, rows: Sequence[dict]) -> tuple[np.ndarray, list[str | None]]:
+        """The model's inputs for the usable rows (waveforms, or their MFCC frames), and per
+        row its error (None when usable)."""
         clips, errors = [], []
         for row in rows:
             try:
@@ -265,8 +268,8 @@ class SpeechPredictor:
                 errors.append(None)
             except AudioDecodeError as error:
                 errors.append(str(error))
-        if not clips:
-            return np.zeros((0, self.mfcc.num_frames, self.mfcc.n_mfcc), np.float32), errors
+        if not clips or self.takes_waveforms:
+            return np.array(clips, np.float32), errors
         return mfcc_frames(np.stack(clips), self.mfcc), errors  # compiled, on every core
 
     def predict(self, model_input: Any) -> pd.DataFrame:
@@ -278,14 +281,12 @@ class SpeechPredictor:
         rows = rows_of(model_input, self.INPUT_COLUMNS)
         check_request([speech_row_bytes(row) for row in rows], SPEECH_MAX_REQUEST_BYTES,
                       "audio")
-        frames, errors = self.features(rows)
-        return result_frame(self.labels, scatter(self.probabilities(frames), errors,
+        inputs, errors = self.inputs(rows)
+        return result_frame(self.labels, scatter(self.probabilities(inputs), errors,
                                                  len(self.labels)), errors)
 
-    def probabilities(self, frames: np.ndarray) -> np.ndarray:
-        if not len(frames):
-            return np.zeros((0, len(self.labels)), np.float32)
-        return self._predict(frames)
+    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        return self._predict(inputs) if len(inputs) else np.zeros((0, len(self.labels)))
 
 
 class TextPredictor:

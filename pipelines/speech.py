@@ -30,7 +30,7 @@ from features.input_pipelines import (
     make_dataset,
     steps_per_epoch,
 )
-from features.mfcc import MfccConfig, feature_shape
+from features.mfcc import MfccConfig, feature_shape, mfcc_layer
 from features.speech_commands import BACKGROUND_NOISE_DIR, SplitConfig
 from features.speech_data import (
     SpeechData,
@@ -221,12 +221,22 @@ def test_batches(config: SpeechConfig, data: SpeechData):
                         stream_over_bytes=config.source.stream_over_bytes)
 
 
+def waveform_classifier(model: keras.Model, mfcc: MfccConfig) -> keras.Model:
+    """The classifier over MFCC frames behind the MFCC stage as a Keras layer: (clips,
+    samples) float waveforms at `mfcc.sample_rate` in, class probabilities out."""
+    waveforms = keras.Input((mfcc.clip_samples,), name="waveform")
+    return keras.Model(waveforms, model(mfcc_layer(mfcc)(waveforms)),
+                       name="waveform_classifier")
+
+
 def log_model(model: keras.Model, labels: tuple[str, ...], mfcc: MfccConfig) -> str:
-    """Logs the classifier as a served model that takes raw audio; returns its URI."""
+    """Logs the classifier, taking waveforms (`waveform_classifier`), as a served model that
+    takes raw audio; returns its URI."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "classifier.keras"
-        model.save(path)
-        config_path = SpeechPredictor(model, labels, mfcc).save_config(
+        served = waveform_classifier(model, mfcc)
+        served.save(path)
+        config_path = SpeechPredictor(served, labels, mfcc).save_config(
             Path(folder) / "config.json")
         return tracking.log_speech_classifier(path, config_path, labels,
                                               serving_input_example(mfcc.sample_rate))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,3 +30,14 @@ def wait_until(check: Callable[[], bool], what: str, process: subprocess.Popen, 
             pytest.fail(f"gave up waiting for {what} after {timeout:g} s or at the process's "
                         f"exit (status {process.poll()}):\n{log.read_text()[-3000:]}")
         time.sleep(interval)
+
+
+def fresh_environment(requirements: Path, folder: Path) -> Path:
+    """A new virtual environment in `folder` with only the packages `requirements` lists
+    (installed with uv, from its cache when it has them); returns its Python."""
+    subprocess.run([sys.executable, "-m", "uv", "venv", "-q", "--python", sys.executable,
+                    str(folder)], check=True)
+    python = folder / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "uv", "pip", "install", "-q", "--python", str(python),
+                    "-r", str(requirements)], check=True)
+    return python

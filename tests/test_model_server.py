@@ -1,5 +1,7 @@
-"""`mlflow models serve` answers POST /invocations for both registered champions, and refuses a
-request over the served bounds with a clear error while answering the next one."""
+"""The registered champions leave the project: they load and predict in a fresh environment
+with only their own logged requirements (not this project) as they do here, and `mlflow models
+serve` answers POST /invocations for both (the speech one served from that environment), and
+refuses a request over the served bounds with a clear error while answering the next one."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,7 +26,7 @@ from pipelines.sentiment import SentimentConfig
 from pipelines.serving import MAX_REQUEST_ROWS
 from pipelines.speech import SpeechConfig
 from tests.datasets import make_imdb, make_speech_commands
-from tests.processes import free_port
+from tests.processes import free_port, fresh_environment
 
 pytestmark = pytest.mark.slow
 
@@ -42,15 +45,76 @@ def store(tmp_path_factory) -> Path:
     return store
 
 
+@pytest.fixture(scope="module")
+def portable_python(store: Path) -> Path:
+    """The Python of a new virtual environment with only the speech champion's logged
+    requirements installed: no project, nothing else of this one."""
+    tracking.connect(None, store)
+    requirements = {name: Path(mlflow.pyfunc.get_model_dependencies(
+        f"models:/{name}@champion")).read_text() for name in MODELS}
+    assert requirements["speech-commands"] == requirements["imdb-sentiment"]
+    listed = store.parent / "requirements.txt"
+    listed.write_text(requirements["speech-commands"])
+    return fresh_environment(listed, store.parent / "portable-venv")
+
+
+MODELS = ("speech-commands", "imdb-sentiment")
+PORTABLE_SCRIPT = """
+import importlib.util, json, sys
+import mlflow, pandas as pd
+assert importlib.util.find_spec("pipelines") is None, "the project is importable"
+frames = {"speech-commands": pd.DataFrame({"audio": [open(p, "rb").read() for p in sys.argv[2:]]}),
+          "imdb-sentiment": pd.DataFrame({"text": json.load(open(sys.argv[1]))})}
+answers = {name: mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(frame)
+                 .to_dict(orient="list") for name, frame in frames.items()}
+answers["served_from"] = sys.modules["pipelines.serving"].__file__
+print(json.dumps(answers))
+"""
+
+
+def test_champions_predict_alike_where_only_their_requirements_are_installed(
+        store: Path, portable_python: Path, shared_speech_dir: Path, shared_imdb_dir: Path):
+    clips = [str(path) for word in ("yes", "no") for path in
+             sorted((shared_speech_dir / word).glob("*.wav"))[:2]]
+    reviews = [path.read_text(encoding="utf-8") for path in
+               sorted((shared_imdb_dir / "test" / "pos").glob("*.txt"))[:2]] + ["<br />"]
+    (store.parent / "reviews.json").write_text(json.dumps(reviews))
+    answer = subprocess.run(
+        [str(portable_python), "-c", PORTABLE_SCRIPT, "reviews.json", *clips],
+        cwd=store.parent, capture_output=True, text=True, check=False,
+        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
+             "MLFLOW_TRACKING_URI": tracking.local_store_uri(store)})
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    portable = json.loads(answer.stdout.strip().splitlines()[-1])
+    assert "/code/pipelines/serving.py" in portable["served_from"]  # shipped with the model
+    tracking.connect(None, store)
+    inputs = {"speech-commands": pd.DataFrame({"audio": [Path(p).read_bytes() for p in clips]}),
+              "imdb-sentiment": pd.DataFrame({"text": reviews})}
+    for name in MODELS:
+        here = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(inputs[name])
+        there = pd.DataFrame(portable[name])
+        assert there["label"].tolist() == here["label"].tolist()
+        np.testing.assert_allclose(there.filter(like="probability_").to_numpy(float),
+                                   here.filter(like="probability_").to_numpy(float), atol=1e-5)
+
+
 @pytest.fixture
-def server(store: Path, request) -> Iterator[str]:
-    """Starts `mlflow models serve` for the parametrised model on a free loopback port."""
+def server(store: Path, portable_python: Path, request) -> Iterator[str]:
+    """Starts `mlflow models serve` for the parametrised model on a free loopback port: the
+    speech champion from the environment with only its requirements, the sentiment one from
+    this project's."""
     port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking.local_store_uri(store))
+    python = sys.executable
+    if request.param == "speech-commands":
+        python = str(portable_python)
+        env = {"PATH": f"{portable_python.parent}:{os.environ['PATH']}",
+               "HOME": os.environ.get("HOME", "/tmp"), "MLFLOW_TRACKING_URI": env[
+                   "MLFLOW_TRACKING_URI"]}
     log_path = store.parent / f"serve-{request.param}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m",
+            [python, "-m", "mlflow", "models", "serve", "-m",
              f"models:/{request.param}@champion", "--env-manager", "local",
              "--host", "127.0.0.1", "--port", str(port)],
             env=env, cwd=store.parent, stdout=log, stderr=subprocess.STDOUT)

@@ -1,11 +1,11 @@
-"""Everything MLflow: the store and its runs (`runs`), the served models (`served_models`), and
-the registry with the champion rule (`registry`).
+"""Everything MLflow: the store and its runs (`runs`), the served models (`pyfunc_models`,
+logged by `served_models` with the code `model_code` collects), and the registry with the
+champion rule (`registry`).
 
 This package is the only code that imports mlflow. Its public names are re-exported here, so
 callers use `tracking.log_metrics(...)`, `tracking.register_and_promote(...)`. A logged model
-refers to its pyfunc class by module path; the classes are importable from here as well as from
-`served_models`, so versions that name `pipelines.tracking.SpeechClassifierModel` (or
-`TextClassifierModel`) load too.
+refers to its pyfunc class by module path; the classes are importable from here and from
+`served_models` as well as from `pyfunc_models`, so versions logged under those paths load too.
 """
 
 from pipelines.tracking.registry import (
@@ -43,9 +43,9 @@ from pipelines.tracking.served_models import (
     SpeechClassifierModel,
     TextClassifierModel,
     load_served_model,
+    log_model_metrics,
     log_speech_classifier,
     log_text_classifier,
-    pinned_requirements,
 )
 
 __all__ = [
@@ -53,8 +53,9 @@ __all__ = [
     "TextClassifierModel", "active_run_id", "champion_decision",
     "check_tracking", "connect", "current_champion", "download_artifacts", "find_runs",
     "interrupted_run", "link_evaluation", "load_served_model", "local_store_uri",
-    "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics", "log_params",
+    "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics",
+    "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier",
-    "model_version_of", "pinned_requirements", "redact", "register_and_promote", "run_tags",
+    "model_version_of", "redact", "register_and_promote", "run_tags",
     "set_tags", "tracked_run",
 ]

@@ -1,5 +1,11 @@
-"""The served models: pyfunc wrappers that take raw audio or raw text, logged with a signature
-and pinned requirements, and loading a logged model back.
+"""Logging the served models (`pyfunc_models`: raw audio or raw text in) with a signature, the
+code they need and pinned requirements, and loading a logged model back.
+
+A logged model is self-contained: its pyfunc class and every project module it imports ship
+in its `code/` folder (`model_code`), its `requirements.txt` pins every package that code
+imports, so it loads with `mlflow.pyfunc.load_model` in an environment with only those
+installed. Versions logged without `code/` name the same classes by their module path and load
+where this project is installed.
 
 A model that cannot be used (no such registered model, alias or version; its artifact folder
 or one of its files missing; a file damaged or truncated) raises `ModelError` naming the model
@@ -9,10 +15,9 @@ or one of its files missing; a file damaged or truncated) raises `ModelError` na
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
 import pickle
-from collections.abc import Iterator, Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -22,84 +27,15 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
-from mlflow.utils.yaml_utils import read_yaml
 
 from pipelines.errors import ModelError
-from pipelines.serving import RequestTooLarge, SpeechPredictor, TextPredictor
+from pipelines.tracking import model_code
+from pipelines.tracking.pyfunc_models import SpeechClassifierModel, TextClassifierModel
 from pipelines.tracking.registry import model_version_of
 from pipelines.tracking.runs import check_tracking, connect
-
-REGISTERED_MODEL_META = "registered_model_meta"  # written by MLflow beside MLmodel on download
-
-
-def pinned_requirements(*distributions: str) -> list[str]:
-    """`name==version` for installed distributions: given explicitly, MLflow skips the ~20 s
-    requirement inference."""
-    return [f"{name}=={importlib.metadata.version(name)}" for name in distributions]
-
-
-class RequestRefused(RequestTooLarge, MlflowException):
-    """RequestTooLarge as MLflow's scoring server answers it: HTTP 400 with the message (and
-    still a PipelineError, which `predict` reports as `error: ...`)."""
-
-    def __init__(self, message: str):
-        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
-
-
-def model_name(model_dir: Path) -> str:
-    """How a message names the model in `model_dir`: registered name and version if known."""
-    try:
-        meta = read_yaml(str(model_dir), REGISTERED_MODEL_META)
-        return f"model '{meta['model_name']}' version {meta['model_version']}"
-    except (OSError, MlflowException, KeyError, TypeError):
-        return f"the model at {model_dir}"
-
-
-@contextlib.contextmanager
-def named_model(context) -> Iterator[None]:
-    """Prefixes a ModelError raised while loading a pyfunc model's artifacts with its name;
-    the artifacts lie in `artifacts/` of the model's folder."""
-    try:
-        yield
-    except ModelError as error:
-        folder = Path(next(iter(context.artifacts.values()))).parent.parent
-        raise ModelError(f"{model_name(folder)}: {error}") from None
-
-
-class ServedModel(mlflow.pyfunc.PythonModel):
-    """What both served models share: a predictor's answer, or the request refused whole."""
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        try:
-            return self._predictor.predict(model_input)
-        except RequestTooLarge as error:
-            raise RequestRefused(str(error)) from None
-
-
-class TextClassifierModel(ServedModel):
-    """Raw review strings in; per review the label, every class probability and an error
-    (None when the review was usable). See pipelines.serving.TextPredictor."""
-
-    def __init__(self, labels: Sequence[str]):
-        self.labels = list(labels)
-
-    def load_context(self, context):
-        with named_model(context):
-            self._predictor = TextPredictor.load(context.artifacts["classifier"], self.labels)
-
-
-class SpeechClassifierModel(ServedModel):
-    """Raw clips in (file bytes, or a waveform with its sample rate); per clip the label, every
-    class probability and an error. See pipelines.serving.SpeechPredictor."""
-
-    def load_context(self, context):
-        with named_model(context):
-            self._predictor = SpeechPredictor.load(context.artifacts["classifier"],
-                                                   context.artifacts["config"])
 
 
 def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str | Path):
@@ -130,6 +66,15 @@ def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str |
         raise ModelError(f"{name}: cannot be loaded ({message})") from error
 
 
+def log_model_metrics(model_uri: str, metrics: Mapping[str, float]) -> None:
+    """Links the run's metrics to the logged model (`models:/<model id>`) too, so the model's
+    page in the UI shows them."""
+    model_id = model_uri.removeprefix("models:/")
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()
+                        if isinstance(value, int | float) and not isinstance(value, bool)},
+                       model_id=model_id)
+
+
 def local_artifact_folder(model_uri: str) -> Path | None:
     """The local folder holding a registered version's artifacts (None where they are not on
     this file system)."""
@@ -156,16 +101,17 @@ def log_text_classifier(classifier_path: str | Path, labels: Sequence[str]) -> s
     Returns:
         The logged model's URI.
     """
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=TextClassifierModel(labels),
-        artifacts={"classifier": str(classifier_path)},
-        signature=ModelSignature(inputs=Schema([ColSpec("string", "text")]),
-                                 outputs=output_schema(labels)),
-        input_example=pd.DataFrame({"text": list(INPUT_EXAMPLE_TEXTS)}),
-        pip_requirements=pinned_requirements(
-            "tensorflow", "keras", "mlflow", "scikit-learn", "pandas"),
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TextClassifierModel(labels),
+            artifacts={"classifier": str(classifier_path)},
+            signature=ModelSignature(inputs=Schema([ColSpec("string", "text")]),
+                                     outputs=output_schema(labels)),
+            input_example=pd.DataFrame({"text": list(INPUT_EXAMPLE_TEXTS)}),
+            code_paths=model_code.write_code(Path(folder)),
+            pip_requirements=model_code.requirements(),
+        )
     return info.model_uri
 
 
@@ -188,13 +134,14 @@ def log_speech_classifier(model_path: str | Path, config_path: str | Path,
     inputs = Schema([ColSpec("binary", "audio", required=False),
                      ColSpec(Array(DataType.double), "waveform", required=False),
                      ColSpec("long", "sample_rate", required=False)])
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=SpeechClassifierModel(),
-        artifacts={"classifier": str(model_path), "config": str(config_path)},
-        signature=ModelSignature(inputs=inputs, outputs=output_schema(labels)),
-        input_example=input_example,
-        pip_requirements=None if infer_requirements else pinned_requirements(
-            "tensorflow", "keras", "mlflow", "librosa", "soundfile", "pandas"),
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=SpeechClassifierModel(),
+            artifacts={"classifier": str(model_path), "config": str(config_path)},
+            signature=ModelSignature(inputs=inputs, outputs=output_schema(labels)),
+            input_example=input_example,
+            code_paths=model_code.write_code(Path(folder)),
+            pip_requirements=None if infer_requirements else model_code.requirements(),
+        )
     return info.model_uri
