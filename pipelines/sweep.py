@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 import optuna.distributions as dists
 
-from pipelines import lifecycle, tracking
+from pipelines import descriptions, lifecycle, tracking
 from pipelines.config import TaskConfig
 from pipelines.errors import ConfigError
 
@@ -74,9 +74,10 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
         results: dict[int, dict] = {}
         for number in range(trials):
             trial = study.ask(dict(space))
-            trial_config = config.replace(
-                **trial.params, sweep=0, register=False,
-                run_name=f"{config.run.run_name or pipeline + ' sweep'} trial {number}")
+            trial_config = config.replace(**trial.params, sweep=0, register=False, run_name=None)
+            trial_config = trial_config.replace(run_name=(
+                f"{config.run.run_name or descriptions.run_name(trial_config, pipeline)}"
+                f"-trial{number}"))
             log.info("trial %d/%d: %s", number + 1, trials, trial.params)
             try:
                 result = run_one(trial_config)

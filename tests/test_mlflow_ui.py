@@ -57,7 +57,7 @@ def test_ui_shows_runs_metrics_artifacts_and_the_champion(speech_dir: Path, tmp_
     store = tmp_path / "mlruns"
     result = speech.run(SpeechConfig.from_options(
         data_dir=str(speech_dir), store_dir=str(store), cache_dir=str(tmp_path / "cache"), units=8,
-        depth=1, dense_units=0, epochs=1, batch_size=16, run_name="ui-check"))
+        depth=1, dense_units=0, epochs=1, batch_size=16))
     tracking.connect(None, store)
     experiment_id = MlflowClient().get_experiment_by_name("speech-commands").experiment_id
     run_id = result["run_id"]
@@ -72,11 +72,12 @@ def test_ui_shows_runs_metrics_artifacts_and_the_champion(speech_dir: Path, tmp_
             expect.set_options(timeout=30_000)
 
             page.goto(f"{url}/#/experiments/{experiment_id}/runs")
-            expect(page.get_by_text("ui-check").first).to_be_visible()
+            expect(page.get_by_text("speech-crnn-bigru8-s0").first).to_be_visible()  # its name
             page.screenshot(path=SCREENSHOTS / "ui-runs.png")
 
             page.goto(f"{url}/#/experiments/{experiment_id}/runs/{run_id}")
             expect(page.get_by_text("test_accuracy").first).to_be_visible()
+            expect(page.get_by_text("registered as version 1").first).to_be_visible()  # note
             page.screenshot(path=SCREENSHOTS / "ui-run.png")
 
             page.goto(f"{url}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/"
@@ -91,7 +92,14 @@ def test_ui_shows_runs_metrics_artifacts_and_the_champion(speech_dir: Path, tmp_
             version_row = page.get_by_role("row").filter(has_text="Version 1")
             expect(version_row).to_contain_text("champion")
             expect(version_row).to_contain_text("test_accuracy")
+            expect(page.get_by_text("Keyword spotting on Google Speech Commands").first
+                   ).to_be_visible()  # the registered model's description
             page.screenshot(path=SCREENSHOTS / "ui-registered-model.png")
+
+            page.goto(f"{url}/#/models/speech-commands/versions/1")
+            expect(page.get_by_text("data digest").first).to_be_visible()  # its description
+            expect(page.get_by_text("champion").first).to_be_visible()
+            page.screenshot(path=SCREENSHOTS / "ui-model-version.png")
             browser.close()
     finally:
         process.terminate()

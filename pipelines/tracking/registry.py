@@ -116,6 +116,7 @@ def register_and_promote(
     test_digest: str,
     data_digest: str,
     only_if_champion: bool = False,
+    model_description: str = "",
 ) -> Promotion:
     """Registers `model_uri` under `name`, tags it and moves `champion` to it if it wins.
 
@@ -133,6 +134,8 @@ def register_and_promote(
         only_if_champion: Keep the model registered only if it becomes champion (for
             baselines, which should not crowd the registry): otherwise its queued version is
             deleted again.
+        model_description: The registered model's description (set when given); the
+            version's own describes its metrics, data and the champion decision.
 
     Returns:
         The outcome; `version` is None when the model was not kept registered.
@@ -168,6 +171,10 @@ def register_and_promote(
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, number)
         client.set_model_version_tag(name, number, "promotion", reason)
+        client.update_model_version(name, number, description=version_description(
+            metrics, data_digest, promoted, reason))
+        if model_description:
+            client.update_registered_model(name, description=model_description)
         state = DECIDED
     finally:  # also on failure, so that later promotions do not wait for this one (a version
         # left undecided is decided when its run is resumed)
@@ -176,6 +183,18 @@ def register_and_promote(
     set_tags({"registered_version": number, "champion": promoted, "promotion_reason": reason})
     log.info("registered %s v%s; champion: %s (%s)", name, number, promoted, reason)
     return Promotion(number, promoted, reason)
+
+
+def version_description(metrics: Mapping[str, float], data_digest: str, promoted: bool,
+                        reason: str) -> str:
+    """A version's description (Markdown): its test metrics, data and the champion decision."""
+    shown = {key: f"{metrics[key]:.4f}" for key in
+             ("test_accuracy", "test_macro_f1", "test_roc_auc", "recurrent_test_accuracy",
+              "ngram_test_accuracy", "recurrent_blend_weight") if key in metrics}
+    return "  \n".join([
+        ", ".join(f"{key} **{value}**" for key, value in shown.items()),
+        f"data digest `{data_digest}`",
+        ("**champion**: " if promoted else "not champion: ") + reason])
 
 
 def registered_by(client: MlflowClient, name: str, run_id: str) -> Any | None:

@@ -1,0 +1,97 @@
+"""What runs and registered models say of themselves in the MLflow UI: run names that say what
+ran (`speech-crnn-bigru64-s0`), a run's description (its headline result), and the registered
+model's description (task, classes, input format, how to call it).
+
+A version's description (its metrics, data digest and why it was or was not promoted) is
+written by the registry when the champion rule has decided it
+(`pipelines.tracking.registry`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipelines.config import TaskConfig
+
+
+def run_name(config: TaskConfig, pipeline: str) -> str:
+    """The run's name: `--run-name` if given, else task, model and seed, e.g.
+    `speech-crnn-bigru64-s0`, `sentiment-bigru128-ngrams-s1`, `sentiment-tfidf-logreg-s0`;
+    a sweep's parent adds `-sweepN`."""
+    if config.run.run_name:
+        return config.run.run_name
+    task = pipeline.removesuffix("-sweep")
+    model = config.model.model
+    if model == "recurrent":
+        parts = [f"bi{config.recurrent.cell}{config.recurrent.units}"]
+        if getattr(config.model, "front_end", None) == "conv":
+            parts.insert(0, "crnn")
+        elif task == "speech":
+            parts.insert(0, "rnn")
+        if getattr(getattr(config, "ngram", None), "ngram_features", 0):
+            parts.append("ngrams")
+    else:
+        parts = [model]
+    sweep = f"-sweep{config.run.sweep}" if config.run.sweep else ""
+    return "-".join([task, *parts, f"s{config.optim.seed}"]) + sweep
+
+
+def run_description(name: str, values: Mapping[str, Any]) -> str:
+    """A run's description (Markdown, shown on its page): what it scored and became."""
+    lines = [f"**{name}**"]
+    if "test_accuracy" in values:
+        lines.append(f"test accuracy {values['test_accuracy']:.2%}"
+                     + (f", validation {values['val_accuracy']:.2%}"
+                        if "val_accuracy" in values else "")
+                     + (f" (recurrent alone {values['recurrent_test_accuracy']:.2%}, "
+                        f"n-grams alone {values['ngram_test_accuracy']:.2%}, recurrent blend "
+                        f"weight {values['recurrent_blend_weight']:.2f})"
+                        if "recurrent_blend_weight" in values else ""))
+    if values.get("registered_version"):
+        lines.append(f"registered as version {values['registered_version']}: "
+                     + ("**champion**" if values.get("champion") else "not champion")
+                     + f" ({values.get('promotion_reason', '')})")
+    elif values.get("promotion_reason"):
+        lines.append(str(values["promotion_reason"]))
+    if values.get("data_digest"):
+        lines.append(f"data digest `{values['data_digest']}`")
+    return "  \n".join(lines)
+
+
+SPEECH_INPUT = (
+    "**Input** (pandas DataFrame, one row per clip): `audio` — the bytes of an audio file "
+    "(WAV, FLAC, OGG; any sample rate and channel count: mixed to mono, resampled to 16 kHz, "
+    "padded or cut to 1 s), or `waveform` — float samples — with `sample_rate` in Hz.  \n"
+    "**Output**: `label`, `probability_<class>` for every class, and `error` (why a row could "
+    "not be used; its label and probabilities are then empty).  \n"
+    "**Keras**: `artifacts/classifier.keras` takes (batch, 16000) float waveforms at 16 kHz and "
+    "returns class probabilities; load it with `keras.saving.load_model` after importing "
+    "`features.mfcc_layer` and `models.recurrent` from the version's `code/` folder.")
+TEXT_INPUT = (
+    "**Input** (pandas DataFrame, one row per review): `text` — the raw review (HTML tags are "
+    "stripped as in training).  \n"
+    "**Output**: `label`, `probability_<class>` for every class, and `error` (why a row could "
+    "not be used).")
+TASKS = {
+    "speech": ("Keyword spotting on Google Speech Commands: one-second clips, MFCC frames and a "
+               "bidirectional recurrent classifier", SPEECH_INPUT),
+    "sentiment": ("Sentiment of IMDB movie reviews: token ids and a bidirectional recurrent "
+                  "classifier with pretrained word vectors, blended with a bag-of-n-grams "
+                  "branch (or the TF-IDF baseline)", TEXT_INPUT),
+}
+
+
+def model_description(pipeline: str, name: str, labels: Sequence[str]) -> str:
+    """The registered model's description: task, classes, input and output, how to call it."""
+    task, io = TASKS[pipeline.removesuffix("-sweep")]
+    return "  \n".join([
+        f"**{task}.**",
+        f"**Classes** ({len(labels)}): " + ", ".join(f"`{label}`" for label in labels) + ".",
+        io,
+        f"**Call**: `mlflow.pyfunc.load_model('models:/{name}@champion').predict(frame)`; "
+        f"or `mlflow models serve -m models:/{name}@champion`, then POST "
+        "`{\"dataframe_records\": [...]}` to `/invocations`. Each version carries its code "
+        "(`code/`) and pinned `requirements.txt`: it loads where only those are installed.",
+        "The alias `champion` is on the version with the best test accuracy on the same test "
+        "data."])
