@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,3 +71,28 @@ def test_no_module_is_longer_than_the_limit():
     long = {path.relative_to(REPO).as_posix(): lines for path in PRODUCT
             if (lines := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def distribution_key(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): `scikit_learn` is `scikit-learn`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    """The distribution a requirement (`keras>=3.6,<3.16`, `psycopg[binary]`) names."""
+    return distribution_key(re.match(r"[A-Za-z0-9._-]+", requirement).group())
+
+
+def test_every_imported_third_party_package_is_a_declared_dependency():
+    """The packages the product imports are in pyproject's `dependencies`, not installed only
+    because something else pulls them in."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {requirement_name(requirement) for requirement in project["dependencies"]}
+    packages = [path for path in PRODUCT if path.parent.name != "benchmarks"]
+    modules = set().union(*map(imported_modules, packages)) - set(sys.stdlib_module_names) \
+        - {"features", "models", "pipelines"}
+    assert {"sklearn", "keras", "mlflow"} <= modules  # the scan sees the imports
+    providers = importlib.metadata.packages_distributions()
+    undeclared = {module: providers.get(module) for module in sorted(modules)
+                  if not declared & {distribution_key(name) for name in providers.get(module, [])}}
+    assert undeclared == {}

@@ -24,6 +24,9 @@ from pipelines.tracking import leases
 
 DB_NAME = "mlflow.db"
 URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+# `mlflow run` starts its entry point with the id of a run of its own in this variable
+PROJECT_RUN_VARIABLE = "MLFLOW_RUN_ID"
+PROJECT_RUN_TAG = "project_run_id"
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +167,60 @@ def ensure_experiment(name: str, store_dir: str | Path, local: bool) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
+def is_local_store(tracking_uri: str | None, store_dir: str | Path) -> bool:
+    """Whether runs go to the local store in `store_dir`: no tracking URI, or the SQLite URI of
+    its `mlflow.db` (what `mlflow run` passes on when MLFLOW_TRACKING_URI names it), so that
+    the experiments it creates keep their artifacts in `<store_dir>/artifacts` either way."""
+    if not tracking_uri:
+        return True
+    if not tracking_uri.startswith("sqlite:///"):
+        return False
+    database = Path(unquote(tracking_uri.removeprefix("sqlite:///")))
+    return database.resolve() == Path(store_dir).resolve() / DB_NAME
+
+
+@contextlib.contextmanager
+def project_run_hidden() -> Iterator[str | None]:
+    """Hides PROJECT_RUN_VARIABLE from MLflow while the body runs; yields its value.
+
+    `mlflow.start_run` reopens the run that variable names instead of starting a new one, so
+    under `mlflow run` the first run a process opened would take over the project's own run,
+    and end it; `mlflow.start_run` and `mlflow.end_run` also delete the variable. It is
+    restored afterwards, for the process's later runs.
+    """
+    saved = os.environ.pop(PROJECT_RUN_VARIABLE, None)
+    try:
+        yield saved
+    finally:
+        if saved is not None:
+            os.environ[PROJECT_RUN_VARIABLE] = saved
+
+
+def project_link(project_run_id: str | None, experiment_id: str
+                 ) -> tuple[dict[str, str], str | None]:
+    """How a new top-level run in `experiment_id` is tied to the run of the `mlflow run` that
+    started this process (`project_run_id`, from PROJECT_RUN_VARIABLE).
+
+    When that run is in the connected store, the new run gets its id as tag PROJECT_RUN_TAG;
+    when it is also in `experiment_id`, it is the new run's parent (the UI nests runs only
+    within an experiment). Outside `mlflow run`, or when that run is in another store, the run
+    stands alone.
+
+    Returns:
+        (tags for the new run, parent run id or None).
+    """
+    if not project_run_id:
+        return {}, None
+    try:
+        project = MlflowClient().get_run(project_run_id)
+    except MlflowException:
+        log.info("%s=%s is not a run of this tracking store; the run is not linked to it",
+                 PROJECT_RUN_VARIABLE, project_run_id)
+        return {}, None
+    same_experiment = project.info.experiment_id == experiment_id
+    return {PROJECT_RUN_TAG: project_run_id}, project_run_id if same_experiment else None
+
+
 @contextlib.contextmanager
 def tracked_run(
     experiment: str,
@@ -174,9 +231,13 @@ def tracked_run(
     tags: Mapping[str, str] | None = None,
     resume_run_id: str | None = None,
 ) -> Iterator[str]:
-    """Opens an MLflow run and yields its id; opened while another run is active (a sweep's
+    """Opens a new MLflow run and yields its id; opened while another run is active (a sweep's
     parent), it is nested under that run. With `resume_run_id`, that (interrupted) run is
     reopened instead.
+
+    Under `mlflow run` (PROJECT_RUN_VARIABLE set), a run opened while no other is active is
+    linked to the project's run (`project_link`); that run is never reopened, and the variable
+    is hidden while the run is open (`project_run_hidden`).
 
     The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM (see `Terminated`) and
     FAILED on any other exception, which is re-raised. While it is open, its process holds
@@ -184,22 +245,27 @@ def tracked_run(
     can be told from one still running.
     """
     connect(tracking_uri, store_dir)
-    if resume_run_id:
-        run = mlflow.start_run(run_id=resume_run_id)
-    else:
-        experiment_id = ensure_experiment(experiment, store_dir, local=not tracking_uri)
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
-                               tags=dict(tags or {}), nested=mlflow.active_run() is not None)
-    try:
-        with leases.Heartbeat(run.info.run_id):
-            yield run.info.run_id
-    except KeyboardInterrupt:
-        mlflow.end_run(status="KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    mlflow.end_run(status="FINISHED")
+    with project_run_hidden() as project_run_id:
+        if resume_run_id:
+            run = mlflow.start_run(run_id=resume_run_id)
+        else:
+            experiment_id = ensure_experiment(experiment, store_dir,
+                                              local=is_local_store(tracking_uri, store_dir))
+            nested = mlflow.active_run() is not None
+            link, parent = project_link(None if nested else project_run_id, experiment_id)
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                                   tags=dict(tags or {}) | link, nested=nested,
+                                   parent_run_id=parent)
+        try:
+            with leases.Heartbeat(run.info.run_id):
+                yield run.info.run_id
+        except KeyboardInterrupt:
+            mlflow.end_run(status="KILLED")
+            raise
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+        mlflow.end_run(status="FINISHED")
 
 
 def run_tags(run_id: str) -> dict[str, str]:
