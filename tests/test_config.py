@@ -11,6 +11,7 @@ import pytest
 
 from pipelines import cli, sentiment, speech, training
 from pipelines.config import config_from_params
+from pipelines.descriptions import run_name
 from pipelines.sentiment import SentimentConfig
 from pipelines.speech import SpeechConfig
 
@@ -148,3 +149,19 @@ def test_the_schedule_scales_with_the_training_examples():
     assert training.scheduled(optim, 84_843).epochs == 18  # the full release: the budget
     assert training.scheduled(optim, 10_000_000).epochs == 1
     assert training.scheduled(SentimentConfig().optim, 22_500).epochs == 3  # budget 0: --epochs
+
+
+def test_run_names_say_task_model_and_seed():
+    assert run_name(SpeechConfig(), "speech") == "speech-crnn-bigru64-s0"
+    assert run_name(SpeechConfig.from_options(front_end="none", cell="lstm", units=32, seed=2),
+                    "speech") == "speech-rnn-bilstm32-s2"
+    assert run_name(SpeechConfig.from_options(model="tutorial-cnn"), "speech") == (
+        "speech-tutorial-cnn-s0")
+    assert run_name(SentimentConfig(), "sentiment") == "sentiment-bigru128-ngrams-s0"
+    assert run_name(SentimentConfig.from_options(ngram_features=0, seed=1), "sentiment") == (
+        "sentiment-bigru128-s1")
+    assert run_name(SentimentConfig.from_options(model="tfidf-logreg"), "sentiment") == (
+        "sentiment-tfidf-logreg-s0")
+    assert run_name(SpeechConfig.from_options(sweep=8), "speech-sweep") == (
+        "speech-crnn-bigru64-s0-sweep8")
+    assert run_name(SpeechConfig.from_options(run_name="mine"), "speech") == "mine"

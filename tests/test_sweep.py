@@ -32,7 +32,8 @@ def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_
     trials = client.search_runs(
         [experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(trials) == 2
-    assert {run.info.run_name for run in trials} == {"tiny trial 0", "tiny trial 1"}
+    assert {run.info.run_name for run in trials} == {"tiny-trial0", "tiny-trial1"}
+    assert parent.info.run_name == "tiny"
     assert all(run.data.params["sweep"] == "0" and run.data.params["register"] == "False"
                for run in trials)
     # the search space and every trial's score are on the parent
