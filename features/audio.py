@@ -24,6 +24,13 @@ error and the other rows normally):
   seen.
 
 `decode_recording` (whole noise recordings) reads the whole file under the same rules.
+
+Plain 16-bit PCM WAV files (Speech Commands' format) whose data chunk is whole are read by a
+NumPy parser of the RIFF header (`pcm16_wav`), about five times faster than opening them with
+libsndfile and equal to what libsndfile reads, bit for bit (`tests/test_audio.py` checks both
+on every clip of the shared data); every other file, and any WAV the parser does not take
+(another encoding, WAVE_FORMAT_EXTENSIBLE, a cut data chunk, odd chunks), goes through
+libsndfile.
 """
 
 from __future__ import annotations
@@ -142,6 +149,38 @@ def audio_info(source: str | Path | bytes, name: str | None = None):
         raise not_decodable(source_label(source, name), source, error) from error
 
 
+PCM16_SCALE = np.float32(1 / 32768)  # libsndfile's int16 -> float32 scaling
+
+
+def pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
+    """The samples ((frames, channels) float32, as libsndfile reads them) and the rate of a
+    plain 16-bit PCM WAV file, or None for anything else (left to libsndfile)."""
+    if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    position, fmt = 12, None
+    while position + 8 <= len(data):
+        chunk, size = data[position:position + 4], int.from_bytes(
+            data[position + 4:position + 8], "little")
+        body = position + 8
+        if chunk == b"fmt ":
+            if size < 16 or body + size > len(data):
+                return None
+            fmt = tuple(int.from_bytes(data[body + start:body + end], "little")
+                        for start, end in ((0, 2), (2, 4), (4, 8), (14, 16)))
+        elif chunk == b"data":
+            if fmt is None or body + size > len(data):
+                return None
+            tag, channels, rate, bits = fmt
+            if tag != 1 or bits != 16 or channels < 1 or size % (2 * channels):
+                return None
+            samples = np.frombuffer(data, "<i2", size // 2, body).reshape(-1, channels)
+            return samples.astype(np.float32) * PCM16_SCALE, rate
+        elif chunk not in (b"LIST", b"fact", b"cue ", b"bext"):
+            return None
+        position = body + size + (size & 1)
+    return None
+
+
 def read_samples(source: str | Path | bytes, name: str | None = None,
                  seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Reads any soundfile-supported audio (WAV PCM 8/16/24/32-bit, float, ...) as float32.
@@ -159,6 +198,15 @@ def read_samples(source: str | Path | bytes, name: str | None = None,
             rate out of range or holds NaN/Inf or absurdly large samples.
     """
     label = source_label(source, name)
+    fast = fast_read(source)
+    if fast is not None:
+        samples, rate = fast
+        rate = check_sample_rate(rate, label)
+        if seconds is not None:
+            samples = samples[:math.ceil(rate * seconds)]
+        if samples.shape[0] == 0:
+            raise AudioDecodeError(f"{label}: the file holds no audio samples")
+        return check_samples(samples, label), rate
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with soundfile.SoundFile(handle) as audio:
@@ -172,6 +220,19 @@ def read_samples(source: str | Path | bytes, name: str | None = None,
     if samples.shape[0] == 0:
         raise AudioDecodeError(f"{label}: the file holds no audio samples")
     return check_samples(samples, label), rate
+
+
+def fast_read(source: str | Path | bytes) -> tuple[np.ndarray, int] | None:
+    """`pcm16_wav` of a `.wav` path's or WAV bytes' content; None where it does not apply
+    (another kind of file, or a path that cannot be read: libsndfile then names the error)."""
+    if not isinstance(source, bytes):
+        if not str(source).lower().endswith(".wav"):
+            return None
+        try:
+            source = Path(source).read_bytes()
+        except OSError:
+            return None
+    return pcm16_wav(source)
 
 
 def decode_clip(source: str | Path | bytes, spec: AudioSpec, name: str | None = None) -> np.ndarray:

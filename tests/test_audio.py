@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
-from features.audio import AudioDecodeError, AudioSpec, decode_clip
+from features.audio import AudioDecodeError, AudioSpec, decode_clip, pcm16_wav
 from tests.datasets import tone, write_wav
 
 SPEC = AudioSpec(16000, 1.0)
@@ -45,3 +47,51 @@ def test_missing_file_is_named(tmp_path: Path):
     path = tmp_path / "gone.wav"
     with pytest.raises(AudioDecodeError, match=f"^{re.escape(str(path))}: no such file$"):
         decode_clip(path, SPEC)
+
+
+def libsndfile_read(data: bytes) -> tuple[np.ndarray, int]:
+    samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return samples, rate
+
+
+def test_the_pcm16_parser_reads_every_shared_clip_as_libsndfile_does(shared_speech_dir: Path):
+    paths = sorted(shared_speech_dir.rglob("*.wav"))
+    assert len(paths) > 3000
+    for path in paths:
+        data = path.read_bytes()
+        parsed = pcm16_wav(data)
+        assert parsed is not None, path
+        expected, rate = libsndfile_read(data)
+        assert parsed[1] == rate and parsed[0].dtype == np.float32, path
+        assert np.array_equal(parsed[0], expected), path  # bit for bit
+
+
+@pytest.mark.parametrize(("subtype", "channels", "taken"), [
+    ("PCM_16", 1, True), ("PCM_16", 2, True), ("PCM_24", 1, False), ("PCM_U8", 1, False),
+    ("FLOAT", 1, False), ("PCM_32", 2, False)])
+def test_the_parser_takes_plain_pcm16_only_and_decoding_is_the_same_either_way(
+        tmp_path: Path, subtype: str, channels: int, taken: bool):
+    wave = np.stack([tone(440, 0.3, rate=22050)] * channels, axis=1)
+    path = write_wav(tmp_path / "a.wav", wave, rate=22050, subtype=subtype)
+    data = path.read_bytes()
+    assert (pcm16_wav(data) is not None) == taken
+    if taken:
+        assert np.array_equal(pcm16_wav(data)[0], libsndfile_read(data)[0])
+    assert np.array_equal(decode_clip(path, SPEC), decode_clip(data, SPEC))
+
+
+def test_odd_wavs_go_to_libsndfile(tmp_path: Path):
+    data = write_wav(tmp_path / "a.wav", tone(440, 0.3)).read_bytes()
+    extensible = io.BytesIO()
+    soundfile.write(extensible, np.stack([tone(440, 0.3)] * 3, 1), 16000, format="WAVEX",
+                    subtype="PCM_16")
+    cut = data[:-100]  # the data chunk is shorter than its header says
+    unknown_chunk = data[:12] + b"junk" + (4).to_bytes(4, "little") + b"abcd" + data[12:]
+    for odd in (extensible.getvalue(), cut, unknown_chunk, b"RIFF" + data[4:40]):
+        assert pcm16_wav(odd) is None
+    # a cut file still decodes (libsndfile reads the frames present), as before
+    assert decode_clip(cut, SPEC).shape == (16000,)
+    # an extra LIST chunk before the data is skipped by both readers alike
+    listed = (data[:36] + b"LIST" + (6).to_bytes(4, "little") + b"INFOab" + data[36:])
+    listed = listed[:4] + (len(listed) - 8).to_bytes(4, "little") + listed[8:]
+    assert np.array_equal(pcm16_wav(listed)[0], libsndfile_read(listed)[0])
