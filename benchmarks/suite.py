@@ -5,8 +5,9 @@ Usage:
                          [--data-dir ../shared/data] [--store-dir mlruns]
 
 Sections (in order): mfcc, cache, speech-training, sentiment-training, tracking, serving,
-memory, end-to-end, speech-accuracy, sentiment-accuracy (the accuracy sections train the
-default pipelines over three seeds, about an hour in all). Opt-in, run only when named in
+streaming (trains a default speech model unless --store-dir has a champion), memory,
+end-to-end, speech-accuracy, sentiment-accuracy (the accuracy sections train the default
+pipelines over three seeds, about an hour in all). Opt-in, run only when named in
 `--only`: full-scale (a v0.02-sized generated folder and a TFDS dataset of that size, the
 default speech pipeline for one epoch on each; about 25 minutes on two cores, 22 GB of disk,
 and 9 GB of memory while the TFDS copy is written). Timings
@@ -122,6 +123,7 @@ def sections() -> dict[str, Callable[[Options], list[Figure]]]:
         full_scale,
         memory,
         serving,
+        streaming,
         tracking_overhead,
         training,
     )
@@ -133,6 +135,7 @@ def sections() -> dict[str, Callable[[Options], list[Figure]]]:
         "sentiment-training": training.sentiment_training,
         "tracking": tracking_overhead.tracking_overhead,
         "serving": serving.served_inference,
+        "streaming": streaming.streaming,
         "memory": memory.bounded_memory,
         "end-to-end": end_to_end.end_to_end,
         "speech-accuracy": accuracy.speech_accuracy,

@@ -12,7 +12,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -70,6 +70,8 @@ class TaskCommands:
         dataset: Dataset name of evaluation runs (`<dataset>-evaluation`).
         predict: `predict`: label inputs with a logged model.
         evaluate: `evaluate`: score a logged model on a labelled folder.
+        commands: The task's other commands by name (speech: `listen`), each
+            `command(task, argv) -> exit status`.
     """
 
     pipeline: str
@@ -80,6 +82,8 @@ class TaskCommands:
     dataset: str
     predict: Command
     evaluate: Command
+    commands: Mapping[str, Callable[[TaskCommands, list[str]], int]] = field(
+        default_factory=dict)
 
     @property
     def prog(self) -> str:
@@ -90,7 +94,7 @@ def main(task: TaskCommands, argv: Sequence[str] | None = None) -> int:
     """A task's entry point: `predict ...` and `evaluate ...` run those commands on the
     remaining arguments; anything else parses training flags, runs and prints the summary."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"predict": predict, "evaluate": evaluate}
+    commands = {"predict": predict, "evaluate": evaluate, **task.commands}
     command = commands.get(argv[0]) if argv else None
     args = None if command else training_parser(task).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import soundfile
 
 from benchmarks.accuracy import summary
 from benchmarks.memory import variant_chunk
+from benchmarks.streaming import NOT_KEYWORDS, generate_stream, score
 from benchmarks.suite import Figure, main, run_child
+from pipelines.listening import Detection
 
 
 def test_ratio_is_how_many_times_better_than_the_reference():
@@ -74,3 +77,28 @@ def test_accuracy_summary_reports_mean_spread_margin_and_goals():
     assert slowest.value == 700.0 and slowest.met and "1.50, 1.60, 1.40 GB" in slowest.note
     late = summary("s", "default", [(0, 0.5, 1000.0, 1.0)], "cnn", reference, 0.92, 15)
     assert not late[0].met and not late[2].met and "one seed" in late[0].note
+
+
+def test_a_generated_stream_holds_test_clips_at_their_ground_truth_times(
+        tmp_path, shared_speech_dir):
+    path = tmp_path / "stream.wav"
+    truth = generate_stream(shared_speech_dir, path, seconds=30, seed=1)
+    samples, rate = soundfile.read(path, dtype="float32")
+    assert rate == 16000 and len(samples) == 30 * 16000
+    assert 6 <= len(truth) <= 10 and all(label not in NOT_KEYWORDS for _, label in truth)
+    gaps = np.diff([when for when, _ in truth])
+    assert (gaps >= 3.0 - 1e-9).all() and (gaps <= 4.0 + 1e-9).all()  # a 1 s clip + 2-3 s gap
+    written = (tmp_path / "stream.wav.labels.txt").read_text().splitlines()
+    assert written[0] == f"{truth[0][1]}, {1000 * truth[0][0]:.0f}"
+    quiet = generate_stream(shared_speech_dir, tmp_path / "noise.wav", seconds=10, words="none")
+    assert quiet == []
+
+
+def test_streaming_scores_match_within_the_tolerance_once_per_word():
+    truth = [(2.0, "yes"), (5.0, "no"), (9.0, "up")]
+    found = [Detection(2.5, "yes", 0.9), Detection(2.6, "yes", 0.9),  # the second: near no
+             Detection(4.4, "left", 0.8),  # within 0.75 s of "no": wrongly matched
+             Detection(12.0, "up", 0.9)]  # far from every word: a false positive
+    stats = score(found, truth)
+    assert stats == pytest.approx({"matched": 100 / 3, "wrongly_matched": 100 / 3,
+                                   "false_positives": 200 / 3})

@@ -56,6 +56,11 @@ def named_model(context) -> Iterator[None]:
 class ServedModel(mlflow.pyfunc.PythonModel):
     """What both served models share: a predictor's answer, or the request refused whole."""
 
+    @property
+    def predictor(self) -> SpeechPredictor | TextPredictor:
+        """What answers the requests (loaded by `load_context`)."""
+        return self._predictor
+
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         try:
             return self._predictor.predict(model_input)

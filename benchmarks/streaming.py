@@ -1,0 +1,159 @@
+"""Keyword spotting on long streams, as TensorFlow's speech_commands example measures it.
+
+`generate_stream` mixes test-split clips (never training ones) over `_background_noise_`
+recordings into one long WAV with its ground truth, like `generate_streaming_test_wav.py`:
+a clip every `word_gap_ms` plus up to half that again (seeded), the noise at
+`background_volume`. A word's ground-truth time is the end of its one-second clip, which is
+where a window that holds the whole word ends.
+
+`streaming` runs `pipelines.listening.listen` with its defaults over three such streams and
+reports, like `test_streaming_accuracy.py` with its 750 ms tolerance: matched % (a detection
+within the tolerance of a word, with its label), wrongly matched % (within the tolerance, another
+label) and false positives % (near no word), each over the words in the stream; false accepts
+per hour on noise alone and on a stream of non-keyword words only (the test split's
+`_unknown_` words); and the real-time factor (seconds of audio per second of compute).
+TensorFlow's example, with its defaults (clip_stride 30 ms, average window 500 ms, threshold
+0.7, suppression 500 ms), reports its own model's figures in these terms.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from benchmarks.suite import Figure, Options
+from features.audio import decode_clip, decode_recording
+from features.mfcc import MfccConfig
+from features.speech_commands import SplitConfig, load_speech_commands
+from pipelines import listening, speech, tracking
+from pipelines.errors import ModelError
+from pipelines.listening import ListenConfig
+from pipelines.speech import SpeechConfig
+
+TOLERANCE_S = 0.75
+NOT_KEYWORDS = listening.NOT_REPORTED
+
+
+def generate_stream(speech_dir: Path, out: Path, *, seconds: float = 600, words: str = "keywords",
+                    word_gap_ms: float = 2000, background_volume: float = 0.1, seed: int = 0
+                    ) -> list[tuple[float, str]]:
+    """Writes a `seconds`-long 16 kHz WAV of test-split clips over background noise to `out`
+    (`words`: "keywords" the ten words, "unknown" the test split's other words, "none" noise
+    only); returns its ground truth, (time of the clip's end in s, label) per word, and writes
+    it beside the WAV as `<out>.labels.txt` (`label, time_ms` per line, as TensorFlow's)."""
+    spec = MfccConfig().audio
+    data = load_speech_commands(speech_dir, SplitConfig(), spec)
+    clips = [e for e in data.examples["test"] if not e.is_silence and (
+        (e.label not in NOT_KEYWORDS) if words == "keywords" else e.label == "_unknown_")]
+    noise = [decode_recording(path, spec.sample_rate) for path in
+             sorted((speech_dir / "_background_noise_").glob("*.wav"))]
+    rng = np.random.default_rng(seed)
+    rate, total = spec.sample_rate, int(seconds * spec.sample_rate)
+    wave = np.zeros(total, np.float32)
+    position = 0
+    while position < total:  # background: random stretches of random recordings
+        recording = noise[rng.integers(len(noise))]
+        start = rng.integers(0, len(recording) - rate)
+        stretch = recording[start:start + min(total - position, len(recording) - start)]
+        wave[position:position + len(stretch)] = background_volume * stretch
+        position += len(stretch)
+    truth: list[tuple[float, str]] = []
+    position = int(rate * word_gap_ms / 1000 / 2)
+    while words != "none" and position + spec.clip_samples < total:
+        example = clips[rng.integers(len(clips))]
+        clip = decode_clip(speech_dir / example.path, spec)
+        wave[position:position + spec.clip_samples] += clip
+        truth.append(((position + spec.clip_samples) / rate, example.label))
+        position += spec.clip_samples + int(rate * word_gap_ms / 1000 * (1 + rng.random() / 2))
+    soundfile.write(out, np.clip(wave, -1, 1), rate, subtype="PCM_16")
+    Path(f"{out}.labels.txt").write_text(
+        "".join(f"{label}, {1000 * when:.0f}\n" for when, label in truth))
+    return truth
+
+
+def score(detections: list[listening.Detection], truth: list[tuple[float, str]]
+          ) -> dict[str, float]:
+    """TensorFlow's streaming accuracy: each detection is matched to the nearest word not yet
+    matched within the tolerance; matched with its label, wrongly matched, or a false
+    positive. Percentages are of the words in the stream."""
+    taken = [False] * len(truth)
+    matched = wrong = false = 0
+    for detection in detections:
+        near = [(abs(when - detection.time_s), index) for index, (when, _) in enumerate(truth)
+                if not taken[index] and abs(when - detection.time_s) <= TOLERANCE_S]
+        if not near:
+            false += 1
+            continue
+        index = min(near)[1]
+        taken[index] = True
+        if truth[index][1] == detection.label:
+            matched += 1
+        else:
+            wrong += 1
+    words = max(len(truth), 1)
+    return {"matched": 100 * matched / words, "wrongly_matched": 100 * wrong / words,
+            "false_positives": 100 * false / words}
+
+
+def trained_predictor(options: Options):
+    """The speech champion of `--store-dir` when it has one; else a default speech run is
+    trained there first (three epochs with --quick)."""
+    store = options.store_dir
+    tracking.connect(None, store)
+    try:
+        model = tracking.load_served_model("models:/speech-commands@champion", None, store)
+    except ModelError:  # no champion in this store yet
+        config = SpeechConfig.from_options(
+            data_dir=str(options.data_dir / "speech_commands"), store_dir=str(store),
+            cache_dir=str(options.work_dir / "cache"), **({"epochs": 3} if options.quick else {}))
+        result = speech.run(config)
+        model = tracking.load_served_model(result["model_uri"], None, store)
+    return model.unwrap_python_model().predictor
+
+
+def streaming(options: Options) -> list[Figure]:
+    """Matched / wrongly matched / false-positive %, false accepts per hour on noise and on
+    non-keyword words, and the real-time factor, at `listen`'s defaults."""
+    speech_dir = options.data_dir / "speech_commands"
+    predictor = trained_predictor(options)
+    for size in (1, 2, 4, 8, 16, 32, 64):  # the compiled call's shapes, compiled before timing
+        listening.window_probabilities(
+            predictor, np.zeros((size, predictor.spec.clip_samples), np.float32))
+    seconds = 120 if options.quick else 600
+    config = ListenConfig()
+    results = {}
+    for name, words, gap in (("keywords", "keywords", 2000), ("noise", "none", 2000),
+                             ("unknown", "unknown", 1600)):
+        path = options.work_dir / f"stream-{name}.wav"
+        truth = generate_stream(speech_dir, path, seconds=seconds, words=words, word_gap_ms=gap)
+        started = time.perf_counter()
+        found = listening.listen(str(path), predictor, config)
+        results[name] = (truth, found, time.perf_counter() - started)
+    truth, found, compute = results["keywords"]
+    stats = score(found, truth)
+    hours = seconds / 3600
+    noise_accepts = len(results["noise"][1]) / hours
+    unknown_accepts = len(results["unknown"][1]) / hours
+    rtf = seconds / compute
+    where = f"{seconds / 60:.0f}-minute stream, {len(truth)} keywords"
+    return [
+        Figure("streaming", f"matched ({where})", stats["matched"], "%", goal=">= 90 %",
+               met=stats["matched"] >= 90),
+        Figure("streaming", "wrongly matched", stats["wrongly_matched"], "%",
+               higher_is_better=False, goal="<= 3 %", met=stats["wrongly_matched"] <= 3),
+        Figure("streaming", "false positives", stats["false_positives"], "%",
+               higher_is_better=False, goal="<= 3 %", met=stats["false_positives"] <= 3),
+        Figure("streaming", "false accepts per hour, background noise only", noise_accepts,
+               "/h", higher_is_better=False, goal="<= 2 /h", met=noise_accepts <= 2),
+        Figure("streaming", f"false accepts per hour, non-keyword words only "
+               f"({len(results['unknown'][0])} words)", unknown_accepts, "/h",
+               higher_is_better=False, goal="<= 30 /h", met=unknown_accepts <= 30),
+        Figure("streaming", "real-time factor (audio s per compute s, 2 cores)", rtf, "x",
+               goal=">= 50x", met=rtf >= 50,
+               note=f"listen defaults: hop {config.hop_ms:g} ms, average window "
+                    f"{config.average_window_ms:g} ms, threshold {config.threshold:g}, "
+                    f"suppression {config.suppression_ms:g} ms"),
+    ]

@@ -1,0 +1,216 @@
+"""Keyword spotting on recordings of any length: `python -m pipelines.speech listen FILE ...`.
+
+A one-second window slides over each recording every `--hop-ms`; the windows go through the
+served speech model in batches (one compiled call per batch, `SpeechPredictor.probabilities`);
+each window's probabilities are averaged with those of the windows that ended in the last
+`--average-window-ms`, and `RecognizeCommands` (TensorFlow's speech_commands semantics)
+reports a keyword when its averaged score passes `--threshold`, it is not the label detected
+last, and more than `--suppression-ms` passed since that detection. `_silence_` and
+`_unknown_` take part in that logic (detecting one ends the suppression of a keyword) but are
+never reported.
+
+A recording is read in blocks (`BLOCK_SECONDS`), mixed to mono and resampled to the model's
+rate as a stream, so memory stays flat however long it is. Bad input, per file:
+
+- shorter than a window: zero-padded to one window, which is scored once;
+- silence only: scored like any audio (no keyword passes the threshold on silence);
+- any rate from MIN_SAMPLE_RATE to MAX_SAMPLE_RATE and any channel count: mixed down and
+  resampled;
+- not decodable, missing, no samples, NaN/Inf samples, a rate out of range: `AudioDecodeError`
+  naming the file; `listen` reports it on stderr, goes on with the other files and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from features.audio import AudioDecodeError, check_sample_rate, check_samples
+from features.mfcc import mfcc_frames
+from pipelines import cli, tracking
+from pipelines.serving import SpeechPredictor
+
+BLOCK_SECONDS = 30  # of a recording read and resampled at a time
+WINDOWS_PER_CALL = 256  # windows per batched model call
+NOT_REPORTED = ("_silence_", "_unknown_")
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """How windows are cut and detections made (TensorFlow's RecognizeCommands terms)."""
+
+    hop_ms: float = 100.0
+    average_window_ms: float = 500.0
+    threshold: float = 0.7
+    suppression_ms: float = 1000.0
+
+
+@dataclass(frozen=True)
+class Detection:
+    time_s: float  # end of the window whose averaged scores passed the threshold
+    label: str
+    score: float
+
+
+class RecognizeCommands:
+    """Averages window scores over time and decides when a command was heard, as
+    TensorFlow's `RecognizeCommands` does: the averaged top label is a new command when its
+    score passes the threshold, it differs from the last command, and the last command is
+    more than `suppression_ms` old (or was `_silence_`)."""
+
+    def __init__(self, labels: Sequence[str], config: ListenConfig):
+        self.labels = list(labels)
+        self.config = config
+        self.recent: deque[tuple[float, np.ndarray]] = deque()
+        self.previous_label = "_silence_"
+        self.previous_time = -np.inf
+
+    def process(self, time_ms: float, scores: np.ndarray) -> tuple[str, float] | None:
+        """Takes the scores of the window ending at `time_ms`; returns (label, averaged
+        score) when that is a new command."""
+        self.recent.append((time_ms, scores))
+        while self.recent[0][0] <= time_ms - self.config.average_window_ms:
+            self.recent.popleft()
+        average = np.mean([window for _, window in self.recent], axis=0)
+        top = int(np.argmax(average))
+        label, score = self.labels[top], float(average[top])
+        since = (np.inf if self.previous_label == "_silence_"
+                 else time_ms - self.previous_time)
+        if score > self.config.threshold and label != self.previous_label and (
+                since > self.config.suppression_ms):
+            self.previous_label, self.previous_time = label, time_ms
+            return label, score
+        return None
+
+
+def resampled_blocks(path: str, rate: int) -> Iterator[np.ndarray]:
+    """A recording as consecutive mono float32 blocks at `rate`, read BLOCK_SECONDS at a time.
+
+    Raises:
+        AudioDecodeError: Not decodable, no samples, a rate out of range, NaN/Inf samples.
+    """
+    if not Path(path).is_file():
+        raise AudioDecodeError(f"{path}: no such file")
+    try:
+        audio = soundfile.SoundFile(path)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as error:
+        detail = getattr(error, "error_string", None) or getattr(error, "strerror", None) or error
+        raise AudioDecodeError(f"{path}: not decodable audio ({detail})") from None
+    with audio:
+        source_rate = check_sample_rate(audio.samplerate, path)
+        stream = (None if source_rate == rate
+                  else soxr.ResampleStream(source_rate, rate, 1, dtype="float32"))
+        total = 0
+        for block in audio.blocks(BLOCK_SECONDS * source_rate, dtype="float32",
+                                  always_2d=True):
+            mono = check_samples(block.mean(axis=1), path).astype(np.float32)
+            total += len(mono)
+            yield mono if stream is None else stream.resample_chunk(mono)
+        if total == 0:
+            raise AudioDecodeError(f"{path}: the file holds no audio samples")
+        if stream is not None:
+            yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+def windows(blocks: Iterator[np.ndarray], window: int, hop: int
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of (window end times in samples, windows (n, window)) of the stream, a window
+    every `hop` samples; a stream shorter than one window gives one, zero-padded."""
+    buffer = np.zeros(0, np.float32)
+    consumed = 0  # samples dropped from the buffer's front
+    start = 0  # next window's start, in samples of the stream
+    seen = False
+    for block in blocks:
+        buffer = np.concatenate([buffer, block])
+        starts = np.arange(start, consumed + len(buffer) - window + 1, hop)
+        for first in range(0, len(starts), WINDOWS_PER_CALL):
+            chosen = starts[first:first + WINDOWS_PER_CALL] - consumed
+            cut = np.lib.stride_tricks.sliding_window_view(buffer, window)[chosen]
+            yield chosen + consumed + window, cut
+            seen = True
+        if len(starts):
+            start = int(starts[-1]) + hop
+        drop = max(0, start - consumed)
+        buffer, consumed = buffer[drop:], consumed + drop
+    if not seen and len(buffer):
+        padded = np.zeros(window, np.float32)
+        padded[:len(buffer)] = buffer
+        yield np.array([window]), padded[None]
+
+
+def window_probabilities(predictor: SpeechPredictor, batch: np.ndarray) -> np.ndarray:
+    """The model's probabilities for (n, clip_samples) windows at its rate (their MFCC frames
+    computed first for a model over frames)."""
+    inputs = batch if predictor.takes_waveforms else mfcc_frames(batch, predictor.mfcc)
+    return predictor.probabilities(np.ascontiguousarray(inputs, np.float32))
+
+
+def listen(path: str, predictor: SpeechPredictor, config: ListenConfig) -> list[Detection]:
+    """The keywords detected in one recording, in time order.
+
+    Raises:
+        AudioDecodeError: The recording cannot be read (see the module docstring).
+    """
+    spec = predictor.spec
+    hop = max(1, int(round(spec.sample_rate * config.hop_ms / 1000)))
+    recognizer = RecognizeCommands(predictor.labels, config)
+    found = []
+    for ends, batch in windows(resampled_blocks(path, spec.sample_rate), spec.clip_samples,
+                               hop):
+        for end, scores in zip(ends, window_probabilities(predictor, batch), strict=True):
+            time_ms = 1000 * end / spec.sample_rate
+            heard = recognizer.process(time_ms, scores)
+            if heard and heard[0] not in NOT_REPORTED:
+                found.append(Detection(time_ms / 1000, *heard))
+    return found
+
+
+def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
+    """`listen FILE ...`: detections as `file<TAB>time_s<TAB>label<TAB>score`; 1 when a file
+    could not be read."""
+    parser = cli.model_parser(task, "listen", "Spot keywords in recordings of any length "
+                              "with a logged speech model (default: the champion).")
+    defaults = ListenConfig()
+    parser.add_argument("files", nargs="+", metavar="FILE", help="recordings (WAV, FLAC, ...)")
+    parser.add_argument("--hop-ms", type=float, default=defaults.hop_ms,
+                        help="a one-second window is scored every this many ms")
+    parser.add_argument("--average-window-ms", type=float, default=defaults.average_window_ms,
+                        help="scores are averaged over the windows ending this recently")
+    parser.add_argument("--threshold", type=float, default=defaults.threshold,
+                        help="averaged score a keyword must pass")
+    parser.add_argument("--suppression-ms", type=float, default=defaults.suppression_ms,
+                        help="no new detection this soon after the last one")
+    args = parser.parse_args(argv)
+    config = ListenConfig(args.hop_ms, args.average_window_ms, args.threshold,
+                          args.suppression_ms)
+    check_config(parser, config)
+    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
+    predictor = model.unwrap_python_model().predictor
+    if not isinstance(predictor, SpeechPredictor):
+        parser.error(f"{args.model_uri} is not a speech model")
+    status = 0
+    for path in args.files:
+        try:
+            for detection in listen(path, predictor, config):
+                print(f"{path}\t{detection.time_s:.2f}\t{detection.label}\t"
+                      f"{detection.score:.3f}", flush=True)
+        except AudioDecodeError as error:
+            print(f"{error}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def check_config(parser: argparse.ArgumentParser, config: ListenConfig) -> None:
+    if config.hop_ms <= 0 or config.average_window_ms <= 0 or config.suppression_ms < 0:
+        parser.error("--hop-ms and --average-window-ms must be positive, --suppression-ms at "
+                     "least 0")
+    if not 0 <= config.threshold < 1:
+        parser.error("--threshold must be in [0, 1)")

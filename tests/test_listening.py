@@ -1,0 +1,136 @@
+"""`listen`: windows over recordings of any length, RecognizeCommands' decisions, bad input.
+
+The model here is a real Keras model over raw waveforms whose answer is set by its weights:
+`yes` where a window is loud, `_silence_` where it is quiet, so the detections of a stream of
+tone bursts over quiet noise are known in advance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from features.mfcc import MfccConfig
+from features.speech_commands import TWELVE_CLASS_LABELS
+from pipelines import speech, tracking
+from pipelines.listening import (
+    ListenConfig,
+    RecognizeCommands,
+    listen,
+    resampled_blocks,
+    windows,
+)
+from pipelines.serving import SpeechPredictor
+from tests.datasets import write_wav
+
+LABELS = TWELVE_CLASS_LABELS
+RATE = 16000
+
+
+def loudness_model() -> keras.Model:
+    """(batch, 16000) -> 12 probabilities: `yes` for a loud window, `_silence_` for a quiet
+    one (logits linear in the mean power)."""
+    waveforms = keras.Input((RATE,))
+    samples = keras.layers.Reshape((RATE, 1))(waveforms)
+    power = keras.layers.GlobalAveragePooling1D()(keras.layers.Multiply()([samples, samples]))
+    head = keras.layers.Dense(len(LABELS), activation="softmax")
+    model = keras.Model(waveforms, head(power))
+    slope, bias = np.zeros((1, len(LABELS))), np.full(len(LABELS), -10.0)
+    slope[0, LABELS.index("yes")] = 100.0
+    bias[LABELS.index("yes")], bias[LABELS.index("_silence_")] = 0.0, 5.0
+    head.set_weights([slope.astype(np.float32), bias.astype(np.float32)])
+    return model
+
+
+def stream(seconds: float, bursts: list[float], rate: int = RATE) -> np.ndarray:
+    """Quiet noise with a 0.6 s loud tone starting at each of `bursts` (seconds)."""
+    rng = np.random.default_rng(0)
+    wave = 0.01 * rng.standard_normal(int(seconds * rate))
+    for start in bursts:
+        t = np.arange(int(0.6 * rate)) / rate
+        first = int(start * rate)
+        wave[first:first + t.size] += 0.5 * np.sin(2 * np.pi * 440 * t)
+    return wave.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> SpeechPredictor:
+    return SpeechPredictor(loudness_model(), LABELS, MfccConfig())
+
+
+def test_recognize_commands_needs_threshold_a_new_label_and_the_suppression_time():
+    recognizer = RecognizeCommands(["_silence_", "yes", "no"], ListenConfig(
+        average_window_ms=200, threshold=0.6, suppression_ms=500))
+    yes, no, quiet = np.array([0, 1.0, 0]), np.array([0, 0, 1.0]), np.array([1.0, 0, 0])
+    heard = {t: recognizer.process(t, scores) for t, scores in [
+        (100, yes * 0.5 + quiet * 0.5),  # below the threshold
+        (200, yes), (300, yes),  # averaged over 200 ms: passes at 200 ms, then the same label
+        (400, no), (500, no), (600, no),  # a new label, but within 500 ms of the last
+        (800, no),  # more than 500 ms later: heard
+        (900, yes), (1000, yes), (1100, yes), (1400, yes)]}  # 600 ms after `no`: heard
+    assert {t: h[0] for t, h in heard.items() if h} == {200: "yes", 800: "no", 1400: "yes"}
+    assert heard[200][1] == pytest.approx(0.75)  # the average of the windows in reach
+
+
+def test_windows_of_a_stream_in_blocks_equal_windows_of_the_whole():
+    wave = np.arange(5 * RATE, dtype=np.float32)
+    blocks = np.split(wave, [7_000, 7_100, 30_000, 61_234])
+    ends, cut = zip(*windows(iter(blocks), RATE, 1600), strict=True)
+    ends, cut = np.concatenate(ends), np.concatenate(cut)
+    expected_ends = np.arange(RATE, 5 * RATE + 1, 1600)
+    np.testing.assert_array_equal(ends, expected_ends)
+    np.testing.assert_array_equal(cut, np.stack([wave[end - RATE:end] for end in ends]))
+    short = list(windows(iter([np.ones(4000, np.float32)]), RATE, 1600))
+    assert len(short) == 1 and short[0][1].shape == (1, RATE)
+    assert short[0][1][0, :4000].sum() == 4000 and not short[0][1][0, 4000:].any()
+
+
+def test_tone_bursts_are_heard_once_each_near_their_time(tmp_path: Path, predictor):
+    path = write_wav(tmp_path / "long.wav", stream(12, [2.0, 7.0]))
+    found = listen(str(path), predictor, ListenConfig())
+    assert [d.label for d in found] == ["yes", "yes"]  # _silence_ between them: not reported
+    assert 2.0 < found[0].time_s < 3.7 and 7.0 < found[1].time_s < 8.7
+    assert all(d.score > 0.7 for d in found)
+    # the same recording at 44.1 kHz in stereo: mixed down, resampled, heard at the same times
+    stereo = stream(12, [2.0, 7.0], rate=44100)
+    path = write_wav(tmp_path / "stereo.wav", np.stack([stereo, stereo], 1), rate=44100)
+    again = listen(str(path), predictor, ListenConfig())
+    assert [d.label for d in again] == ["yes", "yes"]
+    assert np.allclose([d.time_s for d in again], [d.time_s for d in found], atol=0.21)
+
+
+def test_short_silent_corrupt_and_missing_recordings(tmp_path: Path, predictor):
+    short = write_wav(tmp_path / "short.wav", stream(0.7, [0.0]))  # shorter than a window
+    assert [d.label for d in listen(str(short), predictor, ListenConfig())] == ["yes"]
+    silent = write_wav(tmp_path / "silent.wav", np.zeros(3 * RATE, np.float32))
+    assert listen(str(silent), predictor, ListenConfig()) == []
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    with pytest.raises(ValueError, match=r"corrupt\.wav: not decodable audio"):
+        listen(str(corrupt), predictor, ListenConfig())
+    with pytest.raises(ValueError, match=r"gone\.wav: no such file"):
+        list(resampled_blocks(str(tmp_path / "gone.wav"), RATE))
+
+
+def test_listen_command_prints_detections_and_fails_a_bad_file(tmp_path: Path, capsys):
+    store = tmp_path / "mlruns"
+    model = loudness_model()
+    model.save(tmp_path / "classifier.keras")
+    config = SpeechPredictor(model, LABELS, MfccConfig()).save_config(tmp_path / "config.json")
+    with tracking.tracked_run("listen", tracking_uri=None, store_dir=store):
+        uri = tracking.log_speech_classifier(tmp_path / "classifier.keras", config, LABELS,
+                                             speech.serving_input_example(RATE))
+    path = write_wav(tmp_path / "long.wav", stream(6, [2.0]))
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    status = speech.main(["listen", str(path), str(tmp_path / "bad.wav"), "--model-uri", uri,
+                          "--store-dir", str(store), "--hop-ms", "50"])
+    out, err = capsys.readouterr()
+    assert status == 1
+    lines = [line.split("\t") for line in out.strip().splitlines()]
+    assert len(lines) == 1 and lines[0][0] == str(path) and lines[0][2] == "yes"
+    assert 2.0 < float(lines[0][1]) < 3.7 and 0.7 < float(lines[0][3]) <= 1.0
+    assert "bad.wav: not decodable audio" in err
+    assert mlflow.active_run() is None
