@@ -15,8 +15,18 @@ import tensorflow as tf
 AMIN = 1e-10  # librosa's power_to_db floor on power before the log
 
 
+DFTS = ("rfft", "matmul")
+
+
+def dft_matrices(n_fft: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_fft, n_fft // 2 + 1) cosine and sine matrices: a frame times them is the real and
+    (negated) imaginary part of its real DFT."""
+    angles = 2 * np.pi * np.outer(np.arange(n_fft), np.arange(n_fft // 2 + 1)) / n_fft
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
 def mfcc_from_waveforms(waveforms, window, mel, dct, *, hop_length: int,
-                        top_db: float) -> tf.Tensor:
+                        top_db: float, dft: str = "rfft") -> tf.Tensor:
     """librosa's MFCC steps over a batch of clips, as TensorFlow ops.
 
     Non-centred frames -> window -> rfft -> power -> mel -> `10 * log10(max(., 1e-10))` ->
@@ -30,14 +40,22 @@ def mfcc_from_waveforms(waveforms, window, mel, dct, *, hop_length: int,
         dct: (n_mels, n_mfcc) DCT-II matrix.
         hop_length: Samples between frame starts.
         top_db: Dynamic range kept below each clip's loudest log-mel value (dB).
+        dft: "rfft" (the FFT), or "matmul": the same DFT as two matrix products, for
+            TensorFlow Lite, whose FFT takes only power-of-two lengths.
 
     Returns:
         (clips, frames, n_mfcc) float32 tensor.
     """
     window, mel, dct = (tf.convert_to_tensor(x, tf.float32) for x in (window, mel, dct))
     n_fft = int(window.shape[0])
-    spectrum = tf.signal.rfft(tf.signal.frame(waveforms, n_fft, hop_length) * window)
-    power = tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
+    framed = tf.signal.frame(waveforms, n_fft, hop_length) * window
+    if dft == "matmul":
+        cosine, sine = (tf.constant(matrix) for matrix in dft_matrices(n_fft))
+        power = (tf.einsum("cfn,nk->cfk", framed, cosine) ** 2
+                 + tf.einsum("cfn,nk->cfk", framed, sine) ** 2)
+    else:
+        spectrum = tf.signal.rfft(framed)
+        power = tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
     log_power = 10.0 * tf.math.log(tf.maximum(tf.einsum(
         "cft,tm->cfm", power, mel), AMIN)) / tf.math.log(10.0)
     floor = tf.reduce_max(log_power, axis=[1, 2], keepdims=True) - top_db
@@ -60,6 +78,8 @@ class MfccLayer(keras.layers.Layer):
         n_mels: Mel bands.
         n_mfcc: Coefficients per frame.
         top_db: Dynamic range kept below each clip's loudest log-mel value (dB).
+        dft: How the DFT is computed (`mfcc_from_waveforms`): "rfft", or "matmul" for
+            TensorFlow Lite.
         window: (n_fft,) analysis window.
         mel: (n_fft // 2 + 1, n_mels) mel filterbank.
         dct: (n_mels, n_mfcc) DCT-II matrix.
@@ -70,7 +90,7 @@ class MfccLayer(keras.layers.Layer):
     """
 
     def __init__(self, *, clip_samples: int, n_fft: int, hop_length: int, n_mels: int,
-                 n_mfcc: int, top_db: float, window: np.ndarray | None = None,
+                 n_mfcc: int, top_db: float, dft: str = "rfft", window: np.ndarray | None = None,
                  mel: np.ndarray | None = None, dct: np.ndarray | None = None, **kwargs):
         kwargs.setdefault("dtype", "float32")  # log-mel power needs float32's range
         super().__init__(**kwargs)
@@ -80,6 +100,9 @@ class MfccLayer(keras.layers.Layer):
                 f"hop_length={hop_length}, n_mels={n_mels}, n_mfcc={n_mfcc}")
         self.clip_samples, self.n_fft, self.hop_length = clip_samples, n_fft, hop_length
         self.n_mels, self.n_mfcc, self.top_db = n_mels, n_mfcc, float(top_db)
+        if dft not in DFTS:
+            raise ValueError(f"dft must be one of {DFTS}; got {dft!r}")
+        self.dft = dft
         self.num_frames = 1 + (clip_samples - n_fft) // hop_length
         shapes = {"window": (n_fft,), "mel": (n_fft // 2 + 1, n_mels), "dct": (n_mels, n_mfcc)}
         arrays = {"window": window, "mel": mel, "dct": dct}
@@ -104,7 +127,8 @@ class MfccLayer(keras.layers.Layer):
     def call(self, inputs):
         return mfcc_from_waveforms(tf.cast(inputs, tf.float32), self.window.value,
                                    self.mel.value, self.dct.value,
-                                   hop_length=self.hop_length, top_db=self.top_db)
+                                   hop_length=self.hop_length, top_db=self.top_db,
+                                   dft=self.dft)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_frames, self.n_mfcc)
@@ -113,5 +137,5 @@ class MfccLayer(keras.layers.Layer):
         return super().get_config() | {
             "clip_samples": self.clip_samples, "n_fft": self.n_fft,
             "hop_length": self.hop_length, "n_mels": self.n_mels, "n_mfcc": self.n_mfcc,
-            "top_db": self.top_db,
+            "top_db": self.top_db, "dft": self.dft,
         }

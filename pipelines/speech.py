@@ -41,7 +41,17 @@ from features.speech_data import (
 )
 from models.cnn import build_tutorial_cnn
 from models.recurrent import FRONT_ENDS, RecurrentConfig, build_classifier
-from pipelines import cli, distribute, evaluation, lifecycle, listening, sweep, tracking, training
+from pipelines import (
+    cli,
+    distribute,
+    evaluation,
+    export,
+    lifecycle,
+    listening,
+    sweep,
+    tracking,
+    training,
+)
 from pipelines.config import TaskConfig
 from pipelines.interrupts import exit_process
 from pipelines.lifecycle import RunConfig
@@ -317,7 +327,7 @@ COMMANDS = cli.TaskCommands(
         "--data-dir DIR", "Evaluate a logged speech model on a Speech Commands folder: the "
         "official test release (ten word folders, _silence_/, _unknown_/) or the training "
         "layout (its test split).", read_labelled_clips),
-    commands={"listen": listening.listen_command},
+    commands={"listen": listening.listen_command, "export": export.export_command},
 )
 
 

@@ -157,3 +157,17 @@ def test_saved_model_with_the_layer_loads_and_predicts_without_librosa(shared_sp
     predicted = np.load(tmp_path / "predicted.npy")
     assert predicted.shape == (len(clips), 4)
     np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_dft_by_matrix_products_gives_the_fft_frames():
+    """`dft="matmul"` (for TensorFlow Lite, whose FFT needs power-of-two lengths) computes
+    the same frames as the FFT."""
+    config = MfccConfig()
+    clips = np.random.default_rng(3).uniform(-0.5, 0.5, (3, config.clip_samples))
+    fft = mfcc_layer(config)
+    matmul = MfccLayer.from_config(fft.get_config() | {"dft": "matmul"})
+    matmul.set_weights(fft.get_weights())
+    np.testing.assert_allclose(np.asarray(matmul(clips)), np.asarray(fft(clips)), rtol=1e-4,
+                               atol=1e-3)
+    with pytest.raises((TypeError, ValueError), match="dft must be one of"):
+        MfccLayer.from_config(fft.get_config() | {"dft": "fast"})

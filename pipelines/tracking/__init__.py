@@ -46,6 +46,7 @@ from pipelines.tracking.served_models import (
     log_model_metrics,
     log_speech_classifier,
     log_text_classifier,
+    log_to_model_run,
 )
 
 __all__ = [
@@ -55,7 +56,7 @@ __all__ = [
     "interrupted_run", "link_evaluation", "load_served_model", "local_store_uri",
     "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics",
     "log_model_metrics", "log_params",
-    "log_speech_classifier", "log_table", "log_text", "log_text_classifier",
+    "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_model_run",
     "model_version_of", "redact", "register_and_promote", "run_tags",
     "set_tags", "tracked_run",
 ]

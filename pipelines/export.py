@@ -1,0 +1,153 @@
+"""`python -m pipelines.speech export --format tflite [--quantize none|dynamic|int8]`: a logged
+speech model as a TensorFlow Lite file, from raw 16 kHz waveforms to probabilities.
+
+The served Keras model (`MfccLayer`, then the classifier) is rebuilt with the layer computing
+its DFT as two matrix products (TensorFlow Lite's FFT takes only power-of-two lengths, the
+frames here are 480 samples) and traced for one clip at a time, (1, 16000), which gives the
+recurrent layers' loops static shapes: the converter then needs TensorFlow Lite's built-in ops
+only (no select TF ops, no unrolling). `dynamic` stores the weights as int8; `int8` also
+quantises activations, calibrated on clips given with `--data-dir` (the test split's), with
+float kept where an op has no int8 kernel. The file is written to `--out` and logged as an
+artifact (`tflite/`) of the model version's run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from features.mfcc_layer import MfccLayer
+from pipelines import cli, tracking
+from pipelines.errors import ConfigError, ModelError
+from pipelines.serving import SpeechPredictor
+
+QUANTIZATIONS = ("none", "dynamic", "int8")
+CALIBRATION_CLIPS = 200
+
+
+def unrolled(config: dict) -> dict:
+    """A layer config with every recurrent layer in it (also inside Bidirectional) unrolled."""
+    config = dict(config)
+    if "unroll" in config:
+        config["unroll"] = True
+    for key in ("layer", "backward_layer"):
+        if isinstance(config.get(key), dict) and "config" in config[key]:
+            config[key] = dict(config[key], config=unrolled(config[key]["config"]))
+    return config
+
+
+def tflite_ready(model: keras.Model, unroll: bool = False) -> keras.Model:
+    """The waveform model with its MfccLayer computing the DFT by matrix products and, with
+    `unroll`, its recurrent layers unrolled (same weights)."""
+    def clone(layer):
+        if isinstance(layer, MfccLayer):
+            return MfccLayer.from_config(layer.get_config() | {"dft": "matmul"})
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=clone)
+        config = layer.get_config()
+        return layer.__class__.from_config(unrolled(config) if unroll else config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def convert(model: keras.Model, quantize: str, calibration: np.ndarray | None = None
+            ) -> bytes:
+    """A (clips, samples) waveform model as a TensorFlow Lite flatbuffer for one clip a call.
+
+    Raises:
+        ConfigError: An unknown quantisation, or `int8` without calibration clips.
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}")
+    ready = tflite_ready(model, unroll=quantize == "int8")
+    samples = int(model.input.shape[-1])
+    with tempfile.TemporaryDirectory() as folder:
+        ready.export(folder, format="tf_saved_model", verbose=False,
+                     input_signature=[tf.TensorSpec([1, samples], tf.float32)])
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+        return finish(converter, quantize, calibration)
+
+
+def finish(converter: tf.lite.TFLiteConverter, quantize: str,
+           calibration: np.ndarray | None) -> bytes:
+    """Converts with TensorFlow Lite's built-in ops, quantised as asked."""
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "int8":
+        if calibration is None or not len(calibration):
+            raise ConfigError("--quantize int8 calibrates on real clips: pass --data-dir")
+
+        def representative() -> Iterator[list[np.ndarray]]:
+            for clip in calibration:
+                yield [clip[None].astype(np.float32)]
+
+        converter.representative_dataset = representative
+    return converter.convert()
+
+
+class TfliteClassifier:
+    """A converted model run with TensorFlow Lite's interpreter, a clip at a time."""
+
+    def __init__(self, content: bytes):
+        self.interpreter = tf.lite.Interpreter(model_content=content)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+
+    def __call__(self, waveforms: np.ndarray) -> np.ndarray:
+        answers = []
+        for clip in np.asarray(waveforms, np.float32):
+            self.interpreter.set_tensor(self.input, clip[None])
+            self.interpreter.invoke()
+            answers.append(self.interpreter.get_tensor(self.output)[0].copy())
+        return np.stack(answers)
+
+
+def calibration_clips(data_dir: str | None, predictor: SpeechPredictor) -> np.ndarray | None:
+    """Up to CALIBRATION_CLIPS test-split clips of a Speech Commands folder, decoded as the
+    served model decodes them (None without a folder)."""
+    if not data_dir:
+        return None
+    from features.audio import decode_clip
+    from features.speech_commands import SplitConfig, load_speech_commands
+
+    data = load_speech_commands(data_dir, SplitConfig(), predictor.spec)
+    clips = [e for e in data.examples["test"] if not e.is_silence][:CALIBRATION_CLIPS]
+    return np.stack([decode_clip(Path(data_dir) / e.path, predictor.spec) for e in clips])
+
+
+def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
+    """`export --format tflite ...`: writes the file, logs it on the version's run, prints its
+    path and size."""
+    parser = cli.model_parser(task, "export", "Export a logged speech model (default: the "
+                              "champion) as a TensorFlow Lite file over raw 16 kHz waveforms.")
+    parser.add_argument("--format", choices=["tflite"], default="tflite")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
+                        help="int8 weights (dynamic), or int8 weights and activations (int8, "
+                             "calibrated on --data-dir's test clips)")
+    parser.add_argument("--data-dir", help="Speech Commands folder (for --quantize int8)")
+    parser.add_argument("--out", help="file to write (default: speech-<quantize>.tflite)")
+    args = parser.parse_args(argv)
+    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
+    predictor = model.unwrap_python_model().predictor
+    if not isinstance(predictor, SpeechPredictor) or not predictor.takes_waveforms:
+        raise ModelError(f"{args.model_uri}: not a speech model over waveforms (log it anew "
+                         "to export it)")
+    content = convert(predictor.model, args.quantize,
+                      calibration_clips(args.data_dir, predictor))
+    out = Path(args.out or f"speech-{args.quantize}.tflite")
+    out.write_bytes(content)
+    with tempfile.TemporaryDirectory() as folder:
+        labelled = Path(folder) / out.name
+        labelled.write_bytes(content)
+        run_id = tracking.log_to_model_run(args.model_uri, labelled, "tflite")
+    print(f"{out}\t{len(content):,} bytes\tlogged on run {run_id} as tflite/{out.name}")
+    return 0

@@ -1,0 +1,69 @@
+"""`export --format tflite`: a logged waveform model as TensorFlow Lite, run with its
+interpreter on real clips against the Keras model, in each quantisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from features.audio import decode_clip
+from features.mfcc import MfccConfig, feature_shape
+from features.speech_commands import TWELVE_CLASS_LABELS
+from pipelines import speech, tracking
+from pipelines.export import TfliteClassifier
+from pipelines.serving import SpeechPredictor
+from tests.builders import frame_classifier
+
+LABELS = TWELVE_CLASS_LABELS
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory) -> tuple[Path, str, object]:
+    """A small waveform model (conv front end, Bi-GRU) logged in a store of its own."""
+    folder = tmp_path_factory.mktemp("export")
+    mfcc = MfccConfig()
+    model = speech.waveform_classifier(frame_classifier(
+        feature_shape(mfcc), len(LABELS), mean=np.zeros(mfcc.n_mfcc),
+        variance=np.full(mfcc.n_mfcc, 100.0), units=8, depth=1), mfcc)
+    model.save(folder / "classifier.keras")
+    config = SpeechPredictor(model, LABELS, mfcc).save_config(folder / "config.json")
+    store = folder / "mlruns"
+    with tracking.tracked_run("export", tracking_uri=None, store_dir=store):
+        uri = tracking.log_speech_classifier(folder / "classifier.keras", config, LABELS,
+                                             speech.serving_input_example(16000))
+    return store, uri, model
+
+
+@pytest.mark.parametrize("quantize", ["none", "dynamic", "int8"])
+def test_tflite_file_labels_real_clips_as_the_keras_model(
+        logged, quantize: str, tmp_path: Path, shared_speech_dir: Path, capsys):
+    store, uri, model = logged
+    out = tmp_path / f"speech-{quantize}.tflite"
+    assert speech.main(["export", "--format", "tflite", "--quantize", quantize, "--model-uri",
+                        uri, "--store-dir", str(store), "--out", str(out), "--data-dir",
+                        str(shared_speech_dir)]) == 0
+    assert f"{out}\t" in capsys.readouterr().out
+    clips = np.stack([decode_clip(path, MfccConfig().audio) for word in ("yes", "no", "stop")
+                      for path in sorted((shared_speech_dir / word).glob("*.wav"))[:8]])
+    expected = model.predict(clips, verbose=0)
+    got = TfliteClassifier(out.read_bytes())(clips)
+    assert got.shape == expected.shape and np.allclose(got.sum(1), 1, atol=1e-2)
+    difference = np.abs(got - expected).max()
+    agreement = (got.argmax(1) == expected.argmax(1)).mean()
+    if quantize == "none":  # the same maths, the DFT by matrix products
+        assert difference < 1e-4 and agreement == 1
+    else:
+        assert difference < 0.2 and agreement >= 0.75
+    run_id = mlflow.models.get_model_info(uri).run_id
+    logged_files = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "tflite")}
+    assert f"tflite/{out.name}" in logged_files
+
+
+def test_int8_without_calibration_clips_is_refused(logged, tmp_path: Path, capsys):
+    store, uri, _ = logged
+    assert speech.main(["export", "--quantize", "int8", "--model-uri", uri, "--store-dir",
+                        str(store), "--out", str(tmp_path / "x.tflite")]) == 2
+    assert "--quantize int8 calibrates on real clips: pass --data-dir" in capsys.readouterr().err
