@@ -5,8 +5,8 @@ Usage:
                          [--data-dir ../shared/data] [--store-dir mlruns]
 
 Sections (in order): mfcc, cache, speech-training, sentiment-training, tracking, serving,
-streaming (trains a default speech model unless --store-dir has a champion), memory,
-end-to-end, speech-accuracy, sentiment-accuracy (the accuracy sections train the default
+streaming and tflite (they train a default speech model unless --store-dir has a champion),
+memory, end-to-end, speech-accuracy, sentiment-accuracy (the accuracy sections train the default
 pipelines over three seeds, about an hour in all). Opt-in, run only when named in
 `--only`: full-scale (a v0.02-sized generated folder and a TFDS dataset of that size, the
 default speech pipeline for one epoch on each; about 25 minutes on two cores, 22 GB of disk,
@@ -124,6 +124,7 @@ def sections() -> dict[str, Callable[[Options], list[Figure]]]:
         memory,
         serving,
         streaming,
+        tflite_export,
         tracking_overhead,
         training,
     )
@@ -136,6 +137,7 @@ def sections() -> dict[str, Callable[[Options], list[Figure]]]:
         "tracking": tracking_overhead.tracking_overhead,
         "serving": serving.served_inference,
         "streaming": streaming.streaming,
+        "tflite": tflite_export.tflite_export,
         "memory": memory.bounded_memory,
         "end-to-end": end_to_end.end_to_end,
         "speech-accuracy": accuracy.speech_accuracy,

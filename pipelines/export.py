@@ -5,16 +5,18 @@ The served Keras model (`MfccLayer`, then the classifier) is rebuilt with the la
 its DFT as two matrix products (TensorFlow Lite's FFT takes only power-of-two lengths, the
 frames here are 480 samples) and traced for one clip at a time, (1, 16000), which gives the
 recurrent layers' loops static shapes: the converter then needs TensorFlow Lite's built-in ops
-only (no select TF ops, no unrolling). `dynamic` stores the weights as int8; `int8` also
-quantises activations, calibrated on clips given with `--data-dir` (the test split's), with
-float kept where an op has no int8 kernel. The file is written to `--out` and logged as an
+only (no select TF ops). `dynamic` stores every weight as int8, the MFCC stage's DFT, mel and
+DCT matrices included. `int8` quantises weights and activations of the classifier, calibrated
+on clips given with `--data-dir` (the test split's), and keeps the MFCC stage in float (its
+products lose too much in int8); its recurrent layers are unrolled, since TensorFlow Lite's
+calibration crashes on their loops. The file is written to `--out` and logged as an
 artifact (`tflite/`) of the model version's run.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import keras
@@ -71,13 +73,27 @@ def convert(model: keras.Model, quantize: str, calibration: np.ndarray | None = 
     with tempfile.TemporaryDirectory() as folder:
         ready.export(folder, format="tf_saved_model", verbose=False,
                      input_signature=[tf.TensorSpec([1, samples], tf.float32)])
-        converter = tf.lite.TFLiteConverter.from_saved_model(folder)
-        return finish(converter, quantize, calibration)
+        if quantize != "int8":
+            return finish(tf.lite.TFLiteConverter.from_saved_model(folder), quantize, None)
+        front_end = front_end_nodes(
+            finish(tf.lite.TFLiteConverter.from_saved_model(folder), "none", None))
+        return finish(tf.lite.TFLiteConverter.from_saved_model(folder), quantize, calibration,
+                      keep_float=front_end)
+
+
+def front_end_nodes(content: bytes) -> list[str]:
+    """The names of the ops of a converted model's MFCC stage (its DFT, mel and DCT products
+    lose too much in int8)."""
+    interpreter = tf.lite.Interpreter(model_content=content)
+    names = {tensor["index"]: tensor["name"] for tensor in interpreter.get_tensor_details()}
+    return sorted({names[index] for op in interpreter._get_ops_details()
+                   for index in op["outputs"] if "mfcc_layer" in names.get(index, "")})
 
 
 def finish(converter: tf.lite.TFLiteConverter, quantize: str,
-           calibration: np.ndarray | None) -> bytes:
-    """Converts with TensorFlow Lite's built-in ops, quantised as asked."""
+           calibration: np.ndarray | None, keep_float: Sequence[str] = ()) -> bytes:
+    """Converts with TensorFlow Lite's built-in ops, quantised as asked (`int8`: every op but
+    those named in `keep_float`)."""
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -90,6 +106,11 @@ def finish(converter: tf.lite.TFLiteConverter, quantize: str,
                 yield [clip[None].astype(np.float32)]
 
         converter.representative_dataset = representative
+        options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=list(keep_float))
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=representative, debug_options=options)
+        return debugger.get_nondebug_quantized_model()
     return converter.convert()
 
 
