@@ -12,8 +12,9 @@ within the tolerance of a word, with its label), wrongly matched % (within the t
 label) and false positives % (near no word), each over the words in the stream; false accepts
 per hour on noise alone and on a stream of non-keyword words only (the test split's
 `_unknown_` words); and the real-time factor (seconds of audio per second of compute).
-TensorFlow's example, with its defaults (clip_stride 30 ms, average window 500 ms, threshold
-0.7, suppression 500 ms), reports its own model's figures in these terms.
+TensorFlow's example documents its own streaming test with a detection threshold of 0.70, an
+average window of 500 ms and a suppression of 500 ms, and reports its model's figures in these
+terms.
 """
 
 from __future__ import annotations
