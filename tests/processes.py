@@ -3,9 +3,11 @@ for what they print or serve."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,3 +43,22 @@ def fresh_environment(requirements: Path, folder: Path) -> Path:
     subprocess.run([sys.executable, "-m", "uv", "pip", "install", "-q", "--python", str(python),
                     "-r", str(requirements)], check=True)
     return python
+
+
+def interrupt_when(ready: Callable[[], bool], settle: float = 0.0, timeout: float = 120,
+                   interval: float = 0.05) -> threading.Thread:
+    """Starts a thread that raises SIGINT in this process (as Ctrl-C would) once `ready()`
+    holds, `settle` seconds later; it gives up after `timeout` seconds. Join it after the
+    interrupted call."""
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():
+                time.sleep(settle)
+                signal.raise_signal(signal.SIGINT)
+                return
+            time.sleep(interval)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    return watcher

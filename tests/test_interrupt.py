@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import sentiment, speech, tracking, training
 from tests import test_sentiment_pipeline
+from tests.processes import interrupt_when
 from tests.test_speech_pipeline import small_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,17 +116,11 @@ def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir
                                               "--patience", "40",
                                               "--checkpoint-dir", str(checkpoints))
 
-    def signal_after_two_epochs():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            runs = list(checkpoints.glob("*"))
-            if runs and training.completed_epochs(runs[0]) >= 2:
-                signal.raise_signal(signal.SIGINT)
-                return
-            time.sleep(0.02)
+    def two_epochs_done() -> bool:
+        runs = list(checkpoints.glob("*"))
+        return bool(runs) and training.completed_epochs(runs[0]) >= 2
 
-    watcher = threading.Thread(target=signal_after_two_epochs)
-    watcher.start()
+    watcher = interrupt_when(two_epochs_done, interval=0.02)
     assert sentiment.main(args) == 130
     watcher.join()
     (checkpoint,) = checkpoints.iterdir()

@@ -3,9 +3,6 @@ by its key and reused by later classifier runs."""
 
 from __future__ import annotations
 
-import signal
-import threading
-import time
 from pathlib import Path
 
 import keras
@@ -26,6 +23,7 @@ from models.word_vectors import (
 from pipelines import pretraining, sentiment, tracking
 from pipelines.sentiment import SentimentConfig
 from tests.builders import text_classifier
+from tests.processes import interrupt_when
 
 
 def two_topic_corpus(path: Path) -> int:
@@ -190,17 +188,9 @@ def test_an_interrupted_pretraining_is_never_reused(imdb_dir: Path, tmp_path: Pa
             "--sequence-length", "32", "--epochs", "1", "--batch-size", "8",
             "--ngram-features", "0", "--word-vector-epochs", "3000"]
 
-    def interrupt_while_pretraining():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if (store / "mlflow.db").exists() and pretraining_runs(store, "RUNNING"):
-                time.sleep(0.5)  # inside the word vectors' epochs
-                signal.raise_signal(signal.SIGINT)
-                return
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=interrupt_while_pretraining)
-    watcher.start()
+    watcher = interrupt_when(  # inside the word vectors' epochs
+        lambda: (store / "mlflow.db").exists() and bool(pretraining_runs(store, "RUNNING")),
+        settle=0.5)
     assert sentiment.main(args) == 130
     watcher.join()
     (killed,) = pretraining_runs(store, "KILLED")
