@@ -154,7 +154,7 @@ def streaming(options: Options) -> list[Figure]:
                higher_is_better=False, goal="<= 30 /h", met=unknown_accepts <= 30),
         Figure("streaming", "real-time factor (audio s per compute s, 2 cores)", rtf, "x",
                goal=">= 50x", met=rtf >= 50,
-               note=f"listen defaults: hop {config.hop_ms:g} ms, average window "
+               note=f"listen defaults: hop {config.stride_ms:g} ms, average window "
                     f"{config.average_window_ms:g} ms, threshold {config.threshold:g}, "
                     f"suppression {config.suppression_ms:g} ms"),
     ]

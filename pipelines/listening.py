@@ -47,7 +47,7 @@ NOT_REPORTED = ("_silence_", "_unknown_")
 class ListenConfig:
     """How windows are cut and detections made (TensorFlow's RecognizeCommands terms)."""
 
-    hop_ms: float = 100.0
+    stride_ms: float = 100.0  # `--hop-ms`: a window is scored every this many ms
     average_window_ms: float = 500.0
     threshold: float = 0.7
     suppression_ms: float = 1000.0
@@ -160,7 +160,7 @@ def listen(path: str, predictor: SpeechPredictor, config: ListenConfig) -> list[
         AudioDecodeError: The recording cannot be read (see the module docstring).
     """
     spec = predictor.spec
-    hop = max(1, int(round(spec.sample_rate * config.hop_ms / 1000)))
+    hop = max(1, int(round(spec.sample_rate * config.stride_ms / 1000)))
     recognizer = RecognizeCommands(predictor.labels, config)
     found = []
     for ends, batch in windows(resampled_blocks(path, spec.sample_rate), spec.clip_samples,
@@ -180,7 +180,7 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
                               "with a logged speech model (default: the champion).")
     defaults = ListenConfig()
     parser.add_argument("files", nargs="+", metavar="FILE", help="recordings (WAV, FLAC, ...)")
-    parser.add_argument("--hop-ms", type=float, default=defaults.hop_ms,
+    parser.add_argument("--hop-ms", dest="stride_ms", type=float, default=defaults.stride_ms,
                         help="a one-second window is scored every this many ms")
     parser.add_argument("--average-window-ms", type=float, default=defaults.average_window_ms,
                         help="scores are averaged over the windows ending this recently")
@@ -189,7 +189,7 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     parser.add_argument("--suppression-ms", type=float, default=defaults.suppression_ms,
                         help="no new detection this soon after the last one")
     args = parser.parse_args(argv)
-    config = ListenConfig(args.hop_ms, args.average_window_ms, args.threshold,
+    config = ListenConfig(args.stride_ms, args.average_window_ms, args.threshold,
                           args.suppression_ms)
     check_config(parser, config)
     model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
@@ -209,7 +209,7 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
 
 
 def check_config(parser: argparse.ArgumentParser, config: ListenConfig) -> None:
-    if config.hop_ms <= 0 or config.average_window_ms <= 0 or config.suppression_ms < 0:
+    if config.stride_ms <= 0 or config.average_window_ms <= 0 or config.suppression_ms < 0:
         parser.error("--hop-ms and --average-window-ms must be positive, --suppression-ms at "
                      "least 0")
     if not 0 <= config.threshold < 1:
