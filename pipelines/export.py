@@ -157,6 +157,8 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     parser.add_argument("--data-dir", help="Speech Commands folder (for --quantize int8)")
     parser.add_argument("--out", help="file to write (default: speech-<quantize>.tflite)")
     args = parser.parse_args(argv)
+    if args.quantize == "int8" and not args.data_dir:
+        parser.error("--quantize int8 calibrates on real clips: pass --data-dir")
     model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
     predictor = model.unwrap_python_model().predictor
     if not isinstance(predictor, SpeechPredictor) or not predictor.takes_waveforms:
