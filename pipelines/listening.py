@@ -27,13 +27,18 @@ import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import soundfile
 import soxr
 
-from features.audio import AudioDecodeError, check_sample_rate, check_samples
+from features.audio import (
+    AudioDecodeError,
+    check_sample_rate,
+    check_samples,
+    not_decodable,
+    to_mono,
+)
 from features.mfcc import mfcc_frames
 from pipelines import cli, tracking
 from pipelines.serving import SpeechPredictor
@@ -97,13 +102,10 @@ def resampled_blocks(path: str, rate: int) -> Iterator[np.ndarray]:
     Raises:
         AudioDecodeError: Not decodable, no samples, a rate out of range, NaN/Inf samples.
     """
-    if not Path(path).is_file():
-        raise AudioDecodeError(f"{path}: no such file")
     try:
         audio = soundfile.SoundFile(path)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as error:
-        detail = getattr(error, "error_string", None) or getattr(error, "strerror", None) or error
-        raise AudioDecodeError(f"{path}: not decodable audio ({detail})") from None
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        raise not_decodable(path, path, error) from None  # names a missing file as such
     with audio:
         source_rate = check_sample_rate(audio.samplerate, path)
         stream = (None if source_rate == rate
@@ -111,7 +113,7 @@ def resampled_blocks(path: str, rate: int) -> Iterator[np.ndarray]:
         total = 0
         for block in audio.blocks(BLOCK_SECONDS * source_rate, dtype="float32",
                                   always_2d=True):
-            mono = check_samples(block.mean(axis=1), path).astype(np.float32)
+            mono = check_samples(to_mono(block), path)
             total += len(mono)
             yield mono if stream is None else stream.resample_chunk(mono)
         if total == 0:
