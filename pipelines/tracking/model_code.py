@@ -11,6 +11,7 @@ imports its modules by their full names.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import sys
 from pathlib import Path
@@ -42,8 +43,10 @@ def imports_of(path: Path) -> tuple[set[Path], set[str]]:
     return files, others
 
 
-def closure(entry: Path = ENTRY) -> tuple[list[Path], set[str]]:
-    """Every project module `entry` needs (itself included), and their third-party imports."""
+@functools.lru_cache(maxsize=4)
+def closure(entry: Path = ENTRY) -> tuple[tuple[Path, ...], frozenset[str]]:
+    """Every project module `entry` needs (itself included), and their third-party imports;
+    read once per process (a run logs its code and its requirements from the same walk)."""
     seen, todo, others = set(), [entry], set()
     while todo:
         path = todo.pop()
@@ -54,7 +57,7 @@ def closure(entry: Path = ENTRY) -> tuple[list[Path], set[str]]:
         todo += files
         others |= names
     others -= set(sys.stdlib_module_names) | {"__future__"}
-    return sorted(seen), others
+    return tuple(sorted(seen)), frozenset(others)
 
 
 def write_code(folder: Path, entry: Path = ENTRY) -> list[str]:
