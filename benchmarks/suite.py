@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.data_dir / name} not found: --data-dir must hold "
                          "speech_commands/ and aclImdb/ (see ../shared/data/README)")
     logging.basicConfig(level=logging.WARNING)
+    if args.work_dir:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as folder:
         options = Options(args.data_dir.resolve(), args.quick, Path(folder))
         figures: list[Figure] = []
