@@ -155,11 +155,13 @@ class Moments:
         self.m2 = np.zeros(width)
 
     def update(self, frames: np.ndarray) -> None:
-        values = frames.reshape(-1, frames.shape[-1]).astype(np.float64)
+        values = frames.reshape(-1, frames.shape[-1])
         if not len(values):
             return
-        count, mean = len(values), values.mean(axis=0)
-        m2 = np.square(values - mean).sum(axis=0)
+        # float64 sums of the float32 rows, without a float64 copy of the block
+        count, mean = len(values), values.mean(axis=0, dtype=np.float64)
+        deviations = values - mean.astype(values.dtype)
+        m2 = np.einsum("ij,ij->j", deviations, deviations, dtype=np.float64)
         total = self.count + count
         delta = mean - self.mean
         self.mean = self.mean + delta * count / total
