@@ -50,7 +50,7 @@ def summary(section: str, name: str, runs: list, reference: str, reference_runs:
     return [
         Figure(section, f"{name}: test accuracy, mean of {len(runs)}", mean, "",
                reference=f"{reference} (mean of {len(reference_runs)})",
-               reference_value=reference_mean, goal=f">= {goal:.2f}", met=mean >= goal,
+               reference_value=reference_mean, goal=f">= {goal:g}", met=mean >= goal,
                note=spread(accuracies) + f"; reference {spread(reference_accuracies)}"),
         Figure(section, f"{name}: points over the reference", 100 * (mean - reference_mean),
                "points", note=f"{reference}: {reference_mean:.4f}"),

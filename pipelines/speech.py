@@ -97,8 +97,8 @@ class SpeechConfig(TaskConfig):
     model: SpeechModelConfig = SpeechModelConfig()
     recurrent: RecurrentConfig = RecurrentConfig(units=64, depth=2, pooling="attention",
                                                   dense_units=64)
-    # 140 epochs of the 2,700 training clips of the shared data; 18 of the full release's 85k
-    optim: OptimConfig = OptimConfig(epochs=140, example_budget=1_500_000, batch_size=128,
+    # 120 epochs of the 2,700 training clips of the shared data; 18 of the full release's 85k
+    optim: OptimConfig = OptimConfig(epochs=120, example_budget=1_500_000, batch_size=128,
                                      learning_rate=4e-3, weight_decay=1e-3, label_smoothing=0.1,
                                      warmup_epochs=2, patience=30)
     run: RunConfig = RunConfig(experiment="speech-commands", registered_model="speech-commands")
