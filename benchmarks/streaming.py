@@ -121,8 +121,7 @@ def streaming(options: Options) -> list[Figure]:
     speech_dir = options.data_dir / "speech_commands"
     predictor = trained_predictor(options)
     for size in (1, 2, 4, 8, 16, 32, 64):  # the compiled call's shapes, compiled before timing
-        listening.window_probabilities(
-            predictor, np.zeros((size, predictor.spec.clip_samples), np.float32))
+        predictor.clip_probabilities(np.zeros((size, predictor.spec.clip_samples), np.float32))
     seconds = 120 if options.quick else 600
     config = ListenConfig()
     results = {}

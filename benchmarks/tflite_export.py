@@ -39,8 +39,8 @@ def tflite_export(options: Options) -> list[Figure]:
     clips = ExampleDecoder(test, speech_dir, predictor.spec).chunk(0, len(test)).waveforms
     calibration = np.stack([clip for clip, example in zip(clips, test, strict=True)
                             if not example.is_silence][:200])
-    expected = predictor.probabilities(clips)
-    keras_ms = per_clip_ms(predictor.probabilities, clips)
+    expected = predictor.clip_probabilities(clips)
+    keras_ms = per_clip_ms(predictor.clip_probabilities, clips)
     figures = []
     for quantize in QUANTIZATIONS:
         content = convert(predictor.model, quantize, calibration)

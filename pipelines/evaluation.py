@@ -23,7 +23,7 @@ from sklearn.metrics import (
 )
 
 from features.splits import LabelledInputs, Splits
-from pipelines import serving, tracking
+from pipelines import request_bounds, tracking
 from pipelines.errors import DataError
 
 
@@ -222,11 +222,11 @@ def predict_in_groups(model, inputs):
 def request_chunks(records: list[dict]) -> list[list[int]]:
     """Positions of `records` in consecutive chunks of at most EVALUATE_CHUNK rows and
     EVALUATE_CHUNK_BYTES of payload (counted as the served models count it,
-    `serving.row_bytes`), inside the bounds they set on one request."""
+    `request_bounds.row_bytes`), inside the bounds they set on one request."""
     chunks: list[list[int]] = [[]]
     size = 0
     for position, record in enumerate(records):
-        row = serving.row_bytes(record)
+        row = request_bounds.row_bytes(record)
         if chunks[-1] and (len(chunks[-1]) == EVALUATE_CHUNK
                            or size + row > EVALUATE_CHUNK_BYTES):
             chunks.append([])

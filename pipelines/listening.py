@@ -1,7 +1,7 @@
 """Keyword spotting on recordings of any length: `python -m pipelines.speech listen FILE ...`.
 
 A one-second window slides over each recording every `--hop-ms`; the windows go through the
-served speech model in batches (one compiled call per batch, `SpeechPredictor.probabilities`);
+served speech model in batches (one compiled call per batch, `SpeechPredictor.clip_probabilities`);
 each window's probabilities are averaged with those of the windows that ended in the last
 `--average-window-ms`, and `RecognizeCommands` (TensorFlow's speech_commands semantics)
 reports a keyword when its averaged score passes `--threshold`, it is not the label detected
@@ -39,7 +39,6 @@ from features.audio import (
     not_decodable,
     to_mono,
 )
-from features.mfcc import mfcc_frames
 from pipelines import cli, tracking
 from pipelines.serving import SpeechPredictor
 
@@ -148,13 +147,6 @@ def windows(blocks: Iterator[np.ndarray], window: int, hop: int
         yield np.array([window]), padded[None]
 
 
-def window_probabilities(predictor: SpeechPredictor, batch: np.ndarray) -> np.ndarray:
-    """The model's probabilities for (n, clip_samples) windows at its rate (their MFCC frames
-    computed first for a model over frames)."""
-    inputs = batch if predictor.takes_waveforms else mfcc_frames(batch, predictor.mfcc)
-    return predictor.probabilities(np.ascontiguousarray(inputs, np.float32))
-
-
 def listen(path: str, predictor: SpeechPredictor, config: ListenConfig) -> list[Detection]:
     """The keywords detected in one recording, in time order.
 
@@ -167,7 +159,7 @@ def listen(path: str, predictor: SpeechPredictor, config: ListenConfig) -> list[
     found = []
     for ends, batch in windows(resampled_blocks(path, spec.sample_rate), spec.clip_samples,
                                hop):
-        for end, scores in zip(ends, window_probabilities(predictor, batch), strict=True):
+        for end, scores in zip(ends, predictor.clip_probabilities(batch), strict=True):
             time_ms = 1000 * end / spec.sample_rate
             heard = recognizer.process(time_ms, scores)
             if heard and heard[0] not in NOT_REPORTED:

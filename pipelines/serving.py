@@ -9,10 +9,9 @@ longer than MAX_AUDIO_SECONDS, a waveform with a sample rate out of range or NaN
 an empty review or one longer than MAX_TEXT_CHARS) gets None for its label and probabilities
 and a message in `error`; the other rows of the request are answered normally.
 
-A request as a whole is bounded too, before any row is decoded: at most MAX_REQUEST_ROWS rows,
-and at most SPEECH_MAX_REQUEST_BYTES of audio (file bytes, plus 8 bytes per waveform sample)
-or TEXT_MAX_REQUEST_BYTES of review text (UTF-8). A request over a bound is refused whole
-with `RequestTooLarge`, which names the bound and the request's size.
+A request as a whole is bounded too, before any row is decoded (pipelines.request_bounds): a
+request over a bound is refused whole with `RequestTooLarge`, which names the bound and the
+request's size.
 
 Artifacts that are missing or damaged raise `ModelError` naming the file and what is wrong.
 """
@@ -46,62 +45,19 @@ from features.audio import (
 from features.batching import padded_calls
 from features.mfcc import MfccConfig, mfcc_frames
 from features.text import encode_reviews, review_text  # also registers the standardisation
-from pipelines.errors import ModelError, PipelineError
+from pipelines.errors import ModelError
+from pipelines.request_bounds import (
+    SPEECH_MAX_REQUEST_BYTES,
+    TEXT_MAX_REQUEST_BYTES,
+    check_request,
+    speech_row_bytes,
+    text_bytes,
+)
 
 ERROR_COLUMN = "error"
 DIRECT_CALL_MAX = 64  # inputs per compiled call
 MAX_AUDIO_SECONDS = 60  # longest clip a request may send (only the first clip_seconds are used)
 MAX_TEXT_CHARS = 100_000  # longest review a request may send (the longest IMDB one is ~14k)
-MAX_REQUEST_ROWS = 512  # rows one request may send (`evaluate` sends 256 at a time)
-SPEECH_MAX_REQUEST_BYTES = 64 * 2**20  # 512 WAVs of 4 s (16 kHz, 16-bit), two 60 s 48 kHz waveforms
-TEXT_MAX_REQUEST_BYTES = 32 * 2**20  # 512 reviews of 64 KB, 320 ASCII ones of MAX_TEXT_CHARS
-WAVEFORM_SAMPLE_BYTES = 8  # a waveform sample counts as the float64 the signature declares
-
-
-class RequestTooLarge(PipelineError, ValueError):
-    """A request over a served model's bounds (rows or payload bytes); none of it was decoded."""
-
-
-def check_request(sizes: Sequence[int], max_bytes: int, what: str) -> None:
-    """Refuses a request (`sizes`: each row's payload bytes) of more than MAX_REQUEST_ROWS rows
-    or `max_bytes` bytes of `what` in all.
-
-    Raises:
-        RequestTooLarge: The request is over a bound; the message names it and the size.
-    """
-    if len(sizes) > MAX_REQUEST_ROWS:
-        raise RequestTooLarge(
-            f"request too large: {len(sizes)} rows, over the bound of {MAX_REQUEST_ROWS} rows "
-            f"a request may send (MAX_REQUEST_ROWS); send them in smaller requests")
-    if sum(sizes) > max_bytes:
-        raise RequestTooLarge(
-            f"request too large: {sum(sizes):,} bytes of {what} in {len(sizes)} "
-            f"row{'s' * (len(sizes) != 1)}, over the bound of {max_bytes:,} bytes a request may "
-            f"send; send fewer or shorter inputs")
-
-
-def speech_row_bytes(row: dict) -> int:
-    """A row's audio bytes plus WAVEFORM_SAMPLE_BYTES per waveform sample (from `len`)."""
-    audio, waveform = row.get("audio"), row.get("waveform")
-    size = len(audio) if isinstance(audio, bytes | bytearray) else 0
-    if isinstance(waveform, Sequence | np.ndarray) and not isinstance(waveform, str | bytes):
-        size += len(waveform) * WAVEFORM_SAMPLE_BYTES
-    return size
-
-
-def text_bytes(value: Any) -> int:
-    """A review's UTF-8 bytes (0 for a value that is no review)."""
-    if isinstance(value, str):
-        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
-    return len(value) if isinstance(value, bytes | bytearray) else 0
-
-
-def row_bytes(row: dict) -> int:
-    """A request row's payload as the bounds count it: audio and waveform (`speech_row_bytes`)
-    plus review text (`text_bytes`)."""
-    return speech_row_bytes(row) + text_bytes(row.get("text"))
-
-
 def load_artifact(path: str | Path, load: Callable[[Path], Any], kind: str) -> Any:
     """`load(path)` for one of a model's artifact files.
 
@@ -258,9 +214,9 @@ class SpeechPredictor:
             raise AudioDecodeError(f"{label}: {seconds:.1f} s long, longer than the "
                                    f"{MAX_AUDIO_SECONDS} s a request may send")
 
-    def inputs(self, rows: Sequence[dict]) -> tuple[np.ndarray, list[str | None]]:
-        """The model's inputs for the usable rows (waveforms, or their MFCC frames), and per
-        row its error (None when usable)."""
+    def clips(self, rows: Sequence[dict]) -> tuple[np.ndarray, list[str | None]]:
+        """The usable rows as (clips, samples) waveforms at the model's rate, and per row its
+        error (None when usable)."""
         clips, errors = [], []
         for row in rows:
             try:
@@ -268,9 +224,13 @@ class SpeechPredictor:
                 errors.append(None)
             except AudioDecodeError as error:
                 errors.append(str(error))
-        if not clips or self.takes_waveforms:
-            return np.array(clips, np.float32), errors
-        return mfcc_frames(np.stack(clips), self.mfcc), errors  # compiled, on every core
+        return np.array(clips, np.float32).reshape(-1, self.spec.clip_samples), errors
+
+    def model_inputs(self, clips: np.ndarray) -> np.ndarray:
+        """What the model takes for (clips, samples) waveforms: the waveforms, or for a model
+        over MFCC frames their frames (training's code, compiled, on every core)."""
+        clips = np.ascontiguousarray(clips, np.float32)
+        return clips if self.takes_waveforms or not len(clips) else mfcc_frames(clips, self.mfcc)
 
     def predict(self, model_input: Any) -> pd.DataFrame:
         """Labels and probabilities per row.
@@ -281,11 +241,16 @@ class SpeechPredictor:
         rows = rows_of(model_input, self.INPUT_COLUMNS)
         check_request([speech_row_bytes(row) for row in rows], SPEECH_MAX_REQUEST_BYTES,
                       "audio")
-        inputs, errors = self.inputs(rows)
-        return result_frame(self.labels, scatter(self.probabilities(inputs), errors,
+        clips, errors = self.clips(rows)
+        return result_frame(self.labels, scatter(self.clip_probabilities(clips), errors,
                                                  len(self.labels)), errors)
 
+    def clip_probabilities(self, clips: np.ndarray) -> np.ndarray:
+        """Class probabilities of (clips, samples) waveforms at the model's rate."""
+        return self.probabilities(self.model_inputs(clips))
+
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """Class probabilities of the model's own inputs (`model_inputs`)."""
         return self._predict(inputs) if len(inputs) else np.zeros((0, len(self.labels)))
 
 

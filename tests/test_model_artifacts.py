@@ -19,7 +19,8 @@ import soundfile
 from features.mfcc import MfccConfig, feature_shape
 from pipelines import speech, tracking
 from pipelines.errors import ModelError
-from pipelines.serving import MAX_REQUEST_ROWS, RequestTooLarge, TextPredictor
+from pipelines.request_bounds import MAX_REQUEST_ROWS, RequestTooLarge
+from pipelines.serving import TextPredictor
 from tests.builders import frame_classifier
 from tests.processes import free_port
 

@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 
 from pipelines import sentiment, speech, tracking
+from pipelines.request_bounds import MAX_REQUEST_ROWS
 from pipelines.sentiment import SentimentConfig
-from pipelines.serving import MAX_REQUEST_ROWS
 from pipelines.speech import SpeechConfig
 from tests.datasets import make_imdb, make_speech_commands
 from tests.processes import free_port, fresh_environment

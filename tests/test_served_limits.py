@@ -15,16 +15,15 @@ from features.mfcc import MfccConfig
 from features.speech_commands import TWELVE_CLASS_LABELS
 from pipelines.errors import PipelineError
 from pipelines.evaluation import EVALUATE_CHUNK, request_chunks
-from pipelines.serving import (
+from pipelines.request_bounds import (
     MAX_REQUEST_ROWS,
     SPEECH_MAX_REQUEST_BYTES,
     TEXT_MAX_REQUEST_BYTES,
     RequestTooLarge,
-    SpeechPredictor,
-    TextPredictor,
     check_request,
     text_bytes,
 )
+from pipelines.serving import SpeechPredictor, TextPredictor
 
 # no model: a request that got past the bounds to its rows would fail on the missing model
 SPEECH = SpeechPredictor(None, TWELVE_CLASS_LABELS, MfccConfig())

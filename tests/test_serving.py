@@ -47,8 +47,9 @@ def test_served_speech_features_and_predictions_equal_training(shared_speech_dir
     assert served.takes_waveforms == (takes == "waveforms")
 
     rows = [{"audio": (shared_speech_dir / e.path).read_bytes()} for e in examples]
-    inputs, errors = served.inputs(rows)
+    clips, errors = served.clips(rows)
     assert errors == [None] * len(examples)
+    inputs = served.model_inputs(clips)
     served_frames = (served.model.get_layer(index=1)(inputs).numpy() if served.takes_waveforms
                      else inputs)
     # the same maths: equal up to float32 rounding, which the request's batch size can change

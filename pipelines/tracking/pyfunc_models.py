@@ -20,7 +20,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.utils.yaml_utils import read_yaml
 
 from pipelines.errors import ModelError
-from pipelines.serving import RequestTooLarge, SpeechPredictor, TextPredictor
+from pipelines.request_bounds import RequestTooLarge
+from pipelines.serving import SpeechPredictor, TextPredictor
 
 REGISTERED_MODEL_META = "registered_model_meta"  # written by MLflow beside MLmodel on download
 
