@@ -145,7 +145,7 @@ def test_unknown_option_names_and_values_fail_loudly():
 
 def test_the_schedule_scales_with_the_training_examples():
     optim = SpeechConfig().optim
-    assert training.scheduled(optim, 2_700).epochs == 140  # the shared data: --epochs binds
+    assert training.scheduled(optim, 2_700).epochs == 120  # the shared data: --epochs binds
     assert training.scheduled(optim, 84_843).epochs == 18  # the full release: the budget
     assert training.scheduled(optim, 10_000_000).epochs == 1
     assert training.scheduled(SentimentConfig().optim, 22_500).epochs == 3  # budget 0: --epochs

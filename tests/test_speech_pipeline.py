@@ -29,7 +29,7 @@ def test_help_lists_every_option_with_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for option in SpeechConfig.option_fields().values():
         assert option.flag in text
-    assert "(default: 12-class)" in text and "(default: 140)" in text
+    assert "(default: 12-class)" in text and "(default: 120)" in text
 
 
 def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, capsys):
