@@ -13,8 +13,7 @@ from benchmarks.streaming import trained_predictor
 from benchmarks.suite import Figure, Options
 from features.speech_commands import SplitConfig, load_speech_commands
 from features.speech_features import ExampleDecoder
-from pipelines.errors import ModelError
-from pipelines.export import QUANTIZATIONS, TfliteClassifier, convert
+from pipelines.export import QUANTIZATIONS, TfliteClassifier, convert, exportable
 
 
 def per_clip_ms(call, clips: np.ndarray, repeats: int = 100) -> float:
@@ -30,10 +29,7 @@ def per_clip_ms(call, clips: np.ndarray, repeats: int = 100) -> float:
 
 def tflite_export(options: Options) -> list[Figure]:
     speech_dir = options.data_dir / "speech_commands"
-    predictor = trained_predictor(options)
-    if not predictor.takes_waveforms:
-        raise ModelError("the store's speech champion takes MFCC frames, not waveforms: only a "
-                         "waveform model exports to TensorFlow Lite (train a new champion)")
+    predictor = exportable(trained_predictor(options), "models:/speech-commands@champion")
     data = load_speech_commands(speech_dir, SplitConfig(), predictor.spec)
     test = data.examples["test"][:100] if options.quick else data.examples["test"]
     clips = ExampleDecoder(test, speech_dir, predictor.spec).chunk(0, len(test)).waveforms

@@ -9,9 +9,8 @@ only (no select TF ops). `dynamic` stores every weight as int8, the MFCC stage's
 DCT matrices included. `int8` quantises weights and activations of the classifier, calibrated
 on clips given with `--data-dir` (the test split's), and keeps the MFCC stage, the input
 normalisation and the first convolution in float (they lose too much in int8); its recurrent
-layers are unrolled, since TensorFlow Lite's
-calibration crashes on their loops. The file is written to `--out` and logged as an
-artifact (`tflite/`) of the model version's run.
+layers are unrolled, since TensorFlow Lite's calibration crashes on their loops. The file is
+written to `--out` and logged as an artifact (`tflite/`) of the model version's run.
 """
 
 from __future__ import annotations
@@ -83,7 +82,8 @@ def convert(model: keras.Model, quantize: str, calibration: np.ndarray | None = 
 
 
 # ops kept in float by int8: the MFCC stage (its DFT, mel and DCT products), the classifier's
-# per-coefficient normalisation of MFCCs of up to +-500 and its first convolution
+# per-coefficient normalisation of MFCCs of up to +-500 and its first convolution (op names
+# carry the layer names models.recurrent gives them)
 FLOAT_OPS = ("mfcc_layer", "/normalize", "/conv_1_")
 
 
@@ -140,6 +140,18 @@ class TfliteClassifier:
         return np.stack(answers)
 
 
+def exportable(predictor, model_uri: str) -> SpeechPredictor:
+    """`predictor` when it serves a speech model over waveforms, the only kind that exports.
+
+    Raises:
+        ModelError: Another model (one over MFCC frames, or not a speech model).
+    """
+    if not isinstance(predictor, SpeechPredictor) or not predictor.takes_waveforms:
+        raise ModelError(f"{model_uri}: not a speech model over waveforms (log it anew to "
+                         "export it)")
+    return predictor
+
+
 def calibration_clips(data_dir: str | None, predictor: SpeechPredictor) -> np.ndarray | None:
     """Up to CALIBRATION_CLIPS test-split clips of a Speech Commands folder, decoded as the
     served model decodes them (None without a folder)."""
@@ -168,10 +180,7 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     if args.quantize == "int8" and not args.data_dir:
         parser.error("--quantize int8 calibrates on real clips: pass --data-dir")
     model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
-    predictor = model.unwrap_python_model().predictor
-    if not isinstance(predictor, SpeechPredictor) or not predictor.takes_waveforms:
-        raise ModelError(f"{args.model_uri}: not a speech model over waveforms (log it anew "
-                         "to export it)")
+    predictor = exportable(model.unwrap_python_model().predictor, args.model_uri)
     content = convert(predictor.model, args.quantize,
                       calibration_clips(args.data_dir, predictor))
     out = Path(args.out or f"speech-{args.quantize}.tflite")
