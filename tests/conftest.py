@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from tests.datasets import SHARED_DATA, make_imdb, make_speech_commands
+# Three xdist workers share two cores: one TensorFlow compute thread per process (the workers
+# and every process a test starts inherit this) instead of each process spinning a pool as
+# wide as the machine.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+
+from tests.datasets import SHARED_DATA, make_imdb, make_speech_commands  # noqa: E402
 
 # The modules that take longest (`python -m pytest --durations=0`, summed per module, slowest
 # first): pytest-xdist hands modules out in collection order (pyproject: --dist loadfile

@@ -112,8 +112,8 @@ def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir
     the run KILLED; --resume refits the n-gram branch, continues the recurrent model from its
     checkpoint and logs one blended model."""
     checkpoints = tmp_path / "checkpoints"
-    args = test_sentiment_pipeline.small_args(imdb_dir, tmp_path, "--epochs", "40",
-                                              "--patience", "40",
+    args = test_sentiment_pipeline.small_args(imdb_dir, tmp_path, "--epochs", "12",
+                                              "--patience", "12",
                                               "--checkpoint-dir", str(checkpoints))
 
     def two_epochs_done() -> bool:
