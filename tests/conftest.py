@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-# Three xdist workers share two cores: one TensorFlow compute thread per process (the workers
-# and every process a test starts inherit this) instead of each process spinning a pool as
-# wide as the machine.
+# The xdist workers and the processes their tests start share two cores: one TensorFlow
+# compute thread per process (every process a test starts inherits this) instead of a pool
+# as wide as the machine in each.
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 from tests.datasets import SHARED_DATA, make_imdb, make_speech_commands  # noqa: E402
