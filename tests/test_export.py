@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pytest
@@ -23,7 +24,9 @@ LABELS = TWELVE_CLASS_LABELS
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory) -> tuple[Path, str, object]:
     """A small waveform model (conv front end, so 49 steps to unroll; Bi-GRU) logged in a store
-    of its own."""
+    of its own. Its weights are seeded: the labels an untrained model gives depend on them,
+    and so would the quantised files' agreement with it."""
+    keras.utils.set_random_seed(0)
     folder = tmp_path_factory.mktemp("export")
     mfcc = MfccConfig()
     model = speech.waveform_classifier(frame_classifier(
@@ -57,7 +60,7 @@ def test_tflite_file_labels_real_clips_as_the_keras_model(
     if quantize == "none":  # the same maths, the DFT by matrix products
         assert difference < 1e-4 and agreement == 1
     else:
-        assert difference < 0.2 and agreement >= 0.75
+        assert difference < 0.2 and agreement >= 0.75, (difference, agreement)
     run_id = mlflow.models.get_model_info(uri).run_id
     logged_files = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "tflite")}
     assert f"tflite/{out.name}" in logged_files
