@@ -21,6 +21,7 @@ terms.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,8 @@ def trained_predictor(options: Options):
 
 
 STREAM_SEEDS = (0, 1, 2)  # each figure is the mean over streams generated with these seeds
+STREAMS = (("keywords", "keywords", 2000), ("noise", "none", 2000), ("unknown", "unknown", 1600))
+# name, generate_stream's words, word gap in ms
 
 
 def streaming(options: Options) -> list[Figure]:
@@ -131,30 +134,28 @@ def streaming(options: Options) -> list[Figure]:
     seeds = STREAM_SEEDS[:1] if options.quick else STREAM_SEEDS
     config = ListenConfig()
     per_seed: dict[str, list[float]] = {}
-    words = {"keywords": 0, "unknown": 0}
-    audio = compute = 0.0
+    words: Counter[str] = Counter()
+    compute = 0.0
     for seed in seeds:
-        for name, kind, gap in (("keywords", "keywords", 2000), ("noise", "none", 2000),
-                                ("unknown", "unknown", 1600)):
+        for name, kind, gap in STREAMS:
             path = options.work_dir / f"stream-{name}-{seed}.wav"
             truth = generate_stream(speech_dir, path, seconds=seconds, words=kind,
                                     word_gap_ms=gap, seed=seed)
             started = time.perf_counter()
             found = listening.listen(str(path), predictor, config)
             compute += time.perf_counter() - started
-            audio += seconds
             if name == "keywords":
                 for key, value in score(found, truth).items():
                     per_seed.setdefault(key, []).append(value)
             else:
                 per_seed.setdefault(name, []).append(len(found) / (seconds / 3600))
-            words[name] = words.get(name, 0) + len(truth)
+            words[name] += len(truth)
     mean = {key: float(np.mean(values)) for key, values in per_seed.items()}
 
     def spread(key: str, unit: str) -> str:
         return "per seed " + ", ".join(f"{value:.1f}{unit}" for value in per_seed[key])
 
-    rtf = audio / compute
+    rtf = len(STREAMS) * len(seeds) * seconds / compute
     where = (f"{len(seeds)} streams of {seconds / 60:.0f} minutes, {words['keywords']} "
              f"keywords in all")
     return [
