@@ -82,8 +82,11 @@ def fix_length(waveform: np.ndarray, num_samples: int) -> np.ndarray:
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
-    """Averages the channels of a (frames, channels) array into one."""
-    return samples.mean(axis=1) if samples.ndim == 2 else samples
+    """Averages the channels of a (frames, channels) array into one (one channel is taken as
+    it is: its mean is itself)."""
+    if samples.ndim != 2:
+        return samples
+    return samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1)
 
 
 def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
@@ -174,7 +177,7 @@ def pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
             if tag != 1 or bits != 16 or channels < 1 or size % (2 * channels):
                 return None
             samples = np.frombuffer(data, "<i2", size // 2, body).reshape(-1, channels)
-            return samples.astype(np.float32) * PCM16_SCALE, rate
+            return np.multiply(samples, PCM16_SCALE, dtype=np.float32), rate
         elif chunk not in (b"LIST", b"fact", b"cue ", b"bext"):
             return None
         position = body + size + (size & 1)

@@ -1,8 +1,11 @@
 """Turns a split's examples into MFCC frames, once, and caches them on disk.
 
-The feature stage decodes clips on worker threads, in chunks, while the previous chunk's MFCC
-frames are computed (one compiled call per chunk, on every core), and streams the frames to the
-cache file as they come: memory stays bounded by a few chunks, however many clips there are.
+The feature stage works in chunks of clips on one worker thread per core: a worker decodes its
+chunk and computes the chunk's MFCC frames (one compiled call), and the frames are streamed to
+the cache file in order as chunks finish: memory stays bounded by a few chunks, however many
+clips there are. A compiled call keeps about one core busy (on 2 cores, one call with both
+threads runs 1.3x as fast as with one), so chunks computed side by side use the machine where
+one call at a time would leave a core waiting.
 
 A cache entry (features.feature_cache) is keyed by a hash of the example list (paths, sizes,
 modification times, silence windows) and the feature configuration, so a second run with the
@@ -35,6 +38,7 @@ from features.speech_commands import Example
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 3  # bump when the way features are computed or stored changes
+MAX_WORKERS = 4  # feature-stage threads on a machine with many cores
 
 
 def cache_key(examples: Sequence[Example], data_dir: Path, config: MfccConfig,
@@ -108,16 +112,15 @@ class ExampleDecoder:
 
     def chunk(self, start: int, stop: int) -> DecodedChunk:
         """Decodes examples[start:stop], setting the undecodable ones aside with the reason."""
-        waveforms, kept, skipped = [], [], []
+        waveforms = np.empty((stop - start, self.spec.clip_samples), np.float32)
+        kept, skipped = [], []
         for index in range(start, stop):
             try:
-                waveforms.append(self.waveform(index))
+                waveforms[len(kept)] = self.waveform(index)
                 kept.append(index)
             except AudioDecodeError as error:
                 skipped.append((self.examples[index].path, str(error)))
-        stacked = (np.stack(waveforms) if waveforms
-                   else np.zeros((0, self.spec.clip_samples), np.float32))
-        return DecodedChunk(stacked, kept, skipped)
+        return DecodedChunk(waveforms[:len(kept)], kept, skipped)
 
     def chunks(self, size: int = CHUNK_CLIPS) -> Iterator[Callable[[], DecodedChunk]]:
         """Deferred decoding of consecutive chunks of `size` examples."""
@@ -181,18 +184,21 @@ def extract_features(
     desc: str = "MFCC",
     workers: int | None = None,
 ) -> SplitFeatures:
-    """The feature stage: decoding on worker threads overlapped with batched MFCC.
+    """The feature stage: chunks decoded and turned into MFCC frames on worker threads, side
+    by side, and written in order.
 
     Args:
         chunks: Deferred decoders of consecutive chunks (`ExampleDecoder.chunks`,
-            `waveform_chunks`); they run on `workers` threads, a few chunks ahead.
+            `waveform_chunks`); they run on `workers` threads, a few chunks ahead, each thread
+            computing the frames of the chunk it decoded.
         total: Number of examples the chunks cover (for the progress bar and the output).
         config: Feature configuration.
         out: File the frames are streamed to (raw float32, C order), so that no more than a
             few chunks are ever in memory; None keeps them in memory.
         desc: Label of the progress bar.
-        workers: Decoding threads (default: one per two cores; the MFCC graph itself runs on
-            every core, and more decoders than that only compete with it).
+        workers: Worker threads (default: one per core, at most MAX_WORKERS: each holds a
+            chunk's waveforms and frames, and a compiled call uses more than one core where
+            there are many).
 
     Returns:
         The frames (memory-mapped from `out` when given), kept indices, skipped examples and
@@ -200,25 +206,30 @@ def extract_features(
     """
     compute = extractor(config)
     shape = feature_shape(config)
-    workers = workers or max(1, (os.cpu_count() or 2) // 2)
+    workers = workers or min(os.cpu_count() or 1, MAX_WORKERS)
+
+    def frames_of(task: Callable[[], DecodedChunk]) -> tuple[DecodedChunk, np.ndarray | None]:
+        chunk = task()
+        return chunk, compute(chunk.waveforms) if len(chunk.kept) else None
+
     moments = Moments(shape[1])
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
     with (RowSink(out, total, shape) as sink,
-          ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool,
+          ThreadPoolExecutor(workers, thread_name_prefix="features") as pool,
           tqdm(total=total, desc=desc, unit="clip") as progress):
-        source = iter(chunks)  # the decoders stay `workers + 1` chunks ahead
-        pending = deque(pool.submit(task) for task in itertools.islice(source, workers + 1))
+        source = iter(chunks)  # the workers stay `workers + 1` chunks ahead
+        pending = deque(pool.submit(frames_of, task)
+                        for task in itertools.islice(source, workers + 1))
         while pending:
-            chunk = pending.popleft().result()
+            chunk, block = pending.popleft().result()
             task = next(source, None)
             if task is not None:
-                pending.append(pool.submit(task))
+                pending.append(pool.submit(frames_of, task))
             for path, reason in chunk.skipped:
                 log.warning("skipped %s", reason if path in reason else f"{path}: {reason}")
             skipped += chunk.skipped
-            if len(chunk.kept):
-                block = compute(chunk.waveforms)
+            if block is not None:
                 moments.update(block)
                 sink.write(block)
                 kept += chunk.kept
