@@ -158,7 +158,7 @@ def test_damaged_cache_entry_is_logged_and_rebuilt_not_used(
 
 
 def test_decoding_runs_ahead_on_threads_and_keeps_example_order(tmp_path: Path):
-    """Chunks finish decoding out of order on the worker threads; frames stay in input order."""
+    """Chunks finish out of order on the worker threads; frames stay in input order."""
 
     clips = np.stack([tone(200 + 40 * index, seed=index) for index in range(23)])
     threads = set()
@@ -173,7 +173,7 @@ def test_decoding_runs_ahead_on_threads_and_keeps_example_order(tmp_path: Path):
 
     streamed = extract_features(slow_first(waveform_chunks(clips, size=4)), len(clips), CONFIG,
                                 out=tmp_path / "frames.f32", workers=3)
-    assert len(threads) > 1 and all(name.startswith("decode") for name in threads)
+    assert len(threads) > 1 and all(name.startswith("features") for name in threads)
     assert np.array_equal(streamed.kept, np.arange(len(clips)))
     expected = extract_features(waveform_chunks(clips), len(clips), CONFIG)
     assert np.array_equal(np.asarray(streamed.frames), expected.frames)
