@@ -31,6 +31,7 @@ def mfcc_stage(options: Options) -> list[Figure]:
     # every word clip of the folder: with fewer, the stage's fixed costs (threads, cache file)
     # weigh on a rate that is about its steady state
     count, repeats = (300, 1) if options.quick else (100_000, 3)
+    fast_repeats = 1 if options.quick else 7  # the stage and the graph take under 1 s a call
     examples = real_clips(speech_dir, count)
     count = len(examples)
     paths = [speech_dir / e.path for e in examples]
@@ -52,10 +53,10 @@ def mfcc_stage(options: Options) -> list[Figure]:
         return librosa.feature.mfcc(y=clips, **kwargs)
 
     decoded = np.stack([decode_clip(path, config.audio) for path in paths])
-    stage_seconds = median_seconds(stage, repeats)
+    stage_seconds = median_seconds(stage, fast_repeats)
     loop_seconds = median_seconds(per_clip_loop, repeats)
     batched_seconds = median_seconds(batched_librosa, repeats)
-    graph_seconds = median_seconds(lambda: mfcc_frames(decoded, config), repeats)
+    graph_seconds = median_seconds(lambda: mfcc_frames(decoded, config), fast_repeats)
     math_loop_seconds = median_seconds(
         lambda: [librosa.feature.mfcc(y=clip, **kwargs) for clip in decoded], repeats)
     difference = float(np.max(np.abs(np.asarray(stage().frames) - per_clip_loop())))

@@ -23,9 +23,8 @@ from benchmarks.peak import peak_rss_kb
 from benchmarks.suite import Figure, Options, run_child
 from features.audio import decode_clip, decode_recording
 from features.input_pipelines import TrainingBatches, make_dataset, steps_per_epoch
-from features.mfcc import CHUNK_CLIPS
 from features.speech_commands import TWELVE_CLASS_LABELS, load_speech_commands
-from features.speech_features import DecodedChunk, extract_features
+from features.speech_features import STAGE_CHUNK_CLIPS, DecodedChunk, extract_features
 from pipelines import training
 from pipelines.speech import SpeechConfig, build_model
 
@@ -70,8 +69,8 @@ def run(clips: int, work_dir: Path, data_dir: Path) -> dict:
     y = np.empty(clips, np.int32)
 
     def chunks():
-        for start in range(0, clips, CHUNK_CLIPS):
-            stop = min(start + CHUNK_CLIPS, clips)
+        for start in range(0, clips, STAGE_CHUNK_CLIPS):
+            stop = min(start + STAGE_CHUNK_CLIPS, clips)
 
             def task(start=start, stop=stop):
                 chunk, chunk_labels = variant_chunk(base, labels, noise, start, stop,

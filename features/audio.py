@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,9 @@ def audio_info(source: str | Path | bytes, name: str | None = None):
 
 
 PCM16_SCALE = np.float32(1 / 32768)  # libsndfile's int16 -> float32 scaling
+# from byte 12 of a plain PCM WAV: fmt id and size, tag, channels, rate, byte rate, block
+# align, bits per sample, data id and size
+CANONICAL = struct.Struct("<4sIHHIIHH4sI")
 
 
 def pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
@@ -160,6 +164,14 @@ def pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
     plain 16-bit PCM WAV file, or None for anything else (left to libsndfile)."""
     if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
+    # the usual layout (a 16-byte fmt chunk, then data) in one unpack; anything else walks
+    # the chunks below
+    fmt_id, fmt_size, tag, channels, rate, _, _, bits, data_id, size = CANONICAL.unpack_from(
+        data, 12)
+    if (fmt_id == b"fmt " and fmt_size == 16 and data_id == b"data" and tag == 1 and bits == 16
+            and channels >= 1 and 44 + size <= len(data) and not size % (2 * channels)):
+        samples = np.frombuffer(data, "<i2", size // 2, 44).reshape(-1, channels)
+        return np.multiply(samples, PCM16_SCALE, dtype=np.float32), rate
     position, fmt = 12, None
     while position + 8 <= len(data):
         chunk, size = data[position:position + 4], int.from_bytes(
@@ -232,13 +244,15 @@ def fast_read(source: str | Path | bytes) -> tuple[np.ndarray, int] | None:
         if not str(source).lower().endswith(".wav"):
             return None
         try:
-            source = Path(source).read_bytes()
+            with open(source, "rb") as handle:
+                source = handle.read()
         except OSError:
             return None
     return pcm16_wav(source)
 
 
-def decode_clip(source: str | Path | bytes, spec: AudioSpec, name: str | None = None) -> np.ndarray:
+def decode_clip(source: str | Path | bytes, spec: AudioSpec, name: str | None = None,
+                out: np.ndarray | None = None) -> np.ndarray:
     """Decodes, mixes to mono, resamples and pads/trims one clip (see the module docstring
     for what each kind of input gives).
 
@@ -246,16 +260,23 @@ def decode_clip(source: str | Path | bytes, spec: AudioSpec, name: str | None = 
         source: A path, or the file's bytes.
         spec: Target sample rate and length.
         name: How to name the input in errors.
+        out: A float32 array of shape (spec.clip_samples,) to write the waveform into (a row
+            of a batch: no copy of the clip is made first); left as it was when this raises.
 
     Returns:
-        Finite float32 waveform of shape (spec.clip_samples,).
+        Finite float32 waveform of shape (spec.clip_samples,): `out` when given.
 
     Raises:
         AudioDecodeError: The input is not decodable audio, or not usable as a clip.
     """
     samples, rate = read_samples(source, name, spec.clip_seconds + RESAMPLE_MARGIN_SECONDS)
     waveform = resample(to_mono(samples), rate, spec.sample_rate)
-    return fix_length(waveform, spec.clip_samples).astype(np.float32, copy=False)
+    if out is None:
+        return fix_length(waveform, spec.clip_samples).astype(np.float32, copy=False)
+    count = min(len(waveform), spec.clip_samples)
+    out[:count] = waveform[:count]
+    out[count:] = 0
+    return out
 
 
 def decode_recording(path: str | Path, sample_rate: int) -> np.ndarray:

@@ -1,11 +1,12 @@
 """Turns a split's examples into MFCC frames, once, and caches them on disk.
 
-The feature stage works in chunks of clips on one worker thread per core: a worker decodes its
-chunk and computes the chunk's MFCC frames (one compiled call), and the frames are streamed to
-the cache file in order as chunks finish: memory stays bounded by a few chunks, however many
-clips there are. A compiled call keeps about one core busy (on 2 cores, one call with both
-threads runs 1.3x as fast as with one), so chunks computed side by side use the machine where
-one call at a time would leave a core waiting.
+The feature stage works in chunks of clips on worker threads, one more than there are cores: a
+worker decodes its chunk and computes the chunk's MFCC frames (one compiled call), and the
+frames are streamed to the cache file in order as chunks finish: memory stays bounded by a few
+chunks, however many clips there are. A compiled call keeps about one core busy (on 2 cores,
+one call with both threads runs 1.3x as fast as with one), so chunks computed side by side use
+the machine where one call at a time would leave a core waiting, and the extra worker keeps
+the cores computing while another decodes (much of decoding holds the GIL).
 
 A cache entry (features.feature_cache) is keyed by a hash of the example list (paths, sizes,
 modification times, silence windows) and the feature configuration, so a second run with the
@@ -32,13 +33,14 @@ from tqdm.auto import tqdm
 
 from features.audio import AudioDecodeError, AudioSpec, decode_clip, decode_recording
 from features.feature_cache import RowSink, SplitFeatures, cached_features
-from features.mfcc import CHUNK_CLIPS, MfccConfig, extractor, feature_shape
+from features.mfcc import MfccConfig, extractor, feature_shape
 from features.speech_commands import Example
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 3  # bump when the way features are computed or stored changes
 MAX_WORKERS = 4  # feature-stage threads on a machine with many cores
+STAGE_CHUNK_CLIPS = 128  # clips a feature-stage worker decodes and computes at a time
 
 
 def cache_key(examples: Sequence[Example], data_dir: Path, config: MfccConfig,
@@ -96,8 +98,9 @@ class ExampleDecoder:
             except AudioDecodeError as error:
                 self.noise[path] = error
 
-    def waveform(self, index: int) -> np.ndarray:
-        """One example's waveform.
+    def waveform(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """One example's waveform, written into `out` (a (clip_samples,) float32 row) when
+        given.
 
         Raises:
             AudioDecodeError: The clip (or its noise recording) is not decodable audio.
@@ -107,8 +110,12 @@ class ExampleDecoder:
             noise = self.noise[example.path]
             if isinstance(noise, AudioDecodeError):
                 raise noise
-            return silence_window(noise, example, self.spec.clip_samples)
-        return decode_clip(self.data_dir / example.path, self.spec)
+            window = silence_window(noise, example, self.spec.clip_samples)
+            if out is None:
+                return window
+            out[:] = window
+            return out
+        return decode_clip(os.path.join(self.data_dir, example.path), self.spec, out=out)
 
     def chunk(self, start: int, stop: int) -> DecodedChunk:
         """Decodes examples[start:stop], setting the undecodable ones aside with the reason."""
@@ -116,13 +123,13 @@ class ExampleDecoder:
         kept, skipped = [], []
         for index in range(start, stop):
             try:
-                waveforms[len(kept)] = self.waveform(index)
+                self.waveform(index, out=waveforms[len(kept)])
                 kept.append(index)
             except AudioDecodeError as error:
                 skipped.append((self.examples[index].path, str(error)))
         return DecodedChunk(waveforms[:len(kept)], kept, skipped)
 
-    def chunks(self, size: int = CHUNK_CLIPS) -> Iterator[Callable[[], DecodedChunk]]:
+    def chunks(self, size: int = STAGE_CHUNK_CLIPS) -> Iterator[Callable[[], DecodedChunk]]:
         """Deferred decoding of consecutive chunks of `size` examples."""
         for start in range(0, len(self.examples), size):
             yield functools.partial(self.chunk, start, min(start + size, len(self.examples)))
@@ -140,7 +147,7 @@ def decode_examples(
             yield index, None, str(error)
 
 
-def waveform_chunks(waveforms: np.ndarray, size: int = CHUNK_CLIPS
+def waveform_chunks(waveforms: np.ndarray, size: int = STAGE_CHUNK_CLIPS
                     ) -> Iterator[Callable[[], DecodedChunk]]:
     """Chunks of an array of ready waveforms, in the form `extract_features` takes."""
     for start in range(0, len(waveforms), size):
@@ -196,9 +203,9 @@ def extract_features(
         out: File the frames are streamed to (raw float32, C order), so that no more than a
             few chunks are ever in memory; None keeps them in memory.
         desc: Label of the progress bar.
-        workers: Worker threads (default: one per core, at most MAX_WORKERS: each holds a
-            chunk's waveforms and frames, and a compiled call uses more than one core where
-            there are many).
+        workers: Worker threads (default: one more than the cores, at most MAX_WORKERS: while
+            one worker decodes, which holds the GIL for much of it, the others keep the
+            cores computing; each holds a chunk's waveforms and frames).
 
     Returns:
         The frames (memory-mapped from `out` when given), kept indices, skipped examples and
@@ -206,7 +213,7 @@ def extract_features(
     """
     compute = extractor(config)
     shape = feature_shape(config)
-    workers = workers or min(os.cpu_count() or 1, MAX_WORKERS)
+    workers = workers or min((os.cpu_count() or 1) + 1, MAX_WORKERS)
 
     def frames_of(task: Callable[[], DecodedChunk]) -> tuple[DecodedChunk, np.ndarray | None]:
         chunk = task()

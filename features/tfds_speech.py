@@ -16,8 +16,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from features.mfcc import CHUNK_CLIPS
-from features.speech_features import DecodedChunk
+from features.speech_features import STAGE_CHUNK_CLIPS, DecodedChunk
 from features.tfds_source import prepared_builder, prepared_version
 
 TFDS_NAME = "speech_commands"
@@ -56,7 +55,7 @@ class TfdsSplit:
         hasher.update("|".join(self.labels).encode())
         return hasher.hexdigest()[:16]
 
-    def waveform_chunks(self, clip_samples: int, size: int = CHUNK_CLIPS
+    def waveform_chunks(self, clip_samples: int, size: int = STAGE_CHUNK_CLIPS
                         ) -> Iterator[Callable[[], DecodedChunk]]:
         """The split's clips as float32 in [-1, 1), zero-padded or trimmed at the end to
         `clip_samples`, in chunks of `size` (the form `extract_features` takes): each chunk

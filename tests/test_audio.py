@@ -95,3 +95,21 @@ def test_odd_wavs_go_to_libsndfile(tmp_path: Path):
     listed = (data[:36] + b"LIST" + (6).to_bytes(4, "little") + b"INFOab" + data[36:])
     listed = listed[:4] + (len(listed) - 8).to_bytes(4, "little") + listed[8:]
     assert np.array_equal(pcm16_wav(listed)[0], libsndfile_read(listed)[0])
+
+
+def test_decoding_into_a_row_gives_the_same_waveform(tmp_path: Path):
+    rows = np.full((5, 16000), 7.0, np.float32)  # stale values a decode must overwrite
+    inputs = [write_wav(tmp_path / "short.wav", tone(300, 0.25)),
+              write_wav(tmp_path / "long.wav", tone(300, 2.5)),
+              write_wav(tmp_path / "stereo44k.wav", np.stack([tone(440, 0.5, rate=44100)] * 2,
+                                                              1), rate=44100),
+              write_wav(tmp_path / "pcm24.wav", tone(500), subtype="PCM_24")]
+    for row, path in enumerate(inputs):
+        written = decode_clip(path, SPEC, out=rows[row])
+        assert np.shares_memory(written, rows[row])
+        assert np.array_equal(rows[row], decode_clip(path, SPEC)), path
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not audio")
+    with pytest.raises(AudioDecodeError, match="broken.wav"):
+        decode_clip(broken, SPEC, out=rows[4])
+    assert np.all(rows[4] == 7.0)  # a failed decode leaves the row as it was
