@@ -74,8 +74,15 @@ class AudioSpec:
         return int(round(self.sample_rate * self.clip_seconds))
 
 
-def fix_length(waveform: np.ndarray, num_samples: int) -> np.ndarray:
-    """Zero-pads at the end or trims the tail so that `waveform` has `num_samples` samples."""
+def fix_length(waveform: np.ndarray, num_samples: int,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """Zero-pads at the end or trims the tail so that `waveform` has `num_samples` samples;
+    written into `out` (last axis `num_samples` long) when given, with no padded copy first."""
+    if out is not None:
+        count = min(waveform.shape[-1], num_samples)
+        out[..., :count] = waveform[..., :count]
+        out[..., count:] = 0
+        return out
     if waveform.shape[-1] >= num_samples:
         return waveform[..., :num_samples]
     pad = [(0, 0)] * (waveform.ndim - 1) + [(0, num_samples - waveform.shape[-1])]
@@ -159,6 +166,19 @@ PCM16_SCALE = np.float32(1 / 32768)  # libsndfile's int16 -> float32 scaling
 CANONICAL = struct.Struct("<4sIHHIIHH4sI")
 
 
+def pcm16_data(data: bytes, body: int, size: int, fmt: tuple[int, int, int, int]
+               ) -> tuple[np.ndarray, int] | None:
+    """The samples and rate of a WAV data chunk (`size` bytes from offset `body`) in the
+    format `fmt` (tag, channels, rate, bits per sample), or None unless the chunk is whole and
+    plain 16-bit PCM."""
+    tag, channels, rate, bits = fmt
+    if (body + size > len(data) or tag != 1 or bits != 16 or channels < 1
+            or size % (2 * channels)):
+        return None
+    samples = np.frombuffer(data, "<i2", size // 2, body).reshape(-1, channels)
+    return np.multiply(samples, PCM16_SCALE, dtype=np.float32), rate
+
+
 def pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
     """The samples ((frames, channels) float32, as libsndfile reads them) and the rate of a
     plain 16-bit PCM WAV file, or None for anything else (left to libsndfile)."""
@@ -168,10 +188,8 @@ def pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
     # the chunks below
     fmt_id, fmt_size, tag, channels, rate, _, _, bits, data_id, size = CANONICAL.unpack_from(
         data, 12)
-    if (fmt_id == b"fmt " and fmt_size == 16 and data_id == b"data" and tag == 1 and bits == 16
-            and channels >= 1 and 44 + size <= len(data) and not size % (2 * channels)):
-        samples = np.frombuffer(data, "<i2", size // 2, 44).reshape(-1, channels)
-        return np.multiply(samples, PCM16_SCALE, dtype=np.float32), rate
+    if fmt_id == b"fmt " and fmt_size == 16 and data_id == b"data":
+        return pcm16_data(data, 44, size, (tag, channels, rate, bits))
     position, fmt = 12, None
     while position + 8 <= len(data):
         chunk, size = data[position:position + 4], int.from_bytes(
@@ -183,13 +201,7 @@ def pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
             fmt = tuple(int.from_bytes(data[body + start:body + end], "little")
                         for start, end in ((0, 2), (2, 4), (4, 8), (14, 16)))
         elif chunk == b"data":
-            if fmt is None or body + size > len(data):
-                return None
-            tag, channels, rate, bits = fmt
-            if tag != 1 or bits != 16 or channels < 1 or size % (2 * channels):
-                return None
-            samples = np.frombuffer(data, "<i2", size // 2, body).reshape(-1, channels)
-            return np.multiply(samples, PCM16_SCALE, dtype=np.float32), rate
+            return None if fmt is None else pcm16_data(data, body, size, fmt)
         elif chunk not in (b"LIST", b"fact", b"cue ", b"bext"):
             return None
         position = body + size + (size & 1)
@@ -271,12 +283,9 @@ def decode_clip(source: str | Path | bytes, spec: AudioSpec, name: str | None = 
     """
     samples, rate = read_samples(source, name, spec.clip_seconds + RESAMPLE_MARGIN_SECONDS)
     waveform = resample(to_mono(samples), rate, spec.sample_rate)
-    if out is None:
-        return fix_length(waveform, spec.clip_samples).astype(np.float32, copy=False)
-    count = min(len(waveform), spec.clip_samples)
-    out[:count] = waveform[:count]
-    out[count:] = 0
-    return out
+    if out is not None:
+        return fix_length(waveform, spec.clip_samples, out)
+    return fix_length(waveform, spec.clip_samples).astype(np.float32, copy=False)
 
 
 def decode_recording(path: str | Path, sample_rate: int) -> np.ndarray:
