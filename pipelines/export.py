@@ -152,16 +152,17 @@ def exportable(predictor, model_uri: str) -> SpeechPredictor:
     return predictor
 
 
-def calibration_clips(data_dir: str | None, predictor: SpeechPredictor) -> np.ndarray | None:
-    """Up to CALIBRATION_CLIPS test-split clips of a Speech Commands folder, decoded as the
-    served model decodes them (None without a folder)."""
+def calibration_clips(data_dir: str | None, predictor: SpeechPredictor,
+                      count: int = CALIBRATION_CLIPS) -> np.ndarray | None:
+    """The first `count` test-split clips (not silence) of a Speech Commands folder, decoded as
+    the served model decodes them (None without a folder)."""
     if not data_dir:
         return None
     from features.audio import decode_clip
     from features.speech_commands import SplitConfig, load_speech_commands
 
     data = load_speech_commands(data_dir, SplitConfig(), predictor.spec)
-    clips = [e for e in data.examples["test"] if not e.is_silence][:CALIBRATION_CLIPS]
+    clips = [e for e in data.examples["test"] if not e.is_silence][:count]
     return np.stack([decode_clip(Path(data_dir) / e.path, predictor.spec) for e in clips])
 
 
@@ -175,14 +176,19 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
                         help="int8 weights (dynamic), or int8 weights and activations (int8, "
                              "calibrated on --data-dir's test clips)")
     parser.add_argument("--data-dir", help="Speech Commands folder (for --quantize int8)")
+    parser.add_argument("--calibration-clips", type=int, default=CALIBRATION_CLIPS,
+                        help="how many of --data-dir's test clips calibrate --quantize int8 "
+                             f"(default: {CALIBRATION_CLIPS})")
     parser.add_argument("--out", help="file to write (default: speech-<quantize>.tflite)")
     args = parser.parse_args(argv)
     if args.quantize == "int8" and not args.data_dir:
         parser.error("--quantize int8 calibrates on real clips: pass --data-dir")
+    if args.calibration_clips < 1:
+        parser.error(f"--calibration-clips must be at least 1, not {args.calibration_clips}")
     model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
     predictor = exportable(model.unwrap_python_model().predictor, args.model_uri)
     content = convert(predictor.model, args.quantize,
-                      calibration_clips(args.data_dir, predictor))
+                      calibration_clips(args.data_dir, predictor, args.calibration_clips))
     out = Path(args.out or f"speech-{args.quantize}.tflite")
     out.write_bytes(content)
     with tempfile.TemporaryDirectory() as folder:

@@ -48,7 +48,7 @@ def test_tflite_file_labels_real_clips_as_the_keras_model(
     out = tmp_path / f"speech-{quantize}.tflite"
     assert speech.main(["export", "--format", "tflite", "--quantize", quantize, "--model-uri",
                         uri, "--store-dir", str(store), "--out", str(out), "--data-dir",
-                        str(shared_speech_dir)]) == 0
+                        str(shared_speech_dir), "--calibration-clips", "50"]) == 0
     assert f"{out}\t" in capsys.readouterr().out
     clips = np.stack([decode_clip(path, MfccConfig().audio) for word in ("yes", "no", "stop")
                       for path in sorted((shared_speech_dir / word).glob("*.wav"))[:8]])
@@ -73,3 +73,8 @@ def test_int8_without_calibration_clips_is_refused(logged, tmp_path: Path, capsy
                      str(store), "--out", str(tmp_path / "x.tflite")])
     assert refused.value.code == 2
     assert "--quantize int8 calibrates on real clips: pass --data-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        speech.main(["export", "--quantize", "int8", "--model-uri", uri, "--store-dir",
+                     str(store), "--data-dir", str(tmp_path), "--calibration-clips", "0"])
+    assert refused.value.code == 2
+    assert "--calibration-clips must be at least 1, not 0" in capsys.readouterr().err

@@ -125,7 +125,8 @@ def test_trains_on_real_reviews(shared_imdb_dir: Path, tmp_path: Path):
     data_dir = subset_of(shared_imdb_dir, tmp_path / "aclImdb", 500, 200)
     config = SentimentConfig.from_options(
         data_dir=str(data_dir), store_dir=str(tmp_path / "mlruns"), vocabulary_size=8000,
-        sequence_length=200, units=32, epochs=2, patience=2, batch_size=64, learning_rate=2e-3)
+        sequence_length=128, units=32, epochs=2, patience=2, batch_size=64, learning_rate=2e-3,
+        word_vector_epochs=1)
     result = sentiment.run(config)
     tracking.connect(None, tmp_path / "mlruns")
     client = MlflowClient()

@@ -22,6 +22,18 @@ def small_args(data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
             "--dense-units", "0", "--epochs", "2", "--batch-size", "16", *extra]
 
 
+def logged_metrics(store: Path, experiment: str) -> list[dict[str, float]]:
+    """The test and loss metrics of each trained model's run in `experiment`, oldest first."""
+    tracking.connect(None, store)
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              "tags.pipeline != 'sentiment-pretrain'",  # the trained models'
+                              order_by=["attributes.start_time ASC"])
+    keep = ("test_", "val_loss", "loss", "model_val_accuracy")
+    return [{key: value for key, value in run.data.metrics.items() if key.startswith(keep)}
+            for run in runs]
+
+
 def test_help_lists_every_option_with_its_default(capsys):
     with pytest.raises(SystemExit) as exit_info:
         speech.main(["--help"])
@@ -73,14 +85,18 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     assert f"{tmp_path / 'missing.wav'}: error: cannot read the file" in printed.err
     assert f"{tmp_path / 'notes.wav'}: error: audio: not decodable audio" in printed.err
 
-    # Same data and config: features come from the cache, here streamed from the cache file
-    # instead of loaded; the same batches as the first run's, so the same model.
+    # Same seed, data and config (augmented batches, dropout): features come from the cache,
+    # here streamed from the cache file instead of loaded; the same batches as the first run's,
+    # so the same model and the same metrics on CPU (tolerance 1e-6).
     assert speech.main([*small_args(speech_dir, tmp_path), "--in-memory-mb", "0"]) == 0
     streamed = capsys.readouterr().out
     assert "(from cache)" in streamed
     accuracy = [line for line in out.splitlines() if line.startswith("test accuracy")]
     assert accuracy and accuracy == [line for line in streamed.splitlines()
                                      if line.startswith("test accuracy")]
+    first, second = logged_metrics(tmp_path / "mlruns", "speech-commands")
+    assert first.keys() == second.keys() and "test_accuracy" in first
+    assert second == pytest.approx(first, abs=1e-6)
 
 
 def test_missing_data_dir_is_a_clear_error_before_any_run(tmp_path: Path, capsys):
