@@ -102,9 +102,7 @@ def test_same_seed_data_and_config_give_the_same_metrics(imdb_dir: Path, tmp_pat
     text_args = test_sentiment_pipeline.small_args(imdb_dir, tmp_path)
     for _ in range(2):
         assert sentiment.main(text_args) == 0
-    first, second = test_speech_pipeline.logged_metrics(tmp_path / "mlruns", "imdb-sentiment")
-    assert first.keys() == second.keys() and "test_accuracy" in first
-    assert second == pytest.approx(first, abs=1e-6)
+    test_speech_pipeline.assert_same_metrics(tmp_path / "mlruns", "imdb-sentiment")
 
 
 def test_an_internal_error_shows_its_traceback_and_fails_the_run(speech_dir: Path,

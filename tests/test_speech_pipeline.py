@@ -22,16 +22,19 @@ def small_args(data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
             "--dense-units", "0", "--epochs", "2", "--batch-size", "16", *extra]
 
 
-def logged_metrics(store: Path, experiment: str) -> list[dict[str, float]]:
-    """The test and loss metrics of each trained model's run in `experiment`, oldest first."""
+def assert_same_metrics(store: Path, experiment: str) -> None:
+    """The two trained models' runs in `experiment` logged the same test and loss metrics
+    (tolerance 1e-6)."""
     tracking.connect(None, store)
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
                               "tags.pipeline != 'sentiment-pretrain'",  # the trained models'
                               order_by=["attributes.start_time ASC"])
     keep = ("test_", "val_loss", "loss", "model_val_accuracy")
-    return [{key: value for key, value in run.data.metrics.items() if key.startswith(keep)}
-            for run in runs]
+    first, second = ({key: value for key, value in run.data.metrics.items()
+                      if key.startswith(keep)} for run in runs)
+    assert first.keys() == second.keys() and "test_accuracy" in first
+    assert second == pytest.approx(first, abs=1e-6)
 
 
 def test_help_lists_every_option_with_its_default(capsys):
@@ -94,9 +97,7 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     accuracy = [line for line in out.splitlines() if line.startswith("test accuracy")]
     assert accuracy and accuracy == [line for line in streamed.splitlines()
                                      if line.startswith("test accuracy")]
-    first, second = logged_metrics(tmp_path / "mlruns", "speech-commands")
-    assert first.keys() == second.keys() and "test_accuracy" in first
-    assert second == pytest.approx(first, abs=1e-6)
+    assert_same_metrics(tmp_path / "mlruns", "speech-commands")
 
 
 def test_missing_data_dir_is_a_clear_error_before_any_run(tmp_path: Path, capsys):
