@@ -1,4 +1,5 @@
-"""Fixtures: small real datasets under tmp_path, and the real data beside the repo."""
+"""Fixtures: small real datasets under tmp_path, the real data beside the repo, and new
+tracking stores copied from one migrated store."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 from tests.datasets import SHARED_DATA, make_imdb, make_speech_commands  # noqa: E402
+from tests.stores import copies_of_one_migrated_store  # noqa: E402
 
 # The modules that take longest (`python -m pytest --durations=0`, summed per module, slowest
 # first): pytest-xdist hands modules out in collection order (pyproject: --dist loadfile
@@ -31,6 +33,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 else len(SLOWEST_MODULES))
 
     items.sort(key=rank)  # stable: each module's tests keep their order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_store_copies(tmp_path_factory: pytest.TempPathFactory):
+    """New SQLite stores in the test process are copies of one migrated store (tests/stores.py)."""
+    with copies_of_one_migrated_store(tmp_path_factory.mktemp("migrated-store")) as template:
+        yield template
 
 
 @pytest.fixture

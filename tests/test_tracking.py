@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import joblib
@@ -8,6 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.store.db.utils import _get_latest_schema_revision
 from mlflow.tracking import MlflowClient
 
 from models.baseline import TfidfConfig, build_tfidf_logreg
@@ -151,6 +154,29 @@ def test_connect_leaves_the_environment_as_it_was(tmp_path: Path, monkeypatch):
     assert uri == f"sqlite:///{(tmp_path / 'store').resolve()}/mlflow.db"
     assert mlflow.get_tracking_uri() == uri
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_a_copied_store_is_the_migrated_one_with_its_own_default_experiment(
+        tmp_path: Path, migrated_store_copies: Path):
+    """The suite's new stores are copies of one store that MLflow migrated (tests/stores.py):
+    MLflow's latest schema revision and the same tables and indexes, and a Default experiment
+    that MLflow made in the new store, not the one of the store it was copied from."""
+    store = tmp_path / "mlruns"
+    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store):
+        pass
+    client = MlflowClient()
+    default, experiment = client.get_experiment("0"), client.get_experiment_by_name("exp")
+
+    def schema(database: Path) -> tuple[list, list]:
+        with closing(sqlite3.connect(database)) as db:
+            return (sorted(db.execute("SELECT type, name, sql FROM sqlite_master")),
+                    db.execute("SELECT version_num FROM alembic_version").fetchall())
+
+    assert schema(store / "mlflow.db") == schema(migrated_store_copies)
+    assert schema(migrated_store_copies)[1] == [(_get_latest_schema_revision(),)]
+    assert default.name == "Default" and str(migrated_store_copies.parent) not in \
+        default.artifact_location
+    assert experiment.artifact_location == (store.resolve() / "artifacts").as_uri()
 
 
 def test_class_names_mlflow_cannot_use_get_safe_metric_names(tmp_path: Path):
