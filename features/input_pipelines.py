@@ -2,7 +2,8 @@
 
 Labels are one-hot, so that the loss can apply label smoothing. Training inputs are reshuffled
 every epoch from a seed; evaluation inputs keep their order. A memory-mapped split larger than
-a given size is streamed from its file instead of loaded (`make_dataset`).
+a given size is streamed from its file instead of loaded (`make_dataset`). Every pipeline runs
+with tf.data's autotuning off (`untuned`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,21 @@ class RowReader:
         return out
 
 
+def untuned(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with tf.data's autotuning off.
+
+    With autotuning on, a Keras fit on 2 CPU cores often runs the model's step on little more
+    than one core (1.1-1.4 CPU-s per second of wall time against 1.9 with it off, in most
+    processes though not all), so recurrent training runs 1.3-1.7x slower; the pipelines here
+    are light enough that their fixed settings (AUTOTUNE parallelism falls back to the number
+    of cores, prefetch buffers to their own adaptive size) keep the model fed.
+    docs/performance.md gives the measurements.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 def streams(x, stream_over_bytes: int | None) -> bool:
     """Whether `x` is read from its file batch by batch: a memory map of more than
     `stream_over_bytes` (None: never)."""
@@ -102,9 +118,9 @@ def make_dataset(
     dataset = tf.data.Dataset.from_tensor_slices((np.asarray(x), y))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return (dataset.batch(batch_size)
-            .map(lambda features, labels: (features, tf.one_hot(labels, num_classes)))
-            .prefetch(tf.data.AUTOTUNE))
+    return untuned(dataset.batch(batch_size)
+                   .map(lambda features, labels: (features, tf.one_hot(labels, num_classes)))
+                   .prefetch(tf.data.AUTOTUNE))
 
 
 def streamed_dataset(
@@ -123,9 +139,9 @@ def streamed_dataset(
         rows.set_shape([None, *row_shape])
         return rows, tf.one_hot(tf.gather(labels, indices), num_classes)
 
-    return (dataset.batch(batch_size)
-            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .prefetch(tf.data.AUTOTUNE))
+    return untuned(dataset.batch(batch_size)
+                   .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                   .prefetch(tf.data.AUTOTUNE))
 
 
 class AugmentedBatches:
@@ -178,9 +194,10 @@ class AugmentedBatches:
         """The batches as a tf.data pipeline, prepared one batch ahead of training."""
         signature = (tf.TensorSpec((None, *feature_shape), tf.float32),
                      tf.TensorSpec((None, self.num_classes), tf.float32))
-        return (tf.data.Dataset.from_generator(lambda: iter(self), output_signature=signature)
-                .apply(tf.data.experimental.assert_cardinality(len(self)))
-                .prefetch(2))
+        return untuned(
+            tf.data.Dataset.from_generator(lambda: iter(self), output_signature=signature)
+            .apply(tf.data.experimental.assert_cardinality(len(self)))
+            .prefetch(2))
 
 
 def bucketed_dataset(
@@ -210,15 +227,15 @@ def bucketed_dataset(
     dataset = tf.data.Dataset.from_tensor_slices((ids, lengths, y))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return (dataset.map(lambda row, length, label: (row[:length], label))
-            .bucket_by_sequence_length(
-                element_length_func=lambda sequence, _: tf.shape(sequence)[0],
-                bucket_boundaries=boundaries,
-                bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
-                pad_to_bucket_boundary=True)
-            .map(lambda features, labels: (features, tf.one_hot(labels, num_classes)))
-            .apply(tf.data.experimental.assert_cardinality(batches))
-            .prefetch(tf.data.AUTOTUNE))
+    return untuned(dataset.map(lambda row, length, label: (row[:length], label))
+                   .bucket_by_sequence_length(
+                       element_length_func=lambda sequence, _: tf.shape(sequence)[0],
+                       bucket_boundaries=boundaries,
+                       bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+                       pad_to_bucket_boundary=True)
+                   .map(lambda features, labels: (features, tf.one_hot(labels, num_classes)))
+                   .apply(tf.data.experimental.assert_cardinality(batches))
+                   .prefetch(tf.data.AUTOTUNE))
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.input_pipelines import RowReader, bucketed_dataset, make_dataset
+from features.input_pipelines import AugmentedBatches, RowReader, bucketed_dataset, make_dataset
 
 
 def test_bucketed_batches_pad_to_their_bucket_and_cover_every_example_once():
@@ -62,3 +62,23 @@ def test_row_reader_names_a_truncated_file(tmp_path):
         handle.truncate(100)
     with pytest.raises(OSError, match="frames.f32: short read of row 3.*truncated"):
         reader(np.array([3]))
+
+
+def test_every_pipeline_runs_with_autotuning_off(tmp_path):
+    rows = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    path = tmp_path / "frames.f32"
+    rows.tofile(path)
+    mapped = np.memmap(path, np.float32, "r", shape=rows.shape)
+    labels = np.arange(40) % 2
+    ids = np.ones((40, 6), np.int32)
+    augmented = AugmentedBatches(rows, labels, 8, 2, lambda batch, rng: batch, shuffle_seed=0)
+    pipelines = {
+        "loaded": make_dataset(rows, labels, 8, 2, shuffle_seed=0),
+        "streamed": make_dataset(mapped, labels, 8, 2, stream_over_bytes=0),
+        "bucketed": bucketed_dataset(ids, np.full(40, 6), labels, 8, 2, buckets=2),
+        "augmented": augmented.dataset((3,)),
+    }
+    for name, dataset in pipelines.items():
+        assert dataset.options().autotune.enabled is False, name
+        features, one_hot = next(iter(dataset))
+        assert features.shape[0] == 8 and one_hot.shape == (8, 2), name
