@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 3  # bump when the way features are computed or stored changes
 MAX_WORKERS = 4  # feature-stage threads on a machine with many cores
-STAGE_CHUNK_CLIPS = 128  # clips a feature-stage worker decodes and computes at a time
+# clips a feature-stage worker decodes and computes at a time: a compiled call's rate per clip
+# peaks at 64 clips (docs/performance.md, item 1)
+STAGE_CHUNK_CLIPS = 64
 
 
 def cache_key(examples: Sequence[Example], data_dir: Path, config: MfccConfig,
