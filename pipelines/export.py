@@ -8,7 +8,7 @@ recurrent layers' loops static shapes: the converter then needs TensorFlow Lite'
 only (no select TF ops). `dynamic` stores every weight as int8, the MFCC stage's DFT, mel and
 DCT matrices included. `int8` quantises weights and activations of the classifier, calibrated
 on clips given with `--data-dir` (the test split's), and keeps the MFCC stage, the input
-normalisation and the first convolution in float (they lose too much in int8); its recurrent
+normalisation and the convolutions in float (they lose too much in int8); its recurrent
 layers are unrolled, since TensorFlow Lite's calibration crashes on their loops. The file is
 written to `--out` and logged as an artifact (`tflite/`) of the model version's run.
 """
@@ -82,15 +82,16 @@ def convert(model: keras.Model, quantize: str, calibration: np.ndarray | None = 
 
 
 # ops kept in float by int8: the MFCC stage (its DFT, mel and DCT products), the classifier's
-# per-coefficient normalisation of MFCCs of up to +-500 and its first convolution (op names
-# carry the layer names models.recurrent gives them)
-FLOAT_OPS = ("mfcc_layer", "/normalize", "/conv_1_")
+# per-coefficient normalisation of MFCCs of up to +-500 and its two convolutions (op names
+# carry the layer names models.recurrent gives them; the convolutions' markers start with "/"
+# and end with "_" so that they match those layers' ops, not every op of the classifier model,
+# which is named conv_bi_gru_...)
+FLOAT_OPS = ("mfcc_layer", "/normalize", "/conv_1_", "/conv_2_")
 
 
 def front_end_nodes(content: bytes) -> list[str]:
     """The names of the ops of a converted model's front end (FLOAT_OPS), which lose too much
-    in int8: the classifier's labels agree with the float model's on 97.7 % of the test clips
-    with the MFCC stage alone kept in float, and on 99.5 % with these."""
+    in int8 (docs/results.md, TensorFlow Lite)."""
     interpreter = tf.lite.Interpreter(model_content=content)
     names = {tensor["index"]: tensor["name"] for tensor in interpreter.get_tensor_details()}
     return sorted({names[index] for op in interpreter._get_ops_details()

@@ -14,7 +14,7 @@ from features.audio import decode_clip
 from features.mfcc import MfccConfig, feature_shape
 from features.speech_commands import TWELVE_CLASS_LABELS
 from pipelines import speech, tracking
-from pipelines.export import TfliteClassifier
+from pipelines.export import TfliteClassifier, convert, front_end_nodes
 from pipelines.serving import SpeechPredictor
 from tests.builders import frame_classifier
 
@@ -64,6 +64,16 @@ def test_tflite_file_labels_real_clips_as_the_keras_model(
     run_id = mlflow.models.get_model_info(uri).run_id
     logged_files = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "tflite")}
     assert f"tflite/{out.name}" in logged_files
+
+
+def test_int8_keeps_the_front_end_alone_in_float(logged):
+    """The ops int8 leaves in float are the MFCC stage, the normalisation and both
+    convolutions, never the recurrent layers or the head (the classifier model's own name,
+    conv_bi_gru_..., is in every op name and must not match)."""
+    nodes = front_end_nodes(convert(logged[2], "none"))
+    for layer in ("/mfcc_layer", "/normalize", "/conv_1_", "/conv_2_"):
+        assert any(layer in node for node in nodes), layer
+    assert not [node for node in nodes if "/bi_gru_" in node or "/probabilities" in node]
 
 
 def test_int8_without_calibration_clips_is_refused(logged, tmp_path: Path, capsys):
