@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -153,12 +154,20 @@ def format_value(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def format_ratio(ratio: float | None) -> str:
+    """A ratio cut (not rounded) to two decimals, so that one just under its goal (0.7485
+    against >= 0.75) never prints as the goal itself."""
+    if ratio is None:
+        return ""
+    return f"{math.floor(ratio * 100 + 1e-9) / 100:.2f}x"
+
+
 def print_table(figures: list[Figure], out=sys.stdout) -> None:
     rows = [("figure", "project", "reference", "ratio", "goal")]
     for figure in figures:
         reference = (f"{figure.reference}: {format_value(figure.reference_value, figure.unit)}"
                      if figure.reference else "")
-        ratio = f"{figure.ratio:.2f}x" if figure.ratio is not None else ""
+        ratio = format_ratio(figure.ratio)
         goal = figure.goal + ("" if figure.met is None else (" met" if figure.met
                                                               else " MISSED"))
         rows.append((f"[{figure.section}] {figure.name}", format_value(figure.value,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import soundfile
@@ -9,7 +11,7 @@ import soundfile
 from benchmarks.accuracy import summary
 from benchmarks.memory import variant_chunk
 from benchmarks.streaming import NOT_KEYWORDS, generate_stream, score
-from benchmarks.suite import Figure, main, run_child
+from benchmarks.suite import Figure, main, print_table, run_child
 from pipelines.listening import Detection
 
 
@@ -17,6 +19,18 @@ def test_ratio_is_how_many_times_better_than_the_reference():
     assert Figure("s", "rate", 300.0, "clips/s", "loop", 100.0).ratio == 3
     assert Figure("s", "time", 2.0, "s", "naive", 8.0, higher_is_better=False).ratio == 4
     assert Figure("s", "alone", 5.0, "ms").ratio is None
+
+
+def test_a_ratio_just_under_its_goal_never_prints_as_the_goal():
+    table = io.StringIO()
+    print_table([Figure("s", "short", 7110.0, "clips/s", "graph", 9499.0, goal=">= 0.75x",
+                        met=False),
+                 Figure("s", "exact", 3.0, "clips/s", "graph", 4.0, goal=">= 0.75x", met=True),
+                 Figure("s", "tenths", 29.0, "clips/s", "loop", 100.0)], out=table)
+    rows = {line.split()[1]: line.split() for line in table.getvalue().splitlines()[2:]}
+    assert "0.74x" in rows["short"] and rows["short"][-1] == "MISSED"
+    assert "0.75x" in rows["exact"] and rows["exact"][-1] == "met"
+    assert "0.29x" in rows["tenths"]  # 0.29 * 100 is 28.999999999999996 in floating point
 
 
 def test_child_peak_memory_is_the_childs_own(tmp_path):
