@@ -10,7 +10,9 @@ DCT matrices included. `int8` quantises weights and activations of the classifie
 on clips given with `--data-dir` (the test split's), and keeps the MFCC stage, the input
 normalisation and the convolutions in float (they lose too much in int8); its recurrent
 layers are unrolled, since TensorFlow Lite's calibration crashes on their loops. The file is
-written to `--out` and logged as an artifact (`tflite/`) of the model version's run.
+written to `--out`, its labels (one per line, in the order of the output's probabilities) to
+`<name>_labels.txt` beside it, and both are logged as artifacts (`tflite/`) of the model
+version's run. Neither file overwrites an existing one without `--overwrite`.
 """
 
 from __future__ import annotations
@@ -167,6 +169,12 @@ def calibration_clips(data_dir: str | None, predictor: SpeechPredictor,
     return np.stack([decode_clip(Path(data_dir) / e.path, predictor.spec) for e in clips])
 
 
+def labels_path(out: Path) -> Path:
+    """Where the labels of a file written to `out` go: `speech-int8.tflite` ->
+    `speech-int8_labels.txt` (TensorFlow's speech_commands example ships `conv_labels.txt`)."""
+    return out.with_name(f"{out.stem}_labels.txt")
+
+
 def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     """`export --format tflite ...`: writes the file, logs it on the version's run, prints its
     path and size."""
@@ -178,23 +186,32 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
                              "calibrated on --data-dir's test clips)")
     parser.add_argument("--data-dir", help="Speech Commands folder (for --quantize int8)")
     parser.add_argument("--calibration-clips", type=int, default=CALIBRATION_CLIPS,
-                        help="how many of --data-dir's test clips calibrate --quantize int8 "
-                             f"(default: {CALIBRATION_CLIPS})")
-    parser.add_argument("--out", help="file to write (default: speech-<quantize>.tflite)")
+                        help="how many of --data-dir's test clips calibrate --quantize int8")
+    parser.add_argument("--out", help="file to write; unset: speech-<quantize>.tflite (the "
+                        "labels go beside it, one per line in output order, in "
+                        "<name>_labels.txt)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out and its labels file where they exist")
     args = parser.parse_args(argv)
     if args.quantize == "int8" and not args.data_dir:
         parser.error("--quantize int8 calibrates on real clips: pass --data-dir")
     if args.calibration_clips < 1:
         parser.error(f"--calibration-clips must be at least 1, not {args.calibration_clips}")
+    out = Path(args.out or f"speech-{args.quantize}.tflite")
+    labels_file = labels_path(out)
+    existing = [str(path) for path in (out, labels_file) if path.exists()]
+    if existing and not args.overwrite:
+        parser.error(f"{' and '.join(existing)} {'exist' if len(existing) > 1 else 'exists'}"
+                     " already: pass another --out, or --overwrite to replace")
     model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
     predictor = exportable(model.unwrap_python_model().predictor, args.model_uri)
     content = convert(predictor.model, args.quantize,
                       calibration_clips(args.data_dir, predictor, args.calibration_clips))
-    out = Path(args.out or f"speech-{args.quantize}.tflite")
+    labels = "".join(f"{label}\n" for label in predictor.labels)
     out.write_bytes(content)
-    with tempfile.TemporaryDirectory() as folder:
-        labelled = Path(folder) / out.name
-        labelled.write_bytes(content)
-        run_id = tracking.log_to_model_run(args.model_uri, labelled, "tflite")
-    print(f"{out}\t{len(content):,} bytes\tlogged on run {run_id} as tflite/{out.name}")
+    labels_file.write_text(labels)
+    for path in (out, labels_file):
+        run_id = tracking.log_to_model_run(args.model_uri, path, "tflite")
+    print(f"{out}\t{len(content):,} bytes\t{labels_file}\tlogged on run {run_id} as "
+          f"tflite/{out.name} and tflite/{labels_file.name}")
     return 0

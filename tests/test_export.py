@@ -46,10 +46,16 @@ def test_tflite_file_labels_real_clips_as_the_keras_model(
         logged, quantize: str, tmp_path: Path, shared_speech_dir: Path, capsys):
     store, uri, model = logged
     out = tmp_path / f"speech-{quantize}.tflite"
+    replace = []
+    if quantize == "none":  # an earlier file of that name, replaced only when asked
+        out.write_bytes(b"an earlier export")
+        replace = ["--overwrite"]
     assert speech.main(["export", "--format", "tflite", "--quantize", quantize, "--model-uri",
                         uri, "--store-dir", str(store), "--out", str(out), "--data-dir",
-                        str(shared_speech_dir), "--calibration-clips", "50"]) == 0
+                        str(shared_speech_dir), "--calibration-clips", "50", *replace]) == 0
+    labels_file = tmp_path / f"speech-{quantize}_labels.txt"
     assert f"{out}\t" in capsys.readouterr().out
+    assert labels_file.read_text().splitlines() == list(LABELS)  # the output's order
     clips = np.stack([decode_clip(path, MfccConfig().audio) for word in ("yes", "no", "stop")
                       for path in sorted((shared_speech_dir / word).glob("*.wav"))[:8]])
     expected = model.predict(clips, verbose=0)
@@ -63,7 +69,22 @@ def test_tflite_file_labels_real_clips_as_the_keras_model(
         assert difference < 0.2 and agreement >= 0.75, (difference, agreement)
     run_id = mlflow.models.get_model_info(uri).run_id
     logged_files = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "tflite")}
-    assert f"tflite/{out.name}" in logged_files
+    assert {f"tflite/{out.name}", f"tflite/{labels_file.name}"} <= logged_files
+
+
+def test_export_never_replaces_a_file_unasked(logged, tmp_path: Path, capsys):
+    store, uri, _ = logged
+    out, labels_file = tmp_path / "mine.tflite", tmp_path / "mine_labels.txt"
+    for existing in (out, labels_file):
+        existing.write_text("the user's own")
+        with pytest.raises(SystemExit) as refused:  # before the model is loaded
+            speech.main(["export", "--model-uri", uri, "--store-dir", str(store), "--out",
+                         str(out)])
+        assert refused.value.code == 2
+        assert f"{existing} exists already: pass another --out, or --overwrite to replace" \
+            in capsys.readouterr().err
+        assert existing.read_text() == "the user's own"
+        existing.unlink()
 
 
 def test_int8_keeps_the_front_end_alone_in_float(logged):
