@@ -176,8 +176,8 @@ def labels_path(out: Path) -> Path:
 
 
 def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
-    """`export --format tflite ...`: writes the file, logs it on the version's run, prints its
-    path and size."""
+    """`export --format tflite ...`: writes the file and its labels file, logs both on the
+    version's run, prints their paths and the file's size."""
     parser = cli.model_parser(task, "export", "Export a logged speech model (default: the "
                               "champion) as a TensorFlow Lite file over raw 16 kHz waveforms.")
     parser.add_argument("--format", choices=["tflite"], default="tflite")
@@ -210,8 +210,7 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     labels = "".join(f"{label}\n" for label in predictor.labels)
     out.write_bytes(content)
     labels_file.write_text(labels)
-    for path in (out, labels_file):
-        run_id = tracking.log_to_model_run(args.model_uri, path, "tflite")
+    run_id = tracking.log_to_model_run(args.model_uri, [out, labels_file], "tflite")
     print(f"{out}\t{len(content):,} bytes\t{labels_file}\tlogged on run {run_id} as "
           f"tflite/{out.name} and tflite/{labels_file.name}")
     return 0

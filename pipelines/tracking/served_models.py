@@ -75,10 +75,12 @@ def log_model_metrics(model_uri: str, metrics: Mapping[str, float]) -> None:
                        model_id=model_id)
 
 
-def log_to_model_run(model_uri: str, path: str | Path, artifact_path: str) -> str:
-    """Logs a file as an artifact of the run that logged `model_uri`; returns the run id."""
+def log_to_model_run(model_uri: str, paths: Sequence[str | Path], artifact_path: str) -> str:
+    """Logs files as artifacts of the run that logged `model_uri`; returns the run id."""
     run_id = mlflow.models.get_model_info(model_uri).run_id
-    mlflow.MlflowClient().log_artifact(run_id, str(path), artifact_path)
+    client = mlflow.MlflowClient()
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path)
     return run_id
 
 
