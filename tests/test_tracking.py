@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.store.db.utils import _get_latest_schema_revision
 from mlflow.tracking import MlflowClient
 
@@ -84,6 +85,22 @@ def test_a_tie_never_promotes_even_where_it_rounds_down(tmp_path: Path):
     MlflowClient().set_model_version_tag("model-x", "3", "test_accuracy", "0.833333")
     assert not finish_run(store, 5 / 6).promoted
     assert champion_version(store) == "3"
+
+
+def test_no_champion_only_when_none_is_set_a_server_failure_is_raised(tmp_path: Path,
+                                                                     monkeypatch):
+    """A tracking server that fails must not read as "no champion yet": a worse version would
+    take the alias."""
+    finish_run(tmp_path / "mlruns", 0.80)
+    client = MlflowClient()
+    assert str(registry.current_champion(client, "model-x").version) == "1"
+    assert registry.current_champion(client, "no-such-model") is None
+    client.delete_registered_model_alias("model-x", "champion")
+    assert registry.current_champion(client, "model-x") is None
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    unreachable = MlflowClient("http://127.0.0.1:9", "http://127.0.0.1:9")  # nothing listens
+    with pytest.raises(MlflowException, match="127.0.0.1:9"):
+        registry.current_champion(unreachable, "model-x")
 
 
 def test_registration_is_idempotent_per_run(tmp_path: Path, monkeypatch):

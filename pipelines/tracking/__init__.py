@@ -5,7 +5,8 @@ champion rule (`registry`).
 This package is the only code that imports mlflow. Its public names are re-exported here, so
 callers use `tracking.log_metrics(...)`, `tracking.register_and_promote(...)`. A logged model
 refers to its pyfunc class by module path; the classes are importable from here and from
-`served_models` as well as from `pyfunc_models`, so versions logged under those paths load too.
+`served_models` as well as from `pyfunc_models`, so a model logged under any of those paths
+loads.
 """
 
 from pipelines.tracking.registry import (
@@ -19,7 +20,6 @@ from pipelines.tracking.registry import (
 )
 from pipelines.tracking.runs import (
     EpochMetricsLogger,
-    active_run_id,
     check_tracking,
     connect,
     download_artifacts,
@@ -51,7 +51,7 @@ from pipelines.tracking.served_models import (
 
 __all__ = [
     "CHAMPION", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel",
-    "TextClassifierModel", "active_run_id", "champion_decision",
+    "TextClassifierModel", "champion_decision",
     "check_tracking", "connect", "current_champion", "download_artifacts", "find_runs",
     "interrupted_run", "link_evaluation", "load_served_model", "local_store_uri",
     "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics",

@@ -35,7 +35,7 @@ def champion_decision(
     """The champion rule: promote only on strictly better test accuracy on the same test data.
 
     The champion's accuracy is its version's `test_accuracy` tag, which holds the exact value
-    (`repr`; older versions hold it to six decimals). The candidate is compared at the
+    (`repr`) or one of six decimals. The candidate is compared at the
     precision the champion's value was recorded with (`at_recorded_precision`), so an equal
     score never wins, however it rounds.
     """
@@ -63,9 +63,9 @@ def champion_decision(
 
 
 def at_recorded_precision(value: float, recorded: str) -> float:
-    """`value` as precisely as `recorded` holds its value: versions registered before tags
-    held exact values recorded `f"{accuracy:.6f}"` (six decimals, no exponent), so the
-    candidate is rounded to six decimals to meet them; an exact (`repr`) value is met as is.
+    """`value` as precisely as `recorded` holds its value: a tag written as
+    `f"{accuracy:.6f}"` (six decimals, no exponent) is met by the candidate rounded to six
+    decimals; an exact (`repr`) value is met as is.
     (Accuracies on one test set of under a million examples differ by more than 1e-6, so the
     rounding never merges two different scores.)"""
     mantissa, dot, decimals = recorded.partition(".")
@@ -73,12 +73,23 @@ def at_recorded_precision(value: float, recorded: str) -> float:
     return round(value, 6) if six_decimals else value
 
 
+NO_SUCH_ALIAS = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
+# the error codes of MLflow's stores (and its server) for a missing alias or model
+
+
 def current_champion(client: MlflowClient, name: str) -> Any | None:
-    """The version holding the champion alias, or None."""
+    """The version holding the champion alias, or None when no version holds it.
+
+    Raises:
+        MlflowException: Any other failure, such as a tracking server that cannot be reached:
+            a passing outage must not read as "no champion yet" and promote a worse version.
+    """
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        if error.error_code in NO_SUCH_ALIAS:
+            return None
+        raise
 
 
 PROMOTION_STATE = "promotion_state"  # version tag: "pending" until its champion decision

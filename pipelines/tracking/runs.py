@@ -295,11 +295,6 @@ def log_artifacts(folder: str | Path, path: str) -> None:
     mlflow.log_artifacts(str(folder), path)
 
 
-def active_run_id() -> str | None:
-    run = mlflow.active_run()
-    return None if run is None else run.info.run_id
-
-
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
 
