@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import statistics
 
-from benchmarks.end_to_end import accuracy_of
 from benchmarks.suite import Figure, Options, run_child
 
 SEEDS = (0, 1, 2)
@@ -30,7 +29,7 @@ def seeded_runs(options: Options, command: list[str], name: str, seeds) -> list:
     for seed in seeds:
         child = run_child([*command, "--seed", str(seed)],
                           options.work_dir / f"{name}-seed{seed}.log")
-        runs.append((seed, accuracy_of(child.output), child.seconds, child.peak_rss_gb))
+        runs.append((seed, child.printed("test accuracy"), child.seconds, child.peak_rss_gb))
     return runs
 
 
@@ -77,20 +76,6 @@ def speech_accuracy(options: Options) -> list[Figure]:
     return figures
 
 
-def printed(output: str, label: str) -> float:
-    """The last figure a run printed after `label` in its summary."""
-    found = re.findall(rf"^\s*{label}\s+([0-9.]+)", output, re.MULTILINE)
-    if not found:
-        raise RuntimeError(f"no '{label}' in the run's output:\n{output[-2000:]}")
-    return float(found[-1])
-
-
-def mean_std(values: list[float]) -> str:
-    deviation = statistics.stdev(values) if len(values) > 1 else 0.0
-    return (f"{statistics.mean(values):.4f} +- {deviation:.4f} (seeds "
-            f"{', '.join(f'{value:.4f}' for value in values)})")
-
-
 def sentiment_accuracy(options: Options) -> list[Figure]:
     """The default sentiment pipeline over SEEDS vs TF-IDF + logistic regression: the blend,
     its recurrent model and its n-gram branch alone, the recurrent model's blend weight, and
@@ -104,14 +89,14 @@ def sentiment_accuracy(options: Options) -> list[Figure]:
         child = run_child([*command, *quick, "--seed", str(seed)],
                           options.work_dir / f"sentiment-seed{seed}.log")
         pretrained = re.search(r"pretrained in (\d+) s", child.output)
-        runs.append({"blend": accuracy_of(child.output),
-                     "recurrent": printed(child.output, "recurrent alone"),
-                     "ngram": printed(child.output, "n-grams alone"),
-                     "weight": printed(child.output, "blend weights"),
+        runs.append({"blend": child.printed("test accuracy"),
+                     "recurrent": child.printed("recurrent alone"),
+                     "ngram": child.printed("n-grams alone"),
+                     "weight": child.printed("blend weights"),
                      "pretrain": float(pretrained.group(1)) if pretrained else 0.0,
                      "seconds": child.seconds, "peak": child.peak_rss_gb})
-    baseline = accuracy_of(run_child([*command, "--model", "tfidf-logreg"],
-                                     options.work_dir / "tfidf.log").output)
+    baseline = run_child([*command, "--model", "tfidf-logreg"],
+                         options.work_dir / "tfidf.log").printed("test accuracy")
     section, reference = "sentiment-accuracy", "TF-IDF + logistic regression"
     column = {name: [run[name] for run in runs] for name in runs[0]}
     classifier = [run["seconds"] - run["pretrain"] for run in runs]
@@ -119,14 +104,14 @@ def sentiment_accuracy(options: Options) -> list[Figure]:
         Figure(section, f"blend: test accuracy, mean of {len(runs)}",
                statistics.mean(column["blend"]), "", reference=reference,
                reference_value=baseline, goal=">= 0.923",
-               met=statistics.mean(column["blend"]) >= 0.923, note=mean_std(column["blend"])),
+               met=statistics.mean(column["blend"]) >= 0.923, note=spread(column["blend"])),
         Figure(section, f"its recurrent model alone: test accuracy, mean of {len(runs)}",
                statistics.mean(column["recurrent"]), "", reference=reference,
                reference_value=baseline, goal=">= 0.905",
                met=statistics.mean(column["recurrent"]) >= 0.905,
-               note=mean_std(column["recurrent"])),
+               note=spread(column["recurrent"])),
         Figure(section, "its n-gram branch alone: test accuracy",
-               statistics.mean(column["ngram"]), "", note=mean_std(column["ngram"])),
+               statistics.mean(column["ngram"]), "", note=spread(column["ngram"])),
         Figure(section, "the recurrent model's blend weight (chosen on validation), lowest",
                min(column["weight"]), "", goal=">= 0.3", met=min(column["weight"]) >= 0.3,
                note="per seed " + ", ".join(f"{value:.2f}" for value in column["weight"])),

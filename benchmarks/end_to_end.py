@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-import re
-
 from benchmarks.suite import Figure, Options, run_child
-
-
-def accuracy_of(output: str) -> float:
-    found = re.findall(r"^test accuracy\s+([0-9.]+)", output, re.MULTILINE)
-    if not found:
-        raise RuntimeError(f"no test accuracy in the run's output:\n{output[-2000:]}")
-    return float(found[-1])
 
 
 def end_to_end(options: Options) -> list[Figure]:
@@ -34,7 +25,7 @@ def end_to_end(options: Options) -> list[Figure]:
             figures.append(Figure(
                 "end-to-end", f"python -m pipelines.{pipeline}, {when}", child.seconds, "s",
                 note=f"peak RSS {child.peak_rss_gb:.2f} GB, test accuracy "
-                     f"{accuracy_of(child.output):.4f}"))
+                     f"{child.printed('test accuracy'):.4f}"))
             figures.append(Figure("end-to-end", f"peak RSS, {pipeline} {when}",
                                   child.peak_rss_gb, "GB", higher_is_better=False))
     return figures

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from benchmarks import full_dataset, tfds_dataset
+from benchmarks.peak import peak_rss_kb
 from benchmarks.suite import Figure, Options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,17 +42,6 @@ POLL_SECONDS = 0.2
 TIMELINE_SECONDS = 10  # the peak so far is noted this often
 GOAL_GB = 4.0
 STOPPED = 143  # the exit status of a run ended by SIGTERM (pipelines.interrupts)
-
-
-def vm_hwm_kb(pid: int) -> int | None:
-    """The high-water mark of a live process's resident memory, or None once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def watch(command: list[str], log: Path, *, stop_after_epochs: int | None = None,
@@ -69,7 +59,7 @@ def watch(command: list[str], log: Path, *, stop_after_epochs: int | None = None
     peak, epochs, first_epoch_at, epoch_began, timeline = 0, [], None, None, []
     with log.open("w") as out:
         while child.poll() is None or reader.is_alive() or not lines.empty():
-            peak = max(peak, vm_hwm_kb(child.pid) or 0)
+            peak = max(peak, peak_rss_kb(child.pid) or 0)
             if time.perf_counter() - started >= TIMELINE_SECONDS * len(timeline):
                 timeline.append((round(time.perf_counter() - started), round(peak / 2**20, 2)))
             try:

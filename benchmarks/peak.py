@@ -16,11 +16,19 @@ import sys
 from pathlib import Path
 
 
-def peak_rss_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def peak_rss_kb(pid: int | str = "self") -> int | None:
+    """VmHWM of process `pid` (this one by default) in KiB; None once that process has
+    exited (its status is gone, or has no memory lines while it waits to be reaped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        status = ""
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
-    raise RuntimeError("/proc/self/status has no VmHWM line (not Linux?)")
+    if pid == "self":
+        raise RuntimeError("/proc/self/status has no VmHWM line (not Linux?)")
+    return None
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -80,6 +81,14 @@ class Child:
     output: str
     peak_rss_gb: float
     seconds: float
+
+    def printed(self, label: str) -> float:
+        """The last figure the child printed after `label` at the start of a line (a
+        pipeline's summary: `test accuracy  0.9012`)."""
+        found = re.findall(rf"^\s*{label}\s+([0-9.]+)", self.output, re.MULTILINE)
+        if not found:
+            raise RuntimeError(f"no '{label}' in the run's output:\n{self.output[-2000:]}")
+        return float(found[-1])
 
 
 def run_child(target: list[str], log: Path) -> Child:

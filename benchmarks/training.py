@@ -66,7 +66,7 @@ def speech_training(options: Options) -> list[Figure]:
     """The default speech run's model and batches vs a 2 x BiGRU(128) over the 98 MFCC frames
     at batch 64, both built, batched (augmented as the default run augments them) and fitted by
     the pipeline's own functions on the same data, each until 80 % validation accuracy or
-    MAX_SPEECH_EPOCHS (the learning-rate schedule is the default's 140-epoch one)."""
+    MAX_SPEECH_EPOCHS (under the default's learning-rate schedule)."""
     config = SpeechConfig.from_options(data_dir=str(options.data_dir / "speech_commands"),
                                        cache_dir=str(options.work_dir / "cache"))
     data = prepare_speech_data(config.source, config.splits, config.features,
