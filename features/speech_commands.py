@@ -217,7 +217,8 @@ def silence_examples(
     if count and not usable:
         raise DataError(
             f"_silence_ needs {BACKGROUND_NOISE_DIR}/*.wav recordings of at least one clip length;"
-            " none found"
+            f" none found ({len(noise)} recordings, all shorter; --silence-pct 0 trains without"
+            " _silence_)"
         )
     low, high = np.log(rms_range[0]), np.log(rms_range[1])
     examples = []

@@ -17,7 +17,7 @@ import pandas as pd
 
 from features import tfds_speech
 from features.audio import decode_recording
-from features.errors import ConfigError
+from features.errors import ConfigError, DataError
 from features.feature_cache import cached_features
 from features.mfcc import MfccConfig
 from features.speech_commands import (
@@ -140,7 +140,7 @@ def prepare_folder(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccCo
             if waveforms:
                 decoded = split_waveforms(examples, data.data_dir, mfcc, source.cache_folder)
                 if not np.array_equal(decoded.kept, features.kept):
-                    raise RuntimeError("decoded waveforms and cached MFCC frames of the "
+                    raise DataError("decoded waveforms and cached MFCC frames of the "
                                        "training split disagree on the usable clips; clear "
                                        f"{source.cache_dir} and run again")
                 train_waveforms = decoded.frames

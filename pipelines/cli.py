@@ -126,7 +126,9 @@ def training_parser(task: TaskCommands) -> argparse.ArgumentParser:
     """The training command's parser: one flag per option of the task's config."""
     epilog = (f"other commands: '{task.prog} predict {task.predict.usage}' labels inputs with "
               f"the champion (or --model-uri); '{task.prog} evaluate {task.evaluate.usage}' "
-              "evaluates a logged model on a folder; each has its own --help.")
+              "evaluates a logged model on a folder"
+              + "".join(f"; '{task.prog} {name}'" for name in task.commands)
+              + "; each has its own --help.")
     return config_parser(task.prog, task.description, task.config, epilog=epilog)
 
 

@@ -142,13 +142,14 @@ class TaskConfig:
 def config_parser(prog: str, description: str, cls: type[TaskConfig],
                   epilog: str | None = None) -> argparse.ArgumentParser:
     """A parser with one `--flag` per option of the task config `cls`, grouped by stage (the
-    first line of the stage class's docstring), defaults shown in --help."""
+    first paragraph of the stage class's docstring), defaults shown in --help."""
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = cls().options()
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, stage_type in cls.stage_types().items():
-        title = (stage_type.__doc__ or name).strip().splitlines()[0].rstrip(".")
+        summary = (stage_type.__doc__ or name).strip().split("\n\n")[0]
+        title = " ".join(line.strip() for line in summary.splitlines()).rstrip(".")
         groups[name] = parser.add_argument_group(title)
     for name, option in cls.option_fields().items():
         metadata = option.field.metadata

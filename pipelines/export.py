@@ -69,7 +69,8 @@ def convert(model: keras.Model, quantize: str, calibration: np.ndarray | None = 
         ConfigError: An unknown quantisation, or `int8` without calibration clips.
     """
     if quantize not in QUANTIZATIONS:
-        raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}")
+        raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, not "
+                          f"{quantize!r}")
     ready = tflite_ready(model, unroll=quantize == "int8")
     samples = int(model.input.shape[-1])
     with tempfile.TemporaryDirectory() as folder:

@@ -40,7 +40,8 @@ class RunConfig:
     store_dir: str = field(default="mlruns", metadata={
         "help": "local MLflow store: mlflow.db and artifacts/"})
     run_name: str | None = field(default=None, metadata={
-        "help": "MLflow run name; unset: task, model and seed (speech-crnn-bigru64-s0)"})
+        "help": "MLflow run name; unset: task, model and seed (speech-crnn-bigru64-s0, "
+                "sentiment-bigru128-ngrams-s0)"})
     register: bool = field(default=True, metadata={
         "help": "register the model and apply the champion rule"})
     checkpoint_dir: str = field(default=".cache/checkpoints", metadata={

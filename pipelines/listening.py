@@ -204,7 +204,8 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
 
 def check_config(parser: argparse.ArgumentParser, config: ListenConfig) -> None:
     if config.stride_ms <= 0 or config.average_window_ms <= 0 or config.suppression_ms < 0:
-        parser.error("--hop-ms and --average-window-ms must be positive, --suppression-ms at "
-                     "least 0")
+        parser.error(f"--hop-ms and --average-window-ms must be positive, --suppression-ms at "
+                     f"least 0 (got {config.stride_ms:g}, {config.average_window_ms:g}, "
+                     f"{config.suppression_ms:g})")
     if not 0 <= config.threshold < 1:
-        parser.error("--threshold must be in [0, 1)")
+        parser.error(f"--threshold must be in [0, 1), not {config.threshold:g}")

@@ -72,6 +72,7 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
         tracking.log_dict({name: {"distribution": type(dist).__name__, **dist._asdict()}
                            for name, dist in space.items()}, "sweep/search_space.json")
         results: dict[int, dict] = {}
+        failure = None  # the last trial's error, named if every trial fails
         for number in range(trials):
             trial = study.ask(dict(space))
             trial_config = config.replace(**trial.params, sweep=0, register=False, run_name=None)
@@ -82,6 +83,7 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
             try:
                 result = run_one(trial_config)
             except expected_errors as error:
+                failure = error
                 log.warning("trial %d failed: %s", number, error)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
@@ -90,7 +92,7 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
             tracking.log_metrics({"trial_val_accuracy": result[OBJECTIVE],
                                   "trial_test_accuracy": result["test_accuracy"]}, step=number)
         if not results:
-            raise ConfigError(f"all {trials} trials failed")
+            raise ConfigError(f"all {trials} trials failed; the last: {failure}")
         table = study.trials_dataframe(attrs=("number", "value", "params", "state",
                                               "duration"))
         table["run_id"] = table["number"].map(lambda n: results.get(n, {}).get("run_id"))
