@@ -97,7 +97,7 @@ class SpeechConfig(TaskConfig):
     model: SpeechModelConfig = SpeechModelConfig()
     recurrent: RecurrentConfig = RecurrentConfig(units=64, depth=2, pooling="attention",
                                                   dense_units=64)
-    # 120 epochs of the 2,700 training clips of the shared data; 18 of the full release's 85k
+    # 120 epochs of the shared data's 2,700 training clips; 41 of the full release's 37,056
     optim: OptimConfig = OptimConfig(epochs=120, example_budget=1_500_000, batch_size=128,
                                      learning_rate=4e-3, weight_decay=1e-3, label_smoothing=0.1,
                                      warmup_epochs=2, patience=30)

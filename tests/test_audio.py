@@ -89,7 +89,7 @@ def test_odd_wavs_go_to_libsndfile(tmp_path: Path):
     unknown_chunk = data[:12] + b"junk" + (4).to_bytes(4, "little") + b"abcd" + data[12:]
     for odd in (extensible.getvalue(), cut, unknown_chunk, b"RIFF" + data[4:40]):
         assert pcm16_wav(odd) is None
-    # a cut file still decodes (libsndfile reads the frames present), as before
+    # a cut file still decodes through libsndfile, which reads the frames present
     assert decode_clip(cut, SPEC).shape == (16000,)
     # an extra LIST chunk before the data is skipped by both readers alike
     listed = (data[:36] + b"LIST" + (6).to_bytes(4, "little") + b"INFOab" + data[36:])
