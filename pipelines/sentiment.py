@@ -242,20 +242,20 @@ def training_batches(config: SentimentConfig, ids: Splits) -> TrainingBatches:
     configured."""
     strategy, classes = config.run.strategy, len(ids.labels)
     batch = distribute.global_batch_size(config.optim.batch_size, strategy)
-    steps = steps_per_epoch(len(ids.y["train"]), batch)
     layout = distribute.layout(config.optim.batch_size, strategy)
     if not config.tokens.bucketing:
         return TrainingBatches(
             make_dataset(ids.x["train"], ids.y["train"], batch, classes,
                          shuffle_seed=config.optim.seed),
-            make_dataset(ids.x["validation"], ids.y["validation"], batch, classes), steps,
-            layout)
+            make_dataset(ids.x["validation"], ids.y["validation"], batch, classes),
+            steps_per_epoch(len(ids.y["train"]), batch), layout)
     train, validation = (
         bucketed_dataset(ids.x[split], token_lengths(ids.x[split]), ids.y[split], batch,
                          classes, buckets=config.tokens.buckets,
                          shuffle_seed=config.optim.seed if split == "train" else None)
         for split in ("train", "validation"))
-    return TrainingBatches(train, validation, steps, layout)
+    # each bucket's last batch may be partial: an epoch has up to `buckets` more batches
+    return TrainingBatches(train, validation, int(train.cardinality()), layout)
 
 
 def build_model(config: SentimentConfig, vocabulary_size: int, num_classes: int,

@@ -82,3 +82,22 @@ def test_every_pipeline_runs_with_autotuning_off(tmp_path):
         assert dataset.options().autotune.enabled is False, name
         features, one_hot = next(iter(dataset))
         assert features.shape[0] == 8 and one_hot.shape == (8, 2), name
+
+
+def test_a_bucketed_sentiment_epoch_schedules_every_batch_it_has():
+    """Each length bucket's last batch may be partial, so a bucketed epoch has more batches
+    than examples / batch size: the learning-rate schedule must span all of them."""
+    from features.splits import Splits
+    from pipelines.sentiment import SentimentConfig, training_batches
+
+    lengths = np.array([1, 3, 5, 7, 9, 11, 13, 15, 17, 20, 2, 19])
+    ids = np.zeros((len(lengths), 20), np.int32)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = row + 1
+    labels = np.arange(len(lengths)) % 2
+    splits = Splits(("neg", "pos"), {"train": ids, "validation": ids},
+                    {"train": labels, "validation": labels})
+    config = SentimentConfig.from_options(batch_size=4, buckets=4)
+    batches = training_batches(config, splits)
+    # buckets of 4, 2, 3 and 3 examples: four batches, where 12 examples / 4 make three
+    assert batches.steps_per_epoch == sum(1 for _ in batches.train) == 4
