@@ -163,3 +163,26 @@ def test_tutorial_cnn_reference_maps_frames_to_probabilities():
     probabilities = model.predict(np.zeros((2, 98, 40), np.float32), verbose=0)
     assert probabilities.shape == (2, 12)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_both_default_models_keep_their_recurrent_layers_on_the_cudnn_path(cell: str):
+    """On a GPU, Keras runs a GRU/LSTM as one fused cuDNN kernel only with tanh, a sigmoid
+    recurrent activation, a bias, no unrolling, no recurrent dropout and (GRU) reset_after;
+    any other setting silently falls back to the step loop, several times slower."""
+    from pipelines import sentiment, speech
+
+    speech_config = speech.SpeechConfig().replace(cell=cell)
+    text_config = sentiment.SentimentConfig().replace(cell=cell)
+    models = [speech.build_model(speech_config, 12, np.zeros(40), np.ones(40)),
+              sentiment.build_model(text_config, 1000, 2)]
+    layers = [layer.forward_layer for model in models for layer in model.layers
+              if isinstance(layer, keras.layers.Bidirectional)]
+    assert len(layers) == speech_config.recurrent.depth + text_config.recurrent.depth
+    for layer in layers:
+        config = layer.get_config()
+        assert type(layer).__name__ == cell.upper()
+        assert (config["activation"], config["recurrent_activation"]) == ("tanh", "sigmoid")
+        assert config["use_bias"] and not config["unroll"]
+        assert config["recurrent_dropout"] == 0 and layer.use_cudnn in ("auto", True)
+        assert config.get("reset_after", True)  # GRU only
