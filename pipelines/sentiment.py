@@ -29,7 +29,6 @@ from features.input_pipelines import (
     TrainingBatches,
     bucketed_dataset,
     make_dataset,
-    steps_per_epoch,
 )
 from features.review_data import (
     ReviewData,
@@ -242,20 +241,17 @@ def training_batches(config: SentimentConfig, ids: Splits) -> TrainingBatches:
     configured."""
     strategy, classes = config.run.strategy, len(ids.labels)
     batch = distribute.global_batch_size(config.optim.batch_size, strategy)
-    layout = distribute.layout(config.optim.batch_size, strategy)
-    if not config.tokens.bucketing:
-        return TrainingBatches(
-            make_dataset(ids.x["train"], ids.y["train"], batch, classes,
-                         shuffle_seed=config.optim.seed),
-            make_dataset(ids.x["validation"], ids.y["validation"], batch, classes),
-            steps_per_epoch(len(ids.y["train"]), batch), layout)
+    seeds = {"train": config.optim.seed, "validation": None}  # only training is shuffled
     train, validation = (
         bucketed_dataset(ids.x[split], token_lengths(ids.x[split]), ids.y[split], batch,
-                         classes, buckets=config.tokens.buckets,
-                         shuffle_seed=config.optim.seed if split == "train" else None)
+                         classes, buckets=config.tokens.buckets, shuffle_seed=seeds[split])
+        if config.tokens.bucketing else
+        make_dataset(ids.x[split], ids.y[split], batch, classes, shuffle_seed=seeds[split])
         for split in ("train", "validation"))
-    # each bucket's last batch may be partial: an epoch has up to `buckets` more batches
-    return TrainingBatches(train, validation, int(train.cardinality()), layout)
+    # the epoch's batches as the dataset counts them: with buckets, each bucket's last batch
+    # may be partial, so up to `buckets` more than examples / batch size
+    return TrainingBatches(train, validation, int(train.cardinality()),
+                           distribute.layout(config.optim.batch_size, strategy))
 
 
 def build_model(config: SentimentConfig, vocabulary_size: int, num_classes: int,
