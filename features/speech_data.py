@@ -141,8 +141,8 @@ def prepare_folder(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccCo
                 decoded = split_waveforms(examples, data.data_dir, mfcc, source.cache_folder)
                 if not np.array_equal(decoded.kept, features.kept):
                     raise DataError("decoded waveforms and cached MFCC frames of the "
-                                       "training split disagree on the usable clips; clear "
-                                       f"{source.cache_dir} and run again")
+                                    "training split disagree on the usable clips; clear "
+                                    f"{source.cache_dir} and run again")
                 train_waveforms = decoded.frames
     folder = str(data.data_dir.resolve())
     summary = {
