@@ -7,8 +7,8 @@ frames here are 480 samples) and traced for one clip at a time, (1, 16000), whic
 recurrent layers' loops static shapes: the converter then needs TensorFlow Lite's built-in ops
 only (no select TF ops). `dynamic` stores every weight as int8, the MFCC stage's DFT, mel and
 DCT matrices included. `int8` quantises weights and activations of the classifier, calibrated
-on clips given with `--data-dir` (the test split's), and keeps the MFCC stage, the input
-normalisation and the convolutions in float (they lose too much in int8); its recurrent
+on clips of `--data-dir`'s training split, and keeps the MFCC stage and the input normalisation
+in float (they lose too much in int8); its recurrent
 layers are unrolled, since TensorFlow Lite's calibration crashes on their loops. The file is
 written to `--out`, its labels (one per line, in the order of the output's probabilities) to
 `<name>_labels.txt` beside it, and both are logged as artifacts (`tflite/`) of the model
@@ -84,12 +84,10 @@ def convert(model: keras.Model, quantize: str, calibration: np.ndarray | None = 
                       keep_float=front_end)
 
 
-# ops kept in float by int8: the MFCC stage (its DFT, mel and DCT products), the classifier's
-# per-coefficient normalisation of MFCCs of up to +-500 and its two convolutions (op names
-# carry the layer names models.recurrent gives them; the convolutions' markers start with "/"
-# and end with "_" so that they match those layers' ops, not every op of the classifier model,
-# which is named conv_bi_gru_...)
-FLOAT_OPS = ("mfcc_layer", "/normalize", "/conv_1_", "/conv_2_")
+# ops kept in float by int8: the MFCC stage (its DFT, mel and DCT products) and the
+# classifier's per-coefficient normalisation of MFCCs of up to +-500 (op names carry the layer
+# names features.mfcc_layer and models.recurrent give them)
+FLOAT_OPS = ("mfcc_layer", "/normalize")
 
 
 def front_end_nodes(content: bytes) -> list[str]:
@@ -158,16 +156,27 @@ def exportable(predictor, model_uri: str) -> SpeechPredictor:
 
 def calibration_clips(data_dir: str | None, predictor: SpeechPredictor,
                       count: int = CALIBRATION_CLIPS) -> np.ndarray | None:
-    """The first `count` test-split clips (not silence) of a Speech Commands folder, decoded as
-    the served model decodes them (None without a folder)."""
+    """`count` clips of a Speech Commands folder's training split (`_silence_` windows
+    included), drawn at random with a fixed seed and decoded as the served model decodes them;
+    the validation and test splits stay unseen by the quantiser (None without a folder).
+
+    Raises:
+        DataError: The folder has no training clip that decodes.
+    """
     if not data_dir:
         return None
-    from features.audio import decode_clip
+    from features.errors import DataError
     from features.speech_commands import SplitConfig, load_speech_commands
+    from features.speech_features import ExampleDecoder
 
-    data = load_speech_commands(data_dir, SplitConfig(), predictor.spec)
-    clips = [e for e in data.examples["test"] if not e.is_silence][:count]
-    return np.stack([decode_clip(Path(data_dir) / e.path, predictor.spec) for e in clips])
+    train = load_speech_commands(data_dir, SplitConfig(), predictor.spec).examples["train"]
+    order = np.random.default_rng(0).permutation(len(train))[:count]
+    clips = ExampleDecoder([train[i] for i in order], Path(data_dir), predictor.spec)
+    decoded = clips.chunk(0, len(order)).waveforms
+    if not len(decoded):
+        raise DataError(f"{data_dir}: no training clip decodes, nothing to calibrate "
+                        "--quantize int8 on")
+    return decoded
 
 
 def labels_path(out: Path) -> Path:
@@ -183,11 +192,15 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
                               "champion) as a TensorFlow Lite file over raw 16 kHz waveforms.")
     parser.add_argument("--format", choices=["tflite"], default="tflite")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
-                        help="int8 weights (dynamic), or int8 weights and activations (int8, "
-                             "calibrated on --data-dir's test clips)")
+                        help="none: float32. dynamic: every weight in int8, the MFCC stage's "
+                             "matrices included, which changes labels (75 %% agreement with "
+                             "the Keras model on the test split, docs/results.md). int8: the "
+                             "classifier's weights and activations in int8, the front end in "
+                             "float, calibrated on --data-dir's training clips")
     parser.add_argument("--data-dir", help="Speech Commands folder (for --quantize int8)")
     parser.add_argument("--calibration-clips", type=int, default=CALIBRATION_CLIPS,
-                        help="how many of --data-dir's test clips calibrate --quantize int8")
+                        help="how many of --data-dir's training clips, drawn at random, "
+                             "calibrate --quantize int8")
     parser.add_argument("--out", help="file to write; unset: speech-<quantize>.tflite (the "
                         "labels go beside it, one per line in output order, in "
                         "<name>_labels.txt)")
