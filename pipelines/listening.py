@@ -2,10 +2,11 @@
 
 A one-second window slides over each recording every `--hop-ms`; the windows go through the
 served speech model in batches (one compiled call per batch, `SpeechPredictor.clip_probabilities`);
-each window's probabilities are averaged with those of the windows that ended in the last
-`--average-window-ms`, and `RecognizeCommands` (TensorFlow's speech_commands semantics)
-reports a keyword when its averaged score passes `--threshold`, it is not the label detected
-last, and more than `--suppression-ms` passed since that detection. `_silence_` and
+each window's probabilities are averaged with those of the windows that ended at most
+`--average-window-ms` before it, and `RecognizeCommands` (TensorFlow's speech_commands
+semantics) reports a keyword when at least `--minimum-count` windows spanning a quarter of that
+time are averaged, the averaged score passes `--threshold`, it is not the label detected last,
+and more than `--suppression-ms` passed since that detection. `_silence_` and
 `_unknown_` take part in that logic (detecting one ends the suppression of a keyword) but are
 never reported.
 
@@ -13,6 +14,9 @@ A recording is read in blocks (`BLOCK_SECONDS`), mixed to mono and resampled to 
 rate as a stream, so memory stays flat however long it is. Bad input, per file:
 
 - shorter than a window: zero-padded to one window, which is scored once;
+- too short for a streaming decision (fewer windows than `--minimum-count`, or spanning less
+  than a quarter of `--average-window-ms`: under 1.2 s at the defaults): decided once on the
+  average of all its windows, with the same threshold;
 - silence only: scored like any audio (no keyword passes the threshold on silence);
 - any rate from MIN_SAMPLE_RATE to MAX_SAMPLE_RATE and any channel count: mixed down and
   resampled;
@@ -55,6 +59,7 @@ class ListenConfig:
     average_window_ms: float = 500.0
     threshold: float = 0.7
     suppression_ms: float = 1000.0
+    minimum_count: int = 3  # windows averaged before any decision
 
 
 @dataclass(frozen=True)
@@ -66,9 +71,10 @@ class Detection:
 
 class RecognizeCommands:
     """Averages window scores over time and decides when a command was heard, as
-    TensorFlow's `RecognizeCommands` does: the averaged top label is a new command when its
-    score passes the threshold, it differs from the last command, and the last command is
-    more than `suppression_ms` old (or was `_silence_`)."""
+    TensorFlow's `RecognizeCommands` does: no decision until `minimum_count` windows spanning
+    at least a quarter of `average_window_ms` are averaged; then the averaged top label is a
+    new command when its score passes the threshold, it differs from the last command, and
+    the last command is more than `suppression_ms` old (or was `_silence_`)."""
 
     def __init__(self, labels: Sequence[str], config: ListenConfig):
         self.labels = list(labels)
@@ -76,13 +82,18 @@ class RecognizeCommands:
         self.recent: deque[tuple[float, np.ndarray]] = deque()
         self.previous_label = "_silence_"
         self.previous_time = -np.inf
+        self.ready = False  # enough windows were averaged for a decision at least once
 
     def process(self, time_ms: float, scores: np.ndarray) -> tuple[str, float] | None:
         """Takes the scores of the window ending at `time_ms`; returns (label, averaged
         score) when that is a new command."""
         self.recent.append((time_ms, scores))
-        while self.recent[0][0] <= time_ms - self.config.average_window_ms:
+        while self.recent[0][0] < time_ms - self.config.average_window_ms:
             self.recent.popleft()
+        if (len(self.recent) < self.config.minimum_count
+                or time_ms - self.recent[0][0] < self.config.average_window_ms / 4):
+            return None
+        self.ready = True
         average = np.mean([window for _, window in self.recent], axis=0)
         top = int(np.argmax(average))
         label, score = self.labels[top], float(average[top])
@@ -157,13 +168,21 @@ def listen(path: str, predictor: SpeechPredictor, config: ListenConfig) -> list[
     hop = max(1, int(round(spec.sample_rate * config.stride_ms / 1000)))
     recognizer = RecognizeCommands(predictor.labels, config)
     found = []
+    total, count, time_ms = 0.0, 0, 0.0  # every window's scores, for a short recording
     for ends, batch in windows(resampled_blocks(path, spec.sample_rate), spec.clip_samples,
                                hop):
-        for end, scores in zip(ends, predictor.clip_probabilities(batch), strict=True):
+        probabilities = predictor.clip_probabilities(batch)
+        total, count = total + probabilities.sum(axis=0), count + len(probabilities)
+        for end, scores in zip(ends, probabilities, strict=True):
             time_ms = 1000 * end / spec.sample_rate
             heard = recognizer.process(time_ms, scores)
             if heard and heard[0] not in NOT_REPORTED:
                 found.append(Detection(time_ms / 1000, *heard))
+    if count and not recognizer.ready:  # too short for a streaming decision: decided once
+        average = total / count
+        label, score = predictor.labels[int(np.argmax(average))], float(np.max(average))
+        if score > config.threshold and label not in NOT_REPORTED:
+            found.append(Detection(time_ms / 1000, label, score))
     return found
 
 
@@ -182,9 +201,11 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
                         help="averaged score a keyword must pass")
     parser.add_argument("--suppression-ms", type=float, default=defaults.suppression_ms,
                         help="no new detection this soon after the last one")
+    parser.add_argument("--minimum-count", type=int, default=defaults.minimum_count,
+                        help="windows averaged before any detection")
     args = parser.parse_args(argv)
     config = ListenConfig(args.stride_ms, args.average_window_ms, args.threshold,
-                          args.suppression_ms)
+                          args.suppression_ms, args.minimum_count)
     check_config(parser, config)
     model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
     predictor = model.unwrap_python_model().predictor
@@ -203,9 +224,19 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
 
 
 def check_config(parser: argparse.ArgumentParser, config: ListenConfig) -> None:
+    """Exits with a usage error on settings that are out of range or can never detect."""
     if config.stride_ms <= 0 or config.average_window_ms <= 0 or config.suppression_ms < 0:
         parser.error(f"--hop-ms and --average-window-ms must be positive, --suppression-ms at "
                      f"least 0 (got {config.stride_ms:g}, {config.average_window_ms:g}, "
                      f"{config.suppression_ms:g})")
+    if config.minimum_count < 1:
+        parser.error(f"--minimum-count must be at least 1, not {config.minimum_count}")
+    steps = int(config.average_window_ms // config.stride_ms)  # hops inside the window
+    if steps + 1 < config.minimum_count or steps * config.stride_ms < config.average_window_ms / 4:
+        parser.error(f"--average-window-ms {config.average_window_ms:g} at --hop-ms "
+                     f"{config.stride_ms:g} averages at most {steps + 1} window(s) spanning "
+                     f"{steps * config.stride_ms:g} ms; a detection needs "
+                     f"{config.minimum_count} (--minimum-count) spanning a quarter of "
+                     "--average-window-ms: lengthen it or shorten --hop-ms")
     if not 0 <= config.threshold < 1:
         parser.error(f"--threshold must be in [0, 1), not {config.threshold:g}")

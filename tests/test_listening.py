@@ -61,18 +61,25 @@ def predictor() -> SpeechPredictor:
     return SpeechPredictor(loudness_model(), LABELS, MfccConfig())
 
 
-def test_recognize_commands_needs_threshold_a_new_label_and_the_suppression_time():
+def test_recognize_commands_decides_as_tensorflows_does():
+    """Three windows at least, the one exactly --average-window-ms old included; then a new
+    label over the threshold, more than --suppression-ms after the last detection."""
     recognizer = RecognizeCommands(["_silence_", "yes", "no"], ListenConfig(
-        average_window_ms=200, threshold=0.6, suppression_ms=500))
+        average_window_ms=200, threshold=0.6, suppression_ms=500, minimum_count=3))
     yes, no, quiet = np.array([0, 1.0, 0]), np.array([0, 0, 1.0]), np.array([1.0, 0, 0])
-    heard = {t: recognizer.process(t, scores) for t, scores in [
-        (100, yes * 0.5 + quiet * 0.5),  # below the threshold
-        (200, yes), (300, yes),  # averaged over 200 ms: passes at 200 ms, then the same label
-        (400, no), (500, no), (600, no),  # a new label, but within 500 ms of the last
-        (800, no),  # more than 500 ms later: heard
-        (900, yes), (1000, yes), (1100, yes), (1400, yes)]}  # 600 ms after `no`: heard
-    assert {t: h[0] for t, h in heard.items() if h} == {200: "yes", 800: "no", 1400: "yes"}
-    assert heard[200][1] == pytest.approx(0.75)  # the average of the windows in reach
+    timeline = [(100, yes * 0.5 + quiet * 0.5), (200, yes),  # two windows: too few to decide
+                (300, yes),  # the windows of 100, 200 and 300 ms: heard
+                (400, no), (500, no), (600, no), (700, no), (800, no),  # within 500 ms
+                (900, no),  # 600 ms after `yes`: heard
+                *[(t, yes) for t in range(1000, 1600, 100)]]  # heard at 1500, 600 ms later
+    heard = {t: recognizer.process(t, scores) for t, scores in timeline}
+    assert {t: h[0] for t, h in heard.items() if h} == {300: "yes", 900: "no", 1500: "yes"}
+    assert heard[300][1] == pytest.approx(2.5 / 3)  # the window of 100 ms is still averaged
+    # enough windows, but spanning less than a quarter of the averaging window: no decision
+    early = RecognizeCommands(["_silence_", "yes"], ListenConfig(
+        average_window_ms=400, threshold=0.5, minimum_count=2))
+    assert [early.process(t, np.array([0, 1.0])) for t in (0, 50)] == [None, None]
+    assert early.process(100, np.array([0, 1.0])) == ("yes", 1.0)
 
 
 def test_windows_of_a_stream_in_blocks_equal_windows_of_the_whole():
@@ -105,6 +112,10 @@ def test_tone_bursts_are_heard_once_each_near_their_time(tmp_path: Path, predict
 def test_short_silent_corrupt_and_missing_recordings(tmp_path: Path, predictor):
     short = write_wav(tmp_path / "short.wav", stream(0.7, [0.0]))  # shorter than a window
     assert [d.label for d in listen(str(short), predictor, ListenConfig())] == ["yes"]
+    # two windows, fewer than --minimum-count: decided once on both, at the last one's end
+    brief = write_wav(tmp_path / "brief.wav", stream(1.1, [0.2]))
+    assert [(d.label, d.time_s) for d in listen(str(brief), predictor, ListenConfig())] == [
+        ("yes", 1.1)]
     silent = write_wav(tmp_path / "silent.wav", np.zeros(3 * RATE, np.float32))
     assert listen(str(silent), predictor, ListenConfig()) == []
     corrupt = tmp_path / "corrupt.wav"
@@ -134,3 +145,22 @@ def test_listen_command_prints_detections_and_fails_a_bad_file(tmp_path: Path, c
     assert 2.0 < float(lines[0][1]) < 3.7 and 0.7 < float(lines[0][3]) <= 1.0
     assert "bad.wav: not decodable audio" in err
     assert mlflow.active_run() is None
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--threshold", "1.5"], "--threshold must be in [0, 1), not 1.5"),
+    (["--hop-ms", "0"], "--hop-ms and --average-window-ms must be positive"),
+    (["--minimum-count", "0"], "--minimum-count must be at least 1, not 0"),
+    (["--hop-ms", "300"], "--average-window-ms 500 at --hop-ms 300 averages at most 2 "
+                          "window(s) spanning 300 ms; a detection needs 3 (--minimum-count)"),
+    (["--average-window-ms", "50", "--minimum-count", "1"],
+     "--average-window-ms 50 at --hop-ms 100 averages at most 1 window(s) spanning 0 ms"),
+])
+def test_listen_refuses_settings_that_cannot_detect(flags: list[str], message: str,
+                                                     tmp_path: Path, capsys):
+    """Checked before any model is loaded (the store here is empty)."""
+    with pytest.raises(SystemExit) as refused:
+        speech.main(["listen", str(tmp_path / "any.wav"), "--store-dir",
+                     str(tmp_path / "mlruns"), *flags])
+    assert refused.value.code == 2
+    assert message in capsys.readouterr().err
