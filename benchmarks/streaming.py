@@ -2,15 +2,16 @@
 
 `generate_stream` mixes test-split clips (never training ones) over `_background_noise_`
 recordings into one long WAV with its ground truth, like `generate_streaming_test_wav.py`:
-a clip every `word_gap_ms` plus up to half that again (seeded), the noise at
-`background_volume`. A word's ground-truth time is the end of its one-second clip, which is
+after each one-second clip a gap of `word_gap_ms` plus up to half that again (seeded), the
+noise at `background_volume`. A word's ground-truth time is the end of its one-second clip, which is
 where a window that holds the whole word ends.
 
 `streaming` runs `pipelines.listening.listen` with its defaults over such streams (keywords,
 noise only, non-keyword words; each kind from three seeds, the figures their means) and
-reports, like `test_streaming_accuracy.py` with its 750 ms tolerance: matched % (a detection
-within the tolerance of a word, with its label), wrongly matched % (within the tolerance, another
-label) and false positives % (near no word), each over the words in the stream; false accepts
+reports, as TensorFlow's `test_streaming_accuracy.cc` does with its 750 ms tolerance (`score`):
+matched % (a detection within the tolerance of a word, with its label; TensorFlow's
+"correctly"), wrongly matched % (another label, or the same word detected again) and false
+positives % (near no word), each over the words in the stream; false accepts
 per hour on noise alone and on a stream of non-keyword words only (the test split's
 `_unknown_` words); and the real-time factor (seconds of audio per second of compute).
 TensorFlow's example documents its own streaming test with a detection threshold of 0.70, an
@@ -46,7 +47,9 @@ def generate_stream(speech_dir: Path, out: Path, *, seconds: float = 600, words:
     """Writes a `seconds`-long 16 kHz WAV of test-split clips over background noise to `out`
     (`words`: "keywords" the ten words, "unknown" the test split's other words, "none" noise
     only); returns its ground truth, (time of the clip's end in s, label) per word, and writes
-    it beside the WAV as `<out>.labels.txt` (`label, time_ms` per line, as TensorFlow's)."""
+    it beside the WAV as `<out>.labels.txt` (`label, time_ms` per line, TensorFlow's format; the
+    time is the clip's end, where `listen` reports a word, while TensorFlow's generator writes
+    clip starts for its tool, which compares them with window starts)."""
     spec = MfccConfig().audio
     data = load_speech_commands(speech_dir, SplitConfig(), spec)
     clips = [e for e in data.examples["test"] if not e.is_silence and (
@@ -79,23 +82,25 @@ def generate_stream(speech_dir: Path, out: Path, *, seconds: float = 600, words:
 
 def score(detections: list[listening.Detection], truth: list[tuple[float, str]]
           ) -> dict[str, float]:
-    """TensorFlow's streaming accuracy: each detection is matched to the nearest word not yet
-    matched within the tolerance; matched with its label, wrongly matched, or a false
-    positive. Percentages are of the words in the stream."""
-    taken = [False] * len(truth)
+    """TensorFlow's streaming accuracy (`CalculateAccuracyStats` of accuracy_utils.cc): each
+    detection, in time order, goes to the earliest word within the tolerance; it is matched
+    when the labels agree and that word was not matched before, else wrongly matched (so a
+    second detection of one word is wrong); near no word, it is a false positive. Percentages
+    are of the words in the stream ("matched" is TensorFlow's "correctly")."""
+    truth = sorted(truth)
+    taken: set[int] = set()
     matched = wrong = false = 0
-    for detection in detections:
-        near = [(abs(when - detection.time_s), index) for index, (when, _) in enumerate(truth)
-                if not taken[index] and abs(when - detection.time_s) <= TOLERANCE_S]
-        if not near:
+    for detection in sorted(detections, key=lambda found: found.time_s):
+        index = next((index for index, (when, _) in enumerate(truth)
+                      if abs(when - detection.time_s) <= TOLERANCE_S), None)
+        if index is None:
             false += 1
             continue
-        index = min(near)[1]
-        taken[index] = True
-        if truth[index][1] == detection.label:
+        if truth[index][1] == detection.label and index not in taken:
             matched += 1
         else:
             wrong += 1
+        taken.add(index)
     words = max(len(truth), 1)
     return {"matched": 100 * matched / words, "wrongly_matched": 100 * wrong / words,
             "false_positives": 100 * false / words}

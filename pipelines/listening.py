@@ -121,8 +121,14 @@ def resampled_blocks(path: str, rate: int) -> Iterator[np.ndarray]:
         stream = (None if source_rate == rate
                   else soxr.ResampleStream(source_rate, rate, 1, dtype="float32"))
         total = 0
-        for block in audio.blocks(BLOCK_SECONDS * source_rate, dtype="float32",
-                                  always_2d=True):
+        blocks = audio.blocks(BLOCK_SECONDS * source_rate, dtype="float32", always_2d=True)
+        while True:
+            try:  # a damaged compressed stream fails part-way through
+                block = next(blocks, None)
+            except (soundfile.LibsndfileError, RuntimeError) as error:
+                raise not_decodable(path, path, error) from None
+            if block is None:
+                break
             mono = check_samples(to_mono(block), path)
             total += len(mono)
             yield mono if stream is None else stream.resample_chunk(mono)
@@ -135,7 +141,8 @@ def resampled_blocks(path: str, rate: int) -> Iterator[np.ndarray]:
 def windows(blocks: Iterator[np.ndarray], window: int, hop: int
             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Batches of (window end times in samples, windows (n, window)) of the stream, a window
-    every `hop` samples; a stream shorter than one window gives one, zero-padded."""
+    every `hop` samples (which may be longer than a window); a stream shorter than one window
+    gives one, zero-padded."""
     buffer = np.zeros(0, np.float32)
     consumed = 0  # samples dropped from the buffer's front
     start = 0  # next window's start, in samples of the stream
@@ -150,12 +157,17 @@ def windows(blocks: Iterator[np.ndarray], window: int, hop: int
             seen = True
         if len(starts):
             start = int(starts[-1]) + hop
-        drop = max(0, start - consumed)
+        drop = min(max(0, start - consumed), len(buffer))  # never past what was read
         buffer, consumed = buffer[drop:], consumed + drop
-    if not seen and len(buffer):
+    if not seen:
         padded = np.zeros(window, np.float32)
         padded[:len(buffer)] = buffer
         yield np.array([window]), padded[None]
+
+
+def hop_samples(config: ListenConfig, rate: int) -> int:
+    """`--hop-ms` in whole samples at `rate` (at least one)."""
+    return max(1, int(round(rate * config.stride_ms / 1000)))
 
 
 def listen(path: str, predictor: SpeechPredictor, config: ListenConfig) -> list[Detection]:
@@ -165,7 +177,7 @@ def listen(path: str, predictor: SpeechPredictor, config: ListenConfig) -> list[
         AudioDecodeError: The recording cannot be read (see the module docstring).
     """
     spec = predictor.spec
-    hop = max(1, int(round(spec.sample_rate * config.stride_ms / 1000)))
+    hop = hop_samples(config, spec.sample_rate)
     recognizer = RecognizeCommands(predictor.labels, config)
     found = []
     total, count, time_ms = 0.0, 0, 0.0  # every window's scores, for a short recording
@@ -211,6 +223,7 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     predictor = model.unwrap_python_model().predictor
     if not isinstance(predictor, SpeechPredictor):
         parser.error(f"{args.model_uri} is not a speech model")
+    check_config(parser, config, predictor.spec.sample_rate)
     status = 0
     for path in args.files:
         try:
@@ -223,20 +236,27 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     return status
 
 
-def check_config(parser: argparse.ArgumentParser, config: ListenConfig) -> None:
-    """Exits with a usage error on settings that are out of range or can never detect."""
+def check_config(parser: argparse.ArgumentParser, config: ListenConfig,
+                 sample_rate: int | None = None) -> None:
+    """Exits with a usage error on settings out of range and, given the model's sample rate,
+    on settings that can never detect: an averaging window that cannot hold --minimum-count
+    windows spanning a quarter of it at --hop-ms (rounded to whole samples, as `listen` does)."""
     if config.stride_ms <= 0 or config.average_window_ms <= 0 or config.suppression_ms < 0:
         parser.error(f"--hop-ms and --average-window-ms must be positive, --suppression-ms at "
                      f"least 0 (got {config.stride_ms:g}, {config.average_window_ms:g}, "
                      f"{config.suppression_ms:g})")
     if config.minimum_count < 1:
         parser.error(f"--minimum-count must be at least 1, not {config.minimum_count}")
-    steps = int(config.average_window_ms // config.stride_ms)  # hops inside the window
-    if steps + 1 < config.minimum_count or steps * config.stride_ms < config.average_window_ms / 4:
-        parser.error(f"--average-window-ms {config.average_window_ms:g} at --hop-ms "
-                     f"{config.stride_ms:g} averages at most {steps + 1} window(s) spanning "
-                     f"{steps * config.stride_ms:g} ms; a detection needs "
-                     f"{config.minimum_count} (--minimum-count) spanning a quarter of "
-                     "--average-window-ms: lengthen it or shorten --hop-ms")
     if not 0 <= config.threshold < 1:
         parser.error(f"--threshold must be in [0, 1), not {config.threshold:g}")
+    if sample_rate is None:
+        return
+    hop = hop_samples(config, sample_rate)
+    steps = int(config.average_window_ms * sample_rate // (1000 * hop))  # hops in the window
+    span = 1000 * steps * hop / sample_rate
+    if steps + 1 < config.minimum_count or span < config.average_window_ms / 4:
+        parser.error(f"--average-window-ms {config.average_window_ms:g} at --hop-ms "
+                     f"{config.stride_ms:g} ({hop} samples at {sample_rate} Hz) averages at "
+                     f"most {steps + 1} window(s) spanning {span:g} ms; a detection needs "
+                     f"{config.minimum_count} (--minimum-count) spanning a quarter of "
+                     "--average-window-ms: lengthen it or shorten --hop-ms")

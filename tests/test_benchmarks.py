@@ -108,11 +108,16 @@ def test_a_generated_stream_holds_test_clips_at_their_ground_truth_times(
     assert quiet == []
 
 
-def test_streaming_scores_match_within_the_tolerance_once_per_word():
-    truth = [(2.0, "yes"), (5.0, "no"), (9.0, "up")]
-    found = [Detection(2.5, "yes", 0.9), Detection(2.6, "yes", 0.9),  # the second: near no
-             Detection(4.4, "left", 0.8),  # within 0.75 s of "no": wrongly matched
+def test_streaming_scores_as_tensorflows_accuracy_utils():
+    """Each detection goes to the earliest word within 750 ms: right label and not matched
+    before, matched; otherwise wrongly matched (a second detection of a word included); near
+    no word, a false positive."""
+    truth = [(9.0, "up"), (2.0, "yes"), (5.0, "no")]  # sorted by time before matching
+    found = [Detection(2.5, "yes", 0.9),  # matched
+             Detection(2.6, "yes", 0.9),  # the same word again: wrongly matched
+             Detection(4.4, "left", 0.8),  # within 0.75 s of "no", another label: wrongly
+             Detection(5.0, "no", 0.9),  # "no" was taken by "left": wrongly matched
              Detection(12.0, "up", 0.9)]  # far from every word: a false positive
     stats = score(found, truth)
-    assert stats == pytest.approx({"matched": 100 / 3, "wrongly_matched": 100 / 3,
-                                   "false_positives": 200 / 3})
+    assert stats == pytest.approx({"matched": 100 / 3, "wrongly_matched": 300 / 3,
+                                   "false_positives": 100 / 3})

@@ -93,6 +93,16 @@ def test_windows_of_a_stream_in_blocks_equal_windows_of_the_whole():
     short = list(windows(iter([np.ones(4000, np.float32)]), RATE, 1600))
     assert len(short) == 1 and short[0][1].shape == (1, RATE)
     assert short[0][1][0, :4000].sum() == 4000 and not short[0][1][0, 4000:].any()
+    # a hop longer than a window skips samples, across block boundaries too
+    wave = np.arange(10 * RATE, dtype=np.float32)
+    ends, cut = zip(*windows(iter(np.split(wave, [5 * RATE, 5 * RATE + 100])), RATE, 27_200),
+                    strict=True)
+    ends, cut = np.concatenate(ends), np.concatenate(cut)
+    np.testing.assert_array_equal(ends, np.arange(RATE, 10 * RATE + 1, 27_200))
+    np.testing.assert_array_equal(cut, np.stack([wave[end - RATE:end] for end in ends]))
+    # nothing at all (a recording resampled to no samples): one silent window, still scored
+    empty = list(windows(iter([np.zeros(0, np.float32)]), RATE, 1600))
+    assert len(empty) == 1 and not empty[0][1].any()
 
 
 def test_tone_bursts_are_heard_once_each_near_their_time(tmp_path: Path, predictor):
@@ -124,16 +134,30 @@ def test_short_silent_corrupt_and_missing_recordings(tmp_path: Path, predictor):
         listen(str(corrupt), predictor, ListenConfig())
     with pytest.raises(ValueError, match=r"gone\.wav: no such file"):
         list(resampled_blocks(str(tmp_path / "gone.wav"), RATE))
+    # a compressed file cut short: its header reads, its second block does not
+    noise = 0.3 * np.random.default_rng(0).standard_normal(40 * RATE).astype(np.float32)
+    whole = write_wav(tmp_path / "whole.flac", noise)
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size * 3 // 4])
+    with pytest.raises(ValueError, match=r"cut\.flac: not decodable audio \(.*lost sync"):
+        listen(str(cut), predictor, ListenConfig())
 
 
-def test_listen_command_prints_detections_and_fails_a_bad_file(tmp_path: Path, capsys):
-    store = tmp_path / "mlruns"
-    model = loudness_model()
-    model.save(tmp_path / "classifier.keras")
-    config = SpeechPredictor(model, LABELS, MfccConfig()).save_config(tmp_path / "config.json")
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory) -> tuple[Path, str]:
+    """The loudness model logged in a store of its own: (store, model URI)."""
+    folder = tmp_path_factory.mktemp("listen")
+    store, model = folder / "mlruns", loudness_model()
+    model.save(folder / "classifier.keras")
+    config = SpeechPredictor(model, LABELS, MfccConfig()).save_config(folder / "config.json")
     with tracking.tracked_run("listen", tracking_uri=None, store_dir=store):
-        uri = tracking.log_speech_classifier(tmp_path / "classifier.keras", config, LABELS,
+        uri = tracking.log_speech_classifier(folder / "classifier.keras", config, LABELS,
                                              speech.serving_input_example(RATE))
+    return store, uri
+
+
+def test_listen_command_prints_detections_and_fails_a_bad_file(tmp_path: Path, logged, capsys):
+    store, uri = logged
     path = write_wav(tmp_path / "long.wav", stream(6, [2.0]))
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     status = speech.main(["listen", str(path), str(tmp_path / "bad.wav"), "--model-uri", uri,
@@ -151,16 +175,33 @@ def test_listen_command_prints_detections_and_fails_a_bad_file(tmp_path: Path, c
     (["--threshold", "1.5"], "--threshold must be in [0, 1), not 1.5"),
     (["--hop-ms", "0"], "--hop-ms and --average-window-ms must be positive"),
     (["--minimum-count", "0"], "--minimum-count must be at least 1, not 0"),
-    (["--hop-ms", "300"], "--average-window-ms 500 at --hop-ms 300 averages at most 2 "
-                          "window(s) spanning 300 ms; a detection needs 3 (--minimum-count)"),
-    (["--average-window-ms", "50", "--minimum-count", "1"],
-     "--average-window-ms 50 at --hop-ms 100 averages at most 1 window(s) spanning 0 ms"),
 ])
-def test_listen_refuses_settings_that_cannot_detect(flags: list[str], message: str,
-                                                     tmp_path: Path, capsys):
+def test_listen_refuses_settings_out_of_range(flags: list[str], message: str, tmp_path: Path,
+                                              capsys):
     """Checked before any model is loaded (the store here is empty)."""
     with pytest.raises(SystemExit) as refused:
         speech.main(["listen", str(tmp_path / "any.wav"), "--store-dir",
                      str(tmp_path / "mlruns"), *flags])
+    assert refused.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--hop-ms", "300"], "--average-window-ms 500 at --hop-ms 300 (4800 samples at 16000 Hz) "
+                          "averages at most 2 window(s) spanning 300 ms; a detection needs 3"),
+    (["--average-window-ms", "50", "--minimum-count", "1"],
+     "--average-window-ms 50 at --hop-ms 100 (1600 samples at 16000 Hz) averages at most 1 "
+     "window(s) spanning 0 ms"),
+    # 166.666 ms is 2667 samples, 166.6875 ms: three hops, 500.06 ms, do not fit in 500
+    (["--hop-ms", "166.666", "--minimum-count", "4"], "averages at most 3 window(s)"),
+])
+def test_listen_refuses_settings_that_cannot_detect(flags: list[str], message: str,
+                                                     tmp_path: Path, logged, capsys):
+    """Judged at the model's sample rate, with the hop in whole samples as listen cuts it."""
+    store, uri = logged
+    path = write_wav(tmp_path / "long.wav", stream(3, [1.0]))
+    with pytest.raises(SystemExit) as refused:
+        speech.main(["listen", str(path), "--model-uri", uri, "--store-dir", str(store),
+                     *flags])
     assert refused.value.code == 2
     assert message in capsys.readouterr().err
