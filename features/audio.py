@@ -140,6 +140,8 @@ def source_label(source: str | Path | bytes, name: str | None) -> str:
 def not_decodable(label: str, source: str | Path | bytes, error: Exception) -> AudioDecodeError:
     """The error for input libsndfile refuses, with libsndfile's reason but not its repeat of
     the path (or repr of the in-memory buffer)."""
+    if not isinstance(source, bytes) and Path(source).is_dir():
+        return AudioDecodeError(f"{label}: a folder, not an audio file")
     if not isinstance(source, bytes) and not Path(source).is_file():
         return AudioDecodeError(f"{label}: no such file")
     detail = error.error_string if isinstance(error, soundfile.LibsndfileError) else str(error)

@@ -47,6 +47,11 @@ def test_missing_file_is_named(tmp_path: Path):
     path = tmp_path / "gone.wav"
     with pytest.raises(AudioDecodeError, match=f"^{re.escape(str(path))}: no such file$"):
         decode_clip(path, SPEC)
+    folder = tmp_path / "clips.wav"
+    folder.mkdir()
+    with pytest.raises(AudioDecodeError,
+                       match=f"^{re.escape(str(folder))}: a folder, not an audio file$"):
+        decode_clip(folder, SPEC)
 
 
 def libsndfile_read(data: bytes) -> tuple[np.ndarray, int]:
