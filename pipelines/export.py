@@ -6,13 +6,13 @@ its DFT as two matrix products (TensorFlow Lite's FFT takes only power-of-two le
 frames here are 480 samples) and traced for one clip at a time, (1, 16000), which gives the
 recurrent layers' loops static shapes: the converter then needs TensorFlow Lite's built-in ops
 only (no select TF ops). `dynamic` stores every weight as int8, the MFCC stage's DFT, mel and
-DCT matrices included. `int8` quantises weights and activations of the classifier, calibrated
-on clips of `--data-dir`'s training split, and keeps the MFCC stage and the input normalisation
-in float (they lose too much in int8); its recurrent
-layers are unrolled, since TensorFlow Lite's calibration crashes on their loops. The file is
-written to `--out`, its labels (one per line, in the order of the output's probabilities) to
-`<name>_labels.txt` beside it, and both are logged as artifacts (`tflite/`) of the model
-version's run. Neither file overwrites an existing one without `--overwrite`.
+DCT matrices included. `int8` quantises weights and activations of the classifier, calibrated on
+clips of `--data-dir`'s training split, and keeps the MFCC stage and the input normalisation in
+float (they lose too much in int8); its recurrent layers are unrolled, since TensorFlow Lite's
+calibration crashes on their loops. The file is written to `--out`, its labels (one per line, in
+the order of the output's probabilities) to `<name>_labels.txt` beside it, and both are logged
+as artifacts (`tflite/`) of the model version's run. Neither file overwrites an existing one
+without `--overwrite`.
 """
 
 from __future__ import annotations
