@@ -1,22 +1,22 @@
 """Keyword spotting on long streams, as TensorFlow's speech_commands example measures it.
 
 `generate_stream` mixes test-split clips (never training ones) over `_background_noise_`
-recordings into one long WAV with its ground truth, like `generate_streaming_test_wav.py`:
-after each one-second clip a gap of `word_gap_ms` plus up to half that again (seeded), the
-noise at `background_volume`. A word's ground-truth time is the end of its one-second clip, which is
+recordings into one long WAV with its ground truth, like `generate_streaming_test_wav.py`: after
+each one-second clip a gap of `word_gap_ms` plus up to half that again (seeded), the noise at
+`background_volume`. A word's ground-truth time is the end of its one-second clip, which is
 where a window that holds the whole word ends.
 
 `streaming` runs `pipelines.listening.listen` with its defaults over such streams (keywords,
-noise only, non-keyword words; each kind from three seeds, the figures their means) and
-reports, as TensorFlow's `test_streaming_accuracy.cc` does with its 750 ms tolerance (`score`):
-matched % (a detection within the tolerance of a word, with its label; TensorFlow's
-"correctly"), wrongly matched % (another label, or the same word detected again) and false
-positives % (near no word), each over the words in the stream; false accepts
-per hour on noise alone and on a stream of non-keyword words only (the test split's
-`_unknown_` words); and the real-time factor (seconds of audio per second of compute).
-TensorFlow's example documents its own streaming test with a detection threshold of 0.70, an
-average window of 500 ms and a suppression of 500 ms (its RecognizeCommands averages at least 3
-windows before deciding), and reports its model's figures in these terms.
+noise only, non-keyword words; each kind from three seeds, the figures their means) and reports,
+as TensorFlow's `test_streaming_accuracy.cc` does with its 750 ms tolerance (`score`): matched %
+(a detection within the tolerance of a word, with its label; TensorFlow's "correctly"), wrongly
+matched % (another label, or the same word detected again) and false positives % (near no word),
+each over the words in the stream; false accepts per hour on noise alone and on a stream of
+non-keyword words only (the test split's `_unknown_` words); and the real-time factor (seconds
+of audio per second of compute). TensorFlow's example documents its own streaming test with a
+detection threshold of 0.70, an average window of 500 ms and a suppression of 500 ms (its
+RecognizeCommands averages at least 3 windows before deciding), and reports its model's figures
+in these terms.
 """
 
 from __future__ import annotations
