@@ -1,8 +1,10 @@
 """Accuracy of the default pipelines over several seeds, beside references from the same run.
 
 Speech: `python -m pipelines.speech` with defaults, against the small CNN of TensorFlow's
-audio tutorial trained the tutorial's way (Adam 1e-3, up to 10 epochs, early stopping with
-patience 2, no augmentation) on the same split. Sentiment: `python -m pipelines.sentiment`
+audio tutorial trained close to the tutorial's way (Adam from 1e-3, up to 10 epochs, early
+stopping with patience 2, no augmentation; through the pipeline's own fit, so at its batch of
+128, with its cosine decay of the learning rate over the 10 epochs and the best epoch's weights
+kept) on the same split. Sentiment: `python -m pipelines.sentiment`
 with defaults (the first run pretrains the word vectors, the others reuse them), with its
 recurrent model and n-gram branch alone and the blend weights chosen on validation, against the
 TF-IDF + logistic-regression baseline. Every run is logged in the same MLflow experiment (the
@@ -93,13 +95,14 @@ def sentiment_accuracy(options: Options) -> list[Figure]:
                      "recurrent": child.printed("recurrent alone"),
                      "ngram": child.printed("n-grams alone"),
                      "weight": child.printed("blend weights"),
-                     "pretrain": float(pretrained.group(1)) if pretrained else 0.0,
+                     "pretrain": float(pretrained.group(1)) if pretrained else None,
                      "seconds": child.seconds, "peak": child.peak_rss_gb})
     baseline = run_child([*command, "--model", "tfidf-logreg"],
                          options.work_dir / "tfidf.log").printed("test accuracy")
     section, reference = "sentiment-accuracy", "TF-IDF + logistic regression"
     column = {name: [run[name] for run in runs] for name in runs[0]}
-    classifier = [run["seconds"] - run["pretrain"] for run in runs]
+    classifier = [run["seconds"] - (run["pretrain"] or 0.0) for run in runs]
+    pretrain = column["pretrain"][0]  # None: the store's word vectors were reused, not timed
     return [
         Figure(section, f"blend: test accuracy, mean of {len(runs)}",
                statistics.mean(column["blend"]), "", reference=reference,
@@ -116,8 +119,10 @@ def sentiment_accuracy(options: Options) -> list[Figure]:
                min(column["weight"]), "", goal=">= 0.3", met=min(column["weight"]) >= 0.3,
                note="per seed " + ", ".join(f"{value:.2f}" for value in column["weight"])),
         Figure(section, "pretraining the word vectors (first run), wall time",
-               column["pretrain"][0], "s", higher_is_better=False, goal="<= 40 min",
-               met=column["pretrain"][0] <= 2400),
+               pretrain, "s", higher_is_better=False, goal="<= 40 min",
+               met=None if pretrain is None else pretrain <= 2400,
+               note="" if pretrain is not None else "not measured: the first run reused the "
+               "word vectors already in --store-dir (an empty store times them)"),
         Figure(section, "slowest run, wall time, pretraining excluded", max(classifier), "s",
                higher_is_better=False, goal="<= 15 min", met=max(classifier) <= 900,
                note="peak RSS " + ", ".join(f"{value:.2f}" for value in column["peak"])
