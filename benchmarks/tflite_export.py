@@ -14,7 +14,7 @@ from benchmarks.streaming import trained_predictor
 from benchmarks.suite import Figure, Options
 from features.speech_commands import SplitConfig, load_speech_commands
 from features.speech_features import ExampleDecoder
-from pipelines.export import QUANTIZATIONS, TfliteClassifier, calibration_clips, convert, exportable
+from pipelines.export import QUANTIZATIONS, TfliteClassifier, convert, exportable, training_draw
 
 
 def per_clip_ms(call, clips: np.ndarray, repeats: int = 100) -> float:
@@ -34,7 +34,7 @@ def tflite_export(options: Options) -> list[Figure]:
     data = load_speech_commands(speech_dir, SplitConfig(), predictor.spec)
     test = data.examples["test"][:100] if options.quick else data.examples["test"]
     clips = ExampleDecoder(test, speech_dir, predictor.spec).chunk(0, len(test)).waveforms
-    calibration = calibration_clips(str(speech_dir), predictor)
+    calibration = training_draw(data.examples["train"], speech_dir, predictor.spec)
     expected = predictor.clip_probabilities(clips)
     keras_ms = per_clip_ms(predictor.clip_probabilities, clips)
     figures = []

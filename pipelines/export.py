@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from features.audio import AudioSpec
 from features.mfcc_layer import MfccLayer
 from pipelines import cli, tracking
 from pipelines.errors import ConfigError, ModelError
@@ -156,22 +157,33 @@ def exportable(predictor, model_uri: str) -> SpeechPredictor:
 
 def calibration_clips(data_dir: str | None, predictor: SpeechPredictor,
                       count: int = CALIBRATION_CLIPS) -> np.ndarray | None:
-    """`count` clips of a Speech Commands folder's training split (`_silence_` windows
-    included), drawn at random with a fixed seed and decoded as the served model decodes them;
-    the validation and test splits stay unseen by the quantiser (None without a folder).
+    """`count` clips of a Speech Commands folder's training split, as `training_draw` draws
+    them; the validation and test splits stay unseen by the quantiser (None without a folder).
 
     Raises:
         DataError: The folder has no training clip that decodes.
     """
     if not data_dir:
         return None
-    from features.errors import DataError
     from features.speech_commands import SplitConfig, load_speech_commands
-    from features.speech_features import ExampleDecoder
 
     train = load_speech_commands(data_dir, SplitConfig(), predictor.spec).examples["train"]
+    return training_draw(train, data_dir, predictor.spec, count)
+
+
+def training_draw(train: Sequence, data_dir: str | Path, spec: AudioSpec,
+                  count: int = CALIBRATION_CLIPS) -> np.ndarray:
+    """`count` of the training examples `train` (`_silence_` windows included), drawn at random
+    with a fixed seed and decoded as the served model decodes them.
+
+    Raises:
+        DataError: None of them decodes.
+    """
+    from features.errors import DataError
+    from features.speech_features import ExampleDecoder
+
     order = np.random.default_rng(0).permutation(len(train))[:count]
-    clips = ExampleDecoder([train[i] for i in order], Path(data_dir), predictor.spec)
+    clips = ExampleDecoder([train[i] for i in order], Path(data_dir), spec)
     decoded = clips.chunk(0, len(order)).waveforms
     if not len(decoded):
         raise DataError(f"{data_dir}: no training clip decodes, nothing to calibrate "
