@@ -223,7 +223,7 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     predictor = model.unwrap_python_model().predictor
     if not isinstance(predictor, SpeechPredictor):
         parser.error(f"{args.model_uri} is not a speech model")
-    check_config(parser, config, predictor.spec.sample_rate)
+    check_reachable(parser, config, predictor.spec.sample_rate)
     status = 0
     for path in args.files:
         try:
@@ -236,11 +236,8 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     return status
 
 
-def check_config(parser: argparse.ArgumentParser, config: ListenConfig,
-                 sample_rate: int | None = None) -> None:
-    """Exits with a usage error on settings out of range and, given the model's sample rate,
-    on settings that can never detect: an averaging window that cannot hold --minimum-count
-    windows spanning a quarter of it at --hop-ms (rounded to whole samples, as `listen` does)."""
+def check_config(parser: argparse.ArgumentParser, config: ListenConfig) -> None:
+    """Exits with a usage error on settings out of range."""
     if config.stride_ms <= 0 or config.average_window_ms <= 0 or config.suppression_ms < 0:
         parser.error(f"--hop-ms and --average-window-ms must be positive, --suppression-ms at "
                      f"least 0 (got {config.stride_ms:g}, {config.average_window_ms:g}, "
@@ -249,8 +246,13 @@ def check_config(parser: argparse.ArgumentParser, config: ListenConfig,
         parser.error(f"--minimum-count must be at least 1, not {config.minimum_count}")
     if not 0 <= config.threshold < 1:
         parser.error(f"--threshold must be in [0, 1), not {config.threshold:g}")
-    if sample_rate is None:
-        return
+
+
+def check_reachable(parser: argparse.ArgumentParser, config: ListenConfig,
+                    sample_rate: int) -> None:
+    """Exits with a usage error on settings that can never detect at the model's sample rate:
+    an averaging window that cannot hold --minimum-count windows spanning a quarter of it at
+    --hop-ms (rounded to whole samples, as `listen` does)."""
     hop = hop_samples(config, sample_rate)
     steps = int(config.average_window_ms * sample_rate // (1000 * hop))  # hops in the window
     span = 1000 * steps * hop / sample_rate
