@@ -51,6 +51,8 @@ MIN_SAMPLE_RATE = 1_000  # Hz; outside this range a rate is taken for a broken h
 MAX_SAMPLE_RATE = 384_000
 MAX_SAMPLE_MAGNITUDE = 1e6  # 120 dB over full scale; MFCC power overflows float32 near 1e17
 RESAMPLE_MARGIN_SECONDS = 0.1  # read past the clip so resampling matches a whole-file decode
+# what soundfile raises for input libsndfile cannot decode (LibsndfileError is a RuntimeError)
+DECODE_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError)
 
 
 class AudioDecodeError(DataError):
@@ -158,7 +160,7 @@ def audio_info(source: str | Path | bytes, name: str | None = None):
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         return soundfile.info(handle)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+    except DECODE_ERRORS as error:
         raise not_decodable(source_label(source, name), source, error) from error
 
 
@@ -244,7 +246,7 @@ def read_samples(source: str | Path | bytes, name: str | None = None,
             samples = audio.read(frames, dtype="float32", always_2d=True)
     except AudioDecodeError:
         raise
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+    except DECODE_ERRORS as error:
         raise not_decodable(label, source, error) from error
     if samples.shape[0] == 0:
         raise AudioDecodeError(f"{label}: the file holds no audio samples")

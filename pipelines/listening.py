@@ -37,6 +37,7 @@ import soundfile
 import soxr
 
 from features.audio import (
+    DECODE_ERRORS,
     AudioDecodeError,
     check_sample_rate,
     check_samples,
@@ -114,7 +115,7 @@ def resampled_blocks(path: str, rate: int) -> Iterator[np.ndarray]:
     """
     try:
         audio = soundfile.SoundFile(path)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+    except DECODE_ERRORS as error:
         raise not_decodable(path, path, error) from None  # names a missing file as such
     with audio:
         source_rate = check_sample_rate(audio.samplerate, path)
@@ -125,7 +126,7 @@ def resampled_blocks(path: str, rate: int) -> Iterator[np.ndarray]:
         while True:
             try:  # a damaged compressed stream fails part-way through
                 block = next(blocks, None)
-            except (soundfile.LibsndfileError, RuntimeError) as error:
+            except DECODE_ERRORS as error:
                 raise not_decodable(path, path, error) from None
             if block is None:
                 break
