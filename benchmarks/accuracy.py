@@ -22,7 +22,8 @@ SEEDS = (0, 1, 2)
 TUTORIAL_RECIPE = ["--model", "tutorial-cnn", "--epochs", "10", "--learning-rate", "1e-3",
                    "--weight-decay", "0", "--label-smoothing", "0", "--warmup-epochs", "0",
                    "--patience", "2", "--time-shift-ms", "0", "--speed-change", "0",
-                   "--noise-prob", "0", "--time-masks", "0", "--freq-masks", "0"]
+                   "--noise-prob", "0", "--time-masks", "0", "--freq-masks", "0",
+                   "--average-from", "0"]
 
 
 def seeded_runs(options: Options, command: list[str], name: str, seeds) -> list:

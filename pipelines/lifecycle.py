@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from features.splits import Lineage, Splits
-from pipelines import descriptions, distribute, evaluation, tracking, training
+from pipelines import checkpoints, descriptions, distribute, evaluation, tracking
 from pipelines.config import TaskConfig, config_from_params, validate_choices
 from pipelines.errors import ConfigError, DataNotFoundError, SetupError
 
@@ -121,7 +121,7 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
         raise SetupError(f"--resume {run.resume}: that run is not a {pipeline} training run "
                          f"(pipeline tag {tags.get('pipeline')!r})")
     checkpoint = Path(tags.get("checkpoint", ""))
-    if training.latest_checkpoint(checkpoint) is None:
+    if checkpoints.latest_checkpoint(checkpoint) is None:
         raise SetupError(f"--resume {run.resume}: no checkpoint at {checkpoint} (the run "
                          "stopped before its first epoch ended, or finished); start a new run")
     return config_from_params(type(config), params).replace(
@@ -224,7 +224,7 @@ class TrackedRun:
 
     def completed_epochs(self) -> int:
         """Epochs the interrupted run completed (0 for a new run)."""
-        return training.completed_epochs(self.checkpoint) if self.resuming else 0
+        return checkpoints.completed_epochs(self.checkpoint) if self.resuming else 0
 
     def log_data(self, splits: Splits, lineage: Lineage, dataset_name: str) -> None:
         """Logs the options as parameters, the data lineage, example counts and the label map;
@@ -307,7 +307,7 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
         try:
             yield tracked
         except KeyboardInterrupt:
-            if checkpoint is not None and training.latest_checkpoint(checkpoint) is not None:
+            if checkpoint is not None and checkpoints.latest_checkpoint(checkpoint) is not None:
                 log.warning("run %s interrupted; its last epoch checkpoint is in %s. Continue "
                             "it with: python -m pipelines.%s --resume %s", run_id, checkpoint,
                             pipeline.removesuffix("-sweep"), run_id)

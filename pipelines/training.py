@@ -1,4 +1,6 @@
-"""Compiling and fitting Keras classifiers, with a resumable checkpoint after every epoch.
+"""Compiling and fitting Keras classifiers, with a resumable checkpoint after every epoch
+(`checkpoints`) and the weights kept at the end: early stopping's or an average
+(`weight_averaging`).
 
 Nothing here knows of MLflow: `fit` returns the fitted model and its history, and callers add
 the callbacks that record them.
@@ -7,11 +9,8 @@ the callbacks that record them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,18 +21,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import models.ngram  # noqa: F401  (registers custom layers: checkpoints load them)
-import models.recurrent  # noqa: F401
-from features.errors import disk_space_errors
+from features.errors import ConfigError
 from features.input_pipelines import TrainingBatches
-from pipelines import distribute, interrupts
+from pipelines import distribute, interrupts, weight_averaging
+from pipelines.checkpoints import (
+    CheckpointState,
+    EpochCheckpoint,
+    ResumableEarlyStopping,
+    load_checkpoint,
+)
+from pipelines.weight_averaging import WeightAverage
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-    """Optimisation: AdamW, warm-up then cosine decay, early stopping; each task sets its own."""
+    """Optimisation: AdamW, warm-up then cosine decay, early stopping, weight averaging; each
+    task sets its own."""
 
     epochs: int = field(metadata={
         "help": "most epochs to train (the cosine schedule spans the epochs scheduled: see "
@@ -54,8 +59,17 @@ class OptimConfig:
     warmup_epochs: int = field(metadata={"help": "epochs of linear learning-rate warm-up"})
     patience: int = field(metadata={
         "help": "early-stopping patience in epochs (validation loss)"})
+    average_from: float = field(default=0.0, metadata={
+        "help": "keep the mean of the weights of every epoch from this fraction of the "
+                "scheduled epochs on (0.5: the second half) instead of early stopping's "
+                "lowest-validation-loss epoch, which a fit stopped earlier keeps; 0: no "
+                "averaging"})
     seed: int = field(default=0, metadata={
         "help": "random seed for weights, shuffling and dropout"})
+
+    def __post_init__(self):
+        if not 0 <= self.average_from < 1:
+            raise ConfigError(f"average_from must be within [0, 1), got {self.average_from}")
 
 
 def scheduled(config: OptimConfig, train_examples: int) -> OptimConfig:
@@ -104,154 +118,6 @@ class LearningRateLogger(keras.callbacks.Callback):
                 self.model.optimizer.learning_rate))
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """Early stopping whose state (best value, epochs waited, best weights) can be carried
-    over from an interrupted fit, so a resumed run stops exactly where it would have."""
-
-    def __init__(self, *args, state: StopperState | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.resumed = state
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self.resumed is not None:
-            self.wait = self.resumed.wait
-            self.best = self.resumed.best
-            self.best_epoch = self.resumed.best_epoch
-            self.best_weights = self.resumed.best_weights
-
-
-@dataclass
-class StopperState:
-    """What early stopping knows after an epoch."""
-
-    wait: int
-    best: float | None
-    best_epoch: int
-    best_weights: list[np.ndarray] | None
-
-
-@dataclass
-class CheckpointState:
-    """An interrupted fit: the model after its last completed epoch (compiled, with its
-    optimizer state), that epoch (0-based), the history so far, early stopping's state and
-    whether it had stopped the fit."""
-
-    model: keras.Model
-    epoch: int
-    history: dict[str, list[float]]
-    stopper: StopperState
-    stopped: bool = False  # early stopping ended the fit at `epoch`: nothing is left to train
-
-
-CHECKPOINT_PREFIX = "epoch-"  # <run checkpoint folder>/epoch-0012/: a complete checkpoint
-PARTIAL_PREFIX = ".partial-"  # a checkpoint being written; never read
-
-
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves a resumable checkpoint into `directory` after every epoch, as one unit.
-
-    Each epoch's checkpoint is a folder, `epoch-NNNN/`: `last.keras` (model and optimizer
-    state), `best.npz` (early stopping's best weights) and `state.json` (epoch, history,
-    early-stopping counters). It is written as `.partial-NNNN/`, its files flushed to disk,
-    and renamed into place in one step; only then are older checkpoints removed. A process
-    killed, or a disk filling, part-way leaves the previous epoch's checkpoint whole, never
-    epoch-N weights beside epoch-(N-1) state.
-
-    Raises:
-        DiskFullError: The disk (or a file-size limit) ran out while writing; the partial
-            folder is removed and the previous checkpoint kept.
-    """
-
-    def __init__(self, directory: str | Path, stopper: keras.callbacks.EarlyStopping,
-                 history: dict[str, list[float]] | None = None):
-        super().__init__()
-        self.directory = Path(directory)
-        self.stopper = stopper
-        self.history = {key: list(values) for key, values in (history or {}).items()}
-        self._best_saved: tuple[Path, int] | None = None  # (folder, best epoch) of best.npz
-
-    def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-        stopper = self.stopper
-        state = {"epoch": epoch, "history": self.history,
-                 "stopped": bool(self.model.stop_training and stopper.wait >= stopper.patience),
-                 "stopper": {"wait": stopper.wait, "best_epoch": stopper.best_epoch,
-                             "best": None if stopper.best is None else float(stopper.best)}}
-        partial = self.directory / f"{PARTIAL_PREFIX}{epoch:04d}"
-        final = self.directory / f"{CHECKPOINT_PREFIX}{epoch:04d}"
-        with disk_space_errors(self.directory, partial):
-            if partial.exists():
-                shutil.rmtree(partial)
-            partial.mkdir(parents=True)
-            self.write_files(partial, state)
-            os.rename(partial, final)
-        if self._best_saved is not None:
-            self._best_saved = final, self._best_saved[1]
-        for older in self.directory.iterdir():
-            if older != final:
-                shutil.rmtree(older, ignore_errors=True)
-
-    def write_files(self, folder: Path, state: dict) -> None:
-        """The checkpoint's files, each flushed to disk, `best.npz` linked from the previous
-        checkpoint when early stopping's best epoch has not changed since it was written."""
-        self.model.save(folder / "last.keras")
-        stopper = self.stopper
-        if stopper.best_weights is not None:
-            if self._best_saved is not None and self._best_saved[1] == stopper.best_epoch:
-                os.link(self._best_saved[0] / "best.npz", folder / "best.npz")
-            else:
-                np.savez(folder / "best.npz", *stopper.best_weights)
-            self._best_saved = folder, stopper.best_epoch
-        (folder / "state.json").write_text(json.dumps(state))
-        for path in folder.iterdir():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The newest complete checkpoint folder in a run's checkpoint folder, or None."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    complete = sorted(path for path in directory.glob(f"{CHECKPOINT_PREFIX}*")
-                      if (path / "state.json").is_file())
-    return complete[-1] if complete else None
-
-
-def read_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / "state.json").read_text())
-
-
-def completed_epochs(directory: str | Path) -> int:
-    """Epochs the newest checkpoint in a run's checkpoint folder holds (0 when none)."""
-    checkpoint = latest_checkpoint(directory)
-    return read_state(checkpoint)["epoch"] + 1 if checkpoint is not None else 0
-
-
-def load_checkpoint(directory: str | Path) -> CheckpointState:
-    """Reads the newest checkpoint EpochCheckpoint saved in a run's checkpoint folder.
-
-    Raises:
-        FileNotFoundError: No complete checkpoint in `directory`.
-    """
-    checkpoint = latest_checkpoint(directory)
-    if checkpoint is None:
-        raise FileNotFoundError(f"no training checkpoint in {directory} ({CHECKPOINT_PREFIX}"
-                                "NNNN/ folders are written after each completed epoch)")
-    state = read_state(checkpoint)
-    best_weights = None
-    if (checkpoint / "best.npz").is_file():
-        with np.load(checkpoint / "best.npz") as saved:
-            best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    stopper = state["stopper"]
-    return CheckpointState(keras.saving.load_model(checkpoint / "last.keras"), state["epoch"],
-                           state["history"],
-                           StopperState(stopper["wait"], stopper["best"], stopper["best_epoch"],
-                                        best_weights), state.get("stopped", False))
-
-
 def fit_classifier(
     model: keras.Model,
     train: tf.data.Dataset,
@@ -262,8 +128,10 @@ def fit_classifier(
     *,
     checkpoint_dir: str | Path | None = None,
     resume: CheckpointState | None = None,
+    average: WeightAverage | None = None,
 ) -> dict[str, list[float]]:
-    """Fits with early stopping on validation loss, restoring the best weights.
+    """Fits with early stopping on validation loss, restoring the best weights (or, with
+    `average`, keeping the average of the epochs it averaged).
 
     Args:
         model: The compiled model (for a resumed fit, `resume.model`).
@@ -275,6 +143,8 @@ def fit_classifier(
             otherwise.
         checkpoint_dir: Save a resumable checkpoint here after every epoch (EpochCheckpoint).
         resume: An interrupted fit to continue from the epoch after its last one.
+        average: Weight averaging, called after early stopping (its sums saved with each
+            checkpoint).
 
     Returns:
         The history per epoch, a resumed fit's earlier epochs included.
@@ -285,13 +155,15 @@ def fit_classifier(
                                      restore_best_weights=True,
                                      state=resume.stopper if resume else None)
     earlier = resume.history if resume else {}
-    extra = [EpochCheckpoint(checkpoint_dir, stopper, earlier)] if checkpoint_dir else []
+    extra = [average] if average else []
+    if checkpoint_dir:
+        extra.append(EpochCheckpoint(checkpoint_dir, stopper, earlier, average))
     with interrupts.deferred():  # a signal stops training at a batch end
         history = model.fit(
             train,
             validation_data=validation,
             epochs=config.epochs,
-            # a fit that early stopping had ended trains no more (and restores the best weights)
+            # a fit that early stopping had ended trains no more (and sets the weights it keeps)
             initial_epoch=(config.epochs if resume.stopped else resume.epoch + 1) if resume
             else 0,
             shuffle=False,  # the tf.data pipeline reshuffles each epoch
@@ -308,22 +180,27 @@ class Fitted:
     """A fitted model and how its fit went.
 
     Attributes:
-        model: The fitted model, with early stopping's best weights; outside any strategy
-            after a multi-worker fit (`distribute.standalone`).
+        model: The fitted model, with the weights the fit keeps (the average of
+            `averaged_epochs` epochs, or early stopping's best); outside any strategy after a
+            multi-worker fit (`distribute.standalone`).
         history: Per-epoch logs (loss, accuracy, val_*, learning_rate), a resumed fit's earlier
             epochs included.
         seconds: Wall time of this process's fit.
         resumed_epochs: Epochs a resumed fit continued from (0 for a new fit).
+        averaged_epochs: Epochs whose weights the model averages (0: early stopping's).
+        averaged_val_accuracy: The averaged model's validation accuracy.
     """
 
     model: keras.Model
     history: dict[str, list[float]]
     seconds: float
     resumed_epochs: int = 0
+    averaged_epochs: int = 0
+    averaged_val_accuracy: float | None = None
 
     @property
     def best_epoch(self) -> int:
-        """The epoch (0-based) whose weights early stopping kept: the lowest validation loss."""
+        """The epoch (0-based) early stopping keeps: the lowest validation loss."""
         return int(np.argmin(self.history["val_loss"]))
 
     def metrics(self, train_examples: int) -> dict[str, float]:
@@ -336,8 +213,10 @@ class Fitted:
             "train_samples_per_second": train_examples * (epochs - self.resumed_epochs)
             / self.seconds,
             # not "val_accuracy": that name holds the per-epoch curve
-            "model_val_accuracy": self.history["val_accuracy"][self.best_epoch],
+            "model_val_accuracy": self.averaged_val_accuracy if self.averaged_epochs
+            else self.history["val_accuracy"][self.best_epoch],
             "best_epoch": self.best_epoch + 1,
+            "averaged_epochs": self.averaged_epochs,
         }
 
 
@@ -351,7 +230,7 @@ def fit(build: Callable[[], keras.Model], batches: TrainingBatches, config: Opti
     Args:
         build: Makes the uncompiled Keras classifier.
         batches: Training and validation batches, and the steps of an epoch.
-        config: Optimiser, schedule, epochs and early stopping.
+        config: Optimiser, schedule, epochs, early stopping and weight averaging.
         strategy: The `--strategy` to train under (`distribute.strategy_for`).
         checkpoint_dir: Save a resumable checkpoint here after every epoch (None: none).
         resuming: Continue the checkpoint in `checkpoint_dir` (the model, compiled with its
@@ -371,11 +250,16 @@ def fit(build: Callable[[], keras.Model], batches: TrainingBatches, config: Opti
         else:
             model = build()
             compile_classifier(model, config, batches.steps_per_epoch)
+    start = weight_averaging.first_averaged_epoch(config.average_from, config.epochs)
+    average = None if start is None else WeightAverage(start, state.average if state else None)
     started = time.perf_counter()
     with distribute.reporting_lost_workers(strategy):
         history = fit_classifier(model, batches.train, batches.validation, config,
                                  list(callbacks), verbose, checkpoint_dir=checkpoint_dir,
-                                 resume=state)
-    seconds = time.perf_counter() - started
+                                 resume=state, average=average)
+        seconds = time.perf_counter() - started
+        averaged = average.count if average else 0
+        accuracy = (model.evaluate(batches.validation, verbose=0, return_dict=True)["accuracy"]
+                    if averaged else None)
     return Fitted(distribute.standalone(model, strategy), history, seconds,
-                  state.epoch + 1 if state else 0)
+                  state.epoch + 1 if state else 0, averaged, accuracy)

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from features.errors import DiskFullError
 from features.feature_cache import FeatureCache, RowSink, SplitFeatures
-from pipelines import speech, tracking, training
+from pipelines import checkpoints, speech, tracking
 from tests.test_speech_pipeline import small_args
 
 
@@ -45,7 +45,7 @@ class Snapshots(keras.callbacks.Callback):
         self.weights.append(self.model.get_weights())
 
 
-class CrashingCheckpoint(training.EpochCheckpoint):
+class CrashingCheckpoint(checkpoints.EpochCheckpoint):
     """Dies (as SIGKILL would) after writing the weights of epoch `at`, before its state."""
 
     def __init__(self, *args, at: int, **kwargs):
@@ -81,10 +81,10 @@ def fit_with(callbacks, epochs: int = 4) -> None:
               callbacks=callbacks)
 
 
-def checkpointing(directory: Path, *extra, checkpoint=training.EpochCheckpoint, **kwargs):
+def checkpointing(directory: Path, *extra, checkpoint=checkpoints.EpochCheckpoint, **kwargs):
     """Early stopping, weight snapshots, `extra`, then the checkpoint, as `training.fit`
     orders them."""
-    stopper = training.ResumableEarlyStopping(monitor="val_loss", patience=10,
+    stopper = checkpoints.ResumableEarlyStopping(monitor="val_loss", patience=10,
                                               restore_best_weights=True)
     return [stopper, Snapshots(), *extra, checkpoint(directory, stopper, **kwargs)]
 
@@ -94,7 +94,7 @@ def test_a_crash_between_checkpoint_files_leaves_the_previous_epoch_whole(tmp_pa
     with pytest.raises(SystemExit):
         fit_with(callbacks)
     snapshots = callbacks[1].weights
-    state = training.load_checkpoint(tmp_path / "run")
+    state = checkpoints.load_checkpoint(tmp_path / "run")
     assert state.epoch == 1 and len(state.history["loss"]) == 2
     assert (tmp_path / "run" / ".partial-0002" / "last.keras").is_file()  # never read
     # the weights are epoch 2's (index 1), not those written of the crashed epoch 3
@@ -112,7 +112,7 @@ def test_a_full_disk_while_checkpointing_is_a_clear_error_and_keeps_the_last(tmp
     assert f"no space left to write {tmp_path / 'run'}" in str(error.value)
     assert "File too large" in str(error.value)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["epoch-0001"]
-    assert training.load_checkpoint(tmp_path / "run").epoch == 1
+    assert checkpoints.load_checkpoint(tmp_path / "run").epoch == 1
 
 
 def test_a_full_disk_while_caching_features_removes_the_partial_file(tmp_path: Path):

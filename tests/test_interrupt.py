@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import sentiment, speech, tracking, training
+from pipelines import sentiment, speech, tracking
+from pipelines.checkpoints import completed_epochs, latest_checkpoint
 from tests import test_sentiment_pipeline
 from tests.processes import interrupt_when
 from tests.test_speech_pipeline import small_args
@@ -33,7 +34,7 @@ def wait_for_epochs(process: subprocess.Popen, checkpoints: Path, epochs: int,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for run in checkpoints.glob("*"):
-            if training.completed_epochs(run) >= epochs:
+            if completed_epochs(run) >= epochs:
                 return run
         if process.poll() is not None:
             pytest.fail(f"training ended before the signal:\n{process.communicate()[1]}")
@@ -71,10 +72,10 @@ def test_a_stopped_or_killed_run_keeps_its_checkpoint_and_resume_finishes_it(
     run = client.get_run(run_id)
     assert run.info.status == run_status
     assert client.search_model_versions("name='speech-commands'") == []
-    done = training.completed_epochs(checkpoint)
+    done = completed_epochs(checkpoint)
     assert 2 <= done < 30
     assert {"state.json", "last.keras"} <= {
-        path.name for path in training.latest_checkpoint(checkpoint).iterdir()}
+        path.name for path in latest_checkpoint(checkpoint).iterdir()}
 
     if signum != signal.SIGKILL:
         return  # resuming is the same whichever signal stopped the run
@@ -118,7 +119,7 @@ def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir
 
     def two_epochs_done() -> bool:
         runs = list(checkpoints.glob("*"))
-        return bool(runs) and training.completed_epochs(runs[0]) >= 2
+        return bool(runs) and completed_epochs(runs[0]) >= 2
 
     watcher = interrupt_when(two_epochs_done, interval=0.02)
     assert sentiment.main(args) == 130

@@ -61,6 +61,11 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     assert {"test_accuracy", "test_macro_f1", "val_loss", "skipped_examples"} <= set(
         run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+    # the second of the 2 epochs is averaged (--average-from 0.5): the model is that epoch's,
+    # scored on validation once more
+    assert run.data.metrics["averaged_epochs"] == 1
+    assert run.data.metrics["model_val_accuracy"] == pytest.approx(
+        client.get_metric_history(run.info.run_id, "val_accuracy")[-1].value, abs=1e-6)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/confusion_matrix.png", "plots/training_curves.png"}
     served = mlflow.pyfunc.load_model("models:/speech-commands@champion")

@@ -1,0 +1,174 @@
+"""Resumable training: early stopping whose state carries over, and a checkpoint after every
+epoch written as one unit, read back to continue an interrupted fit exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import models.ngram  # noqa: F401  (registers custom layers: checkpoints load them)
+import models.recurrent  # noqa: F401
+from features.errors import disk_space_errors
+from pipelines import weight_averaging
+from pipelines.weight_averaging import AverageState, WeightAverage
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping whose state (best value, epochs waited, best weights) can be carried
+    over from an interrupted fit, so a resumed run stops exactly where it would have."""
+
+    def __init__(self, *args, state: StopperState | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resumed = state
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.resumed is not None:
+            self.wait = self.resumed.wait
+            self.best = self.resumed.best
+            self.best_epoch = self.resumed.best_epoch
+            self.best_weights = self.resumed.best_weights
+
+
+@dataclass
+class StopperState:
+    """What early stopping knows after an epoch."""
+
+    wait: int
+    best: float | None
+    best_epoch: int
+    best_weights: list[np.ndarray] | None
+
+
+@dataclass
+class CheckpointState:
+    """An interrupted fit: the model after its last completed epoch (compiled, with its
+    optimizer state), that epoch (0-based), the history so far, early stopping's state,
+    whether it had stopped the fit and the weights averaged so far."""
+
+    model: keras.Model
+    epoch: int
+    history: dict[str, list[float]]
+    stopper: StopperState
+    stopped: bool = False  # early stopping ended the fit at `epoch`: nothing is left to train
+    average: AverageState | None = None
+
+
+CHECKPOINT_PREFIX = "epoch-"  # <run checkpoint folder>/epoch-0012/: a complete checkpoint
+PARTIAL_PREFIX = ".partial-"  # a checkpoint being written; never read
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves a resumable checkpoint into `directory` after every epoch, as one unit.
+
+    Each epoch's checkpoint is a folder, `epoch-NNNN/`: `last.keras` (model and optimizer
+    state), `best.npz` (early stopping's best weights), `average.npz` (the sums of
+    `WeightAverage`, once it has any) and `state.json` (epoch, history, early-stopping and
+    averaging counters). It is written as `.partial-NNNN/`, its files flushed to disk,
+    and renamed into place in one step; only then are older checkpoints removed. A process
+    killed, or a disk filling, part-way leaves the previous epoch's checkpoint whole, never
+    epoch-N weights beside epoch-(N-1) state.
+
+    Raises:
+        DiskFullError: The disk (or a file-size limit) ran out while writing; the partial
+            folder is removed and the previous checkpoint kept.
+    """
+
+    def __init__(self, directory: str | Path, stopper: keras.callbacks.EarlyStopping,
+                 history: dict[str, list[float]] | None = None,
+                 average: WeightAverage | None = None):
+        super().__init__()
+        self.directory = Path(directory)
+        self.stopper = stopper
+        self.average = average
+        self.history = {key: list(values) for key, values in (history or {}).items()}
+        self._best_saved: tuple[Path, int] | None = None  # (folder, best epoch) of best.npz
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        stopper = self.stopper
+        state = {"epoch": epoch, "history": self.history,
+                 "stopped": bool(self.model.stop_training and stopper.wait >= stopper.patience),
+                 "stopper": {"wait": stopper.wait, "best_epoch": stopper.best_epoch,
+                             "best": None if stopper.best is None else float(stopper.best)}}
+        partial = self.directory / f"{PARTIAL_PREFIX}{epoch:04d}"
+        final = self.directory / f"{CHECKPOINT_PREFIX}{epoch:04d}"
+        with disk_space_errors(self.directory, partial):
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.mkdir(parents=True)
+            self.write_files(partial, state)
+            os.rename(partial, final)
+        if self._best_saved is not None:
+            self._best_saved = final, self._best_saved[1]
+        for older in self.directory.iterdir():
+            if older != final:
+                shutil.rmtree(older, ignore_errors=True)
+
+    def write_files(self, folder: Path, state: dict) -> None:
+        """The checkpoint's files, each flushed to disk, `best.npz` linked from the previous
+        checkpoint when early stopping's best epoch has not changed since it was written."""
+        self.model.save(folder / "last.keras")
+        stopper = self.stopper
+        if stopper.best_weights is not None:
+            if self._best_saved is not None and self._best_saved[1] == stopper.best_epoch:
+                os.link(self._best_saved[0] / "best.npz", folder / "best.npz")
+            else:
+                np.savez(folder / "best.npz", *stopper.best_weights)
+            self._best_saved = folder, stopper.best_epoch
+        if self.average is not None:
+            state["average"] = self.average.save(folder)
+        (folder / "state.json").write_text(json.dumps(state))
+        for path in folder.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest complete checkpoint folder in a run's checkpoint folder, or None."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    complete = sorted(path for path in directory.glob(f"{CHECKPOINT_PREFIX}*")
+                      if (path / "state.json").is_file())
+    return complete[-1] if complete else None
+
+
+def read_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "state.json").read_text())
+
+
+def completed_epochs(directory: str | Path) -> int:
+    """Epochs the newest checkpoint in a run's checkpoint folder holds (0 when none)."""
+    checkpoint = latest_checkpoint(directory)
+    return read_state(checkpoint)["epoch"] + 1 if checkpoint is not None else 0
+
+
+def load_checkpoint(directory: str | Path) -> CheckpointState:
+    """Reads the newest checkpoint EpochCheckpoint saved in a run's checkpoint folder.
+
+    Raises:
+        FileNotFoundError: No complete checkpoint in `directory`.
+    """
+    checkpoint = latest_checkpoint(directory)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no training checkpoint in {directory} ({CHECKPOINT_PREFIX}"
+                                "NNNN/ folders are written after each completed epoch)")
+    state = read_state(checkpoint)
+    best_weights = None
+    if (checkpoint / "best.npz").is_file():
+        with np.load(checkpoint / "best.npz") as saved:
+            best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    stopper = state["stopper"]
+    return CheckpointState(keras.saving.load_model(checkpoint / "last.keras"), state["epoch"],
+                           state["history"],
+                           StopperState(stopper["wait"], stopper["best"], stopper["best_epoch"],
+                                        best_weights), state.get("stopped", False),
+                           weight_averaging.load_state(checkpoint, state.get("average")))
