@@ -101,7 +101,7 @@ class SentimentConfig(TaskConfig):
     baseline: TfidfConfig = TfidfConfig()
     optim: OptimConfig = OptimConfig(epochs=3, example_budget=0, batch_size=128,
                                      learning_rate=3e-3, weight_decay=1e-2, label_smoothing=0.0,
-                                     warmup_epochs=0, patience=3)
+                                     warmup_epochs=0, patience=3, average_from=0.0)
     run: RunConfig = RunConfig(experiment="imdb-sentiment", registered_model="imdb-sentiment")
 
 

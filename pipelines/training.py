@@ -59,7 +59,7 @@ class OptimConfig:
     warmup_epochs: int = field(metadata={"help": "epochs of linear learning-rate warm-up"})
     patience: int = field(metadata={
         "help": "early-stopping patience in epochs (validation loss)"})
-    average_from: float = field(default=0.0, metadata={
+    average_from: float = field(metadata={
         "help": "keep the mean of the weights of every epoch from this fraction of the "
                 "scheduled epochs on (0.5: the second half) instead of early stopping's "
                 "lowest-validation-loss epoch, which a fit stopped earlier keeps; 0: no "
