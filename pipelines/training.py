@@ -61,9 +61,9 @@ class OptimConfig:
         "help": "early-stopping patience in epochs (validation loss)"})
     average_from: float = field(metadata={
         "help": "keep the mean of the weights of every epoch from this fraction of the "
-                "scheduled epochs on (0.5: the second half) instead of early stopping's "
-                "lowest-validation-loss epoch, which a fit stopped earlier keeps; 0: no "
-                "averaging"})
+                "scheduled epochs on (0.5: the second half) instead of those of early "
+                "stopping's lowest-validation-loss epoch (still kept when early stopping ends "
+                "the fit before that point); 0: no averaging"})
     seed: int = field(default=0, metadata={
         "help": "random seed for weights, shuffling and dropout"})
 
