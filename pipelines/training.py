@@ -220,6 +220,21 @@ class Fitted:
         }
 
 
+def weight_average(config: OptimConfig, resume: CheckpointState | None) -> WeightAverage | None:
+    """The fit's weight averaging (None when `config` has none), continuing a resumed
+    checkpoint's sums. A checkpoint written without averaging that has trained past the first
+    averaged epoch cannot be averaged as configured (its epochs were not summed): that fit
+    keeps early stopping's weights, with a warning."""
+    start = weight_averaging.first_averaged_epoch(config.average_from, config.epochs)
+    if start is None or resume is None:
+        return None if start is None else WeightAverage(start)
+    if not resume.averaging and resume.epoch >= start:
+        log.warning("the checkpoint holds no weight average and is past epoch %d, where "
+                    "averaging starts: the run keeps early stopping's weights", start + 1)
+        return None
+    return WeightAverage(start, resume.average)
+
+
 def fit(build: Callable[[], keras.Model], batches: TrainingBatches, config: OptimConfig, *,
         strategy: str, checkpoint_dir: str | Path | None = None, resuming: bool = False,
         callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int | None = None
@@ -250,8 +265,7 @@ def fit(build: Callable[[], keras.Model], batches: TrainingBatches, config: Opti
         else:
             model = build()
             compile_classifier(model, config, batches.steps_per_epoch)
-    start = weight_averaging.first_averaged_epoch(config.average_from, config.epochs)
-    average = None if start is None else WeightAverage(start, state.average if state else None)
+    average = weight_average(config, state)
     started = time.perf_counter()
     with distribute.reporting_lost_workers(strategy):
         history = fit_classifier(model, batches.train, batches.validation, config,
@@ -259,7 +273,10 @@ def fit(build: Callable[[], keras.Model], batches: TrainingBatches, config: Opti
                                  resume=state, average=average)
         seconds = time.perf_counter() - started
         averaged = average.count if average else 0
-        accuracy = (model.evaluate(batches.validation, verbose=0, return_dict=True)["accuracy"]
-                    if averaged else None)
+        accuracy = None
+        if averaged:
+            with interrupts.deferred():
+                accuracy = model.evaluate(batches.validation, verbose=0, return_dict=True,
+                                          callbacks=[interrupts.InterruptCallback()])["accuracy"]
     return Fitted(distribute.standalone(model, strategy), history, seconds,
                   state.epoch + 1 if state else 0, averaged, accuracy)

@@ -100,11 +100,29 @@ def test_an_interrupted_fit_resumes_with_its_running_average(tmp_path: Path):
     assert (checkpoints.latest_checkpoint(tmp_path) / "average.npz").is_file()
 
     second = Snapshots()
-    average = WeightAverage(3, state.average)
+    average = training.weight_average(optim, state)
+    assert average.start == 3
     history = training.fit_classifier(state.model, train, validation, optim, [second], 0,
                                       checkpoint_dir=tmp_path, resume=state, average=average)
     assert len(history["loss"]) == 6 and len(second.weights) == 2 and average.count == 3
     assert_weights(state.model, mean([first.weights[3], *second.weights]))
+
+
+def test_a_checkpoint_written_without_averaging_is_not_averaged_past_its_start(
+        tmp_path: Path, caplog):
+    optim = config(average_from=0.0)
+    model = new_model(optim)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit_classifier(model, *batches(), optim, [StopAfter(3)], 0,
+                                checkpoint_dir=tmp_path)
+    state = checkpoints.load_checkpoint(tmp_path)
+    assert state.epoch == 3 and not state.averaging
+    # resumed with averaging from epoch 3 (0-based): epochs 0-3 were never summed
+    assert training.weight_average(config(average_from=0.5), state) is None
+    assert "holds no weight average and is past epoch 4" in caplog.text
+    # averaging that starts after the checkpoint's epoch loses nothing
+    later = training.weight_average(config(average_from=0.8), state)
+    assert later.start == 4 and later.count == 0
 
 
 def test_average_from_outside_zero_to_one_is_a_config_error():
