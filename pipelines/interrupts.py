@@ -14,11 +14,14 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import keras
 
 from pipelines.errors import Terminated
+
+T = TypeVar("T")
 
 _deferring = 0
 _installed = 0
@@ -103,6 +106,13 @@ def deferred() -> Iterator[None]:
         _deferring -= 1
     if not _deferring:
         raise_pending()
+
+
+def at_batch_end(loop: Callable[..., T], *args, callbacks=(), **kwargs) -> T:
+    """Runs a Keras loop (a model's `fit`, `evaluate` or `predict`) with signals deferred to
+    the end of a batch: InterruptCallback before `callbacks`."""
+    with deferred():
+        return loop(*args, callbacks=[InterruptCallback(), *callbacks], **kwargs)
 
 
 def exit_status(interrupt: KeyboardInterrupt) -> int:

@@ -59,7 +59,7 @@ from models.word_vectors import load_encoder_weights
 from pipelines import cli, distribute, evaluation, lifecycle, pretraining, sweep, tracking, training
 from pipelines.config import TaskConfig
 from pipelines.errors import ConfigError, DataError
-from pipelines.interrupts import exit_process
+from pipelines.interrupts import at_batch_end, exit_process
 from pipelines.lifecycle import RunConfig
 from pipelines.pretraining import PretrainConfig, Pretrained
 from pipelines.text_baseline import fit_baseline
@@ -276,8 +276,8 @@ def blended_scores(model: keras.Model, ids: Splits, branch: FittedBranch | None
         (test probabilities, the blend weight or None, the blend's metrics: each branch's
         accuracy alone, `blend_weight` and the blend's `model_val_accuracy`).
     """
-    recurrent = {split: model.predict(make_dataset(ids.x[split], ids.y[split], 256,
-                                                   len(ids.labels)), verbose=0)
+    recurrent = {split: at_batch_end(model.predict, make_dataset(ids.x[split], ids.y[split], 256,
+                                                                 len(ids.labels)), verbose=0)
                  for split in (("validation", "test") if branch else ("test",))}
     if branch is None:
         return recurrent["test"], None, {}

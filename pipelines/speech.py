@@ -53,7 +53,7 @@ from pipelines import (
     training,
 )
 from pipelines.config import TaskConfig
-from pipelines.interrupts import exit_process
+from pipelines.interrupts import at_batch_end, exit_process
 from pipelines.lifecycle import RunConfig
 from pipelines.serving import SpeechPredictor
 from pipelines.training import OptimConfig
@@ -144,7 +144,7 @@ def run(config: SpeechConfig) -> dict:
         fit_metrics = fitted.metrics(len(data.splits.y["train"]))
         tracking.log_metrics(fit_metrics)
 
-        probabilities = fitted.model.predict(test_batches(config, data), verbose=0)
+        probabilities = at_batch_end(fitted.model.predict, test_batches(config, data), verbose=0)
         test = evaluation.log_evaluation(probabilities, data.splits.y["test"],
                                          data.splits.labels, fitted.history)
         metrics = test.metrics | fit_metrics

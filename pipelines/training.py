@@ -158,19 +158,18 @@ def fit_classifier(
     extra = [average] if average else []
     if checkpoint_dir:
         extra.append(EpochCheckpoint(checkpoint_dir, stopper, earlier, average))
-    with interrupts.deferred():  # a signal stops training at a batch end
-        history = model.fit(
-            train,
-            validation_data=validation,
-            epochs=config.epochs,
-            # a fit that early stopping had ended trains no more (and sets the weights it keeps)
-            initial_epoch=(config.epochs if resume.stopped else resume.epoch + 1) if resume
-            else 0,
-            shuffle=False,  # the tf.data pipeline reshuffles each epoch
-            callbacks=[interrupts.InterruptCallback(), LearningRateLogger(), stopper, *extra,
-                       *(callbacks or [])],
-            verbose=verbose,
-        )
+    history = interrupts.at_batch_end(  # a signal stops training at a batch end
+        model.fit,
+        train,
+        validation_data=validation,
+        epochs=config.epochs,
+        # a fit that early stopping had ended trains no more (and sets the weights it keeps)
+        initial_epoch=(config.epochs if resume.stopped else resume.epoch + 1) if resume
+        else 0,
+        shuffle=False,  # the tf.data pipeline reshuffles each epoch
+        callbacks=[LearningRateLogger(), stopper, *extra, *(callbacks or [])],
+        verbose=verbose,
+    )
     return {key: list(earlier.get(key, [])) + list(history.history.get(key, []))
             for key in {**earlier, **history.history}}
 
@@ -273,10 +272,7 @@ def fit(build: Callable[[], keras.Model], batches: TrainingBatches, config: Opti
                                  resume=state, average=average)
         seconds = time.perf_counter() - started
         averaged = average.count if average else 0
-        accuracy = None
-        if averaged:
-            with interrupts.deferred():
-                accuracy = model.evaluate(batches.validation, verbose=0, return_dict=True,
-                                          callbacks=[interrupts.InterruptCallback()])["accuracy"]
+        accuracy = interrupts.at_batch_end(model.evaluate, batches.validation, verbose=0,
+                                           return_dict=True)["accuracy"] if averaged else None
     return Fitted(distribute.standalone(model, strategy), history, seconds,
                   state.epoch + 1 if state else 0, averaged, accuracy)

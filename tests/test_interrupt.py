@@ -9,12 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import sentiment, speech, tracking
+from pipelines import interrupts, sentiment, speech, tracking
 from pipelines.checkpoints import completed_epochs, latest_checkpoint
 from tests import test_sentiment_pipeline
 from tests.processes import interrupt_when
@@ -138,3 +140,36 @@ def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir
     served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     answer = served.predict(pd.DataFrame({"text": ["a fine film", "a dull film"]}))
     assert answer["error"].isna().all()
+
+
+class SignalAt(keras.callbacks.Callback):
+    """Sends this process SIGINT as predict's batch `batch` begins."""
+
+    def __init__(self, batch: int):
+        super().__init__()
+        self.batch = batch
+        self.begun: list[int] = []
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        self.begun.append(batch)
+        if batch == self.batch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("deferred", [True, False])
+def test_a_signal_during_a_keras_loop_is_raised_at_the_end_of_the_batch(deferred: bool):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    rows = np.ones((32, 4), "float32")
+    signals = SignalAt(batch=1)
+    with interrupts.handle_interrupts(), pytest.raises(KeyboardInterrupt) as raised:
+        if deferred:
+            interrupts.at_batch_end(model.predict, rows, batch_size=4, verbose=0,
+                                    callbacks=[signals])
+        else:
+            model.predict(rows, batch_size=4, verbose=0, callbacks=[signals])
+    frames = [entry.name for entry in raised.traceback]
+    assert signals.begun == [0, 1]  # no batch after the signal's
+    if deferred:  # batch 1 ran to its end, where InterruptCallback raised it
+        assert "raise_pending" in frames and "on_predict_batch_begin" not in frames
+    else:  # without deferral the handler raises at once, inside the callback that signalled
+        assert "on_predict_batch_begin" in frames and "raise_pending" not in frames
