@@ -57,8 +57,7 @@ class CheckpointState:
     history: dict[str, list[float]]
     stopper: StopperState
     stopped: bool = False  # early stopping ended the fit at `epoch`: nothing is left to train
-    average: AverageState | None = None
-    averaging: bool = False  # the fit was averaging weights (saved its counters, count 0 too)
+    average: AverageState | None = None  # None: the fit was not averaging weights
 
 
 CHECKPOINT_PREFIX = "epoch-"  # <run checkpoint folder>/epoch-0012/: a complete checkpoint
@@ -172,5 +171,4 @@ def load_checkpoint(directory: str | Path) -> CheckpointState:
                            state["history"],
                            StopperState(stopper["wait"], stopper["best"], stopper["best_epoch"],
                                         best_weights), state.get("stopped", False),
-                           weight_averaging.load_state(checkpoint, state.get("average")),
-                           "average" in state)
+                           weight_averaging.load_state(checkpoint, state.get("average")))

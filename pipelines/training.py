@@ -225,13 +225,13 @@ def weight_average(config: OptimConfig, resume: CheckpointState | None) -> Weigh
     averaged epoch cannot be averaged as configured (its epochs were not summed): that fit
     keeps early stopping's weights, with a warning."""
     start = weight_averaging.first_averaged_epoch(config.average_from, config.epochs)
-    if start is None or resume is None:
-        return None if start is None else WeightAverage(start)
-    if not resume.averaging and resume.epoch >= start:
+    if start is None:
+        return None
+    if resume is not None and resume.average is None and resume.epoch >= start:
         log.warning("the checkpoint holds no weight average and is past epoch %d, where "
                     "averaging starts: the run keeps early stopping's weights", start + 1)
         return None
-    return WeightAverage(start, resume.average)
+    return WeightAverage(start, resume.average if resume else None)
 
 
 def fit(build: Callable[[], keras.Model], batches: TrainingBatches, config: OptimConfig, *,

@@ -22,10 +22,11 @@ AVERAGE_FILE = "average.npz"  # a checkpoint folder's running sums, when it has 
 
 @dataclass
 class AverageState:
-    """Epochs averaged so far and the sum of their weights (float64, exact over a resume)."""
+    """Epochs averaged so far and the sum of their weights (float64, exact over a resume;
+    None before the first averaged epoch)."""
 
     count: int
-    totals: list[np.ndarray]
+    totals: list[np.ndarray] | None
 
 
 def first_averaged_epoch(average_from: float, scheduled_epochs: int) -> int | None:
@@ -41,7 +42,7 @@ class WeightAverage(keras.callbacks.Callback):
     It runs after early stopping: a fit that averaged at least one epoch keeps the average
     (whichever epoch early stopping restored); one that stopped before `start` keeps early
     stopping's weights. Arrays that are not floating point (none in this project's models)
-    keep their latest value.
+    keep the value they end the fit with.
     """
 
     def __init__(self, start: int, state: AverageState | None = None):
@@ -49,7 +50,6 @@ class WeightAverage(keras.callbacks.Callback):
         self.start = start
         self.count = state.count if state else 0
         self.totals = state.totals if state else None
-        self._latest: list[np.ndarray] | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch < self.start:
@@ -60,11 +60,10 @@ class WeightAverage(keras.callbacks.Callback):
         for total, weight in zip(self.totals, weights, strict=True):
             total += weight
         self.count += 1
-        self._latest = weights
 
     def average(self) -> list[np.ndarray]:
         """The mean of the averaged epochs' weights, in the model's dtypes."""
-        current = self._latest or self.model.get_weights()
+        current = self.model.get_weights()
         return [(total / self.count).astype(now.dtype)
                 if np.issubdtype(now.dtype, np.floating) else now
                 for total, now in zip(self.totals, current, strict=True)]
@@ -81,8 +80,11 @@ class WeightAverage(keras.callbacks.Callback):
 
 
 def load_state(folder: Path, saved: dict | None) -> AverageState | None:
-    """The averaging a checkpoint folder holds (`saved`: what `save` returned), or None."""
-    if not saved or not saved["count"]:
+    """The averaging a checkpoint folder holds (`saved`: what `save` returned), or None for a
+    checkpoint of a fit that was not averaging."""
+    if saved is None:
         return None
+    if not saved["count"]:
+        return AverageState(0, None)
     with np.load(folder / AVERAGE_FILE) as sums:
         return AverageState(saved["count"], [sums[f"arr_{i}"] for i in range(len(sums.files))])

@@ -116,7 +116,7 @@ def test_a_checkpoint_written_without_averaging_is_not_averaged_past_its_start(
         training.fit_classifier(model, *batches(), optim, [StopAfter(3)], 0,
                                 checkpoint_dir=tmp_path)
     state = checkpoints.load_checkpoint(tmp_path)
-    assert state.epoch == 3 and not state.averaging
+    assert state.epoch == 3 and state.average is None
     # resumed with averaging from epoch 3 (0-based): epochs 0-3 were never summed
     assert training.weight_average(config(average_from=0.5), state) is None
     assert "holds no weight average and is past epoch 4" in caplog.text
