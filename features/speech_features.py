@@ -1,16 +1,19 @@
 """Turns a split's examples into MFCC frames, once, and caches them on disk.
 
-The feature stage works in chunks of clips on worker threads, one more than there are cores: a
-worker decodes its chunk and computes the chunk's MFCC frames (one compiled call), and the
-frames are streamed to the cache file in order as chunks finish: memory stays bounded by a few
-chunks, however many clips there are. A compiled call keeps about one core busy (on 2 cores,
-one call with both threads runs 1.3x as fast as with one), so chunks computed side by side use
-the machine where one call at a time would leave a core waiting, and the extra worker keeps
-the cores computing while another decodes (much of decoding holds the GIL).
+The feature stage works in chunks of clips on worker threads, one more than there are cores
+(at most MAX_WORKERS): a worker decodes its chunk and computes the chunk's MFCC frames (one
+compiled call), and the frames are streamed to the cache file in order as chunks finish: memory
+stays bounded by a few chunks, however many clips there are. A compiled call keeps about one
+core busy (on 2 cores, one call with both threads runs 1.3x as fast as with one), so chunks
+computed side by side use the machine where one call at a time would leave a core waiting, and
+the extra worker keeps the cores computing while another decodes (much of decoding holds the
+GIL).
 
 A cache entry (features.feature_cache) is keyed by a hash of the example list (paths, sizes,
 modification times, silence windows) and the feature configuration, so a second run with the
-same data and config reads the frames back (memory-mapped) and decodes nothing.
+same data and config reads the frames back (memory-mapped) and decodes nothing. The module
+also caches the decoded waveforms of a split (`split_waveforms`), which training with
+augmentation computes its MFCC frames from afresh each epoch.
 """
 
 from __future__ import annotations
@@ -244,8 +247,8 @@ def extract_features(
                 kept += chunk.kept
             progress.update(len(chunk.kept) + len(chunk.skipped))
     frames = sink.rows()
-    return SplitFeatures(frames, np.asarray(kept, np.int64), skipped, False,
-                         moments.mean, moments.variance, sink.crc32)
+    return SplitFeatures(frames, np.asarray(kept, np.int64), skipped, from_cache=False,
+                         mean=moments.mean, variance=moments.variance, crc32=sink.crc32)
 
 
 def compute_features(
@@ -282,8 +285,8 @@ def store_waveforms(
             sink.write(chunk.waveforms)
             kept += chunk.kept
     empty = np.zeros(0)
-    return SplitFeatures(sink.rows(), np.asarray(kept, np.int64), skipped, False, empty, empty,
-                         sink.crc32)
+    return SplitFeatures(sink.rows(), np.asarray(kept, np.int64), skipped, from_cache=False,
+                         mean=empty, variance=empty, crc32=sink.crc32)
 
 
 def split_features(

@@ -3,6 +3,7 @@ epoch written as one unit, read back to continue an interrupted fit exactly."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -71,9 +72,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
     state), `best.npz` (early stopping's best weights), `average.npz` (the sums of
     `WeightAverage`, once it has any) and `state.json` (epoch, history, early-stopping and
     averaging counters). It is written as `.partial-NNNN/`, its files flushed to disk,
-    and renamed into place in one step; only then are older checkpoints removed. A process
-    killed, or a disk filling, part-way leaves the previous epoch's checkpoint whole, never
-    epoch-N weights beside epoch-(N-1) state.
+    and renamed into place in one step, the rename flushed too; only then are older
+    checkpoints removed. A process killed, or a disk filling, part-way leaves the previous
+    epoch's checkpoint whole, never epoch-N weights beside epoch-(N-1) state.
 
     Raises:
         DiskFullError: The disk (or a file-size limit) ran out while writing; the partial
@@ -106,8 +107,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
             partial.mkdir(parents=True)
             self.write_files(partial, state)
             os.rename(partial, final)
-        if self._best_saved is not None:
-            self._best_saved = final, self._best_saved[1]
+            fsync_directory(self.directory)
+        if stopper.best_weights is not None:
+            self._best_saved = final, stopper.best_epoch
         for older in self.directory.iterdir():
             if older != final:
                 shutil.rmtree(older, ignore_errors=True)
@@ -117,18 +119,36 @@ class EpochCheckpoint(keras.callbacks.Callback):
         checkpoint when early stopping's best epoch has not changed since it was written."""
         self.model.save(folder / "last.keras")
         stopper = self.stopper
-        if stopper.best_weights is not None:
-            if self._best_saved is not None and self._best_saved[1] == stopper.best_epoch:
-                os.link(self._best_saved[0] / "best.npz", folder / "best.npz")
-            else:
-                np.savez(folder / "best.npz", *stopper.best_weights)
-            self._best_saved = folder, stopper.best_epoch
+        unchanged = self._best_saved is not None and self._best_saved[1] == stopper.best_epoch
+        if stopper.best_weights is not None and not (
+                unchanged and hard_linked(self._best_saved[0] / "best.npz", folder / "best.npz")):
+            np.savez(folder / "best.npz", *stopper.best_weights)
         if self.average is not None:
-            state["average"] = self.average.save(folder)
+            state = {**state, "average": self.average.save(folder)}
         (folder / "state.json").write_text(json.dumps(state))
         for path in folder.iterdir():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+def hard_linked(source: Path, link: Path) -> bool:
+    """Links `link` to `source`; False where the filesystem has no hard links."""
+    try:
+        os.link(source, link)
+    except OSError as error:
+        if error.errno in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.EMLINK):
+            return False
+        raise
+    return True
+
+
+def fsync_directory(directory: Path) -> None:
+    """Flushes a folder's entries (a rename into it) to disk."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:

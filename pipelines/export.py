@@ -17,6 +17,7 @@ without `--overwrite`.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,6 +34,9 @@ from pipelines.serving import SpeechPredictor
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
 CALIBRATION_CLIPS = 200
+INT8_NEEDS_CLIPS = "--quantize int8 calibrates on real clips: pass --data-dir"
+
+log = logging.getLogger(__name__)
 
 
 def unrolled(config: dict) -> dict:
@@ -96,6 +100,8 @@ def front_end_nodes(content: bytes) -> list[str]:
     in int8 (docs/results.md, TensorFlow Lite)."""
     interpreter = tf.lite.Interpreter(model_content=content)
     names = {tensor["index"]: tensor["name"] for tensor in interpreter.get_tensor_details()}
+    # the Interpreter's only listing of ops is private (TensorFlow as pinned in
+    # constraints.txt); test_export checks the front end's ops are found
     return sorted({names[index] for op in interpreter._get_ops_details()
                    for index in op["outputs"]
                    if any(marker in names.get(index, "") for marker in FLOAT_OPS)})
@@ -110,7 +116,7 @@ def finish(converter: tf.lite.TFLiteConverter, quantize: str,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "int8":
         if calibration is None or not len(calibration):
-            raise ConfigError("--quantize int8 calibrates on real clips: pass --data-dir")
+            raise ConfigError(INT8_NEEDS_CLIPS)
 
         def representative() -> Iterator[list[np.ndarray]]:
             for clip in calibration:
@@ -184,10 +190,15 @@ def training_draw(train: Sequence, data_dir: str | Path, spec: AudioSpec,
 
     order = np.random.default_rng(0).permutation(len(train))[:count]
     clips = ExampleDecoder([train[i] for i in order], Path(data_dir), spec)
-    decoded = clips.chunk(0, len(order)).waveforms
+    chunk = clips.chunk(0, len(order))
+    decoded = chunk.waveforms
     if not len(decoded):
         raise DataError(f"{data_dir}: no training clip decodes, nothing to calibrate "
                         "--quantize int8 on")
+    if chunk.skipped:
+        log.warning("%d of the %d calibration clips drawn did not decode, calibrating on %d: "
+                    "%s", len(chunk.skipped), len(order), len(decoded),
+                    "; ".join(reason for _, reason in chunk.skipped[:3]))
     return decoded
 
 
@@ -220,11 +231,13 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
                         help="replace --out and its labels file where they exist")
     args = parser.parse_args(argv)
     if args.quantize == "int8" and not args.data_dir:
-        parser.error("--quantize int8 calibrates on real clips: pass --data-dir")
+        parser.error(INT8_NEEDS_CLIPS)
     if args.calibration_clips < 1:
         parser.error(f"--calibration-clips must be at least 1, not {args.calibration_clips}")
     out = Path(args.out or f"speech-{args.quantize}.tflite")
     labels_file = labels_path(out)
+    if not out.parent.is_dir():
+        parser.error(f"--out {out}: there is no folder {out.parent}")
     existing = [str(path) for path in (out, labels_file) if path.exists()]
     if existing and not args.overwrite:
         parser.error(f"{' and '.join(existing)} {'exist' if len(existing) > 1 else 'exists'}"

@@ -6,9 +6,9 @@ each window's probabilities are averaged with those of the windows that ended at
 `--average-window-ms` before it, and `RecognizeCommands` (TensorFlow's speech_commands
 semantics) reports a keyword when at least `--minimum-count` windows spanning a quarter of that
 time are averaged, the averaged score passes `--threshold`, it is not the label detected last,
-and more than `--suppression-ms` passed since that detection. `_silence_` and
-`_unknown_` take part in that logic (detecting one ends the suppression of a keyword) but are
-never reported.
+and more than `--suppression-ms` passed since that detection (no wait after a `_silence_`
+detection). `_silence_` and `_unknown_` take part in that logic (once either is detected, the
+keyword before it can be reported again) but are never reported.
 
 A recording is read in blocks (`BLOCK_SECONDS`), mixed to mono and resampled to the model's
 rate as a stream, so memory stays flat however long it is. Bad input, per file:
@@ -30,7 +30,7 @@ import argparse
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import soundfile
@@ -54,13 +54,32 @@ NOT_REPORTED = ("_silence_", "_unknown_")
 
 @dataclass(frozen=True)
 class ListenConfig:
-    """How windows are cut and detections made (TensorFlow's RecognizeCommands terms)."""
+    """How windows are cut and detections made (TensorFlow's RecognizeCommands terms); each
+    field is the `listen` flag of its name.
 
-    stride_ms: float = 100.0  # `--hop-ms`: a window is scored every this many ms
-    average_window_ms: float = 500.0
-    threshold: float = 0.7
-    suppression_ms: float = 1000.0
-    minimum_count: int = 3  # windows averaged before any decision
+    Raises:
+        ValueError: A setting out of range, named with its flag.
+    """
+
+    hop_ms: float = field(default=100.0, metadata={
+        "help": "a one-second window is scored every this many ms"})
+    average_window_ms: float = field(default=500.0, metadata={
+        "help": "scores are averaged over the windows ending this recently"})
+    threshold: float = field(default=0.7, metadata={"help": "averaged score a keyword must pass"})
+    suppression_ms: float = field(default=1000.0, metadata={
+        "help": "no new detection this soon after the last one (none after a _silence_ one)"})
+    minimum_count: int = field(default=3, metadata={
+        "help": "windows averaged before any detection"})
+
+    def __post_init__(self):
+        if self.hop_ms <= 0 or self.average_window_ms <= 0 or self.suppression_ms < 0:
+            raise ValueError(f"--hop-ms and --average-window-ms must be positive, "
+                             f"--suppression-ms at least 0 (got {self.hop_ms:g}, "
+                             f"{self.average_window_ms:g}, {self.suppression_ms:g})")
+        if self.minimum_count < 1:
+            raise ValueError(f"--minimum-count must be at least 1, not {self.minimum_count}")
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"--threshold must be in [0, 1), not {self.threshold:g}")
 
 
 @dataclass(frozen=True)
@@ -168,7 +187,7 @@ def windows(blocks: Iterator[np.ndarray], window: int, hop: int
 
 def hop_samples(config: ListenConfig, rate: int) -> int:
     """`--hop-ms` in whole samples at `rate` (at least one)."""
-    return max(1, int(round(rate * config.stride_ms / 1000)))
+    return max(1, int(round(rate * config.hop_ms / 1000)))
 
 
 def listen(path: str, predictor: SpeechPredictor, config: ListenConfig) -> list[Detection]:
@@ -191,7 +210,8 @@ def listen(path: str, predictor: SpeechPredictor, config: ListenConfig) -> list[
             heard = recognizer.process(time_ms, scores)
             if heard and heard[0] not in NOT_REPORTED:
                 found.append(Detection(time_ms / 1000, *heard))
-    if count and not recognizer.ready:  # too short for a streaming decision: decided once
+    # a recording has one window at least (resampled_blocks raises on one without samples)
+    if not recognizer.ready:  # too short for a streaming decision: decided once
         average = total / count
         label, score = predictor.labels[int(np.argmax(average))], float(np.max(average))
         if score > config.threshold and label not in NOT_REPORTED:
@@ -204,22 +224,16 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     could not be read."""
     parser = cli.model_parser(task, "listen", "Spot keywords in recordings of any length "
                               "with a logged speech model (default: the champion).")
-    defaults = ListenConfig()
     parser.add_argument("files", nargs="+", metavar="FILE", help="recordings (WAV, FLAC, ...)")
-    parser.add_argument("--hop-ms", dest="stride_ms", type=float, default=defaults.stride_ms,
-                        help="a one-second window is scored every this many ms")
-    parser.add_argument("--average-window-ms", type=float, default=defaults.average_window_ms,
-                        help="scores are averaged over the windows ending this recently")
-    parser.add_argument("--threshold", type=float, default=defaults.threshold,
-                        help="averaged score a keyword must pass")
-    parser.add_argument("--suppression-ms", type=float, default=defaults.suppression_ms,
-                        help="no new detection this soon after the last one")
-    parser.add_argument("--minimum-count", type=int, default=defaults.minimum_count,
-                        help="windows averaged before any detection")
+    for option in fields(ListenConfig):
+        parser.add_argument(f"--{option.name.replace('_', '-')}", type=type(option.default),
+                            default=option.default, help=option.metadata["help"])
     args = parser.parse_args(argv)
-    config = ListenConfig(args.stride_ms, args.average_window_ms, args.threshold,
-                          args.suppression_ms, args.minimum_count)
-    check_config(parser, config)
+    try:
+        config = ListenConfig(**{option.name: getattr(args, option.name)
+                                 for option in fields(ListenConfig)})
+    except ValueError as error:
+        parser.error(str(error))
     model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
     predictor = model.unwrap_python_model().predictor
     if not isinstance(predictor, SpeechPredictor):
@@ -237,18 +251,6 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     return status
 
 
-def check_config(parser: argparse.ArgumentParser, config: ListenConfig) -> None:
-    """Exits with a usage error on settings out of range."""
-    if config.stride_ms <= 0 or config.average_window_ms <= 0 or config.suppression_ms < 0:
-        parser.error(f"--hop-ms and --average-window-ms must be positive, --suppression-ms at "
-                     f"least 0 (got {config.stride_ms:g}, {config.average_window_ms:g}, "
-                     f"{config.suppression_ms:g})")
-    if config.minimum_count < 1:
-        parser.error(f"--minimum-count must be at least 1, not {config.minimum_count}")
-    if not 0 <= config.threshold < 1:
-        parser.error(f"--threshold must be in [0, 1), not {config.threshold:g}")
-
-
 def check_reachable(parser: argparse.ArgumentParser, config: ListenConfig,
                     sample_rate: int) -> None:
     """Exits with a usage error on settings that can never detect at the model's sample rate:
@@ -259,7 +261,7 @@ def check_reachable(parser: argparse.ArgumentParser, config: ListenConfig,
     span = 1000 * steps * hop / sample_rate
     if steps + 1 < config.minimum_count or span < config.average_window_ms / 4:
         parser.error(f"--average-window-ms {config.average_window_ms:g} at --hop-ms "
-                     f"{config.stride_ms:g} ({hop} samples at {sample_rate} Hz) averages at "
+                     f"{config.hop_ms:g} ({hop} samples at {sample_rate} Hz) averages at "
                      f"most {steps + 1} window(s) spanning {span:g} ms; a detection needs "
                      f"{config.minimum_count} (--minimum-count) spanning a quarter of "
                      "--average-window-ms: lengthen it or shorten --hop-ms")

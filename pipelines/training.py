@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from features.errors import ConfigError
@@ -129,7 +128,7 @@ def fit_classifier(
     checkpoint_dir: str | Path | None = None,
     resume: CheckpointState | None = None,
     average: WeightAverage | None = None,
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], int]:
     """Fits with early stopping on validation loss, restoring the best weights (or, with
     `average`, keeping the average of the epochs it averaged).
 
@@ -147,7 +146,8 @@ def fit_classifier(
             checkpoint).
 
     Returns:
-        The history per epoch, a resumed fit's earlier epochs included.
+        The history per epoch, a resumed fit's earlier epochs included, and early
+        stopping's best epoch (0-based; the one whose weights it restores).
     """
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -155,23 +155,27 @@ def fit_classifier(
                                      restore_best_weights=True,
                                      state=resume.stopper if resume else None)
     earlier = resume.history if resume else {}
+    # the order matters: WeightAverage runs after early stopping (it averages from the
+    # weights early stopping restores at the end) and before EpochCheckpoint (which saves
+    # the sums that include the epoch just ended)
     extra = [average] if average else []
     if checkpoint_dir:
         extra.append(EpochCheckpoint(checkpoint_dir, stopper, earlier, average))
+    # a fit that early stopping had ended trains no more (and sets the weights it keeps)
+    initial_epoch = 0 if resume is None else (
+        config.epochs if resume.stopped else resume.epoch + 1)
     history = interrupts.at_batch_end(  # a signal stops training at a batch end
         model.fit,
         train,
         validation_data=validation,
         epochs=config.epochs,
-        # a fit that early stopping had ended trains no more (and sets the weights it keeps)
-        initial_epoch=(config.epochs if resume.stopped else resume.epoch + 1) if resume
-        else 0,
+        initial_epoch=initial_epoch,
         shuffle=False,  # the tf.data pipeline reshuffles each epoch
         callbacks=[LearningRateLogger(), stopper, *extra, *(callbacks or [])],
         verbose=verbose,
     )
-    return {key: list(earlier.get(key, [])) + list(history.history.get(key, []))
-            for key in {**earlier, **history.history}}
+    return ({key: list(earlier.get(key, [])) + list(history.history.get(key, []))
+             for key in {**earlier, **history.history}}, stopper.best_epoch)
 
 
 @dataclass
@@ -188,6 +192,8 @@ class Fitted:
         resumed_epochs: Epochs a resumed fit continued from (0 for a new fit).
         averaged_epochs: Epochs whose weights the model averages (0: early stopping's).
         averaged_val_accuracy: The averaged model's validation accuracy.
+        best_epoch: Early stopping's best epoch (0-based), whose weights the model has when
+            it averages none.
     """
 
     model: keras.Model
@@ -196,11 +202,7 @@ class Fitted:
     resumed_epochs: int = 0
     averaged_epochs: int = 0
     averaged_val_accuracy: float | None = None
-
-    @property
-    def best_epoch(self) -> int:
-        """The epoch (0-based) early stopping keeps: the lowest validation loss."""
-        return int(np.argmin(self.history["val_loss"]))
+    best_epoch: int = 0
 
     def metrics(self, train_examples: int) -> dict[str, float]:
         """What the fit measured: its time, epochs, throughput and the kept model's score."""
@@ -267,12 +269,14 @@ def fit(build: Callable[[], keras.Model], batches: TrainingBatches, config: Opti
     average = weight_average(config, state)
     started = time.perf_counter()
     with distribute.reporting_lost_workers(strategy):
-        history = fit_classifier(model, batches.train, batches.validation, config,
-                                 list(callbacks), verbose, checkpoint_dir=checkpoint_dir,
-                                 resume=state, average=average)
+        history, best_epoch = fit_classifier(
+            model, batches.train, batches.validation, config, list(callbacks), verbose,
+            checkpoint_dir=checkpoint_dir, resume=state, average=average)
         seconds = time.perf_counter() - started
         averaged = average.count if average else 0
-        accuracy = interrupts.at_batch_end(model.evaluate, batches.validation, verbose=0,
-                                           return_dict=True)["accuracy"] if averaged else None
+        accuracy = None  # of the averaged model; early stopping's epoch has it in `history`
+        if averaged:
+            accuracy = interrupts.at_batch_end(model.evaluate, batches.validation, verbose=0,
+                                               return_dict=True)["accuracy"]
     return Fitted(distribute.standalone(model, strategy), history, seconds,
-                  state.epoch + 1 if state else 0, averaged, accuracy)
+                  state.epoch + 1 if state else 0, averaged, accuracy, best_epoch)

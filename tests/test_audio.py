@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import soundfile
 
-from features.audio import AudioDecodeError, AudioSpec, decode_clip, pcm16_wav
+from features.audio import (
+    FAST_READ_MAX_BYTES,
+    AudioDecodeError,
+    AudioSpec,
+    decode_clip,
+    fast_read,
+    pcm16_wav,
+)
 from tests.datasets import tone, write_wav
 
 SPEC = AudioSpec(16000, 1.0)
@@ -100,6 +107,18 @@ def test_odd_wavs_go_to_libsndfile(tmp_path: Path):
     listed = (data[:36] + b"LIST" + (6).to_bytes(4, "little") + b"INFOab" + data[36:])
     listed = listed[:4] + (len(listed) - 8).to_bytes(4, "little") + listed[8:]
     assert np.array_equal(pcm16_wav(listed)[0], libsndfile_read(listed)[0])
+
+
+def test_only_the_clip_of_a_long_wav_is_read_by_either_reader(tmp_path: Path):
+    seconds = 1.1
+    short = write_wav(tmp_path / "short.wav", tone(440, 3.0))
+    parsed, rate = fast_read(short, seconds)
+    assert rate == 16000 and parsed.shape == (int(np.ceil(16000 * seconds)), 1)
+    assert np.array_equal(parsed, libsndfile_read(short.read_bytes())[0][:len(parsed)])
+    long = write_wav(tmp_path / "long.wav", tone(440, 40.0))  # 1.28 MB
+    assert long.stat().st_size > FAST_READ_MAX_BYTES
+    assert fast_read(long, seconds) is None  # libsndfile reads only the frames asked for
+    assert np.array_equal(decode_clip(long, SPEC), decode_clip(short, SPEC))
 
 
 def test_decoding_into_a_row_gives_the_same_waveform(tmp_path: Path):

@@ -106,6 +106,9 @@ def test_a_generated_stream_holds_test_clips_at_their_ground_truth_times(
     assert written[0] == f"{truth[0][1]}, {1000 * truth[0][0]:.0f}"
     quiet = generate_stream(shared_speech_dir, tmp_path / "noise.wav", seconds=10, words="none")
     assert quiet == []
+    with pytest.raises(ValueError, match="words must be one of keywords, unknown, none, not "
+                                         "'keyword'"):
+        generate_stream(shared_speech_dir, tmp_path / "typo.wav", seconds=10, words="keyword")
 
 
 def test_streaming_scores_as_tensorflows_accuracy_utils():

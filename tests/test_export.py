@@ -11,13 +11,26 @@ import numpy as np
 import pytest
 
 from features.audio import decode_clip
+from features.errors import DataError
 from features.mfcc import MfccConfig, feature_shape
-from features.speech_commands import TWELVE_CLASS_LABELS, SplitConfig, load_speech_commands
+from features.speech_commands import (
+    TWELVE_CLASS_LABELS,
+    Example,
+    SplitConfig,
+    load_speech_commands,
+)
 from features.speech_features import ExampleDecoder
 from pipelines import speech, tracking
-from pipelines.export import TfliteClassifier, calibration_clips, convert, front_end_nodes
+from pipelines.export import (
+    TfliteClassifier,
+    calibration_clips,
+    convert,
+    front_end_nodes,
+    training_draw,
+)
 from pipelines.serving import SpeechPredictor
 from tests.builders import frame_classifier
+from tests.datasets import tone, write_wav
 
 LABELS = TWELVE_CLASS_LABELS
 
@@ -99,7 +112,7 @@ def test_int8_keeps_the_front_end_alone_in_float(logged):
                                                    "/probabilities"))]
 
 
-def test_int8_without_calibration_clips_is_refused(logged, tmp_path: Path, capsys):
+def test_int8_without_calibration_clips_or_an_out_folder_is_refused(logged, tmp_path: Path, capsys):
     store, uri, _ = logged
     with pytest.raises(SystemExit) as refused:  # before the model is loaded
         speech.main(["export", "--quantize", "int8", "--model-uri", uri, "--store-dir",
@@ -111,6 +124,11 @@ def test_int8_without_calibration_clips_is_refused(logged, tmp_path: Path, capsy
                      str(store), "--data-dir", str(tmp_path), "--calibration-clips", "0"])
     assert refused.value.code == 2
     assert "--calibration-clips must be at least 1, not 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # checked before converting, not at the end
+        speech.main(["export", "--model-uri", uri, "--store-dir", str(store), "--out",
+                     str(tmp_path / "missing" / "x.tflite")])
+    assert refused.value.code == 2
+    assert f"there is no folder {tmp_path / 'missing'}" in capsys.readouterr().err
 
 
 def test_int8_calibrates_on_training_clips_only(logged, shared_speech_dir: Path):
@@ -129,3 +147,21 @@ def test_int8_calibrates_on_training_clips_only(logged, shared_speech_dir: Path)
     drawn = [rows[clip.tobytes()] for clip in clips]
     assert all({split for split, _ in found} == {"train"} for found in drawn)
     assert len({label for found in drawn for _, label in found}) >= 8
+
+
+def test_calibration_leaves_out_clips_that_do_not_decode_and_says_so(tmp_path: Path, caplog):
+    spec = MfccConfig().audio
+    write_wav(tmp_path / "yes" / "a.wav", tone(440))
+    write_wav(tmp_path / "no" / "b.wav", tone(300))
+    (tmp_path / "no" / "broken.wav").write_bytes(b"not audio")
+    train = [Example("yes", "yes/a.wav"), Example("no", "no/broken.wav"),
+             Example("no", "no/b.wav")]
+    with caplog.at_level("WARNING", logger="pipelines.export"):
+        clips = training_draw(train, tmp_path, spec, count=3)
+    assert clips.shape == (2, 16000)
+    assert "1 of the 3 calibration clips drawn did not decode, calibrating on 2" in caplog.text
+    assert "broken.wav" in caplog.text
+    (tmp_path / "yes" / "a.wav").write_bytes(b"")
+    (tmp_path / "no" / "b.wav").write_bytes(b"RIFF")
+    with pytest.raises(DataError, match="no training clip decodes"):
+        training_draw(train, tmp_path, spec, count=3)

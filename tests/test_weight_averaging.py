@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from features.errors import ConfigError
+from features.input_pipelines import TrainingBatches
 from pipelines import checkpoints, training
 from pipelines.weight_averaging import WeightAverage, first_averaged_epoch
 from tests.test_checkpoints import Snapshots
@@ -55,8 +56,8 @@ def test_the_kept_model_is_the_mean_of_the_epochs_from_half_the_schedule():
     optim = config()
     model, snapshots = new_model(optim), Snapshots()
     average = WeightAverage(first_averaged_epoch(optim.average_from, optim.epochs))
-    history = training.fit_classifier(model, *batches(), optim, [snapshots], 0,
-                                      average=average)
+    history, _ = training.fit_classifier(model, *batches(), optim, [snapshots], 0,
+                                         average=average)
     assert len(history["loss"]) == 6 and average.count == 3
     # batch-norm's moving statistics (non-trainable) are averaged with the weights
     assert len(snapshots.weights[0]) == len(model.trainable_weights) + 2
@@ -68,8 +69,8 @@ def test_a_fit_stopped_before_averaging_keeps_early_stoppings_weights():
     optim = config(epochs=40, patience=1, learning_rate=0.5, average_from=0.9)
     model, snapshots = new_model(optim), Snapshots()
     average = WeightAverage(first_averaged_epoch(optim.average_from, optim.epochs))
-    history = training.fit_classifier(model, *batches(), optim, [snapshots], 0,
-                                      average=average)
+    history, _ = training.fit_classifier(model, *batches(), optim, [snapshots], 0,
+                                         average=average)
     assert len(history["loss"]) < 36 and average.count == 0
     assert_weights(model, snapshots.weights[int(np.argmin(history["val_loss"]))])
 
@@ -102,8 +103,9 @@ def test_an_interrupted_fit_resumes_with_its_running_average(tmp_path: Path):
     second = Snapshots()
     average = training.weight_average(optim, state)
     assert average.start == 3
-    history = training.fit_classifier(state.model, train, validation, optim, [second], 0,
-                                      checkpoint_dir=tmp_path, resume=state, average=average)
+    history, _ = training.fit_classifier(state.model, train, validation, optim, [second], 0,
+                                         checkpoint_dir=tmp_path, resume=state,
+                                         average=average)
     assert len(history["loss"]) == 6 and len(second.weights) == 2 and average.count == 3
     assert_weights(state.model, mean([first.weights[3], *second.weights]))
 
@@ -131,3 +133,36 @@ def test_average_from_outside_zero_to_one_is_a_config_error():
         with pytest.raises(ConfigError, match=f"average_from must be within \\[0, 1\\), got "
                                               f"{value}"):
             config(average_from=value)
+
+
+
+
+class PoisonAfter(keras.callbacks.Callback):
+    """Sets the last layer's kernel to NaN at the end of epoch `epoch`: every later epoch's
+    losses are NaN, as a diverged fit's."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            kernel = self.model.layers[-1].kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def test_a_fit_whose_loss_turns_nan_keeps_and_reports_early_stoppings_epoch():
+    """The best epoch a fit reports (logged as best_epoch, and the one whose validation
+    accuracy is logged when no average is kept) is the one whose weights it keeps, a NaN
+    validation loss never counting as the lowest."""
+    optim = config(epochs=4, average_from=0.0)
+    model, snapshots = new_model(optim), Snapshots()
+    train, validation = batches()
+    fitted = training.fit(lambda: model, TrainingBatches(train, validation, 4), optim,
+                          strategy="none", callbacks=[snapshots, PoisonAfter(1)], verbose=0)
+    losses = fitted.history["val_loss"]
+    assert np.isnan(losses[2:]).all() and np.isfinite(losses[:2]).all()
+    best = int(np.argmin(losses[:2]))
+    assert fitted.best_epoch == best and fitted.metrics(64)["best_epoch"] == best + 1
+    assert fitted.metrics(64)["model_val_accuracy"] == fitted.history["val_accuracy"][best]
+    assert_weights(fitted.model, snapshots.weights[best])
