@@ -18,6 +18,7 @@ without `--overwrite`.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 from features.audio import AudioSpec
 from features.mfcc_layer import MfccLayer
@@ -34,7 +36,9 @@ from pipelines.serving import SpeechPredictor
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
 CALIBRATION_CLIPS = 200
-INT8_NEEDS_CLIPS = "--quantize int8 calibrates on real clips: pass --data-dir"
+ARTIFACT_FOLDER = "tflite"  # where the files are logged on the version's run
+INT8_NEEDS_CLIPS = ("--quantize int8 calibrates on real clips: pass --data-dir (or set "
+                    "SPEECH_COMMANDS_DIR)")
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +102,7 @@ FLOAT_OPS = ("mfcc_layer", "/normalize")
 def front_end_nodes(content: bytes) -> list[str]:
     """The names of the ops of a converted model's front end (FLOAT_OPS), which lose too much
     in int8 (docs/results.md, TensorFlow Lite)."""
-    interpreter = tf.lite.Interpreter(model_content=content)
+    interpreter = Interpreter(model_content=content)
     names = {tensor["index"]: tensor["name"] for tensor in interpreter.get_tensor_details()}
     # the Interpreter's only listing of ops is private (TensorFlow as pinned in
     # constraints.txt); test_export checks the front end's ops are found
@@ -132,10 +136,11 @@ def finish(converter: tf.lite.TFLiteConverter, quantize: str,
 
 
 class TfliteClassifier:
-    """A converted model run with TensorFlow Lite's interpreter, a clip at a time."""
+    """A converted model run with the LiteRT interpreter (TensorFlow Lite's, which TensorFlow
+    deprecates for it), a clip at a time."""
 
     def __init__(self, content: bytes):
-        self.interpreter = tf.lite.Interpreter(model_content=content)
+        self.interpreter = Interpreter(model_content=content)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
@@ -213,14 +218,17 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     version's run, prints their paths and the file's size."""
     parser = cli.model_parser(task, "export", "Export a logged speech model (default: the "
                               "champion) as a TensorFlow Lite file over raw 16 kHz waveforms.")
-    parser.add_argument("--format", choices=["tflite"], default="tflite")
+    parser.add_argument("--format", choices=["tflite"], default="tflite",
+                        help="TensorFlow Lite, run by the LiteRT interpreter")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
                         help="none: float32. dynamic: every weight in int8, the MFCC stage's "
                              "matrices included, which changes labels (75 %% agreement with "
                              "the Keras model on the test split, docs/results.md). int8: the "
                              "classifier's weights and activations in int8, the front end in "
                              "float, calibrated on --data-dir's training clips")
-    parser.add_argument("--data-dir", help="Speech Commands folder (for --quantize int8)")
+    parser.add_argument("--data-dir", default=os.environ.get("SPEECH_COMMANDS_DIR"),
+                        help="Speech Commands folder (for --quantize int8) [env: "
+                        "SPEECH_COMMANDS_DIR]")
     parser.add_argument("--calibration-clips", type=int, default=CALIBRATION_CLIPS,
                         help="how many of --data-dir's training clips, drawn at random, "
                              "calibrate --quantize int8")
@@ -228,7 +236,8 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
                         "labels go beside it, one per line in output order, in "
                         "<name>_labels.txt)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out and its labels file where they exist")
+                        help="replace --out and its labels file where they exist, and the "
+                        "files of those names logged on the version's run")
     args = parser.parse_args(argv)
     if args.quantize == "int8" and not args.data_dir:
         parser.error(INT8_NEEDS_CLIPS)
@@ -244,12 +253,18 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
                      " already: pass another --out, or --overwrite to replace")
     model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
     predictor = exportable(model.unwrap_python_model().predictor, args.model_uri)
+    run_id, logged = tracking.model_run_files(args.model_uri, ARTIFACT_FOLDER)
+    clash = sorted(logged & {out.name, labels_file.name})
+    if clash and not args.overwrite:
+        parser.error(f"run {run_id} of {args.model_uri} holds "
+                     f"{' and '.join(f'{ARTIFACT_FOLDER}/{name}' for name in clash)} already: "
+                     "name --out otherwise, or pass --overwrite to replace")
     content = convert(predictor.model, args.quantize,
                       calibration_clips(args.data_dir, predictor, args.calibration_clips))
     labels = "".join(f"{label}\n" for label in predictor.labels)
     out.write_bytes(content)
     labels_file.write_text(labels)
-    run_id = tracking.log_to_model_run(args.model_uri, [out, labels_file], "tflite")
+    tracking.log_to_model_run(args.model_uri, [out, labels_file], ARTIFACT_FOLDER)
     print(f"{out}\t{len(content):,} bytes\t{labels_file}\tlogged on run {run_id} as "
-          f"tflite/{out.name} and tflite/{labels_file.name}")
+          f"{ARTIFACT_FOLDER}/{out.name} and {ARTIFACT_FOLDER}/{labels_file.name}")
     return 0

@@ -21,12 +21,20 @@ rate as a stream, so memory stays flat however long it is. Bad input, per file:
 - any rate from MIN_SAMPLE_RATE to MAX_SAMPLE_RATE and any channel count: mixed down and
   resampled;
 - not decodable, missing, no samples, NaN/Inf samples, a rate out of range: `AudioDecodeError`
-  naming the file; `listen` reports it on stderr, goes on with the other files and exits 1.
+  naming the file; `listen` reports it on stderr, goes on with the other files and exits 1. A
+  compressed file (FLAC, OGG) that fails part-way has its detections up to the failure
+  printed first; a WAV file cut short is read up to the cut without an error, as libsndfile
+  reads it.
+
+Detections are printed as they are made, one line each: `file<TAB>time_s<TAB>label<TAB>score`,
+`time_s` the end of the window (seconds from the recording's start) whose averaged score
+passed the threshold: a word is reported up to a few hundred ms after it ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -44,6 +52,7 @@ from features.audio import (
     not_decodable,
     to_mono,
 )
+from features.mfcc import MfccConfig
 from pipelines import cli, tracking
 from pipelines.serving import SpeechPredictor
 
@@ -72,6 +81,11 @@ class ListenConfig:
         "help": "windows averaged before any detection"})
 
     def __post_init__(self):
+        values = {option.name: getattr(self, option.name) for option in fields(self)}
+        if not all(math.isfinite(value) for value in values.values()):
+            raise ValueError("--" + ", --".join(f"{name.replace('_', '-')} {value:g}"
+                                                for name, value in values.items())
+                             + ": every setting must be a finite number")
         if self.hop_ms <= 0 or self.average_window_ms <= 0 or self.suppression_ms < 0:
             raise ValueError(f"--hop-ms and --average-window-ms must be positive, "
                              f"--suppression-ms at least 0 (got {self.hop_ms:g}, "
@@ -191,15 +205,21 @@ def hop_samples(config: ListenConfig, rate: int) -> int:
 
 
 def listen(path: str, predictor: SpeechPredictor, config: ListenConfig) -> list[Detection]:
-    """The keywords detected in one recording, in time order.
+    """The keywords detected in one recording, in time order (`detections`, collected)."""
+    return list(detections(path, predictor, config))
+
+
+def detections(path: str, predictor: SpeechPredictor, config: ListenConfig
+               ) -> Iterator[Detection]:
+    """The keywords detected in one recording, each as soon as it is made.
 
     Raises:
-        AudioDecodeError: The recording cannot be read (see the module docstring).
+        AudioDecodeError: The recording cannot be read (see the module docstring); after the
+            detections made before, when it fails part-way.
     """
     spec = predictor.spec
     hop = hop_samples(config, spec.sample_rate)
     recognizer = RecognizeCommands(predictor.labels, config)
-    found = []
     total, count, time_ms = 0.0, 0, 0.0  # every window's scores, for a short recording
     for ends, batch in windows(resampled_blocks(path, spec.sample_rate), spec.clip_samples,
                                hop):
@@ -209,14 +229,13 @@ def listen(path: str, predictor: SpeechPredictor, config: ListenConfig) -> list[
             time_ms = 1000 * end / spec.sample_rate
             heard = recognizer.process(time_ms, scores)
             if heard and heard[0] not in NOT_REPORTED:
-                found.append(Detection(time_ms / 1000, *heard))
+                yield Detection(time_ms / 1000, *heard)
     # a recording has one window at least (resampled_blocks raises on one without samples)
     if not recognizer.ready:  # too short for a streaming decision: decided once
         average = total / count
         label, score = predictor.labels[int(np.argmax(average))], float(np.max(average))
         if score > config.threshold and label not in NOT_REPORTED:
-            found.append(Detection(time_ms / 1000, label, score))
-    return found
+            yield Detection(time_ms / 1000, label, score)
 
 
 def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
@@ -224,6 +243,15 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     could not be read."""
     parser = cli.model_parser(task, "listen", "Spot keywords in recordings of any length "
                               "with a logged speech model (default: the champion).")
+    parser.epilog = (
+        "Each detection is printed as it is made: FILE<TAB>TIME_S<TAB>LABEL<TAB>SCORE, TIME_S "
+        "the end of the window (seconds from the start) whose score, averaged over "
+        "--average-window-ms, passed --threshold. As TensorFlow's RecognizeCommands: no "
+        "decision before --minimum-count windows spanning a quarter of --average-window-ms "
+        "are averaged; a keyword is not reported again until another label (_silence_ and "
+        "_unknown_ included) is heard in between; _silence_ and _unknown_ are never printed. "
+        "A file that cannot be read is named on stderr, the others are listened to, and the "
+        "exit status is 1.")
     parser.add_argument("files", nargs="+", metavar="FILE", help="recordings (WAV, FLAC, ...)")
     for option in fields(ListenConfig):
         parser.add_argument(f"--{option.name.replace('_', '-')}", type=type(option.default),
@@ -234,15 +262,16 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
                                  for option in fields(ListenConfig)})
     except ValueError as error:
         parser.error(str(error))
+    check_reachable(parser, config, MfccConfig().sample_rate)  # before loading; again after
     model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
     predictor = model.unwrap_python_model().predictor
     if not isinstance(predictor, SpeechPredictor):
         parser.error(f"{args.model_uri} is not a speech model")
-    check_reachable(parser, config, predictor.spec.sample_rate)
+    check_reachable(parser, config, predictor.spec.sample_rate)  # the model's own rate
     status = 0
     for path in args.files:
         try:
-            for detection in listen(path, predictor, config):
+            for detection in detections(path, predictor, config):
                 print(f"{path}\t{detection.time_s:.2f}\t{detection.label}\t"
                       f"{detection.score:.3f}", flush=True)
         except AudioDecodeError as error:

@@ -99,6 +99,20 @@ def test_export_never_replaces_a_file_unasked(logged, tmp_path: Path, capsys):
             in capsys.readouterr().err
         assert existing.read_text() == "the user's own"
         existing.unlink()
+    # nor a file of the same name logged on the version's run, from another folder
+    first, second = tmp_path / "a" / "logged.tflite", tmp_path / "b" / "logged.tflite"
+    for folder in (first.parent, second.parent):
+        folder.mkdir()
+    assert speech.main(["export", "--model-uri", uri, "--store-dir", str(store), "--out",
+                        str(first)]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:  # before converting
+        speech.main(["export", "--model-uri", uri, "--store-dir", str(store), "--out",
+                     str(second)])
+    assert refused.value.code == 2
+    assert "holds tflite/logged.tflite and tflite/logged_labels.txt already: name --out " \
+        "otherwise, or pass --overwrite to replace" in capsys.readouterr().err
+    assert not second.exists()
 
 
 def test_int8_keeps_the_front_end_alone_in_float(logged):
@@ -112,8 +126,10 @@ def test_int8_keeps_the_front_end_alone_in_float(logged):
                                                    "/probabilities"))]
 
 
-def test_int8_without_calibration_clips_or_an_out_folder_is_refused(logged, tmp_path: Path, capsys):
+def test_int8_without_calibration_clips_or_an_out_folder_is_refused(logged, tmp_path: Path,
+                                                                     capsys, monkeypatch):
     store, uri, _ = logged
+    monkeypatch.delenv("SPEECH_COMMANDS_DIR", raising=False)
     with pytest.raises(SystemExit) as refused:  # before the model is loaded
         speech.main(["export", "--quantize", "int8", "--model-uri", uri, "--store-dir",
                      str(store), "--out", str(tmp_path / "x.tflite")])

@@ -19,6 +19,7 @@ from pipelines import speech, tracking
 from pipelines.listening import (
     ListenConfig,
     RecognizeCommands,
+    detections,
     listen,
     resampled_blocks,
     windows,
@@ -134,13 +135,17 @@ def test_short_silent_corrupt_and_missing_recordings(tmp_path: Path, predictor):
         listen(str(corrupt), predictor, ListenConfig())
     with pytest.raises(ValueError, match=r"gone\.wav: no such file"):
         list(resampled_blocks(str(tmp_path / "gone.wav"), RATE))
-    # a compressed file cut short: its header reads, its second block does not
-    noise = 0.3 * np.random.default_rng(0).standard_normal(40 * RATE).astype(np.float32)
+    # a compressed file cut short: its header and first block read, its second block does
+    # not; the detection made in the first block comes before the error
+    noise = 0.3 * np.random.default_rng(0).standard_normal(60 * RATE).astype(np.float32)
     whole = write_wav(tmp_path / "whole.flac", noise)
     cut = tmp_path / "cut.flac"
     cut.write_bytes(whole.read_bytes()[:whole.stat().st_size * 3 // 4])
+    heard = detections(str(cut), predictor, ListenConfig())
+    first = next(heard)
+    assert first.label == "yes" and first.time_s < 2  # loud from the start
     with pytest.raises(ValueError, match=r"cut\.flac: not decodable audio \("):
-        listen(str(cut), predictor, ListenConfig())
+        next(heard)
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +180,14 @@ def test_listen_command_prints_detections_and_fails_a_bad_file(tmp_path: Path, l
     (["--threshold", "1.5"], "--threshold must be in [0, 1), not 1.5"),
     (["--hop-ms", "0"], "--hop-ms and --average-window-ms must be positive"),
     (["--minimum-count", "0"], "--minimum-count must be at least 1, not 0"),
+    (["--hop-ms", "nan"], "--hop-ms nan, --average-window-ms 500, --threshold 0.7, "
+                          "--suppression-ms 1000, --minimum-count 3: every setting must be a "
+                          "finite number"),
+    (["--average-window-ms", "inf"], "--average-window-ms inf,"),
+    (["--suppression-ms", "nan"], "--suppression-ms nan,"),
+    # an averaging window that cannot detect, refused at 16 kHz before loading too
+    (["--hop-ms", "2000"], "--average-window-ms 500 at --hop-ms 2000 (32000 samples at 16000 "
+                           "Hz) averages at most 1 window(s)"),
 ])
 def test_listen_refuses_settings_out_of_range(flags: list[str], message: str, tmp_path: Path,
                                               capsys):

@@ -69,6 +69,20 @@ def test_a_missing_model_alias_or_version_is_named(store: Path, uri: str, messag
     assert message in str(error.value)
 
 
+def test_a_store_folder_without_a_store_is_named_and_left_alone(tmp_path: Path):
+    """A mistyped --store-dir is not made into a new, empty store."""
+    missing = tmp_path / "mlrus"
+    with pytest.raises(ModelError, match=f"^{URI}: there is no MLflow store in {missing} "
+                                         "\\(no mlflow.db\\)"):
+        load(missing)
+    assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match="there is no MLflow store in"):
+        load(empty)
+    assert list(empty.iterdir()) == []
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
 

@@ -35,7 +35,7 @@ from pipelines.errors import ModelError
 from pipelines.tracking import model_code
 from pipelines.tracking.pyfunc_models import SpeechClassifierModel, TextClassifierModel
 from pipelines.tracking.registry import model_version_of
-from pipelines.tracking.runs import check_tracking, connect
+from pipelines.tracking.runs import DB_NAME, check_tracking, connect
 
 
 def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str | Path):
@@ -43,10 +43,15 @@ def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str |
 
     Raises:
         SetupError: The tracking server does not answer.
-        ModelError: No such model, alias or version, or its artifacts are missing or
-            damaged; the message names the model and what is wrong.
+        ModelError: No store in `store_dir` (without `tracking_uri`; none is made), no such
+            model, alias or version, or its artifacts are missing or damaged; the message
+            names the model and what is wrong.
     """
     check_tracking(tracking_uri)
+    in_store = urlparse(model_uri).scheme in ("models", "runs")  # not a folder's path
+    if in_store and not tracking_uri and not (Path(store_dir) / DB_NAME).is_file():
+        raise ModelError(f"{model_uri}: there is no MLflow store in {store_dir} (no {DB_NAME}): "
+                         "pass the --store-dir a run logged to, or --tracking-uri")
     connect(tracking_uri, store_dir)
     try:
         version = model_version_of(model_uri)
@@ -73,6 +78,14 @@ def log_model_metrics(model_uri: str, metrics: Mapping[str, float]) -> None:
     mlflow.log_metrics({key: float(value) for key, value in metrics.items()
                         if isinstance(value, int | float) and not isinstance(value, bool)},
                        model_id=model_id)
+
+
+def model_run_files(model_uri: str, artifact_path: str) -> tuple[str, set[str]]:
+    """The id of the run that logged `model_uri`, and the names of the files it holds under
+    `artifact_path`."""
+    run_id = mlflow.models.get_model_info(model_uri).run_id
+    return run_id, {Path(info.path).name for info in
+                    mlflow.MlflowClient().list_artifacts(run_id, artifact_path)}
 
 
 def log_to_model_run(model_uri: str, paths: Sequence[str | Path], artifact_path: str) -> str:
