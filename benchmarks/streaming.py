@@ -191,7 +191,7 @@ def streaming(options: Options) -> list[Figure]:
                note=spread("unknown", "/h")),
         Figure("streaming", "real-time factor (audio s per compute s, 2 cores)", rtf, "x",
                goal=">= 50x", met=rtf >= 50,
-               note=f"listen defaults: hop {config.hop_ms:g} ms, average window "
+               note=f"listen defaults: hop {config.stride_ms:g} ms, average window "
                     f"{config.average_window_ms:g} ms, threshold {config.threshold:g}, "
                     f"suppression {config.suppression_ms:g} ms, minimum count "
                     f"{config.minimum_count}"),

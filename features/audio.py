@@ -55,6 +55,9 @@ RESAMPLE_MARGIN_SECONDS = 0.1  # read past the clip so resampling matches a whol
 DECODE_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError)
 
 
+EMPTY = "not decodable audio (the file is empty: 0 bytes)"
+
+
 class AudioDecodeError(DataError):
     """Raised when a clip cannot be turned into a waveform; the message names the input."""
 
@@ -146,6 +149,8 @@ def not_decodable(label: str, source: str | Path | bytes, error: Exception) -> A
         return AudioDecodeError(f"{label}: a folder, not an audio file")
     if not isinstance(source, bytes) and not Path(source).is_file():
         return AudioDecodeError(f"{label}: no such file")
+    if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
+        return AudioDecodeError(f"{label}: {EMPTY}")
     detail = error.error_string if isinstance(error, soundfile.LibsndfileError) else str(error)
     return AudioDecodeError(f"{label}: not decodable audio ({detail})")
 

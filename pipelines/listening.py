@@ -38,7 +38,7 @@ import math
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 
 import numpy as np
 import soundfile
@@ -64,14 +64,16 @@ NOT_REPORTED = ("_silence_", "_unknown_")
 @dataclass(frozen=True)
 class ListenConfig:
     """How windows are cut and detections made (TensorFlow's RecognizeCommands terms); each
-    field is the `listen` flag of its name.
+    field is a `listen` flag: `--` and its name with dashes, or the `flag` of its metadata.
 
     Raises:
         ValueError: A setting out of range, named with its flag.
     """
 
-    hop_ms: float = field(default=100.0, metadata={
-        "help": "a one-second window is scored every this many ms"})
+    # TensorFlow's clip_stride_ms; the flag is --hop-ms, as the MFCC frames' hop is --hop-ms
+    # of the training commands, a different option
+    stride_ms: float = field(default=100.0, metadata={
+        "flag": "--hop-ms", "help": "a one-second window is scored every this many ms"})
     average_window_ms: float = field(default=500.0, metadata={
         "help": "scores are averaged over the windows ending this recently"})
     threshold: float = field(default=0.7, metadata={"help": "averaged score a keyword must pass"})
@@ -81,19 +83,23 @@ class ListenConfig:
         "help": "windows averaged before any detection"})
 
     def __post_init__(self):
-        values = {option.name: getattr(self, option.name) for option in fields(self)}
+        values = {flag(option): getattr(self, option.name) for option in fields(self)}
         if not all(math.isfinite(value) for value in values.values()):
-            raise ValueError("--" + ", --".join(f"{name.replace('_', '-')} {value:g}"
-                                                for name, value in values.items())
+            raise ValueError(", ".join(f"{name} {value:g}" for name, value in values.items())
                              + ": every setting must be a finite number")
-        if self.hop_ms <= 0 or self.average_window_ms <= 0 or self.suppression_ms < 0:
+        if self.stride_ms <= 0 or self.average_window_ms <= 0 or self.suppression_ms < 0:
             raise ValueError(f"--hop-ms and --average-window-ms must be positive, "
-                             f"--suppression-ms at least 0 (got {self.hop_ms:g}, "
+                             f"--suppression-ms at least 0 (got {self.stride_ms:g}, "
                              f"{self.average_window_ms:g}, {self.suppression_ms:g})")
         if self.minimum_count < 1:
             raise ValueError(f"--minimum-count must be at least 1, not {self.minimum_count}")
         if not 0 <= self.threshold < 1:
             raise ValueError(f"--threshold must be in [0, 1), not {self.threshold:g}")
+
+
+def flag(option: Field) -> str:
+    """The `listen` flag of a ListenConfig field."""
+    return option.metadata.get("flag", f"--{option.name.replace('_', '-')}")
 
 
 @dataclass(frozen=True)
@@ -201,7 +207,7 @@ def windows(blocks: Iterator[np.ndarray], window: int, hop: int
 
 def hop_samples(config: ListenConfig, rate: int) -> int:
     """`--hop-ms` in whole samples at `rate` (at least one)."""
-    return max(1, int(round(rate * config.hop_ms / 1000)))
+    return max(1, int(round(rate * config.stride_ms / 1000)))
 
 
 def listen(path: str, predictor: SpeechPredictor, config: ListenConfig) -> list[Detection]:
@@ -254,7 +260,8 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
         "exit status is 1.")
     parser.add_argument("files", nargs="+", metavar="FILE", help="recordings (WAV, FLAC, ...)")
     for option in fields(ListenConfig):
-        parser.add_argument(f"--{option.name.replace('_', '-')}", type=type(option.default),
+        parser.add_argument(flag(option), dest=option.name, type=type(option.default),
+                            metavar=flag(option)[2:].replace("-", "_").upper(),
                             default=option.default, help=option.metadata["help"])
     args = parser.parse_args(argv)
     try:
@@ -290,7 +297,7 @@ def check_reachable(parser: argparse.ArgumentParser, config: ListenConfig,
     span = 1000 * steps * hop / sample_rate
     if steps + 1 < config.minimum_count or span < config.average_window_ms / 4:
         parser.error(f"--average-window-ms {config.average_window_ms:g} at --hop-ms "
-                     f"{config.hop_ms:g} ({hop} samples at {sample_rate} Hz) averages at "
+                     f"{config.stride_ms:g} ({hop} samples at {sample_rate} Hz) averages at "
                      f"most {steps + 1} window(s) spanning {span:g} ms; a detection needs "
                      f"{config.minimum_count} (--minimum-count) spanning a quarter of "
                      "--average-window-ms: lengthen it or shorten --hop-ms")

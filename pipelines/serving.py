@@ -34,6 +34,7 @@ import tensorflow as tf
 import models.ngram  # noqa: F401  (registers the n-gram branch's layers)
 import models.recurrent  # noqa: F401  (registers the model's custom layers)
 from features.audio import (
+    EMPTY,
     AudioDecodeError,
     audio_info,
     check_sample_rate,
@@ -183,7 +184,7 @@ class SpeechPredictor:
         if waveform is not None and not (isinstance(waveform, float) and np.isnan(waveform)):
             return self.waveform_clip(waveform, row.get("sample_rate"))
         if isinstance(audio, bytes | bytearray):
-            raise AudioDecodeError("audio: not decodable audio (the file is empty: 0 bytes)")
+            raise AudioDecodeError(f"audio: {EMPTY}")
         raise AudioDecodeError("expected 'audio' (file bytes) or 'waveform' with 'sample_rate'")
 
     def waveform_clip(self, waveform: Any, rate: Any) -> np.ndarray:
