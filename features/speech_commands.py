@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile
 
-from features.audio import AudioSpec
+from features.audio import AudioSpec, audio_info
 from features.errors import ConfigError, DataError, DataNotFoundError
 from features.speech_splits import (
     assign_splits,
@@ -70,6 +69,17 @@ class SplitConfig:
         "help": "quietest _silence_ level (RMS, full scale = 1)"})
     silence_rms_max: float = field(default=0.4, metadata={
         "help": "loudest _silence_ level (RMS, full scale = 1)"})
+
+    def __post_init__(self):
+        for name in ("validation_pct", "test_pct"):
+            if not 0 <= getattr(self, name) < 100:
+                raise ConfigError(f"{name} must be within [0, 100), got {getattr(self, name)}")
+        for name in ("unknown_pct", "silence_pct"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"{name} must be a number >= 0, got {getattr(self, name)}")
+        if not 0 < self.silence_rms_min <= self.silence_rms_max < math.inf:
+            raise ConfigError("silence_rms_min and silence_rms_max must be levels with 0 < min "
+                              f"<= max, got {self.silence_rms_min} and {self.silence_rms_max}")
 
 
 @dataclass(frozen=True)
@@ -195,7 +205,7 @@ def noise_recordings(data_dir: Path, sample_rate: int) -> dict[str, int]:
     noise_dir = data_dir / BACKGROUND_NOISE_DIR
     lengths = {}
     for path in sorted(noise_dir.glob("*.wav")):
-        info = soundfile.info(str(path))
+        info = audio_info(path)  # a damaged recording: AudioDecodeError naming it
         lengths[f"{BACKGROUND_NOISE_DIR}/{path.name}"] = int(info.duration * sample_rate)
     return lengths
 

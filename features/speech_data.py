@@ -238,7 +238,7 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> L
     silence = [e for e in examples if e.is_silence]
     waveforms = {index: waveform for index, waveform, _ in decode_examples(
         silence, root, mfcc.audio)}
-    rows, hasher, position = [], hashlib.sha256(), 0
+    rows, hasher, position, failed = [], hashlib.sha256(), 0, {}
     for example in examples:
         hasher.update(f"{example.label}|{example.path}|{example.offset}|{example.rms!r}".encode())
         if example.is_silence:
@@ -249,12 +249,14 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> L
             continue
         try:
             audio = (root / example.path).read_bytes()
-        except OSError:
-            audio = None
+        except OSError as error:
+            audio, failed[len(rows)] = None, (f"{root / example.path}: cannot be read "
+                                              f"({error.strerror or error})")
         hasher.update(hashlib.sha256(audio or b"").digest())
-        rows.append({"audio": audio, "waveform": None, "sample_rate": mfcc.sample_rate})
+        rows.append({"audio": audio, "waveform": None,
+                     "sample_rate": None if audio is None else mfcc.sample_rate})
     names = [str(root / example.path) if not example.is_silence
              else f"{root / example.path}@{example.offset}" for example in examples]
     return LabelledInputs(pd.DataFrame(rows, columns=["audio", "waveform", "sample_rate"]),
                           [example.label for example in examples], names,
-                          hasher.hexdigest()[:16], str(root.resolve()), layout)
+                          hasher.hexdigest()[:16], str(root.resolve()), layout, failed)

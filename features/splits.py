@@ -114,6 +114,7 @@ class LabelledInputs:
         digest: Content digest of the examples.
         source: The folder they came from.
         layout: What kind of folder that is.
+        failed: Rows whose input could not be read (their columns empty), with the reason.
     """
 
     inputs: pd.DataFrame
@@ -122,3 +123,4 @@ class LabelledInputs:
     digest: str
     source: str
     layout: str
+    failed: dict[int, str] = field(default_factory=dict)

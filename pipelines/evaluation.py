@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,7 @@ from sklearn.metrics import (
 from features.splits import LabelledInputs, Splits
 from pipelines import request_bounds, tracking
 from pipelines.errors import DataError
+from pipelines.request_bounds import RequestTooLarge
 
 
 @dataclass
@@ -176,7 +177,7 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
     with tracking.tracked_run(args.experiment, tracking_uri=args.tracking_uri,
                               store_dir=args.store_dir, run_name=args.run_name,
                               tags={"pipeline": pipeline, "run_type": "evaluation"}) as run_id:
-        answer = predict_in_groups(model, labelled.inputs)
+        answer = predict_in_groups(model, labelled.inputs, labelled.failed)
         usable = answer["error"].isna().to_numpy()
         names = labelled.names
         failed = [(names[i], answer.loc[i, "error"]) for i in np.flatnonzero(~usable)]
@@ -197,25 +198,35 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
             "failed": failed, "run_id": run_id, "version": version}
 
 
-def predict_in_groups(model, inputs):
+def predict_in_groups(model, inputs: pd.DataFrame, failed: Mapping[int, str] | None = None
+                      ) -> pd.DataFrame:
     """Predicts rows in chunks, each chunk holding rows that fill the same columns (a column
-    of None in a chunk would fail the model's schema), and returns answers in input order."""
-    filled = inputs.notna()
+    of None in a chunk would fail the model's schema), and returns answers in input order.
+
+    The rows in `failed` (inputs that could not be read) are answered with their reason, as
+    is a row over the request bounds on its own (`request_chunks` gives it a chunk of its
+    own): the other rows are answered all the same.
+    """
+    failed = failed or {}
     groups: dict[tuple, list[int]] = {}
-    for index, row in enumerate(filled.itertuples(index=False)):
-        groups.setdefault(tuple(row), []).append(index)
-    parts = []
+    for index, row in enumerate(inputs.notna().itertuples(index=False)):
+        if index not in failed:
+            groups.setdefault(tuple(row), []).append(index)
+    parts = [pd.DataFrame({"label": None, "error": list(failed.values())},
+                          index=pd.Index(list(failed)))] if failed else []
     for key, indices in groups.items():
         columns = [column for column, present in zip(inputs.columns, key, strict=True)
                    if present]
-        if not columns:  # e.g. a file that could not be read
-            parts.append(pd.DataFrame({"label": None, "error": "no input (unreadable file?)"},
-                                      index=pd.Index(indices)))
-            continue
         records = inputs.iloc[indices][columns].to_dict("records")
         for chunk in request_chunks(records):
             rows = pd.DataFrame([records[i] for i in chunk])
-            parts.append(model.predict(rows).set_index(pd.Index([indices[i] for i in chunk])))
+            try:
+                answer = model.predict(rows)
+            except RequestTooLarge as error:
+                if len(chunk) > 1:  # request_chunks keeps chunks of several rows in bounds
+                    raise
+                answer = pd.DataFrame({"label": [None], "error": [str(error)]})
+            parts.append(answer.set_index(pd.Index([indices[i] for i in chunk])))
     return pd.concat(parts).sort_index()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +15,7 @@ from features.audio import AudioDecodeError
 from features.mfcc import MfccConfig
 from features.speech_commands import TWELVE_CLASS_LABELS
 from pipelines.errors import PipelineError
-from pipelines.evaluation import EVALUATE_CHUNK, request_chunks
+from pipelines.evaluation import EVALUATE_CHUNK, predict_in_groups, request_chunks
 from pipelines.request_bounds import (
     MAX_REQUEST_ROWS,
     SPEECH_MAX_REQUEST_BYTES,
@@ -104,3 +105,21 @@ def test_predict_and_evaluate_send_requests_inside_the_bounds():
     assert [len(chunk) for chunk in chunks] == [2, 2, 1]
     assert sum(chunks, []) == list(range(5))
     assert SPEECH_MAX_REQUEST_BYTES > 2 * 8_000_000 and EVALUATE_CHUNK < MAX_REQUEST_ROWS
+
+
+def test_one_input_over_the_bounds_is_answered_with_the_reason_and_the_others_labelled():
+    """`predict` and `evaluate` give a file too large for any request an error row of its
+    own; the files beside it get their labels, as do rows whose file could not be read."""
+    keras.utils.set_random_seed(0)
+    waveforms = keras.Input((16000,))
+    model = keras.Model(waveforms, keras.layers.Dense(len(TWELVE_CLASS_LABELS),
+                                                      activation="softmax")(waveforms))
+    predictor = SpeechPredictor(model, TWELVE_CLASS_LABELS, MfccConfig())
+    huge = wav() + bytes(SPEECH_MAX_REQUEST_BYTES)  # a request of its own, over the bound
+    inputs = pd.DataFrame({"audio": [wav(), huge, None, wav()],
+                           "sample_rate": [None, None, None, None]})
+    answer = predict_in_groups(predictor, inputs, {2: "c.wav: cannot be read (Permission denied)"})
+    assert answer["error"].isna().tolist() == [True, False, False, True]
+    assert answer.loc[1, "error"].startswith("request too large")
+    assert answer.loc[2, "error"] == "c.wav: cannot be read (Permission denied)"
+    assert answer.loc[[0, 3], "label"].notna().all()

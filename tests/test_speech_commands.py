@@ -8,6 +8,7 @@ import pytest
 import soundfile
 
 from features.audio import AudioSpec
+from features.errors import DataError
 from features.speech_commands import (
     COMMAND_WORDS,
     SILENCE_LABEL,
@@ -246,3 +247,26 @@ def test_splits_a_run_cannot_use_are_refused_before_any_feature_work(tmp_path: P
     assert "train is empty; validation is empty; give validation_list.txt" in err
     assert "--validation-pct" in err and "Traceback" not in err
     assert not (tmp_path / "cache").exists()  # no feature was computed
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--silence-rms-min", "0"], "silence_rms_min and silence_rms_max must be levels with 0 < "
+                                 "min <= max, got 0.0 and 0.4"),
+    (["--silence-rms-min", "0.5", "--silence-rms-max", "0.1"], "got 0.5 and 0.1"),
+    (["--unknown-pct", "-5"], "unknown_pct must be a number >= 0, got -5.0"),
+    (["--silence-pct", "nan"], "silence_pct must be a number >= 0, got nan"),
+    (["--test-pct", "100"], "test_pct must be within [0, 100), got 100.0"),
+])
+def test_split_options_out_of_range_are_refused(flags: list[str], message: str,
+                                                tmp_path: Path, capsys):
+    code = speech.main(["--data-dir", str(tmp_path), "--store-dir", str(tmp_path / "mlruns"),
+                        *flags])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_damaged_noise_recording_is_named(speech_dir: Path):
+    (speech_dir / "_background_noise_" / "broken.wav").write_bytes(b"RIFF not really a wav")
+    with pytest.raises(DataError, match=r"_background_noise_/broken\.wav: not decodable audio"):
+        load_speech_commands(speech_dir, SplitConfig(), AUDIO)

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from models.baseline import TfidfConfig, build_tfidf_logreg
 from pipelines import evaluation, tracking
+from pipelines.errors import SetupError
 from pipelines.tracking import registry
 
 
@@ -148,6 +149,20 @@ def test_interrupted_run_is_marked_and_registers_nothing(tmp_path: Path, error, 
     assert client.get_run(run_id).info.status == status
     assert mlflow.active_run() is None
     assert client.search_model_versions("name='model-x'") == []
+
+
+def test_a_run_in_a_deleted_experiment_is_refused_with_how_to_restore_it(tmp_path: Path):
+    store = tmp_path / "mlruns"
+    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store):
+        pass
+    experiment = mlflow.get_experiment_by_name("exp")
+    MlflowClient().delete_experiment(experiment.experiment_id)
+    refused = (f"experiment 'exp' \\(id {experiment.experiment_id}\\) is deleted: restore it "
+               "\\(mlflow experiments restore")
+    with (pytest.raises(SetupError, match=refused),
+          tracking.tracked_run("exp", tracking_uri=None, store_dir=store)):
+        pass
+    assert mlflow.active_run() is None
 
 
 def test_logged_model_has_a_signature_and_pinned_requirements(tmp_path: Path):

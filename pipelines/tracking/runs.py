@@ -159,12 +159,26 @@ def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path
 
 
 def ensure_experiment(name: str, store_dir: str | Path, local: bool) -> str:
-    """Returns the experiment id, creating the experiment (artifacts under the store) if new."""
+    """Returns the experiment id, creating the experiment (artifacts under the store) if new;
+    another process creating it at the same moment is fine.
+
+    Raises:
+        SetupError: The experiment exists but was deleted (its runs could not be written).
+    """
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = (Path(store_dir).resolve() / "artifacts").as_uri() if local else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        location = (Path(store_dir).resolve() / "artifacts").as_uri() if local else None
+        try:
+            return mlflow.create_experiment(name, artifact_location=location)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = mlflow.get_experiment_by_name(name)  # created by another run
+    if experiment.lifecycle_stage == "deleted":
+        raise SetupError(f"experiment {name!r} (id {experiment.experiment_id}) is deleted: "
+                         f"restore it (mlflow experiments restore --experiment-id "
+                         f"{experiment.experiment_id}) or pass another --experiment")
+    return experiment.experiment_id
 
 
 def is_local_store(tracking_uri: str | None, store_dir: str | Path) -> bool:
