@@ -138,6 +138,32 @@ def test_registration_is_idempotent_per_run(tmp_path: Path, monkeypatch):
     assert sorted((v.version, v.run_id) for v in versions) == [(1, run_id), (2, second_id)]
 
 
+def test_a_run_stopped_after_its_version_became_champion_is_resumed_as_champion(
+        tmp_path: Path, monkeypatch):
+    """Stopped between setting the champion alias and recording the decision, the resumed
+    run decides again and keeps its version champion (it must not tie with itself)."""
+    store = tmp_path / "mlruns"
+    setting_tag = MlflowClient.set_model_version_tag
+
+    def stop_after_the_alias(client, name, version, key, value):
+        if key == "promotion":  # the first write after set_registered_model_alias
+            raise KeyboardInterrupt
+        return setting_tag(client, name, version, key, value)
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "set_model_version_tag", stop_after_the_alias)
+        with pytest.raises(KeyboardInterrupt), tracking.tracked_run(
+                "exp", tracking_uri=None, store_dir=store) as run_id:
+            uri = log_tiny_model(tmp_path / "model")
+            tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.8},
+                                          test_digest="d", data_digest="d")
+    assert champion_version(store) == "1"
+    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store, resume_run_id=run_id):
+        again = tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.8},
+                                              test_digest="d", data_digest="d")
+    assert (again.version, again.promoted) == ("1", True)
+    assert MlflowClient().get_run(run_id).data.tags["champion"] == "True"
+
+
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"),
                                                 (KeyboardInterrupt, "KILLED")])
 def test_interrupted_run_is_marked_and_registers_nothing(tmp_path: Path, error, status):

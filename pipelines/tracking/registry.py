@@ -170,8 +170,13 @@ def register_and_promote(
     kept, state = True, INTERRUPTED
     try:
         wait_for_earlier_promotions(client, name, int(number))
-        promoted, reason = champion_decision(
-            metrics["test_accuracy"], test_digest, current_champion(client, name))
+        champion = current_champion(client, name)
+        if champion is not None and str(champion.version) == number:
+            # a resumed decision whose first process set the alias, then stopped
+            promoted, reason = True, "champion already: its alias was set before the run stopped"
+        else:
+            promoted, reason = champion_decision(metrics["test_accuracy"], test_digest,
+                                                 champion)
         if only_if_champion and not promoted:
             client.delete_model_version(name, number)
             kept = False
