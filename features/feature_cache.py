@@ -1,7 +1,8 @@
 """The on-disk cache of per-split features, and the rows a feature stage writes into it.
 
-A folder of entries: `<key>.f32` (raw float32 rows) and `<key>.json` (shape, kept and skipped
-examples, per-coefficient moments, the row file's CRC-32), the metadata written last so that it
+A folder of entries: `<key>.f32` (raw float32 rows: MFCC frames, or decoded waveforms) and
+`<key>.json` (shape, kept and skipped examples, the frames' per-coefficient moments, the row
+file's CRC-32), the metadata written last so that it
 marks a complete entry. The CRC-32, computed while the rows are streamed, is checked on every
 load: an entry whose metadata is unreadable, or whose row file has another size or checksum, is
 logged and rebuilt, never used.
@@ -33,11 +34,13 @@ class SplitFeatures:
     """Features of one split.
 
     Attributes:
-        frames: float32 array (clips, frames, n_mfcc); memory-mapped when it lives in the cache.
+        frames: float32 array (clips, frames, n_mfcc), or (clips, samples) for waveforms;
+            memory-mapped when it lives in the cache.
         kept: Indices into the split's example list of the clips that decoded.
         skipped: (path, reason) of each clip that could not be decoded.
         from_cache: Whether the arrays were read from the cache.
-        mean: Per-coefficient mean over all kept clips and frames (for input normalisation).
+        mean: Per-coefficient mean over all kept clips and frames (for input normalisation);
+            empty for waveforms.
         variance: Per-coefficient variance, as `mean`.
         crc32: CRC-32 of the bytes streamed to the cache file; None when held in memory.
     """

@@ -315,11 +315,11 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
 
 
 def is_test_release(data_dir: str | Path) -> bool:
-    """Whether a folder is in the official test-release layout: one folder per class, with
-    `_silence_/` and `_unknown_/` holding clips, and no `_background_noise_/`."""
+    """Whether a folder is in the official test-release layout: one folder per class, a
+    `_silence_/` or `_unknown_/` folder among them, and no `_background_noise_/`."""
     data_dir = Path(data_dir)
     return ((data_dir / SILENCE_LABEL).is_dir() or (data_dir / UNKNOWN_LABEL).is_dir()) and \
-        not (data_dir / "_background_noise_").is_dir()
+        not (data_dir / BACKGROUND_NOISE_DIR).is_dir()
 
 
 def test_release_examples(data_dir: str | Path) -> list[Example]:

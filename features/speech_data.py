@@ -232,15 +232,16 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> L
     root = Path(data_dir)
     if is_test_release(root):
         examples, layout = test_release_examples(root), "test release (one folder per class)"
+        digest = None  # of the bytes read below, in the form SpeechCommandsData.digest has
     else:
-        examples = load_speech_commands(root, splits, mfcc.audio).examples["test"]
-        layout = "training layout, test split"
+        data = load_speech_commands(root, splits, mfcc.audio)
+        examples, layout = data.examples["test"], "training layout, test split"
+        digest = data.digest(("test",))  # a training run's test digest of the same split
     silence = [e for e in examples if e.is_silence]
     waveforms = {index: waveform for index, waveform, _ in decode_examples(
         silence, root, mfcc.audio)}
     rows, hasher, position, failed = [], hashlib.sha256(), 0, {}
     for example in examples:
-        hasher.update(f"{example.label}|{example.path}|{example.offset}|{example.rms!r}".encode())
         if example.is_silence:
             waveform = waveforms.get(position)
             position += 1
@@ -252,11 +253,14 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> L
         except OSError as error:
             audio, failed[len(rows)] = None, (f"{root / example.path}: cannot be read "
                                               f"({error.strerror or error})")
-        hasher.update(hashlib.sha256(audio or b"").digest())
+        hasher.update(f"test|{example.label}|{example.path}|"
+                      f"{hashlib.sha256(audio or b'').hexdigest()}|{example.offset}|"
+                      f"{example.rms:.6g}\n".encode())
         rows.append({"audio": audio, "waveform": None,
                      "sample_rate": None if audio is None else mfcc.sample_rate})
     names = [str(root / example.path) if not example.is_silence
              else f"{root / example.path}@{example.offset}" for example in examples]
     return LabelledInputs(pd.DataFrame(rows, columns=["audio", "waveform", "sample_rate"]),
                           [example.label for example in examples], names,
-                          hasher.hexdigest()[:16], str(root.resolve()), layout, failed)
+                          digest or hasher.hexdigest()[:16], str(root.resolve()), layout,
+                          failed)

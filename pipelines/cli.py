@@ -1,7 +1,8 @@
 """The command line of a task, from its spec (`TaskCommands`): training with one flag per
 option, `predict` and `evaluate` on a logged model, the summary a run prints, exit statuses.
 
-Exit statuses: 0 done; 1 `predict` could not label every input; 2 `error: ...` (bad options or
+Exit statuses: 0 done; 1 `predict` could not label every input, or `listen` could not read
+every file; 2 `error: ...` (bad options or
 data, a run that cannot start); 75 a multi-worker run lost a worker (sysexits' EX_TEMPFAIL);
 130 Ctrl-C and 143 SIGTERM, which end the MLflow run KILLED (pipelines.interrupts).
 """

@@ -128,14 +128,14 @@ def log_evaluation(probabilities: np.ndarray, y: np.ndarray, labels: tuple[str, 
                    history: dict[str, list[float]] | None = None) -> Evaluation:
     """Scores test-split probabilities and logs the metrics, report and plots.
 
-    Plots: the confusion matrix, the ROC curve for two classes, and the training curves when
-    there is a Keras history.
+    Plots: the confusion matrix, the ROC curve for two classes when both are present (as for
+    the ROC AUC), and the training curves when there is a Keras history.
     """
     evaluation = evaluate_probabilities(probabilities, y, labels)
     tracking.log_metrics(evaluation.metrics)
     tracking.log_figure(confusion_matrix_figure(evaluation.confusion, labels),
                         "plots/confusion_matrix.png")
-    if len(labels) == 2:
+    if "test_roc_auc" in evaluation.metrics:
         tracking.log_figure(roc_curve_figure(probabilities, y, labels), "plots/roc_curve.png")
     if history:
         tracking.log_figure(training_curves_figure(history), "plots/training_curves.png")

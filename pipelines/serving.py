@@ -109,12 +109,12 @@ def result_frame(labels: Sequence[str], probabilities: np.ndarray, errors: Seque
     """One row per input: `label`, `probability_<label>` per class, and `error` (None when the
     input was usable; for a failed input the label and probabilities are None)."""
     probabilities = np.asarray(probabilities, np.float64)
-    names = [None if error else labels[int(row.argmax())]
+    names = [None if error is not None else labels[int(row.argmax())]
              for row, error in zip(probabilities, errors, strict=True)]
     frame = pd.DataFrame({"label": pd.Series(names, dtype=object)})
     for index, label in enumerate(labels):
         column = pd.Series(probabilities[:, index])
-        if any(errors):  # null, not NaN (which is not JSON), where an input failed
+        if any(error is not None for error in errors):  # null, not NaN (not JSON) if failed
             column = column.astype(object).where(column.notna(), None)
         frame[f"probability_{label}"] = column
     frame[ERROR_COLUMN] = pd.Series(list(errors), dtype=object)
@@ -127,7 +127,7 @@ def rows_of(model_input: Any, columns: Sequence[str]) -> list[dict]:
         frame = model_input
     elif isinstance(model_input, dict):
         frame = pd.DataFrame({key: list(value) if isinstance(value, list | tuple | np.ndarray)
-                              and not isinstance(value, bytes) else [value]
+                              else [value]
                               for key, value in model_input.items()})
     else:
         frame = pd.DataFrame({columns[0]: list(model_input)})

@@ -199,10 +199,16 @@ def test_evaluate_any_model_on_both_layouts(speech_dir: Path, shared_speech_dir:
     assert f"evaluation.{evaluation.info.run_id}" in client.get_model_version(
         "speech-commands", version.version).tags
 
-    # the training layout: its test split, composed as training composes it
+    # the training layout: its test split, composed as training composes it (the same
+    # digest as the training run's test split)
     code = speech.main(["evaluate", "--data-dir", str(speech_dir), "--store-dir", str(store),
                         "--model-uri", f"models:/speech-commands/{version.version}"])
     assert code == 0 and "failed inputs     0" in capsys.readouterr().out
+    on_training_layout = client.search_runs(
+        [client.get_experiment_by_name("speech-commands").experiment_id],
+        "tags.run_type = 'evaluation'", order_by=["attributes.start_time DESC"])[0]
+    evaluated = on_training_layout.inputs.dataset_inputs[0].dataset.digest
+    assert evaluated == version.tags["test_data_digest"]
 
 
 def test_tutorial_cnn_reference_is_logged_beside_the_recurrent_runs(speech_dir: Path,

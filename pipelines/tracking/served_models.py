@@ -143,7 +143,8 @@ def log_speech_classifier(model_path: str | Path, config_path: str | Path,
     """Logs a speech classifier as a pyfunc model that takes raw audio.
 
     Args:
-        model_path: The .keras classifier over MFCC frames.
+        model_path: The .keras classifier, over waveforms (the MFCC stage its first layer,
+            as speech runs log it) or over MFCC frames.
         config_path: Labels and feature configuration (SpeechPredictor.save_config).
         labels: Class names in output order.
         input_example: A few rows of `audio` bytes and/or `waveform` + `sample_rate`.
