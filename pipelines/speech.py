@@ -13,7 +13,7 @@ import io
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -52,7 +52,7 @@ from pipelines import (
     tracking,
     training,
 )
-from pipelines.config import TaskConfig
+from pipelines.config import TaskConfig, config_from_params
 from pipelines.interrupts import at_batch_end, exit_process
 from pipelines.lifecycle import RunConfig
 from pipelines.serving import SpeechPredictor
@@ -309,12 +309,17 @@ def read_clips(parser: argparse.ArgumentParser, argv: list[str]
 
 def read_labelled_clips(parser: argparse.ArgumentParser, argv: list[str]):
     """`evaluate --data-dir DIR`: every clip of a test release, or a training layout's test
-    split composed as training composes it (`--data-seed`)."""
-    parser.add_argument("--data-seed", type=int, default=SplitConfig.data_seed,
-                        help="training layout: seed of the _unknown_/_silence_ composition")
+    split composed as the model's training run composed it (its task, shares, silence
+    levels and --data-seed, read from the run's parameters; `--data-seed` to change the seed)."""
+    parser.add_argument("--data-seed", type=int,
+                        help="training layout: seed of the _unknown_/_silence_ composition "
+                             "(unset: the model's training run's)")
     args = parser.parse_args(argv)
-    return args, evaluation_inputs(args.data_dir, SplitConfig(data_seed=args.data_seed),
-                                   SpeechConfig().features)
+    trained = config_from_params(SpeechConfig, tracking.model_run_params(
+        args.model_uri, args.tracking_uri, args.store_dir))
+    splits = trained.splits if args.data_seed is None else replace(
+        trained.splits, data_seed=args.data_seed)
+    return args, evaluation_inputs(args.data_dir, splits, trained.features)
 
 
 COMMANDS = cli.TaskCommands(

@@ -177,7 +177,8 @@ def write_test_release(shared: Path, root: Path, per_class: int = 3) -> Path:
 def test_evaluate_any_model_on_both_layouts(speech_dir: Path, shared_speech_dir: Path,
                                             tmp_path: Path, capsys):
     store = tmp_path / "mlruns"
-    assert speech.main(small_args(speech_dir, tmp_path)) == 0
+    # a split option other than its default, which evaluate takes from the training run
+    assert speech.main(small_args(speech_dir, tmp_path, "--unknown-pct", "30")) == 0
     release = write_test_release(shared_speech_dir, tmp_path / "release")
     (release / "yes" / "broken.wav").write_bytes(b"RIFF not really")
     capsys.readouterr()
@@ -199,8 +200,8 @@ def test_evaluate_any_model_on_both_layouts(speech_dir: Path, shared_speech_dir:
     assert f"evaluation.{evaluation.info.run_id}" in client.get_model_version(
         "speech-commands", version.version).tags
 
-    # the training layout: its test split, composed as training composes it (the same
-    # digest as the training run's test split)
+    # the training layout: its test split, composed as the model's training run composed it
+    # (the same digest as that run's test split)
     code = speech.main(["evaluate", "--data-dir", str(speech_dir), "--store-dir", str(store),
                         "--model-uri", f"models:/speech-commands/{version.version}"])
     assert code == 0 and "failed inputs     0" in capsys.readouterr().out

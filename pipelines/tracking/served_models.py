@@ -38,6 +38,39 @@ from pipelines.tracking.registry import model_version_of
 from pipelines.tracking.runs import DB_NAME, check_tracking, connect
 
 
+def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: str | Path
+                           ) -> None:
+    """Points MLflow at the store a model URI is read from.
+
+    Raises:
+        SetupError: The tracking server does not answer.
+        ModelError: No store in `store_dir` (without `tracking_uri`; none is made there).
+    """
+    check_tracking(tracking_uri)
+    in_store = urlparse(model_uri).scheme in ("models", "runs")  # not a folder's path
+    if in_store and not tracking_uri and not (Path(store_dir) / DB_NAME).is_file():
+        raise ModelError(f"{model_uri}: there is no MLflow store in {store_dir} (no {DB_NAME}): "
+                         "pass the --store-dir a run logged to, or --tracking-uri")
+    connect(tracking_uri, store_dir)
+
+
+def model_run_params(model_uri: str, tracking_uri: str | None, store_dir: str | Path
+                     ) -> dict[str, str]:
+    """The parameters of the run that logged `model_uri` (its options).
+
+    Raises:
+        ModelError: No store, no such model, or its run is not in the store.
+    """
+    connect_to_model_store(model_uri, tracking_uri, store_dir)
+    try:
+        run_id = mlflow.models.get_model_info(model_uri).run_id
+        return dict(mlflow.MlflowClient().get_run(run_id).data.params)
+    except (MlflowException, OSError) as error:
+        message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+        raise ModelError(f"{model_uri}: the run that logged it cannot be read ({message})"
+                         ) from None
+
+
 def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str | Path):
     """Loads a logged or registered model (e.g. `models:/name@champion`) as pyfunc.
 
@@ -47,12 +80,7 @@ def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str |
             model, alias or version, or its artifacts are missing or damaged; the message
             names the model and what is wrong.
     """
-    check_tracking(tracking_uri)
-    in_store = urlparse(model_uri).scheme in ("models", "runs")  # not a folder's path
-    if in_store and not tracking_uri and not (Path(store_dir) / DB_NAME).is_file():
-        raise ModelError(f"{model_uri}: there is no MLflow store in {store_dir} (no {DB_NAME}): "
-                         "pass the --store-dir a run logged to, or --tracking-uri")
-    connect(tracking_uri, store_dir)
+    connect_to_model_store(model_uri, tracking_uri, store_dir)
     try:
         version = model_version_of(model_uri)
     except MlflowException as error:
