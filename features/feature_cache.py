@@ -10,15 +10,18 @@ logged and rebuilt, never used.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import socket
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from features.errors import disk_space_errors
 
@@ -177,6 +180,23 @@ class FeatureCache:
             return None
         return self.entry(key, meta, from_cache=True)
 
+    @staticmethod
+    def temporary_prefix(key: str) -> str:
+        """How a build's temporary files start: `.<key>.<host>` (then `.<pid>.f32` or
+        `.<pid>.json`), so that a process can tell its own host's abandoned files."""
+        return f".{key}.{socket.gethostname()}"
+
+    def abandoned_files(self, key: str) -> list[Path]:
+        """Temporary files of entry `key` whose process, on this host, is gone (a build
+        killed part-way, e.g. by the OOM killer, never reaches its cleanup)."""
+        prefix = self.temporary_prefix(key)
+        found = []
+        for path in self.directory.glob(f"{glob.escape(prefix)}.*"):
+            start, pid, _ = path.name.rsplit(".", 2)
+            if start == prefix and pid.isdigit() and not psutil.pid_exists(int(pid)):
+                found.append(path)
+        return found
+
     def build(self, key: str, compute: Callable[[Path], SplitFeatures]) -> SplitFeatures:
         """Runs `compute(path)`, which streams the frames to a temporary file (and checksums
         them as it goes), then moves the file into place and writes the metadata that marks the
@@ -187,8 +207,11 @@ class FeatureCache:
                 removed and no entry is left.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".{key}.{os.getpid()}.f32"
-        tmp_meta = self.directory / f".{key}.{os.getpid()}.json"
+        for stale in self.abandoned_files(key):
+            log.info("removing %s, left by a cache build whose process is gone", stale)
+            stale.unlink(missing_ok=True)
+        tmp = self.directory / f"{self.temporary_prefix(key)}.{os.getpid()}.f32"
+        tmp_meta = self.directory / f"{self.temporary_prefix(key)}.{os.getpid()}.json"
         try:
             with disk_space_errors(self.directory, tmp):
                 features = compute(tmp)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 import zlib
@@ -177,3 +178,27 @@ def test_decoding_runs_ahead_on_threads_and_keeps_example_order(tmp_path: Path):
     assert np.array_equal(streamed.kept, np.arange(len(clips)))
     expected = extract_features(waveform_chunks(clips), len(clips), CONFIG)
     assert np.array_equal(np.asarray(streamed.frames), expected.frames)
+
+
+def test_files_of_a_build_killed_part_way_are_removed_by_the_next_build(
+        speech_dir: Path, tmp_path: Path):
+    """A build killed by SIGKILL (the OOM killer) never reaches its cleanup; the next build of
+    the entry removes what it left, and leaves alone a build of this host that is running."""
+    examples = load_speech_commands(speech_dir, SplitConfig(), AUDIO).examples["train"]
+    cache_dir = tmp_path / "cache"
+    split_features(examples, speech_dir, CONFIG, cache_dir)
+    [data_file] = cache_dir.glob("*.f32")
+    key = data_file.stem
+    for path in (data_file, data_file.with_suffix(".json")):
+        path.unlink()
+    prefix = FeatureCache.temporary_prefix(key)
+    dead = subprocess.Popen(["true"])  # a process that has ended
+    dead.wait()
+    left = {cache_dir / f"{prefix}.{dead.pid}.f32", cache_dir / f"{prefix}.{dead.pid}.json"}
+    running = cache_dir / f"{prefix}.{os.getppid()}.f32"  # a live process of this host
+    for path in (*left, running):
+        path.write_bytes(b"partial")
+    assert set(FeatureCache(cache_dir).abandoned_files(key)) == left
+    rebuilt = split_features(examples, speech_dir, CONFIG, cache_dir)
+    assert not rebuilt.from_cache and not any(path.exists() for path in left)
+    assert running.exists()
