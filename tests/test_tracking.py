@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 from contextlib import closing
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from models.baseline import TfidfConfig, build_tfidf_logreg
 from pipelines import evaluation, tracking
 from pipelines.errors import SetupError
-from pipelines.tracking import registry
+from pipelines.tracking import leases, registry
 
 
 def log_tiny_model(folder: Path) -> str:
@@ -162,6 +163,33 @@ def test_a_run_stopped_after_its_version_became_champion_is_resumed_as_champion(
                                               test_digest="d", data_digest="d")
     assert (again.version, again.promoted) == ("1", True)
     assert MlflowClient().get_run(run_id).data.tags["champion"] == "True"
+
+
+def test_the_promotion_queue_waits_only_for_a_version_whose_process_may_still_decide(
+        tmp_path: Path):
+    """A pending version is waited for while the run that registered it is RUNNING with a
+    live process (its lease); not once that run has ended, nor when its process is gone
+    (what SIGKILL leaves: the run RUNNING, its pid dead)."""
+    store = tmp_path / "mlruns"
+    tracking.connect(None, store)
+    client = MlflowClient()
+
+    def register_pending(run_id: str) -> object:
+        uri = log_tiny_model(tmp_path / "model")
+        return mlflow.register_model(uri, "model-x", tags={
+            registry.PROMOTION_STATE: registry.PENDING, registry.REGISTERED_BY: run_id})
+    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store) as run_id:
+        register_pending(run_id)
+        [pending] = client.search_model_versions("name='model-x'")
+        assert registry.may_still_decide(client, pending)  # this process, deciding
+    [pending] = client.search_model_versions("name='model-x'")
+    assert not registry.may_still_decide(client, pending)  # its run ended
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    client.update_run(run_id, "RUNNING")
+    client.set_tag(run_id, leases.PID, str(dead.pid))  # killed: RUNNING, its process gone
+    assert not registry.may_still_decide(client, pending)
+    registry.wait_for_earlier_promotions(client, "model-x", 2)  # returns: nothing to wait for
 
 
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"),

@@ -13,6 +13,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipelines.errors import SetupError
+from pipelines.tracking import leases
 from pipelines.tracking.runs import set_tags
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,32 @@ def current_champion(client: MlflowClient, name: str) -> Any | None:
 PROMOTION_STATE = "promotion_state"  # version tag: "pending" until its champion decision
 PENDING, DECIDED, INTERRUPTED = "pending", "decided", "interrupted"
 REGISTERED_BY = "registered_by_run"  # version tag: the run that registered it (one per run)
-STALE_PENDING_SECONDS = 300  # a pending version older than this was left by a dead process
+# a pending version whose run holds no lease (`leases`) and is older than this is taken for
+# one left by a dead process
+STALE_PENDING_SECONDS = 300
 QUEUE_POLL_SECONDS = 0.2
+
+
+def may_still_decide(client: MlflowClient, version: Any) -> bool:
+    """Whether the process deciding a pending `version` may still be alive: the run that
+    registered it is RUNNING and its lease says its process is alive (on this host: the pid
+    with its start time; on another, a heartbeat within `leases.LEASE_SECONDS`). A run that
+    ended, or whose process is gone, will not decide it (until that run is resumed, which
+    marks it pending again). A run without a lease is judged by the version's age."""
+    run_id = version.tags.get(REGISTERED_BY)
+    try:
+        run = client.get_run(run_id) if run_id else None
+    except MlflowException:  # the run was deleted
+        return False
+    if run is None or leases.HOST not in run.data.tags:
+        return time.time() * 1000 - version.creation_timestamp < STALE_PENDING_SECONDS * 1000
+    if run.info.status != "RUNNING":
+        return False
+    try:
+        leases.holder_is_gone(run_id, run.data.tags)
+    except SetupError:  # alive, or may be
+        return True
+    return False
 
 
 def wait_for_earlier_promotions(client: MlflowClient, name: str, version: int) -> None:
@@ -104,14 +130,13 @@ def wait_for_earlier_promotions(client: MlflowClient, name: str, version: int) -
 
     The store numbers a registered model's versions atomically, so a version number is a
     ticket: promotions are decided one at a time, in version order, even by processes on
-    different machines sharing one tracking server. A pending version older than
-    STALE_PENDING_SECONDS (its process died mid-decision) is no longer waited for.
+    different machines sharing one tracking server. A pending version whose process is gone
+    (`may_still_decide`) is no longer waited for.
     """
     while True:
-        now_ms = time.time() * 1000
         earlier = [v for v in client.search_model_versions(f"name='{name}'")
                    if int(v.version) < version and v.tags.get(PROMOTION_STATE) == PENDING
-                   and now_ms - v.creation_timestamp < STALE_PENDING_SECONDS * 1000]
+                   and may_still_decide(client, v)]
         if not earlier:
             return
         log.info("waiting for the champion decision of %s v%s", name,
@@ -160,6 +185,8 @@ def register_and_promote(
         number = str(earlier.version)
         log.info("run %s already registered %s v%s; deciding its promotion", run_id, name,
                  number)
+        # in the queue again: later versions wait for its decision
+        client.set_model_version_tag(name, number, PROMOTION_STATE, PENDING)
     else:
         tags = {key: repr(float(value)) for key, value in metrics.items() if key in
                 ("test_accuracy", "test_macro_f1", "test_roc_auc")}
