@@ -43,11 +43,16 @@ def check_request(sizes: Sequence[int], max_bytes: int, what: str) -> None:
             f"send; send fewer or shorter inputs")
 
 
+def is_waveform(value: Any) -> bool:
+    """Whether a `waveform` value is a sequence of samples (a list or array, not a string)."""
+    return isinstance(value, Sequence | np.ndarray) and not isinstance(value, str | bytes)
+
+
 def speech_row_bytes(row: dict) -> int:
     """A row's audio bytes plus WAVEFORM_SAMPLE_BYTES per waveform sample (from `len`)."""
     audio, waveform = row.get("audio"), row.get("waveform")
     size = len(audio) if isinstance(audio, bytes | bytearray) else 0
-    if isinstance(waveform, Sequence | np.ndarray) and not isinstance(waveform, str | bytes):
+    if is_waveform(waveform):
         size += len(waveform) * WAVEFORM_SAMPLE_BYTES
     return size
 

@@ -51,6 +51,7 @@ from pipelines.request_bounds import (
     SPEECH_MAX_REQUEST_BYTES,
     TEXT_MAX_REQUEST_BYTES,
     check_request,
+    is_waveform,
     speech_row_bytes,
     text_bytes,
 )
@@ -193,7 +194,7 @@ class SpeechPredictor:
         if isinstance(rate, bool) or not isinstance(rate, int | float | np.number) or not rate > 0:
             raise AudioDecodeError("waveform: needs a positive sample_rate (Hz)")
         rate = check_sample_rate(float(rate), "waveform")
-        if not isinstance(waveform, Sequence | np.ndarray) or isinstance(waveform, str | bytes):
+        if not is_waveform(waveform):
             raise AudioDecodeError("waveform: expected a 1-D array of numbers")
         self.check_duration("waveform", len(waveform) / rate)
         try:
