@@ -281,7 +281,7 @@ def store_waveforms(
     with RowSink(out, total, (clip_samples,)) as sink:
         for task in chunks:
             chunk = task()
-            skipped += chunk.skipped
+            skipped += chunk.skipped  # the feature stage's own skips, which it logs
             sink.write(chunk.waveforms)
             kept += chunk.kept
     empty = np.zeros(0)
