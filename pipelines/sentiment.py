@@ -241,13 +241,14 @@ def training_batches(config: SentimentConfig, ids: Splits) -> TrainingBatches:
     configured."""
     strategy, classes = config.run.strategy, len(ids.labels)
     batch = distribute.global_batch_size(config.optim.batch_size, strategy)
-    seeds = {"train": config.optim.seed, "validation": None}  # only training is shuffled
-    train, validation = (
-        bucketed_dataset(ids.x[split], token_lengths(ids.x[split]), ids.y[split], batch,
-                         classes, buckets=config.tokens.buckets, shuffle_seed=seeds[split])
-        if config.tokens.bucketing else
-        make_dataset(ids.x[split], ids.y[split], batch, classes, shuffle_seed=seeds[split])
-        for split in ("train", "validation"))
+
+    def batches(split: str, seed: int | None):  # a tf.data.Dataset; only training shuffles
+        x, y = ids.x[split], ids.y[split]
+        if config.tokens.bucketing:
+            return bucketed_dataset(x, token_lengths(x), y, batch, classes,
+                                    buckets=config.tokens.buckets, shuffle_seed=seed)
+        return make_dataset(x, y, batch, classes, shuffle_seed=seed)
+    train, validation = batches("train", config.optim.seed), batches("validation", None)
     # the epoch's batches as the dataset counts them: with buckets, each bucket's last batch
     # may be partial, so up to `buckets` more than examples / batch size
     return TrainingBatches(train, validation, int(train.cardinality()),
