@@ -26,6 +26,10 @@ from pipelines.errors import ConfigError, DataNotFoundError, SetupError
 
 log = logging.getLogger(__name__)
 
+# the tasks' reference models (TensorFlow's tutorial CNN, the TF-IDF baseline): registered
+# only where they become champion, so that they never crowd the registry
+REFERENCE_MODELS = frozenset({"tutorial-cnn", "tfidf-logreg"})
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
@@ -257,11 +261,11 @@ class TrackedRun:
         distribute.check_workers_agree(self.config.run.strategy, options, digest)
 
     def register(self, model_uri: str, metrics: Mapping[str, float], *, test_digest: str,
-                 data_digest: str, only_if_champion: bool = False) -> dict:
-        """Registers the model (unless `--no-register`) and applies the champion rule.
-
-        Args:
-            only_if_champion: Keep it registered only if it becomes champion (references).
+                 data_digest: str) -> dict:
+        """Registers the model (unless `--no-register`) and applies the champion rule; a
+        reference model (REFERENCE_MODELS) stays registered only if it becomes champion. The
+        registered model's description names the classes (the run's, or for a sweep's parent
+        run, which reads no data, the model's).
 
         Returns:
             The data digests, and unless registration is off, registered_version (None when
@@ -274,8 +278,9 @@ class TrackedRun:
         tracking.log_model_metrics(model_uri, metrics)
         promotion = tracking.register_and_promote(
             model_uri, name, metrics=metrics, test_digest=test_digest, data_digest=data_digest,
-            only_if_champion=only_if_champion,
-            model_description=descriptions.model_description(self.pipeline, name, self.labels))
+            only_if_champion=self.config.model.model in REFERENCE_MODELS,
+            model_description=descriptions.model_description(
+                self.pipeline, name, self.labels or tracking.model_labels(model_uri)))
         return digests | {"registered_version": promotion.version,
                           "champion": promotion.promoted, "promotion_reason": promotion.reason}
 

@@ -150,8 +150,7 @@ def run(config: SpeechConfig) -> dict:
         metrics = test.metrics | fit_metrics
         model_uri = log_model(fitted.model, data.splits.labels, config.features)
         registered = tracked.register(model_uri, metrics, test_digest=data.lineage.test_digest,
-                                      data_digest=data.lineage.data_digest,
-                                      only_if_champion=config.model.model == "tutorial-cnn")
+                                      data_digest=data.lineage.data_digest)
         return tracked.result(metrics | registered | {
             "model_uri": model_uri, "model": config.model.model,
             "feature_seconds": feature_seconds, "features_from_cache": data.lineage.from_cache,

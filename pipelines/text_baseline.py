@@ -44,4 +44,4 @@ def fit_baseline(config: TfidfConfig, seed: int, data: ReviewData, tracked: Trac
         model_uri = tracking.log_text_classifier(path, splits.labels)
     return metrics | {"model_uri": model_uri} | tracked.register(
         model_uri, metrics, test_digest=data.lineage.test_digest,
-        data_digest=data.lineage.data_digest, only_if_champion=True)
+        data_digest=data.lineage.data_digest)

@@ -59,6 +59,9 @@ def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_
     versions = client.search_model_versions("name = 'speech-commands'")
     assert [version.run_id for version in versions] == [best_run.info.run_id]
     assert str(client.get_model_version_by_alias("speech-commands", "champion").version) == "1"
+    # the registered model's description names the classes (the parent run reads no data)
+    description = client.get_registered_model("speech-commands").description
+    assert "**Classes** (12): `_silence_`, `_unknown_`, `yes`" in description
 
 
 def test_sweep_rejects_a_space_naming_unknown_options(tmp_path: Path):

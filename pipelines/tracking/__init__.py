@@ -47,6 +47,7 @@ from pipelines.tracking.served_models import (
     log_speech_classifier,
     log_text_classifier,
     log_to_model_run,
+    model_labels,
     model_run_files,
     model_run_params,
 )
@@ -57,7 +58,7 @@ __all__ = [
     "check_tracking", "connect", "current_champion", "download_artifacts", "find_runs",
     "interrupted_run", "link_evaluation", "load_served_model", "local_store_uri",
     "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics",
-    "model_run_files", "model_run_params", "log_model_metrics", "log_params",
+    "model_labels", "model_run_files", "model_run_params", "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_model_run",
     "model_version_of", "redact", "register_and_promote", "run_tags",
     "set_tags", "tracked_run",
