@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.errors import ConfigError
+from features.errors import ConfigError, require_at_least
 from features.mfcc import MfccConfig, extractor
 
 
@@ -45,10 +45,9 @@ class AugmentConfig:
     def __post_init__(self):
         if not 0 <= self.speed_change < 1:
             raise ConfigError(f"speed_change must be within [0, 1), got {self.speed_change}")
-        for name in ("time_shift_ms", "noise_volume", "time_masks", "time_mask_frames",
-                     "freq_masks", "freq_mask_bins"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, dict.fromkeys(("time_shift_ms", "noise_volume", "time_masks",
+                                              "time_mask_frames", "freq_masks",
+                                              "freq_mask_bins"), 0))
         if not 0 <= self.noise_prob <= 1:
             raise ConfigError(f"noise_prob must be within [0, 1], got {self.noise_prob}")
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # no space, file-size limit, quota
 
@@ -22,6 +24,24 @@ class PipelineError(Exception):
 
 class ConfigError(PipelineError, ValueError):
     """An option value outside what it accepts, or options that cannot be combined."""
+
+
+def require_at_least(config: Any, minimums: Mapping[str, float]) -> None:
+    """Raises ConfigError naming the first of `config`'s options below its minimum, or not a
+    finite number."""
+    for name, low in minimums.items():
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= low):
+            raise ConfigError(f"{name} must be a number >= {low:g}, got {value}")
+
+
+def require_positive(config: Any, names: Sequence[str]) -> None:
+    """Raises ConfigError naming the first of `config`'s options that is not a finite
+    number > 0."""
+    for name in names:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be a number > 0, got {value}")
 
 
 class DataError(PipelineError, ValueError):

@@ -10,9 +10,9 @@ import numpy as np
 import scipy.fft
 import tensorflow as tf
 
-from features.audio import AudioSpec
+from features.audio import MIN_SAMPLE_RATE, AudioSpec
 from features.batching import padded_calls
-from features.errors import ConfigError
+from features.errors import ConfigError, require_at_least, require_positive
 from features.mfcc_layer import MfccLayer, mfcc_from_waveforms
 
 
@@ -36,6 +36,16 @@ class MfccConfig:
     fmax: float = field(default=8000.0, metadata={"help": "highest mel frequency (Hz)"})
     top_db: float = field(default=80.0, metadata={
         "help": "dynamic range kept below each clip's loudest log-mel value (dB)"})
+
+    def __post_init__(self):
+        require_positive(self, ("clip_seconds", "window_ms", "hop_ms", "fmax", "top_db"))
+        require_at_least(self, {"sample_rate": MIN_SAMPLE_RATE, "n_mels": 1, "n_mfcc": 1,
+                                "fmin": 0})
+        if self.hop_length < 1:
+            raise ConfigError(f"hop_ms={self.hop_ms:g} is under one sample at "
+                              f"{self.sample_rate} Hz")
+        if self.fmin >= self.fmax:
+            raise ConfigError(f"fmin={self.fmin:g} must be below fmax={self.fmax:g}")
 
     @property
     def audio(self) -> AudioSpec:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from features.audio import AudioSpec, audio_info
-from features.errors import ConfigError, DataError, DataNotFoundError
+from features.errors import ConfigError, DataError, DataNotFoundError, require_at_least
 from features.speech_splits import (
     assign_splits,
     content_hashes,
@@ -74,9 +74,7 @@ class SplitConfig:
         for name in ("validation_pct", "test_pct"):
             if not 0 <= getattr(self, name) < 100:
                 raise ConfigError(f"{name} must be within [0, 100), got {getattr(self, name)}")
-        for name in ("unknown_pct", "silence_pct"):
-            if not 0 <= getattr(self, name) < math.inf:
-                raise ConfigError(f"{name} must be a number >= 0, got {getattr(self, name)}")
+        require_at_least(self, {"unknown_pct": 0, "silence_pct": 0})
         if not 0 < self.silence_rms_min <= self.silence_rms_max < math.inf:
             raise ConfigError("silence_rms_min and silence_rms_max must be levels with 0 < min "
                               f"<= max, got {self.silence_rms_min} and {self.silence_rms_max}")

@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse
 import tensorflow as tf
 
-from features.errors import ConfigError
+from features.errors import ConfigError, require_at_least
 from features.imdb import HTML_TAG, HTML_TAG_RE
 from features.splits import Splits
 
@@ -47,6 +47,9 @@ class TokenConfig:
         "help": "batch reviews of similar length together, padding each batch only to its "
                 "bucket's length"})
     buckets: int = field(default=8, metadata={"help": "length buckets for --bucketing"})
+
+    def __post_init__(self):  # the padding id, the OOV id and one token at least
+        require_at_least(self, {"vocabulary_size": 3, "sequence_length": 1, "buckets": 1})
 
 
 def review_text(text: str | bytes) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from features.errors import ConfigError
+from features.errors import ConfigError, require_at_least
 
 CELLS = ("gru", "lstm")
 POOLINGS = ("mean", "max", "mean-max", "attention")
@@ -30,6 +30,11 @@ class RecurrentConfig:
         "help": "dropout after each recurrent layer and before the head"})
     pooling: str = field(metadata={"help": "pooling over time", "choices": POOLINGS})
     dense_units: int = field(metadata={"help": "hidden units of the dense head (0: none)"})
+
+    def __post_init__(self):
+        require_at_least(self, {"units": 1, "depth": 1, "dense_units": 0})
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be within [0, 1), got {self.dropout}")
 
 
 def recurrent_layer(cell: str, units: int, name: str) -> keras.layers.Layer:

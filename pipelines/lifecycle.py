@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from features.errors import require_at_least
 from features.splits import Lineage, Splits
 from pipelines import checkpoints, descriptions, distribute, evaluation, tracking
 from pipelines.config import TaskConfig, config_from_params, validate_choices
@@ -65,6 +66,9 @@ class RunConfig:
                 "logical CPU device (mirrored), or MultiWorkerMirroredStrategy over the workers "
                 "TF_CONFIG names, of which only the chief logs and registers (multi-worker)",
         "choices": distribute.STRATEGIES})
+
+    def __post_init__(self):
+        require_at_least(self, {"sweep": 0})
 
     def writable_folders(self) -> dict[str, str]:
         return {"checkpoint folder": self.checkpoint_dir}

@@ -143,6 +143,30 @@ def test_unknown_option_names_and_values_fail_loudly():
         SpeechConfig.from_options(speed_change=1.5)  # the stage validates itself
 
 
+@pytest.mark.parametrize(("task", "flags", "message"), [
+    (speech, ["--hop-ms", "0.01"], "hop_ms=0.01 is under one sample at 16000 Hz"),
+    (speech, ["--hop-ms", "-5"], "hop_ms must be a number > 0, got -5.0"),
+    (speech, ["--top-db", "-10"], "top_db must be a number > 0, got -10.0"),
+    (speech, ["--n-mfcc", "0"], "n_mfcc must be a number >= 1, got 0"),
+    (speech, ["--fmin", "9000"], "fmin=9000 must be below fmax=8000"),
+    (speech, ["--units", "0"], "units must be a number >= 1, got 0"),
+    (speech, ["--dropout", "1.5"], "dropout must be within [0, 1), got 1.5"),
+    (speech, ["--time-shift-ms", "nan"], "time_shift_ms must be a number >= 0, got nan"),
+    (speech, ["--noise-volume", "inf"], "noise_volume must be a number >= 0, got inf"),
+    (speech, ["--sweep", "-2"], "sweep must be a number >= 0, got -2"),
+    (sentiment, ["--buckets", "0"], "buckets must be a number >= 1, got 0"),
+    (sentiment, ["--sequence-length", "0"], "sequence_length must be a number >= 1, got 0"),
+])
+def test_options_out_of_range_are_usage_errors_before_any_run(task, flags, message,
+                                                              tmp_path: Path, capsys):
+    """Named with the value, exit 2, no traceback, and nothing made: no store, no run."""
+    store = tmp_path / "mlruns"
+    assert task.main(["--data-dir", str(tmp_path), "--store-dir", str(store), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not store.exists()
+
+
 def test_the_schedule_scales_with_the_training_examples():
     optim = SpeechConfig().optim
     assert training.scheduled(optim, 2_700).epochs == 120  # the shared data: --epochs binds
