@@ -150,12 +150,16 @@ def read_split_folder(data_dir: Path, split: str, *, drop_duplicates: bool = Tru
 
 def read_review_files(data_dir: Path, files: Iterable[Path], label: str, reviews: list[Review],
                       skipped: list[tuple[str, str]], replaced: list[str]) -> None:
-    """Appends each file's review to `reviews`, or its (path, reason) to `skipped` when it has
-    no text (empty, or nothing outside HTML tags); paths with replaced bytes go to
-    `replaced`. Paths are relative to `data_dir`."""
+    """Appends each file's review to `reviews`, or its (path, reason) to `skipped` when it
+    cannot be read or has no text (empty, or nothing outside HTML tags); paths with replaced
+    bytes go to `replaced`. Paths are relative to `data_dir`."""
     for path in files:
         relative = path.relative_to(data_dir).as_posix()
-        text, was_replaced = read_review(path)
+        try:
+            text, was_replaced = read_review(path)
+        except OSError as error:  # unreadable (permissions), or a folder named *.txt
+            skipped.append((relative, f"cannot be read ({error.strerror or error})"))
+            continue
         if not text.strip():
             skipped.append((relative, "empty review"))
             continue

@@ -98,9 +98,10 @@ def prepare_run(config: TaskConfig, pipeline: str) -> TaskConfig:
     config = join_cluster(config)
     run = config.run
     tracking.check_tracking(run.tracking_uri)
-    if not run.tracking_uri or run.tracking_uri.startswith("sqlite:"):
-        require_writable_dir(run.store_dir if not run.tracking_uri else
-                             Path(run.tracking_uri.removeprefix("sqlite:///")).parent,
+    if not run.tracking_uri:
+        require_writable_dir(run.store_dir, "MLflow store folder")
+    elif run.tracking_uri.startswith("sqlite:///"):  # a database file (not sqlite:// in memory)
+        require_writable_dir(Path(run.tracking_uri.removeprefix("sqlite:///")).parent,
                              "MLflow store folder")
     if run.resume:
         config = resumed_config(config, pipeline)

@@ -37,13 +37,15 @@ def test_validation_is_stratified_seeded_and_disjoint_from_train(imdb_dir: Path)
     assert first.digest("test") == other.digest("test")
 
 
-def test_undecodable_bytes_are_replaced_and_empty_reviews_skipped(imdb_dir: Path):
+def test_undecodable_bytes_are_replaced_and_empty_or_unreadable_reviews_skipped(imdb_dir: Path):
     (imdb_dir / "train" / "pos" / "100_9.txt").write_bytes(b"Caf\xe9 scenes were great")
     (imdb_dir / "train" / "neg" / "101_2.txt").write_text("  \n\t ")
     (imdb_dir / "test" / "neg" / "102_1.txt").write_bytes(b"")
+    (imdb_dir / "test" / "neg" / "103_2.txt").mkdir()  # a folder named as a review: unreadable
     data = load_imdb(imdb_dir, validation_pct=25, seed=0)
     assert data.skipped == [("train/neg/101_2.txt", "empty review"),
-                            ("test/neg/102_1.txt", "empty review")]
+                            ("test/neg/102_1.txt", "empty review"),
+                            ("test/neg/103_2.txt", "cannot be read (Is a directory)")]
     assert data.replaced == ["train/pos/100_9.txt"]
     texts = [r.text for split in ("train", "validation") for r in data.splits[split]]
     assert "Caf\ufffd scenes were great" in texts
