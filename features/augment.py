@@ -3,7 +3,7 @@
 Applied to training batches only (evaluation and serving never see it), the way TensorFlow's
 speech_commands example does it, with speed perturbation added: each clip is played at a
 random speed within `speed_change` of 1, shifted in time by up to `time_shift_ms`, a
-random one-second stretch of a `_background_noise_` recording is mixed in with probability
+random clip-length stretch of a `_background_noise_` recording is mixed in with probability
 `noise_prob` at a volume drawn uniformly from [0, `noise_volume`], and after the MFCC frames
 are computed, SpecAugment (Park et al. 2019) blanks a few random runs of frames and of
 coefficients. Blanked values are set to the training mean, which the model's normalisation
@@ -136,7 +136,7 @@ def spec_augment(frames: np.ndarray, config: AugmentConfig, fill: np.ndarray,
 
 
 class ClipAugmenter:
-    """Waveforms in, augmented MFCC frames out: shift, noise, MFCC, SpecAugment."""
+    """Waveforms in, augmented MFCC frames out: speed, shift, noise, MFCC, SpecAugment."""
 
     def __init__(self, config: AugmentConfig, mfcc: MfccConfig, noise: Sequence[np.ndarray],
                  fill: np.ndarray):

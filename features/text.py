@@ -1,4 +1,5 @@
-"""Reviews to token ids with Keras' TextVectorization: one standardisation, one vocabulary.
+"""Reviews to token ids with Keras' TextVectorization (`standardize_review`, one vocabulary),
+and the TF-IDF baseline's own standardisation (`strip_html_lower`).
 
 The vocabulary is fitted on the training split only. Id 0 is padding and id 1 the
 out-of-vocabulary token; sequences are truncated or right-padded to a fixed length, which keeps

@@ -97,9 +97,9 @@ def blend_probabilities(logit, recurrent, weight: float, space: str = "logit"):
 @keras.saving.register_keras_serializable(package="models")
 class BlendProbabilities(keras.layers.Layer):
     """The blended model's output layer: `blend_probabilities` with a fixed weight, in the
-    given space (a saved model without one blends probabilities)."""
+    given space ("logit", as `blended_model` builds it, or "probability")."""
 
-    def __init__(self, weight: float, space: str = "probability", **kwargs):
+    def __init__(self, weight: float, space: str, **kwargs):
         super().__init__(**kwargs)
         self.weight = float(weight)
         self.space = space
@@ -113,6 +113,11 @@ class BlendProbabilities(keras.layers.Layer):
 
     def get_config(self):
         return super().get_config() | {"weight": self.weight, "space": self.space}
+
+    @classmethod
+    def from_config(cls, config):
+        # a model saved without a space blends probabilities
+        return cls(**{"space": "probability"} | config)
 
 
 def ngram_branch(vectorizer: keras.layers.Layer, coefficients: Sequence[float] | np.ndarray,

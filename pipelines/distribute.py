@@ -277,8 +277,9 @@ THROWAWAY: list[Path] = []  # this process's throwaway stores (throwaway_store)
 
 
 def throwaway_store() -> Path:
-    """A folder for the MLflow store and checkpoints of a worker that is not the chief: made
-    on first use (after the cluster formed), removed at exit (and by `remove_throwaway`)."""
+    """Where a worker that is not the chief keeps its MLflow store and checkpoints: a new
+    path under the temporary folder (the folder is made by what first writes into it), removed
+    at exit if it was made (and by `remove_throwaway`)."""
     me = worker(MULTI_WORKER)
     scratch = Path(tempfile.gettempdir()) / (
         f"pipelines-{me.task_type}-{me.task_id}-{os.getpid()}-{secrets.token_hex(4)}")

@@ -122,6 +122,8 @@ def pretraining_key(config: PretrainConfig, corpus: Corpus, *, vocabulary_size: 
                  "embedding_dim": embedding_dim, "most_tokens": MOST_TOKENS,
                  "pretraining": {name: value for name, value in dataclasses.asdict(config).items()
                                  if name != "pretrain"},
+                 # a change to standardize_review's rules must bump FORMAT: only the name is
+                 # hashed here
                  "standardize": "features.text.standardize_review", "format": FORMAT}
     return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()[:24]
 

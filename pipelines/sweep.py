@@ -8,6 +8,7 @@ trial's model then goes through the same champion rule as a single run.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -69,7 +70,7 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
     with lifecycle.tracked_run(config, f"{pipeline}-sweep") as parent:
         tracking.log_params(config.options())
         tracking.log_params({f"space.{name}": describe(dist) for name, dist in space.items()})
-        tracking.log_dict({name: {"distribution": type(dist).__name__, **dist._asdict()}
+        tracking.log_dict({name: json.loads(dists.distribution_to_json(dist))
                            for name, dist in space.items()}, "sweep/search_space.json")
         results: dict[int, dict] = {}
         failure = None  # the last trial's error, named if every trial fails

@@ -52,6 +52,10 @@ def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_
             assert parent.data.params[f"best.{name}"] == value
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert artifacts == {"sweep/search_space.json", "sweep/trials.json"}
+    space = json.loads(Path(client.download_artifacts(
+        parent.info.run_id, "sweep/search_space.json", str(tmp_path))).read_text())
+    assert space["units"] == {"name": "IntDistribution", "attributes": {
+        "log": False, "step": 32, "low": 32, "high": 128}}  # Optuna's own JSON form
     table = json.loads(Path(client.download_artifacts(
         parent.info.run_id, "sweep/trials.json", str(tmp_path))).read_text())
     assert len(table["data"]) == 2 and "params_units" in table["columns"]
