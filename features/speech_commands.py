@@ -167,7 +167,8 @@ def list_word_clips(data_dir: Path) -> dict[str, list[str]]:
     words = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
     if not words:
         raise DataError(f"{data_dir}: no word folders found (expected <word>/*.wav)")
-    clips = {word_dir.name: sorted(f"{word_dir.name}/{p.name}" for p in word_dir.glob("*.wav"))
+    clips = {word_dir.name: sorted(f"{word_dir.name}/{p.name}" for p in word_dir.glob("*.wav")
+                                   if not p.is_dir())
              for word_dir in words}
     if not any(clips.values()):
         raise DataError(f"{data_dir}: no word folder holds .wav files (expected <word>/*.wav)")

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from features.errors import DataError
 from features.splits import SPLITS
 
 LIST_FILES = {"validation": "validation_list.txt", "test": "testing_list.txt"}
@@ -87,18 +88,13 @@ def assign_splits(
                     if len(listed) == 2 else [])
     splits: dict[str, list[str]] = {split: [] for split in SPLITS}
     for clip in clips:
-        hashed = None
-        split = "train"
-        for name in ("test", "validation"):
-            if lists[name] is not None:
-                if clip in lists[name]:
-                    split = name
-                    break
-            else:
-                hashed = hashed or which_set(clip, validation_pct, test_pct)
-                if hashed == name:
-                    split = name
-                    break
+        listed_in = [name for name in ("test", "validation")
+                     if lists[name] is not None and clip in lists[name]]
+        if listed_in:  # test first, for a clip on both lists
+            split = listed_in[0]
+        else:  # the hash places clips only in a split whose list is missing
+            hashed = which_set(clip, validation_pct, test_pct)
+            split = hashed if hashed != "train" and lists[hashed] is None else "train"
         splits[split].append(clip)
     missing_lists = [LIST_FILES[name] for name, names in lists.items() if names is None]
     method = ("lists" if not missing_lists
@@ -108,11 +104,19 @@ def assign_splits(
 
 def content_hashes(data_dir: Path, clips: list[str]) -> dict[str, str]:
     """SHA-256 of the bytes of each clip (hex): what duplicate removal compares and the data
-    digests are made of."""
+    digests are made of.
+
+    Raises:
+        DataError: A clip cannot be read (permissions, a folder named like a clip), named.
+    """
     hashes = {}
     for clip in clips:
-        with open(data_dir / clip, "rb") as handle:
-            hashes[clip] = hashlib.file_digest(handle, "sha256").hexdigest()
+        try:
+            with open(data_dir / clip, "rb") as handle:
+                hashes[clip] = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as error:
+            raise DataError(f"{data_dir / clip}: cannot be read ({error.strerror or error})"
+                            ) from None
     return hashes
 
 

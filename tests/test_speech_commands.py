@@ -270,3 +270,22 @@ def test_a_damaged_noise_recording_is_named(speech_dir: Path):
     (speech_dir / "_background_noise_" / "broken.wav").write_bytes(b"RIFF not really a wav")
     with pytest.raises(DataError, match=r"_background_noise_/broken\.wav: not decodable audio"):
         load_speech_commands(speech_dir, SplitConfig(), AUDIO)
+
+
+def test_a_clip_on_the_one_list_present_stays_in_its_split_whatever_its_hash(
+        speech_dir: Path):
+    """With testing_list.txt missing, a clip validation_list.txt names is validation data even
+    where its speaker hashes into the test share."""
+    (speech_dir / "testing_list.txt").unlink()
+    speaker = next(s for s in (f"{n:08x}" for n in range(2000))
+                   if which_set(f"{s}_nohash_0.wav", 30, 30) == "test")
+    listed = f"yes/{speaker}_nohash_0.wav"
+    write_wav(speech_dir / listed, tone(700, seed=99))
+    with open(speech_dir / "validation_list.txt", "a") as lists:
+        lists.write(listed + "\n")
+    (speech_dir / "no" / "folder.wav").mkdir()  # a folder named like a clip is no clip
+    data = load_speech_commands(
+        speech_dir, SplitConfig(task="all-words", validation_pct=30, test_pct=30), AUDIO)
+    assert listed in {e.path for e in data.examples["validation"]}
+    assert listed not in {e.path for split in ("train", "test") for e in data.examples[split]}
+    assert all("folder.wav" not in e.path for split in data.examples.values() for e in split)
