@@ -94,5 +94,5 @@ the default speech run prepares its data (training waveforms included)."""
         raise RuntimeError("the second run did not read the feature cache")
     return [Figure("cache", f"features of a second run ({clips} clips, all splits)", times[1],
                    "s", "first run, empty cache", times[0], higher_is_better=False,
-                   goal="~0 s", note="one run each; listing the folder and hashing file "
-                   "stats is all the second run does")]
+                   goal="~0 s", note="one run each; the second run lists the folder, hashes "
+                   "each clip's bytes (duplicates, digests) and maps the cached frames")]

@@ -9,8 +9,7 @@ import keras
 import numpy as np
 
 from benchmarks.suite import Figure, Options
-from features.imdb import load_imdb
-from features.review_data import review_data
+from features.review_data import read_reviews, review_data
 from features.speech_data import prepare_speech_data
 from features.text import encode_reviews, fit_vectorizer
 from pipelines import sentiment, speech, training
@@ -133,14 +132,15 @@ def sentiment_training(options: Options) -> list[Figure]:
     config = SentimentConfig.from_options(data_dir=str(data_dir),
                                           store_dir=str(options.work_dir / "mlruns"),
                                           register=False)
-    imdb = load_imdb(data_dir, validation_pct=config.source.validation_pct,
-                     seed=config.source.data_seed)
-    if options.quick:  # a slice of each split, one epoch
+    # read as a default run reads them: the unlabelled reviews too, for the pretraining
+    imdb = read_reviews(config.source, unlabelled=sentiment.pretrains(config))
+    if options.quick:  # a slice of each split and of the unlabelled reviews, one epoch
         rng = np.random.default_rng(0)
         for split, size in (("train", 2000), ("validation", 500), ("test", 1000)):
             reviews = imdb.splits[split]
             imdb.splits[split] = [reviews[i] for i in
                                   sorted(rng.choice(len(reviews), size, replace=False))]
+        imdb.unlabelled = imdb.unlabelled[:2000]
         config = config.replace(epochs=1)
     result = sentiment.run(config, imdb)
 

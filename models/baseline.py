@@ -8,7 +8,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from features.errors import ConfigError
+from features.errors import require_at_least, require_positive
 from features.text import strip_html_lower
 
 
@@ -21,6 +21,10 @@ class TfidfConfig:
         "help": "tfidf-logreg: drop n-grams in fewer training reviews"})
     logreg_c: float = field(default=10.0, metadata={
         "help": "tfidf-logreg: inverse L2 regularisation strength"})
+
+    def __post_init__(self):
+        require_at_least(self, {"max_ngram": 1, "min_df": 1})
+        require_positive(self, ("logreg_c",))
 
 
 def build_tfidf_logreg(config: TfidfConfig, *, seed: int, max_features: int | None = None
@@ -36,8 +40,6 @@ def build_tfidf_logreg(config: TfidfConfig, *, seed: int, max_features: int | No
     Returns:
         An unfitted scikit-learn pipeline with `fit(texts, y)` and `predict_proba(texts)`.
     """
-    if config.max_ngram < 1:
-        raise ConfigError(f"max_ngram must be at least 1, got {config.max_ngram}")
     return Pipeline([
         ("tfidf", TfidfVectorizer(preprocessor=strip_html_lower,
                                   ngram_range=(1, config.max_ngram), min_df=config.min_df,

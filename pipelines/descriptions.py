@@ -42,8 +42,8 @@ def run_description(name: str, values: Mapping[str, Any]) -> str:
     lines = [f"**{name}**"]
     if "test_accuracy" in values:
         lines.append(f"test accuracy {values['test_accuracy']:.2%}"
-                     + (f", validation {values['val_accuracy']:.2%}"
-                        if "val_accuracy" in values else "")
+                     + (f", validation {values['model_val_accuracy']:.2%}"
+                        if "model_val_accuracy" in values else "")
                      + (f" (recurrent alone {values['recurrent_test_accuracy']:.2%}, "
                         f"n-grams alone {values['ngram_test_accuracy']:.2%}, recurrent blend "
                         f"weight {values['recurrent_blend_weight']:.2f})"

@@ -97,15 +97,17 @@ class InterruptCallback(keras.callbacks.Callback):
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Defers signals to InterruptCallback while a Keras loop runs; a signal recorded but not
-    yet raised when the loop ends is raised on leaving the block."""
+    yet raised when the loop ends is raised on leaving the block, also when the loop ended
+    with another error (which it then carries as its context), so none is lost or raised
+    later in another loop."""
     global _deferring
     _deferring += 1
     try:
         yield
     finally:
         _deferring -= 1
-    if not _deferring:
-        raise_pending()
+        if not _deferring:
+            raise_pending()
 
 
 def at_batch_end(loop: Callable[..., T], *args, callbacks=(), **kwargs) -> T:

@@ -11,7 +11,7 @@ import pytest
 
 from pipelines import cli, sentiment, speech, training
 from pipelines.config import config_from_params
-from pipelines.descriptions import run_name
+from pipelines.descriptions import run_description, run_name
 from pipelines.sentiment import SentimentConfig
 from pipelines.speech import SpeechConfig
 
@@ -156,6 +156,9 @@ def test_unknown_option_names_and_values_fail_loudly():
     (speech, ["--sweep", "-2"], "sweep must be a number >= 0, got -2"),
     (sentiment, ["--buckets", "0"], "buckets must be a number >= 1, got 0"),
     (sentiment, ["--sequence-length", "0"], "sequence_length must be a number >= 1, got 0"),
+    (sentiment, ["--model", "tfidf-logreg", "--logreg-c", "0"],
+     "logreg_c must be a number > 0, got 0.0"),
+    (sentiment, ["--min-df", "0"], "min_df must be a number >= 1, got 0"),
 ])
 def test_options_out_of_range_are_usage_errors_before_any_run(task, flags, message,
                                                               tmp_path: Path, capsys):
@@ -189,3 +192,11 @@ def test_run_names_say_task_model_and_seed():
     assert run_name(SpeechConfig.from_options(sweep=8), "speech-sweep") == (
         "speech-crnn-bigru64-s0-sweep8")
     assert run_name(SpeechConfig.from_options(run_name="mine"), "speech") == "mine"
+
+
+def test_a_run_description_gives_the_kept_models_test_and_validation_accuracy():
+    text = run_description("speech-crnn-s0", {
+        "test_accuracy": 0.9, "model_val_accuracy": 0.85, "registered_version": "3",
+        "champion": True, "promotion_reason": "beats v2"})
+    assert "test accuracy 90.00%, validation 85.00%" in text
+    assert "registered as version 3: **champion** (beats v2)" in text

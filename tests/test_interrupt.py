@@ -173,3 +173,25 @@ def test_a_signal_during_a_keras_loop_is_raised_at_the_end_of_the_batch(deferred
         assert "raise_pending" in frames and "on_predict_batch_begin" not in frames
     else:  # without deferral the handler raises at once, inside the callback that signalled
         assert "on_predict_batch_begin" in frames and "raise_pending" not in frames
+
+
+class SignalThenFail(keras.callbacks.Callback):
+    """Sends SIGINT at the start of predict's batch 1, then fails before that batch ends."""
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        if batch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            raise RuntimeError("the loop failed after the signal")
+
+
+def test_a_signal_recorded_before_the_loop_fails_is_raised_not_kept_for_later():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    rows = np.ones((32, 4), "float32")
+    with interrupts.handle_interrupts():
+        with pytest.raises(KeyboardInterrupt) as raised:
+            interrupts.at_batch_end(model.predict, rows, batch_size=4, verbose=0,
+                                    callbacks=[SignalThenFail()])
+        assert isinstance(raised.value.__context__, RuntimeError)
+        # nothing left pending to surface in the next loop
+        assert interrupts.at_batch_end(model.predict, rows, batch_size=4, verbose=0).shape == (
+            32, 2)
