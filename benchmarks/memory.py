@@ -2,7 +2,7 @@
 time-shifted and mixed with background noise) built and trained on for one epoch.
 
 The suite runs this module in a child process so that its peak resident memory is its own:
-    python -m benchmarks.memory --clips 100000 --work-dir DIR [--data-dir ../shared/data]
+    python -m benchmarks.memory --clips 100000 --work-dir DIR --data-dir ../shared/data
 prints one JSON line of figures.
 """
 

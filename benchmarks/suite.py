@@ -76,7 +76,8 @@ class Options:
 
 @dataclass
 class Child:
-    """A finished child process: exit status, combined output, own peak RSS, wall time."""
+    """A finished child process (one that exited 0): combined output, own peak RSS, wall
+    time."""
 
     output: str
     peak_rss_gb: float
