@@ -61,11 +61,14 @@ def run_description(name: str, values: Mapping[str, Any]) -> str:
 
 SPEECH_INPUT = (
     "**Input** (pandas DataFrame, one row per clip): `audio` — the bytes of an audio file "
-    "(WAV, FLAC, OGG; any sample rate and channel count: mixed to mono, resampled to 16 kHz, "
-    "padded or cut to 1 s), or `waveform` — float samples — with `sample_rate` in Hz.  \n"
+    "(WAV, FLAC, OGG; any sample rate and channel count: mixed to mono, resampled and padded "
+    "or cut to the rate and clip length the model was trained at, in its "
+    "`artifacts/config.json`: 16 kHz and 1 s by default), or `waveform` — float samples — "
+    "with `sample_rate` in Hz.  \n"
     "**Output**: `label`, `probability_<class>` for every class, and `error` (why a row could "
     "not be used; its label and probabilities are then empty).  \n"
-    "**Keras**: `artifacts/classifier.keras` takes (batch, 16000) float waveforms at 16 kHz and "
+    "**Keras**: `artifacts/classifier.keras` takes (batch, clip samples) float waveforms at "
+    "that rate (16000 at the defaults) and "
     "returns class probabilities; load it with `keras.saving.load_model` after importing "
     "`features.mfcc_layer` and `models.recurrent` from the version's `code/` folder.")
 TEXT_INPUT = (
