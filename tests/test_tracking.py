@@ -39,6 +39,17 @@ def finish_run(store: Path, accuracy: float, test_digest: str = "digest-a") -> t
         )
 
 
+def register_in_a_stopped_run(store: Path, tmp_path: Path, accuracy: float) -> tuple[str, str]:
+    """Registers a tiny model in a run that a KeyboardInterrupt (from a step the caller
+    patched) stops; returns the run id and the model URI."""
+    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(
+            "exp", tracking_uri=None, store_dir=store) as run_id:
+        uri = log_tiny_model(tmp_path / "model")
+        tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": accuracy},
+                                      test_digest="d", data_digest="d")
+    return run_id, uri
+
+
 def champion_version(store: Path) -> str:
     tracking.connect(None, store)
     return str(MlflowClient().get_model_version_by_alias("model-x", "champion").version)
@@ -125,11 +136,7 @@ def test_registration_is_idempotent_per_run(tmp_path: Path, monkeypatch):
         raise KeyboardInterrupt  # Ctrl-C while the version waits for its decision
     with monkeypatch.context() as patch:
         patch.setattr(registry, "wait_for_earlier_promotions", interrupted)
-        with pytest.raises(KeyboardInterrupt), tracking.tracked_run(
-                "exp", tracking_uri=None, store_dir=store) as second_id:
-            uri = log_tiny_model(tmp_path / "model")
-            tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.9},
-                                          test_digest="d", data_digest="d")
+        second_id, uri = register_in_a_stopped_run(store, tmp_path, 0.9)
     with tracking.tracked_run("exp", tracking_uri=None, store_dir=store,
                               resume_run_id=second_id):
         decided = tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.9},
@@ -152,11 +159,7 @@ def test_a_run_stopped_after_its_version_became_champion_is_resumed_as_champion(
         return setting_tag(client, name, version, key, value)
     with monkeypatch.context() as patch:
         patch.setattr(MlflowClient, "set_model_version_tag", stop_after_the_alias)
-        with pytest.raises(KeyboardInterrupt), tracking.tracked_run(
-                "exp", tracking_uri=None, store_dir=store) as run_id:
-            uri = log_tiny_model(tmp_path / "model")
-            tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.8},
-                                          test_digest="d", data_digest="d")
+        run_id, uri = register_in_a_stopped_run(store, tmp_path, 0.8)
     assert champion_version(store) == "1"
     with tracking.tracked_run("exp", tracking_uri=None, store_dir=store, resume_run_id=run_id):
         again = tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.8},
