@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,18 +130,9 @@ class SpeechCommandsData:
     content_hashes: dict[str, str] = field(default_factory=dict)
 
     def digest(self, splits: tuple[str, ...] = SPLITS) -> str:
-        """A content digest of the given splits: each example's label, path and the SHA-256 of
-        its bytes (for silence, of the noise recording, with the window's offset and level),
-        so re-processed audio at the same paths is other data."""
-        hasher = hashlib.sha256()
-        for split in splits:
-            for example in self.examples[split]:
-                content = self.content_hashes[example.path]
-                hasher.update(
-                    f"{split}|{example.label}|{example.path}|{content}|{example.offset}|"
-                    f"{example.rms:.6g}\n".encode()
-                )
-        return hasher.hexdigest()[:16]
+        """A content digest of the given splits (`examples_digest`)."""
+        return examples_digest({split: self.examples[split] for split in splits},
+                               self.content_hashes)
 
     def class_counts(self) -> dict[str, dict[str, int]]:
         """Number of examples per class for each split."""
@@ -237,6 +229,20 @@ def silence_examples(
         rms = float(np.exp(rng.uniform(low, high)))
         examples.append(Example(SILENCE_LABEL, name, offset, rms))
     return examples
+
+
+def examples_digest(examples: Mapping[str, Sequence[Example]], content_hashes: Mapping[str, str]
+                    ) -> str:
+    """A content digest of examples per split: each example's label, path and the SHA-256 of
+    its bytes (`content_hashes`; for silence, of the noise recording, with the window's offset
+    and level), so re-processed audio at the same paths is other data."""
+    hasher = hashlib.sha256()
+    for split, items in examples.items():
+        for example in items:
+            hasher.update(f"{split}|{example.label}|{example.path}|"
+                          f"{content_hashes[example.path]}|{example.offset}|"
+                          f"{example.rms:.6g}\n".encode())
+    return hasher.hexdigest()[:16]
 
 
 def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: AudioSpec

@@ -24,6 +24,7 @@ from features.speech_commands import (
     BACKGROUND_NOISE_DIR,
     TWELVE_CLASS_LABELS,
     SplitConfig,
+    examples_digest,
     is_test_release,
     load_speech_commands,
     test_release_examples,
@@ -232,7 +233,7 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> L
     root = Path(data_dir)
     if is_test_release(root):
         examples, layout = test_release_examples(root), "test release (one folder per class)"
-        digest = None  # of the bytes read below, in the form SpeechCommandsData.digest has
+        digest = None  # of the bytes read below
     else:
         data = load_speech_commands(root, splits, mfcc.audio)
         examples, layout = data.examples["test"], "training layout, test split"
@@ -240,7 +241,7 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> L
     silence = [e for e in examples if e.is_silence]
     waveforms = {index: waveform for index, waveform, _ in decode_examples(
         silence, root, mfcc.audio)}
-    rows, hasher, position, failed = [], hashlib.sha256(), 0, {}
+    rows, hashes, position, failed = [], {}, 0, {}
     for example in examples:
         if example.is_silence:
             waveform = waveforms.get(position)
@@ -253,14 +254,13 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> L
         except OSError as error:
             audio, failed[len(rows)] = None, (f"{root / example.path}: cannot be read "
                                               f"({error.strerror or error})")
-        hasher.update(f"test|{example.label}|{example.path}|"
-                      f"{hashlib.sha256(audio or b'').hexdigest()}|{example.offset}|"
-                      f"{example.rms:.6g}\n".encode())
+        if digest is None:
+            hashes[example.path] = hashlib.sha256(audio or b"").hexdigest()
         rows.append({"audio": audio, "waveform": None,
                      "sample_rate": None if audio is None else mfcc.sample_rate})
     names = [str(root / example.path) if not example.is_silence
              else f"{root / example.path}@{example.offset}" for example in examples]
     return LabelledInputs(pd.DataFrame(rows, columns=["audio", "waveform", "sample_rate"]),
                           [example.label for example in examples], names,
-                          digest or hasher.hexdigest()[:16], str(root.resolve()), layout,
-                          failed)
+                          digest or examples_digest({"test": examples}, hashes),
+                          str(root.resolve()), layout, failed)
