@@ -264,7 +264,7 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     labels = "".join(f"{label}\n" for label in predictor.labels)
     out.write_bytes(content)
     labels_file.write_text(labels)
-    tracking.log_to_model_run(args.model_uri, [out, labels_file], ARTIFACT_FOLDER)
+    tracking.log_to_run(run_id, [out, labels_file], ARTIFACT_FOLDER)
     print(f"{out}\t{len(content):,} bytes\t{labels_file}\tlogged on run {run_id} as "
           f"{ARTIFACT_FOLDER}/{out.name} and {ARTIFACT_FOLDER}/{labels_file.name}")
     return 0

@@ -46,7 +46,7 @@ from pipelines.tracking.served_models import (
     log_model_metrics,
     log_speech_classifier,
     log_text_classifier,
-    log_to_model_run,
+    log_to_run,
     model_labels,
     model_run_files,
     model_run_params,
@@ -59,7 +59,7 @@ __all__ = [
     "interrupted_run", "link_evaluation", "load_served_model", "local_store_uri",
     "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics",
     "model_labels", "model_run_files", "model_run_params", "log_model_metrics", "log_params",
-    "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_model_run",
+    "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
     "model_version_of", "redact", "register_and_promote", "run_tags",
     "set_tags", "tracked_run",
 ]

@@ -124,13 +124,12 @@ def model_run_files(model_uri: str, artifact_path: str) -> tuple[str, set[str]]:
                     mlflow.MlflowClient().list_artifacts(run_id, artifact_path)}
 
 
-def log_to_model_run(model_uri: str, paths: Sequence[str | Path], artifact_path: str) -> str:
-    """Logs files as artifacts of the run that logged `model_uri`; returns the run id."""
-    run_id = mlflow.models.get_model_info(model_uri).run_id
+def log_to_run(run_id: str, paths: Sequence[str | Path], artifact_path: str) -> None:
+    """Logs files as artifacts of run `run_id` (not the active run), under `artifact_path`
+    (the run of a model: `model_run_files`)."""
     client = mlflow.MlflowClient()
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path)
-    return run_id
 
 
 def local_artifact_folder(model_uri: str) -> Path | None:
