@@ -199,7 +199,7 @@ def print_predictions(names: Sequence[str], answer: pd.DataFrame, failed: dict[i
             status = 1
             continue
         probability = row[f"probability_{row['label']}"]
-        print(f"{name}\t{row['label']}\t{probability:.4f}")
+        print(f"{tsv_field(name)}\t{row['label']}\t{probability:.4f}")
     return status
 
 
@@ -243,6 +243,16 @@ def registry_lines(result: dict) -> list[str]:
     elif "promotion_reason" in result:
         lines.append(f"not registered    ({result['promotion_reason']})")
     return lines
+
+
+TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def tsv_field(text: str) -> str:
+    """`text` as one field of a tab-separated line: backslash, tab, newline and carriage
+    return written as `\\\\`, `\\t`, `\\n`, `\\r` (as PostgreSQL's COPY text format does), so a
+    file name holding them cannot split a line or a field."""
+    return text.translate(TSV_ESCAPES)
 
 
 def short_name(text: str, width: int = 40) -> str:

@@ -250,7 +250,8 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     parser = cli.model_parser(task, "listen", "Spot keywords in recordings of any length "
                               "with a logged speech model (default: the champion).")
     parser.epilog = (
-        "Each detection is printed as it is made: FILE<TAB>TIME_S<TAB>LABEL<TAB>SCORE, TIME_S "
+        "Each detection is printed as it is made: FILE<TAB>TIME_S<TAB>LABEL<TAB>SCORE (a "
+        "backslash, tab or line break in FILE written as \\\\, \\t, \\n, \\r), TIME_S "
         "the end of the window (seconds from the start) whose score, averaged over "
         "--average-window-ms, passed --threshold. As TensorFlow's RecognizeCommands: no "
         "decision before --minimum-count windows spanning a quarter of --average-window-ms "
@@ -279,7 +280,7 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     for path in args.files:
         try:
             for detection in detections(path, predictor, config):
-                print(f"{path}\t{detection.time_s:.2f}\t{detection.label}\t"
+                print(f"{cli.tsv_field(path)}\t{detection.time_s:.2f}\t{detection.label}\t"
                       f"{detection.score:.3f}", flush=True)
         except AudioDecodeError as error:
             print(f"{error}", file=sys.stderr)

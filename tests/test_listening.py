@@ -163,14 +163,16 @@ def logged(tmp_path_factory) -> tuple[Path, str]:
 
 def test_listen_command_prints_detections_and_fails_a_bad_file(tmp_path: Path, logged, capsys):
     store, uri = logged
-    path = write_wav(tmp_path / "long.wav", stream(6, [2.0]))
+    # a tab and a newline in the name are escaped, so the line still has four fields
+    path = write_wav(tmp_path / "long\ttake\n2.wav", stream(6, [2.0]))
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     status = speech.main(["listen", str(path), str(tmp_path / "bad.wav"), "--model-uri", uri,
                           "--store-dir", str(store), "--hop-ms", "50"])
     out, err = capsys.readouterr()
     assert status == 1
     lines = [line.split("\t") for line in out.strip().splitlines()]
-    assert len(lines) == 1 and lines[0][0] == str(path) and lines[0][2] == "yes"
+    assert len(lines) == 1 and lines[0][0] == f"{tmp_path}/long\\ttake\\n2.wav"
+    assert lines[0][2] == "yes"
     assert 2.0 < float(lines[0][1]) < 3.7 and 0.7 < float(lines[0][3]) <= 1.0
     assert "bad.wav: not decodable audio" in err
     assert mlflow.active_run() is None
