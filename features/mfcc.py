@@ -13,7 +13,7 @@ import tensorflow as tf
 from features.audio import MIN_SAMPLE_RATE, AudioSpec
 from features.batching import padded_calls
 from features.errors import ConfigError, require_at_least, require_positive
-from features.mfcc_layer import MfccLayer, mfcc_from_waveforms
+from features.mfcc_layer import MfccLayer, frame_count, mfcc_from_waveforms
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,7 @@ def feature_shape(config: MfccConfig) -> tuple[int, int]:
         )
     if config.n_mfcc > config.n_mels:
         raise ConfigError(f"n_mfcc={config.n_mfcc} exceeds n_mels={config.n_mels}")
-    frames = 1 + (config.clip_samples - config.win_length) // config.hop_length
-    return frames, config.n_mfcc
+    return frame_count(config.clip_samples, config.win_length, config.hop_length), config.n_mfcc
 
 
 def librosa_kwargs(config: MfccConfig) -> dict:

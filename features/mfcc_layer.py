@@ -62,6 +62,12 @@ def mfcc_from_waveforms(waveforms, window, mel, dct, *, hop_length: int,
     return tf.einsum("cfm,mk->cfk", tf.maximum(log_power, floor), dct)
 
 
+def frame_count(clip_samples: int, n_fft: int, hop_length: int) -> int:
+    """MFCC frames of a clip: whole windows of `n_fft` samples every `hop_length`, none padded
+    (`center=False`)."""
+    return 1 + (clip_samples - n_fft) // hop_length
+
+
 @keras.saving.register_keras_serializable(package="speech_text_pipelines")
 class MfccLayer(keras.layers.Layer):
     """(batch, clip_samples) float waveforms -> (batch, frames, n_mfcc) MFCC frames.
@@ -103,7 +109,7 @@ class MfccLayer(keras.layers.Layer):
         if dft not in DFTS:
             raise ValueError(f"dft must be one of {DFTS}; got {dft!r}")
         self.dft = dft
-        self.num_frames = 1 + (clip_samples - n_fft) // hop_length
+        self.num_frames = frame_count(clip_samples, n_fft, hop_length)
         shapes = {"window": (n_fft,), "mel": (n_fft // 2 + 1, n_mels), "dct": (n_mels, n_mfcc)}
         arrays = {"window": window, "mel": mel, "dct": dct}
         given = [name for name, array in arrays.items() if array is not None]
