@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from features.errors import ConfigError, DataError, PipelineError
+from features.errors import ConfigError, DataError, PipelineError, require_folder
 from features.speech_splits import LIST_FILES, read_list, which_set
 
 # clips per word in speech_commands_v0.02 (Warden 2018), 105,829 in all, from 2,618 speakers
@@ -113,9 +113,8 @@ def source_pools(source: Path) -> dict[tuple[str, str], list[str]]:
     Raises:
         DataError: The source does not exist or holds no word clips.
     """
-    if not source.is_dir():
-        raise DataError(f"source folder {source} does not exist (expected a Speech Commands "
-                        "folder in the official layout)")
+    require_folder(source, "source folder", "expected a Speech Commands folder in the "
+                   "official layout")
     lists = {split: read_list(source / name) or set() for split, name in LIST_FILES.items()}
     pools: dict[tuple[str, str], list[str]] = {}
     for folder in sorted(p for p in source.iterdir() if p.is_dir() and p.name != NOISE_DIR):

@@ -52,6 +52,21 @@ class DataNotFoundError(DataError, FileNotFoundError):
     """A data folder or file that does not exist."""
 
 
+def require_folder(path: str | Path, what: str, hint: str = "") -> Path:
+    """`path` as a Path when it is a folder.
+
+    Raises:
+        DataNotFoundError: naming `what` and `path`, whether it is missing or a file, then
+            `hint` (what to pass or what layout is expected).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        problem = f"{what} {path} is not a folder" if path.exists() else \
+            f"{what} not found: {path}"
+        raise DataNotFoundError(problem + (f" ({hint})" if hint else ""))
+    return path
+
+
 class DiskFullError(PipelineError, OSError):
     """The disk holding a folder the run writes (or the process's file-size limit) ran out."""
 

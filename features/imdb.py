@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
-from features.errors import ConfigError, DataError, DataNotFoundError
+from features.errors import ConfigError, DataError, require_folder
 
 LABELS = ("neg", "pos")
 _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
@@ -272,9 +272,7 @@ def load_imdb(data_dir: str | Path, *, validation_pct: float, seed: int,
         FileNotFoundError: `data_dir` does not exist.
         ValueError: The layout is not aclImdb's.
     """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataNotFoundError(f"IMDB data folder {data_dir} does not exist")
+    data_dir = require_folder(data_dir, "IMDB data folder")
     # train copies are dropped against train and test at once, so that each names a kept copy
     train, skipped, replaced = read_split_folder(data_dir, "train", drop_duplicates=False)
     test, test_skipped, test_replaced = read_split_folder(data_dir, "test")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from features.audio import AudioSpec, audio_info
-from features.errors import ConfigError, DataError, DataNotFoundError, require_at_least
+from features.errors import ConfigError, DataError, require_at_least, require_folder
 from features.speech_splits import (
     assign_splits,
     content_hashes,
@@ -150,12 +150,9 @@ def list_word_clips(data_dir: Path) -> dict[str, list[str]]:
         FileNotFoundError: `data_dir` does not exist.
         ValueError: there are no word folders, or none holds a WAV file.
     """
-    if not data_dir.is_dir():
-        raise DataNotFoundError(
-            f"Speech Commands directory not found: {data_dir} (pass --data-dir or set "
-            "SPEECH_COMMANDS_DIR to a folder in the official "
-            "<word>/<speaker>_nohash_<n>.wav layout)"
-        )
+    require_folder(data_dir, "Speech Commands data folder", "pass --data-dir or set "
+                   "SPEECH_COMMANDS_DIR to a folder in the official "
+                   "<word>/<speaker>_nohash_<n>.wav layout")
     words = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
     if not words:
         raise DataError(f"{data_dir}: no word folders found (expected <word>/*.wav)")
@@ -335,9 +332,7 @@ def test_release_examples(data_dir: str | Path) -> list[Example]:
         FileNotFoundError: `data_dir` does not exist.
         ValueError: A folder is not one of the 12 classes, or there are no clips.
     """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataNotFoundError(f"Speech Commands test folder not found: {data_dir}")
+    data_dir = require_folder(data_dir, "Speech Commands test folder")
     classes = set(TWELVE_CLASS_LABELS)
     examples = []
     for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):

@@ -19,11 +19,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from features.errors import require_at_least
+from features.errors import require_at_least, require_folder
 from features.splits import Lineage, Splits
 from pipelines import checkpoints, descriptions, distribute, evaluation, tracking
 from pipelines.config import TaskConfig, config_from_params, validate_choices
-from pipelines.errors import ConfigError, DataNotFoundError, SetupError
+from pipelines.errors import ConfigError, SetupError
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,7 @@ def require_data_dir(data_dir: str | None, env: str, dataset: str) -> None:
     """
     if not data_dir:
         raise ConfigError(f"no data folder: pass --data-dir or set {env}")
-    if not Path(data_dir).is_dir():
-        raise DataNotFoundError(f"{dataset} data folder not found: {data_dir}")
+    require_folder(data_dir, f"{dataset} data folder")
 
 
 def checkpoint_path(run: RunConfig, run_id: str) -> Path:

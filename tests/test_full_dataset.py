@@ -93,5 +93,5 @@ def test_reuses_a_finished_folder_and_refuses_another(shared_speech_dir: Path,
     assert ((out / "yes").stat().st_mtime_ns, (out / "generated.json").stat().st_mtime_ns) == stamp
     with pytest.raises(DataError, match="not empty"):
         generate(out, 41, source=shared_speech_dir)
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="source folder not found: .*missing"):
         generate(tmp_path / "other", 40, source=tmp_path / "missing")

@@ -110,6 +110,10 @@ def test_missing_data_dir_is_a_clear_error_before_any_run(tmp_path: Path, capsys
     assert code == 2
     error = capsys.readouterr().err
     assert f"Speech Commands data folder not found: {tmp_path / 'absent'}" in error
+    (tmp_path / "clip.wav").write_bytes(b"")  # a file given for the folder
+    assert speech.main(small_args(tmp_path / "clip.wav", tmp_path)) == 2
+    assert (f"Speech Commands data folder {tmp_path / 'clip.wav'} is not a folder"
+            in capsys.readouterr().err)
     assert not (tmp_path / "mlruns").exists()  # no FAILED run left behind
 
 
