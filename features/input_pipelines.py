@@ -174,9 +174,7 @@ class AugmentedBatches:
         self.shards = shards
 
     def __len__(self) -> int:
-        batches = steps_per_epoch(len(self.y), self.batch_size)
-        last = len(self.y) - (batches - 1) * self.batch_size
-        return batches - (last < self.shards)
+        return steps_per_epoch(len(self.y), self.batch_size, self.shards)
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -238,6 +236,10 @@ def bucketed_dataset(
                    .prefetch(tf.data.AUTOTUNE))
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Number of batches in one pass over `num_examples`."""
-    return max(1, math.ceil(num_examples / batch_size))
+def steps_per_epoch(num_examples: int, batch_size: int, shards: int = 1) -> int:
+    """Number of batches in one pass over `num_examples`; with `shards` input pipelines
+    each making its share of every batch, a last batch of fewer examples than shards is
+    left out (every shard needs one)."""
+    batches = max(1, math.ceil(num_examples / batch_size))
+    last = num_examples - (batches - 1) * batch_size
+    return batches - (batches > 1 and last < shards)

@@ -147,6 +147,15 @@ def worker(name: str) -> Worker:
                   sum(len(tasks) for tasks in cluster.values()), "chief" in cluster)
 
 
+def input_pipelines(name: str) -> int:
+    """How many input pipelines `sharded_input` makes under the strategy `name`: one per
+    worker under "multi-worker" with one replica per worker, otherwise one."""
+    if name != MULTI_WORKER:
+        return 1
+    workers = worker(name).workers
+    return workers if strategy_for(name).num_replicas_in_sync == workers else 1
+
+
 def sharded_input(name: str, make: Callable[[int, int], tf.data.Dataset]):
     """Training input that each worker of a multi-worker run makes only its share of.
 
@@ -161,15 +170,15 @@ def sharded_input(name: str, make: Callable[[int, int], tf.data.Dataset]):
         which tf.data splits across the replicas (and across workers, auto-shards: each worker
         then makes every batch and keeps its part).
     """
-    strategy = strategy_for(name)
-    if name != MULTI_WORKER or strategy.num_replicas_in_sync != worker(name).workers:
+    if input_pipelines(name) == 1:
         return make(0, 1)
+
     def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
         log.info("%s makes input pipeline %d of %d: its share of every training batch",
                  worker(name), context.input_pipeline_id, context.num_input_pipelines)
         return make(context.input_pipeline_id, context.num_input_pipelines)
 
-    return strategy.distribute_datasets_from_function(pipeline)
+    return strategy_for(name).distribute_datasets_from_function(pipeline)
 
 
 def differing_workers(name: str, text: str) -> tuple[bool, bool]:

@@ -195,12 +195,12 @@ def training_batches(config: SpeechConfig, data: SpeechData, first_epoch: int = 
     classes, limit = len(splits.labels), config.source.stream_over_bytes
     validation = make_dataset(splits.x["validation"], splits.y["validation"], batch, classes,
                               stream_over_bytes=limit)
-    steps = steps_per_epoch(len(splits.y["train"]), batch)
     layout = distribute.layout(config.optim.batch_size, strategy)
     if not config.augment.active:
         train = make_dataset(splits.x["train"], splits.y["train"], batch, classes,
                              shuffle_seed=config.optim.seed, stream_over_bytes=limit)
-        return TrainingBatches(train, validation, steps, layout)
+        return TrainingBatches(train, validation, steps_per_epoch(len(splits.y["train"]), batch),
+                               layout)
     augmenter = clip_augmenter(config, data)
 
     def batches(shard: int, shards: int):
@@ -209,6 +209,7 @@ def training_batches(config: SpeechConfig, data: SpeechData, first_epoch: int = 
             shuffle_seed=config.optim.seed, stream_over_bytes=limit, first_epoch=first_epoch,
             shard=shard, shards=shards).dataset(feature_shape(config.features))
 
+    steps = steps_per_epoch(len(splits.y["train"]), batch, distribute.input_pipelines(strategy))
     return TrainingBatches(distribute.sharded_input(strategy, batches), validation, steps,
                            layout | {"augment_noise_recordings": len(augmenter.noise)})
 

@@ -14,7 +14,7 @@ from features.augment import (
     time_shift,
 )
 from features.errors import ConfigError
-from features.input_pipelines import AugmentedBatches
+from features.input_pipelines import AugmentedBatches, steps_per_epoch
 from features.mfcc import MfccConfig, feature_shape, mfcc_frames
 
 OFF = AugmentConfig(0, 0, 0, 0, 0, 0, 0, 0)
@@ -151,6 +151,9 @@ def test_shards_of_augmented_batches_split_each_batch_and_drop_a_last_one_too_sm
     shards = [AugmentedBatches(rows, labels, 4, 3, jitter, shuffle_seed=7, shard=shard, shards=2)
               for shard in range(2)]
     assert [len(batches) for batches in shards] == [2, 2]  # the 1-row batch cannot be split
+    # the count the learning-rate schedule is built for (pipelines.speech.training_batches)
+    assert steps_per_epoch(9, 4, shards=2) == 2 and steps_per_epoch(9, 4) == 3
+    assert steps_per_epoch(10, 4, shards=2) == 3 and steps_per_epoch(1, 4, shards=2) == 1
     pieces = [[np.floor(x[:, 0]).astype(int) for x, _ in batches] for batches in shards]
     for step in range(2):  # same shuffle: the two pieces make up the unsharded batch, in order
         assert [len(piece[step]) for piece in pieces] == [2, 2]
