@@ -63,6 +63,7 @@ from pipelines.interrupts import at_batch_end, exit_process
 from pipelines.lifecycle import RunConfig
 from pipelines.pretraining import PretrainConfig, Pretrained
 from pipelines.text_baseline import fit_baseline
+from pipelines.text_baseline import search_space as baseline_search_space
 from pipelines.training import OptimConfig
 
 PIPELINE = "sentiment"
@@ -125,8 +126,9 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
     """
     config = prepare_run(config, reviews)
     if config.run.sweep:
-        return sweep.run_sweep(config, lambda trial: run(trial, reviews), search_space(),
-                               PIPELINE)
+        space = baseline_search_space() if config.model.model == "tfidf-logreg" \
+            else search_space()
+        return sweep.run_sweep(config, lambda trial: run(trial, reviews), space, PIPELINE)
     data, read = read_data(config, reviews)
     pretrained = pretrained_encoder(config, data)
     with lifecycle.tracked_run(config, PIPELINE) as tracked:
@@ -307,7 +309,7 @@ def log_model(vectorizer: keras.layers.Layer, model: keras.Model, branch: Fitted
 
 
 def search_space() -> dict:
-    """What `--sweep N` searches: sequence length, model shape, regularisation, schedule."""
+    """What `--sweep N` searches for the recurrent model: ids, shape, regularisation, schedule."""
     return {
         "sequence_length": OneOf([400, 600, 800]),
         "units": IntDistribution(32, 128, step=32),

@@ -9,11 +9,22 @@ import time
 from pathlib import Path
 
 import joblib
+from optuna.distributions import CategoricalDistribution as OneOf
+from optuna.distributions import FloatDistribution, IntDistribution
 
 from features.review_data import ReviewData
 from models.baseline import TfidfConfig, build_tfidf_logreg
 from pipelines import evaluation, tracking
 from pipelines.lifecycle import TrackedRun
+
+
+def search_space() -> dict:
+    """What `--sweep N` searches with `--model tfidf-logreg`: its n-grams and regularisation."""
+    return {
+        "max_ngram": OneOf([1, 2, 3]),
+        "min_df": IntDistribution(1, 5),
+        "logreg_c": FloatDistribution(0.3, 30.0, log=True),
+    }
 
 
 def fit_baseline(config: TfidfConfig, seed: int, data: ReviewData, tracked: TrackedRun,

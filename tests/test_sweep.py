@@ -9,7 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.distributions import IntDistribution
 
-from pipelines import speech, tracking
+from pipelines import sentiment, speech, tracking
+from pipelines.sentiment import SentimentConfig
 from pipelines.speech import SpeechConfig
 from pipelines.sweep import run_sweep
 
@@ -66,6 +67,22 @@ def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_
     # the registered model's description names the classes (the parent run reads no data)
     description = client.get_registered_model("speech-commands").description
     assert "**Classes** (12): `_silence_`, `_unknown_`, `yes`" in description
+
+
+def test_a_tfidf_sweep_searches_the_baselines_own_options(imdb_dir: Path, tmp_path: Path):
+    store = str(tmp_path / "mlruns")
+    config = SentimentConfig.from_options(data_dir=str(imdb_dir), store_dir=store, sweep=3,
+                                          validation_pct=25, model="tfidf-logreg")
+    sentiment.run(config)
+    tracking.connect(None, store)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("imdb-sentiment").experiment_id
+    parent = client.search_runs([experiment], "tags.pipeline = 'sentiment-sweep'")[0]
+    assert {name for name in parent.data.params if name.startswith("space.")} == {
+        "space.max_ngram", "space.min_df", "space.logreg_c"}
+    trials = client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len({run.data.params["logreg_c"] for run in trials}) == 3  # each trial its own C
 
 
 def test_sweep_rejects_a_space_naming_unknown_options(tmp_path: Path):
