@@ -48,12 +48,19 @@ MAX_WORKERS = 4  # feature-stage threads on a machine with many cores
 STAGE_CHUNK_CLIPS = 64
 
 
+def entry_settings(config: MfccConfig, kind: str) -> dict:
+    """What an entry's content depends on besides its clips: the whole feature config for
+    "mfcc" frames, only the sample rate and clip length for decoded "waveforms" (so other
+    MFCC options reuse the decoded clips)."""
+    return dataclasses.asdict(config.audio if kind == "waveforms" else config)
+
+
 def cache_key(examples: Sequence[Example], data_dir: Path, config: MfccConfig,
               kind: str = "mfcc") -> str:
-    """Hash of the example list (with file sizes and mtimes), the feature config and what the
-    entry holds (`kind`: "mfcc" frames or decoded "waveforms")."""
+    """Hash of the example list (with file sizes and mtimes), the settings the entry depends on
+    (`entry_settings`) and what it holds (`kind`: "mfcc" frames or decoded "waveforms")."""
     hasher = hashlib.sha256()
-    hasher.update(json.dumps([CACHE_FORMAT, kind, dataclasses.asdict(config)]).encode())
+    hasher.update(json.dumps([CACHE_FORMAT, kind, entry_settings(config, kind)]).encode())
     for example in examples:
         stat = (data_dir / example.path).stat()
         hasher.update(
@@ -65,9 +72,10 @@ def cache_key(examples: Sequence[Example], data_dir: Path, config: MfccConfig,
 
 def source_cache_key(source: str, config: MfccConfig, kind: str = "mfcc") -> str:
     """Hash of a versioned source's name (a TFDS dataset's name, config, version, split and
-    size: its content is fixed by them), the feature config and what the entry holds."""
+    size: its content is fixed by them), the settings the entry depends on and what it holds."""
     hasher = hashlib.sha256()
-    hasher.update(json.dumps([CACHE_FORMAT, kind, dataclasses.asdict(config), source]).encode())
+    hasher.update(json.dumps([CACHE_FORMAT, kind, entry_settings(config, kind),
+                              source]).encode())
     return hasher.hexdigest()[:24]
 
 

@@ -20,6 +20,7 @@ from features.speech_features import (
     compute_features,
     extract_features,
     split_features,
+    split_waveforms,
     waveform_chunks,
 )
 from tests.datasets import tone, write_wav
@@ -48,6 +49,14 @@ def test_second_call_reads_the_cache_and_decodes_nothing(speech_dir: Path, tmp_p
 
     third = split_features(examples, speech_dir, MfccConfig(n_mfcc=20), cache)
     assert not third.from_cache and third.frames.shape[-1] == 20
+
+    # decoded waveforms depend on the sample rate and clip length only
+    waveforms = split_waveforms(examples, speech_dir, CONFIG, cache)
+    assert not waveforms.from_cache and waveforms.frames.shape == (len(examples), 16000)
+    assert split_waveforms(examples, speech_dir, MfccConfig(n_mfcc=20, top_db=60), cache
+                           ).from_cache
+    assert not split_waveforms(examples, speech_dir, MfccConfig(clip_seconds=0.5), cache
+                               ).from_cache
 
 
 def test_touching_a_file_invalidates_the_cache(speech_dir: Path, tmp_path: Path):
