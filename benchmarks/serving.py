@@ -7,7 +7,8 @@ Usage:
 Without model URIs it logs models of the default architectures (untrained: latency does not
 depend on the weights) into a temporary store and loads them back, so it runs anywhere. It
 times `predict` on one real clip / one real review at a time (p50, p99 over repeated calls after
-a warm-up) and on one batch of 1,000 (median of repeats), and prints a table.
+a warm-up) and on one batch of MAX_REQUEST_ROWS (512, the most a request may send; median of
+repeats), and prints a table.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from features.speech_commands import TWELVE_CLASS_LABELS
 from features.text import fit_vectorizer
 from models.recurrent import text_to_probabilities
 from pipelines import sentiment, speech, tracking
+from pipelines.request_bounds import MAX_REQUEST_ROWS
 from pipelines.serving import SpeechPredictor
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -120,7 +122,7 @@ def served_inference(options) -> list:
     speech = tracking.load_served_model(speech_uri, None, store)
     text = tracking.load_served_model(text_uri, None, store)
     calls, repeats = (50, 1) if options.quick else (200, 3)
-    figures = measure(speech, text, options.data_dir, calls, 1000, repeats)
+    figures = measure(speech, text, options.data_dir, calls, MAX_REQUEST_ROWS, repeats)
     rows = []
     for name, unit in (("clip", "clips/s"), ("review", "reviews/s")):
         figure = figures[name]
@@ -129,7 +131,7 @@ def served_inference(options) -> list:
                    higher_is_better=False, note=f"p99 {figure['p99_ms']:.1f} ms over {calls} "
                    "calls"),
             Figure("serving", f"batch of {figure['batch_size']} {name}s", figure[
-                "batch_per_second"], unit, "one per call (1000 / p50)",
+                "batch_per_second"], unit, "one per call (1000 ms / p50)",
                 1000 / figure["p50_ms"]),
         ]
     return rows
@@ -143,10 +145,14 @@ def main() -> None:
     parser.add_argument("--store-dir", default="mlruns")
     parser.add_argument("--data-dir", type=Path, default=SHARED)
     parser.add_argument("--calls", type=int, default=200, help="single-input calls timed")
-    parser.add_argument("--batch", type=int, default=1000, help="inputs per batch call")
+    parser.add_argument("--batch", type=int, default=MAX_REQUEST_ROWS,
+                        help="inputs per batch call (at most MAX_REQUEST_ROWS)")
     parser.add_argument("--repeats", type=int, default=3, help="batch calls timed")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if not 1 <= args.batch <= MAX_REQUEST_ROWS:
+        parser.error(f"--batch must be in 1..{MAX_REQUEST_ROWS} (MAX_REQUEST_ROWS, the most "
+                     f"a request may send), not {args.batch}")
 
     with tempfile.TemporaryDirectory() as folder:
         speech_uri, text_uri = args.speech_model_uri, args.sentiment_model_uri
