@@ -7,12 +7,12 @@ frames here are 480 samples) and traced for one clip at a time, (1, 16000), whic
 recurrent layers' loops static shapes: the converter then needs TensorFlow Lite's built-in ops
 only (no select TF ops). `dynamic` stores every weight as int8, the MFCC stage's DFT, mel and
 DCT matrices included. `int8` quantises weights and activations of the classifier, calibrated on
-clips of `--data-dir`'s training split, and keeps the MFCC stage and the input normalisation in
-float (they lose too much in int8); its recurrent layers are unrolled, since TensorFlow Lite's
-calibration crashes on their loops. The file is written to `--out`, its labels (one per line, in
-the order of the output's probabilities) to `<name>_labels.txt` beside it, and both are logged
-as artifacts (`tflite/`) of the model version's run. Neither file overwrites an existing one
-without `--overwrite`.
+clips of `--data-dir`'s training split (as the model's own run composed it), and keeps the MFCC
+stage and the input normalisation in float (they lose too much in int8); its recurrent layers
+are unrolled, since TensorFlow Lite's calibration crashes on their loops. The file is written to
+`--out`, its labels (one per line, in the order of the output's probabilities) to
+`<name>_labels.txt` beside it, and both are logged as artifacts (`tflite/`) of the model
+version's run. Neither file overwrites an existing one without `--overwrite`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from ai_edge_litert.interpreter import Interpreter
 
 from features.audio import AudioSpec
 from features.mfcc_layer import MfccLayer
+from features.speech_commands import SplitConfig, load_speech_commands
 from pipelines import cli, tracking
+from pipelines.config import config_from_params
 from pipelines.errors import ConfigError, ModelError
 from pipelines.serving import SpeechPredictor
 
@@ -166,19 +168,18 @@ def exportable(predictor, model_uri: str) -> SpeechPredictor:
     return predictor
 
 
-def calibration_clips(data_dir: str | None, predictor: SpeechPredictor,
+def calibration_clips(data_dir: str | None, predictor: SpeechPredictor, splits: SplitConfig,
                       count: int = CALIBRATION_CLIPS) -> np.ndarray | None:
-    """`count` clips of a Speech Commands folder's training split, as `training_draw` draws
-    them; the validation and test splits stay unseen by the quantiser (None without a folder).
+    """`count` clips of a Speech Commands folder's training split as `splits` composes it (the
+    model's own run's split options), drawn as `training_draw` draws them; the validation and
+    test splits stay unseen by the quantiser (None without a folder).
 
     Raises:
         DataError: The folder has no training clip that decodes.
     """
     if not data_dir:
         return None
-    from features.speech_commands import SplitConfig, load_speech_commands
-
-    train = load_speech_commands(data_dir, SplitConfig(), predictor.spec).examples["train"]
+    train = load_speech_commands(data_dir, splits, predictor.spec).examples["train"]
     return training_draw(train, data_dir, predictor.spec, count)
 
 
@@ -259,8 +260,10 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
         parser.error(f"run {run_id} of {args.model_uri} holds "
                      f"{' and '.join(f'{ARTIFACT_FOLDER}/{name}' for name in clash)} already: "
                      "name --out otherwise, or pass --overwrite to replace")
-    content = convert(predictor.model, args.quantize,
-                      calibration_clips(args.data_dir, predictor, args.calibration_clips))
+    trained = config_from_params(task.config, tracking.model_run_params(
+        args.model_uri, args.tracking_uri, args.store_dir))
+    content = convert(predictor.model, args.quantize, calibration_clips(
+        args.data_dir, predictor, trained.splits, args.calibration_clips))
     labels = "".join(f"{label}\n" for label in predictor.labels)
     out.write_bytes(content)
     labels_file.write_text(labels)

@@ -149,11 +149,13 @@ def test_int8_without_calibration_clips_or_an_out_folder_is_refused(logged, tmp_
 
 def test_int8_calibrates_on_training_clips_only(logged, shared_speech_dir: Path):
     """The quantiser never sees a validation or test clip: each calibration clip is one of the
-    training split's (a word or a `_silence_` window), drawn across its labels."""
+    training split's (a word or a `_silence_` window), drawn across its labels, as the split
+    options given (the model's run's) compose it."""
     predictor = SpeechPredictor(logged[2], LABELS, MfccConfig())
-    clips = calibration_clips(str(shared_speech_dir), predictor, count=60)
+    splits = SplitConfig(validation_pct=20, test_pct=20, data_seed=3)
+    clips = calibration_clips(str(shared_speech_dir), predictor, splits, count=60)
     assert clips.shape == (60, 16000)
-    data = load_speech_commands(shared_speech_dir, SplitConfig(), predictor.spec)
+    data = load_speech_commands(shared_speech_dir, splits, predictor.spec)
     rows = {}
     for split, examples in data.examples.items():
         decoded = ExampleDecoder(examples, shared_speech_dir, predictor.spec)
