@@ -171,28 +171,20 @@ def read_review_files(data_dir: Path, files: Iterable[Path], label: str, reviews
         reviews.append(Review(text, label, relative, rating_of(path.name)))
 
 
-def read_unlabelled(data_dir: Path, labelled: Iterable[Review]
-                    ) -> tuple[list[Review], list[tuple[str, str]], list[str]]:
+def read_unlabelled(data_dir: Path) -> tuple[list[Review], list[tuple[str, str]], list[str]]:
     """Reads `<data_dir>/train/unsup/*.txt`, the release's unlabelled reviews (none when the
     folder is absent).
 
-    Args:
-        data_dir: The aclImdb folder.
-        labelled: Every labelled review kept (test included): an unlabelled copy of one is
-            dropped, so that no test review enters pretraining.
-
     Returns:
         (reviews sorted by path, skipped (path, reason), paths with replaced bytes); an empty
-        or HTML-only review is skipped, and so is a copy of a labelled or earlier unlabelled
-        review ("duplicate of <kept path>").
+        or HTML-only review is skipped.
     """
     folder = data_dir / "train" / UNLABELLED
     reviews, skipped, replaced = [], [], []
     if folder.is_dir():
         read_review_files(data_dir, sorted(folder.glob("*.txt")), UNLABELLED, reviews,
                           skipped, replaced)
-    distinct, copies = drop_copies_of(reviews, labelled)
-    return distinct, skipped + copies, replaced
+    return reviews, skipped, replaced
 
 
 def drop_copies_of(reviews: Sequence[Review], kept: Iterable[Review]
@@ -273,17 +265,39 @@ def load_imdb(data_dir: str | Path, *, validation_pct: float, seed: int,
         ValueError: The layout is not aclImdb's.
     """
     data_dir = require_folder(data_dir, "IMDB data folder")
-    # train copies are dropped against train and test at once, so that each names a kept copy
     train, skipped, replaced = read_split_folder(data_dir, "train", drop_duplicates=False)
     test, test_skipped, test_replaced = read_split_folder(data_dir, "test")
+    extra, extra_skipped, extra_replaced = read_unlabelled(data_dir) if unlabelled else \
+        ([], [], [])
+    return composed_imdb(train, test, extra, skipped=skipped + test_skipped + extra_skipped,
+                         replaced=replaced + test_replaced + extra_replaced,
+                         source=str(data_dir.resolve()), validation_pct=validation_pct,
+                         seed=seed)
+
+
+def composed_imdb(train: list[Review], test: list[Review], unlabelled: list[Review], *,
+                  skipped: list[tuple[str, str]], replaced: list[str], source: str,
+                  validation_pct: float, seed: int) -> ImdbData:
+    """The splits of the reviews a source (the folder, TFDS) read: copies of one text dropped
+    across train and test at once (so that each names a kept copy; test's kept first), a
+    stratified, seeded validation share carved out of train, and the unlabelled reviews without
+    copies of a labelled or an earlier unlabelled one (no test review enters pretraining).
+
+    Args:
+        train, test, unlabelled: The reviews read.
+        skipped: (path, reason) of each review the reading left out; the dropped copies are
+            added, each as "duplicate of <kept path>".
+        replaced: Paths with replaced bytes.
+        source: Where the reviews came from (the lineage's source).
+        validation_pct: Share of `train` held out for validation.
+        seed: Seed of the validation carve-out.
+    """
     distinct, duplicates = drop_duplicate_reviews({"train": train, "test": test})
+    extra, copies = drop_copies_of(sorted(unlabelled, key=lambda review: review.path),
+                                   [*distinct["test"], *distinct["train"]])
     train, validation = carve_validation(distinct["train"], validation_pct, seed)
-    extra, extra_skipped, extra_replaced = (
-        read_unlabelled(data_dir, [*distinct["test"], *distinct["train"]]) if unlabelled
-        else ([], [], []))
     return ImdbData(
         {"train": train, "validation": validation, "test": distinct["test"]},
-        skipped + test_skipped + duplicates + extra_skipped,
-        replaced + test_replaced + extra_replaced, str(data_dir.resolve()),
+        skipped + duplicates + copies, replaced, source,
         f"stratified {validation_pct:g} % of train (duplicates dropped first), seed {seed}",
         unlabelled=extra)

@@ -1,12 +1,12 @@
 """IMDB reviews through tensorflow-datasets (`imdb_reviews/plain_text`).
 
 Each review's id is `<split>/<index>` in the TFDS split. Reviews are decoded as UTF-8 with
-undecodable bytes replaced (noted); empty ones are skipped. Reviews with identical text are
-kept once, as the folder reader (features.imdb) keeps them: test before train, and within a
-split the first by id (in string order); every dropped copy is skipped as "duplicate of <kept
-id>", before validation is carved out of train, so that no text is in two splits. The
-`unsupervised` split (50,000 unlabelled reviews) is read only when asked for, as the folder
-reader reads `train/unsup/`.
+undecodable bytes replaced (noted); empty ones are skipped. The splits are composed as the
+folder reader's (`features.imdb.composed_imdb`): reviews with identical text are kept once,
+test before train, and within a split the first by id (in string order); every dropped copy is
+skipped as "duplicate of <kept id>", before validation is carved out of train, so that no text
+is in two splits. The `unsupervised` split (50,000 unlabelled reviews) is read only when asked
+for, as the folder reader reads `train/unsup/`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from features.imdb import (
     UNLABELLED,
     ImdbData,
     Review,
-    carve_validation,
-    drop_copies_of,
-    drop_duplicate_reviews,
+    composed_imdb,
 )
 from features.tfds_source import prepared_builder, prepared_version
 
@@ -81,14 +79,7 @@ def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int,
             label = UNLABELLED if split == "unsupervised" else names[int(example["label"])]
             reviews.append(Review(text, label, review_id))
         splits[split] = reviews
-    extra = splits.pop("unsupervised", [])
-    distinct, duplicates = drop_duplicate_reviews(splits)
-    extra, extra_duplicates = drop_copies_of(sorted(extra, key=lambda review: review.path),
-                                             [*distinct["test"], *distinct["train"]])
-    train, validation = carve_validation(distinct["train"], validation_pct, seed)
-    return ImdbData(
-        {"train": train, "validation": validation, "test": distinct["test"]},
-        skipped + duplicates + extra_duplicates, replaced,
-        f"tfds://{TFDS_NAME}/{prepared_version(TFDS_NAME, data_dir)}",
-        f"stratified {validation_pct:g} % of train (duplicates dropped first), seed {seed}",
-        unlabelled=extra)
+    return composed_imdb(
+        splits["train"], splits["test"], splits.get("unsupervised", []), skipped=skipped,
+        replaced=replaced, source=f"tfds://{TFDS_NAME}/{prepared_version(TFDS_NAME, data_dir)}",
+        validation_pct=validation_pct, seed=seed)
