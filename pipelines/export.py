@@ -260,14 +260,18 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
         parser.error(f"run {run_id} of {args.model_uri} holds "
                      f"{' and '.join(f'{ARTIFACT_FOLDER}/{name}' for name in clash)} already: "
                      "name --out otherwise, or pass --overwrite to replace")
-    trained = config_from_params(task.config, tracking.model_run_params(
-        args.model_uri, args.tracking_uri, args.store_dir))
-    content = convert(predictor.model, args.quantize, calibration_clips(
-        args.data_dir, predictor, trained.splits, args.calibration_clips))
+    calibration = None
+    if args.quantize == "int8":  # the training split as the model's own run composed it
+        trained = config_from_params(task.config, tracking.model_run_params(
+            args.model_uri, args.tracking_uri, args.store_dir))
+        calibration = calibration_clips(args.data_dir, predictor, trained.splits,
+                                        args.calibration_clips)
+    content = convert(predictor.model, args.quantize, calibration)
     labels = "".join(f"{label}\n" for label in predictor.labels)
     out.write_bytes(content)
     labels_file.write_text(labels)
     tracking.log_to_run(run_id, [out, labels_file], ARTIFACT_FOLDER)
-    print(f"{out}\t{len(content):,} bytes\t{labels_file}\tlogged on run {run_id} as "
+    print(f"{cli.tsv_field(str(out))}\t{len(content):,} bytes\t"
+          f"{cli.tsv_field(str(labels_file))}\tlogged on run {run_id} as "
           f"{ARTIFACT_FOLDER}/{out.name} and {ARTIFACT_FOLDER}/{labels_file.name}")
     return 0

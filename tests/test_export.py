@@ -30,7 +30,7 @@ from pipelines.export import (
 )
 from pipelines.serving import SpeechPredictor
 from tests.builders import frame_classifier
-from tests.datasets import tone, write_wav
+from tests.datasets import make_speech_commands, tone, write_wav
 
 LABELS = TWELVE_CLASS_LABELS
 
@@ -149,13 +149,11 @@ def test_int8_without_calibration_clips_or_an_out_folder_is_refused(logged, tmp_
 
 def test_int8_calibrates_on_training_clips_only(logged, shared_speech_dir: Path):
     """The quantiser never sees a validation or test clip: each calibration clip is one of the
-    training split's (a word or a `_silence_` window), drawn across its labels, as the split
-    options given (the model's run's) compose it."""
+    training split's (a word or a `_silence_` window), drawn across its labels."""
     predictor = SpeechPredictor(logged[2], LABELS, MfccConfig())
-    splits = SplitConfig(validation_pct=20, test_pct=20, data_seed=3)
-    clips = calibration_clips(str(shared_speech_dir), predictor, splits, count=60)
+    clips = calibration_clips(str(shared_speech_dir), predictor, SplitConfig(), count=60)
     assert clips.shape == (60, 16000)
-    data = load_speech_commands(shared_speech_dir, splits, predictor.spec)
+    data = load_speech_commands(shared_speech_dir, SplitConfig(), predictor.spec)
     rows = {}
     for split, examples in data.examples.items():
         decoded = ExampleDecoder(examples, shared_speech_dir, predictor.spec)
@@ -165,6 +163,24 @@ def test_int8_calibrates_on_training_clips_only(logged, shared_speech_dir: Path)
     drawn = [rows[clip.tobytes()] for clip in clips]
     assert all({split for split, _ in found} == {"train"} for found in drawn)
     assert len({label for found in drawn for _, label in found}) >= 8
+
+
+def test_int8_calibration_follows_the_split_options_given(logged, tmp_path: Path):
+    """Without split lists a clip's split follows its speaker's hash and the shares: the clips
+    calibrated on are the training split of the options given (export passes the model's run's),
+    not the default options' training split."""
+    folder = make_speech_commands(tmp_path / "sc", with_lists=False, clips_per_speaker=2)
+    predictor = SpeechPredictor(logged[2], LABELS, MfccConfig())
+    splits = SplitConfig(validation_pct=30, test_pct=30)
+    examples = load_speech_commands(folder, splits, predictor.spec).examples
+    held_out = {e.path for split in ("validation", "test") for e in examples[split]}
+    default_train = load_speech_commands(folder, SplitConfig(), predictor.spec).examples["train"]
+    assert held_out & {e.path for e in default_train}  # the default would calibrate on them
+    train = examples["train"]
+    rows = {row.tobytes() for row in
+            ExampleDecoder(train, folder, predictor.spec).chunk(0, len(train)).waveforms}
+    clips = calibration_clips(str(folder), predictor, splits, count=len(train))
+    assert len(clips) == len(train) and all(clip.tobytes() in rows for clip in clips)
 
 
 def test_calibration_leaves_out_clips_that_do_not_decode_and_says_so(tmp_path: Path, caplog):
