@@ -63,6 +63,7 @@ log = logging.getLogger("pipelines.speech")
 PIPELINE = "speech"
 DATASET = "speech-commands"
 MODELS = ("recurrent", "tutorial-cnn")
+CNN_SEARCHED = ("learning_rate", "noise_volume", "time_mask_frames", "freq_mask_bins")
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def run(config: SpeechConfig) -> dict:
     """
     config = prepare_run(config)
     if config.run.sweep:
-        return sweep.run_sweep(config, run, search_space(), PIPELINE)
+        return sweep.run_sweep(config, run, search_space(config.model.model), PIPELINE)
     with lifecycle.tracked_run(config, PIPELINE) as tracked:
         started = time.perf_counter()
         data = prepare_speech_data(config.source, config.splits, config.features,
@@ -265,9 +266,10 @@ def serving_input_example(sample_rate: int) -> pd.DataFrame:
                          "sample_rate": [8000, sample_rate]})
 
 
-def search_space() -> dict:
-    """What `--sweep N` searches: model shape, regularisation, learning rate, augmentation."""
-    return {
+def search_space(model: str = "recurrent") -> dict:
+    """What `--sweep N` searches: model shape, regularisation, learning rate, augmentation;
+    for the tutorial CNN, whose shape and dropout are fixed, the last two only."""
+    space = {
         "front_end": OneOf(["conv", "none"]),
         "pooling": OneOf(["attention", "mean-max"]),
         "units": IntDistribution(32, 128, step=32),
@@ -278,6 +280,9 @@ def search_space() -> dict:
         "time_mask_frames": IntDistribution(0, 20, step=5),
         "freq_mask_bins": IntDistribution(0, 10),
     }
+    if model == "tutorial-cnn":
+        return {name: space[name] for name in CNN_SEARCHED}
+    return space
 
 
 def summary_lines(result: dict) -> list[str]:

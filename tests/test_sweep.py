@@ -13,6 +13,7 @@ from pipelines import sentiment, speech, tracking
 from pipelines.sentiment import SentimentConfig
 from pipelines.speech import SpeechConfig
 from pipelines.sweep import run_sweep
+from pipelines.text_baseline import search_space as baseline_search_space
 
 
 def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_path: Path,
@@ -83,6 +84,21 @@ def test_a_tfidf_sweep_searches_the_baselines_own_options(imdb_dir: Path, tmp_pa
     trials = client.search_runs(
         [experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len({run.data.params["logreg_c"] for run in trials}) == 3  # each trial its own C
+
+
+@pytest.mark.parametrize(("config", "space"), [
+    (SpeechConfig(), speech.search_space()),
+    (SpeechConfig(), speech.search_space("tutorial-cnn")),
+    (SentimentConfig(), sentiment.search_space()),
+    (SentimentConfig(), baseline_search_space()),
+])
+def test_each_search_space_names_options_of_its_task(config, space):
+    assert space and set(space) <= set(config.options())
+
+
+def test_the_tutorial_cnn_sweep_leaves_its_fixed_shape_alone():
+    assert set(speech.search_space("tutorial-cnn")) == {
+        "learning_rate", "noise_volume", "time_mask_frames", "freq_mask_bins"}
 
 
 def test_sweep_rejects_a_space_naming_unknown_options(tmp_path: Path):
