@@ -83,11 +83,16 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     # predict: one line per clip; bad inputs get their own error and the rest an answer
     (tmp_path / "notes.wav").write_text("not audio")
     clip_path = speech_dir / "yes" / "0a1b2c3d_nohash_0.wav"
+    tabbed = tmp_path / "take\t2.wav"  # a tab in a name is escaped: the line keeps 3 fields
+    tabbed.write_bytes(clip_path.read_bytes())
     code = speech.main(["predict", str(clip_path), str(tmp_path / "missing.wav"),
-                        str(tmp_path / "notes.wav"), "--store-dir", str(tmp_path / "mlruns")])
+                        str(tmp_path / "notes.wav"), str(tabbed), "--store-dir",
+                        str(tmp_path / "mlruns")])
     printed = capsys.readouterr()
     assert code == 1
-    name, label, probability = printed.out.strip().split("\t")
+    first, second = (line.split("\t") for line in printed.out.strip().split("\n"))
+    assert second[:2] == [f"{tmp_path}/take\\t2.wav", first[1]] and len(second) == 3
+    name, label, probability = first
     assert name == str(clip_path) and label == answer.loc[0, "label"]
     assert float(probability) == pytest.approx(answer.loc[0, f"probability_{label}"], abs=1e-4)
     assert f"{tmp_path / 'missing.wav'}: error: cannot read the file" in printed.err
