@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
 import soundfile
 
+from benchmarks import serving
 from benchmarks.accuracy import summary
 from benchmarks.memory import variant_chunk
 from benchmarks.streaming import NOT_KEYWORDS, generate_stream, score
@@ -77,6 +79,16 @@ def test_unknown_sections_are_refused_with_the_choices(capsys):
         main(["--only", "mfcc,warp-speed"])
     assert exit_info.value.code == 2
     assert "unknown section(s) warp-speed; choose from mfcc, cache" in capsys.readouterr().err
+
+
+def test_serving_batches_stay_within_what_a_request_may_send(monkeypatch, capsys):
+    """The section's batch is MAX_REQUEST_ROWS; a larger one is refused before any model is
+    built (the served model would refuse it)."""
+    monkeypatch.setattr(sys, "argv", ["benchmarks.serving", "--batch", "1000"])
+    with pytest.raises(SystemExit) as exit_info:
+        serving.main()
+    assert exit_info.value.code == 2
+    assert "--batch must be in 1..512 (MAX_REQUEST_ROWS" in capsys.readouterr().err
 
 
 def test_accuracy_summary_reports_mean_spread_margin_and_goals():
