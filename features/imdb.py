@@ -261,7 +261,7 @@ def load_imdb(data_dir: str | Path, *, validation_pct: float, seed: int,
         reviews and dropped duplicates.
 
     Raises:
-        FileNotFoundError: `data_dir` does not exist.
+        FileNotFoundError: `data_dir` is not a folder (DataNotFoundError).
         ValueError: The layout is not aclImdb's.
     """
     data_dir = require_folder(data_dir, "IMDB data folder")

@@ -239,7 +239,7 @@ def bucketed_dataset(
 def steps_per_epoch(num_examples: int, batch_size: int, shards: int = 1) -> int:
     """Number of batches in one pass over `num_examples`; with `shards` input pipelines
     each making its share of every batch, a last batch of fewer examples than shards is
-    left out (every shard needs one)."""
+    left out (every shard needs one) unless it is the only batch."""
     batches = max(1, math.ceil(num_examples / batch_size))
     last = num_examples - (batches - 1) * batch_size
     return batches - (batches > 1 and last < shards)

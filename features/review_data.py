@@ -78,7 +78,7 @@ def read_reviews(source: ReviewSourceConfig, *, unlabelled: bool = False) -> Imd
 
     Raises:
         ValueError: No data folder, or a layout that is not aclImdb's.
-        FileNotFoundError: The data folder does not exist.
+        FileNotFoundError: The data folder is missing or not a folder (DataNotFoundError).
         DatasetUnavailableError: --source tfds without prepared data, offline.
     """
     if source.source == "tfds":

@@ -147,7 +147,7 @@ def list_word_clips(data_dir: Path) -> dict[str, list[str]]:
     maps to an empty list (the task decides whether it can do without it).
 
     Raises:
-        FileNotFoundError: `data_dir` does not exist.
+        FileNotFoundError: `data_dir` is not a folder (DataNotFoundError).
         ValueError: there are no word folders, or none holds a WAV file.
     """
     require_folder(data_dir, "Speech Commands data folder", "pass --data-dir or set "
@@ -258,7 +258,7 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
         The examples per split, with labels in model output order, and what was left out.
 
     Raises:
-        FileNotFoundError: `data_dir` does not exist.
+        FileNotFoundError: `data_dir` is not a folder (DataNotFoundError).
         ValueError: Unknown task, no clips at all, or a command word folder of the 12-class
             task is missing or empty.
     """
@@ -329,7 +329,7 @@ def test_release_examples(data_dir: str | Path) -> list[Example]:
     named `<word>_<speaker>_nohash_<n>.wav`).
 
     Raises:
-        FileNotFoundError: `data_dir` does not exist.
+        FileNotFoundError: `data_dir` is not a folder (DataNotFoundError).
         ValueError: A folder is not one of the 12 classes, or there are no clips.
     """
     data_dir = require_folder(data_dir, "Speech Commands test folder")

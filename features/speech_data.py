@@ -105,7 +105,7 @@ def prepare_speech_data(source: SpeechSourceConfig, splits: SplitConfig, mfcc: M
 
     Raises:
         ValueError: No data folder, or options the source cannot honour.
-        FileNotFoundError: The data folder does not exist.
+        FileNotFoundError: The data folder is missing or not a folder (DataNotFoundError).
         DatasetUnavailableError: --source tfds without prepared data, offline.
     """
     if source.source == "tfds":
@@ -167,7 +167,8 @@ def prepare_tfds(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccConf
     Each split is streamed from TFDS into the cache in chunks, never held whole; a cache
     entry is keyed by the split's TFDS name (dataset, config, version, split), size and
     labels, and the feature config. The training waveforms augmentation needs are cached the
-    same way, and memory-mapped like the frames.
+    same way (keyed by the sample rate and clip length instead of the whole feature config),
+    and memory-mapped like the frames.
 
     Raises:
         ConfigError: Options --source tfds cannot honour.

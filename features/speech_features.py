@@ -13,7 +13,8 @@ A cache entry (features.feature_cache) is keyed by a hash of the example list (p
 modification times, silence windows) and the feature configuration, so a second run with the
 same data and config reads the frames back (memory-mapped) and decodes nothing. The module
 also caches the decoded waveforms of a split (`split_waveforms`), which training with
-augmentation computes its MFCC frames from afresh each epoch.
+augmentation computes its MFCC frames from afresh each epoch; their entry is keyed by the
+sample rate and clip length alone (`entry_settings`), so other MFCC options reuse it.
 """
 
 from __future__ import annotations
