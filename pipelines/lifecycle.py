@@ -192,7 +192,7 @@ def require_data_dir(data_dir: str | None, env: str, dataset: str) -> None:
 
     Raises:
         ValueError: No folder given.
-        FileNotFoundError: The folder does not exist.
+        FileNotFoundError: The folder is missing or not a folder (DataNotFoundError).
     """
     if not data_dir:
         raise ConfigError(f"no data folder: pass --data-dir or set {env}")
