@@ -266,7 +266,7 @@ def serving_input_example(sample_rate: int) -> pd.DataFrame:
                          "sample_rate": [8000, sample_rate]})
 
 
-def search_space(model: str = "recurrent") -> dict:
+def search_space(model: str) -> dict:
     """What `--sweep N` searches: model shape, regularisation, learning rate, augmentation;
     for the tutorial CNN, whose shape and dropout are fixed, the last two only."""
     space = {

@@ -87,7 +87,7 @@ def test_a_tfidf_sweep_searches_the_baselines_own_options(imdb_dir: Path, tmp_pa
 
 
 @pytest.mark.parametrize(("config", "space"), [
-    (SpeechConfig(), speech.search_space()),
+    (SpeechConfig(), speech.search_space("recurrent")),
     (SpeechConfig(), speech.search_space("tutorial-cnn")),
     (SentimentConfig(), sentiment.search_space()),
     (SentimentConfig(), baseline_search_space()),
