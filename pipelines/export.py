@@ -266,6 +266,10 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
             args.model_uri, args.tracking_uri, args.store_dir))
         calibration = calibration_clips(args.data_dir, predictor, trained.splits,
                                         args.calibration_clips)
+        log.info("--quantize int8: calibrating on %d clips of %s's training split as run %s "
+                 "composed it (validation %g %%, test %g %%, data seed %d)", len(calibration),
+                 args.data_dir, run_id, trained.splits.validation_pct,
+                 trained.splits.test_pct, trained.splits.data_seed)
     content = convert(predictor.model, args.quantize, calibration)
     labels = "".join(f"{label}\n" for label in predictor.labels)
     out.write_bytes(content)

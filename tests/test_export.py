@@ -3,6 +3,7 @@ interpreter on real clips against the Keras model, in each quantisation."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import keras
@@ -50,6 +51,7 @@ def logged(tmp_path_factory) -> tuple[Path, str, object]:
     config = SpeechPredictor(model, LABELS, mfcc).save_config(folder / "config.json")
     store = folder / "mlruns"
     with tracking.tracked_run("export", tracking_uri=None, store_dir=store):
+        mlflow.log_params({"data_seed": 3, "test_pct": 12})  # the run's split options
         uri = tracking.log_speech_classifier(folder / "classifier.keras", config, LABELS,
                                              speech.serving_input_example(16000))
     return store, uri, model
@@ -57,7 +59,8 @@ def logged(tmp_path_factory) -> tuple[Path, str, object]:
 
 @pytest.mark.parametrize("quantize", ["none", "dynamic", "int8"])
 def test_tflite_file_labels_real_clips_as_the_keras_model(
-        logged, quantize: str, tmp_path: Path, shared_speech_dir: Path, capsys):
+        logged, quantize: str, tmp_path: Path, shared_speech_dir: Path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="pipelines.export")
     store, uri, model = logged
     out = tmp_path / f"speech-{quantize}.tflite"
     replace = []
@@ -69,6 +72,10 @@ def test_tflite_file_labels_real_clips_as_the_keras_model(
                         str(shared_speech_dir), "--calibration-clips", "50", *replace]) == 0
     labels_file = tmp_path / f"speech-{quantize}_labels.txt"
     assert f"{out}\t" in capsys.readouterr().out
+    # int8 calibrates on the training split composed by the model's run's split options
+    calibrated = "training split as run" in caplog.text
+    assert calibrated == (quantize == "int8")
+    assert not calibrated or "(validation 10 %, test 12 %, data seed 3)" in caplog.text
     assert labels_file.read_text().splitlines() == list(LABELS)  # the output's order
     clips = np.stack([decode_clip(path, MfccConfig().audio) for word in ("yes", "no", "stop")
                       for path in sorted((shared_speech_dir / word).glob("*.wav"))[:8]])
