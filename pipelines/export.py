@@ -262,8 +262,7 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
                      "name --out otherwise, or pass --overwrite to replace")
     calibration = None
     if args.quantize == "int8":  # the training split as the model's own run composed it
-        trained = config_from_params(task.config, tracking.model_run_params(
-            args.model_uri, args.tracking_uri, args.store_dir))
+        trained = config_from_params(task.config, tracking.run_params(run_id))
         calibration = calibration_clips(args.data_dir, predictor, trained.splits,
                                         args.calibration_clips)
         log.info("--quantize int8: calibrating on %d clips of %s's training split as run %s "

@@ -35,6 +35,7 @@ from pipelines.tracking.runs import (
     log_table,
     log_text,
     redact,
+    run_params,
     run_tags,
     set_tags,
     tracked_run,
@@ -60,6 +61,6 @@ __all__ = [
     "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics",
     "model_labels", "model_run_files", "model_run_params", "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
-    "model_version_of", "redact", "register_and_promote", "run_tags",
+    "model_version_of", "redact", "register_and_promote", "run_params", "run_tags",
     "set_tags", "tracked_run",
 ]

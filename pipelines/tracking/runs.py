@@ -286,6 +286,11 @@ def run_tags(run_id: str) -> dict[str, str]:
     return dict(MlflowClient().get_run(run_id).data.tags)
 
 
+def run_params(run_id: str) -> dict[str, str]:
+    """The parameters run `run_id` logged (a pipeline run's options)."""
+    return dict(MlflowClient().get_run(run_id).data.params)
+
+
 def find_runs(experiment: str, tags: Mapping[str, str]) -> list[tuple[str, str, dict]]:
     """The runs of `experiment` (none if it does not exist) that carry all of `tags`, newest
     first, as (run id, status, tags)."""

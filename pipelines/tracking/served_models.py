@@ -35,7 +35,7 @@ from pipelines.errors import ModelError
 from pipelines.tracking import model_code
 from pipelines.tracking.pyfunc_models import SpeechClassifierModel, TextClassifierModel
 from pipelines.tracking.registry import model_version_of
-from pipelines.tracking.runs import DB_NAME, check_tracking, connect
+from pipelines.tracking.runs import DB_NAME, check_tracking, connect, run_params
 
 
 def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: str | Path
@@ -63,8 +63,7 @@ def model_run_params(model_uri: str, tracking_uri: str | None, store_dir: str | 
     """
     connect_to_model_store(model_uri, tracking_uri, store_dir)
     try:
-        run_id = mlflow.models.get_model_info(model_uri).run_id
-        return dict(mlflow.MlflowClient().get_run(run_id).data.params)
+        return run_params(mlflow.models.get_model_info(model_uri).run_id)
     except (MlflowException, OSError) as error:
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
         raise ModelError(f"{model_uri}: the run that logged it cannot be read ({message})"
