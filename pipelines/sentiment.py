@@ -126,9 +126,8 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
     """
     config = prepare_run(config, reviews)
     if config.run.sweep:
-        space = baseline_search_space() if config.model.model == "tfidf-logreg" \
-            else search_space()
-        return sweep.run_sweep(config, lambda trial: run(trial, reviews), space, PIPELINE)
+        return sweep.run_sweep(config, lambda trial: run(trial, reviews),
+                               search_space(config.model.model), PIPELINE)
     data, read = read_data(config, reviews)
     pretrained = pretrained_encoder(config, data)
     with lifecycle.tracked_run(config, PIPELINE) as tracked:
@@ -308,8 +307,10 @@ def log_model(vectorizer: keras.layers.Layer, model: keras.Model, branch: Fitted
         return tracking.log_text_classifier(path, labels)
 
 
-def search_space() -> dict:
-    """What `--sweep N` searches for the recurrent model: ids, shape, regularisation, schedule."""
+def search_space(model: str) -> dict:
+    """What `--sweep N` searches: ids, shape, regularisation, schedule; the baseline's own."""
+    if model == "tfidf-logreg":
+        return baseline_search_space()
     return {
         "sequence_length": OneOf([400, 600, 800]),
         "units": IntDistribution(32, 128, step=32),

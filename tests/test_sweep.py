@@ -13,7 +13,6 @@ from pipelines import sentiment, speech, tracking
 from pipelines.sentiment import SentimentConfig
 from pipelines.speech import SpeechConfig
 from pipelines.sweep import run_sweep
-from pipelines.text_baseline import search_space as baseline_search_space
 
 
 def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_path: Path,
@@ -90,8 +89,8 @@ def test_a_tfidf_sweep_searches_the_baselines_own_options(imdb_dir: Path, tmp_pa
 @pytest.mark.parametrize(("config", "space"), [
     (SpeechConfig(), speech.search_space("recurrent")),
     (SpeechConfig(), speech.search_space("tutorial-cnn")),
-    (SentimentConfig(), sentiment.search_space()),
-    (SentimentConfig(), baseline_search_space()),
+    (SentimentConfig(), sentiment.search_space("recurrent")),
+    (SentimentConfig(), sentiment.search_space("tfidf-logreg")),
 ])
 def test_each_search_space_names_options_of_its_task(config, space):
     assert space and set(space) <= set(config.options())
