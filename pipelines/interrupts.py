@@ -135,11 +135,25 @@ def exit_process(status: int) -> None:
     generator), and destroying its iterator at teardown, with the interpreter lock held,
     waits for that thread forever. So does a process that lost a worker of its cluster, whose
     aborted collective ops also leave TensorFlow's thread pools failing at teardown. The run
-    was ended and the output flushed before.
+    was ended and the output flushed before. The temporary module files TensorFlow's
+    autograph writes, which it removes at exit, are removed here.
     """
     if status in (*INTERRUPTED, WORKER_LOST):
+        remove_autograph_modules()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
     sys.exit(status)
+
+
+AUTOGRAPH_MODULES = "__autograph_generated_file"  # autograph's prefix for its module files
+
+
+def remove_autograph_modules() -> None:
+    """Removes the files of the modules autograph wrote for the functions it converted (in the
+    temporary folder; TensorFlow removes them in an `atexit` handler, which `os._exit` skips)."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith(AUTOGRAPH_MODULES) and getattr(module, "__file__", None):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(module.__file__)

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from pipelines import distribute, lifecycle, tracking
+from pipelines import distribute, interrupts, lifecycle, tracking
 from pipelines.errors import SetupError
 from pipelines.speech import SpeechConfig
 from tests import test_sentiment_pipeline, test_speech_pipeline
@@ -136,13 +136,16 @@ def test_resume_and_sweep_run_in_one_process_only(monkeypatch, tmp_path: Path, o
 def two_workers(pipeline: str, args: list[str], tmp_path: Path, worker1_args=()):
     """Starts `python -m pipelines.<pipeline> ARGS --strategy multi-worker` as worker 0 (the
     chief) and worker 1 (with `worker1_args` added) of a loopback cluster; yields the
-    processes and their log files, and kills whatever still runs on leaving."""
+    processes and their log files, and kills whatever still runs on leaving. Their temporary
+    files go to tmp_path/"tmp"."""
     ports = [free_port(), free_port()]
+    (tmp_path / "tmp").mkdir()
     logs = [tmp_path / f"worker{index}.log" for index in range(2)]
     workers = [subprocess.Popen(
         [sys.executable, "-m", f"pipelines.{pipeline}", *args, "--strategy", "multi-worker",
          "--checkpoint-dir", str(tmp_path / "checkpoints"), *(worker1_args if index else ())],
-        cwd=REPO, env=os.environ | {"TF_CONFIG": tf_config(index, ports)},
+        cwd=REPO, env=os.environ | {"TF_CONFIG": tf_config(index, ports),
+                                    "TMPDIR": str(tmp_path / "tmp")},
         stdout=log.open("w"), stderr=subprocess.STDOUT) for index, log in enumerate(logs)]
     try:
         yield workers, logs
@@ -220,6 +223,8 @@ def test_a_worker_stopped_mid_training_fails_the_run_on_the_others(speech_dir: P
     assert "interrupted by SIGTERM" in output[1]
     throwaway = re.search(r"the throwaway store (\S+)\)", output[1])
     assert throwaway and not Path(throwaway.group(1)).exists()  # removed despite os._exit
+    # so are the module files of the functions autograph converted (differing_workers' gather)
+    assert not list((tmp_path / "tmp").glob(f"{interrupts.AUTOGRAPH_MODULES}*"))
     assert "error: worker 0 of 2: the cluster lost worker 1 during training" in output[0]
     assert_one_failed_run_and_nothing_registered(tmp_path / "mlruns")
 
