@@ -1,7 +1,8 @@
 """Reviews to token ids with Keras' TextVectorization (`standardize_review`, one vocabulary),
 and the TF-IDF baseline's own standardisation (`strip_html_lower`).
 
-The vocabulary is fitted on the training split only. Id 0 is padding and id 1 the
+The vocabulary is fitted on the training split (with pretraining, on it and the unlabelled
+reviews: `pipelines.pretraining`), never on validation or test. Id 0 is padding and id 1 the
 out-of-vocabulary token; sequences are truncated or right-padded to a fixed length, which keeps
 masked recurrent layers cuDNN-eligible.
 

@@ -97,7 +97,7 @@ def blend_probabilities(logit, recurrent, weight: float, space: str = "logit"):
 @keras.saving.register_keras_serializable(package="models")
 class BlendProbabilities(keras.layers.Layer):
     """The blended model's output layer: `blend_probabilities` with a fixed weight, in the
-    given space ("logit", as `blended_model` builds it, or "probability")."""
+    given space ("logit", as `blended_text_classifier` builds it, or "probability")."""
 
     def __init__(self, weight: float, space: str, **kwargs):
         super().__init__(**kwargs)

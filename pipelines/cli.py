@@ -71,7 +71,7 @@ class TaskCommands:
         dataset: Dataset name of evaluation runs (`<dataset>-evaluation`).
         predict: `predict`: label inputs with a logged model.
         evaluate: `evaluate`: score a logged model on a labelled folder.
-        commands: The task's other commands by name (speech: `listen`), each
+        commands: The task's other commands by name (speech: `listen`, `export`), each
             `command(task, argv) -> exit status`.
     """
 
@@ -92,8 +92,9 @@ class TaskCommands:
 
 
 def main(task: TaskCommands, argv: Sequence[str] | None = None) -> int:
-    """A task's entry point: `predict ...` and `evaluate ...` run those commands on the
-    remaining arguments; anything else parses training flags, runs and prints the summary."""
+    """A task's entry point: `predict ...`, `evaluate ...` and the task's own commands
+    (`task.commands`) run on the remaining arguments; anything else parses training flags,
+    runs and prints the summary."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"predict": predict, "evaluate": evaluate, **task.commands}
     command = commands.get(argv[0]) if argv else None

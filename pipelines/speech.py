@@ -343,7 +343,7 @@ COMMANDS = cli.TaskCommands(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: `predict ...`, `evaluate ...`, or (no command) train with the flags."""
+    """CLI entry point: `predict`, `evaluate`, `listen`, `export`, or (none) train."""
     return cli.main(COMMANDS, argv)
 
 

@@ -2,7 +2,8 @@
 logged by `served_models` with the code `model_code` collects), and the registry with the
 champion rule (`registry`).
 
-This package is the only code that imports mlflow. Its public names are re-exported here, so
+Of `features/`, `models/` and `pipelines/`, this package is the only code that imports
+mlflow. Its public names are re-exported here, so
 callers use `tracking.log_metrics(...)`, `tracking.register_and_promote(...)`. A logged model
 refers to its pyfunc class by module path; the classes are importable from here and from
 `served_models` as well as from `pyfunc_models`, so a model logged under any of those paths
