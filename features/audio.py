@@ -142,14 +142,19 @@ def source_label(source: str | Path | bytes, name: str | None) -> str:
     return name or (str(source) if not isinstance(source, bytes) else "<bytes>")
 
 
-def not_decodable(label: str, source: str | Path | bytes, error: Exception) -> AudioDecodeError:
+def not_decodable(label: str, source: str | Path | bytes | None, error: Exception
+                  ) -> AudioDecodeError:
     """The error for input libsndfile refuses, with libsndfile's reason but not its repeat of
-    the path (or repr of the in-memory buffer)."""
-    if not isinstance(source, bytes) and Path(source).is_dir():
-        return AudioDecodeError(f"{label}: a folder, not an audio file")
-    if not isinstance(source, bytes) and not Path(source).is_file():
-        return AudioDecodeError(f"{label}: no such file")
-    if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
+    the path (or repr of the in-memory buffer); `source` None for a stream (standard input),
+    which has no file to look at."""
+    size = len(source) if isinstance(source, bytes) else None  # None: not known (a pipe)
+    if isinstance(source, (str, Path)):
+        if Path(source).is_dir():
+            return AudioDecodeError(f"{label}: a folder, not an audio file")
+        if not Path(source).exists():
+            return AudioDecodeError(f"{label}: no such file")
+        size = Path(source).stat().st_size if Path(source).is_file() else None
+    if size == 0:
         return AudioDecodeError(f"{label}: {EMPTY}")
     detail = error.error_string if isinstance(error, soundfile.LibsndfileError) else str(error)
     return AudioDecodeError(f"{label}: not decodable audio ({detail})")

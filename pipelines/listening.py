@@ -11,7 +11,12 @@ detection). `_silence_` and `_unknown_` take part in that logic (once either is 
 keyword before it can be reported again) but are never reported.
 
 A recording is read in blocks (`BLOCK_SECONDS`), mixed to mono and resampled to the model's
-rate as a stream, so memory stays flat however long it is. Bad input, per file:
+rate as a stream, so memory stays flat however long it is. A pipe (`-`, standard input, or a
+named pipe) is read a hop at a time, so each detection is printed as soon as the audio that
+holds it arrives: `arecord -f S16_LE -r 16000 -c 1 -t wav | python -m pipelines.speech listen -`
+spots keywords live, until the input ends or Ctrl-C (exit status 130). A pipe carries a format
+libsndfile reads from a stream (WAV, FLAC, ...; a WAV header's data size may be left unknown,
+as recorders writing to a pipe leave it). Bad input, per file:
 
 - shorter than a window: zero-padded to one window, which is scored once;
 - too short for a streaming decision (fewer windows than `--minimum-count`, or spanning less
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import Field, dataclass, field, fields
@@ -56,9 +62,11 @@ from features.mfcc import MfccConfig
 from pipelines import cli, tracking
 from pipelines.serving import SpeechPredictor
 
-BLOCK_SECONDS = 30  # of a recording read and resampled at a time
+BLOCK_SECONDS = 30  # of a recording read and resampled at a time (a pipe: one hop)
+READ_AHEAD_SECONDS = 60  # of audio read ahead of the model at most
 WINDOWS_PER_CALL = 256  # windows per batched model call
 NOT_REPORTED = ("_silence_", "_unknown_")
+STDIN = "-"  # the FILE that means standard input
 
 
 @dataclass(frozen=True)
@@ -146,36 +154,95 @@ class RecognizeCommands:
         return None
 
 
-def resampled_blocks(path: str, rate: int) -> Iterator[np.ndarray]:
-    """A recording as consecutive mono float32 blocks at `rate`, read BLOCK_SECONDS at a time.
+def resampled_blocks(path: str, rate: int, pipe_block_s: float = 0.1) -> Iterator[np.ndarray]:
+    """A recording (`path`, or STDIN) as consecutive mono float32 blocks at `rate`, read
+    BLOCK_SECONDS at a time; a pipe, which cannot seek, `pipe_block_s` at a time, each block
+    as soon as it arrives.
 
     Raises:
         AudioDecodeError: Not decodable, no samples, a rate out of range, NaN/Inf samples.
     """
+    label = "standard input" if path == STDIN else path
     try:
-        audio = soundfile.SoundFile(path)
-    except DECODE_ERRORS as error:
-        raise not_decodable(path, path, error) from None  # names a missing file as such
+        audio = (soundfile.SoundFile(0, closefd=False) if path == STDIN  # descriptor 0
+                 else soundfile.SoundFile(path))
+    except DECODE_ERRORS as error:  # names a missing file as such
+        raise not_decodable(label, None if path == STDIN else path, error) from None
     with audio:
-        source_rate = check_sample_rate(audio.samplerate, path)
+        source_rate = check_sample_rate(audio.samplerate, label)
         stream = (None if source_rate == rate
                   else soxr.ResampleStream(source_rate, rate, 1, dtype="float32"))
         total = 0
-        blocks = audio.blocks(BLOCK_SECONDS * source_rate, dtype="float32", always_2d=True)
+        size = (BLOCK_SECONDS * source_rate if audio.seekable()
+                else max(1, round(pipe_block_s * source_rate)))
         while True:
             try:  # a damaged compressed stream fails part-way through
-                block = next(blocks, None)
+                block = audio.read(size, dtype="float32", always_2d=True)
             except DECODE_ERRORS as error:
-                raise not_decodable(path, path, error) from None
-            if block is None:
+                raise not_decodable(label, None if path == STDIN else path, error) from None
+            if not len(block):
                 break
-            mono = check_samples(to_mono(block), path)
+            mono = check_samples(to_mono(block), label)
             total += len(mono)
             yield mono if stream is None else stream.resample_chunk(mono)
         if total == 0:
-            raise AudioDecodeError(f"{path}: the file holds no audio samples")
+            raise AudioDecodeError(f"{label}: the {'stream' if path == STDIN else 'file'} "
+                                   "holds no audio samples")
         if stream is not None:
             yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+def read_ahead(blocks: Iterator[np.ndarray], limit: int) -> Iterator[np.ndarray]:
+    """`blocks`, read on a thread of their own at most `limit` samples ahead of their use.
+
+    A pipe is drained while the model works, so a recorder writing into it is not held up
+    (the first windows' call compiles the model, for seconds, while a pipe holds 64 KiB: 0.4
+    s of 44.1 kHz stereo), and a file's next block is decoded while the model scores this
+    one. An error of `blocks` is raised after the blocks read before it.
+    """
+    ready: deque = deque()  # blocks, then None at the end or the error that ended them
+    changed = threading.Condition()
+    ahead, stopped = 0, False
+
+    def read() -> None:
+        nonlocal ahead
+        end: Exception | None = None
+        try:
+            for block in blocks:
+                with changed:
+                    while ahead >= limit and not stopped:
+                        changed.wait()
+                    if stopped:
+                        return
+                    ready.append(block)
+                    ahead += len(block)
+                    changed.notify_all()
+        except Exception as error:  # handed over, raised where the blocks are used
+            end = error
+        finally:
+            blocks.close()  # the recording closes on this thread, after its last read
+        with changed:
+            ready.append(end)
+            changed.notify_all()
+
+    threading.Thread(target=read, name="listen-read-ahead", daemon=True).start()
+    try:
+        while True:
+            with changed:
+                changed.wait_for(lambda: ready)
+                item = ready.popleft()
+                if isinstance(item, np.ndarray):
+                    ahead -= len(item)
+                    changed.notify_all()
+            if not isinstance(item, np.ndarray):
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        with changed:
+            stopped = True
+            changed.notify_all()
 
 
 def windows(blocks: Iterator[np.ndarray], window: int, hop: int
@@ -227,8 +294,9 @@ def detections(path: str, predictor: SpeechPredictor, config: ListenConfig
     hop = hop_samples(config, spec.sample_rate)
     recognizer = RecognizeCommands(predictor.labels, config)
     total, count, time_ms = 0.0, 0, 0.0  # every window's scores, for a short recording
-    for ends, batch in windows(resampled_blocks(path, spec.sample_rate), spec.clip_samples,
-                               hop):
+    blocks = read_ahead(resampled_blocks(path, spec.sample_rate, config.stride_ms / 1000),
+                        READ_AHEAD_SECONDS * spec.sample_rate)
+    for ends, batch in windows(blocks, spec.clip_samples, hop):
         probabilities = predictor.clip_probabilities(batch)
         total, count = total + probabilities.sum(axis=0), count + len(probabilities)
         for end, scores in zip(ends, probabilities, strict=True):
@@ -258,13 +326,17 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
         "are averaged; a keyword is not reported again until another label (_silence_ and "
         "_unknown_ included) is heard in between; _silence_ and _unknown_ are never printed. "
         "A file that cannot be read is named on stderr, the others are listened to, and the "
-        "exit status is 1.")
-    parser.add_argument("files", nargs="+", metavar="FILE", help="recordings (WAV, FLAC, ...)")
+        "exit status is 1. FILE - reads standard input as it arrives (a recorder's WAV "
+        "stream: arecord -t wav | ... listen -) and prints each detection as it is made.")
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="recordings (WAV, FLAC, ...); - for standard input")
     for option in fields(ListenConfig):
         parser.add_argument(flag(option), dest=option.name, type=type(option.default),
                             metavar=flag(option)[2:].replace("-", "_").upper(),
                             default=option.default, help=option.metadata["help"])
     args = parser.parse_args(argv)
+    if args.files.count(STDIN) > 1:
+        parser.error("standard input (-) can be listened to once")
     try:
         config = ListenConfig(**{option.name: getattr(args, option.name)
                                  for option in fields(ListenConfig)})

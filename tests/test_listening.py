@@ -6,6 +6,14 @@ tone bursts over quiet noise are known in advance."""
 
 from __future__ import annotations
 
+import os
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import keras
@@ -13,14 +21,16 @@ import mlflow
 import numpy as np
 import pytest
 
+from features.audio import AudioDecodeError
 from features.mfcc import MfccConfig
 from features.speech_commands import TWELVE_CLASS_LABELS
-from pipelines import speech, tracking
+from pipelines import interrupts, speech, tracking
 from pipelines.listening import (
     ListenConfig,
     RecognizeCommands,
     detections,
     listen,
+    read_ahead,
     resampled_blocks,
     windows,
 )
@@ -29,6 +39,7 @@ from tests.datasets import write_wav
 
 LABELS = TWELVE_CLASS_LABELS
 RATE = 16000
+REPO = Path(__file__).resolve().parents[1]
 
 
 def loudness_model() -> keras.Model:
@@ -106,6 +117,72 @@ def test_windows_of_a_stream_in_blocks_equal_windows_of_the_whole():
     assert len(empty) == 1 and not empty[0][1].any()
 
 
+def recorder_stream(wave: np.ndarray, rate: int) -> tuple[bytes, bytes]:
+    """(header, samples) of 16-bit stereo WAV as a recorder writes it to a pipe: the header's
+    sizes left unknown (0xFFFFFFFF), since the recording's length is not known yet."""
+    pcm = (np.clip(np.stack([wave, wave], 1), -1, 1) * 32767).astype("<i2")
+    header = (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt " + struct.pack(
+        "<IHHIIHH", 16, 1, 2, rate, 4 * rate, 4, 16) + b"data" + struct.pack("<I", 0xFFFFFFFF))
+    return header, pcm.tobytes()
+
+
+def test_read_ahead_keeps_order_stays_within_its_limit_and_raises_a_read_error_last():
+    produced, closed = [], threading.Event()
+
+    def source():
+        try:
+            for index in range(10):
+                produced.append(index)
+                yield np.full(100, index, np.float32)
+            raise AudioDecodeError("cut.flac: not decodable audio (cut short)")
+        finally:
+            closed.set()
+
+    blocks = read_ahead(source(), limit=300)
+    got = [int(next(blocks)[0])]
+    # blocks 1-3 wait (300 samples), block 4 was read and waits for room
+    deadline = time.monotonic() + 10
+    while len(produced) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert produced == [0, 1, 2, 3, 4]
+    with pytest.raises(AudioDecodeError, match="cut short"):
+        for block in blocks:
+            got.append(int(block[0]))
+    assert closed.wait(10) and got == list(range(10)) and produced == list(range(10))
+    # a reader that stops early stops the reading thread, which closes its source
+    closed.clear()
+    blocks = read_ahead(source(), limit=100)
+    next(blocks)
+    blocks.close()
+    assert closed.wait(10) and len(produced) < 10 + 10
+
+
+def test_a_named_pipe_is_heard_as_the_same_recording_in_a_file(tmp_path: Path, predictor):
+    """A pipe (not seekable) is read a hop at a time, as its WAV stream arrives, with the
+    header's sizes unknown: the detections are the file's."""
+    wave = stream(12, [2.0, 7.0], rate=44100)
+    header, samples = recorder_stream(wave, 44100)
+    file = write_wav(tmp_path / "stereo.wav", np.stack([wave, wave], 1), rate=44100)
+    pipe = tmp_path / "live"
+    os.mkfifo(pipe)
+
+    def record():
+        with pipe.open("wb") as out:
+            out.write(header)
+            for start in range(0, len(samples), 17_640):  # 100 ms at a time
+                out.write(samples[start:start + 17_640])
+
+    writer = threading.Thread(target=record)
+    writer.start()
+    live = listen(str(pipe), predictor, ListenConfig())
+    writer.join()
+    whole = listen(str(file), predictor, ListenConfig())
+    assert [d.label for d in live] == [d.label for d in whole] == ["yes", "yes"]
+    assert [d.time_s for d in live] == [d.time_s for d in whole]
+    assert np.allclose([d.score for d in live], [d.score for d in whole], atol=1e-3)
+
+
 def test_tone_bursts_are_heard_once_each_near_their_time(tmp_path: Path, predictor):
     path = write_wav(tmp_path / "long.wav", stream(12, [2.0, 7.0]))
     found = listen(str(path), predictor, ListenConfig())
@@ -176,6 +253,46 @@ def test_listen_command_prints_detections_and_fails_a_bad_file(tmp_path: Path, l
     assert 2.0 < float(lines[0][1]) < 3.7 and 0.7 < float(lines[0][3]) <= 1.0
     assert "bad.wav: not decodable audio" in err
     assert mlflow.active_run() is None
+
+
+def test_listen_to_standard_input_prints_each_keyword_as_it_arrives_and_stops_at_ctrl_c(
+        tmp_path: Path, logged):
+    """`recorder | listen -`: each detection is printed while the stream goes on; Ctrl-C
+    ends a wait for more input at once (status 130), leaving no temporary files."""
+    store, uri = logged
+    header, samples = recorder_stream(stream(8, [1.0, 5.0], rate=44100), 44100)
+    second = 4 * 44100 * 4  # bytes of the first 4 s
+    (tmp_path / "tmp").mkdir()
+    log = tmp_path / "listen.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.speech", "listen", "-", "--model-uri", uri,
+         "--store-dir", str(store)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=log.open("w"), env=os.environ | {"TMPDIR": str(tmp_path / "tmp")})
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [*map(lines.put, process.stdout), lines.put(b"")],
+                     daemon=True).start()
+
+    def next_detection() -> tuple[str, float, str]:
+        line = lines.get(timeout=180).decode()
+        assert line, f"listen ended (status {process.poll()}):\n{log.read_text()[-3000:]}"
+        name, when, label, _ = line.rstrip("\n").split("\t")
+        return name, float(when), label
+
+    try:
+        process.stdin.write(header + samples[:second])
+        process.stdin.flush()
+        name, when, label = next_detection()  # the stream is still open
+        assert (name, label) == ("-", "yes") and 1.0 < when < 2.7
+        process.stdin.write(samples[second:])  # the second word, then nothing more
+        process.stdin.flush()
+        name, when, label = next_detection()
+        assert label == "yes" and 5.0 < when < 6.7
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 130
+    finally:
+        process.kill()
+    assert "interrupted by Ctrl-C" in log.read_text()
+    assert not list((tmp_path / "tmp").glob(f"{interrupts.AUTOGRAPH_MODULES}*"))
 
 
 @pytest.mark.parametrize(("flags", "message"), [
