@@ -14,9 +14,10 @@ A recording is read in blocks (`BLOCK_SECONDS`), mixed to mono and resampled to 
 rate as a stream, so memory stays flat however long it is. A pipe (`-`, standard input, or a
 named pipe) is read a hop at a time, so each detection is printed as soon as the audio that
 holds it arrives: `arecord -f S16_LE -r 16000 -c 1 -t wav | python -m pipelines.speech listen -`
-spots keywords live, until the input ends or Ctrl-C (exit status 130). A pipe carries a format
-libsndfile reads from a stream (WAV, FLAC, ...; a WAV header's data size may be left unknown,
-as recorders writing to a pipe leave it). Bad input, per file:
+spots keywords live, until the input ends or Ctrl-C (exit status 130). A pipe carries WAV (its
+header's sizes may be left unknown, as recorders writing to a pipe leave them) or another
+format libsndfile reads from a stream (OGG; not FLAC, whose decoder needs to seek: `listen - <
+x.flac` reads a file, which can). Bad input, per file:
 
 - shorter than a window: zero-padded to one window, which is scored once;
 - too short for a streaming decision (fewer windows than `--minimum-count`, or spanning less
@@ -43,7 +44,7 @@ import math
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import Field, dataclass, field, fields
 
 import numpy as np
@@ -192,13 +193,17 @@ def resampled_blocks(path: str, rate: int, pipe_block_s: float = 0.1) -> Iterato
             yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
-def read_ahead(blocks: Iterator[np.ndarray], limit: int) -> Iterator[np.ndarray]:
-    """`blocks`, read on a thread of their own at most `limit` samples ahead of their use.
+def read_ahead(blocks: Generator[np.ndarray, None, None], limit: int
+               ) -> Iterator[np.ndarray]:
+    """`blocks`, read on a thread of their own at most `limit` samples ahead of their use;
+    those read ahead are handed on joined, so that a backlog is scored in batches.
 
     A pipe is drained while the model works, so a recorder writing into it is not held up
     (the first windows' call compiles the model, for seconds, while a pipe holds 64 KiB: 0.4
     s of 44.1 kHz stereo), and a file's next block is decoded while the model scores this
-    one. An error of `blocks` is raised after the blocks read before it.
+    one. An error of `blocks` is raised after the blocks read before it. A reader that stops
+    early stops the thread at its next block: one waiting on a silent pipe waits until that
+    pipe sends or closes.
     """
     ready: deque = deque()  # blocks, then None at the end or the error that ended them
     changed = threading.Condition()
@@ -206,39 +211,44 @@ def read_ahead(blocks: Iterator[np.ndarray], limit: int) -> Iterator[np.ndarray]
 
     def read() -> None:
         nonlocal ahead
-        end: Exception | None = None
+        end: BaseException | None = None
         try:
             for block in blocks:
                 with changed:
-                    while ahead >= limit and not stopped:
+                    while ahead and ahead + len(block) > limit and not stopped:
                         changed.wait()
                     if stopped:
                         return
                     ready.append(block)
                     ahead += len(block)
                     changed.notify_all()
-        except Exception as error:  # handed over, raised where the blocks are used
+        except BaseException as error:  # handed over, raised where the blocks are used
             end = error
         finally:
-            blocks.close()  # the recording closes on this thread, after its last read
-        with changed:
-            ready.append(end)
-            changed.notify_all()
+            try:
+                blocks.close()  # the recording closes on this thread, after its last read
+            finally:
+                with changed:
+                    ready.append(end)
+                    changed.notify_all()
 
     threading.Thread(target=read, name="listen-read-ahead", daemon=True).start()
     try:
         while True:
             with changed:
                 changed.wait_for(lambda: ready)
-                item = ready.popleft()
-                if isinstance(item, np.ndarray):
-                    ahead -= len(item)
-                    changed.notify_all()
-            if not isinstance(item, np.ndarray):
-                if item is not None:
-                    raise item
+                joined = []
+                while ready and isinstance(ready[0], np.ndarray):
+                    joined.append(ready.popleft())
+                ahead -= sum(len(block) for block in joined)
+                end = None if joined else ready.popleft()
+                changed.notify_all()
+            if joined:
+                yield np.concatenate(joined) if len(joined) > 1 else joined[0]
+            elif end is not None:
+                raise end
+            else:
                 return
-            yield item
     finally:
         with changed:
             stopped = True
@@ -337,6 +347,8 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.files.count(STDIN) > 1:
         parser.error("standard input (-) can be listened to once")
+    if STDIN in args.files and sys.stdin is None:  # started with it closed
+        parser.error("standard input (-) is closed")
     try:
         config = ListenConfig(**{option.name: getattr(args, option.name)
                                  for option in fields(ListenConfig)})

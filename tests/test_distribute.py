@@ -223,6 +223,7 @@ def test_a_worker_stopped_mid_training_fails_the_run_on_the_others(speech_dir: P
     assert "interrupted by SIGTERM" in output[1]
     throwaway = re.search(r"the throwaway store (\S+)\)", output[1])
     assert throwaway and not Path(throwaway.group(1)).exists()  # removed despite os._exit
+    assert Path(throwaway.group(1)).parent == tmp_path / "tmp"  # the workers' TMPDIR
     # so are the module files of the functions autograph converted (differing_workers' gather)
     assert not list((tmp_path / "tmp").glob(f"{interrupts.AUTOGRAPH_MODULES}*"))
     assert "error: worker 0 of 2: the cluster lost worker 1 during training" in output[0]

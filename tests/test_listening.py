@@ -24,7 +24,7 @@ import pytest
 from features.audio import AudioDecodeError
 from features.mfcc import MfccConfig
 from features.speech_commands import TWELVE_CLASS_LABELS
-from pipelines import interrupts, speech, tracking
+from pipelines import speech, tracking
 from pipelines.listening import (
     ListenConfig,
     RecognizeCommands,
@@ -139,17 +139,21 @@ def test_read_ahead_keeps_order_stays_within_its_limit_and_raises_a_read_error_l
             closed.set()
 
     blocks = read_ahead(source(), limit=300)
-    got = [int(next(blocks)[0])]
-    # blocks 1-3 wait (300 samples), block 4 was read and waits for room
+    first = next(blocks)  # the blocks read by then, joined
+    taken = len(first) // 100
+    # then three more wait (300 samples) and the next was read and waits for room
     deadline = time.monotonic() + 10
-    while len(produced) < 5 and time.monotonic() < deadline:
+    while len(produced) < taken + 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
-    assert produced == [0, 1, 2, 3, 4]
+    assert len(produced) == taken + 4
+    got = [first]
     with pytest.raises(AudioDecodeError, match="cut short"):
         for block in blocks:
-            got.append(int(block[0]))
-    assert closed.wait(10) and got == list(range(10)) and produced == list(range(10))
+            got.append(block)
+    samples = np.concatenate(got)
+    assert closed.wait(10) and produced == list(range(10))
+    np.testing.assert_array_equal(samples, np.repeat(np.arange(10, dtype=np.float32), 100))
     # a reader that stops early stops the reading thread, which closes its source
     closed.clear()
     blocks = read_ahead(source(), limit=100)
@@ -173,10 +177,10 @@ def test_a_named_pipe_is_heard_as_the_same_recording_in_a_file(tmp_path: Path, p
             for start in range(0, len(samples), 17_640):  # 100 ms at a time
                 out.write(samples[start:start + 17_640])
 
-    writer = threading.Thread(target=record)
+    writer = threading.Thread(target=record, daemon=True)  # blocks until the pipe is opened
     writer.start()
     live = listen(str(pipe), predictor, ListenConfig())
-    writer.join()
+    writer.join(timeout=10)
     whole = listen(str(file), predictor, ListenConfig())
     assert [d.label for d in live] == [d.label for d in whole] == ["yes", "yes"]
     assert [d.time_s for d in live] == [d.time_s for d in whole]
@@ -258,16 +262,15 @@ def test_listen_command_prints_detections_and_fails_a_bad_file(tmp_path: Path, l
 def test_listen_to_standard_input_prints_each_keyword_as_it_arrives_and_stops_at_ctrl_c(
         tmp_path: Path, logged):
     """`recorder | listen -`: each detection is printed while the stream goes on; Ctrl-C
-    ends a wait for more input at once (status 130), leaving no temporary files."""
+    ends a wait for more input at once (status 130)."""
     store, uri = logged
     header, samples = recorder_stream(stream(8, [1.0, 5.0], rate=44100), 44100)
     second = 4 * 44100 * 4  # bytes of the first 4 s
-    (tmp_path / "tmp").mkdir()
     log = tmp_path / "listen.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.speech", "listen", "-", "--model-uri", uri,
          "--store-dir", str(store)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=log.open("w"), env=os.environ | {"TMPDIR": str(tmp_path / "tmp")})
+        stderr=log.open("w"))
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [*map(lines.put, process.stdout), lines.put(b"")],
                      daemon=True).start()
@@ -292,7 +295,20 @@ def test_listen_to_standard_input_prints_each_keyword_as_it_arrives_and_stops_at
     finally:
         process.kill()
     assert "interrupted by Ctrl-C" in log.read_text()
-    assert not list((tmp_path / "tmp").glob(f"{interrupts.AUTOGRAPH_MODULES}*"))
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_standard_input_is_listened_to_once_and_only_when_open(closed: bool, tmp_path: Path,
+                                                                monkeypatch, capsys):
+    """Refused before any model is loaded (the store here is empty)."""
+    if closed:
+        monkeypatch.setattr(sys, "stdin", None)  # what Python sets when started without it
+    with pytest.raises(SystemExit) as refused:
+        speech.main(["listen", *(["-"] if closed else ["-", "-"]), "--store-dir",
+                     str(tmp_path / "mlruns")])
+    assert refused.value.code == 2
+    assert ("(-) is closed" if closed else "(-) can be listened to once") in (
+        capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(("flags", "message"), [
