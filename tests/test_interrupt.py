@@ -25,8 +25,11 @@ from tests.test_speech_pipeline import small_args
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_training(args: list[str]) -> subprocess.Popen:
+def start_training(args: list[str], temporary: Path) -> subprocess.Popen:
+    """`python -m pipelines.speech ARGS` with `temporary` (made here) as its TMPDIR."""
+    temporary.mkdir()
     return subprocess.Popen([sys.executable, "-m", "pipelines.speech", *args], cwd=REPO,
+                            env=os.environ | {"TMPDIR": str(temporary)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -57,7 +60,7 @@ def test_a_stopped_or_killed_run_keeps_its_checkpoint_and_resume_finishes_it(
     store = str(tmp_path / "mlruns")
     args = small_args(speech_dir, tmp_path, "--epochs", "30", "--patience", "30",
                       "--checkpoint-dir", str(checkpoints))
-    process = start_training(args)
+    process = start_training(args, tmp_path / "tmp")
     checkpoint = wait_for_epochs(process, checkpoints, 2)
     run_id = checkpoint.name
     if signum == signal.SIGKILL:
@@ -69,6 +72,11 @@ def test_a_stopped_or_killed_run_keeps_its_checkpoint_and_resume_finishes_it(
     assert process.returncode == status, stderr
     if signum != signal.SIGKILL:
         assert f"--resume {run_id}" in stderr and "Traceback" not in stderr
+        # the module files autograph wrote (the input pipeline's one-hot map) are removed,
+        # though the process exits without its atexit handlers; SIGKILL leaves them
+        assert not list((tmp_path / "tmp").glob(f"{interrupts.AUTOGRAPH_MODULES}*"))
+    else:
+        assert list((tmp_path / "tmp").glob(f"{interrupts.AUTOGRAPH_MODULES}*"))
     tracking.connect(None, tmp_path / "mlruns")
     client = MlflowClient()
     run = client.get_run(run_id)
