@@ -14,7 +14,9 @@ matched % (another label, or the same word detected again) and false positives %
 each over the words in the stream; false accepts per hour on noise alone and on a stream of
 non-keyword words only (the test split's `_unknown_` words); and the real-time factor (seconds
 of audio per second of compute), also with the keyword stream of the first seed sent through a
-pipe as a recorder sends it to `listen -` (`piped`). TensorFlow's example documents its own
+pipe as a recorder sends it to `listen -` (`piped`); and the peak memory of the `listen` command
+on an hour-long stream against a one-minute one (`listening_memory`). TensorFlow's example
+documents its own
 streaming test with a detection threshold of 0.70, an average window of 500 ms and a
 suppression of 500 ms (its RecognizeCommands averages at least 3 windows before deciding), and
 reports its model's figures in these terms.
@@ -32,7 +34,7 @@ import numpy as np
 import soundfile
 from mlflow import MlflowClient
 
-from benchmarks.suite import Figure, Options
+from benchmarks.suite import Figure, Options, run_child
 from features.audio import decode_clip, decode_recording
 from features.mfcc import MfccConfig
 from features.speech_commands import SplitConfig, load_speech_commands
@@ -140,6 +142,25 @@ def piped(path: Path, predictor, config: ListenConfig
         pipe.unlink()
 
 
+def listening_memory(options: Options) -> Figure:
+    """Peak RSS of `python -m pipelines.speech listen` (the store's champion) on a keyword
+    stream of an hour (ten minutes with --quick) against one of a minute."""
+    speech_dir = options.data_dir / "speech_commands"
+    long_minutes = 10 if options.quick else 60
+    peaks = {}
+    for minutes in (1, long_minutes):
+        path = options.work_dir / f"stream-{minutes}min.wav"
+        generate_stream(speech_dir, path, seconds=60 * minutes, seed=minutes)
+        child = run_child(["pipelines.speech", "listen", str(path), "--store-dir",
+                           str(options.store_dir)], options.work_dir / f"listen-{minutes}min.log")
+        peaks[minutes] = child.peak_rss_gb
+        path.unlink()  # an hour is 115 MB
+    return Figure("streaming", f"peak RSS of listen, a {long_minutes}-minute recording",
+                  peaks[long_minutes], "GB", reference="a 1-minute recording",
+                  reference_value=peaks[1], higher_is_better=False,
+                  goal="flat: within 10 %", met=peaks[long_minutes] <= 1.1 * peaks[1])
+
+
 def trained_predictor(options: Options):
     """The speech champion of `--store-dir` when it has one; else a default speech run is
     trained there first (three epochs with --quick)."""
@@ -233,4 +254,5 @@ def streaming(options: Options) -> list[Figure]:
                met=same_words, note=f"{len(in_pipe)} detections through the pipe, "
                f"{len(in_file)} from the file, the same words at the same times: "
                f"{'yes' if same_words else 'no'}; largest score difference {difference:.2g}"),
+        listening_memory(options),
     ]
