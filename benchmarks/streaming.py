@@ -1,25 +1,20 @@
 """Keyword spotting on long streams, as TensorFlow's speech_commands example measures it.
 
-`generate_stream` mixes test-split clips (never training ones) over `_background_noise_`
-recordings into one long WAV with its ground truth, like `generate_streaming_test_wav.py`: after
-each one-second clip a gap of `word_gap_ms` plus up to half that again (seeded), the noise at
-`background_volume`. A word's ground-truth time is the end of its one-second clip, which is
-where a window that holds the whole word ends.
-
-`streaming` runs `pipelines.listening.listen` with its defaults over such streams (keywords,
-noise only, non-keyword words; each kind from three seeds, the figures their means) and reports,
-as TensorFlow's `test_streaming_accuracy.cc` does with its 750 ms tolerance (`score`): matched %
-(a detection within the tolerance of a word, with its label; TensorFlow's "correctly"), wrongly
-matched % (another label, or the same word detected again) and false positives % (near no word),
-each over the words in the stream; false accepts per hour on noise alone and on a stream of
-non-keyword words only (the test split's `_unknown_` words); and the real-time factor (seconds
-of audio per second of compute), also with the keyword stream of the first seed sent through a
-pipe as a recorder sends it to `listen -` (`piped`); and the peak memory of the `listen` command
-on an hour-long stream against a one-minute one (`listening_memory`). TensorFlow's example
-documents its own
-streaming test with a detection threshold of 0.70, an average window of 500 ms and a
-suppression of 500 ms (its RecognizeCommands averages at least 3 windows before deciding), and
-reports its model's figures in these terms.
+`streaming` runs `pipelines.listening.listen` with its defaults over streams that
+`benchmarks.streams.generate_stream` makes from the test split (keywords, noise only,
+non-keyword words; each kind from three seeds, the figures their means) and reports, as
+TensorFlow's `test_streaming_accuracy.cc` does with its 750 ms tolerance
+(`benchmarks.streams.score`): matched % (a detection within the tolerance of a word, with its
+label; TensorFlow's "correctly"), wrongly matched % (another label, or the same word detected
+again) and false positives % (near no word), each over the words in the stream; false accepts
+per hour on noise alone and on a stream of non-keyword words only (the test split's `_unknown_`
+words); and the real-time factor (seconds of audio per second of compute), also with the
+keyword stream of the first seed sent through a pipe as a recorder sends it to `listen -`
+(`piped`); and the peak memory of the `listen` command on an hour-long stream against a
+one-minute one (`listening_memory`). TensorFlow's example documents its own streaming test
+with a detection threshold of 0.70, an average window of 500 ms and a suppression of 500 ms
+(its RecognizeCommands averages at least 3 windows before deciding), and reports its model's
+figures in these terms.
 """
 
 from __future__ import annotations
@@ -31,93 +26,15 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import soundfile
 from mlflow import MlflowClient
 
+from benchmarks.streams import generate_stream, score
 from benchmarks.suite import Figure, Options, run_child
-from features.audio import decode_clip, decode_recording
-from features.mfcc import MfccConfig
-from features.speech_commands import SplitConfig, load_speech_commands
 from pipelines import listening, speech, tracking
 from pipelines.listening import ListenConfig
 from pipelines.speech import SpeechConfig
 
-TOLERANCE_S = 0.75
-STREAM_WORDS = ("keywords", "unknown", "none")  # what generate_stream's streams hold
 SPEECH_MODEL = "speech-commands"  # the registered model whose champion is measured
-NOT_KEYWORDS = listening.NOT_REPORTED
-
-
-def generate_stream(speech_dir: Path, out: Path, *, seconds: float = 600, words: str = "keywords",
-                    word_gap_ms: float = 2000, background_volume: float = 0.1, seed: int = 0
-                    ) -> list[tuple[float, str]]:
-    """Writes a `seconds`-long 16 kHz WAV of test-split clips over background noise to `out`
-    (`words`: "keywords" the ten words, "unknown" the test split's other words, "none" noise
-    only); returns its ground truth, (time of the clip's end in s, label) per word, and writes
-    it beside the WAV as `<out>.labels.txt` (`label, time_ms` per line, TensorFlow's format; the
-    time is the clip's end, where `listen` reports a word, while TensorFlow's generator writes
-    clip starts for its tool, which compares them with window starts)."""
-    spec = MfccConfig().audio
-    data = load_speech_commands(speech_dir, SplitConfig(), spec)
-    if words not in STREAM_WORDS:
-        raise ValueError(f"words must be one of {', '.join(STREAM_WORDS)}, not {words!r}")
-    clips = [e for e in data.examples["test"] if not e.is_silence and (
-        (e.label not in NOT_KEYWORDS) if words == "keywords" else e.label == "_unknown_")]
-    noise = [decode_recording(path, spec.sample_rate) for path in
-             sorted((speech_dir / "_background_noise_").glob("*.wav"))]
-    short = [len(recording) for recording in noise if len(recording) <= spec.sample_rate]
-    if not noise or short:
-        raise ValueError(f"{speech_dir / '_background_noise_'}: the stream's background needs "
-                         f"recordings longer than 1 s ({len(noise)} found, {len(short)} "
-                         "of them shorter)")
-    rng = np.random.default_rng(seed)
-    rate, total = spec.sample_rate, int(seconds * spec.sample_rate)
-    wave = np.zeros(total, np.float32)
-    position = 0
-    while position < total:  # background: random stretches of random recordings
-        recording = noise[rng.integers(len(noise))]
-        start = rng.integers(0, len(recording) - rate)
-        stretch = recording[start:start + min(total - position, len(recording) - start)]
-        wave[position:position + len(stretch)] = background_volume * stretch
-        position += len(stretch)
-    truth: list[tuple[float, str]] = []
-    position = int(rate * word_gap_ms / 1000 / 2)
-    while words != "none" and position + spec.clip_samples < total:
-        example = clips[rng.integers(len(clips))]
-        clip = decode_clip(speech_dir / example.path, spec)
-        wave[position:position + spec.clip_samples] += clip
-        truth.append(((position + spec.clip_samples) / rate, example.label))
-        position += spec.clip_samples + int(rate * word_gap_ms / 1000 * (1 + rng.random() / 2))
-    soundfile.write(out, np.clip(wave, -1, 1), rate, subtype="PCM_16")
-    Path(f"{out}.labels.txt").write_text(
-        "".join(f"{label}, {1000 * when:.0f}\n" for when, label in truth))
-    return truth
-
-
-def score(detections: list[listening.Detection], truth: list[tuple[float, str]]
-          ) -> dict[str, float]:
-    """TensorFlow's streaming accuracy (`CalculateAccuracyStats` of accuracy_utils.cc): each
-    detection, in time order, goes to the earliest word within the tolerance; it is matched
-    when the labels agree and that word was not matched before, else wrongly matched (so a
-    second detection of one word is wrong); near no word, it is a false positive. Percentages
-    are of the words in the stream ("matched" is TensorFlow's "correctly")."""
-    truth = sorted(truth)
-    taken: set[int] = set()
-    matched = wrong = false = 0
-    for detection in sorted(detections, key=lambda found: found.time_s):
-        index = next((index for index, (when, _) in enumerate(truth)
-                      if abs(when - detection.time_s) <= TOLERANCE_S), None)
-        if index is None:
-            false += 1
-            continue
-        if truth[index][1] == detection.label and index not in taken:
-            matched += 1
-        else:
-            wrong += 1
-        taken.add(index)
-    words = max(len(truth), 1)
-    return {"matched": 100 * matched / words, "wrongly_matched": 100 * wrong / words,
-            "false_positives": 100 * false / words}
 
 
 def piped(path: Path, predictor, config: ListenConfig

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from benchmarks import serving
+from benchmarks import serving, streams
 from benchmarks.accuracy import summary
 from benchmarks.memory import variant_chunk
-from benchmarks.streaming import NOT_KEYWORDS, generate_stream, score
+from benchmarks.streams import NOT_KEYWORDS, generate_stream, score
 from benchmarks.suite import Figure, main, print_table, run_child
 from pipelines.listening import Detection
 
@@ -115,7 +115,10 @@ def test_a_generated_stream_holds_test_clips_at_their_ground_truth_times(
     gaps = np.diff([when for when, _ in truth])
     assert (gaps >= 3.0 - 1e-9).all() and (gaps <= 4.0 + 1e-9).all()  # a 1 s clip + 2-3 s gap
     written = (tmp_path / "stream.wav.labels.txt").read_text().splitlines()
-    assert written[0] == f"{truth[0][1]}, {1000 * truth[0][0]:.0f}"
+    assert written[0] == f"{truth[0][1]}, {1000 * (truth[0][0] - 1):.3f}"  # the clip's start
+    read = streams.read_labels(tmp_path / "stream.wav.labels.txt")
+    assert [label for _, label in read] == [label for _, label in truth]
+    np.testing.assert_allclose([when for when, _ in read], [when for when, _ in truth])
     quiet = generate_stream(shared_speech_dir, tmp_path / "noise.wav", seconds=10, words="none")
     assert quiet == []
     with pytest.raises(ValueError, match="words must be one of keywords, unknown, none, not "
@@ -135,4 +138,37 @@ def test_streaming_scores_as_tensorflows_accuracy_utils():
              Detection(12.0, "up", 0.9)]  # far from every word: a false positive
     stats = score(found, truth)
     assert stats == pytest.approx({"matched": 100 / 3, "wrongly_matched": 300 / 3,
-                                   "false_positives": 100 / 3})
+                                   "false_positives": 100 / 3, "keywords": 3,
+                                   "non_keywords": 0, "non_keyword_accepts": 0})
+    # TensorFlow's generator mixes _unknown_ words in: a detection that goes to one is a
+    # non-keyword accept, and the percentages are of the keywords
+    mixed = score([Detection(2.5, "yes", 0.9), Detection(7.2, "up", 0.8)],
+                  [(2.0, "yes"), (7.0, "_unknown_"), (11.0, "no")])
+    assert mixed == pytest.approx({"matched": 50, "wrongly_matched": 0, "false_positives": 0,
+                                   "keywords": 2, "non_keywords": 1, "non_keyword_accepts": 1})
+
+
+def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_path, capsys):
+    """`python -m benchmarks.streams score LABELS DETECTIONS`: a labels file as TensorFlow's
+    generator writes it (clip starts, `_unknown_` words among the keywords) and listen's
+    output; lines that are neither are named."""
+    labels = tmp_path / "streaming_test_labels.txt"
+    labels.write_text("yes, 1000.000000\n_unknown_, 6000.000000\nno, 10000.000000\n")
+    detections = tmp_path / "found.tsv"
+    detections.write_text("s.wav\t2.40\tyes\t0.910\ns.wav\t7.30\tup\t0.800\n"
+                          "s.wav\t20.00\tgo\t0.750\n")
+    assert streams.main(["score", str(labels), str(detections)]) == 0
+    out = capsys.readouterr().out
+    assert "keywords             2\nmatched              50.0 %\n" in out
+    assert "false positives      50.0 %" in out  # go at 20 s: near no word
+    assert "non-keyword words    1 (1 detected as keywords)" in out
+    detections.write_text("s.wav\t2.40\tyes\t0.910\nt.wav\t3.00\tno\t0.900\n")
+    assert streams.main(["score", str(labels), str(detections)]) == 2
+    assert "detections of 2 recordings" in capsys.readouterr().err
+    detections.write_text("s.wav\t2.40\tyes\n")
+    assert streams.main(["score", str(labels), str(detections)]) == 2
+    assert "found.tsv, line 1: expected listen's file<TAB>time_s" in capsys.readouterr().err
+    labels.write_text("yes, 1000\nyes 2000\n")
+    assert streams.main(["score", str(labels), str(detections)]) == 2
+    assert "streaming_test_labels.txt, line 2: expected 'label, time_ms'" in (
+        capsys.readouterr().err)

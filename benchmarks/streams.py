@@ -1,0 +1,211 @@
+"""Long test streams and their scoring, as TensorFlow's speech_commands example makes and scores
+them; also a command, to test `listen` on streams of other recordings:
+
+    python -m benchmarks.streams generate OUT.wav --data-dir DIR [--seconds 600] [--words ...]
+    python -m pipelines.speech listen OUT.wav > detections.tsv
+    python -m benchmarks.streams score OUT.wav.labels.txt detections.tsv
+
+`generate_stream` mixes test-split clips of a Speech Commands folder (never training ones) over
+its `_background_noise_` recordings into one long 16 kHz WAV, like TensorFlow's
+`generate_streaming_test_wav.py`: after each one-second clip a gap of `word_gap_ms` plus up to
+half that again (seeded), the noise at `background_volume`. Its ground truth goes beside it in
+TensorFlow's labels format (`label, time_ms` per line, the time where the clip starts).
+
+`score` scores detections as TensorFlow's `test_streaming_accuracy.cc` does, with its 750 ms
+tolerance, a word's time being the end of its clip (where a window that holds the whole word
+ends: `listen` reports window ends, as TensorFlow's tool compares window starts with clip
+starts). `score` also reads labels files of TensorFlow's generator, whose streams mix
+`_unknown_` words among the keywords: `listen` never reports `_unknown_`, so percentages are of
+the keywords, and a detection that goes to an `_unknown_` word is counted as a non-keyword
+accept instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from features.audio import decode_clip, decode_recording
+from features.errors import DataError
+from features.mfcc import MfccConfig
+from features.speech_commands import SplitConfig, load_speech_commands
+from pipelines import cli, listening
+from pipelines.listening import Detection
+
+TOLERANCE_S = 0.75
+STREAM_WORDS = ("keywords", "unknown", "none")  # what generate_stream's streams hold
+NOT_KEYWORDS = listening.NOT_REPORTED
+CLIP_S = 1.0  # a word's clip: its time in a labels file is the start, its truth the end
+
+
+def generate_stream(speech_dir: Path, out: Path, *, seconds: float = 600, words: str = "keywords",
+                    word_gap_ms: float = 2000, background_volume: float = 0.1, seed: int = 0
+                    ) -> list[tuple[float, str]]:
+    """Writes a `seconds`-long 16 kHz WAV of test-split clips over background noise to `out`
+    (`words`: "keywords" the ten words, "unknown" the test split's other words, "none" noise
+    only); returns its ground truth, (time of the clip's end in s, label) per word, and writes
+    it beside the WAV as `<out>.labels.txt` in TensorFlow's format (`label, time_ms` per line,
+    the time where the clip starts)."""
+    spec = MfccConfig().audio
+    data = load_speech_commands(speech_dir, SplitConfig(), spec)
+    if words not in STREAM_WORDS:
+        raise ValueError(f"words must be one of {', '.join(STREAM_WORDS)}, not {words!r}")
+    clips = [e for e in data.examples["test"] if not e.is_silence and (
+        (e.label not in NOT_KEYWORDS) if words == "keywords" else e.label == "_unknown_")]
+    noise = [decode_recording(path, spec.sample_rate) for path in
+             sorted((speech_dir / "_background_noise_").glob("*.wav"))]
+    short = [len(recording) for recording in noise if len(recording) <= spec.sample_rate]
+    if not noise or short:
+        raise ValueError(f"{speech_dir / '_background_noise_'}: the stream's background needs "
+                         f"recordings longer than 1 s ({len(noise)} found, {len(short)} "
+                         "of them shorter)")
+    if words != "none" and not clips:
+        raise ValueError(f"{speech_dir}: its test split has no {words} clips")
+    rng = np.random.default_rng(seed)
+    rate, total = spec.sample_rate, int(seconds * spec.sample_rate)
+    wave = np.zeros(total, np.float32)
+    position = 0
+    while position < total:  # background: random stretches of random recordings
+        recording = noise[rng.integers(len(noise))]
+        start = rng.integers(0, len(recording) - rate)
+        stretch = recording[start:start + min(total - position, len(recording) - start)]
+        wave[position:position + len(stretch)] = background_volume * stretch
+        position += len(stretch)
+    truth: list[tuple[float, str]] = []
+    position = int(rate * word_gap_ms / 1000 / 2)
+    while words != "none" and position + spec.clip_samples < total:
+        example = clips[rng.integers(len(clips))]
+        clip = decode_clip(speech_dir / example.path, spec)
+        wave[position:position + spec.clip_samples] += clip
+        truth.append(((position + spec.clip_samples) / rate, example.label))
+        position += spec.clip_samples + int(rate * word_gap_ms / 1000 * (1 + rng.random() / 2))
+    soundfile.write(out, np.clip(wave, -1, 1), rate, subtype="PCM_16")
+    Path(f"{out}.labels.txt").write_text(
+        "".join(f"{label}, {1000 * (when - CLIP_S):.3f}\n" for when, label in truth))
+    return truth
+
+
+def score(detections: list[Detection], truth: list[tuple[float, str]]) -> dict[str, float]:
+    """TensorFlow's streaming accuracy (`CalculateAccuracyStats` of accuracy_utils.cc): each
+    detection, in time order, goes to the earliest word within the tolerance; it is matched
+    when the labels agree and that word was not matched before, else wrongly matched (so a
+    second detection of one word is wrong); near no word, it is a false positive. Percentages
+    are of the keywords in the stream ("matched" is TensorFlow's "correctly"); a detection
+    that goes to an `_unknown_` word counts in `non_keyword_accepts` instead."""
+    truth = sorted(truth)
+    taken: set[int] = set()
+    matched = wrong = false = accepted = 0
+    for detection in sorted(detections, key=lambda found: found.time_s):
+        index = next((index for index, (when, _) in enumerate(truth)
+                      if abs(when - detection.time_s) <= TOLERANCE_S), None)
+        if index is None:
+            false += 1
+            continue
+        if truth[index][1] in NOT_KEYWORDS:
+            accepted += 1
+        elif truth[index][1] == detection.label and index not in taken:
+            matched += 1
+        else:
+            wrong += 1
+        taken.add(index)
+    keywords = sum(label not in NOT_KEYWORDS for _, label in truth)
+    words = max(keywords, 1)
+    return {"matched": 100 * matched / words, "wrongly_matched": 100 * wrong / words,
+            "false_positives": 100 * false / words, "keywords": keywords,
+            "non_keywords": len(truth) - keywords, "non_keyword_accepts": accepted}
+
+
+def read_labels(path: Path) -> list[tuple[float, str]]:
+    """A labels file (`label, time_ms` per line, the clip's start) as ground truth: (time of
+    the clip's end in s, label) per word.
+
+    Raises:
+        DataError: A line that is not `label, time_ms`, named with its number.
+    """
+    truth = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        label, _, when = line.rpartition(",")
+        try:
+            truth.append((float(when) / 1000 + CLIP_S, label.strip()))
+        except ValueError:
+            raise DataError(f"{path}, line {number}: expected 'label, time_ms', not "
+                                f"{line!r}") from None
+        if not label.strip():
+            raise DataError(f"{path}, line {number}: expected 'label, time_ms', not "
+                                f"{line!r}")
+    return truth
+
+
+def read_detections(path: Path) -> list[Detection]:
+    """`listen`'s output for one recording (`file<TAB>time_s<TAB>label<TAB>score` per line).
+
+    Raises:
+        DataError: A line that is not four tab-separated fields, or lines of more than
+            one recording; named with its number.
+    """
+    found, files = [], set()
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        fields = line.split("\t")
+        try:
+            name, when, label, value = fields
+            found.append(Detection(float(when), label, float(value)))
+        except ValueError:
+            raise DataError(f"{path}, line {number}: expected listen's "
+                                f"file<TAB>time_s<TAB>label<TAB>score, not {line!r}") from None
+        files.add(name)
+    if len(files) > 1:
+        raise DataError(f"{path}: detections of {len(files)} recordings; give the lines of "
+                            "the one the labels describe")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.streams",
+                                     description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser("generate", help="write a test stream and its labels")
+    generate.add_argument("out", type=Path, metavar="OUT.wav")
+    generate.add_argument("--data-dir", type=Path, required=True,
+                          help="a Speech Commands folder: its test split's clips and its "
+                               "_background_noise_ recordings make the stream")
+    generate.add_argument("--seconds", type=float, default=600)
+    generate.add_argument("--words", choices=STREAM_WORDS, default="keywords")
+    generate.add_argument("--word-gap-ms", type=float, default=2000)
+    generate.add_argument("--background-volume", type=float, default=0.1)
+    generate.add_argument("--seed", type=int, default=0)
+    scoring = commands.add_parser("score", help="score listen's detections against labels")
+    scoring.add_argument("labels", type=Path, help="a labels file (label, time_ms)")
+    scoring.add_argument("detections", type=Path, help="listen's output for the stream")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            if args.out.exists():
+                parser.error(f"{args.out} exists: it is not replaced")
+            truth = generate_stream(args.data_dir, args.out, seconds=args.seconds,
+                                    words=args.words, word_gap_ms=args.word_gap_ms,
+                                    background_volume=args.background_volume, seed=args.seed)
+            print(f"{cli.tsv_field(str(args.out))}: {args.seconds:g} s, {len(truth)} words; "
+                  f"labels in {args.out}.labels.txt")
+            return 0
+        truth = read_labels(args.labels)
+        stats = score(read_detections(args.detections), truth)
+    except (OSError, ValueError) as error:  # DataError is a ValueError
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"keywords             {stats['keywords']}\n"
+          f"matched              {stats['matched']:.1f} %\n"
+          f"wrongly matched      {stats['wrongly_matched']:.1f} %\n"
+          f"false positives      {stats['false_positives']:.1f} %\n"
+          f"non-keyword words    {stats['non_keywords']} ({stats['non_keyword_accepts']} "
+          "detected as keywords)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
