@@ -349,6 +349,9 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
         parser.error("standard input (-) can be listened to once")
     if STDIN in args.files and sys.stdin is None:  # started with it closed
         parser.error("standard input (-) is closed")
+    if STDIN in args.files and sys.stdin.isatty():
+        parser.error("standard input (-) is a terminal: pipe a recording into it "
+                     "(arecord -t wav | ... listen -)")
     try:
         config = ListenConfig(**{option.name: getattr(args, option.name)
                                  for option in fields(ListenConfig)})

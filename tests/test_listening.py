@@ -7,6 +7,7 @@ tone bursts over quiet noise are known in advance."""
 from __future__ import annotations
 
 import os
+import pty
 import queue
 import signal
 import struct
@@ -297,18 +298,25 @@ def test_listen_to_standard_input_prints_each_keyword_as_it_arrives_and_stops_at
     assert "interrupted by Ctrl-C" in log.read_text()
 
 
-@pytest.mark.parametrize("closed", [False, True])
-def test_standard_input_is_listened_to_once_and_only_when_open(closed: bool, tmp_path: Path,
-                                                                monkeypatch, capsys):
+@pytest.mark.parametrize(("stdin", "message"), [
+    ("pipe", "(-) can be listened to once"), ("closed", "(-) is closed"),
+    ("terminal", "(-) is a terminal: pipe a recording into it")])
+def test_standard_input_is_listened_to_once_and_only_from_a_pipe(
+        stdin: str, message: str, tmp_path: Path, monkeypatch, capsys):
     """Refused before any model is loaded (the store here is empty)."""
-    if closed:
+    if stdin == "closed":
         monkeypatch.setattr(sys, "stdin", None)  # what Python sets when started without it
+    if stdin == "terminal":
+        master, terminal = pty.openpty()
+        monkeypatch.setattr(sys, "stdin", os.fdopen(terminal))
     with pytest.raises(SystemExit) as refused:
-        speech.main(["listen", *(["-"] if closed else ["-", "-"]), "--store-dir",
+        speech.main(["listen", *(["-", "-"] if stdin == "pipe" else ["-"]), "--store-dir",
                      str(tmp_path / "mlruns")])
+    if stdin == "terminal":
+        sys.stdin.close()
+        os.close(master)
     assert refused.value.code == 2
-    assert ("(-) is closed" if closed else "(-) can be listened to once") in (
-        capsys.readouterr().err)
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("flags", "message"), [
