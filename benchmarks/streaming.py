@@ -67,11 +67,15 @@ def listening_memory(options: Options) -> Figure:
     peaks = {}
     for minutes in (1, long_minutes):
         path = options.work_dir / f"stream-{minutes}min.wav"
-        generate_stream(speech_dir, path, seconds=60 * minutes, seed=minutes)
-        child = run_child(["pipelines.speech", "listen", str(path), "--store-dir",
-                           str(options.store_dir)], options.work_dir / f"listen-{minutes}min.log")
+        try:
+            generate_stream(speech_dir, path, seconds=60 * minutes, seed=minutes)
+            child = run_child(["pipelines.speech", "listen", str(path), "--store-dir",
+                               str(options.store_dir)],
+                              options.work_dir / f"listen-{minutes}min.log")
+        finally:  # an hour is 115 MB
+            path.unlink(missing_ok=True)
+            Path(f"{path}.labels.txt").unlink(missing_ok=True)
         peaks[minutes] = child.peak_rss_gb
-        path.unlink()  # an hour is 115 MB
     return Figure("streaming", f"peak RSS of listen, a {long_minutes}-minute recording",
                   peaks[long_minutes], "GB", reference="a 1-minute recording",
                   reference_value=peaks[1], higher_is_better=False,

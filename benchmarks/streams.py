@@ -23,6 +23,7 @@ accept instead.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -39,7 +40,8 @@ from pipelines.listening import Detection
 TOLERANCE_S = 0.75
 STREAM_WORDS = ("keywords", "unknown", "none")  # what generate_stream's streams hold
 NOT_KEYWORDS = listening.NOT_REPORTED
-CLIP_S = 1.0  # a word's clip: its time in a labels file is the start, its truth the end
+# a word's clip, in s: its time in a labels file is the start, its truth the end
+CLIP_S = MfccConfig().audio.clip_samples / MfccConfig().audio.sample_rate
 
 
 def generate_stream(speech_dir: Path, out: Path, *, seconds: float = 600, words: str = "keywords",
@@ -85,7 +87,7 @@ def generate_stream(speech_dir: Path, out: Path, *, seconds: float = 600, words:
         position += spec.clip_samples + int(rate * word_gap_ms / 1000 * (1 + rng.random() / 2))
     soundfile.write(out, np.clip(wave, -1, 1), rate, subtype="PCM_16")
     Path(f"{out}.labels.txt").write_text(
-        "".join(f"{label}, {1000 * (when - CLIP_S):.3f}\n" for when, label in truth))
+        "".join(f"{label}, {1000 * (when - CLIP_S):.4f}\n" for when, label in truth))
     return truth
 
 
@@ -95,7 +97,9 @@ def score(detections: list[Detection], truth: list[tuple[float, str]]) -> dict[s
     when the labels agree and that word was not matched before, else wrongly matched (so a
     second detection of one word is wrong); near no word, it is a false positive. Percentages
     are of the keywords in the stream ("matched" is TensorFlow's "correctly"); a detection
-    that goes to an `_unknown_` word counts in `non_keyword_accepts` instead."""
+    that goes to an `_unknown_` word counts in `non_keyword_accepts` instead (each such word
+    once). TensorFlow's own tool counts `_unknown_` words among the words and a keyword
+    detected at one as wrongly matched, so on streams that mix them in its figures differ."""
     truth = sorted(truth)
     taken: set[int] = set()
     matched = wrong = false = accepted = 0
@@ -106,7 +110,7 @@ def score(detections: list[Detection], truth: list[tuple[float, str]]) -> dict[s
             false += 1
             continue
         if truth[index][1] in NOT_KEYWORDS:
-            accepted += 1
+            accepted += index not in taken  # each word once, however often detected
         elif truth[index][1] == detection.label and index not in taken:
             matched += 1
         else:
@@ -116,7 +120,16 @@ def score(detections: list[Detection], truth: list[tuple[float, str]]) -> dict[s
     words = max(keywords, 1)
     return {"matched": 100 * matched / words, "wrongly_matched": 100 * wrong / words,
             "false_positives": 100 * false / words, "keywords": keywords,
-            "non_keywords": len(truth) - keywords, "non_keyword_accepts": accepted}
+            "non_keywords": len(truth) - keywords, "non_keyword_accepts": accepted,
+            "false_positive_count": false}
+
+
+def lines(path: Path) -> list[tuple[int, str]]:
+    """(number, line) of a UTF-8 text file's lines that are not blank (split at line feeds
+    only, a carriage return before one dropped, a byte-order mark dropped)."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    return [(number, line.removesuffix("\r"))
+            for number, line in enumerate(text.split("\n"), 1) if line.strip()]
 
 
 def read_labels(path: Path) -> list[tuple[float, str]]:
@@ -124,21 +137,20 @@ def read_labels(path: Path) -> list[tuple[float, str]]:
     the clip's end in s, label) per word.
 
     Raises:
-        DataError: A line that is not `label, time_ms`, named with its number.
+        DataError: A line that is not `label, time_ms` with a label and a time of at least 0
+            ms, named with its number.
     """
     truth = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in lines(path):
         label, _, when = line.rpartition(",")
         try:
-            truth.append((float(when) / 1000 + CLIP_S, label.strip()))
+            start = float(when)
         except ValueError:
-            raise DataError(f"{path}, line {number}: expected 'label, time_ms', not "
-                                f"{line!r}") from None
-        if not label.strip():
-            raise DataError(f"{path}, line {number}: expected 'label, time_ms', not "
-                                f"{line!r}")
+            start = math.nan
+        if not label.strip() or not math.isfinite(start) or start < 0:
+            raise DataError(f"{path}, line {number}: expected 'label, time_ms' (a time of at "
+                            f"least 0 ms), not {line!r}")
+        truth.append((start / 1000 + CLIP_S, label.strip()))
     return truth
 
 
@@ -150,18 +162,17 @@ def read_detections(path: Path) -> list[Detection]:
             one recording; named with its number.
     """
     found, files = [], set()
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        fields = line.split("\t")
+    for number, line in lines(path):
         try:
-            name, when, label, value = fields
+            name, when, label, value = line.split("\t")
             found.append(Detection(float(when), label, float(value)))
         except ValueError:
             raise DataError(f"{path}, line {number}: expected listen's "
-                                f"file<TAB>time_s<TAB>label<TAB>score, not {line!r}") from None
+                            f"file<TAB>time_s<TAB>label<TAB>score, not {line!r}") from None
         files.add(name)
     if len(files) > 1:
         raise DataError(f"{path}: detections of {len(files)} recordings; give the lines of "
-                            "the one the labels describe")
+                        "the one the labels describe")
     return found
 
 
@@ -183,10 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     scoring.add_argument("labels", type=Path, help="a labels file (label, time_ms)")
     scoring.add_argument("detections", type=Path, help="listen's output for the stream")
     args = parser.parse_args(argv)
+    if args.command == "generate":
+        check_generate(parser, args)
     try:
         if args.command == "generate":
-            if args.out.exists():
-                parser.error(f"{args.out} exists: it is not replaced")
             truth = generate_stream(args.data_dir, args.out, seconds=args.seconds,
                                     words=args.words, word_gap_ms=args.word_gap_ms,
                                     background_volume=args.background_volume, seed=args.seed)
@@ -194,17 +205,39 @@ def main(argv: list[str] | None = None) -> int:
                   f"labels in {args.out}.labels.txt")
             return 0
         truth = read_labels(args.labels)
-        stats = score(read_detections(args.detections), truth)
+        found = read_detections(args.detections)
     except (OSError, ValueError) as error:  # DataError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"keywords             {stats['keywords']}\n"
-          f"matched              {stats['matched']:.1f} %\n"
-          f"wrongly matched      {stats['wrongly_matched']:.1f} %\n"
-          f"false positives      {stats['false_positives']:.1f} %\n"
-          f"non-keyword words    {stats['non_keywords']} ({stats['non_keyword_accepts']} "
-          "detected as keywords)")
+    stats = score(found, truth)
+    print(f"detections           {len(found)}\n"
+          f"keywords             {stats['keywords']}")
+    if stats["keywords"]:
+        print(f"matched              {stats['matched']:.1f} %\n"
+              f"wrongly matched      {stats['wrongly_matched']:.1f} %\n"
+              f"false positives      {stats['false_positives']:.1f} %")
+    else:  # no keyword to be a percentage of
+        print(f"false positives      {stats['false_positive_count']} (near no word)")
+    print(f"non-keyword words    {stats['non_keywords']} ({stats['non_keyword_accepts']} "
+          "of them detected as keywords)")
     return 0
+
+
+def check_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors for `generate` before any clip is read: an output that exists (the WAV or
+    its labels) or cannot be written as WAV, values out of range."""
+    labels = Path(f"{args.out}.labels.txt")
+    for path in (args.out, labels):
+        if path.exists():
+            parser.error(f"{path} exists: it is not replaced")
+    if args.out.suffix.lower() != ".wav" or not args.out.parent.is_dir():
+        parser.error(f"{args.out}: expected a .wav file in an existing folder")
+    if not (math.isfinite(args.seconds) and args.seconds >= 1):
+        parser.error(f"--seconds must be at least 1, not {args.seconds:g}")
+    if not (math.isfinite(args.word_gap_ms) and args.word_gap_ms >= 0):
+        parser.error(f"--word-gap-ms must be at least 0, not {args.word_gap_ms:g}")
+    if not 0 <= args.background_volume <= 1:
+        parser.error(f"--background-volume must be in [0, 1], not {args.background_volume:g}")
 
 
 if __name__ == "__main__":

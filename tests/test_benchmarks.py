@@ -115,10 +115,16 @@ def test_a_generated_stream_holds_test_clips_at_their_ground_truth_times(
     gaps = np.diff([when for when, _ in truth])
     assert (gaps >= 3.0 - 1e-9).all() and (gaps <= 4.0 + 1e-9).all()  # a 1 s clip + 2-3 s gap
     written = (tmp_path / "stream.wav.labels.txt").read_text().splitlines()
-    assert written[0] == f"{truth[0][1]}, {1000 * (truth[0][0] - 1):.3f}"  # the clip's start
+    assert written[0] == f"{truth[0][1]}, 1000.0000"  # the first clip starts after a 1 s gap
     read = streams.read_labels(tmp_path / "stream.wav.labels.txt")
     assert [label for _, label in read] == [label for _, label in truth]
-    np.testing.assert_allclose([when for when, _ in read], [when for when, _ in truth])
+    np.testing.assert_allclose([when for when, _ in read], [when for when, _ in truth],
+                               rtol=0, atol=1e-6)
+    # each clip lies in the second before its time: louder there than the background
+    for when, _ in truth:
+        end = round(when * rate)
+        word, before = samples[end - rate:end], samples[end - rate - 8000:end - rate]
+        assert np.sqrt(np.mean(word ** 2)) > np.sqrt(np.mean(before ** 2))
     quiet = generate_stream(shared_speech_dir, tmp_path / "noise.wav", seconds=10, words="none")
     assert quiet == []
     with pytest.raises(ValueError, match="words must be one of keywords, unknown, none, not "
@@ -139,13 +145,16 @@ def test_streaming_scores_as_tensorflows_accuracy_utils():
     stats = score(found, truth)
     assert stats == pytest.approx({"matched": 100 / 3, "wrongly_matched": 300 / 3,
                                    "false_positives": 100 / 3, "keywords": 3,
-                                   "non_keywords": 0, "non_keyword_accepts": 0})
+                                   "non_keywords": 0, "non_keyword_accepts": 0,
+                                   "false_positive_count": 1})
     # TensorFlow's generator mixes _unknown_ words in: a detection that goes to one is a
     # non-keyword accept, and the percentages are of the keywords
-    mixed = score([Detection(2.5, "yes", 0.9), Detection(7.2, "up", 0.8)],
+    mixed = score([Detection(2.5, "yes", 0.9), Detection(7.2, "up", 0.8),
+                   Detection(7.3, "on", 0.8)],  # the same _unknown_ word: one word accepted
                   [(2.0, "yes"), (7.0, "_unknown_"), (11.0, "no")])
     assert mixed == pytest.approx({"matched": 50, "wrongly_matched": 0, "false_positives": 0,
-                                   "keywords": 2, "non_keywords": 1, "non_keyword_accepts": 1})
+                                   "keywords": 2, "non_keywords": 1, "non_keyword_accepts": 1,
+                                   "false_positive_count": 0})
 
 
 def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_path, capsys):
@@ -153,22 +162,56 @@ def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_pa
     generator writes it (clip starts, `_unknown_` words among the keywords) and listen's
     output; lines that are neither are named."""
     labels = tmp_path / "streaming_test_labels.txt"
-    labels.write_text("yes, 1000.000000\n_unknown_, 6000.000000\nno, 10000.000000\n")
+    # Windows line ends, a blank line, a byte-order mark
+    labels.write_bytes("yes, 1000.000000\r\n\r\n_unknown_, 6000.000000\r\nno, 10000.000000\r\n"
+                       .encode("utf-8-sig"))
     detections = tmp_path / "found.tsv"
-    detections.write_text("s.wav\t2.40\tyes\t0.910\ns.wav\t7.30\tup\t0.800\n"
-                          "s.wav\t20.00\tgo\t0.750\n")
+    # listen's escapes keep a line break in a file name on its line
+    detections.write_text("s\\nt.wav\t2.40\tyes\t0.910\ns\\nt.wav\t7.30\tup\t0.800\n"
+                          "s\\nt.wav\t20.00\tgo\t0.750\n")
     assert streams.main(["score", str(labels), str(detections)]) == 0
     out = capsys.readouterr().out
-    assert "keywords             2\nmatched              50.0 %\n" in out
+    assert "detections           3\nkeywords             2\nmatched              50.0 %\n" in out
     assert "false positives      50.0 %" in out  # go at 20 s: near no word
-    assert "non-keyword words    1 (1 detected as keywords)" in out
+    assert "non-keyword words    1 (1 of them detected as keywords)" in out
+    empty = tmp_path / "none.tsv"
+    empty.write_text("")  # listen heard nothing (or failed): said, not hidden
+    labels.write_text("_unknown_, 6000\n")
+    assert streams.main(["score", str(labels), str(empty)]) == 0
+    assert capsys.readouterr().out == ("detections           0\nkeywords             0\n"
+                                       "false positives      0 (near no word)\n"
+                                       "non-keyword words    1 (0 of them detected as "
+                                       "keywords)\n")
     detections.write_text("s.wav\t2.40\tyes\t0.910\nt.wav\t3.00\tno\t0.900\n")
     assert streams.main(["score", str(labels), str(detections)]) == 2
     assert "detections of 2 recordings" in capsys.readouterr().err
     detections.write_text("s.wav\t2.40\tyes\n")
     assert streams.main(["score", str(labels), str(detections)]) == 2
     assert "found.tsv, line 1: expected listen's file<TAB>time_s" in capsys.readouterr().err
-    labels.write_text("yes, 1000\nyes 2000\n")
-    assert streams.main(["score", str(labels), str(detections)]) == 2
-    assert "streaming_test_labels.txt, line 2: expected 'label, time_ms'" in (
-        capsys.readouterr().err)
+    for bad in ("yes 2000", "yes, nan", "yes, -5", ", 2000"):
+        labels.write_text(f"yes, 1000\n{bad}\n")
+        assert streams.main(["score", str(labels), str(detections)]) == 2
+        assert ("streaming_test_labels.txt, line 2: expected 'label, time_ms' (a time of at "
+                "least 0 ms)") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["taken.wav"], "taken.wav exists: it is not replaced"),
+    (["fresh.wav"], "fresh.wav.labels.txt exists: it is not replaced"),
+    (["stream.mp3"], "stream.mp3: expected a .wav file in an existing folder"),
+    (["missing/stream.wav"], "missing/stream.wav: expected a .wav file in an existing folder"),
+    (["s.wav", "--seconds", "nan"], "--seconds must be at least 1, not nan"),
+    (["s.wav", "--word-gap-ms", "-1"], "--word-gap-ms must be at least 0, not -1"),
+    (["s.wav", "--background-volume", "2"], "--background-volume must be in [0, 1], not 2"),
+])
+def test_streams_generate_refuses_before_reading_any_clip(args, message, tmp_path, capsys,
+                                                          monkeypatch):
+    """Nothing the user made is replaced; the data folder (missing here) is never read."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken.wav").write_bytes(b"mine")
+    (tmp_path / "fresh.wav.labels.txt").write_text("mine")
+    with pytest.raises(SystemExit) as refused:
+        streams.main(["generate", *args, "--data-dir", str(tmp_path / "no-such-folder")])
+    assert refused.value.code == 2 and message in capsys.readouterr().err
+    assert (tmp_path / "taken.wav").read_bytes() == b"mine"
+    assert (tmp_path / "fresh.wav.labels.txt").read_text() == "mine"

@@ -6,6 +6,7 @@ tone bursts over quiet noise are known in advance."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import queue
@@ -306,15 +307,14 @@ def test_standard_input_is_listened_to_once_and_only_from_a_pipe(
     """Refused before any model is loaded (the store here is empty)."""
     if stdin == "closed":
         monkeypatch.setattr(sys, "stdin", None)  # what Python sets when started without it
-    if stdin == "terminal":
-        master, terminal = pty.openpty()
-        monkeypatch.setattr(sys, "stdin", os.fdopen(terminal))
-    with pytest.raises(SystemExit) as refused:
-        speech.main(["listen", *(["-", "-"] if stdin == "pipe" else ["-"]), "--store-dir",
-                     str(tmp_path / "mlruns")])
-    if stdin == "terminal":
-        sys.stdin.close()
-        os.close(master)
+    with contextlib.ExitStack() as opened:
+        if stdin == "terminal":
+            master, terminal = pty.openpty()
+            opened.callback(os.close, master)
+            monkeypatch.setattr(sys, "stdin", opened.enter_context(os.fdopen(terminal)))
+        with pytest.raises(SystemExit) as refused:
+            speech.main(["listen", *(["-", "-"] if stdin == "pipe" else ["-"]), "--store-dir",
+                         str(tmp_path / "mlruns")])
     assert refused.value.code == 2
     assert message in capsys.readouterr().err
 
