@@ -125,9 +125,10 @@ def streaming(options: Options) -> list[Figure]:
                                     word_gap_ms=gap, seed=seed)
             started = time.perf_counter()
             found = listening.listen(str(path), predictor, config)
-            compute += time.perf_counter() - started
+            took = time.perf_counter() - started
+            compute += took
             if first_file is None:
-                first_file = (path, found, time.perf_counter() - started)
+                first_file = (path, found, took)
             if name == "keywords":
                 for key, value in score(found, truth).items():
                     per_seed.setdefault(key, []).append(value)

@@ -41,7 +41,7 @@ TOLERANCE_S = 0.75
 STREAM_WORDS = ("keywords", "unknown", "none")  # what generate_stream's streams hold
 NOT_KEYWORDS = listening.NOT_REPORTED
 # a word's clip, in s: its time in a labels file is the start, its truth the end
-CLIP_S = MfccConfig().audio.clip_samples / MfccConfig().audio.sample_rate
+CLIP_S = MfccConfig().audio.clip_seconds
 
 
 def generate_stream(speech_dir: Path, out: Path, *, seconds: float = 600, words: str = "keywords",

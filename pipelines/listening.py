@@ -155,7 +155,7 @@ class RecognizeCommands:
         return None
 
 
-def resampled_blocks(path: str, rate: int, pipe_block_s: float = 0.1) -> Iterator[np.ndarray]:
+def resampled_blocks(path: str, rate: int, pipe_block_s: float) -> Iterator[np.ndarray]:
     """A recording (`path`, or STDIN) as consecutive mono float32 blocks at `rate`, read
     BLOCK_SECONDS at a time; a pipe, which cannot seek, `pipe_block_s` at a time, each block
     as soon as it arrives.
@@ -163,12 +163,12 @@ def resampled_blocks(path: str, rate: int, pipe_block_s: float = 0.1) -> Iterato
     Raises:
         AudioDecodeError: Not decodable, no samples, a rate out of range, NaN/Inf samples.
     """
-    label = "standard input" if path == STDIN else path
+    source = None if path == STDIN else path  # None: a stream, no file to look at
+    label = "standard input" if source is None else path
     try:
-        audio = (soundfile.SoundFile(0, closefd=False) if path == STDIN  # descriptor 0
-                 else soundfile.SoundFile(path))
+        audio = soundfile.SoundFile(0 if source is None else source, closefd=source is not None)
     except DECODE_ERRORS as error:  # names a missing file as such
-        raise not_decodable(label, None if path == STDIN else path, error) from None
+        raise not_decodable(label, source, error) from None
     with audio:
         source_rate = check_sample_rate(audio.samplerate, label)
         stream = (None if source_rate == rate
@@ -180,14 +180,14 @@ def resampled_blocks(path: str, rate: int, pipe_block_s: float = 0.1) -> Iterato
             try:  # a damaged compressed stream fails part-way through
                 block = audio.read(size, dtype="float32", always_2d=True)
             except DECODE_ERRORS as error:
-                raise not_decodable(label, None if path == STDIN else path, error) from None
+                raise not_decodable(label, source, error) from None
             if not len(block):
                 break
             mono = check_samples(to_mono(block), label)
             total += len(mono)
             yield mono if stream is None else stream.resample_chunk(mono)
         if total == 0:
-            raise AudioDecodeError(f"{label}: the {'stream' if path == STDIN else 'file'} "
+            raise AudioDecodeError(f"{label}: the {'stream' if source is None else 'file'} "
                                    "holds no audio samples")
         if stream is not None:
             yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
@@ -345,13 +345,14 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
                             metavar=flag(option)[2:].replace("-", "_").upper(),
                             default=option.default, help=option.metadata["help"])
     args = parser.parse_args(argv)
-    if args.files.count(STDIN) > 1:
-        parser.error("standard input (-) can be listened to once")
-    if STDIN in args.files and sys.stdin is None:  # started with it closed
-        parser.error("standard input (-) is closed")
-    if STDIN in args.files and sys.stdin.isatty():
-        parser.error("standard input (-) is a terminal: pipe a recording into it "
-                     "(arecord -t wav | ... listen -)")
+    if STDIN in args.files:
+        if args.files.count(STDIN) > 1:
+            parser.error("standard input (-) can be listened to once")
+        if sys.stdin is None:  # started with it closed
+            parser.error("standard input (-) is closed")
+        if sys.stdin.isatty():
+            parser.error("standard input (-) is a terminal: pipe a recording into it "
+                         "(arecord -t wav | ... listen -)")
     try:
         config = ListenConfig(**{option.name: getattr(args, option.name)
                                  for option in fields(ListenConfig)})

@@ -217,7 +217,7 @@ def test_short_silent_corrupt_and_missing_recordings(tmp_path: Path, predictor):
     with pytest.raises(ValueError, match=r"corrupt\.wav: not decodable audio"):
         listen(str(corrupt), predictor, ListenConfig())
     with pytest.raises(ValueError, match=r"gone\.wav: no such file"):
-        list(resampled_blocks(str(tmp_path / "gone.wav"), RATE))
+        list(resampled_blocks(str(tmp_path / "gone.wav"), RATE, 0.1))
     # a compressed file cut short: its header and first block read, its second block does
     # not; the detection made in the first block comes before the error
     noise = 0.3 * np.random.default_rng(0).standard_normal(60 * RATE).astype(np.float32)
