@@ -289,8 +289,8 @@ class TrackedRun:
                           "champion": promotion.promoted, "promotion_reason": promotion.reason}
 
     def result(self, values: dict) -> dict:
-        """The run's result: `values` with its run id and total time (logged as
-        `total_seconds`), as this worker reports it (`distribute.worker_result`)."""
+        """The run's result: `values` with its run id and the seconds since the run opened
+        (logged as `total_seconds`), as this worker reports it (`distribute.worker_result`)."""
         seconds = time.perf_counter() - self.started
         tracking.log_metrics({"total_seconds": seconds})
         tracking.set_tags({"mlflow.note.content": descriptions.run_description(self.name, values)})

@@ -123,11 +123,12 @@ def run(config: SpeechConfig) -> dict:
     config = prepare_run(config)
     if config.run.sweep:
         return sweep.run_sweep(config, run, search_space(config.model.model), PIPELINE)
+    started = time.perf_counter()  # the data is read before the run opens: a folder that
+    # holds no usable data leaves no FAILED run behind
+    data = prepare_speech_data(config.source, config.splits, config.features,
+                               waveforms=config.augment.active)
+    feature_seconds = time.perf_counter() - started
     with lifecycle.tracked_run(config, PIPELINE) as tracked:
-        started = time.perf_counter()
-        data = prepare_speech_data(config.source, config.splits, config.features,
-                                   waveforms=config.augment.active)
-        feature_seconds = time.perf_counter() - started
         tracking.log_metrics({"feature_seconds": feature_seconds})
         keras.utils.set_random_seed(config.optim.seed)
         tracked.log_data(data.splits, data.lineage, DATASET)

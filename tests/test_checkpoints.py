@@ -12,11 +12,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from features.errors import DiskFullError
 from features.feature_cache import FeatureCache, RowSink, SplitFeatures
-from pipelines import checkpoints, speech, tracking
+from pipelines import checkpoints, speech
 from tests.test_speech_pipeline import small_args
 
 
@@ -131,7 +130,7 @@ def test_a_full_disk_while_caching_features_removes_the_partial_file(tmp_path: P
     assert cache.build("key", compute).frames.shape == (64, 1000)  # with room, it is built
 
 
-def test_a_run_whose_feature_cache_fills_the_disk_fails_with_the_folder_named(
+def test_a_run_whose_feature_cache_fills_the_disk_stops_with_the_folder_named(
         speech_dir: Path, tmp_path: Path, capsys):
     # 2 MB: the store's database fits; the training waveforms for augmentation (3.8 MB) do not
     with file_size_limit(2_000_000):
@@ -141,8 +140,4 @@ def test_a_run_whose_feature_cache_fills_the_disk_fails_with_the_folder_named(
     assert f"error: no space left to write {tmp_path / 'cache'}" in err
     assert "Traceback" not in err
     assert not [path for path in (tmp_path / "cache").iterdir() if path.name.startswith(".")]
-    tracking.connect(None, tmp_path / "mlruns")
-    client = MlflowClient()
-    (run,) = client.search_runs([client.get_experiment_by_name("speech-commands")
-                                 .experiment_id])
-    assert run.info.status == "FAILED"
+    assert not (tmp_path / "mlruns").exists()  # the data is read before a run opens

@@ -110,7 +110,7 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     assert_same_metrics(tmp_path / "mlruns", "speech-commands")
 
 
-def test_missing_data_dir_is_a_clear_error_before_any_run(tmp_path: Path, capsys):
+def test_missing_or_unusable_data_dir_is_a_clear_error_before_any_run(tmp_path: Path, capsys):
     code = speech.main(small_args(tmp_path / "absent", tmp_path))
     assert code == 2
     error = capsys.readouterr().err
@@ -118,6 +118,11 @@ def test_missing_data_dir_is_a_clear_error_before_any_run(tmp_path: Path, capsys
     (tmp_path / "clip.wav").write_bytes(b"")  # a file given for the folder
     assert speech.main(small_args(tmp_path / "clip.wav", tmp_path)) == 2
     assert (f"Speech Commands data folder {tmp_path / 'clip.wav'} is not a folder"
+            in capsys.readouterr().err)
+    (tmp_path / "reviews" / "pos").mkdir(parents=True)  # a folder of another dataset
+    (tmp_path / "reviews" / "pos" / "0_9.txt").write_text("A moving film.")
+    assert speech.main(small_args(tmp_path / "reviews", tmp_path)) == 2
+    assert (f"error: {tmp_path / 'reviews'}: no word folder holds .wav files"
             in capsys.readouterr().err)
     assert not (tmp_path / "mlruns").exists()  # no FAILED run left behind
 

@@ -203,7 +203,13 @@ def test_interrupted_run_is_marked_and_registers_nothing(tmp_path: Path, error, 
                                                     store_dir=store) as run_id:
         raise error("boom")
     client = MlflowClient()
-    assert client.get_run(run_id).info.status == status
+    run = client.get_run(run_id)
+    assert run.info.status == status
+    if status == "FAILED":  # the run says why, in a tag and on its page
+        assert run.data.tags["error"] == "RuntimeError: boom"
+        assert run.data.tags["mlflow.note.content"] == "**failed**: `RuntimeError: boom`"
+    else:
+        assert "error" not in run.data.tags
     assert mlflow.active_run() is None
     assert client.search_model_versions("name='model-x'") == []
 

@@ -27,6 +27,7 @@ URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 # `mlflow run` starts its entry point with the id of a run of its own in this variable
 PROJECT_RUN_VARIABLE = "MLFLOW_RUN_ID"
 PROJECT_RUN_TAG = "project_run_id"
+MAX_ERROR_CHARS = 4000  # of a failed run's error kept in its tags (a tag holds 8,000)
 
 log = logging.getLogger(__name__)
 
@@ -254,9 +255,9 @@ def tracked_run(
     is hidden while the run is open (`project_run_hidden`).
 
     The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM (see `Terminated`) and
-    FAILED on any other exception, which is re-raised. While it is open, its process holds
-    the run's lease (`leases.Heartbeat`), so that a process that dies without ending the run
-    can be told from one still running.
+    FAILED on any other exception, which is noted on the run (`note_failure`) and re-raised.
+    While it is open, its process holds the run's lease (`leases.Heartbeat`), so that a process
+    that dies without ending the run can be told from one still running.
     """
     connect(tracking_uri, store_dir)
     with project_run_hidden() as project_run_id:
@@ -276,10 +277,22 @@ def tracked_run(
         except KeyboardInterrupt:
             mlflow.end_run(status="KILLED")
             raise
-        except BaseException:
+        except BaseException as error:
+            note_failure(run.info.run_id, error)
             mlflow.end_run(status="FAILED")
             raise
         mlflow.end_run(status="FINISHED")
+
+
+def note_failure(run_id: str, error: BaseException) -> None:
+    """Says on a failed run what failed: the tag `error` and the run's description (shown on
+    its page) hold the exception's type and message, passwords in URIs hidden (`redact`)."""
+    text = redact(f"{type(error).__name__}: {error}")[:MAX_ERROR_CHARS]
+    try:
+        MlflowClient().set_tag(run_id, "error", text)
+        MlflowClient().set_tag(run_id, "mlflow.note.content", f"**failed**: `{text}`")
+    except MlflowException as tag_error:  # the store may be what failed; the error is raised
+        log.warning("run %s failed and could not be tagged with why: %s", run_id, tag_error)
 
 
 def run_tags(run_id: str) -> dict[str, str]:
