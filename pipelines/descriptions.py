@@ -1,6 +1,7 @@
 """What runs and registered models say of themselves in the MLflow UI: run names that say what
-ran (`speech-crnn-bigru64-s0`), a run's description (its headline result), and the registered
-model's description (task, classes, input format, how to call it).
+ran (`speech-crnn-bigru64-s0`, `evaluate-speech-commands-v3`), a run's description (its
+headline result), and the registered model's description (task, classes, input format, how to
+call it).
 
 A version's description (its metrics, data digest and why it was or was not promoted) is
 written by the registry when the champion rule has decided it
@@ -35,6 +36,17 @@ def run_name(config: TaskConfig, pipeline: str) -> str:
         parts = [model]
     sweep = f"-sweep{config.run.sweep}" if config.run.sweep else ""
     return "-".join([task, *parts, f"s{config.optim.seed}"]) + sweep
+
+
+def evaluation_run_name(model_uri: str, version: Any | None) -> str:
+    """An evaluation run's name when no `--run-name` is given: the registered version it
+    evaluates (`evaluate-speech-commands-v3`, an alias resolved), else the run whose model it
+    is (`evaluate-run-0123abcd` for `runs:/0123abcd.../model`), else `evaluate-model`."""
+    if version is not None:
+        return f"evaluate-{version.name}-v{version.version}"
+    if model_uri.startswith("runs:/"):
+        return f"evaluate-run-{model_uri.removeprefix('runs:/').split('/', 1)[0][:8]}"
+    return "evaluate-model"
 
 
 def run_description(name: str, values: Mapping[str, Any]) -> str:

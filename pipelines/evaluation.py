@@ -23,7 +23,7 @@ from sklearn.metrics import (
 )
 
 from features.splits import LabelledInputs, Splits
-from pipelines import request_bounds, tracking
+from pipelines import descriptions, request_bounds, tracking
 from pipelines.errors import DataError
 from pipelines.request_bounds import RequestTooLarge
 
@@ -155,7 +155,7 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
 
     Args:
         args: The `evaluate` command's options: model_uri, tracking_uri, store_dir,
-            experiment and run_name.
+            experiment and run_name (None: `descriptions.evaluation_run_name`).
         labelled: The inputs, their true labels, names, digest and source.
         pipeline: Pipeline name for the run's tags.
         dataset_name: Dataset name shown in the UI.
@@ -174,8 +174,10 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
     if unknown:
         raise DataError(f"labels {unknown} of {labelled.source} are not classes of the model "
                          f"({', '.join(labels)})")
+    name = args.run_name or descriptions.evaluation_run_name(
+        args.model_uri, tracking.model_version_of(args.model_uri))
     with tracking.tracked_run(args.experiment, tracking_uri=args.tracking_uri,
-                              store_dir=args.store_dir, run_name=args.run_name,
+                              store_dir=args.store_dir, run_name=name,
                               tags={"pipeline": pipeline, "run_type": "evaluation"}) as run_id:
         answer = predict_in_groups(model, labelled.inputs, labelled.failed)
         usable = answer["error"].isna().to_numpy()

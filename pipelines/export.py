@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -131,9 +132,13 @@ def finish(converter: tf.lite.TFLiteConverter, quantize: str,
         converter.representative_dataset = representative
         options = tf.lite.experimental.QuantizationDebugOptions(
             denylisted_nodes=list(keep_float))
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=representative, debug_options=options)
-        return debugger.get_nondebug_quantized_model()
+        with warnings.catch_warnings():  # the debugger runs TensorFlow's own deprecated
+            # tf.lite.Interpreter; what is exported is run with LiteRT's
+            warnings.filterwarnings("ignore", "\\s*Warning: tf.lite.Interpreter is deprecated",
+                                    UserWarning)
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=representative, debug_options=options)
+            return debugger.get_nondebug_quantized_model()
     return converter.convert()
 
 

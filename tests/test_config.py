@@ -8,10 +8,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from mlflow.entities.model_registry import ModelVersion
 
 from pipelines import cli, sentiment, speech, training
 from pipelines.config import config_from_params
-from pipelines.descriptions import run_description, run_name
+from pipelines.descriptions import evaluation_run_name, run_description, run_name
 from pipelines.sentiment import SentimentConfig
 from pipelines.speech import SpeechConfig
 
@@ -192,6 +193,14 @@ def test_run_names_say_task_model_and_seed():
     assert run_name(SpeechConfig.from_options(sweep=8), "speech-sweep") == (
         "speech-crnn-bigru64-s0-sweep8")
     assert run_name(SpeechConfig.from_options(run_name="mine"), "speech") == "mine"
+
+
+def test_evaluation_run_names_say_which_model():
+    version = ModelVersion("speech-commands", "3", creation_timestamp=0)
+    assert evaluation_run_name("models:/speech-commands@champion", version) == (
+        "evaluate-speech-commands-v3")
+    assert evaluation_run_name("runs:/0123456789abcdef/model", None) == "evaluate-run-01234567"
+    assert evaluation_run_name("/tmp/exported/model", None) == "evaluate-model"
 
 
 def test_a_run_description_gives_the_kept_models_test_and_validation_accuracy():

@@ -67,6 +67,7 @@ def test_a_missing_model_alias_or_version_is_named(store: Path, uri: str, messag
     with pytest.raises(ModelError, match=f"^{uri}: no such model version") as error:
         load(store, uri)
     assert message in str(error.value)
+    assert str(error.value).endswith("a training run of the pipeline registers one")
 
 
 def test_a_store_folder_without_a_store_is_named_and_left_alone(tmp_path: Path):

@@ -210,6 +210,7 @@ def test_evaluate_any_model_on_both_layouts(speech_dir: Path, shared_speech_dir:
         [client.get_experiment_by_name("speech-commands").experiment_id],
         "tags.run_type = 'evaluation'")[0]
     assert evaluation.data.tags["evaluated_version"] == str(version.version)
+    assert evaluation.info.run_name == f"evaluate-speech-commands-v{version.version}"
     assert evaluation.data.metrics["evaluated_examples"] == 10 * 3 + 3 + 3
     assert f"evaluation.{evaluation.info.run_id}" in client.get_model_version(
         "speech-commands", version.version).tags

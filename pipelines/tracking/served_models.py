@@ -83,7 +83,8 @@ def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str |
     try:
         version = model_version_of(model_uri)
     except MlflowException as error:
-        raise ModelError(f"{model_uri}: no such model version ({error.message})") from None
+        raise ModelError(f"{model_uri}: no such model version ({error.message}); a training "
+                         "run of the pipeline registers one") from None
     name = model_uri if version is None else (
         f"{model_uri} (model '{version.name}' version {version.version})")
     folder = None if version is None else local_artifact_folder(model_uri)
