@@ -105,3 +105,4 @@ def test_offline_without_prepared_data_fails_at_once_naming_data_dir(tmp_path: P
     error = capsys.readouterr().err
     assert code == 2 and "ai.stanford.edu is unreachable" in error
     assert "--source folder --data-dir" in error
+    assert not (tmp_path / "mlruns").exists()  # no FAILED run left behind

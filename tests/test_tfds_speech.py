@@ -90,3 +90,4 @@ def test_offline_without_prepared_data_fails_at_once_naming_data_dir(tmp_path: P
     code = speech.main(["--source", "tfds", "--tfds-data-dir", str(tmp_path / "empty"),
                         "--store-dir", str(tmp_path / "mlruns")])
     assert code == 2 and "--source folder --data-dir" in capsys.readouterr().err
+    assert not (tmp_path / "mlruns").exists()  # no FAILED run left behind
