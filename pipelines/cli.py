@@ -15,12 +15,13 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from pipelines import distribute, evaluation, tracking
 from pipelines.config import TaskConfig, config_from_args, config_parser
-from pipelines.errors import PipelineError, Terminated, WorkerLost
+from pipelines.errors import DataError, PipelineError, Terminated, WorkerLost
 from pipelines.interrupts import WORKER_LOST, exit_status, handle_interrupts
 from pipelines.tracking.runs import RedactingFilter, redact
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 # messages name what to fix; any other exception is a bug and shows its traceback (the run,
 # if one is open, ends FAILED)
 EXPECTED_ERRORS = (PipelineError,)
+MAX_NAMED = 10  # blank lines named by number, copies named by path, in a skipped-inputs note
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,7 @@ def registry_lines(result: dict) -> list[str]:
                   f"{result['model_val_accuracy']:.4f}): run {result['trial_run_id']}",
                   f"best parameters   {params}"]
     if result.get("registered_version"):
-        status = "champion" if result["champion"] else "not champion"
+        status = "the new champion" if result["champion"] else "not champion"
         lines.append(f"registered        version {result['registered_version']} "
                      f"({status}: {result['promotion_reason']})")
     elif "promotion_reason" in result:
@@ -263,3 +265,33 @@ def short_name(text: str, width: int = 40) -> str:
     """A review shortened to one line, to name it in output."""
     line = " ".join(str(text).split())
     return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def file_lines(path: str) -> list[str]:
+    """The inputs of a file with one per line (UTF-8, undecodable bytes replaced): its
+    non-blank lines; blank ones are skipped and counted on stderr, with their numbers.
+
+    Raises:
+        DataError: The file cannot be read.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        raise DataError(f"cannot read {path} ({error.strerror})") from error
+    blank = [number for number, line in enumerate(lines, 1) if not line.strip()]
+    if blank:
+        numbers = ", ".join(map(str, blank[:MAX_NAMED])) + (", ..." if blank[MAX_NAMED:] else "")
+        print(f"{path}: skipped {len(blank)} blank line(s): {numbers}", file=sys.stderr)
+    return [line for line in lines if line.strip()]
+
+
+def print_skipped(skipped: Sequence[tuple[str, str]]) -> None:
+    """Names on stderr the inputs an evaluation leaves out, each with its reason, except copies
+    of other inputs (reason `duplicate of ...`), which are counted in one line."""
+    copies = [(name, reason) for name, reason in skipped if reason.startswith("duplicate of")]
+    for name, reason in skipped:
+        if not reason.startswith("duplicate of"):
+            print(f"{name}: skipped: {reason}", file=sys.stderr)
+    if copies:
+        print(f"skipped {len(copies)} copies of other inputs (each kept once), e.g. "
+              f"{copies[0][0]} ({copies[0][1]})", file=sys.stderr)

@@ -49,6 +49,23 @@ def evaluation_run_name(model_uri: str, version: Any | None) -> str:
     return "evaluate-model"
 
 
+def evaluation_description(name: str, metrics: Mapping[str, float], source: str,
+                           evaluated: int, failed: int, model_uri: str) -> str:
+    """An evaluation run's description (Markdown): what it scored, on what, for which model."""
+    scores = ", ".join(f"{label} {metrics[key]:.2%}" for key, label in (
+        ("test_accuracy", "accuracy"), ("test_macro_f1", "macro-F1"),
+        ("test_roc_auc", "ROC-AUC")) if key in metrics)
+    return "  \n".join([f"**{name}**", f"{scores} of `{model_uri}`",
+                        f"on {evaluated} examples of `{source}` ({failed} could not be used)"])
+
+
+def pretraining_description(name: str, reviews: int, epochs: int, tokens: int) -> str:
+    """A pretraining run's description (Markdown): what was trained on what."""
+    return "  \n".join([f"**{name}**", f"skip-gram word vectors, {epochs} epochs over {reviews} "
+                        f"reviews ({tokens:,} tokens); later runs with the same data and "
+                        "options reuse them (tag `pretrain_key`)"])
+
+
 def run_description(name: str, values: Mapping[str, Any]) -> str:
     """A run's description (Markdown, shown on its page): what it scored and became."""
     lines = [f"**{name}**"]

@@ -196,6 +196,9 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
         version = tracking.link_evaluation(
             args.model_uri, run_id,
             f"test_accuracy={evaluation.metrics['test_accuracy']:.4f} on {labelled.source}")
+        tracking.set_tags({"mlflow.note.content": descriptions.evaluation_description(
+            name, evaluation.metrics, labelled.source, int(usable.sum()), len(failed),
+            args.model_uri)})
     return {"metrics": evaluation.metrics, "labels": labels, "confusion": evaluation.confusion,
             "failed": failed, "run_id": run_id, "version": version}
 

@@ -47,7 +47,7 @@ from models.word_vectors import (
     train_word_vectors,
     write_corpus,
 )
-from pipelines import interrupts, tracking
+from pipelines import descriptions, interrupts, tracking
 from pipelines.lifecycle import RunConfig
 
 log = logging.getLogger(__name__)
@@ -175,15 +175,17 @@ def pretrain(config: PretrainConfig, corpus: Corpus, run: RunConfig, key: str, *
              vocabulary_size: int, embedding_dim: int) -> Pretrained:
     """Pretrains word vectors in a run of its own: the vocabulary fitted on the corpus, the
     corpus written as ids, then skip-gram epochs, each one's loss logged."""
-    started = time.perf_counter()
+    started, name = time.perf_counter(), f"sentiment-pretrain-w2v{embedding_dim}"
     with tracking.tracked_run(run.experiment, tracking_uri=run.tracking_uri,
-                              store_dir=run.store_dir,
-                              run_name=f"sentiment-pretrain-w2v{embedding_dim}",
+                              store_dir=run.store_dir, run_name=name,
                               tags={"pipeline": PIPELINE, KEY_TAG: key}) as run_id:
         tracking.log_params(dataclasses.asdict(config) | {
             "vocabulary_size": vocabulary_size, "embedding_dim": embedding_dim,
             "most_tokens": MOST_TOKENS})
         log_corpus(corpus)
+        log.info("pretraining word vectors in run %s on %d reviews: the vocabulary, then %d "
+                 "skip-gram epochs (a few minutes on 2 cores; later runs reuse them)", run_id,
+                 len(corpus.texts), config.word_vector_epochs)
         vectorizer = fit_vectorizer(corpus.texts, vocabulary_size, MOST_TOKENS)
         vocabulary = vectorizer.get_vocabulary()
         with tempfile.TemporaryDirectory() as folder:
@@ -206,12 +208,15 @@ def pretrain(config: PretrainConfig, corpus: Corpus, run: RunConfig, key: str, *
                           "nearest_words.json")
         tracking.log_metrics({"word_vector_seconds": time.perf_counter() - trained,
                               "pretrain_seconds": time.perf_counter() - started})
+        tracking.set_tags({"mlflow.note.content": descriptions.pretraining_description(
+            name, len(corpus.texts), config.word_vector_epochs, tokens)})
     return Pretrained(encoder, vocabulary, run_id, False, time.perf_counter() - started)
 
 
 def epoch_ended(epoch: int, loss: float) -> None:
     """Logs a word-vector epoch's loss per token, then raises a signal received during it."""
     tracking.log_metrics({"word_vector_loss": loss}, step=epoch)
+    log.info("word vectors: epoch %d done, loss %.4f per token", epoch + 1, loss)
     interrupts.raise_pending()
 
 

@@ -12,7 +12,6 @@ grouped by stage.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ from models.recurrent import RecurrentConfig, build_text_classifier, text_to_pro
 from models.word_vectors import load_encoder_weights
 from pipelines import cli, distribute, evaluation, lifecycle, pretraining, sweep, tracking, training
 from pipelines.config import TaskConfig
-from pipelines.errors import ConfigError, DataError
+from pipelines.errors import ConfigError
 from pipelines.interrupts import at_batch_end, exit_process
 from pipelines.lifecycle import RunConfig
 from pipelines.pretraining import PretrainConfig, Pretrained
@@ -339,7 +338,9 @@ def summary_lines(result: dict) -> list[str]:
            + ("reused" if result["pretrain_reused"] else
               f"pretrained in {result['pretrain_seconds']:.0f} s") + ")"]
           if "pretrain_run_id" in result else []),
-        f"skipped reviews   {result['skipped_examples']}",
+        f"skipped reviews   {result['skipped_examples']}" + (
+            " (labelled and unlabelled: data/summary.json)" if "pretrain_run_id" in result
+            else " (data/summary.json)"),
         f"training          {result['train_seconds']:.1f} s"
         + (f", {result['epochs_trained']} epochs" if "epochs_trained" in result else ""),
     ]
@@ -348,7 +349,7 @@ def summary_lines(result: dict) -> list[str]:
 def read_texts(parser: argparse.ArgumentParser, argv: list[str]
                ) -> tuple[argparse.Namespace, cli.Inputs]:
     """`predict "text" ... [--file reviews.txt]`: the reviews given and one per line of the
-    file.
+    file (`cli.file_lines`: blank lines skipped and counted).
 
     Raises:
         ValueError: The file cannot be read.
@@ -356,13 +357,7 @@ def read_texts(parser: argparse.ArgumentParser, argv: list[str]
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="reviews to label")
     parser.add_argument("--file", help="a UTF-8 file with one review per line")
     args = parser.parse_args(argv)
-    texts = list(args.texts)
-    if args.file:
-        try:
-            lines = Path(args.file).read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError as error:
-            raise DataError(f"cannot read {args.file} ({error.strerror})") from error
-        texts += [line for line in lines if line.strip()]
+    texts = list(args.texts) + (cli.file_lines(args.file) if args.file else [])
     if not texts:
         parser.error("give reviews as arguments or --file")
     return args, cli.Inputs(pd.DataFrame({"text": texts}),
@@ -370,12 +365,13 @@ def read_texts(parser: argparse.ArgumentParser, argv: list[str]
 
 
 def read_labelled_reviews(parser: argparse.ArgumentParser, argv: list[str]):
-    """`evaluate --data-dir DIR`: the folder's test/{neg,pos} reviews (skipped ones on stderr)."""
+    """`evaluate --data-dir DIR`: the folder's test/{neg,pos} reviews (skipped ones on stderr),
+    read once the model is found."""
     args = parser.parse_args(argv)
     lifecycle.require_data_dir(args.data_dir, "IMDB_DATA_DIR", "IMDB")
+    tracking.model_run_params(args.model_uri, args.tracking_uri, args.store_dir)  # it exists
     labelled, skipped = evaluation_inputs(args.data_dir)
-    for path, reason in skipped:
-        print(f"{path}: skipped: {reason}", file=sys.stderr)
+    cli.print_skipped(skipped)
     return args, labelled
 
 

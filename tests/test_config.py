@@ -13,6 +13,7 @@ from mlflow.entities.model_registry import ModelVersion
 from pipelines import cli, sentiment, speech, training
 from pipelines.config import config_from_params
 from pipelines.descriptions import evaluation_run_name, run_description, run_name
+from pipelines.errors import DataError
 from pipelines.sentiment import SentimentConfig
 from pipelines.speech import SpeechConfig
 
@@ -209,3 +210,23 @@ def test_a_run_description_gives_the_kept_models_test_and_validation_accuracy():
         "champion": True, "promotion_reason": "beats v2"})
     assert "test accuracy 90.00%, validation 85.00%" in text
     assert "registered as version 3: **champion** (beats v2)" in text
+
+
+def test_evaluation_names_each_skipped_input_but_counts_copies(capsys):
+    cli.print_skipped([("test/pos/1_9.txt", "duplicate of test/pos/0_9.txt"),
+                       ("test/neg/2_1.txt", "empty"),
+                       ("test/neg/3_1.txt", "duplicate of test/neg/4_2.txt")])
+    assert capsys.readouterr().err.splitlines() == [
+        "test/neg/2_1.txt: skipped: empty",
+        "skipped 2 copies of other inputs (each kept once), e.g. test/pos/1_9.txt "
+        "(duplicate of test/pos/0_9.txt)"]
+
+
+def test_a_file_of_inputs_skips_and_counts_its_blank_lines(tmp_path: Path, capsys):
+    path = tmp_path / "reviews.txt"
+    path.write_bytes(b"first\n\n  \nsecond \xff\n" + b"\n" * 12 + b"third")
+    assert cli.file_lines(str(path)) == ["first", "second \ufffd", "third"]
+    assert capsys.readouterr().err == (f"{path}: skipped 14 blank line(s): "
+                                       "2, 3, 5, 6, 7, 8, 9, 10, 11, 12, ...\n")
+    with pytest.raises(DataError, match=f"cannot read {tmp_path / 'absent.txt'}"):
+        cli.file_lines(str(tmp_path / "absent.txt"))

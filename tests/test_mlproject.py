@@ -162,7 +162,7 @@ def test_mlflow_run_trains_and_registers_as_the_command_does(speech_dir: Path, t
          *(item for key, value in parameters.items() for item in ("-P", f"{key}={value}"))],
         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "registered        version 1 (champion: no champion yet)" in done.stdout
+    assert "registered        version 1 (the new champion: there was none before)" in done.stdout
 
     tracking.connect(uri, store)
     client = MlflowClient()

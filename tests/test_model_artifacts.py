@@ -67,7 +67,12 @@ def test_a_missing_model_alias_or_version_is_named(store: Path, uri: str, messag
     with pytest.raises(ModelError, match=f"^{uri}: no such model version") as error:
         load(store, uri)
     assert message in str(error.value)
-    assert str(error.value).endswith("a training run of the pipeline registers one")
+    # the hint only where no version was ever registered under that name
+    assert str(error.value).endswith("; a training run registers the model no-such-model") == (
+        "no-such-model" in uri)
+    with pytest.raises(ModelError) as options_error:  # evaluate and export read the options
+        tracking.model_run_params(uri, None, store)
+    assert str(options_error.value) == str(error.value)
 
 
 def test_a_store_folder_without_a_store_is_named_and_left_alone(tmp_path: Path):

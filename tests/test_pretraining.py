@@ -101,6 +101,10 @@ def test_pretraining_is_its_own_run_and_later_runs_reuse_it(imdb_dir: Path, tmp_
     assert pretrain_run.data.tags["pipeline"] == "sentiment-pretrain"
     assert pretrain_run.data.params["word_vector_epochs"] == "2"
     assert pretrain_run.data.metrics["corpus_unlabelled"] == 21  # make_imdb writes one too
+    corpus = int(pretrain_run.data.metrics["corpus_train"]) + 21
+    assert pretrain_run.data.tags["mlflow.note.content"].startswith(  # its page says what it is
+        f"**sentiment-pretrain-w2v{pretrain_run.data.params['embedding_dim']}**  \nskip-gram "
+        f"word vectors, 2 epochs over {corpus} reviews (")
     classifier = client.get_run(first["run_id"])
     assert pretrain_run.data.metrics["corpus_train"] == classifier.data.metrics["examples_train"]
     losses = client.get_metric_history(pretrain_id, "word_vector_loss")

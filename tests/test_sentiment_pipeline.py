@@ -33,7 +33,7 @@ def test_run_end_to_end_logs_registers_and_serves_raw_text(imdb_dir: Path, tmp_p
                                                             capsys):
     assert sentiment.main(small_args(imdb_dir, tmp_path)) == 0
     out = capsys.readouterr().out
-    assert "test ROC-AUC" in out and "registered        version 1 (champion" in out
+    assert "test ROC-AUC" in out and "registered        version 1 (the new champion" in out
 
     tracking.connect(None, tmp_path / "mlruns")
     client = MlflowClient()
@@ -74,6 +74,7 @@ def test_run_end_to_end_logs_registers_and_serves_raw_text(imdb_dir: Path, tmp_p
     assert lines[0][1] == answer.loc[0, "label"] and all(line[1] in ("neg", "pos")
                                                          for line in lines)
     assert ": error: text: expected a non-empty review string" in printed.err
+    assert f"{reviews}: skipped 1 blank line(s): 2\n" in printed.err  # in the file: counted
 
 
 def test_baseline_is_logged_beside_and_registered_only_when_it_wins(imdb_dir: Path,

@@ -50,7 +50,7 @@ def test_help_lists_every_option_with_its_default(capsys):
 def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, capsys):
     assert speech.main(small_args(speech_dir, tmp_path)) == 0
     out = capsys.readouterr().out
-    assert "test accuracy" in out and "registered        version 1 (champion" in out
+    assert "test accuracy" in out and "registered        version 1 (the new champion" in out
 
     tracking.connect(None, tmp_path / "mlruns")
     client = MlflowClient()
@@ -211,6 +211,11 @@ def test_evaluate_any_model_on_both_layouts(speech_dir: Path, shared_speech_dir:
         "tags.run_type = 'evaluation'")[0]
     assert evaluation.data.tags["evaluated_version"] == str(version.version)
     assert evaluation.info.run_name == f"evaluate-speech-commands-v{version.version}"
+    description = evaluation.data.tags["mlflow.note.content"].split("  \n")
+    assert description[0] == f"**evaluate-speech-commands-v{version.version}**"
+    assert description[1].startswith("accuracy ") and "of `models:/speech-commands@champion`" in (
+        description[1])
+    assert description[2] == f"on 36 examples of `{release}` (1 could not be used)"
     assert evaluation.data.metrics["evaluated_examples"] == 10 * 3 + 3 + 3
     assert f"evaluation.{evaluation.info.run_id}" in client.get_model_version(
         "speech-commands", version.version).tags

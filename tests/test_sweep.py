@@ -25,7 +25,7 @@ def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_
     out, err = capsys.readouterr()
     assert "Downloading artifacts" not in err  # no MLflow progress bars
     assert "sweep             2 trials" in out and "best parameters   front_end=" in out
-    assert "registered        version 1 (champion" in out
+    assert "registered        version 1 (the new champion" in out
 
     tracking.connect(None, store)
     client = MlflowClient()

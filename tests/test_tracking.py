@@ -58,7 +58,7 @@ def champion_version(store: Path) -> str:
 def test_champion_rule(tmp_path: Path):
     store = tmp_path / "mlruns"
     first = finish_run(store, 0.80)
-    assert (first.version, first.promoted, first.reason) == ("1", True, "no champion yet")
+    assert (first.version, first.promoted, first.reason) == ("1", True, "there was none before")
 
     better = finish_run(store, 0.85)
     assert better.promoted and "beats champion v1" in better.reason
@@ -102,7 +102,7 @@ def test_a_tie_never_promotes_even_where_it_rounds_down(tmp_path: Path):
 
 def test_no_champion_only_when_none_is_set_a_server_failure_is_raised(tmp_path: Path,
                                                                      monkeypatch):
-    """A tracking server that fails must not read as "no champion yet": a worse version would
+    """A tracking server that fails must not read as "no champion": a worse version would
     take the alias."""
     finish_run(tmp_path / "mlruns", 0.80)
     client = MlflowClient()

@@ -42,7 +42,7 @@ def champion_decision(
     score never wins, however it rounds.
     """
     if champion is None:
-        return True, "no champion yet"
+        return True, "there was none before"
     champion_digest = champion.tags.get("test_data_digest")
     if champion_digest != test_digest:
         return False, (
@@ -84,7 +84,8 @@ def current_champion(client: MlflowClient, name: str) -> Any | None:
 
     Raises:
         MlflowException: Any other failure, such as a tracking server that cannot be reached:
-            a passing outage must not read as "no champion yet" and promote a worse version.
+            a passing outage must not read as "no champion" (`champion_decision`) and
+            promote a worse version.
     """
     try:
         return client.get_model_version_by_alias(name, CHAMPION)

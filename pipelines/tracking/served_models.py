@@ -28,6 +28,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
 
@@ -62,11 +63,32 @@ def model_run_params(model_uri: str, tracking_uri: str | None, store_dir: str | 
         ModelError: No store, no such model, or its run is not in the store.
     """
     connect_to_model_store(model_uri, tracking_uri, store_dir)
+    registered_version(model_uri)  # a missing model, alias or version named as for loading
     try:
         return run_params(mlflow.models.get_model_info(model_uri).run_id)
     except (MlflowException, OSError) as error:
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
         raise ModelError(f"{model_uri}: the run that logged it cannot be read ({message})"
+                         ) from None
+
+
+def registered_version(model_uri: str):
+    """The registered version a `models:/` URI names (None for other URIs).
+
+    Raises:
+        ModelError: No such registered model, alias or version; for a model name no version
+            was ever registered under, it says a training run registers one.
+    """
+    try:
+        return model_version_of(model_uri)
+    except MlflowException as error:
+        name = model_uri.removeprefix("models:/").split("/")[0].split("@")[0]
+        try:
+            MlflowClient().get_registered_model(name)
+            hint = ""
+        except MlflowException:
+            hint = f"; a training run registers the model {name}"
+        raise ModelError(f"{model_uri}: no such model version ({error.message}){hint}"
                          ) from None
 
 
@@ -80,11 +102,7 @@ def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str |
             names the model and what is wrong.
     """
     connect_to_model_store(model_uri, tracking_uri, store_dir)
-    try:
-        version = model_version_of(model_uri)
-    except MlflowException as error:
-        raise ModelError(f"{model_uri}: no such model version ({error.message}); a training "
-                         "run of the pipeline registers one") from None
+    version = registered_version(model_uri)
     name = model_uri if version is None else (
         f"{model_uri} (model '{version.name}' version {version.version})")
     folder = None if version is None else local_artifact_folder(model_uri)
