@@ -5,7 +5,8 @@ Usage:
                          [--data-dir ../shared/data] [--store-dir mlruns]
 
 Sections (in order): mfcc, cache, speech-training, sentiment-training, tracking, serving,
-streaming and tflite (they train a default speech model unless --store-dir has a champion),
+streaming, noise and tflite (they train a default speech model unless --store-dir has a
+champion),
 memory, end-to-end, speech-accuracy, sentiment-accuracy (the accuracy sections train the default
 pipelines over three seeds, about an hour in all). Opt-in, run only when named in
 `--only`: full-scale (a v0.02-sized generated folder and a TFDS dataset of that size, the
@@ -133,6 +134,7 @@ def sections() -> dict[str, Callable[[Options], list[Figure]]]:
         features,
         full_scale,
         memory,
+        noise,
         serving,
         streaming,
         tflite_export,
@@ -148,6 +150,7 @@ def sections() -> dict[str, Callable[[Options], list[Figure]]]:
         "tracking": tracking_overhead.tracking_overhead,
         "serving": serving.served_inference,
         "streaming": streaming.streaming,
+        "noise": noise.noise_robustness,
         "tflite": tflite_export.tflite_export,
         "memory": memory.bounded_memory,
         "end-to-end": end_to_end.end_to_end,

@@ -277,7 +277,7 @@ def search_space(model: str) -> dict:
         "depth": IntDistribution(1, 3),
         "dropout": FloatDistribution(0.1, 0.5),
         "learning_rate": FloatDistribution(1e-3, 1e-2, log=True),
-        "noise_volume": FloatDistribution(0.0, 0.3),
+        "noise_volume": FloatDistribution(0.0, 1.5),
         "time_mask_frames": IntDistribution(0, 20, step=5),
         "freq_mask_bins": IntDistribution(0, 10),
     }

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from benchmarks import serving, streams
+from benchmarks import noise, serving, streams
 from benchmarks.accuracy import summary
 from benchmarks.memory import variant_chunk
 from benchmarks.streams import NOT_KEYWORDS, generate_stream, score
@@ -215,3 +215,12 @@ def test_streams_generate_refuses_before_reading_any_clip(args, message, tmp_pat
     assert refused.value.code == 2 and message in capsys.readouterr().err
     assert (tmp_path / "taken.wav").read_bytes() == b"mine"
     assert (tmp_path / "fresh.wav.labels.txt").read_text() == "mine"
+
+
+def test_noisy_copies_add_seeded_white_noise_of_the_asked_level_within_full_scale():
+    clips = np.zeros((4, 16000), np.float32)
+    clips[0, :100] = 0.999
+    noisy = noise.with_white_noise(clips, 0.01, seed=3)
+    assert np.array_equal(noisy, noise.with_white_noise(clips, 0.01, seed=3))
+    assert abs(float(np.sqrt(np.mean(noisy[1:] ** 2))) - 0.01) < 1e-4
+    assert noisy.max() <= 1.0 and noisy.dtype == np.float32
