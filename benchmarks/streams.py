@@ -177,19 +177,29 @@ def read_detections(path: Path) -> list[Detection]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.streams",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.streams",
+        description="Make a long test stream of words over background noise, with its labels "
+                    "(as TensorFlow's generate_streaming_test_wav.py does), and score listen's "
+                    "detections on it (as its test_streaming_accuracy does).")
     commands = parser.add_subparsers(dest="command", required=True)
-    generate = commands.add_parser("generate", help="write a test stream and its labels")
-    generate.add_argument("out", type=Path, metavar="OUT.wav")
+    generate = commands.add_parser(
+        "generate", help="write a test stream and its labels (OUT.wav.labels.txt)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    generate.add_argument("out", type=Path, metavar="OUT.wav",
+                          help="the stream to write (16 kHz mono); its labels go beside it")
     generate.add_argument("--data-dir", type=Path, required=True,
                           help="a Speech Commands folder: its test split's clips and its "
                                "_background_noise_ recordings make the stream")
-    generate.add_argument("--seconds", type=float, default=600)
-    generate.add_argument("--words", choices=STREAM_WORDS, default="keywords")
-    generate.add_argument("--word-gap-ms", type=float, default=2000)
-    generate.add_argument("--background-volume", type=float, default=0.1)
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--seconds", type=float, default=600, help="length of the stream")
+    generate.add_argument("--words", choices=STREAM_WORDS, default="keywords",
+                          help="the ten keywords, the test split's _unknown_ words, or none "
+                               "(background noise only)")
+    generate.add_argument("--word-gap-ms", type=float, default=2000,
+                          help="gap after each one-second clip, plus up to half again")
+    generate.add_argument("--background-volume", type=float, default=0.1,
+                          help="level of the background noise against its recordings'")
+    generate.add_argument("--seed", type=int, default=0, help="seed of the clips, gaps and noise")
     scoring = commands.add_parser("score", help="score listen's detections against labels")
     scoring.add_argument("labels", type=Path, help="a labels file (label, time_ms)")
     scoring.add_argument("detections", type=Path, help="listen's output for the stream")
