@@ -14,9 +14,8 @@ import numpy as np
 
 from benchmarks.streaming import trained_predictor
 from benchmarks.suite import Figure, Options
-from features.audio import decode_clip
-from features.mfcc import MfccConfig
 from features.speech_commands import SplitConfig, load_speech_commands
+from features.speech_features import ExampleDecoder
 
 NOISE_RMS = (0.001, 0.003, 0.01, 0.03)  # white noise added, fraction of full scale
 
@@ -30,20 +29,19 @@ def with_white_noise(clips: np.ndarray, rms: float, seed: int = 0) -> np.ndarray
 def noise_robustness(options: Options) -> list[Figure]:
     """Test-split word-clip accuracy at each NOISE_RMS level against the clean clips'."""
     speech_dir = options.data_dir / "speech_commands"
-    spec = MfccConfig().audio
-    data = load_speech_commands(speech_dir, SplitConfig(), spec)
-    test = [example for example in data.examples["test"] if not example.is_silence]
-    clips = np.stack([decode_clip(speech_dir / example.path, spec) for example in test])
-    truth = np.array([example.label for example in test])
     predictor = trained_predictor(options)
+    data = load_speech_commands(speech_dir, SplitConfig(), predictor.spec)
+    test = [example for example in data.examples["test"] if not example.is_silence]
+    decoded = ExampleDecoder(test, speech_dir, predictor.spec).chunk(0, len(test))
+    truth = np.array([test[index].label for index in decoded.kept])
 
     def accuracy(waveforms: np.ndarray) -> float:
         found = np.array(predictor.labels)[predictor.clip_probabilities(waveforms).argmax(1)]
         return 100 * float(np.mean(found == truth))
 
-    clean = accuracy(clips.astype(np.float32))
-    where = f"{len(test)} test-split word clips"
+    clean = accuracy(decoded.waveforms)
+    where = f"{len(truth)} test-split word clips"
     return [Figure("noise", f"accuracy, white noise at RMS {rms:g} ({where})",
-                   accuracy(with_white_noise(clips.astype(np.float32), rms)), "%",
+                   accuracy(with_white_noise(decoded.waveforms, rms)), "%",
                    reference="the clean clips", reference_value=clean)
             for rms in NOISE_RMS]

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # messages name what to fix; any other exception is a bug and shows its traceback (the run,
 # if one is open, ends FAILED)
 EXPECTED_ERRORS = (PipelineError,)
-MAX_NAMED = 10  # blank lines named by number, copies named by path, in a skipped-inputs note
+MAX_NAMED = 10  # blank lines of an inputs file named by number (file_lines)
 
 
 @dataclass(frozen=True)
@@ -288,9 +288,11 @@ def file_lines(path: str) -> list[str]:
 def print_skipped(skipped: Sequence[tuple[str, str]]) -> None:
     """Names on stderr the inputs an evaluation leaves out, each with its reason, except copies
     of other inputs (reason `duplicate of ...`), which are counted in one line."""
-    copies = [(name, reason) for name, reason in skipped if reason.startswith("duplicate of")]
+    copies = []
     for name, reason in skipped:
-        if not reason.startswith("duplicate of"):
+        if reason.startswith("duplicate of"):
+            copies.append((name, reason))
+        else:
             print(f"{name}: skipped: {reason}", file=sys.stderr)
     if copies:
         print(f"skipped {len(copies)} copies of other inputs (each kept once), e.g. "

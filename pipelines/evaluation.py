@@ -174,8 +174,8 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
     if unknown:
         raise DataError(f"labels {unknown} of {labelled.source} are not classes of the model "
                          f"({', '.join(labels)})")
-    name = args.run_name or descriptions.evaluation_run_name(
-        args.model_uri, tracking.model_version_of(args.model_uri))
+    evaluated = tracking.model_version_of(args.model_uri)
+    name = args.run_name or descriptions.evaluation_run_name(args.model_uri, evaluated)
     with tracking.tracked_run(args.experiment, tracking_uri=args.tracking_uri,
                               store_dir=args.store_dir, run_name=name,
                               tags={"pipeline": pipeline, "run_type": "evaluation"}) as run_id:
@@ -194,7 +194,7 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
         tracking.log_metrics({"evaluated_examples": int(usable.sum()),
                               "failed_inputs": len(failed)})
         version = tracking.link_evaluation(
-            args.model_uri, run_id,
+            args.model_uri, evaluated, run_id,
             f"test_accuracy={evaluation.metrics['test_accuracy']:.4f} on {labelled.source}")
         tracking.set_tags({"mlflow.note.content": descriptions.evaluation_description(
             name, evaluation.metrics, labelled.source, int(usable.sum()), len(failed),

@@ -275,10 +275,11 @@ def model_version_of(model_uri: str) -> Any | None:
     return None
 
 
-def link_evaluation(model_uri: str, run_id: str, summary: str) -> str | None:
-    """Tags the evaluation run with the model it evaluated and, for a registered version, the
-    version with `evaluation.<run_id>`; returns the version number (None if unregistered)."""
-    version = model_version_of(model_uri)
+def link_evaluation(model_uri: str, version: Any | None, run_id: str, summary: str
+                    ) -> str | None:
+    """Tags the evaluation run with the model it evaluated and, for a registered version (as
+    `model_version_of` resolved `model_uri`), the version with `evaluation.<run_id>`; returns
+    the version number (None if unregistered)."""
     tags = {"evaluated_model_uri": model_uri}
     if version is not None:
         MlflowClient().set_model_version_tag(version.name, version.version,

@@ -288,9 +288,10 @@ def note_failure(run_id: str, error: BaseException) -> None:
     """Says on a failed run what failed: the tag `error` and the run's description (shown on
     its page) hold the exception's type and message, passwords in URIs hidden (`redact`)."""
     text = redact(f"{type(error).__name__}: {error}")[:MAX_ERROR_CHARS]
+    client = MlflowClient()
     try:
-        MlflowClient().set_tag(run_id, "error", text)
-        MlflowClient().set_tag(run_id, "mlflow.note.content", f"**failed**: `{text}`")
+        client.set_tag(run_id, "error", text)
+        client.set_tag(run_id, "mlflow.note.content", f"**failed**: `{text}`")
     except MlflowException as tag_error:  # the store may be what failed; the error is raised
         log.warning("run %s failed and could not be tagged with why: %s", run_id, tag_error)
 
