@@ -3,7 +3,7 @@ them; also a command, to test `listen` on streams of other recordings:
 
     python -m benchmarks.streams generate OUT.wav --data-dir DIR [--seconds 600] [--words ...]
     python -m pipelines.speech listen OUT.wav > detections.tsv
-    python -m benchmarks.streams score OUT.wav.labels.txt detections.tsv
+    python -m benchmarks.streams score OUT.wav.labels.txt detections.tsv --stream OUT.wav
 
 `generate_stream` mixes test-split clips of a Speech Commands folder (never training ones) over
 its `_background_noise_` recordings into one long 16 kHz WAV, like TensorFlow's
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from features.audio import decode_clip, decode_recording
+from features.audio import audio_info, decode_clip, decode_recording
 from features.errors import DataError
 from features.mfcc import MfccConfig
 from features.speech_commands import SplitConfig, load_speech_commands
@@ -98,11 +98,12 @@ def score(detections: list[Detection], truth: list[tuple[float, str]]) -> dict[s
     second detection of one word is wrong); near no word, it is a false positive. Percentages
     are of the keywords in the stream ("matched" is TensorFlow's "correctly"); a detection
     that goes to an `_unknown_` word counts in `non_keyword_accepts` instead (each such word
-    once). TensorFlow's own tool counts `_unknown_` words among the words and a keyword
+    once); `false_accepts` counts every detection near no word or at an `_unknown_` word
+    (each time it is detected: what a user hears as a false alarm). TensorFlow's own tool counts `_unknown_` words among the words and a keyword
     detected at one as wrongly matched, so on streams that mix them in its figures differ."""
     truth = sorted(truth)
     taken: set[int] = set()
-    matched = wrong = false = accepted = 0
+    matched = wrong = false = accepted = at_non_keywords = 0
     for detection in sorted(detections, key=lambda found: found.time_s):
         index = next((index for index, (when, _) in enumerate(truth)
                       if abs(when - detection.time_s) <= TOLERANCE_S), None)
@@ -110,6 +111,7 @@ def score(detections: list[Detection], truth: list[tuple[float, str]]) -> dict[s
             false += 1
             continue
         if truth[index][1] in NOT_KEYWORDS:
+            at_non_keywords += 1
             accepted += index not in taken  # each word once, however often detected
         elif truth[index][1] == detection.label and index not in taken:
             matched += 1
@@ -121,7 +123,7 @@ def score(detections: list[Detection], truth: list[tuple[float, str]]) -> dict[s
     return {"matched": 100 * matched / words, "wrongly_matched": 100 * wrong / words,
             "false_positives": 100 * false / words, "keywords": keywords,
             "non_keywords": len(truth) - keywords, "non_keyword_accepts": accepted,
-            "false_positive_count": false}
+            "false_positive_count": false, "false_accepts": false + at_non_keywords}
 
 
 def lines(path: Path) -> list[tuple[int, str]]:
@@ -203,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     scoring = commands.add_parser("score", help="score listen's detections against labels")
     scoring.add_argument("labels", type=Path, help="a labels file (label, time_ms)")
     scoring.add_argument("detections", type=Path, help="listen's output for the stream")
+    scoring.add_argument("--stream", type=Path, metavar="STREAM",
+                         help="the recording the labels describe: with its length, false "
+                              "accepts are also given per hour")
     args = parser.parse_args(argv)
     if args.command == "generate":
         check_generate(parser, args)
@@ -216,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         truth = read_labels(args.labels)
         found = read_detections(args.detections)
+        hours = audio_info(args.stream).duration / 3600 if args.stream else None
     except (OSError, ValueError) as error:  # DataError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -230,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"false positives      {stats['false_positive_count']} (near no word)")
     print(f"non-keyword words    {stats['non_keywords']} ({stats['non_keyword_accepts']} "
           "of them detected as keywords)")
+    if hours:
+        print(f"false accepts        {stats['false_accepts'] / hours:.1f} per hour "
+              f"({stats['false_accepts']} near no word or at a non-keyword word, in "
+              f"{60 * hours:.1f} minutes)")
+    else:
+        print(f"false accepts        {stats['false_accepts']} (near no word or at a "
+              "non-keyword word; --stream gives them per hour)")
     return 0
 
 

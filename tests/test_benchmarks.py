@@ -146,7 +146,7 @@ def test_streaming_scores_as_tensorflows_accuracy_utils():
     assert stats == pytest.approx({"matched": 100 / 3, "wrongly_matched": 300 / 3,
                                    "false_positives": 100 / 3, "keywords": 3,
                                    "non_keywords": 0, "non_keyword_accepts": 0,
-                                   "false_positive_count": 1})
+                                   "false_positive_count": 1, "false_accepts": 1})
     # TensorFlow's generator mixes _unknown_ words in: a detection that goes to one is a
     # non-keyword accept, and the percentages are of the keywords
     mixed = score([Detection(2.5, "yes", 0.9), Detection(7.2, "up", 0.8),
@@ -154,7 +154,7 @@ def test_streaming_scores_as_tensorflows_accuracy_utils():
                   [(2.0, "yes"), (7.0, "_unknown_"), (11.0, "no")])
     assert mixed == pytest.approx({"matched": 50, "wrongly_matched": 0, "false_positives": 0,
                                    "keywords": 2, "non_keywords": 1, "non_keyword_accepts": 1,
-                                   "false_positive_count": 0})
+                                   "false_positive_count": 0, "false_accepts": 2})
 
 
 def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_path, capsys):
@@ -174,6 +174,16 @@ def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_pa
     assert "detections           3\nkeywords             2\nmatched              50.0 %\n" in out
     assert "false positives      50.0 %" in out  # go at 20 s: near no word
     assert "non-keyword words    1 (1 of them detected as keywords)" in out
+    assert ("false accepts        2 (near no word or at a non-keyword word; --stream gives "
+            "them per hour)") in out
+    # with the recording, per hour: 2 false accepts in 36 s
+    stream = tmp_path / "stream.wav"
+    soundfile.write(stream, np.zeros(36 * 16000, np.float32), 16000)
+    assert streams.main(["score", str(labels), str(detections), "--stream", str(stream)]) == 0
+    assert ("false accepts        200.0 per hour (2 near no word or at a non-keyword word, in "
+            "0.6 minutes)") in capsys.readouterr().out
+    assert streams.main(["score", str(labels), str(detections), "--stream", str(labels)]) == 2
+    assert "streaming_test_labels.txt: not decodable audio" in capsys.readouterr().err
     empty = tmp_path / "none.tsv"
     empty.write_text("")  # listen heard nothing (or failed): said, not hidden
     labels.write_text("_unknown_, 6000\n")
@@ -181,7 +191,9 @@ def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_pa
     assert capsys.readouterr().out == ("detections           0\nkeywords             0\n"
                                        "false positives      0 (near no word)\n"
                                        "non-keyword words    1 (0 of them detected as "
-                                       "keywords)\n")
+                                       "keywords)\n"
+                                       "false accepts        0 (near no word or at a "
+                                       "non-keyword word; --stream gives them per hour)\n")
     detections.write_text("s.wav\t2.40\tyes\t0.910\nt.wav\t3.00\tno\t0.900\n")
     assert streams.main(["score", str(labels), str(detections)]) == 2
     assert "detections of 2 recordings" in capsys.readouterr().err
