@@ -99,8 +99,9 @@ def score(detections: list[Detection], truth: list[tuple[float, str]]) -> dict[s
     are of the keywords in the stream ("matched" is TensorFlow's "correctly"); a detection
     that goes to an `_unknown_` word counts in `non_keyword_accepts` instead (each such word
     once); `false_accepts` counts every detection near no word or at an `_unknown_` word
-    (each time it is detected: what a user hears as a false alarm). TensorFlow's own tool counts `_unknown_` words among the words and a keyword
-    detected at one as wrongly matched, so on streams that mix them in its figures differ."""
+    (each time: what a user hears as a false alarm). TensorFlow's own tool counts `_unknown_`
+    words among the words and a keyword detected at one as wrongly matched, so on streams that
+    mix them in its figures differ."""
     truth = sorted(truth)
     taken: set[int] = set()
     matched = wrong = false = accepted = at_non_keywords = 0

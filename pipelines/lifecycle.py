@@ -302,8 +302,8 @@ class TrackedRun:
 def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
     """Opens an MLflow run in the config's experiment (or reopens `--resume`'s) for the
     pipeline's work; the caller has checked the config (`prepare_run`) so that bad options open
-    no run. On success the run's checkpoint is deleted; on Ctrl-C or SIGTERM it is kept and
-    the command that continues the run is logged."""
+    no run. On success the run's checkpoint and its tag `checkpoint` are deleted; on Ctrl-C or
+    SIGTERM they are kept and the command that continues the run is logged."""
     started = time.perf_counter()
     run, name = config.run, descriptions.run_name(config, pipeline)
     with tracking.tracked_run(run.experiment, tracking_uri=run.tracking_uri,
@@ -321,5 +321,7 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
                             "it with: python -m pipelines.%s --resume %s", run_id, checkpoint,
                             pipeline.removesuffix("-sweep"), run_id)
             raise
+        if checkpoint is not None:
+            tracking.delete_tag("checkpoint")  # the folder goes next: the tag would name nothing
     if checkpoint is not None and checkpoint.is_dir():
         shutil.rmtree(checkpoint)

@@ -93,6 +93,7 @@ def test_a_stopped_or_killed_run_keeps_its_checkpoint_and_resume_finishes_it(
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["lease.pid"] == str(os.getpid())  # taken over by this process
+    assert "checkpoint" not in run.data.tags  # its folder is deleted (below)
     losses = client.get_metric_history(run_id, "loss")
     epochs = int(run.data.metrics["epochs_trained"])
     # every epoch logged once: the killed process's and then the resumed one's (the epoch

@@ -23,6 +23,7 @@ from pipelines.tracking.runs import (
     EpochMetricsLogger,
     check_tracking,
     connect,
+    delete_tag,
     download_artifacts,
     find_runs,
     interrupted_run,
@@ -56,8 +57,8 @@ from pipelines.tracking.served_models import (
 
 __all__ = [
     "CHAMPION", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel",
-    "TextClassifierModel", "champion_decision",
-    "check_tracking", "connect", "current_champion", "download_artifacts", "find_runs",
+    "TextClassifierModel", "champion_decision", "check_tracking", "connect",
+    "current_champion", "delete_tag", "download_artifacts", "find_runs",
     "interrupted_run", "link_evaluation", "load_served_model", "local_store_uri",
     "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics",
     "model_labels", "model_run_files", "model_run_params", "log_model_metrics", "log_params",

@@ -336,6 +336,12 @@ def set_tags(tags: Mapping[str, Any]) -> None:
     mlflow.set_tags({key: redact(str(value)) for key, value in tags.items()})
 
 
+def delete_tag(key: str) -> None:
+    """Deletes the active run's tag `key`, where it has one."""
+    if key in run_tags(mlflow.active_run().info.run_id):
+        mlflow.delete_tag(key)
+
+
 class EpochMetricsLogger(keras.callbacks.Callback):
     """Logs Keras' per-epoch logs (loss, accuracy, val_*, learning_rate) to the active run."""
 
