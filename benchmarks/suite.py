@@ -8,7 +8,7 @@ Sections (in order): mfcc, cache, speech-training, sentiment-training, tracking,
 streaming, noise and tflite (they train a default speech model unless --store-dir has a
 champion),
 memory, end-to-end, speech-accuracy, sentiment-accuracy (the accuracy sections train the default
-pipelines over three seeds, about an hour in all). Opt-in, run only when named in
+pipelines over three seeds, about 50 minutes in all). Opt-in, run only when named in
 `--only`: full-scale (a v0.02-sized generated folder and a TFDS dataset of that size, the
 default speech pipeline for one epoch on each; about 25 minutes on two cores, 22 GB of disk,
 and 9 GB of memory while the TFDS copy is written). Timings
