@@ -321,7 +321,7 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
                             "it with: python -m pipelines.%s --resume %s", run_id, checkpoint,
                             pipeline.removesuffix("-sweep"), run_id)
             raise
-        if checkpoint is not None:
+        if checkpoint is not None:  # tagged above, or by the run --resume continues
             tracking.delete_tag("checkpoint")  # the folder goes next: the tag would name nothing
     if checkpoint is not None and checkpoint.is_dir():
         shutil.rmtree(checkpoint)

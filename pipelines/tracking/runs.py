@@ -337,9 +337,8 @@ def set_tags(tags: Mapping[str, Any]) -> None:
 
 
 def delete_tag(key: str) -> None:
-    """Deletes the active run's tag `key`, where it has one."""
-    if key in run_tags(mlflow.active_run().info.run_id):
-        mlflow.delete_tag(key)
+    """Deletes the active run's tag `key` (which it has)."""
+    mlflow.delete_tag(key)
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
