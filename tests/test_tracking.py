@@ -193,6 +193,9 @@ def test_the_promotion_queue_waits_only_for_a_version_whose_process_may_still_de
     client.set_tag(run_id, leases.PID, str(dead.pid))  # killed: RUNNING, its process gone
     assert not registry.may_still_decide(client, pending)
     registry.wait_for_earlier_promotions(client, "model-x", 2)  # returns: nothing to wait for
+    client.set_model_version_tag("model-x", pending.version, registry.REGISTERED_BY, "0" * 32)
+    [pending] = client.search_model_versions("name='model-x'")
+    assert not registry.may_still_decide(client, pending)  # its run is gone from the store
 
 
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"),

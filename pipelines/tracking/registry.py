@@ -109,12 +109,19 @@ def may_still_decide(client: MlflowClient, version: Any) -> bool:
     registered it is RUNNING and its lease says its process is alive (on this host: the pid
     with its start time; on another, a heartbeat within `leases.LEASE_SECONDS`). A run that
     ended, or whose process is gone, will not decide it (until that run is resumed, which
-    marks it pending again). A run without a lease is judged by the version's age."""
+    marks it pending again), nor will a run deleted for good. A run without a lease is judged
+    by the version's age.
+
+    Raises:
+        MlflowException: The store could not tell (unreachable, or refused the request).
+    """
     run_id = version.tags.get(REGISTERED_BY)
     try:
         run = client.get_run(run_id) if run_id else None
-    except MlflowException:  # the run was deleted
-        return False
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # the run was deleted for good
+            return False
+        raise  # an unreachable store is no answer: deciding out of order is what this prevents
     if run is None or leases.HOST not in run.data.tags:
         return time.time() * 1000 - version.creation_timestamp < STALE_PENDING_SECONDS * 1000
     if run.info.status != "RUNNING":
