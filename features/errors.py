@@ -67,6 +67,18 @@ def require_folder(path: str | Path, what: str, hint: str = "") -> Path:
     return path
 
 
+def require_data_dir(data_dir: str | None, env: str, dataset: str) -> Path:
+    """The data folder given by `--data-dir` or the variable `env`, checked before any work.
+
+    Raises:
+        ConfigError: No folder given.
+        DataNotFoundError: The folder is missing or not a folder.
+    """
+    if not data_dir:
+        raise ConfigError(f"no data folder: pass --data-dir or set {env}")
+    return require_folder(data_dir, f"{dataset} data folder")
+
+
 class DiskFullError(PipelineError, OSError):
     """The disk holding a folder the run writes (or the process's file-size limit) ran out."""
 

@@ -103,16 +103,25 @@ def rating_of(name: str) -> int | None:
     return int(match.group(2)) if match else None
 
 
-def read_review(path: Path) -> tuple[str, bool]:
-    """The whole text of a review file and whether undecodable bytes had to be replaced.
+def review_text(raw: bytes) -> tuple[str, bool]:
+    """A review's bytes as UTF-8 text, and whether undecodable bytes had to be replaced.
 
     Long reviews are not cut here: the model truncates token ids to its sequence length.
     """
-    raw = path.read_bytes()
     try:
         return raw.decode("utf-8"), False
     except UnicodeDecodeError:
         return raw.decode("utf-8", errors="replace"), True
+
+
+def unusable(text: str) -> str | None:
+    """Why a review cannot be trained or scored on (no text, or none outside HTML tags such as
+    `<br />`), or None."""
+    if not text.strip():
+        return "empty review"
+    if not HTML_TAG_RE.sub(" ", text).strip():
+        return "no text outside HTML tags"
+    return None
 
 
 def read_split_folder(data_dir: Path, split: str, *, drop_duplicates: bool = True
@@ -156,15 +165,13 @@ def read_review_files(data_dir: Path, files: Iterable[Path], label: str, reviews
     for path in files:
         relative = path.relative_to(data_dir).as_posix()
         try:
-            text, was_replaced = read_review(path)
+            text, was_replaced = review_text(path.read_bytes())
         except OSError as error:  # unreadable (permissions), or a folder named *.txt
             skipped.append((relative, f"cannot be read ({error.strerror or error})"))
             continue
-        if not text.strip():
-            skipped.append((relative, "empty review"))
-            continue
-        if not HTML_TAG_RE.sub(" ", text).strip():
-            skipped.append((relative, "no text outside HTML tags"))
+        reason = unusable(text)
+        if reason:
+            skipped.append((relative, reason))
             continue
         if was_replaced:
             replaced.append(relative)

@@ -13,12 +13,14 @@ import numpy as np
 import pandas as pd
 
 from features import tfds_imdb
-from features.errors import ConfigError
+from features.errors import require_data_dir
 from features.imdb import ImdbData, load_imdb, read_split_folder, reviews_digest
 from features.splits import LabelledInputs, Lineage, Splits, require_usable_splits
 from features.tfds_source import SOURCES
 
 log = logging.getLogger(__name__)
+
+IMDB_ENV = "IMDB_DATA_DIR"  # the variable that may name the data folder
 
 
 
@@ -27,7 +29,7 @@ class ReviewSourceConfig:
     """Data source: where the reviews come from, and how validation is carved out of train."""
 
     data_dir: str | None = field(default=None, metadata={
-        "help": "aclImdb folder in the official layout", "env": "IMDB_DATA_DIR"})
+        "help": "aclImdb folder in the official layout", "env": IMDB_ENV})
     source: str = field(default="folder", metadata={
         "help": "where reviews come from: a folder (--data-dir) or tensorflow-datasets' "
                 "imdb_reviews", "choices": SOURCES})
@@ -85,8 +87,7 @@ def read_reviews(source: ReviewSourceConfig, *, unlabelled: bool = False) -> Imd
         return tfds_imdb.read_tfds_imdb(source.tfds_data_dir,
                                         validation_pct=source.validation_pct,
                                         seed=source.data_seed, unlabelled=unlabelled)
-    if not source.data_dir:
-        raise ConfigError("no data folder: pass --data-dir or set IMDB_DATA_DIR")
+    require_data_dir(source.data_dir, IMDB_ENV, "IMDB")
     return load_imdb(source.data_dir, validation_pct=source.validation_pct,
                      seed=source.data_seed, unlabelled=unlabelled)
 

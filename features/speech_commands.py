@@ -45,6 +45,7 @@ UNKNOWN_LABEL = "_unknown_"
 # label ids of the 12-class task, in this order
 TWELVE_CLASS_LABELS = (SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS)
 BACKGROUND_NOISE_DIR = "_background_noise_"
+SPEECH_COMMANDS_ENV = "SPEECH_COMMANDS_DIR"  # the variable that may name the data folder
 TASKS = ("12-class", "all-words")
 MAX_LISTED_PATHS = 20  # listed-but-missing paths kept by name (all are counted)
 
@@ -150,8 +151,8 @@ def list_word_clips(data_dir: Path) -> dict[str, list[str]]:
         FileNotFoundError: `data_dir` is not a folder (DataNotFoundError).
         ValueError: there are no word folders, or none holds a WAV file.
     """
-    require_folder(data_dir, "Speech Commands data folder", "pass --data-dir or set "
-                   "SPEECH_COMMANDS_DIR to a folder in the official "
+    require_folder(data_dir, "Speech Commands data folder", f"pass --data-dir or set "
+                   f"{SPEECH_COMMANDS_ENV} to a folder in the official "
                    "<word>/<speaker>_nohash_<n>.wav layout")
     words = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
     if not words:

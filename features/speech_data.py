@@ -17,11 +17,12 @@ import pandas as pd
 
 from features import tfds_speech
 from features.audio import decode_recording
-from features.errors import ConfigError, DataError
+from features.errors import ConfigError, DataError, require_data_dir
 from features.feature_cache import cached_features
 from features.mfcc import MfccConfig
 from features.speech_commands import (
     BACKGROUND_NOISE_DIR,
+    SPEECH_COMMANDS_ENV,
     TWELVE_CLASS_LABELS,
     SplitConfig,
     examples_digest,
@@ -46,7 +47,7 @@ class SpeechSourceConfig:
     """Data source: where the clips come from, and where their features are kept."""
 
     data_dir: str | None = field(default=None, metadata={
-        "help": "Speech Commands folder in the official layout", "env": "SPEECH_COMMANDS_DIR"})
+        "help": "Speech Commands folder in the official layout", "env": SPEECH_COMMANDS_ENV})
     source: str = field(default="folder", metadata={
         "help": "where clips come from: a folder (--data-dir) or tensorflow-datasets' "
                 "speech_commands", "choices": SOURCES})
@@ -116,8 +117,7 @@ def prepare_speech_data(source: SpeechSourceConfig, splits: SplitConfig, mfcc: M
 def prepare_folder(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccConfig,
                    *, waveforms: bool) -> SpeechData:
     """Reads a Speech Commands folder and computes (or loads cached) MFCC frames per split."""
-    if not source.data_dir:
-        raise ConfigError("no data folder: pass --data-dir or set SPEECH_COMMANDS_DIR")
+    require_data_dir(source.data_dir, SPEECH_COMMANDS_ENV, "Speech Commands")
     data = load_speech_commands(source.data_dir, splits, mfcc.audio)  # logs its notes
     require_usable_splits(source.data_dir, data.class_counts(),
                           "give validation_list.txt and testing_list.txt naming clips of the "

@@ -50,10 +50,20 @@ def which_set(filename: str, validation_pct: float, test_pct: float) -> str:
 
 
 def read_list(path: Path) -> set[str] | None:
-    """Reads a split list (one relative path per line); None when the file is absent."""
+    """Reads a split list (one relative path per line); None when the file is absent.
+
+    Raises:
+        DataError: The file cannot be read, or is not UTF-8 text, named.
+    """
     if not path.is_file():
         return None
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise DataError(f"{path}: cannot be read as a list of clip paths, one per line in "
+                        f"UTF-8 ({reason})") from None
+    return {line.strip() for line in text.splitlines() if line.strip()}
 
 
 @dataclass

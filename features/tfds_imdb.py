@@ -1,7 +1,9 @@
 """IMDB reviews through tensorflow-datasets (`imdb_reviews/plain_text`).
 
-Each review's id is `<split>/<index>` in the TFDS split. Reviews are decoded as UTF-8 with
-undecodable bytes replaced (noted); empty ones are skipped. The splits are composed as the
+Each review's id is `<split>/<index>` in the TFDS split. Reviews are decoded and skipped as the
+folder reader decodes and skips them (`features.imdb.review_text` and `unusable`): UTF-8 with
+undecodable bytes replaced (noted); empty ones, and those with no text outside HTML tags,
+skipped. The splits are composed as the
 folder reader's (`features.imdb.composed_imdb`): reviews with identical text are kept once,
 test before train, and within a split the first by id (in string order); every dropped copy is
 skipped as "duplicate of <kept id>", before validation is carved out of train, so that no text
@@ -18,6 +20,8 @@ from features.imdb import (
     ImdbData,
     Review,
     composed_imdb,
+    review_text,
+    unusable,
 )
 from features.tfds_source import prepared_builder, prepared_version
 
@@ -68,14 +72,13 @@ def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int,
         reviews = []
         for index, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
             review_id = f"{split}/{index}"
-            try:
-                text = example["text"].decode("utf-8")
-            except UnicodeDecodeError:
-                text = example["text"].decode("utf-8", errors="replace")
-                replaced.append(review_id)
-            if not text.strip():
-                skipped.append((review_id, "empty review"))
+            text, was_replaced = review_text(example["text"])
+            reason = unusable(text)
+            if reason:
+                skipped.append((review_id, reason))
                 continue
+            if was_replaced:
+                replaced.append(review_id)
             label = UNLABELLED if split == "unsupervised" else names[int(example["label"])]
             reviews.append(Review(text, label, review_id))
         splits[split] = reviews

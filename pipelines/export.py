@@ -31,7 +31,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from features.audio import AudioSpec
 from features.mfcc_layer import MfccLayer
-from features.speech_commands import SplitConfig, load_speech_commands
+from features.speech_commands import SPEECH_COMMANDS_ENV, SplitConfig, load_speech_commands
 from pipelines import cli, tracking
 from pipelines.config import config_from_params
 from pipelines.errors import ConfigError, ModelError
@@ -41,7 +41,7 @@ QUANTIZATIONS = ("none", "dynamic", "int8")
 CALIBRATION_CLIPS = 200
 ARTIFACT_FOLDER = "tflite"  # where the files are logged on the version's run
 INT8_NEEDS_CLIPS = ("--quantize int8 calibrates on real clips: pass --data-dir (or set "
-                    "SPEECH_COMMANDS_DIR)")
+                    f"{SPEECH_COMMANDS_ENV})")
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +232,9 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
                              "the Keras model on the test split, docs/results.md). int8: the "
                              "classifier's weights and activations in int8, the front end in "
                              "float, calibrated on --data-dir's training clips")
-    parser.add_argument("--data-dir", default=os.environ.get("SPEECH_COMMANDS_DIR"),
+    parser.add_argument("--data-dir", default=os.environ.get(SPEECH_COMMANDS_ENV),
                         help="Speech Commands folder (for --quantize int8) [env: "
-                        "SPEECH_COMMANDS_DIR]")
+                        f"{SPEECH_COMMANDS_ENV}]")
     parser.add_argument("--calibration-clips", type=int, default=CALIBRATION_CLIPS,
                         help="how many of --data-dir's training clips, drawn at random, "
                              "calibrate --quantize int8")

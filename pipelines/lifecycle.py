@@ -19,11 +19,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from features.errors import require_at_least, require_folder
+from features.errors import require_at_least
 from features.splits import Lineage, Splits
 from pipelines import checkpoints, descriptions, distribute, evaluation, tracking
 from pipelines.config import TaskConfig, config_from_params, validate_choices
-from pipelines.errors import ConfigError, SetupError
+from pipelines.errors import SetupError
 
 log = logging.getLogger(__name__)
 
@@ -185,18 +185,6 @@ def require_writable_dir(path: str | Path, purpose: str) -> None:
     except OSError as error:
         raise SetupError(f"{purpose} {path} is not writable ({error.strerror or error}); "
                          "choose another with its option or fix its permissions") from error
-
-
-def require_data_dir(data_dir: str | None, env: str, dataset: str) -> None:
-    """Fails before any MLflow run is opened when there is no usable data folder.
-
-    Raises:
-        ValueError: No folder given.
-        FileNotFoundError: The folder is missing or not a folder (DataNotFoundError).
-    """
-    if not data_dir:
-        raise ConfigError(f"no data folder: pass --data-dir or set {env}")
-    require_folder(data_dir, f"{dataset} data folder")
 
 
 def checkpoint_path(run: RunConfig, run_id: str) -> Path:

@@ -23,6 +23,7 @@ import pandas as pd
 from optuna.distributions import CategoricalDistribution as OneOf
 from optuna.distributions import FloatDistribution, IntDistribution
 
+from features.errors import require_data_dir
 from features.imdb import ImdbData
 from features.input_pipelines import (
     TrainingBatches,
@@ -30,6 +31,7 @@ from features.input_pipelines import (
     make_dataset,
 )
 from features.review_data import (
+    IMDB_ENV,
     ReviewData,
     ReviewSourceConfig,
     evaluation_inputs,
@@ -176,7 +178,7 @@ def prepare_run(config: SentimentConfig, reviews: ImdbData | None) -> SentimentC
         raise ConfigError(f"--resume: {config.model.model} fits in one step, with no epochs to "
                          "continue; start a new run")
     if config.source.source == "folder" and reviews is None:
-        lifecycle.require_data_dir(config.source.data_dir, "IMDB_DATA_DIR", "IMDB")
+        require_data_dir(config.source.data_dir, IMDB_ENV, "IMDB")
     return config
 
 
@@ -368,7 +370,7 @@ def read_labelled_reviews(parser: argparse.ArgumentParser, argv: list[str]):
     """`evaluate --data-dir DIR`: the folder's test/{neg,pos} reviews (skipped ones on stderr),
     read once the model is found."""
     args = parser.parse_args(argv)
-    lifecycle.require_data_dir(args.data_dir, "IMDB_DATA_DIR", "IMDB")
+    require_data_dir(args.data_dir, IMDB_ENV, "IMDB")
     tracking.model_run_params(args.model_uri, args.tracking_uri, args.store_dir)  # it exists
     labelled, skipped = evaluation_inputs(args.data_dir)
     cli.print_skipped(skipped)

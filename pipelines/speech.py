@@ -24,6 +24,7 @@ from optuna.distributions import CategoricalDistribution as OneOf
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from features.augment import AugmentConfig, ClipAugmenter
+from features.errors import require_data_dir
 from features.input_pipelines import (
     AugmentedBatches,
     TrainingBatches,
@@ -31,7 +32,7 @@ from features.input_pipelines import (
     steps_per_epoch,
 )
 from features.mfcc import MfccConfig, feature_shape, mfcc_layer
-from features.speech_commands import BACKGROUND_NOISE_DIR, SplitConfig
+from features.speech_commands import BACKGROUND_NOISE_DIR, SPEECH_COMMANDS_ENV, SplitConfig
 from features.speech_data import (
     SpeechData,
     SpeechSourceConfig,
@@ -165,8 +166,7 @@ def prepare_run(config: SpeechConfig) -> SpeechConfig:
     config = lifecycle.prepare_run(config, PIPELINE)
     feature_shape(config.features)  # raises for a geometry that does not fit
     if config.source.source == "folder":
-        lifecycle.require_data_dir(config.source.data_dir, "SPEECH_COMMANDS_DIR",
-                                   "Speech Commands")
+        require_data_dir(config.source.data_dir, SPEECH_COMMANDS_ENV, "Speech Commands")
     return config
 
 

@@ -171,6 +171,14 @@ def test_listed_files_that_do_not_exist_are_counted_logged_and_named(
     assert "25 files" in warning and ghosts[0] in warning and str(speech_dir) in warning
 
 
+def test_a_split_list_that_is_not_utf8_text_is_named(speech_dir: Path):
+    listed = speech_dir / "testing_list.txt"
+    listed.write_bytes(b"yes/\xff\xfe_nohash_0.wav\n")
+    with pytest.raises(DataError, match=f"^{listed}: cannot be read as a list of clip paths, "
+                       r"one per line in UTF-8 \('utf-8' codec can't decode byte 0xff"):
+        load_speech_commands(speech_dir, SplitConfig(), AUDIO)
+
+
 def test_clip_on_both_lists_goes_to_test_and_is_noted(speech_dir: Path):
     both = f"no/{SPEAKERS[5]}_nohash_0.wav"
     with (speech_dir / "validation_list.txt").open("a") as handle:

@@ -13,12 +13,13 @@ from pipelines.sentiment import SentimentConfig
 from tests.datasets import review_text
 
 
-def write_tfds_imdb(data_dir: Path, per_label: dict[str, int], *, copies: bool = False) -> None:
+def write_tfds_imdb(data_dir: Path, per_label: dict[str, int], *, copies: bool = False,
+                    html_only: bool = False) -> None:
     """Writes a small `imdb_reviews/plain_text` in TFDS' own on-disk format (TFRecord +
     metadata), using the registered builder's feature spec so tfds.builder() reads it as
     prepared. The first train review is empty and the second holds an undecodable byte; with
-    `copies`, the third train review is a copy of the first test review and the fourth and
-    fifth are the same review twice."""
+    `html_only`, the seventh is HTML tags only; with `copies`, the third train review is a copy
+    of the first test review and the fourth and fifth are the same review twice."""
     features = tfds.builder("imdb_reviews", data_dir=str(data_dir)).info.features
     splits = {}
     for split, count in per_label.items():
@@ -31,6 +32,8 @@ def write_tfds_imdb(data_dir: Path, per_label: dict[str, int], *, copies: bool =
         splits[split] = examples
     splits["train"][0] = ("empty", {"text": b"   ", "label": 0})
     splits["train"][1] = ("bad-byte", {"text": b"Awful \xff film", "label": 0})
+    if html_only:
+        splits["train"][6] = ("html-only", {"text": b"<br /><br />", "label": 0})
     if copies:
         splits["train"][2] = ("test-copy", splits["test"][0][1])
         splits["train"][4] = ("train-copy", splits["train"][3][1])
@@ -45,12 +48,13 @@ def write_tfds_imdb(data_dir: Path, per_label: dict[str, int], *, copies: bool =
 
 
 def test_reads_the_tfds_format(tmp_path: Path):
-    write_tfds_imdb(tmp_path / "tfds", {"train": 10, "test": 4})
+    write_tfds_imdb(tmp_path / "tfds", {"train": 10, "test": 4}, html_only=True)
     data = read_tfds_imdb(str(tmp_path / "tfds"), validation_pct=20, seed=0)
     assert {split: len(r) for split, r in data.splits.items()} == {
-        "train": 15, "validation": 4, "test": 8}
+        "train": 14, "validation": 4, "test": 8}
     assert data.class_counts()["test"] == {"neg": 4, "pos": 4}
-    assert [reason for _, reason in data.skipped] == ["empty review"]
+    assert sorted(reason for _, reason in data.skipped) == ["empty review",
+                                                            "no text outside HTML tags"]
     assert len(data.replaced) == 1 and data.replaced[0].startswith("train/")
     texts = [r.text for split in ("train", "validation") for r in data.splits[split]]
     assert "Awful \ufffd film" in texts
