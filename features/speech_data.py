@@ -239,14 +239,13 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> L
         data = load_speech_commands(root, splits, mfcc.audio)
         examples, layout = data.examples["test"], "training layout, test split"
         digest = data.digest(("test",))  # a training run's test digest of the same split
-    silence = [e for e in examples if e.is_silence]
-    waveforms = {index: waveform for index, waveform, _ in decode_examples(
-        silence, root, mfcc.audio)}
-    rows, hashes, position, failed = [], {}, 0, {}
+    silence = decode_examples([e for e in examples if e.is_silence], root, mfcc.audio)
+    rows, hashes, failed = [], {}, {}
     for example in examples:
         if example.is_silence:
-            waveform = waveforms.get(position)
-            position += 1
+            _, waveform, error = next(silence)
+            if waveform is None:
+                failed[len(rows)] = error
             rows.append({"audio": None, "sample_rate": mfcc.sample_rate,
                          "waveform": None if waveform is None else waveform.tolist()})
             continue

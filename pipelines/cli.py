@@ -170,7 +170,10 @@ def evaluate(task: TaskCommands, argv: list[str]) -> int:
     """`evaluate --data-dir DIR ...`: accuracy, macro-F1 and confusion matrix of a logged model
     on a folder, recorded as an evaluation run linked to the model version."""
     parser = model_parser(task, "evaluate", task.evaluate.description)
-    parser.add_argument("--data-dir", required=True, help="folder to evaluate on")
+    env = task.config.option_fields()["data_dir"].field.metadata["env"]  # as training reads it
+    from_env = os.environ.get(env) or None
+    parser.add_argument("--data-dir", default=from_env, required=from_env is None,
+                        help=f"folder to evaluate on [env: {env}]")
     parser.add_argument("--experiment", default=task.config().run.experiment,
                         help="MLflow experiment of the evaluation run")
     parser.add_argument("--run-name", help="MLflow run name of the evaluation run")

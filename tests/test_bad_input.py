@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from features.audio import AudioDecodeError, AudioSpec, decode_clip
 from features.mfcc import MfccConfig, feature_shape, mfcc_frames
-from features.speech_commands import Example
+from features.speech_commands import Example, SplitConfig
+from features.speech_data import evaluation_inputs
 from features.speech_features import compute_features
 from features.text import (
     OOV_ID,
@@ -31,7 +32,7 @@ from features.text import (
 from models.recurrent import text_to_probabilities
 from pipelines.serving import MAX_AUDIO_SECONDS, MAX_TEXT_CHARS, SpeechPredictor, TextPredictor
 from tests.builders import frame_classifier, text_classifier
-from tests.datasets import review_text, tone
+from tests.datasets import make_speech_commands, review_text, tone
 
 SPEC = AudioSpec(16000, 1.0)
 LABELS = ("yes", "no", "up")
@@ -173,6 +174,17 @@ def test_training_stage_skips_and_counts_bad_clips_with_their_path(tmp_path: Pat
     assert np.isfinite(features.frames).all()
     assert [path for path, _ in features.skipped] == [f"yes/{case.name}.wav" for case in bad]
     assert all(reason.startswith(f"{tmp_path / path}: ") for path, reason in features.skipped)
+
+
+def test_evaluation_names_a_noise_recording_its_silence_windows_cannot_be_cut_from(
+        tmp_path: Path):
+    root = make_speech_commands(tmp_path / "speech_commands")
+    noise = root / "_background_noise_" / "white_noise.wav"
+    soundfile.write(noise, np.full(3 * 16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    inputs = evaluation_inputs(str(root), SplitConfig(), MfccConfig())
+    silence = [i for i, name in enumerate(inputs.names) if "@" in name]
+    assert silence and sorted(inputs.failed) == silence
+    assert all(inputs.failed[i] == f"{noise}: holds NaN/Inf samples" for i in silence)
 
 
 @pytest.fixture(scope="module")

@@ -230,3 +230,20 @@ def test_a_file_of_inputs_skips_and_counts_its_blank_lines(tmp_path: Path, capsy
                                        "2, 3, 5, 6, 7, 8, 9, 10, 11, 12, ...\n")
     with pytest.raises(DataError, match=f"cannot read {tmp_path / 'absent.txt'}"):
         cli.file_lines(str(tmp_path / "absent.txt"))
+
+
+@pytest.mark.parametrize(("commands", "env"), [(speech.COMMANDS, "SPEECH_COMMANDS_DIR"),
+                                               (sentiment.COMMANDS, "IMDB_DATA_DIR")])
+def test_evaluate_reads_the_data_folder_from_the_variable_training_reads(
+        commands, env: str, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.delenv(env, raising=False)
+    with pytest.raises(SystemExit):
+        cli.main(commands, ["evaluate", "--store-dir", str(tmp_path)])
+    assert "the following arguments are required: --data-dir" in capsys.readouterr().err
+    monkeypatch.setenv(env, str(tmp_path / "absent"))
+    assert cli.main(commands, ["evaluate", "--store-dir", str(tmp_path)]) == 2
+    # past the parser: the store (speech reads its model's split options first) or the folder
+    assert capsys.readouterr().err.startswith(
+        "error: models:/speech-commands@champion: there is no MLflow store in"
+        if commands is speech.COMMANDS
+        else f"error: IMDB data folder not found: {tmp_path / 'absent'}")
