@@ -30,7 +30,10 @@ from mlflow import MlflowClient
 
 from benchmarks.streams import generate_stream, score
 from benchmarks.suite import Figure, Options, run_child
+from features.errors import ConfigError
+from features.speech_commands import SplitConfig
 from pipelines import listening, speech, tracking
+from pipelines.config import config_from_params
 from pipelines.listening import ListenConfig
 from pipelines.speech import SpeechConfig
 
@@ -84,10 +87,24 @@ def listening_memory(options: Options) -> Figure:
 
 def trained_predictor(options: Options):
     """The speech champion of `--store-dir` when it has one; else a default speech run is
-    trained there first (three epochs with --quick)."""
+    trained there first (three epochs with --quick).
+
+    Raises:
+        ConfigError: The champion was trained on other splits than the default split the
+            sections read their test clips from.
+    """
     store = options.store_dir
     tracking.connect(None, store)
-    if tracking.current_champion(MlflowClient(), SPEECH_MODEL) is not None:
+    champion = tracking.current_champion(MlflowClient(), SPEECH_MODEL)
+    if champion is not None:
+        trained = config_from_params(SpeechConfig, tracking.run_params(champion.run_id)).splits
+        if trained != SplitConfig():  # the sections read the default split's test clips
+            changed = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in
+                                vars(trained).items() if value != getattr(SplitConfig(), name))
+            raise ConfigError(f"{store}: its {SPEECH_MODEL} champion (v{champion.version}) was "
+                              f"trained on other splits than the default ({changed}): these "
+                              "sections score the default split's test clips, which it may "
+                              "have trained on; pass a --store-dir of default runs")
         # a champion whose files are damaged raises ModelError here, never trains anew
         model = tracking.load_served_model(f"models:/{SPEECH_MODEL}@champion", None, store)
     else:

@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from features.errors import PipelineError
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -234,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"-- {name}", file=sys.stderr, flush=True)
             section_dir = options.work_dir / name
             section_dir.mkdir()
-            new = available[name](Options(options.data_dir, options.quick, section_dir,
-                                          args.store_dir and args.store_dir.resolve()))
+            try:
+                new = available[name](Options(options.data_dir, options.quick, section_dir,
+                                              args.store_dir and args.store_dir.resolve()))
+            except PipelineError as error:  # the data, store or options, named; not a bug
+                print(f"error: {name}: {error}", file=sys.stderr)
+                return 2
             figures += new
             print_table(new, sys.stderr)
             print(f"-- {name} took {time.perf_counter() - began:.0f} s", file=sys.stderr,

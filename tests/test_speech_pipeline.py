@@ -10,6 +10,9 @@ import pytest
 import soundfile
 from mlflow.tracking import MlflowClient
 
+from benchmarks.streaming import trained_predictor
+from benchmarks.suite import Options
+from features.errors import ConfigError
 from features.speech_commands import COMMAND_WORDS
 from features.speech_data import prepare_speech_data
 from pipelines import cli, speech, tracking
@@ -230,6 +233,11 @@ def test_evaluate_any_model_on_both_layouts(speech_dir: Path, shared_speech_dir:
         "tags.run_type = 'evaluation'", order_by=["attributes.start_time DESC"])[0]
     evaluated = on_training_layout.inputs.dataset_inputs[0].dataset.digest
     assert evaluated == version.tags["test_data_digest"]
+
+    # the benchmark sections that score the champion read the default split: they refuse it
+    with pytest.raises(ConfigError, match=r"champion \(v1\) was trained on other splits than "
+                       r"the default \(--unknown-pct 30.0\)"):
+        trained_predictor(Options(shared_speech_dir.parent, True, tmp_path, store))
 
 
 def test_tutorial_cnn_reference_is_logged_beside_the_recurrent_runs(speech_dir: Path,
