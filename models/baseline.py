@@ -27,15 +27,13 @@ class TfidfConfig:
         require_positive(self, ("logreg_c",))
 
 
-def build_tfidf_logreg(config: TfidfConfig, *, seed: int, max_features: int | None = None
-                       ) -> Pipeline:
+def build_tfidf_logreg(config: TfidfConfig, *, seed: int) -> Pipeline:
     """TF-IDF over word n-grams (sublinear term frequency) + L2 logistic regression.
 
     Args:
         config: Longest n-gram (1: unigrams only), the fewest training documents an n-gram
             must appear in, and the inverse regularisation strength.
         seed: Solver seed.
-        max_features: Keep only the most frequent n-grams (None: all).
 
     Returns:
         An unfitted scikit-learn pipeline with `fit(texts, y)` and `predict_proba(texts)`.
@@ -43,6 +41,6 @@ def build_tfidf_logreg(config: TfidfConfig, *, seed: int, max_features: int | No
     return Pipeline([
         ("tfidf", TfidfVectorizer(preprocessor=strip_html_lower,
                                   ngram_range=(1, config.max_ngram), min_df=config.min_df,
-                                  max_features=max_features, sublinear_tf=True)),
+                                  sublinear_tf=True)),
         ("logreg", LogisticRegression(C=config.logreg_c, max_iter=1000, random_state=seed)),
     ])

@@ -111,7 +111,7 @@ def cluster_config() -> dict:
     """
     raw = os.environ.get("TF_CONFIG")
     hint = ('set TF_CONFIG on every worker, e.g. {"cluster": {"worker": ["host1:12345", '
-            '"host2:12345"]}, "task": {"type": "worker", "index": 0}} (README: Scaling out)')
+            '"host2:12345"]}, "task": {"type": "worker", "index": 0}} (docs/scaling.md)')
     if not raw:
         raise SetupError(f"--strategy multi-worker needs TF_CONFIG: {hint}")
     try:

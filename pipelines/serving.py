@@ -75,10 +75,11 @@ def load_artifact(path: str | Path, load: Callable[[Path], Any], kind: str) -> A
                          f"({path.stat().st_size:,} bytes; truncated or damaged?) at {path}")
     try:
         return load(path)
-    except Exception as error:  # any failure to deserialise the file is the file's
+    except Exception as error:  # a failure to deserialise is taken for the file's; the
+        # loader's own error stays chained for a caller who needs its traceback
         raise ModelError(f"artifact {path.name} could not be loaded as {kind} "
                          f"({type(error).__name__}: {error}); damaged or truncated? "
-                         f"at {path}") from None
+                         f"at {path}") from error
 
 
 class FastPredict:

@@ -147,7 +147,8 @@ def run(config: SpeechConfig) -> dict:
         fit_metrics = fitted.metrics(len(data.splits.y["train"]))
         tracking.log_metrics(fit_metrics)
 
-        probabilities = at_batch_end(fitted.model.predict, test_batches(config, data), verbose=0)
+        probabilities = at_batch_end(fitted.model.predict, test_split_batches(config, data),
+                                     verbose=0)
         test = evaluation.log_evaluation(probabilities, data.splits.y["test"],
                                          data.splits.labels, fitted.history)
         metrics = test.metrics | fit_metrics
@@ -221,13 +222,18 @@ def clip_augmenter(config: SpeechConfig, data: SpeechData) -> ClipAugmenter:
     augment = config.augment
     mixing = bool(augment.noise_prob and augment.noise_volume)
     noise = background_noise(config.source, config.features.sample_rate) if mixing else []
-    if mixing and not noise:
-        log.warning("no %s recordings in this source: training without noise mixing",
-                    BACKGROUND_NOISE_DIR)
-    return ClipAugmenter(augment, config.features, noise, data.mean)
+    usable = [recording for recording in noise if len(recording) >= config.features.clip_samples]
+    if len(usable) < len(noise):
+        log.warning("%d of the %d %s recordings are shorter than a clip (%d samples) and are "
+                    "not mixed in", len(noise) - len(usable), len(noise), BACKGROUND_NOISE_DIR,
+                    config.features.clip_samples)
+    if mixing and not usable:
+        log.warning("no %s recordings of a clip's length in this source: training without "
+                    "noise mixing", BACKGROUND_NOISE_DIR)
+    return ClipAugmenter(augment, config.features, usable, data.mean)
 
 
-def test_batches(config: SpeechConfig, data: SpeechData):
+def test_split_batches(config: SpeechConfig, data: SpeechData):
     """The test split, in order, in batches of 256."""
     splits = data.splits
     return make_dataset(splits.x["test"], splits.y["test"], 256, len(splits.labels),

@@ -35,8 +35,7 @@ def describe(distribution) -> str:
 
 
 def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping[str, Any],
-              pipeline: str, expected_errors: tuple[type[BaseException], ...] = (ConfigError,)
-              ) -> dict:
+              pipeline: str) -> dict:
     """Runs `--sweep` trials of `space` with Optuna's TPE sampler (seeded by `--seed`), each as
     `run_one(trial_config)` nested under one parent MLflow run.
 
@@ -50,8 +49,6 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
         run_one: The pipeline's single-run function (opens its own, nested, MLflow run).
         space: Option name -> optuna distribution.
         pipeline: Pipeline name, for the parent run's tag.
-        expected_errors: Errors that fail one trial (an unusable combination) rather than
-            the sweep.
 
     Returns:
         The best trial's result plus the parent run id, the trial count and the best
@@ -83,7 +80,7 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
             log.info("trial %d/%d: %s", number + 1, trials, trial.params)
             try:
                 result = run_one(trial_config)
-            except expected_errors as error:
+            except ConfigError as error:  # an unusable combination fails its trial only
                 failure = error
                 log.warning("trial %d failed: %s", number, error)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)

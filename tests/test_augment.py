@@ -197,3 +197,20 @@ def test_augmented_batches_read_large_waveform_maps_without_making_them_resident
     loaded = AugmentedBatches(mapped, labels, 32, 3, identity, shuffle_seed=1)
     list(loaded)
     assert mapped_rss_kb(path) >= 3000  # what the check would see through the map
+
+
+def test_noise_recordings_shorter_than_a_clip_are_named_and_not_counted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    from features.speech_data import prepare_speech_data
+    from pipelines.speech import SpeechConfig, clip_augmenter
+    from tests.datasets import make_speech_commands, write_wav
+
+    root = make_speech_commands(tmp_path / "speech_commands")
+    write_wav(root / "_background_noise_" / "short.wav", np.zeros(8000, np.float32))
+    config = SpeechConfig.from_options(data_dir=str(root), cache_dir=str(tmp_path / "cache"))
+    data = prepare_speech_data(config.source, config.splits, config.features, waveforms=True)
+    caplog.set_level("WARNING", "pipelines.speech")
+    augmenter = clip_augmenter(config, data)
+    assert [len(recording) for recording in augmenter.noise] == [3 * 16000]
+    assert ("1 of the 2 _background_noise_ recordings are shorter than a clip (16000 samples) "
+            "and are not mixed in") in caplog.messages
