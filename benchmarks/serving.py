@@ -78,13 +78,13 @@ def default_models(store: Path, data_dir: Path) -> tuple[str, str]:
                                 text.tokens.sequence_length)
     text_model = sentiment.build_model(text, vectorizer.vocabulary_size(), 2)
     folder = store.parent
-    with tracking.tracked_run("serving-benchmark", tracking_uri=None, store_dir=store):
+    with tracking.open_run("serving-benchmark", tracking_uri=None, store_dir=store):
         speech_model.save(folder / "speech.keras")
         config = SpeechPredictor(speech_model, labels, mfcc).save_config(folder / "speech.json")
         speech_uri = tracking.log_speech_classifier(
             folder / "speech.keras", config, labels,
             speech.serving_input_example(mfcc.sample_rate))
-    with tracking.tracked_run("serving-benchmark", tracking_uri=None, store_dir=store):
+    with tracking.open_run("serving-benchmark", tracking_uri=None, store_dir=store):
         text_to_probabilities(vectorizer, text_model).save(folder / "text.keras")
         text_uri = tracking.log_text_classifier(folder / "text.keras", REVIEW_LABELS)
     return speech_uri, text_uri

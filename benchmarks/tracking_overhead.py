@@ -32,7 +32,7 @@ def tracking_overhead(options: Options) -> list[Figure]:
     metrics = {"test_accuracy": 0.5}
 
     def pipeline_way(number: int) -> float:
-        with tracking.tracked_run("tracking-benchmark", tracking_uri=None, store_dir=store):
+        with tracking.open_run("tracking-benchmark", tracking_uri=None, store_dir=store):
             started = time.perf_counter()
             uri = tracking.log_speech_classifier(folder / "classifier.keras", config_path,
                                                  TWELVE_CLASS_LABELS, example)
@@ -41,7 +41,7 @@ def tracking_overhead(options: Options) -> list[Figure]:
             return time.perf_counter() - started
 
     def mlflow_default() -> float:
-        with tracking.tracked_run("tracking-benchmark", tracking_uri=None, store_dir=store):
+        with tracking.open_run("tracking-benchmark", tracking_uri=None, store_dir=store):
             started = time.perf_counter()
             uri = tracking.log_speech_classifier(folder / "classifier.keras", config_path,
                                                  TWELVE_CLASS_LABELS, example,

@@ -176,7 +176,7 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
                          f"({', '.join(labels)})")
     evaluated = tracking.model_version_of(args.model_uri)
     name = args.run_name or descriptions.evaluation_run_name(args.model_uri, evaluated)
-    with tracking.tracked_run(args.experiment, tracking_uri=args.tracking_uri,
+    with tracking.open_run(args.experiment, tracking_uri=args.tracking_uri,
                               store_dir=args.store_dir, run_name=name,
                               tags={"pipeline": pipeline, "run_type": "evaluation"}) as run_id:
         answer = predict_in_groups(model, labelled.inputs, labelled.failed)

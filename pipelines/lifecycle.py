@@ -4,7 +4,7 @@ data logged once, its model registered, its result), and its checkpoint folder o
 Everything that can stop a run is checked before any data or feature work (`prepare_run`): the
 tracking server answers, the store, checkpoint and cache folders can be written, and a run to
 resume exists and has a checkpoint. The run then ends FINISHED, FAILED or KILLED
-(`tracking.tracked_run`); training saves a checkpoint after every epoch, deleted when the run
+(`tracking.open_run`); training saves a checkpoint after every epoch, deleted when the run
 finishes and kept when it is interrupted, for `--resume`.
 """
 
@@ -294,7 +294,7 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
     SIGTERM they are kept and the command that continues the run is logged."""
     started = time.perf_counter()
     run, name = config.run, descriptions.run_name(config, pipeline)
-    with tracking.tracked_run(run.experiment, tracking_uri=run.tracking_uri,
+    with tracking.open_run(run.experiment, tracking_uri=run.tracking_uri,
                               store_dir=run.store_dir, run_name=name,
                               tags={"pipeline": pipeline}, resume_run_id=run.resume) as run_id:
         tracked = TrackedRun(config, pipeline, run_id, started, name)

@@ -176,7 +176,7 @@ def pretrain(config: PretrainConfig, corpus: Corpus, run: RunConfig, key: str, *
     """Pretrains word vectors in a run of its own: the vocabulary fitted on the corpus, the
     corpus written as ids, then skip-gram epochs, each one's loss logged."""
     started, name = time.perf_counter(), f"sentiment-pretrain-w2v{embedding_dim}"
-    with tracking.tracked_run(run.experiment, tracking_uri=run.tracking_uri,
+    with tracking.open_run(run.experiment, tracking_uri=run.tracking_uri,
                               store_dir=run.store_dir, run_name=name,
                               tags={"pipeline": PIPELINE, KEY_TAG: key}) as run_id:
         tracking.log_params(dataclasses.asdict(config) | {

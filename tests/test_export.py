@@ -51,7 +51,7 @@ def logged(tmp_path_factory) -> tuple[Path, str, object]:
     model.save(folder / "classifier.keras")
     config = SpeechPredictor(model, LABELS, mfcc).save_config(folder / "config.json")
     store = folder / "mlruns"
-    with tracking.tracked_run("export", tracking_uri=None, store_dir=store):
+    with tracking.open_run("export", tracking_uri=None, store_dir=store):
         mlflow.log_params({"data_seed": 3, "test_pct": 12})  # the run's split options
         uri = tracking.log_speech_classifier(folder / "classifier.keras", config, LABELS,
                                              speech.serving_input_example(16000))

@@ -238,7 +238,7 @@ def logged(tmp_path_factory) -> tuple[Path, str]:
     store, model = folder / "mlruns", loudness_model()
     model.save(folder / "classifier.keras")
     config = SpeechPredictor(model, LABELS, MfccConfig()).save_config(folder / "config.json")
-    with tracking.tracked_run("listen", tracking_uri=None, store_dir=store):
+    with tracking.open_run("listen", tracking_uri=None, store_dir=store):
         uri = tracking.log_speech_classifier(folder / "classifier.keras", config, LABELS,
                                              speech.serving_input_example(RATE))
     return store, uri

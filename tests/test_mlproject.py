@@ -96,13 +96,13 @@ def test_runs_under_mlflow_run_are_tied_to_its_run_and_never_reopen_it(tmp_path:
     store = tmp_path / "mlruns"
     project = open_project_run(store, "exp")
     monkeypatch.setenv(PROJECT_RUN_VARIABLE, project)
-    with (tracking.tracked_run("exp", tracking_uri=None, store_dir=store,
+    with (tracking.open_run("exp", tracking_uri=None, store_dir=store,
                                tags={"pipeline": "speech"}) as first,
-          tracking.tracked_run("exp", tracking_uri=None, store_dir=store) as trial):
+          tracking.open_run("exp", tracking_uri=None, store_dir=store) as trial):
         pass  # a run opened in another: a sweep's trial
-    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store) as second:
+    with tracking.open_run("exp", tracking_uri=None, store_dir=store) as second:
         pass
-    with tracking.tracked_run("other", tracking_uri=None, store_dir=store) as elsewhere:
+    with tracking.open_run("other", tracking_uri=None, store_dir=store) as elsewhere:
         pass
 
     client = MlflowClient()
@@ -122,7 +122,7 @@ def test_a_project_run_of_another_store_is_left_alone(tmp_path: Path, monkeypatc
     project = open_project_run(tmp_path / "elsewhere", "exp")
     monkeypatch.setenv(PROJECT_RUN_VARIABLE, project)
     store = tmp_path / "mlruns"
-    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store) as run_id:
+    with tracking.open_run("exp", tracking_uri=None, store_dir=store) as run_id:
         pass
     tags = MlflowClient().get_run(run_id).data.tags
     assert PARENT not in tags and PROJECT_RUN_TAG not in tags
@@ -137,7 +137,7 @@ def test_the_sqlite_uri_of_the_store_folder_is_the_local_store(tmp_path: Path, m
     assert not is_local_store("http://127.0.0.1:5000", "mlruns")
 
     uri = tracking.local_store_uri(tmp_path / "mlruns")
-    with tracking.tracked_run("exp", tracking_uri=uri, store_dir="mlruns"):
+    with tracking.open_run("exp", tracking_uri=uri, store_dir="mlruns"):
         pass
     location = MlflowClient().get_experiment_by_name("exp").artifact_location
     assert location == (tmp_path / "mlruns" / "artifacts").as_uri()

@@ -37,7 +37,7 @@ def store(tmp_path_factory) -> Path:
     mfcc = MfccConfig()
     model = frame_classifier(feature_shape(mfcc), 2, mean=np.zeros(mfcc.n_mfcc),
                              variance=np.ones(mfcc.n_mfcc), units=4, depth=1)
-    with tracking.tracked_run("artifacts", tracking_uri=None, store_dir=store):
+    with tracking.open_run("artifacts", tracking_uri=None, store_dir=store):
         model_uri = speech.log_model(model, ("yes", "no"), mfcc)
         tracking.register_and_promote(model_uri, NAME, metrics={"test_accuracy": 0.5},
                                       test_digest="test", data_digest="data")

@@ -41,7 +41,7 @@ def test_concurrent_promotions_leave_the_better_model_champion(tmp_path: Path):
     store = tmp_path / "mlruns"
     runs = {}
     for worker in ("a", "b"):
-        with tracking.tracked_run("race", tracking_uri=None, store_dir=store) as run_id:
+        with tracking.open_run("race", tracking_uri=None, store_dir=store) as run_id:
             runs[worker] = (run_id, log_tiny_model(tmp_path / worker))
     # worker a has the better model in even rounds, worker b in odd ones
     accuracies = {"a": [0.9 if r % 2 == 0 else 0.8 for r in range(ROUNDS)],

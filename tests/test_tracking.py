@@ -31,7 +31,7 @@ def log_tiny_model(folder: Path) -> str:
 
 
 def finish_run(store: Path, accuracy: float, test_digest: str = "digest-a") -> tracking.Promotion:
-    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store):
+    with tracking.open_run("exp", tracking_uri=None, store_dir=store):
         uri = log_tiny_model(store.parent / "model")
         return tracking.register_and_promote(
             uri, "model-x", metrics={"test_accuracy": accuracy, "test_macro_f1": accuracy},
@@ -42,7 +42,7 @@ def finish_run(store: Path, accuracy: float, test_digest: str = "digest-a") -> t
 def register_in_a_stopped_run(store: Path, tmp_path: Path, accuracy: float) -> tuple[str, str]:
     """Registers a tiny model in a run that a KeyboardInterrupt (from a step the caller
     patched) stops; returns the run id and the model URI."""
-    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(
+    with pytest.raises(KeyboardInterrupt), tracking.open_run(
             "exp", tracking_uri=None, store_dir=store) as run_id:
         uri = log_tiny_model(tmp_path / "model")
         tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": accuracy},
@@ -120,13 +120,13 @@ def test_registration_is_idempotent_per_run(tmp_path: Path, monkeypatch):
     """A run stopped after registering, or while its version waited for its decision, keeps
     that one version when resumed: it gets its decision back, or it is decided then."""
     store = tmp_path / "mlruns"
-    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(
+    with pytest.raises(KeyboardInterrupt), tracking.open_run(
             "exp", tracking_uri=None, store_dir=store) as run_id:
         uri = log_tiny_model(tmp_path / "model")
         first = tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.8},
                                               test_digest="d", data_digest="d")
         raise KeyboardInterrupt  # a signal between registering and the end of the run
-    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store,
+    with tracking.open_run("exp", tracking_uri=None, store_dir=store,
                               resume_run_id=run_id):
         again = tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.8},
                                               test_digest="d", data_digest="d")
@@ -137,7 +137,7 @@ def test_registration_is_idempotent_per_run(tmp_path: Path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(registry, "wait_for_earlier_promotions", interrupted)
         second_id, uri = register_in_a_stopped_run(store, tmp_path, 0.9)
-    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store,
+    with tracking.open_run("exp", tracking_uri=None, store_dir=store,
                               resume_run_id=second_id):
         decided = tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.9},
                                                 test_digest="d", data_digest="d")
@@ -161,7 +161,7 @@ def test_a_run_stopped_after_its_version_became_champion_is_resumed_as_champion(
         patch.setattr(MlflowClient, "set_model_version_tag", stop_after_the_alias)
         run_id, uri = register_in_a_stopped_run(store, tmp_path, 0.8)
     assert champion_version(store) == "1"
-    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store, resume_run_id=run_id):
+    with tracking.open_run("exp", tracking_uri=None, store_dir=store, resume_run_id=run_id):
         again = tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.8},
                                               test_digest="d", data_digest="d")
     assert (again.version, again.promoted) == ("1", True)
@@ -181,7 +181,7 @@ def test_the_promotion_queue_waits_only_for_a_version_whose_process_may_still_de
         uri = log_tiny_model(tmp_path / "model")
         return mlflow.register_model(uri, "model-x", tags={
             registry.PROMOTION_STATE: registry.PENDING, registry.REGISTERED_BY: run_id})
-    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store) as run_id:
+    with tracking.open_run("exp", tracking_uri=None, store_dir=store) as run_id:
         register_pending(run_id)
         [pending] = client.search_model_versions("name='model-x'")
         assert registry.may_still_decide(client, pending)  # this process, deciding
@@ -202,7 +202,7 @@ def test_the_promotion_queue_waits_only_for_a_version_whose_process_may_still_de
                                                 (KeyboardInterrupt, "KILLED")])
 def test_interrupted_run_is_marked_and_registers_nothing(tmp_path: Path, error, status):
     store = tmp_path / "mlruns"
-    with pytest.raises(error), tracking.tracked_run("exp", tracking_uri=None,
+    with pytest.raises(error), tracking.open_run("exp", tracking_uri=None,
                                                     store_dir=store) as run_id:
         raise error("boom")
     client = MlflowClient()
@@ -219,21 +219,21 @@ def test_interrupted_run_is_marked_and_registers_nothing(tmp_path: Path, error, 
 
 def test_a_run_in_a_deleted_experiment_is_refused_with_how_to_restore_it(tmp_path: Path):
     store = tmp_path / "mlruns"
-    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store):
+    with tracking.open_run("exp", tracking_uri=None, store_dir=store):
         pass
     experiment = mlflow.get_experiment_by_name("exp")
     MlflowClient().delete_experiment(experiment.experiment_id)
     refused = (f"experiment 'exp' \\(id {experiment.experiment_id}\\) is deleted: restore it "
                "\\(mlflow experiments restore")
     with (pytest.raises(SetupError, match=refused),
-          tracking.tracked_run("exp", tracking_uri=None, store_dir=store)):
+          tracking.open_run("exp", tracking_uri=None, store_dir=store)):
         pass
     assert mlflow.active_run() is None
 
 
 def test_logged_model_has_a_signature_and_pinned_requirements(tmp_path: Path):
     store = tmp_path / "mlruns"
-    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store):
+    with tracking.open_run("exp", tracking_uri=None, store_dir=store):
         uri = log_tiny_model(tmp_path / "model")
     info = mlflow.models.get_model_info(uri)
     assert info.signature.inputs.input_names() == ["text"]
@@ -260,7 +260,7 @@ def test_a_copied_store_is_the_migrated_one_with_its_own_default_experiment(
     MLflow's latest schema revision and the same tables and indexes, and a Default experiment
     that MLflow made in the new store, not the one of the store it was copied from."""
     store = tmp_path / "mlruns"
-    with tracking.tracked_run("exp", tracking_uri=None, store_dir=store):
+    with tracking.open_run("exp", tracking_uri=None, store_dir=store):
         pass
     client = MlflowClient()
     default, experiment = client.get_experiment("0"), client.get_experiment_by_name("exp")
@@ -285,7 +285,7 @@ def test_class_names_mlflow_cannot_use_get_safe_metric_names(tmp_path: Path):
     names = evaluation.metric_names(labels)
     assert names == {"it's": "it_s", "über word": "uber_word", "it s": "it_s_2",
                      "日本": "class3", "yes": "yes"}
-    with tracking.tracked_run("exp", tracking_uri=None, store_dir=tmp_path / "mlruns") as run_id:
+    with tracking.open_run("exp", tracking_uri=None, store_dir=tmp_path / "mlruns") as run_id:
         probabilities = np.eye(5)[[0, 1, 2, 3, 4, 0]]
         evaluation.log_evaluation(probabilities, np.array([0, 1, 2, 3, 4, 4]), labels)
     metrics = MlflowClient().get_run(run_id).data.metrics

@@ -36,11 +36,11 @@ from pipelines.tracking.runs import (
     log_params,
     log_table,
     log_text,
+    open_run,
     redact,
     run_params,
     run_tags,
     set_tags,
-    tracked_run,
 )
 from pipelines.tracking.served_models import (
     SpeechClassifierModel,
@@ -63,6 +63,6 @@ __all__ = [
     "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics",
     "model_labels", "model_run_files", "model_run_params", "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
-    "model_version_of", "redact", "register_and_promote", "run_params", "run_tags",
-    "set_tags", "tracked_run",
+    "model_version_of", "open_run", "redact", "register_and_promote", "run_params",
+    "run_tags", "set_tags",
 ]

@@ -237,7 +237,7 @@ def project_link(project_run_id: str | None, experiment_id: str
 
 
 @contextlib.contextmanager
-def tracked_run(
+def open_run(
     experiment: str,
     *,
     tracking_uri: str | None,
