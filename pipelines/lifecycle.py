@@ -295,8 +295,8 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
     started = time.perf_counter()
     run, name = config.run, descriptions.run_name(config, pipeline)
     with tracking.open_run(run.experiment, tracking_uri=run.tracking_uri,
-                              store_dir=run.store_dir, run_name=name,
-                              tags={"pipeline": pipeline}, resume_run_id=run.resume) as run_id:
+                           store_dir=run.store_dir, run_name=name,
+                           tags={"pipeline": pipeline}, resume_run_id=run.resume) as run_id:
         tracked = TrackedRun(config, pipeline, run_id, started, name)
         checkpoint = tracked.checkpoint
         if not run.resume and checkpoint is not None:

@@ -177,8 +177,8 @@ def pretrain(config: PretrainConfig, corpus: Corpus, run: RunConfig, key: str, *
     corpus written as ids, then skip-gram epochs, each one's loss logged."""
     started, name = time.perf_counter(), f"sentiment-pretrain-w2v{embedding_dim}"
     with tracking.open_run(run.experiment, tracking_uri=run.tracking_uri,
-                              store_dir=run.store_dir, run_name=name,
-                              tags={"pipeline": PIPELINE, KEY_TAG: key}) as run_id:
+                           store_dir=run.store_dir, run_name=name,
+                           tags={"pipeline": PIPELINE, KEY_TAG: key}) as run_id:
         tracking.log_params(dataclasses.asdict(config) | {
             "vocabulary_size": vocabulary_size, "embedding_dim": embedding_dim,
             "most_tokens": MOST_TOKENS})

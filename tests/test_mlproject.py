@@ -97,7 +97,7 @@ def test_runs_under_mlflow_run_are_tied_to_its_run_and_never_reopen_it(tmp_path:
     project = open_project_run(store, "exp")
     monkeypatch.setenv(PROJECT_RUN_VARIABLE, project)
     with (tracking.open_run("exp", tracking_uri=None, store_dir=store,
-                               tags={"pipeline": "speech"}) as first,
+                            tags={"pipeline": "speech"}) as first,
           tracking.open_run("exp", tracking_uri=None, store_dir=store) as trial):
         pass  # a run opened in another: a sweep's trial
     with tracking.open_run("exp", tracking_uri=None, store_dir=store) as second:

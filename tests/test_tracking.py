@@ -127,7 +127,7 @@ def test_registration_is_idempotent_per_run(tmp_path: Path, monkeypatch):
                                               test_digest="d", data_digest="d")
         raise KeyboardInterrupt  # a signal between registering and the end of the run
     with tracking.open_run("exp", tracking_uri=None, store_dir=store,
-                              resume_run_id=run_id):
+                           resume_run_id=run_id):
         again = tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.8},
                                               test_digest="d", data_digest="d")
     assert (again.version, again.promoted) == (first.version, True) == ("1", True)
@@ -138,7 +138,7 @@ def test_registration_is_idempotent_per_run(tmp_path: Path, monkeypatch):
         patch.setattr(registry, "wait_for_earlier_promotions", interrupted)
         second_id, uri = register_in_a_stopped_run(store, tmp_path, 0.9)
     with tracking.open_run("exp", tracking_uri=None, store_dir=store,
-                              resume_run_id=second_id):
+                           resume_run_id=second_id):
         decided = tracking.register_and_promote(uri, "model-x", metrics={"test_accuracy": 0.9},
                                                 test_digest="d", data_digest="d")
     assert (decided.version, decided.promoted) == ("2", True)
@@ -203,7 +203,7 @@ def test_the_promotion_queue_waits_only_for_a_version_whose_process_may_still_de
 def test_interrupted_run_is_marked_and_registers_nothing(tmp_path: Path, error, status):
     store = tmp_path / "mlruns"
     with pytest.raises(error), tracking.open_run("exp", tracking_uri=None,
-                                                    store_dir=store) as run_id:
+                                                 store_dir=store) as run_id:
         raise error("boom")
     client = MlflowClient()
     run = client.get_run(run_id)
