@@ -160,7 +160,8 @@ def predict(task: TaskCommands, argv: list[str]) -> int:
     default); 1 when an input could not be labelled."""
     args, inputs = task.predict.read(model_parser(task, "predict", task.predict.description),
                                      argv)
-    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
+    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir,
+                                       sends=list(inputs.frame.columns))
     answer = (evaluation.predict_in_groups(model, inputs.frame) if len(inputs.frame)
               else pd.DataFrame(columns=["label", "error"]))
     return print_predictions(inputs.names, answer, inputs.failed)

@@ -166,7 +166,8 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
     Raises:
         ValueError: A true label is not one of the model's classes.
     """
-    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
+    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir,
+                                       sends=list(labelled.inputs.columns))
     columns = [name for name in model.metadata.get_output_schema().input_names()
                if name.startswith("probability_")]
     labels = tuple(name.removeprefix("probability_") for name in columns)
@@ -177,8 +178,8 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
     evaluated = tracking.model_version_of(args.model_uri)
     name = args.run_name or descriptions.evaluation_run_name(args.model_uri, evaluated)
     with tracking.open_run(args.experiment, tracking_uri=args.tracking_uri,
-                              store_dir=args.store_dir, run_name=name,
-                              tags={"pipeline": pipeline, "run_type": "evaluation"}) as run_id:
+                           store_dir=args.store_dir, run_name=name,
+                           tags={"pipeline": pipeline, "run_type": "evaluation"}) as run_id:
         answer = predict_in_groups(model, labelled.inputs, labelled.failed)
         usable = answer["error"].isna().to_numpy()
         names = labelled.names

@@ -17,7 +17,7 @@ import pytest
 import soundfile
 
 from features.mfcc import MfccConfig, feature_shape
-from pipelines import speech, tracking
+from pipelines import cli, sentiment, speech, tracking
 from pipelines.errors import ModelError
 from pipelines.request_bounds import MAX_REQUEST_ROWS, RequestTooLarge
 from pipelines.serving import TextPredictor
@@ -73,6 +73,14 @@ def test_a_missing_model_alias_or_version_is_named(store: Path, uri: str, messag
     with pytest.raises(ModelError) as options_error:  # evaluate and export read the options
         tracking.model_run_params(uri, None, store)
     assert str(options_error.value) == str(error.value)
+
+
+def test_a_model_of_the_other_pipeline_is_refused_by_name(store: Path, capsys):
+    assert cli.main(sentiment.COMMANDS, ["predict", "--store-dir", str(store), "--model-uri",
+                                         URI, "A moving film."]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {URI} ({VERSION}): takes audio, waveform, sample_rate, not the text this "
+        "command sends (a model of the other pipeline?)\n")
 
 
 def test_a_store_folder_without_a_store_is_named_and_left_alone(tmp_path: Path):

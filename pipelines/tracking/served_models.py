@@ -92,14 +92,19 @@ def registered_version(model_uri: str):
                          ) from None
 
 
-def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str | Path):
+def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str | Path,
+                      sends: Sequence[str] = ()):
     """Loads a logged or registered model (e.g. `models:/name@champion`) as pyfunc.
+
+    Args:
+        sends: The input columns the caller will send (a speech command sends `audio`, a
+            sentiment one `text`); a model whose signature takes none of them is refused.
 
     Raises:
         SetupError: The tracking server does not answer.
         ModelError: No store in `store_dir` (without `tracking_uri`; none is made), no such
-            model, alias or version, or its artifacts are missing or damaged; the message
-            names the model and what is wrong.
+            model, alias or version, its artifacts are missing or damaged, or it takes other
+            inputs than `sends`; the message names the model and what is wrong.
     """
     connect_to_model_store(model_uri, tracking_uri, store_dir)
     version = registered_version(model_uri)
@@ -109,12 +114,18 @@ def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str |
     if folder is not None and not folder.is_dir():
         raise ModelError(f"{name}: its artifact folder {folder} is missing")
     try:
-        return mlflow.pyfunc.load_model(model_uri)
+        model = mlflow.pyfunc.load_model(model_uri)
     except ModelError as error:  # from load_context: names the version and the file
         raise ModelError(f"{model_uri}: {error}") from None
     except (MlflowException, OSError, pickle.UnpicklingError, EOFError) as error:
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
         raise ModelError(f"{name}: cannot be loaded ({message})") from error
+    schema = model.metadata.get_input_schema()
+    takes = schema.input_names() if schema is not None else None
+    if sends and takes is not None and not set(sends) & set(takes):
+        raise ModelError(f"{name}: takes {', '.join(takes)}, not the {', '.join(sends)} this "
+                         "command sends (a model of the other pipeline?)")
+    return model
 
 
 def log_model_metrics(model_uri: str, metrics: Mapping[str, float]) -> None:
