@@ -266,26 +266,37 @@ def tsv_field(text: str) -> str:
 
 
 def short_name(text: str, width: int = 40) -> str:
-    """A review shortened to one line, to name it in output."""
+    """A review shortened to one line, to name it in output (quoted when it is blank)."""
     line = " ".join(str(text).split())
+    if not line:
+        return repr(str(text))
     return line if len(line) <= width else line[:width - 3] + "..."
 
 
 def file_lines(path: str) -> list[str]:
     """The inputs of a file with one per line (UTF-8, undecodable bytes replaced): its
-    non-blank lines; blank ones are skipped and counted on stderr, with their numbers.
+    non-blank lines; blank ones are skipped, and lines with replaced bytes kept, each counted
+    on stderr with their numbers.
 
     Raises:
         DataError: The file cannot be read.
     """
     try:
-        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+        raw = Path(path).read_bytes()
     except OSError as error:
         raise DataError(f"cannot read {path} ({error.strerror})") from error
+    try:
+        lines, replaced = raw.decode("utf-8").splitlines(), []
+    except UnicodeDecodeError:
+        lines = raw.decode("utf-8", errors="replace").splitlines()
+        replaced = [number for number, line in enumerate(lines, 1) if "\ufffd" in line]
     blank = [number for number, line in enumerate(lines, 1) if not line.strip()]
-    if blank:
-        numbers = ", ".join(map(str, blank[:MAX_NAMED])) + (", ..." if blank[MAX_NAMED:] else "")
-        print(f"{path}: skipped {len(blank)} blank line(s): {numbers}", file=sys.stderr)
+    for numbers, what in ((blank, "skipped {} blank line(s)"),
+                          (replaced, "{} line(s) not UTF-8, read with U+FFFD for the bytes")):
+        if numbers:
+            named = ", ".join(map(str, numbers[:MAX_NAMED])) + (
+                ", ..." if numbers[MAX_NAMED:] else "")
+            print(f"{path}: {what.format(len(numbers))}: {named}", file=sys.stderr)
     return [line for line in lines if line.strip()]
 
 

@@ -350,16 +350,17 @@ def summary_lines(result: dict) -> list[str]:
 
 def read_texts(parser: argparse.ArgumentParser, argv: list[str]
                ) -> tuple[argparse.Namespace, cli.Inputs]:
-    """`predict "text" ... [--file reviews.txt]`: the reviews given and one per line of the
-    file (`cli.file_lines`: blank lines skipped and counted).
+    """`predict "text" ... [--file reviews.txt ...]`: the reviews given and one per line of
+    each file (`cli.file_lines`: blank lines skipped and counted).
 
     Raises:
         ValueError: The file cannot be read.
     """
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="reviews to label")
-    parser.add_argument("--file", help="a UTF-8 file with one review per line")
+    parser.add_argument("--file", action="append", default=[],
+                        help="a UTF-8 file with one review per line (repeatable)")
     args = parser.parse_args(argv)
-    texts = list(args.texts) + (cli.file_lines(args.file) if args.file else [])
+    texts = list(args.texts) + [text for path in args.file for text in cli.file_lines(path)]
     if not texts:
         parser.error("give reviews as arguments or --file")
     return args, cli.Inputs(pd.DataFrame({"text": texts}),

@@ -3,6 +3,7 @@ and logged parameters derived from them."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 from pathlib import Path
@@ -227,7 +228,16 @@ def test_a_file_of_inputs_skips_and_counts_its_blank_lines(tmp_path: Path, capsy
     path.write_bytes(b"first\n\n  \nsecond \xff\n" + b"\n" * 12 + b"third")
     assert cli.file_lines(str(path)) == ["first", "second \ufffd", "third"]
     assert capsys.readouterr().err == (f"{path}: skipped 14 blank line(s): "
-                                       "2, 3, 5, 6, 7, 8, 9, 10, 11, 12, ...\n")
+                                       "2, 3, 5, 6, 7, 8, 9, 10, 11, 12, ...\n"
+                                       f"{path}: 1 line(s) not UTF-8, read with U+FFFD for the "
+                                       "bytes: 4\n")
+    other = tmp_path / "more.txt"
+    other.write_text("fourth\n")
+    args, inputs = sentiment.read_texts(argparse.ArgumentParser(), [
+        "given", "  ", "--file", str(path), "--file", str(other)])
+    assert list(inputs.frame["text"]) == ["given", "  ", "first", "second \ufffd", "third",
+                                          "fourth"]
+    assert inputs.names[:2] == ["given", "'  '"]  # a blank review is named quoted
     with pytest.raises(DataError, match=f"cannot read {tmp_path / 'absent.txt'}"):
         cli.file_lines(str(tmp_path / "absent.txt"))
 
