@@ -21,8 +21,8 @@ from pipelines import cli, sentiment, speech, tracking
 from pipelines.tracking.runs import (
     PROJECT_RUN_TAG,
     PROJECT_RUN_VARIABLE,
+    artifact_root,
     ensure_experiment,
-    is_local_store,
 )
 from tests.test_layout import requirement_name
 
@@ -87,7 +87,7 @@ def test_python_env_installs_the_project_with_the_constraints():
 def open_project_run(store: Path, experiment: str) -> str:
     """A run standing for the one `mlflow run` makes, in `experiment` of the local store."""
     tracking.connect(None, store)
-    experiment_id = ensure_experiment(experiment, store, local=True)
+    experiment_id = ensure_experiment(experiment, store / "artifacts")
     return MlflowClient().create_run(experiment_id).info.run_id
 
 
@@ -128,19 +128,23 @@ def test_a_project_run_of_another_store_is_left_alone(tmp_path: Path, monkeypatc
     assert PARENT not in tags and PROJECT_RUN_TAG not in tags
 
 
-def test_the_sqlite_uri_of_the_store_folder_is_the_local_store(tmp_path: Path, monkeypatch):
+def test_a_sqlite_stores_artifacts_are_kept_beside_its_database(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert is_local_store(None, "mlruns")
-    assert is_local_store("sqlite:///mlruns/mlflow.db", "mlruns")
-    assert is_local_store(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "mlruns")
-    assert not is_local_store("sqlite:///other/mlflow.db", "mlruns")
-    assert not is_local_store("http://127.0.0.1:5000", "mlruns")
+    assert artifact_root(None, "mlruns") == tmp_path / "mlruns" / "artifacts"
+    assert artifact_root("sqlite:///mlruns/mlflow.db", "mlruns") == (
+        tmp_path / "mlruns" / "artifacts")
+    assert artifact_root(f"sqlite:///{tmp_path}/other/x.db", "mlruns") == (
+        tmp_path / "other" / "artifacts")
+    assert artifact_root("http://127.0.0.1:5000", "mlruns") is None
 
-    uri = tracking.local_store_uri(tmp_path / "mlruns")
-    with tracking.open_run("exp", tracking_uri=uri, store_dir="mlruns"):
-        pass
-    location = MlflowClient().get_experiment_by_name("exp").artifact_location
-    assert location == (tmp_path / "mlruns" / "artifacts").as_uri()
+    for folder in ("mlruns", "elsewhere"):  # the store folder's own URI, and another one's
+        (tmp_path / folder).mkdir(exist_ok=True)
+        uri = tracking.local_store_uri(tmp_path / folder)
+        with tracking.open_run("exp", tracking_uri=uri, store_dir="mlruns"):
+            pass
+        location = MlflowClient().get_experiment_by_name("exp").artifact_location
+        assert location == (tmp_path / folder / "artifacts").as_uri()
+    assert not (tmp_path / "mlruns" / "1").exists()  # nothing in MLflow's ./mlruns default
 
 
 def test_mlflow_run_trains_and_registers_as_the_command_does(speech_dir: Path, tmp_path: Path):

@@ -159,16 +159,17 @@ def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path
     return dict(run.data.params), tags
 
 
-def ensure_experiment(name: str, store_dir: str | Path, local: bool) -> str:
-    """Returns the experiment id, creating the experiment (artifacts under the store) if new;
-    another process creating it at the same moment is fine.
+def ensure_experiment(name: str, artifacts: Path | None) -> str:
+    """Returns the experiment id, creating the experiment if new (its artifacts in the folder
+    `artifacts`, or where the tracking server puts them when None); another process creating
+    it at the same moment is fine.
 
     Raises:
         SetupError: The experiment exists but was deleted (its runs could not be written).
     """
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        location = (Path(store_dir).resolve() / "artifacts").as_uri() if local else None
+        location = artifacts.as_uri() if artifacts is not None else None
         try:
             return mlflow.create_experiment(name, artifact_location=location)
         except MlflowException as error:
@@ -182,16 +183,16 @@ def ensure_experiment(name: str, store_dir: str | Path, local: bool) -> str:
     return experiment.experiment_id
 
 
-def is_local_store(tracking_uri: str | None, store_dir: str | Path) -> bool:
-    """Whether runs go to the local store in `store_dir`: no tracking URI, or the SQLite URI of
-    its `mlflow.db` (what `mlflow run` passes on when MLFLOW_TRACKING_URI names it), so that
-    the experiments it creates keep their artifacts in `<store_dir>/artifacts` either way."""
+def artifact_root(tracking_uri: str | None, store_dir: str | Path) -> Path | None:
+    """Where the experiments a run creates keep their artifacts: `artifacts/` beside the SQLite
+    database (`<store_dir>/artifacts` for the local store, the folder of the file a
+    `sqlite:///` URI names otherwise), never MLflow's default `./mlruns` of the working
+    directory; None for a tracking server, which has its own artifact root."""
     if not tracking_uri:
-        return True
+        return Path(store_dir).resolve() / "artifacts"
     if not tracking_uri.startswith("sqlite:///"):
-        return False
-    database = Path(unquote(tracking_uri.removeprefix("sqlite:///")))
-    return database.resolve() == Path(store_dir).resolve() / DB_NAME
+        return None
+    return Path(unquote(tracking_uri.removeprefix("sqlite:///"))).resolve().parent / "artifacts"
 
 
 @contextlib.contextmanager
@@ -264,8 +265,7 @@ def open_run(
         if resume_run_id:
             run = mlflow.start_run(run_id=resume_run_id)
         else:
-            experiment_id = ensure_experiment(experiment, store_dir,
-                                              local=is_local_store(tracking_uri, store_dir))
+            experiment_id = ensure_experiment(experiment, artifact_root(tracking_uri, store_dir))
             nested = mlflow.active_run() is not None
             link, parent = project_link(None if nested else project_run_id, experiment_id)
             run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
