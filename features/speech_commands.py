@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from features.audio import AudioSpec, audio_info
+from features.audio import AudioDecodeError, AudioSpec, audio_info
 from features.errors import ConfigError, DataError, require_at_least, require_folder
 from features.speech_splits import (
     assign_splits,
@@ -189,13 +189,18 @@ def drop_empty_words(data_dir: Path, clips: dict[str, list[str]], task: str,
     return {word: files for word, files in clips.items() if files}
 
 
-def noise_recordings(data_dir: Path, sample_rate: int) -> dict[str, int]:
-    """Maps each `_background_noise_` recording (relative path) to its length at `sample_rate`."""
+def noise_recordings(data_dir: Path, sample_rate: int, skipped: list[tuple[str, str]]
+                     ) -> dict[str, int]:
+    """Maps each `_background_noise_` recording (relative path) to its length at `sample_rate`;
+    one that does not decode goes to `skipped` as (path, reason) instead."""
     noise_dir = data_dir / BACKGROUND_NOISE_DIR
     lengths = {}
     for path in sorted(noise_dir.glob("*.wav")):
-        info = audio_info(path)  # a damaged recording: AudioDecodeError naming it
-        lengths[f"{BACKGROUND_NOISE_DIR}/{path.name}"] = int(info.duration * sample_rate)
+        name = f"{BACKGROUND_NOISE_DIR}/{path.name}"
+        try:
+            lengths[name] = int(audio_info(path).duration * sample_rate)
+        except AudioDecodeError as error:
+            skipped.append((name, str(error)))
     return lengths
 
 
@@ -205,6 +210,7 @@ def silence_examples(
     clip_samples: int,
     rms_range: tuple[float, float],
     rng: np.random.Generator,
+    noise_dir: Path,
 ) -> list[Example]:
     """Cuts `count` one-clip windows from noise recordings at log-uniform random RMS levels.
 
@@ -214,11 +220,9 @@ def silence_examples(
     """
     usable = [name for name, length in noise.items() if length >= clip_samples]
     if count and not usable:
-        raise DataError(
-            f"_silence_ needs {BACKGROUND_NOISE_DIR}/*.wav recordings of at least one clip length;"
-            f" none found ({len(noise)} recordings, all shorter; --silence-pct 0 trains without"
-            " _silence_)"
-        )
+        found = f"all {len(noise)} are shorter" if noise else "it holds none that decodes"
+        raise DataError(f"{noise_dir}: _silence_ needs *.wav recordings of at least one clip "
+                        f"length; {found} (--silence-pct 0 trains without _silence_)")
     low, high = np.log(rms_range[0]), np.log(rms_range[1])
     examples = []
     for _ in range(count):
@@ -295,8 +299,14 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
 
     missing_words = [word for word in COMMAND_WORDS if word not in clips]
     if missing_words:
-        raise DataError(f"{data_dir}: command word folders missing: {', '.join(missing_words)}")
-    noise = noise_recordings(data_dir, audio.sample_rate)
+        raise DataError(f"{data_dir}: command word folders missing: {', '.join(missing_words)} "
+                        "(--task all-words trains on the word folders there are)")
+    bad_noise: list[tuple[str, str]] = []
+    noise = noise_recordings(data_dir, audio.sample_rate, bad_noise)
+    if bad_noise:
+        skipped += bad_noise
+        add_note(notes, f"{len(bad_noise)} {BACKGROUND_NOISE_DIR} recordings do not decode and "
+                 f"were left out, e.g. {bad_noise[0][1]}")
     hashes.update(content_hashes(data_dir, list(noise)))  # the _silence_ windows' sources
     silence_rms = (splits.silence_rms_min, splits.silence_rms_max)
     examples = {}
@@ -312,7 +322,8 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
         examples[split] = (
             [Example(c.split("/")[0], c) for c in words]
             + [Example(UNKNOWN_LABEL, c) for c in sorted(unknown)]
-            + silence_examples(silence_count, noise, audio.clip_samples, silence_rms, rng)
+            + silence_examples(silence_count, noise, audio.clip_samples, silence_rms, rng,
+                               data_dir / BACKGROUND_NOISE_DIR)
         )
     return SpeechCommandsData(labels=TWELVE_CLASS_LABELS, examples=examples, **found)
 

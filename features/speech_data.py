@@ -9,6 +9,7 @@ row for row with its frames.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from features import tfds_speech
-from features.audio import decode_recording
+from features.audio import AudioDecodeError, decode_recording
 from features.errors import ConfigError, DataError, require_data_dir
 from features.feature_cache import cached_features
 from features.mfcc import MfccConfig
@@ -40,6 +41,8 @@ from features.speech_features import (
 )
 from features.splits import SPLITS, LabelledInputs, Lineage, Splits, require_usable_splits
 from features.tfds_source import SOURCES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -217,11 +220,17 @@ def prepare_tfds(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccConf
 
 def background_noise(source: SpeechSourceConfig, sample_rate: int) -> list[np.ndarray]:
     """The `_background_noise_` recordings of a folder source (none for tfds, whose release
-    does not ship them), decoded at `sample_rate`."""
+    does not ship them), decoded at `sample_rate`; one that does not decode is left out, with
+    a warning (the data's notes name it too)."""
     if source.source != "folder":
         return []
-    folder = Path(source.data_dir) / BACKGROUND_NOISE_DIR
-    return [decode_recording(path, sample_rate) for path in sorted(folder.glob("*.wav"))]
+    recordings = []
+    for path in sorted((Path(source.data_dir) / BACKGROUND_NOISE_DIR).glob("*.wav")):
+        try:
+            recordings.append(decode_recording(path, sample_rate))
+        except AudioDecodeError as error:
+            log.warning("not mixing in %s", error)
+    return recordings
 
 
 def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> LabelledInputs:

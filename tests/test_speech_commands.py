@@ -274,9 +274,30 @@ def test_split_options_out_of_range_are_refused(flags: list[str], message: str,
     assert message in err and "Traceback" not in err
 
 
-def test_a_damaged_noise_recording_is_named(speech_dir: Path):
+def test_a_damaged_noise_recording_is_left_out_listed_and_noted(speech_dir: Path):
     (speech_dir / "_background_noise_" / "broken.wav").write_bytes(b"RIFF not really a wav")
-    with pytest.raises(DataError, match=r"_background_noise_/broken\.wav: not decodable audio"):
+    data = load_speech_commands(speech_dir, SplitConfig(), AUDIO)
+    [(path, reason)] = [item for item in data.skipped if "broken" in item[0]]
+    assert path == "_background_noise_/broken.wav"
+    assert reason.startswith(f"{speech_dir / path}: not decodable audio")
+    assert any(note.startswith("1 _background_noise_ recordings do not decode and were left "
+                               "out") for note in data.notes)
+    silence = {e.path for split in data.examples.values() for e in split if e.is_silence}
+    assert silence == {"_background_noise_/white_noise.wav"}
+
+    (speech_dir / "_background_noise_" / "white_noise.wav").unlink()  # none usable is refused
+    with pytest.raises(DataError, match=f"^{speech_dir / '_background_noise_'}: _silence_ needs "
+                       r"\*\.wav recordings of at least one clip length; it holds none that "
+                       "decodes"):
+        load_speech_commands(speech_dir, SplitConfig(), AUDIO)
+
+
+def test_missing_command_words_point_at_the_task_that_trains_without_them(speech_dir: Path):
+    for clip in (speech_dir / "up").iterdir():
+        clip.unlink()
+    (speech_dir / "up").rmdir()
+    with pytest.raises(DataError, match=r"command word folders missing: up \(--task all-words "
+                       "trains on the word folders there are\)"):
         load_speech_commands(speech_dir, SplitConfig(), AUDIO)
 
 
