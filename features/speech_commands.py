@@ -46,6 +46,7 @@ UNKNOWN_LABEL = "_unknown_"
 TWELVE_CLASS_LABELS = (SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS)
 BACKGROUND_NOISE_DIR = "_background_noise_"
 SPEECH_COMMANDS_ENV = "SPEECH_COMMANDS_DIR"  # the variable that may name the data folder
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")  # clip files read (libsndfile's formats)
 TASKS = ("12-class", "all-words")
 MAX_LISTED_PATHS = 20  # listed-but-missing paths kept by name (all are counted)
 
@@ -143,13 +144,24 @@ class SpeechCommandsData:
         }
 
 
-def list_word_clips(data_dir: Path) -> dict[str, list[str]]:
-    """Lists `<word>/*.wav` clips as paths relative to `data_dir`; a word folder without clips
-    maps to an empty list (the task decides whether it can do without it).
+def audio_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The audio files directly in `folder` (by AUDIO_SUFFIXES, in any case), sorted, and its
+    other entries (files of other kinds, subfolders), which are not read."""
+    audio, other = [], []
+    for path in sorted(folder.iterdir()):
+        is_audio = path.suffix.lower() in AUDIO_SUFFIXES and not path.is_dir()
+        (audio if is_audio else other).append(path)
+    return audio, other
+
+
+def list_word_clips(data_dir: Path, notes: list[str]) -> dict[str, list[str]]:
+    """Lists the audio clips of each `<word>/` folder as paths relative to `data_dir`; a word
+    folder without clips maps to an empty list (the task decides whether it can do without
+    it); what else the word folders hold is counted in `notes`.
 
     Raises:
         FileNotFoundError: `data_dir` is not a folder (DataNotFoundError).
-        ValueError: there are no word folders, or none holds a WAV file.
+        ValueError: there are no word folders, or none holds an audio clip.
     """
     require_folder(data_dir, "Speech Commands data folder", f"pass --data-dir or set "
                    f"{SPEECH_COMMANDS_ENV} to a folder in the official "
@@ -157,11 +169,18 @@ def list_word_clips(data_dir: Path) -> dict[str, list[str]]:
     words = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
     if not words:
         raise DataError(f"{data_dir}: no word folders found (expected <word>/*.wav)")
-    clips = {word_dir.name: sorted(f"{word_dir.name}/{p.name}" for p in word_dir.glob("*.wav")
-                                   if not p.is_dir())
-             for word_dir in words}
+    clips, unread = {}, []
+    for word_dir in words:
+        audio, other = audio_files(word_dir)
+        clips[word_dir.name] = [f"{word_dir.name}/{path.name}" for path in audio]
+        unread += [f"{word_dir.name}/{path.name}{'/' if path.is_dir() else ''}"
+                   for path in other]
+    if unread:
+        add_note(notes, f"{len(unread)} entries of word folders are not clips and were not read "
+                 f"(clips are {'/'.join(AUDIO_SUFFIXES)} files directly in <word>/), e.g. "
+                 f"{', '.join(unread[:3])}")
     if not any(clips.values()):
-        raise DataError(f"{data_dir}: no word folder holds .wav files (expected <word>/*.wav)")
+        raise DataError(f"{data_dir}: no word folder holds audio clips (expected <word>/*.wav)")
     return clips
 
 
@@ -183,9 +202,9 @@ def drop_empty_words(data_dir: Path, clips: dict[str, list[str]], task: str,
     if needed:
         raise DataError(
             f"{', '.join(str(data_dir / word) for word in needed)}: command word folder holds "
-            "no .wav files (the 12-class task needs <word>/*.wav clips of every command word)")
+            "no audio clips (the 12-class task needs <word>/*.wav clips of every command word)")
     for word in empty:
-        add_note(notes, f"{data_dir / word}: word folder holds no .wav files; left out")
+        add_note(notes, f"{data_dir / word}: word folder holds no audio clips; left out")
     return {word: files for word, files in clips.items() if files}
 
 
@@ -195,7 +214,7 @@ def noise_recordings(data_dir: Path, sample_rate: int, skipped: list[tuple[str, 
     one that does not decode goes to `skipped` as (path, reason) instead."""
     noise_dir = data_dir / BACKGROUND_NOISE_DIR
     lengths = {}
-    for path in sorted(noise_dir.glob("*.wav")):
+    for path in audio_files(noise_dir)[0] if noise_dir.is_dir() else []:
         name = f"{BACKGROUND_NOISE_DIR}/{path.name}"
         try:
             lengths[name] = int(audio_info(path).duration * sample_rate)
@@ -272,7 +291,7 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
         raise ConfigError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
     data_dir = Path(data_dir)
     notes: list[str] = []
-    clips = drop_empty_words(data_dir, list_word_clips(data_dir), task, notes)
+    clips = drop_empty_words(data_dir, list_word_clips(data_dir, notes), task, notes)
     assignment = assign_splits(
         data_dir, [clip for files in clips.values() for clip in files], splits.validation_pct,
         splits.test_pct)
@@ -352,7 +371,7 @@ def test_release_examples(data_dir: str | Path) -> list[Example]:
             raise DataError(f"{folder}: not one of the 12 test-release classes "
                              f"({', '.join(sorted(classes))})")
         examples += [Example(folder.name, path.relative_to(data_dir).as_posix())
-                     for path in sorted(folder.glob("*.wav"))]
+                     for path in audio_files(folder)[0]]
     if not examples:
         raise DataError(f"{data_dir}: no .wav clips in its class folders")
     return examples

@@ -26,6 +26,7 @@ from features.speech_commands import (
     SPEECH_COMMANDS_ENV,
     TWELVE_CLASS_LABELS,
     SplitConfig,
+    audio_files,
     examples_digest,
     is_test_release,
     load_speech_commands,
@@ -225,7 +226,8 @@ def background_noise(source: SpeechSourceConfig, sample_rate: int) -> list[np.nd
     if source.source != "folder":
         return []
     recordings = []
-    for path in sorted((Path(source.data_dir) / BACKGROUND_NOISE_DIR).glob("*.wav")):
+    folder = Path(source.data_dir) / BACKGROUND_NOISE_DIR
+    for path in audio_files(folder)[0] if folder.is_dir() else []:
         try:
             recordings.append(decode_recording(path, sample_rate))
         except AudioDecodeError as error:

@@ -98,6 +98,24 @@ def test_all_words_task(speech_dir: Path):
     assert not any(e.is_silence for items in data.examples.values() for e in items)
 
 
+def test_flac_ogg_and_upper_case_clips_are_read_other_entries_counted(speech_dir: Path):
+    write_wav(speech_dir / "yes" / "f1ac0000_nohash_0.flac", tone(300), subtype="PCM_16")
+    soundfile.write(speech_dir / "yes" / "0gg00000_nohash_0.ogg", tone(310), 16000,
+                    format="OGG", subtype="VORBIS")
+    write_wav(speech_dir / "no" / "CAPS0000_NOHASH_0.WAV", tone(320))
+    write_wav(speech_dir / "no" / "session" / "deep0000_nohash_0.wav", tone(330))
+    (speech_dir / "no" / "README.txt").write_text("recorded in a quiet room")
+    data = load_speech_commands(speech_dir, SplitConfig(task="all-words"), AUDIO)
+    paths = {e.path for items in data.examples.values() for e in items}
+    assert {"yes/f1ac0000_nohash_0.flac", "yes/0gg00000_nohash_0.ogg",
+            "no/CAPS0000_NOHASH_0.WAV"} <= paths
+    assert not any("session" in path or path.endswith(".txt") for path in paths)
+    [note] = [note for note in data.notes if "not clips" in note]
+    assert note.startswith("2 entries of word folders are not clips and were not read (clips "
+                           "are .wav/.flac/.ogg/.mp3 files directly in <word>/), e.g. "
+                           "no/README.txt, no/session/")
+
+
 def test_missing_directory_names_the_path(tmp_path: Path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=str(missing)):
@@ -109,7 +127,7 @@ def test_empty_folder_of_a_word_the_task_can_do_without_is_left_out_and_noted(
     (speech_dir / "wow").mkdir()
     caplog.set_level(logging.WARNING, LOGGER)
     data = load_speech_commands(speech_dir, SplitConfig(), AUDIO)
-    expected = f"{speech_dir / 'wow'}: word folder holds no .wav files; left out"
+    expected = f"{speech_dir / 'wow'}: word folder holds no audio clips; left out"
     assert expected in data.notes and expected in warnings_of(caplog)
     assert data.labels == (SILENCE_LABEL, UNKNOWN_LABEL, *COMMAND_WORDS)
 
@@ -117,19 +135,19 @@ def test_empty_folder_of_a_word_the_task_can_do_without_is_left_out_and_noted(
         path.unlink()
     all_words = load_speech_commands(speech_dir, SplitConfig(task="all-words"), AUDIO)
     assert "wow" not in all_words.labels and "yes" not in all_words.labels
-    assert f"{speech_dir / 'yes'}: word folder holds no .wav files; left out" in all_words.notes
+    assert f"{speech_dir / 'yes'}: word folder holds no audio clips; left out" in all_words.notes
 
 
 def test_empty_command_word_folder_is_an_error_for_the_twelve_class_task(speech_dir: Path):
     for path in (speech_dir / "stop").iterdir():
         path.unlink()
-    with pytest.raises(ValueError, match=r"stop: command word folder holds no \.wav files"):
+    with pytest.raises(ValueError, match=r"stop: command word folder holds no audio clips"):
         load_speech_commands(speech_dir, SplitConfig(), AUDIO)
 
 
 def test_folder_without_any_clip_is_an_error(tmp_path: Path):
     (tmp_path / "sc" / "yes").mkdir(parents=True)
-    with pytest.raises(ValueError, match=r"sc: no word folder holds \.wav files"):
+    with pytest.raises(ValueError, match=r"sc: no word folder holds audio clips"):
         load_speech_commands(tmp_path / "sc", SplitConfig(task="all-words"), AUDIO)
 
 
@@ -297,7 +315,7 @@ def test_missing_command_words_point_at_the_task_that_trains_without_them(speech
         clip.unlink()
     (speech_dir / "up").rmdir()
     with pytest.raises(DataError, match=r"command word folders missing: up \(--task all-words "
-                       "trains on the word folders there are\)"):
+                       r"trains on the word folders there are\)"):
         load_speech_commands(speech_dir, SplitConfig(), AUDIO)
 
 

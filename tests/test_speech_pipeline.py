@@ -125,7 +125,7 @@ def test_missing_or_unusable_data_dir_is_a_clear_error_before_any_run(tmp_path: 
     (tmp_path / "reviews" / "pos").mkdir(parents=True)  # a folder of another dataset
     (tmp_path / "reviews" / "pos" / "0_9.txt").write_text("A moving film.")
     assert speech.main(small_args(tmp_path / "reviews", tmp_path)) == 2
-    assert (f"error: {tmp_path / 'reviews'}: no word folder holds .wav files"
+    assert (f"error: {tmp_path / 'reviews'}: no word folder holds audio clips"
             in capsys.readouterr().err)
     assert not (tmp_path / "mlruns").exists()  # no FAILED run left behind
 
