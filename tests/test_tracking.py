@@ -36,6 +36,7 @@ def finish_run(store: Path, accuracy: float, test_digest: str = "digest-a") -> t
         return tracking.register_and_promote(
             uri, "model-x", metrics={"test_accuracy": accuracy, "test_macro_f1": accuracy},
             test_digest=test_digest, data_digest="all-" + test_digest,
+            model_description=f"the model of the {accuracy} run on {test_digest}",
         )
 
 
@@ -85,6 +86,9 @@ def test_champion_rule(tmp_path: Path):
     run = client.get_run(version.run_id)
     assert run.data.tags["champion"] == "False" and run.data.tags["registered_version"] == "3"
     assert (store / "mlflow.db").is_file() and (store / "artifacts").is_dir()
+    # the registered model describes its champion, not the latest registration
+    assert client.get_registered_model("model-x").description == (
+        "the model of the 0.85 run on digest-a")
 
 
 def test_a_tie_never_promotes_even_where_it_rounds_down(tmp_path: Path):

@@ -178,7 +178,8 @@ def register_and_promote(
         only_if_champion: Keep the model registered only if it becomes champion (for
             baselines, which should not crowd the registry): otherwise its queued version is
             deleted again.
-        model_description: The registered model's description (set when given); the
+        model_description: The registered model's description, set when given and the
+            version becomes champion (so it describes the model its alias serves); the
             version's own describes its metrics, data and the champion decision.
 
     Returns:
@@ -224,7 +225,7 @@ def register_and_promote(
         client.set_model_version_tag(name, number, "promotion", reason)
         client.update_model_version(name, number, description=version_description(
             metrics, data_digest, promoted, reason))
-        if model_description:
+        if model_description and promoted:
             client.update_registered_model(name, description=model_description)
         state = DECIDED
     finally:  # also on failure, so that later promotions do not wait for this one (a version
