@@ -95,6 +95,12 @@ def test_a_store_folder_without_a_store_is_named_and_left_alone(tmp_path: Path):
     with pytest.raises(ModelError, match="there is no MLflow store in"):
         load(empty)
     assert list(empty.iterdir()) == []
+    typo = f"sqlite:///{tmp_path}/a/b/mlflow.db"  # nor a mistyped SQLite tracking URI
+    with pytest.raises(ModelError, match=f"^{URI}: there is no MLflow store at "
+                       f"{tmp_path}/a/b/mlflow.db \\(the tracking URI's SQLite file does not "
+                       "exist\\)"):
+        tracking.load_served_model(URI, typo, "mlruns")
+    assert not (tmp_path / "a").exists()
 
 
 def truncate(path: Path) -> None:

@@ -190,9 +190,16 @@ def artifact_root(tracking_uri: str | None, store_dir: str | Path) -> Path | Non
     directory; None for a tracking server, which has its own artifact root."""
     if not tracking_uri:
         return Path(store_dir).resolve() / "artifacts"
-    if not tracking_uri.startswith("sqlite:///"):
+    database = sqlite_database(tracking_uri)
+    return None if database is None else database.resolve().parent / "artifacts"
+
+
+def sqlite_database(tracking_uri: str | None) -> Path | None:
+    """The database file a `sqlite:///PATH` tracking URI names (PATH relative to the working
+    directory unless absolute), or None for another URI."""
+    if not tracking_uri or not tracking_uri.startswith("sqlite:///"):
         return None
-    return Path(unquote(tracking_uri.removeprefix("sqlite:///"))).resolve().parent / "artifacts"
+    return Path(unquote(tracking_uri.removeprefix("sqlite:///").split("?")[0]))
 
 
 @contextlib.contextmanager

@@ -36,7 +36,13 @@ from pipelines.errors import ModelError
 from pipelines.tracking import model_code
 from pipelines.tracking.pyfunc_models import SpeechClassifierModel, TextClassifierModel
 from pipelines.tracking.registry import model_version_of
-from pipelines.tracking.runs import DB_NAME, check_tracking, connect, run_params
+from pipelines.tracking.runs import (
+    DB_NAME,
+    check_tracking,
+    connect,
+    run_params,
+    sqlite_database,
+)
 
 
 def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: str | Path
@@ -45,13 +51,18 @@ def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: 
 
     Raises:
         SetupError: The tracking server does not answer.
-        ModelError: No store in `store_dir` (without `tracking_uri`; none is made there).
+        ModelError: No store in `store_dir` (without `tracking_uri`), or no database file where
+            a `sqlite:///` tracking URI points; none is made there.
     """
     check_tracking(tracking_uri)
     in_store = urlparse(model_uri).scheme in ("models", "runs")  # not a folder's path
     if in_store and not tracking_uri and not (Path(store_dir) / DB_NAME).is_file():
         raise ModelError(f"{model_uri}: there is no MLflow store in {store_dir} (no {DB_NAME}): "
                          "pass the --store-dir a run logged to, or --tracking-uri")
+    database = sqlite_database(tracking_uri)
+    if in_store and database is not None and not database.is_file():
+        raise ModelError(f"{model_uri}: there is no MLflow store at {database} (the tracking "
+                         "URI's SQLite file does not exist): pass the URI a run logged to")
     connect(tracking_uri, store_dir)
 
 
