@@ -9,8 +9,10 @@ every option, grouped by stage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -23,6 +25,7 @@ import soundfile
 from optuna.distributions import CategoricalDistribution as OneOf
 from optuna.distributions import FloatDistribution, IntDistribution
 
+from features.audio import AudioDecodeError, audio_info
 from features.augment import AugmentConfig, ClipAugmenter
 from features.errors import require_data_dir
 from features.input_pipelines import (
@@ -307,15 +310,22 @@ def summary_lines(result: dict) -> list[str]:
 
 def read_clips(parser: argparse.ArgumentParser, argv: list[str]
                ) -> tuple[argparse.Namespace, cli.Inputs]:
-    """`predict FILE [FILE ...]`: the files' bytes; an unreadable file is failed by name."""
+    """`predict FILE [FILE ...]`: the files' bytes; an unreadable file is failed by name, and
+    one longer than a clip is named on stderr (the model labels its first clip's length)."""
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, ...)")
     args = parser.parse_args(argv)
-    clips, failed = [], {}
+    clips, failed, clip_seconds = [], {}, MfccConfig().clip_seconds
     for index, name in enumerate(args.files):
         try:
             clips.append(Path(name).read_bytes())
         except OSError as error:
             failed[index] = f"cannot read the file ({error.strerror})"
+            continue
+        with contextlib.suppress(AudioDecodeError):  # the model answers it with the reason
+            seconds = audio_info(clips[-1], name).duration
+            if seconds > clip_seconds + 0.05:
+                print(f"{name}: {seconds:.1f} s long: labelled by its first {clip_seconds:g} s "
+                      "(listen spots keywords in longer recordings)", file=sys.stderr)
     return args, cli.Inputs(pd.DataFrame({"audio": clips}), list(args.files), failed)
 
 

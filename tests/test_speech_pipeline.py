@@ -88,12 +88,17 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     clip_path = speech_dir / "yes" / "0a1b2c3d_nohash_0.wav"
     tabbed = tmp_path / "take\t2.wav"  # a tab in a name is escaped: the line keeps 3 fields
     tabbed.write_bytes(clip_path.read_bytes())
+    long = tmp_path / "long.wav"  # labelled by its first second, and named for it
+    soundfile.write(long, np.tile(soundfile.read(clip_path)[0], 3), 16000)
     code = speech.main(["predict", str(clip_path), str(tmp_path / "missing.wav"),
-                        str(tmp_path / "notes.wav"), str(tabbed), "--store-dir",
+                        str(tmp_path / "notes.wav"), str(tabbed), str(long), "--store-dir",
                         str(tmp_path / "mlruns")])
     printed = capsys.readouterr()
     assert code == 1
-    first, second = (line.split("\t") for line in printed.out.strip().split("\n"))
+    first, second, third = (line.split("\t") for line in printed.out.strip().split("\n"))
+    assert third[:2] == [str(long), first[1]]
+    assert (f"{long}: 3.0 s long: labelled by its first 1 s (listen spots keywords in longer "
+            "recordings)") in printed.err
     assert second[:2] == [f"{tmp_path}/take\\t2.wav", first[1]] and len(second) == 3
     name, label, probability = first
     assert name == str(clip_path) and label == answer.loc[0, "label"]
