@@ -305,6 +305,12 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
         add_note(notes, f"{len(skipped)} clips are byte-identical copies of others and were "
                  f"left out (kept: test, then validation, then train), e.g. {skipped[0][0]} "
                  f"({skipped[0][1]})")
+    relabelled = [(path, reason) for path, reason in skipped
+                  if path.split("/")[0] != reason.removeprefix("duplicate of ").split("/")[0]]
+    if relabelled:
+        add_note(notes, f"{len(relabelled)} of those copies are in another word folder than "
+                 "the clip kept, which keeps its own folder's label: a labelling error? e.g. "
+                 f"{relabelled[0][0]} ({relabelled[0][1]})")
     found = {"data_dir": data_dir, "split_method": assignment.method,
              "listed_missing": len(assignment.listed_missing), "notes": notes,
              "listed_missing_paths": assignment.listed_missing[:MAX_LISTED_PATHS],
