@@ -367,9 +367,13 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     status = 0
     for path in args.files:
         try:
+            found = False
             for detection in detections(path, predictor, config):
+                found = True
                 print(f"{cli.tsv_field(path)}\t{detection.time_s:.2f}\t{detection.label}\t"
                       f"{detection.score:.3f}", flush=True)
+            if not found:  # listened to, with nothing to report
+                print(f"{path}: no keyword detected", file=sys.stderr)
         except AudioDecodeError as error:
             print(f"{error}", file=sys.stderr)
             status = 1

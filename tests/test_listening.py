@@ -249,8 +249,9 @@ def test_listen_command_prints_detections_and_fails_a_bad_file(tmp_path: Path, l
     # a tab and a newline in the name are escaped, so the line still has four fields
     path = write_wav(tmp_path / "long\ttake\n2.wav", stream(6, [2.0]))
     (tmp_path / "bad.wav").write_bytes(b"not audio")
-    status = speech.main(["listen", str(path), str(tmp_path / "bad.wav"), "--model-uri", uri,
-                          "--store-dir", str(store), "--hop-ms", "50"])
+    quiet = write_wav(tmp_path / "quiet.wav", stream(3, []))
+    status = speech.main(["listen", str(path), str(tmp_path / "bad.wav"), str(quiet),
+                          "--model-uri", uri, "--store-dir", str(store), "--hop-ms", "50"])
     out, err = capsys.readouterr()
     assert status == 1
     lines = [line.split("\t") for line in out.strip().splitlines()]
@@ -258,6 +259,8 @@ def test_listen_command_prints_detections_and_fails_a_bad_file(tmp_path: Path, l
     assert lines[0][2] == "yes"
     assert 2.0 < float(lines[0][1]) < 3.7 and 0.7 < float(lines[0][3]) <= 1.0
     assert "bad.wav: not decodable audio" in err
+    assert f"{quiet}: no keyword detected" in err  # listened to, not skipped
+    assert "long" not in err
     assert mlflow.active_run() is None
 
 
