@@ -119,7 +119,7 @@ def mfcc_constants(config: MfccConfig) -> dict[str, np.ndarray]:
             "dct": dct[: config.n_mfcc].T.astype(np.float32)}
 
 
-def mfcc_layer(config: MfccConfig) -> MfccLayer:
+def build_mfcc_layer(config: MfccConfig) -> MfccLayer:
     """A Keras layer computing these features from (batch, clip_samples) float waveforms.
 
     It carries librosa's and scipy's constants as weights, so a saved model loads without

@@ -34,7 +34,7 @@ from features.input_pipelines import (
     make_dataset,
     steps_per_epoch,
 )
-from features.mfcc import MfccConfig, feature_shape, mfcc_layer
+from features.mfcc import MfccConfig, build_mfcc_layer, feature_shape
 from features.speech_commands import BACKGROUND_NOISE_DIR, SPEECH_COMMANDS_ENV, SplitConfig
 from features.speech_data import (
     SpeechData,
@@ -247,7 +247,7 @@ def waveform_classifier(model: keras.Model, mfcc: MfccConfig) -> keras.Model:
     """The classifier over MFCC frames behind the MFCC stage as a Keras layer: (clips,
     samples) float waveforms at `mfcc.sample_rate` in, class probabilities out."""
     waveforms = keras.Input((mfcc.clip_samples,), name="waveform")
-    return keras.Model(waveforms, model(mfcc_layer(mfcc)(waveforms)),
+    return keras.Model(waveforms, model(build_mfcc_layer(mfcc)(waveforms)),
                        name="waveform_classifier")
 
 

@@ -13,11 +13,11 @@ from features.audio import AudioSpec, decode_clip
 from features.mfcc import (
     CHUNK_CLIPS,
     MfccConfig,
+    build_mfcc_layer,
     feature_shape,
     librosa_kwargs,
     mfcc_constants,
     mfcc_frames,
-    mfcc_layer,
 )
 from features.mfcc_layer import MfccLayer
 from tests.datasets import tone
@@ -79,7 +79,7 @@ def real_clips(speech_dir: Path, words=("yes", "no", "left", "stop"), per_word=3
 def test_layer_on_real_clips_equals_the_cached_frames_and_librosa(shared_speech_dir):
     clips = real_clips(shared_speech_dir)
     for config in (MfccConfig(), MfccConfig(hop_ms=20, n_mfcc=13, fmax=7000)):
-        frames = mfcc_layer(config)(clips).numpy()
+        frames = build_mfcc_layer(config)(clips).numpy()
         assert frames.shape == (len(clips), *feature_shape(config))
         assert frames.dtype == np.float32
         np.testing.assert_allclose(frames, mfcc_frames(clips, config), rtol=1e-5, atol=1e-4)
@@ -91,7 +91,7 @@ def test_layer_on_real_clips_equals_the_cached_frames_and_librosa(shared_speech_
 def test_layer_frames_of_a_clip_do_not_depend_on_the_rest_of_the_batch(shared_speech_dir):
     """The dB floor is each clip's own: a quiet clip and a silent one give the same frames alone
     as beside a loud clip (a floor over the batch would lift both)."""
-    layer = mfcc_layer(MfccConfig())
+    layer = build_mfcc_layer(MfccConfig())
     speech = real_clips(shared_speech_dir, words=("yes",), per_word=1)[0]
     quiet, silent = 0.001 * speech, np.zeros_like(speech)
     loud = np.clip(30 * speech, -1, 1)
@@ -104,7 +104,7 @@ def test_layer_frames_of_a_clip_do_not_depend_on_the_rest_of_the_batch(shared_sp
 
 def test_layer_config_holds_numbers_and_the_constants_are_non_trainable_weights():
     config = MfccConfig(hop_ms=20, n_mfcc=13)
-    layer = mfcc_layer(config)
+    layer = build_mfcc_layer(config)
     layer_config = layer.get_config()
     assert {key: layer_config[key] for key in ("clip_samples", "n_fft", "hop_length", "n_mels",
                                                "n_mfcc", "top_db")} == {
@@ -142,7 +142,7 @@ def test_saved_model_with_the_layer_loads_and_predicts_without_librosa(shared_sp
     """Serving a raw-waveform model needs only Keras and features.mfcc_layer: the constants
     come from the .keras file."""
     inputs = keras.Input((16000,))
-    frames = mfcc_layer(MfccConfig())(inputs)
+    frames = build_mfcc_layer(MfccConfig())(inputs)
     pooled = keras.layers.GlobalAveragePooling1D()(frames)
     model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(pooled))
     clips = real_clips(shared_speech_dir, per_word=1)
@@ -164,7 +164,7 @@ def test_the_dft_by_matrix_products_gives_the_fft_frames():
     the same frames as the FFT."""
     config = MfccConfig()
     clips = np.random.default_rng(3).uniform(-0.5, 0.5, (3, config.clip_samples))
-    fft = mfcc_layer(config)
+    fft = build_mfcc_layer(config)
     matmul = MfccLayer.from_config(fft.get_config() | {"dft": "matmul"})
     matmul.set_weights(fft.get_weights())
     np.testing.assert_allclose(np.asarray(matmul(clips)), np.asarray(fft(clips)), rtol=1e-4,
