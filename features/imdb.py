@@ -22,11 +22,13 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
 from features.errors import ConfigError, DataError, require_folder
+from features.splits import drop_copies
 
 LABELS = ("neg", "pos")
 _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
@@ -34,7 +36,6 @@ _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
 # defined here, in a module without TensorFlow, so that the reader need not load it
 HTML_TAG = r"<\s*/?\s*[a-zA-Z][^>]*>"
 HTML_TAG_RE = re.compile(HTML_TAG)
-SPLIT_PRIORITY = ("test", "validation", "train")  # which split keeps a duplicated review
 UNLABELLED = "unsup"  # train/unsup/: the release's unlabelled reviews (label "unsup")
 
 
@@ -153,7 +154,7 @@ def read_split_folder(data_dir: Path, split: str, *, drop_duplicates: bool = Tru
         read_review_files(data_dir, files, label, reviews, skipped, replaced)
     if not drop_duplicates:
         return reviews, skipped, replaced
-    distinct, duplicates = drop_duplicate_reviews({split: reviews})
+    distinct, duplicates = drop_copies({split: reviews}, attrgetter("text"), attrgetter("path"))
     return distinct[split], skipped + duplicates, replaced
 
 
@@ -192,42 +193,6 @@ def read_unlabelled(data_dir: Path) -> tuple[list[Review], list[tuple[str, str]]
         read_review_files(data_dir, sorted(folder.glob("*.txt")), UNLABELLED, reviews,
                           skipped, replaced)
     return reviews, skipped, replaced
-
-
-def drop_copies_of(reviews: Sequence[Review], kept: Iterable[Review]
-                   ) -> tuple[list[Review], list[tuple[str, str]]]:
-    """`reviews` without those whose text is a `kept` review's or an earlier one's in
-    `reviews`, and (path, "duplicate of <kept path>") of each dropped one."""
-    kept_by_text = {review.text: review.path for review in kept}
-    distinct, skipped = [], []
-    for review in reviews:
-        if review.text in kept_by_text:
-            skipped.append((review.path, f"duplicate of {kept_by_text[review.text]}"))
-        else:
-            kept_by_text[review.text] = review.path
-            distinct.append(review)
-    return distinct, skipped
-
-
-def drop_duplicate_reviews(splits: dict[str, list[Review]]
-                           ) -> tuple[dict[str, list[Review]], list[tuple[str, str]]]:
-    """Keeps one copy of each text: the one in the first split of `SPLIT_PRIORITY` that holds
-    a copy, and within that split the first by path.
-
-    Returns:
-        (the reviews per split, in their order, without the dropped copies;
-        (path, "duplicate of <kept path>") of each dropped copy).
-    """
-    kept: list[Review] = []
-    skipped: list[tuple[str, str]] = []
-    for split in (name for name in SPLIT_PRIORITY if name in splits):
-        distinct, dropped = drop_copies_of(
-            sorted(splits[split], key=lambda review: review.path), kept)
-        kept += distinct
-        skipped += dropped
-    dropped_paths = {path for path, _ in skipped}
-    return ({split: [review for review in reviews if review.path not in dropped_paths]
-             for split, reviews in splits.items()}, skipped)
 
 
 def carve_validation(reviews: Sequence[Review], validation_pct: float, seed: int
@@ -299,12 +264,12 @@ def composed_imdb(train: list[Review], test: list[Review], unlabelled: list[Revi
         validation_pct: Share of `train` held out for validation.
         seed: Seed of the validation carve-out.
     """
-    distinct, duplicates = drop_duplicate_reviews({"train": train, "test": test})
-    extra, copies = drop_copies_of(sorted(unlabelled, key=lambda review: review.path),
-                                   [*distinct["test"], *distinct["train"]])
+    distinct, duplicates = drop_copies(  # unlabelled reviews after the labelled splits
+        {"train": train, "test": test, UNLABELLED: unlabelled}, attrgetter("text"),
+        attrgetter("path"))
     train, validation = carve_validation(distinct["train"], validation_pct, seed)
     return ImdbData(
         {"train": train, "validation": validation, "test": distinct["test"]},
-        skipped + duplicates + copies, replaced, source,
+        skipped + duplicates, replaced, source,
         f"stratified {validation_pct:g} % of train (duplicates dropped first), seed {seed}",
-        unlabelled=extra)
+        unlabelled=distinct[UNLABELLED])

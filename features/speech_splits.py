@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from features.errors import DataError
-from features.splits import SPLITS
+from features.splits import SPLITS, drop_copies
 
 LIST_FILES = {"validation": "validation_list.txt", "test": "testing_list.txt"}
 MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # as in TensorFlow's speech_commands example
-SPLIT_PRIORITY = ("test", "validation", "train")  # which split keeps a duplicated clip
 
 
 def speaker_of(filename: str) -> str:
@@ -132,26 +131,16 @@ def content_hashes(data_dir: Path, clips: list[str]) -> dict[str, str]:
 
 def drop_duplicate_clips(data_dir: Path, split_clips: dict[str, list[str]]
                          ) -> tuple[dict[str, list[str]], list[tuple[str, str]], dict[str, str]]:
-    """Keeps one copy of each set of byte-identical clips: the one in the first split of
-    `SPLIT_PRIORITY` that holds a copy, and within that split the first by path.
+    """Keeps one copy of each set of byte-identical clips (`features.splits.drop_copies`: test,
+    then validation, then train; the first by path within a split).
 
     Returns:
         The clips per split without the dropped copies, (path, "duplicate of <kept>") of
-        each dropped copy, and the SHA-256 of every kept clip.
+        each dropped copy by path, and the SHA-256 of every kept clip.
     """
     hashes = content_hashes(data_dir, [c for clips in split_clips.values() for c in clips])
-    kept_by_hash: dict[str, str] = {}
-    dropped: dict[str, str] = {}
-    for split in SPLIT_PRIORITY:
-        for clip in sorted(split_clips[split]):
-            digest = hashes[clip]
-            if digest in kept_by_hash:
-                dropped[clip] = kept_by_hash[digest]
-            else:
-                kept_by_hash[digest] = clip
-    kept = {split: [c for c in clips if c not in dropped] for split, clips in split_clips.items()}
-    skipped = [(clip, f"duplicate of {original}") for clip, original in sorted(dropped.items())]
-    return kept, skipped, {clip: hashes[clip] for clip in kept_by_hash.values()}
+    kept, skipped = drop_copies(split_clips, hashes.__getitem__, str)
+    return kept, sorted(skipped), {clip: hashes[clip] for clips in kept.values() for clip in clips}
 
 
 def split_list_notes(data_dir: Path, assignment: SplitAssignment, validation_pct: float,

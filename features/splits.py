@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -13,6 +13,36 @@ import pandas as pd
 from features.errors import DataError
 
 SPLITS = ("train", "validation", "test")
+# which split keeps an example several splits hold; any other (unlabelled data) comes after
+SPLIT_PRIORITY = ("test", "validation", "train")
+
+Example = TypeVar("Example")
+
+
+def drop_copies(splits: Mapping[str, Sequence[Example]], content: Callable[[Example], Hashable],
+                name: Callable[[Example], str]
+                ) -> tuple[dict[str, list[Example]], list[tuple[str, str]]]:
+    """Keeps one example of each content (a clip's bytes, a review's text): the one in the
+    first split of SPLIT_PRIORITY that holds one, and within that split the first by name, so
+    that no test example is also trained on.
+
+    Returns:
+        The examples per split, in their order, without the dropped copies; (name, "duplicate
+        of <kept name>") of each dropped copy, split by split in that priority.
+    """
+    rank = {split: index for index, split in enumerate(SPLIT_PRIORITY)}
+    kept: dict[Hashable, str] = {}
+    skipped: list[tuple[str, str]] = []
+    for split in sorted(splits, key=lambda split: rank.get(split, len(rank))):
+        for example in sorted(splits[split], key=name):
+            key = content(example)
+            if key in kept:
+                skipped.append((name(example), f"duplicate of {kept[key]}"))
+            else:
+                kept[key] = name(example)
+    dropped = {dropped_name for dropped_name, _ in skipped}
+    return ({split: [example for example in examples if name(example) not in dropped]
+             for split, examples in splits.items()}, skipped)
 
 
 def require_usable_splits(source: str, class_counts: Mapping[str, Mapping[str, int]],
