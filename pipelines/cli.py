@@ -23,7 +23,7 @@ from pipelines import distribute, evaluation, tracking
 from pipelines.config import TaskConfig, config_from_args, config_parser
 from pipelines.errors import DataError, PipelineError, Terminated, WorkerLost
 from pipelines.interrupts import WORKER_LOST, exit_status, handle_interrupts
-from pipelines.tracking.runs import RedactingFilter, redact
+from pipelines.tracking.stores import RedactingFilter, redact
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,8 @@ from mlflow.utils.requirements_utils import _parse_requirements
 from mlflow.utils.virtualenv import _get_virtualenv_name
 
 from pipelines import cli, sentiment, speech, tracking
-from pipelines.tracking.runs import (
-    PROJECT_RUN_TAG,
-    PROJECT_RUN_VARIABLE,
-    artifact_root,
-    ensure_experiment,
-)
+from pipelines.tracking.runs import PROJECT_RUN_TAG, PROJECT_RUN_VARIABLE, ensure_experiment
+from pipelines.tracking.stores import artifact_root
 from tests.test_layout import requirement_name
 
 REPO = Path(__file__).resolve().parents[1]

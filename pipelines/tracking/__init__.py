@@ -21,13 +21,10 @@ from pipelines.tracking.registry import (
 )
 from pipelines.tracking.runs import (
     EpochMetricsLogger,
-    check_tracking,
-    connect,
     delete_tag,
     download_artifacts,
     find_runs,
     interrupted_run,
-    local_store_uri,
     log_artifacts,
     log_dataset,
     log_dict,
@@ -37,7 +34,6 @@ from pipelines.tracking.runs import (
     log_table,
     log_text,
     open_run,
-    redact,
     run_params,
     run_tags,
     set_tags,
@@ -54,6 +50,7 @@ from pipelines.tracking.served_models import (
     model_run_files,
     model_run_params,
 )
+from pipelines.tracking.stores import check_tracking, connect, local_store_uri, redact
 
 __all__ = [
     "CHAMPION", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel",

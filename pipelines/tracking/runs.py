@@ -1,19 +1,17 @@
-"""The MLflow store and its runs: connecting, opening and ending runs, logging to them."""
+"""MLflow runs: opening and ending them (tied to `mlflow run`'s own), logging to them,
+reading them back."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import keras
 import mlflow
-import requests
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
@@ -21,112 +19,14 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.errors import SetupError
 from pipelines.tracking import leases
+from pipelines.tracking.stores import artifact_root, connect, redact
 
-DB_NAME = "mlflow.db"
-URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 # `mlflow run` starts its entry point with the id of a run of its own in this variable
 PROJECT_RUN_VARIABLE = "MLFLOW_RUN_ID"
 PROJECT_RUN_TAG = "project_run_id"
 MAX_ERROR_CHARS = 4000  # of a failed run's error kept in its tags (a tag holds 8,000)
 
 log = logging.getLogger(__name__)
-
-
-CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):"
-                         r"(?P<password>[^@/\s]+)@")
-CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-
-
-def redact(text: str) -> str:
-    """`text` with the password of every URI in it (`scheme://user:password@host`) replaced
-    by `***`: what is logged, tagged or printed about a tracking URI."""
-    return CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
-
-
-class RedactingFilter(logging.Filter):
-    """Redacts URI passwords from every record a handler writes (`redact`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if CREDENTIALS.search(message):
-            record.msg, record.args = redact(message), None
-        return True
-
-
-def credentials_out_of_uri(uri: str) -> str:
-    """An HTTP tracking URI without its `user:password@`, which MLflow then sends from
-    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (set here unless the user set them):
-    MLflow prints the URI of an HTTP store (its run links), so it must not hold the password.
-    Other URIs (a database's) are returned as they are; only their logged forms are
-    redacted."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or parts.password is None:
-        return uri
-    for name, value in zip(CREDENTIAL_VARIABLES, (parts.username, parts.password),
-                           strict=True):
-        os.environ.setdefault(name, unquote(value or ""))
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=host))
-
-
-def local_store_uri(store_dir: str | Path) -> str:
-    """The SQLite tracking URI of a local store folder (`<store_dir>/mlflow.db`)."""
-    return f"sqlite:///{Path(store_dir).resolve() / DB_NAME}"
-
-
-def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
-    """Points MLflow at `tracking_uri`, or at the local SQLite store in `store_dir`.
-
-    MLflow also writes the URI into os.environ (for subprocesses); that is undone, so the
-    process environment keeps meaning what the user set.
-
-    An HTTP URI's credentials are passed to MLflow through its credential variables
-    (`credentials_out_of_uri`), so that MLflow never prints them.
-
-    Returns:
-        The tracking URI in use (redacted: `redact`).
-    """
-    if tracking_uri:
-        uri = credentials_out_of_uri(tracking_uri)
-    else:
-        Path(store_dir).mkdir(parents=True, exist_ok=True)
-        uri = local_store_uri(store_dir)
-    saved = {name: os.environ.get(name) for name in URI_VARIABLES}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    return redact(uri)
-
-
-def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
-    """Fails fast when an HTTP tracking server does not answer, instead of MLflow's retries
-    (minutes) after the data and features were prepared.
-
-    The server must answer its `/health` endpoint (every `mlflow server` does, without
-    authentication) within `timeout` seconds.
-
-    Raises:
-        SetupError: No connection, no answer in time, or an answer that is not an MLflow
-            server's.
-    """
-    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
-        return
-    url = f"{tracking_uri.rstrip('/')}/health"
-    shown = redact(tracking_uri)
-    try:
-        answer = requests.get(url, timeout=timeout)
-    except requests.RequestException as error:
-        raise SetupError(redact(  # requests' message may hold the URL too
-            f"cannot reach the MLflow tracking server at {shown} "
-            f"({type(error).__name__}: {error}); start it, or unset MLFLOW_TRACKING_URI / "
-            "--tracking-uri to use the local store")) from None
-    if not answer.ok:
-        raise SetupError(f"{shown} is not an MLflow tracking server: {redact(url)} answered "
-                         f"HTTP {answer.status_code}; check MLFLOW_TRACKING_URI / --tracking-uri")
 
 
 def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path):
@@ -181,25 +81,6 @@ def ensure_experiment(name: str, artifacts: Path | None) -> str:
                          f"restore it (mlflow experiments restore --experiment-id "
                          f"{experiment.experiment_id}) or pass another --experiment")
     return experiment.experiment_id
-
-
-def artifact_root(tracking_uri: str | None, store_dir: str | Path) -> Path | None:
-    """Where the experiments a run creates keep their artifacts: `artifacts/` beside the SQLite
-    database (`<store_dir>/artifacts` for the local store, the folder of the file a
-    `sqlite:///` URI names otherwise), never MLflow's default `./mlruns` of the working
-    directory; None for a tracking server, which has its own artifact root."""
-    if not tracking_uri:
-        return Path(store_dir).resolve() / "artifacts"
-    database = sqlite_database(tracking_uri)
-    return None if database is None else database.resolve().parent / "artifacts"
-
-
-def sqlite_database(tracking_uri: str | None) -> Path | None:
-    """The database file a `sqlite:///PATH` tracking URI names (PATH relative to the working
-    directory unless absolute), or None for another URI."""
-    if not tracking_uri or not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(unquote(tracking_uri.removeprefix("sqlite:///").split("?")[0]))
 
 
 @contextlib.contextmanager

@@ -36,13 +36,8 @@ from pipelines.errors import ModelError
 from pipelines.tracking import model_code
 from pipelines.tracking.pyfunc_models import SpeechClassifierModel, TextClassifierModel
 from pipelines.tracking.registry import model_version_of
-from pipelines.tracking.runs import (
-    DB_NAME,
-    check_tracking,
-    connect,
-    run_params,
-    sqlite_database,
-)
+from pipelines.tracking.runs import run_params
+from pipelines.tracking.stores import DB_NAME, check_tracking, connect, sqlite_database
 
 
 def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: str | Path
