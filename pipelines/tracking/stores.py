@@ -96,10 +96,18 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
     The server must answer its `/health` endpoint (every `mlflow server` does, without
     authentication) within `timeout` seconds.
 
+    A `file:` URI is refused at once too: MLflow 3 keeps file stores for reading old ones
+    only, and refuses them unless MLFLOW_ALLOW_FILE_STORE=true.
+
     Raises:
         SetupError: No connection, no answer in time, or an answer that is not an MLflow
-            server's.
+            server's; a file store MLflow would refuse.
     """
+    if (tracking_uri and tracking_uri.startswith("file:")
+            and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true"):
+        raise SetupError(f"{redact(tracking_uri)} is a file store, which this MLflow refuses: "
+                         "pass a database such as sqlite:///PATH/mlflow.db (`mlflow "
+                         "migrate-filestore` moves a file store into one)")
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         return
     url = f"{tracking_uri.rstrip('/')}/health"
