@@ -74,7 +74,9 @@ def run(clips: int, work_dir: Path, data_dir: Path) -> dict:
                                                     mfcc.sample_rate)
                 y[start:stop] = chunk_labels
                 # written, not mapped: pages of a written map would count as this process's
-                os.pwrite(fd, chunk.waveforms.tobytes(), start * row_bytes)
+                data = chunk.waveforms.tobytes()
+                if os.pwrite(fd, data, start * row_bytes) != len(data):
+                    raise OSError(f"{waveform_file}: short write at clip {start} (disk full?)")
                 return chunk
             yield task
 

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.work_dir) as folder:
         options = Options(args.data_dir.resolve(), args.quick, Path(folder))
         figures: list[Figure] = []
-        started = time.perf_counter()
+        started, status = time.perf_counter(), 0
         for name in chosen:
             began = time.perf_counter()
             print(f"-- {name}", file=sys.stderr, flush=True)
@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                                               args.store_dir and args.store_dir.resolve()))
             except PipelineError as error:  # the data, store or options, named; not a bug
                 print(f"error: {name}: {error}", file=sys.stderr)
-                return 2
+                status = 2  # the sections after it are not run; those before are reported
+                break
             figures += new
             print_table(new, sys.stderr)
             print(f"-- {name} took {time.perf_counter() - began:.0f} s", file=sys.stderr,
@@ -254,4 +255,4 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(
             {"quick": args.quick, "cores": os.cpu_count(),
              "figures": [asdict(f) | {"ratio": f.ratio} for f in figures]}, indent=2))
-    return 0
+    return status

@@ -104,7 +104,7 @@ def rating_of(name: str) -> int | None:
     return int(match.group(2)) if match else None
 
 
-def review_text(raw: bytes) -> tuple[str, bool]:
+def decode_review(raw: bytes) -> tuple[str, bool]:
     """A review's bytes as UTF-8 text, and whether undecodable bytes had to be replaced.
 
     Long reviews are not cut here: the model truncates token ids to its sequence length.
@@ -166,7 +166,7 @@ def read_review_files(data_dir: Path, files: Iterable[Path], label: str, reviews
     for path in files:
         relative = path.relative_to(data_dir).as_posix()
         try:
-            text, was_replaced = review_text(path.read_bytes())
+            text, was_replaced = decode_review(path.read_bytes())
         except OSError as error:  # unreadable (permissions), or a folder named *.txt
             skipped.append((relative, f"cannot be read ({error.strerror or error})"))
             continue
@@ -272,4 +272,4 @@ def composed_imdb(train: list[Review], test: list[Review], unlabelled: list[Revi
         {"train": train, "validation": validation, "test": distinct["test"]},
         skipped + duplicates, replaced, source,
         f"stratified {validation_pct:g} % of train (duplicates dropped first), seed {seed}",
-        unlabelled=distinct[UNLABELLED])
+        unlabelled=sorted(distinct[UNLABELLED], key=attrgetter("path")))

@@ -3,7 +3,7 @@
 Imports only TensorFlow, Keras and NumPy, so a saved model holding an `MfccLayer` loads where
 librosa and scipy are not installed: the window, the mel filterbank and the DCT matrix are the
 layer's (non-trainable) weights and travel in the `.keras` file. `features.mfcc` builds them
-from librosa and scipy (`mfcc_layer`) and runs the same maths for the training cache.
+from librosa and scipy (`build_mfcc_layer`) and runs the same maths for the training cache.
 """
 
 from __future__ import annotations

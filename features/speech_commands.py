@@ -1,19 +1,23 @@
 """Reader for the official Speech Commands layout (v0.01 and v0.02).
 
 Layout: `<word>/<speaker>_nohash_<n>.wav`, `_background_noise_/*.wav`, and optionally
-`validation_list.txt` / `testing_list.txt`. The standard 12-class task keeps the ten command
-words, maps every other word to `_unknown_` and cuts `_silence_` clips from the background noise.
+`validation_list.txt` / `testing_list.txt`; clips and recordings may also be FLAC, Ogg or MP3
+files (AUDIO_SUFFIXES, in any case). The standard 12-class task keeps the ten command words,
+maps every other word to `_unknown_` and cuts `_silence_` clips from the background noise.
 
 What a damaged or unusual folder does (each note is also logged as a warning):
 
 - an empty word folder is left out and noted, unless the task needs the word (a command word of
-  the 12-class task), which is a `ValueError` naming the folder;
+  the 12-class task), which is a `ValueError` naming the folder; entries of a word folder that
+  are not clips (subfolders, other files) are counted in a note;
+- a background-noise recording that does not decode is left out, in `skipped` and noted;
 - a missing split list is noted once; the clips it would have placed are split by speaker hash;
 - listed files that do not exist are counted, and the first `MAX_LISTED_PATHS` kept by name;
 - a clip on both lists goes to test (noted);
 - clips with identical bytes are kept once, test before validation before train, and within a
   split the first by path; every dropped copy is in `skipped` as "duplicate of <kept path>", as
-  a copy of a test clip in train would leak the test set into training.
+  a copy of a test clip in train would leak the test set into training; copies filed under
+  another word than the clip kept are noted apart (a labelling error?).
 """
 
 from __future__ import annotations
@@ -168,7 +172,7 @@ def list_word_clips(data_dir: Path, notes: list[str]) -> dict[str, list[str]]:
                    "<word>/<speaker>_nohash_<n>.wav layout")
     words = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
     if not words:
-        raise DataError(f"{data_dir}: no word folders found (expected <word>/*.wav)")
+        raise DataError(f"{data_dir}: no word folders found (expected <word>/<clip>.wav)")
     clips, unread = {}, []
     for word_dir in words:
         audio, other = audio_files(word_dir)
@@ -180,7 +184,8 @@ def list_word_clips(data_dir: Path, notes: list[str]) -> dict[str, list[str]]:
                  f"(clips are {'/'.join(AUDIO_SUFFIXES)} files directly in <word>/), e.g. "
                  f"{', '.join(unread[:3])}")
     if not any(clips.values()):
-        raise DataError(f"{data_dir}: no word folder holds audio clips (expected <word>/*.wav)")
+        raise DataError(f"{data_dir}: no word folder holds audio clips (expected "
+                        "<word>/<clip>.wav)")
     return clips
 
 
@@ -240,7 +245,7 @@ def silence_examples(
     usable = [name for name, length in noise.items() if length >= clip_samples]
     if count and not usable:
         found = f"all {len(noise)} are shorter" if noise else "it holds none that decodes"
-        raise DataError(f"{noise_dir}: _silence_ needs *.wav recordings of at least one clip "
+        raise DataError(f"{noise_dir}: _silence_ needs audio recordings of at least one clip "
                         f"length; {found} (--silence-pct 0 trains without _silence_)")
     low, high = np.log(rms_range[0]), np.log(rms_range[1])
     examples = []
@@ -371,13 +376,18 @@ def test_release_examples(data_dir: str | Path) -> list[Example]:
     """
     data_dir = require_folder(data_dir, "Speech Commands test folder")
     classes = set(TWELVE_CLASS_LABELS)
-    examples = []
+    examples, unread = [], []
     for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
         if folder.name not in classes:
             raise DataError(f"{folder}: not one of the 12 test-release classes "
                              f"({', '.join(sorted(classes))})")
+        audio, other = audio_files(folder)
         examples += [Example(folder.name, path.relative_to(data_dir).as_posix())
-                     for path in audio_files(folder)[0]]
+                     for path in audio]
+        unread += [path.relative_to(data_dir).as_posix() for path in other]
+    if unread:
+        log.warning("%s: %d entries of class folders are not clips and were not read, e.g. %s",
+                    data_dir, len(unread), ", ".join(unread[:3]))
     if not examples:
-        raise DataError(f"{data_dir}: no .wav clips in its class folders")
+        raise DataError(f"{data_dir}: no audio clips in its class folders")
     return examples

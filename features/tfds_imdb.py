@@ -1,7 +1,7 @@
 """IMDB reviews through tensorflow-datasets (`imdb_reviews/plain_text`).
 
 Each review's id is `<split>/<index>` in the TFDS split. Reviews are decoded and skipped as the
-folder reader decodes and skips them (`features.imdb.review_text` and `unusable`): UTF-8 with
+folder reader decodes and skips them (`features.imdb.decode_review` and `unusable`): UTF-8 with
 undecodable bytes replaced (noted); empty ones, and those with no text outside HTML tags,
 skipped. The splits are composed as the
 folder reader's (`features.imdb.composed_imdb`): reviews with identical text are kept once,
@@ -20,7 +20,7 @@ from features.imdb import (
     ImdbData,
     Review,
     composed_imdb,
-    review_text,
+    decode_review,
     unusable,
 )
 from features.tfds_source import prepared_builder, prepared_version
@@ -72,7 +72,7 @@ def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int,
         reviews = []
         for index, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
             review_id = f"{split}/{index}"
-            text, was_replaced = review_text(example["text"])
+            text, was_replaced = decode_review(example["text"])
             reason = unusable(text)
             if reason:
                 skipped.append((review_id, reason))

@@ -311,7 +311,8 @@ def summary_lines(result: dict) -> list[str]:
 def read_clips(parser: argparse.ArgumentParser, argv: list[str]
                ) -> tuple[argparse.Namespace, cli.Inputs]:
     """`predict FILE [FILE ...]`: the files' bytes; an unreadable file is failed by name, and
-    one longer than a clip is named on stderr (the model labels its first clip's length)."""
+    one longer than a default clip is named on stderr (a model labels its first clip's
+    length only)."""
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, ...)")
     args = parser.parse_args(argv)
     clips, failed, clip_seconds = [], {}, MfccConfig().clip_seconds
@@ -324,8 +325,9 @@ def read_clips(parser: argparse.ArgumentParser, argv: list[str]
         with contextlib.suppress(AudioDecodeError):  # the model answers it with the reason
             seconds = audio_info(clips[-1], name).duration
             if seconds > clip_seconds + 0.05:
-                print(f"{name}: {seconds:.1f} s long: labelled by its first {clip_seconds:g} s "
-                      "(listen spots keywords in longer recordings)", file=sys.stderr)
+                print(f"{name}: {seconds:.1f} s long: labelled by its first clip's length "
+                      f"({clip_seconds:g} s by default; listen spots keywords in longer "
+                      "recordings)", file=sys.stderr)
     return args, cli.Inputs(pd.DataFrame({"audio": clips}), list(args.files), failed)
 
 

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from features.imdb import carve_validation, load_imdb, rating_of, read_split_folder
+from features.imdb import (
+    UNLABELLED,
+    Review,
+    carve_validation,
+    composed_imdb,
+    load_imdb,
+    rating_of,
+    read_split_folder,
+)
 
 ONE_MEGABYTE_REVIEW = ("A slow but great film. " * 50_000)[:2**20]  # read whole, not cut
 
@@ -155,3 +163,19 @@ def test_unlabelled_reviews_are_read_on_request_without_copies_of_labelled_ones(
 def test_a_folder_without_unsup_has_no_unlabelled_reviews(imdb_dir: Path):
     shutil.rmtree(imdb_dir / "train" / "unsup")
     assert load_imdb(imdb_dir, validation_pct=25, seed=0, unlabelled=True).unlabelled == []
+
+
+def test_unlabelled_reviews_come_back_in_path_order_whatever_order_they_were_read_in():
+    """Their order is part of the pretraining corpus's digest (the key pretrained vectors are
+    found by): TFDS ids read in index order are put in path (string) order, as the folder's."""
+    def review(path: str, label: str) -> Review:
+        return Review(f"text of {path}", label, path)
+
+    labelled = [review(f"train/{n}", label) for n, label in enumerate(["neg", "pos"] * 5)]
+    unlabelled = [review(f"unsupervised/{n}", UNLABELLED) for n in range(12)]
+    data = composed_imdb(labelled, [review("test/0", "neg"), review("test/1", "pos")],
+                         unlabelled, skipped=[], replaced=[], source="s", validation_pct=20,
+                         seed=0)
+    assert [r.path for r in data.unlabelled] == sorted(r.path for r in unlabelled)
+    assert [r.path for r in data.unlabelled][:4] == [
+        "unsupervised/0", "unsupervised/1", "unsupervised/10", "unsupervised/11"]

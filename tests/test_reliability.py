@@ -72,11 +72,13 @@ def test_served_model_commands_check_the_server_too(tmp_path: Path, capsys):
     code = speech.main(["predict", "--tracking-uri", uri, str(tmp_path / "clip.wav")])
     assert code == 2 and "cannot reach the MLflow tracking server" in capsys.readouterr().err
     # a file store, which MLflow 3 refuses, is named as such (not as a missing model)
-    code = speech.main(["predict", "--tracking-uri", tmp_path.as_uri(), str(tmp_path / "c.wav")])
-    assert code == 2 and capsys.readouterr().err == (
-        f"error: {tmp_path.as_uri()} is a file store, which this MLflow refuses: pass a "
-        "database such as sqlite:///PATH/mlflow.db (`mlflow migrate-filestore` moves a file "
-        "store into one)\n")
+    for store in (tmp_path.as_uri(), str(tmp_path)):
+        code = speech.main(["predict", "--tracking-uri", store, str(tmp_path / "c.wav")])
+        assert code == 2 and capsys.readouterr().err == (
+            f"error: {store} is a file store, which this MLflow refuses: pass a database such "
+            "as sqlite:///PATH/mlflow.db (`mlflow migrate-filestore` moves a file store into "
+            "one), or set MLFLOW_ALLOW_FILE_STORE=true\n")
+    assert not tracking.is_file_store("databricks")
 
 
 @pytest.mark.parametrize(("option", "purpose"), [("--store-dir", "MLflow store folder"),

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.streaming import trained_predictor
 from benchmarks.suite import Options
+from benchmarks.suite import main as benchmarks_main
 from features.errors import ConfigError
 from features.speech_commands import COMMAND_WORDS
 from features.speech_data import prepare_speech_data
@@ -97,8 +98,8 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     assert code == 1
     first, second, third = (line.split("\t") for line in printed.out.strip().split("\n"))
     assert third[:2] == [str(long), first[1]]
-    assert (f"{long}: 3.0 s long: labelled by its first 1 s (listen spots keywords in longer "
-            "recordings)") in printed.err
+    assert (f"{long}: 3.0 s long: labelled by its first clip's length (1 s by default; listen "
+            "spots keywords in longer recordings)") in printed.err
     assert second[:2] == [f"{tmp_path}/take\\t2.wav", first[1]] and len(second) == 3
     name, label, probability = first
     assert name == str(clip_path) and label == answer.loc[0, "label"]
@@ -243,6 +244,10 @@ def test_evaluate_any_model_on_both_layouts(speech_dir: Path, shared_speech_dir:
     with pytest.raises(ConfigError, match=r"champion \(v1\) was trained on other splits than "
                        r"the default \(--unknown-pct 30.0\)"):
         trained_predictor(Options(shared_speech_dir.parent, True, tmp_path, store))
+    capsys.readouterr()
+    assert benchmarks_main(["--only", "noise", "--quick", "--store-dir", str(store),
+                            "--work-dir", str(tmp_path / "bench")]) == 2
+    assert "error: noise: " in capsys.readouterr().err
 
 
 def test_tutorial_cnn_reference_is_logged_beside_the_recurrent_runs(speech_dir: Path,

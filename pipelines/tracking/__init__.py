@@ -50,13 +50,19 @@ from pipelines.tracking.served_models import (
     model_run_files,
     model_run_params,
 )
-from pipelines.tracking.stores import check_tracking, connect, local_store_uri, redact
+from pipelines.tracking.stores import (
+    check_tracking,
+    connect,
+    is_file_store,
+    local_store_uri,
+    redact,
+)
 
 __all__ = [
     "CHAMPION", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel",
     "TextClassifierModel", "champion_decision", "check_tracking", "connect",
     "current_champion", "delete_tag", "download_artifacts", "find_runs",
-    "interrupted_run", "link_evaluation", "load_served_model", "local_store_uri",
+    "interrupted_run", "is_file_store", "link_evaluation", "load_served_model", "local_store_uri",
     "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics",
     "model_labels", "model_run_files", "model_run_params", "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",

@@ -127,7 +127,7 @@ def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str |
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
         raise ModelError(f"{name}: cannot be loaded ({message})") from error
     schema = model.metadata.get_input_schema()
-    takes = schema.input_names() if schema is not None else None
+    takes = schema.input_names() if schema is not None and schema.has_input_names() else None
     if sends and takes is not None and not set(sends) & set(takes):
         raise ModelError(f"{name}: takes {', '.join(takes)}, not the {', '.join(sends)} this "
                          "command sends (a model of the other pipeline?)")

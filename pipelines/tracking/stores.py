@@ -89,6 +89,13 @@ def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
     return redact(uri)
 
 
+def is_file_store(tracking_uri: str | None) -> bool:
+    """Whether MLflow would take `tracking_uri` for a file store: a `file:` URI, or a path
+    (`/...`, `./...`, `~/...`; a bare word such as `databricks` names another store)."""
+    return bool(tracking_uri) and (tracking_uri.startswith("file:")
+                                   or tracking_uri.startswith(("/", "./", "../", "~")))
+
+
 def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
     """Fails fast when an HTTP tracking server does not answer, instead of MLflow's retries
     (minutes) after the data and features were prepared.
@@ -96,18 +103,19 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
     The server must answer its `/health` endpoint (every `mlflow server` does, without
     authentication) within `timeout` seconds.
 
-    A `file:` URI is refused at once too: MLflow 3 keeps file stores for reading old ones
-    only, and refuses them unless MLFLOW_ALLOW_FILE_STORE=true.
+    A file store (a `file:` URI or a folder's path) is refused at once too: MLflow 3 refuses
+    them unless MLFLOW_ALLOW_FILE_STORE=true.
 
     Raises:
         SetupError: No connection, no answer in time, or an answer that is not an MLflow
             server's; a file store MLflow would refuse.
     """
-    if (tracking_uri and tracking_uri.startswith("file:")
-            and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true"):
+    if (is_file_store(tracking_uri)
+            and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1")):
         raise SetupError(f"{redact(tracking_uri)} is a file store, which this MLflow refuses: "
                          "pass a database such as sqlite:///PATH/mlflow.db (`mlflow "
-                         "migrate-filestore` moves a file store into one)")
+                         "migrate-filestore` moves a file store into one), or set "
+                         "MLFLOW_ALLOW_FILE_STORE=true")
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         return
     url = f"{tracking_uri.rstrip('/')}/health"
@@ -128,7 +136,7 @@ def artifact_root(tracking_uri: str | None, store_dir: str | Path) -> Path | Non
     """Where the experiments a run creates keep their artifacts: `artifacts/` beside the SQLite
     database (`<store_dir>/artifacts` for the local store, the folder of the file a
     `sqlite:///` URI names otherwise), never MLflow's default `./mlruns` of the working
-    directory; None for a tracking server, which has its own artifact root."""
+    directory; None for any other store (a tracking server has its own artifact root)."""
     if not tracking_uri:
         return Path(store_dir).resolve() / "artifacts"
     database = sqlite_database(tracking_uri)
