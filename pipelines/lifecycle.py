@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import shutil
 import tempfile
 import time
@@ -98,13 +99,13 @@ def prepare_run(config: TaskConfig, pipeline: str) -> TaskConfig:
     config = join_cluster(config)
     run = config.run
     tracking.check_tracking(run.tracking_uri)
+    if run.resume:  # before anything could make a store where the run's is not
+        config = resumed_config(config, pipeline)
     if not run.tracking_uri:
         require_writable_dir(run.store_dir, "MLflow store folder")
     elif run.tracking_uri.startswith("sqlite:///"):  # a database file (not sqlite:// in memory)
         require_writable_dir(Path(run.tracking_uri.removeprefix("sqlite:///")).parent,
                              "MLflow store folder")
-    if run.resume:
-        config = resumed_config(config, pipeline)
     for purpose, folder in config.writable_folders().items():
         require_writable_dir(folder, purpose)
     if run.strategy == distribute.MULTI_WORKER:
@@ -125,6 +126,11 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
     if run.sweep:
         raise SetupError("--resume continues one interrupted run; it cannot be combined with "
                          "--sweep")
+    database = (Path(run.store_dir) / tracking.DB_NAME if not run.tracking_uri
+                else tracking.sqlite_database(run.tracking_uri))
+    if database is not None and not database.is_file():  # none is made there
+        raise SetupError(f"--resume {run.resume}: there is no MLflow store at {database}: pass "
+                         "the --store-dir or --tracking-uri the run logged to")
     params, tags = tracking.interrupted_run(run.resume, run.tracking_uri, run.store_dir)
     if tags.get("pipeline") != pipeline:
         raise SetupError(f"--resume {run.resume}: that run is not a {pipeline} training run "
@@ -133,9 +139,17 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
     if checkpoints.latest_checkpoint(checkpoint) is None:
         raise SetupError(f"--resume {run.resume}: no checkpoint at {checkpoint} (the run "
                          "stopped before its first epoch ended, or finished); start a new run")
-    return config_from_params(type(config), params).replace(
+    resumed = config_from_params(type(config), params).replace(
         tracking_uri=run.tracking_uri, store_dir=run.store_dir, resume=run.resume,
         checkpoint_dir=str(checkpoint.parent))
+    defaults, given, logged = type(config)().options(), config.options(), resumed.options()
+    flags = {name: option.flag for name, option in config.option_fields().items()}
+    ignored = [f"{flags[name]} {value}" for name, value in given.items()
+               if value != defaults[name] and value != logged[name]]
+    if ignored:
+        log.warning("--resume %s takes every option from the run's logged parameters; not "
+                    "used: %s", run.resume, ", ".join(ignored))
+    return resumed
 
 
 def join_cluster(config: TaskConfig) -> TaskConfig:
@@ -286,6 +300,16 @@ class TrackedRun:
             "run_id": self.run_id, "total_seconds": seconds})
 
 
+def store_options(run: RunConfig) -> str:
+    """The options that name `run`'s store on a command line (none for the default store; a
+    tracking URI's password redacted), for the `--resume` command a stopped run suggests."""
+    if run.tracking_uri:
+        return f" --tracking-uri {shlex.quote(tracking.redact(run.tracking_uri))}"
+    if Path(run.store_dir).resolve() != Path(RunConfig.store_dir).resolve():  # the default
+        return f" --store-dir {shlex.quote(str(Path(run.store_dir).resolve()))}"
+    return ""
+
+
 @contextlib.contextmanager
 def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
     """Opens an MLflow run in the config's experiment (or reopens `--resume`'s) for the
@@ -306,8 +330,8 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
         except KeyboardInterrupt:
             if checkpoint is not None and checkpoints.latest_checkpoint(checkpoint) is not None:
                 log.warning("run %s interrupted; its last epoch checkpoint is in %s. Continue "
-                            "it with: python -m pipelines.%s --resume %s", run_id, checkpoint,
-                            pipeline.removesuffix("-sweep"), run_id)
+                            "it with: python -m pipelines.%s --resume %s%s", run_id, checkpoint,
+                            pipeline.removesuffix("-sweep"), run_id, store_options(run))
             raise
         if checkpoint is not None:  # tagged above, or by the run --resume continues
             tracking.delete_tag("checkpoint")  # the folder goes next: the tag would name nothing

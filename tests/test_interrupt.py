@@ -116,10 +116,16 @@ def test_resume_refuses_a_finished_run_and_an_unknown_one(speech_dir: Path, tmp_
     assert "the run is FINISHED; only KILLED or FAILED runs" in capsys.readouterr().err
     assert speech.main(["--resume", "0" * 32, "--store-dir", store]) == 2
     assert "no such run" in capsys.readouterr().err
+    elsewhere = tmp_path / "typo"  # a store folder that is not the run's: named, nothing made
+    assert speech.main(["--resume", run_id, "--store-dir", str(elsewhere)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --resume {run_id}: there is no MLflow store at {elsewhere / 'mlflow.db'}: pass "
+        "the --store-dir or --tracking-uri the run logged to\n")
+    assert not elsewhere.exists()
 
 
 def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir: Path,
-                                                                        tmp_path: Path):
+                                                                        tmp_path: Path, caplog):
     """Ctrl-C (SIGINT from another thread) while `main` trains: the pipeline returns 130 with
     the run KILLED; --resume refits the n-gram branch, continues the recurrent model from its
     checkpoint and logs one blended model."""
@@ -133,16 +139,24 @@ def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir
         return bool(runs) and completed_epochs(runs[0]) >= 2
 
     watcher = interrupt_when(two_epochs_done, interval=0.02)
+    caplog.set_level("WARNING", "pipelines.lifecycle")
     assert sentiment.main(args) == 130
     watcher.join()
     (checkpoint,) = checkpoints.iterdir()
+    # the command it suggests names the run's store, which is not the default one
+    assert any(message.endswith(f"Continue it with: python -m pipelines.sentiment --resume "
+                                f"{checkpoint.name} --store-dir {tmp_path / 'mlruns'}")
+               for message in caplog.messages)
     tracking.connect(None, tmp_path / "mlruns")
     client = MlflowClient()
     assert client.get_run(checkpoint.name).info.status == "KILLED"
 
     assert sentiment.main(["--resume", checkpoint.name, "--store-dir",
-                           str(tmp_path / "mlruns")]) == 0
+                           str(tmp_path / "mlruns"), "--epochs", "5"]) == 0
+    assert any(message.endswith("takes every option from the run's logged parameters; not "
+                                "used: --epochs 5") for message in caplog.messages)
     run = client.get_run(checkpoint.name)
+    assert run.data.params["epochs"] == "12"
     assert run.info.status == "FINISHED" and "blend_weight" in run.data.metrics
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
     assert steps == list(range(int(run.data.metrics["epochs_trained"])))

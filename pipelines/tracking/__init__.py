@@ -51,6 +51,7 @@ from pipelines.tracking.served_models import (
     model_run_params,
 )
 from pipelines.tracking.stores import (
+    DB_NAME,
     check_tracking,
     connect,
     is_file_store,
@@ -59,7 +60,7 @@ from pipelines.tracking.stores import (
 )
 
 __all__ = [
-    "CHAMPION", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel",
+    "CHAMPION", "DB_NAME", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel",
     "TextClassifierModel", "champion_decision", "check_tracking", "connect",
     "current_champion", "delete_tag", "download_artifacts", "find_runs",
     "interrupted_run", "is_file_store", "link_evaluation", "load_served_model", "local_store_uri",
@@ -67,5 +68,5 @@ __all__ = [
     "model_labels", "model_run_files", "model_run_params", "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
     "model_version_of", "open_run", "redact", "register_and_promote", "run_params",
-    "run_tags", "set_tags",
+    "run_tags", "set_tags", "sqlite_database",
 ]
