@@ -25,6 +25,11 @@ class RequestTooLarge(PipelineError, ValueError):
     """A request over a served model's bounds (rows or payload bytes); none of it was decoded."""
 
 
+class NoInputColumns(PipelineError, ValueError):
+    """A request holding none of a served model's input columns (MLflow drops the columns its
+    signature does not name, rows and all)."""
+
+
 def check_request(sizes: Sequence[int], max_bytes: int, what: str) -> None:
     """Refuses a request (`sizes`: each row's payload bytes) of more than MAX_REQUEST_ROWS rows
     or `max_bytes` bytes of `what` in all.

@@ -50,6 +50,7 @@ from pipelines.errors import ModelError
 from pipelines.request_bounds import (
     SPEECH_MAX_REQUEST_BYTES,
     TEXT_MAX_REQUEST_BYTES,
+    NoInputColumns,
     check_request,
     is_waveform,
     speech_row_bytes,
@@ -133,6 +134,9 @@ def rows_of(model_input: Any, columns: Sequence[str]) -> list[dict]:
                               for key, value in model_input.items()})
     else:
         frame = pd.DataFrame({columns[0]: list(model_input)})
+    if not len(frame.columns):
+        raise NoInputColumns(f"the request holds none of the model's input columns "
+                             f"({', '.join(columns)})")
     if not set(columns) & set(frame.columns):
         frame = frame.rename(columns={frame.columns[0]: columns[0]})
     return frame.to_dict("records")
@@ -187,6 +191,9 @@ class SpeechPredictor:
             return self.waveform_clip(waveform, row.get("sample_rate"))
         if isinstance(audio, bytes | bytearray):
             raise AudioDecodeError(f"audio: {EMPTY}")
+        if audio is not None and not (isinstance(audio, float) and np.isnan(audio)):
+            raise AudioDecodeError(f"audio: expected a file's bytes (base64 in JSON), got "
+                                   f"{type(audio).__name__}")
         raise AudioDecodeError("expected 'audio' (file bytes) or 'waveform' with 'sample_rate'")
 
     def waveform_clip(self, waveform: Any, rate: Any) -> np.ndarray:

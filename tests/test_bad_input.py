@@ -30,6 +30,7 @@ from features.text import (
     standardize_review,
 )
 from models.recurrent import text_to_probabilities
+from pipelines.request_bounds import NoInputColumns
 from pipelines.serving import MAX_AUDIO_SECONDS, MAX_TEXT_CHARS, SpeechPredictor, TextPredictor
 from tests.builders import frame_classifier, text_classifier
 from tests.datasets import make_speech_commands, review_text, tone
@@ -221,6 +222,16 @@ def test_served_model_answers_each_wav_case_beside_good_clips(case: WavCase,
         assert_rejected(answer, 1, f"^audio: {error}")
     else:
         assert_answered(answer, 1)
+
+
+def test_served_rows_without_a_clip_say_what_they_hold(speech_predictor: SpeechPredictor):
+    good = wav_bytes(tone(440))
+    answer = speech_predictor.predict(pd.DataFrame({"audio": [good, [good], "UklGRg=="]}))
+    assert_answered(answer, 0)
+    assert_rejected(answer, 1, r"^audio: expected a file's bytes \(base64 in JSON\), got list$")
+    assert_rejected(answer, 2, r"^audio: expected a file's bytes \(base64 in JSON\), got str$")
+    with pytest.raises(NoInputColumns, match="none of the model's input columns"):
+        speech_predictor.predict(pd.DataFrame(index=range(2)))
 
 
 def test_served_audio_over_the_limit_is_rejected_from_its_header(

@@ -160,6 +160,13 @@ def test_speech_server_labels_a_real_clip(server: str, store: Path, shared_speec
     assert predictions[1]["label"] is None and "not decodable audio" in predictions[1]["error"]
     assert predictions[1]["probability_yes"] is None  # null: the answer is strict JSON
 
+    # a clip in a column the model does not take: refused whole, the columns it takes named
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        invoke(server, {"dataframe_records": [{"text": base64.b64encode(clip).decode()}]})
+    assert refused.value.code == 400
+    assert ("the request holds none of the model's input columns (audio, waveform, "
+            "sample_rate)") in json.loads(refused.value.read())["message"]
+
 
 @pytest.mark.parametrize("server", ["imdb-sentiment"], indirect=True)
 def test_sentiment_server_labels_real_reviews(server: str, store: Path, shared_imdb_dir: Path):

@@ -17,6 +17,7 @@ from features.errors import ConfigError
 from features.speech_commands import COMMAND_WORDS
 from features.speech_data import prepare_speech_data
 from pipelines import cli, speech, tracking
+from pipelines.request_bounds import NoInputColumns
 from pipelines.speech import SpeechConfig
 
 
@@ -80,6 +81,11 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
                                       "left", "right", "on", "off", "stop", "go"}
     assert answer.filter(like="probability_").iloc[0].sum() == pytest.approx(1, abs=1e-5)
     assert pd.isna(answer.loc[1, "label"]) and "not decodable audio" in answer.loc[1, "error"]
+    # columns the signature does not name are dropped by MLflow: the request is refused whole
+    with pytest.raises(NoInputColumns, match=r"^the request holds none of the model's input "
+                       r"columns \(audio, waveform, sample_rate\)$"):
+        served.predict(pd.DataFrame({"text": [clip]}))
+    assert served.predict(pd.DataFrame({"audio": pd.Series([], dtype=object)})).empty
     contexts = {tag.value for i in run.inputs.dataset_inputs for tag in i.tags
                 if tag.key == "mlflow.data.context"}
     assert contexts == {"train", "validation", "test"}

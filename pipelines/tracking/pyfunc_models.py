@@ -20,7 +20,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.utils.yaml_utils import read_yaml
 
 from pipelines.errors import ModelError
-from pipelines.request_bounds import RequestTooLarge
+from pipelines.request_bounds import NoInputColumns, RequestTooLarge
 from pipelines.serving import SpeechPredictor, TextPredictor
 
 REGISTERED_MODEL_META = "registered_model_meta"  # written by MLflow beside MLmodel on download
@@ -29,6 +29,13 @@ REGISTERED_MODEL_META = "registered_model_meta"  # written by MLflow beside MLmo
 class RequestRefused(RequestTooLarge, MlflowException):
     """RequestTooLarge as MLflow's scoring server answers it: HTTP 400 with the message (and
     still a PipelineError, which `predict` reports as `error: ...`)."""
+
+    def __init__(self, message: str):
+        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
+
+
+class InputsRefused(NoInputColumns, MlflowException):
+    """NoInputColumns as MLflow's scoring server answers it, as RequestRefused."""
 
     def __init__(self, message: str):
         MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
@@ -67,6 +74,8 @@ class ServedModel(mlflow.pyfunc.PythonModel):
             return self._predictor.predict(model_input)
         except RequestTooLarge as error:
             raise RequestRefused(str(error)) from None
+        except NoInputColumns as error:
+            raise InputsRefused(str(error)) from None
 
 
 class TextClassifierModel(ServedModel):
