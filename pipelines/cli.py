@@ -251,7 +251,8 @@ def registry_lines(result: dict) -> list[str]:
         lines.append(f"registered        version {result['registered_version']} "
                      f"({status}: {result['promotion_reason']})")
     elif "promotion_reason" in result:
-        lines.append(f"not registered    ({result['promotion_reason']})")
+        reason = result["promotion_reason"].removeprefix("not registered: ")
+        lines.append(f"not registered    ({reason})")
     return lines
 
 

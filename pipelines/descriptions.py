@@ -10,27 +10,29 @@ written by the registry when the champion rule has decided it
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from pipelines.config import TaskConfig
 
 
-def run_name(config: TaskConfig, pipeline: str) -> str:
+def run_name(config: TaskConfig, pipeline: str, swept: Collection[str] = ()) -> str:
     """The run's name: `--run-name` if given, else task, model and seed, e.g.
     `speech-crnn-bigru64-s0`, `sentiment-bigru128-ngrams-s1`, `sentiment-tfidf-logreg-s0`;
-    a sweep's parent adds `-sweepN`."""
+    a sweep's parent adds `-sweepN` and leaves out what its search space varies (`swept`:
+    `speech-bigru-s0-sweep8` when the units and the front end are searched)."""
     if config.run.run_name:
         return config.run.run_name
     task = pipeline.removesuffix("-sweep")
     model = config.model.model
     if model == "recurrent":
-        parts = [f"bi{config.recurrent.cell}{config.recurrent.units}"]
-        if getattr(config.model, "front_end", None) == "conv":
-            parts.insert(0, "crnn")
-        elif task == "speech":
-            parts.insert(0, "rnn")
-        if getattr(getattr(config, "ngram", None), "ngram_features", 0):
+        units = "" if "units" in swept else config.recurrent.units
+        parts = [f"bi{config.recurrent.cell}{units}"]
+        if "front_end" not in swept and task == "speech":
+            front_end = getattr(config.model, "front_end", None)
+            parts.insert(0, "crnn" if front_end == "conv" else "rnn")
+        if "ngram_features" not in swept and getattr(getattr(config, "ngram", None),
+                                                     "ngram_features", 0):
             parts.append("ngrams")
     else:
         parts = [model]

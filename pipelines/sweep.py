@@ -64,8 +64,17 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=config.optim.seed))
     trials = config.run.sweep
-    with lifecycle.tracked_run(config, f"{pipeline}-sweep") as parent:
-        tracking.log_params(config.options())
+    defaults = type(config)().options()
+    overridden = [f"--{name.replace('_', '-')} {value}" for name, value in config.options().items()
+                  if name in space and value != defaults[name]]
+    if overridden:
+        log.warning("--sweep searches %s: %s not used", ", ".join(space), ", ".join(overridden))
+    parent_name = descriptions.run_name(config, f"{pipeline}-sweep", swept=space)
+    with lifecycle.tracked_run(config.replace(run_name=parent_name),
+                               f"{pipeline}-sweep") as parent:
+        # the fixed part of the config (the searched options: space.* and best.*)
+        tracking.log_params({name: value for name, value in config.options().items()
+                             if name not in space})
         tracking.log_params({f"space.{name}": describe(dist) for name, dist in space.items()})
         tracking.log_dict({name: json.loads(dists.distribution_to_json(dist))
                            for name, dist in space.items()}, "sweep/search_space.json")

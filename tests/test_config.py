@@ -257,3 +257,13 @@ def test_evaluate_reads_the_data_folder_from_the_variable_training_reads(
         "error: models:/speech-commands@champion: there is no MLflow store in"
         if commands is speech.COMMANDS
         else f"error: IMDB data folder not found: {tmp_path / 'absent'}")
+
+
+def test_a_sweeps_name_leaves_out_what_it_searches():
+    config = SpeechConfig.from_options(sweep=8)
+    assert run_name(config, "speech-sweep") == "speech-crnn-bigru64-s0-sweep8"
+    assert run_name(config, "speech-sweep", swept={"units", "front_end"}) == (
+        "speech-bigru-s0-sweep8")
+    sentiment_config = SentimentConfig.from_options(sweep=4)
+    assert run_name(sentiment_config, "sentiment-sweep", swept={"ngram_features"}) == (
+        "sentiment-bigru128-s0-sweep4")

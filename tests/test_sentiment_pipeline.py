@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import sentiment, tracking
+from pipelines import cli, sentiment, tracking
 from pipelines.sentiment import SentimentConfig
 
 
@@ -89,6 +89,9 @@ def test_baseline_is_logged_beside_and_registered_only_when_it_wins(imdb_dir: Pa
     second = sentiment.run(config)  # same accuracy: does not beat the champion
     assert second["registered_version"] is None and not second["champion"]
     assert second["promotion_reason"].startswith("not registered: test accuracy")
+    [line] = [line for line in cli.registry_lines(second)
+              if line.startswith("not registered")]
+    assert line.startswith("not registered    (test accuracy")  # said once
 
     tracking.connect(None, store)
     client = MlflowClient()

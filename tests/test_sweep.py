@@ -16,12 +16,16 @@ from pipelines.sweep import run_sweep
 
 
 def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_path: Path,
-                                                          capsys):
+                                                          capsys, caplog):
     store = tmp_path / "mlruns"
     args = ["--data-dir", str(speech_dir), "--store-dir", str(store), "--cache-dir",
             str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "16", "--sweep", "2",
-            "--run-name", "tiny"]
+            "--run-name", "tiny", "--units", "8"]
+    caplog.set_level("WARNING", "pipelines.sweep")
     assert speech.main(args) == 0
+    # a searched option given on the command line is named as not used
+    assert any(message.startswith("--sweep searches front_end, pooling, units,")
+               and message.endswith(": --units 8 not used") for message in caplog.messages)
     out, err = capsys.readouterr()
     assert "Downloading artifacts" not in err  # no MLflow progress bars
     assert "sweep             2 trials" in out and "best parameters   front_end=" in out
@@ -38,8 +42,10 @@ def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_
     assert parent.info.run_name == "tiny"
     assert all(run.data.params["sweep"] == "0" and run.data.params["register"] == "False"
                for run in trials)
-    # the search space and every trial's score are on the parent
+    # the search space and every trial's score are on the parent, whose parameters are the
+    # fixed part of the config (not the command line's value of a searched option)
     assert parent.data.params["space.units"] == "32 to 128 step 32"
+    assert "units" not in parent.data.params and parent.data.params["epochs"] == "1"
     assert parent.data.params["space.front_end"] == "one of conv, none"
     scores = client.get_metric_history(parent.info.run_id, "trial_val_accuracy")
     assert [point.step for point in scores] == [0, 1]
