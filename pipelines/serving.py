@@ -356,7 +356,10 @@ def usable_review(value: Any) -> tuple[str | None, str | None]:
     decoded as UTF-8 with replacement and lone surrogates replaced, as training reads files
     (features.text.review_text). A review that standardises to no tokens (only HTML, only
     punctuation) is usable: it is encoded as one unknown token, as in training."""
-    if not isinstance(value, str | bytes) or not value.strip():
+    missing = value is None or (isinstance(value, float) and np.isnan(value))  # null, NaN
+    if not missing and not isinstance(value, str | bytes):
+        return None, f"text: expected a review string, got {type(value).__name__}"
+    if missing or not value.strip():
         return None, "text: expected a non-empty review string"
     text = review_text(value)
     if len(text) > MAX_TEXT_CHARS:
