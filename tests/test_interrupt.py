@@ -122,6 +122,10 @@ def test_resume_refuses_a_finished_run_and_an_unknown_one(speech_dir: Path, tmp_
         f"error: --resume {run_id}: there is no MLflow store at {elsewhere / 'mlflow.db'}: pass "
         "the --store-dir or --tracking-uri the run logged to\n")
     assert not elsewhere.exists()
+    typo = f"sqlite:///{elsewhere}/mlflow.db"  # nor one a SQLite URI names
+    assert speech.main(["--resume", run_id, "--tracking-uri", typo]) == 2
+    assert f"there is no MLflow store at {elsewhere / 'mlflow.db'}" in capsys.readouterr().err
+    assert not elsewhere.exists()
 
 
 def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir: Path,

@@ -295,3 +295,7 @@ def test_class_names_mlflow_cannot_use_get_safe_metric_names(tmp_path: Path):
     metrics = MlflowClient().get_run(run_id).data.metrics
     assert metrics["test_recall_uber_word"] == 1 and metrics["test_recall_yes"] == 0.5
     assert {f"test_precision_{name}" for name in names.values()} <= set(metrics)
+
+
+def test_every_name_the_tracking_package_exports_exists():
+    assert [name for name in tracking.__all__ if not hasattr(tracking, name)] == []

@@ -57,6 +57,7 @@ from pipelines.tracking.stores import (
     is_file_store,
     local_store_uri,
     redact,
+    sqlite_database,
 )
 
 __all__ = [
