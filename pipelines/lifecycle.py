@@ -101,11 +101,9 @@ def prepare_run(config: TaskConfig, pipeline: str) -> TaskConfig:
     tracking.check_tracking(run.tracking_uri)
     if run.resume:  # before anything could make a store where the run's is not
         config = resumed_config(config, pipeline)
-    if not run.tracking_uri:
-        require_writable_dir(run.store_dir, "MLflow store folder")
-    elif run.tracking_uri.startswith("sqlite:///"):  # a database file (not sqlite:// in memory)
-        require_writable_dir(Path(run.tracking_uri.removeprefix("sqlite:///")).parent,
-                             "MLflow store folder")
+    database = tracking.store_database(run.tracking_uri, run.store_dir)
+    if database is not None:  # a SQLite file (not a server, nor sqlite:// in memory)
+        require_writable_dir(database.parent, "MLflow store folder")
     for purpose, folder in config.writable_folders().items():
         require_writable_dir(folder, purpose)
     if run.strategy == distribute.MULTI_WORKER:
@@ -126,8 +124,7 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
     if run.sweep:
         raise SetupError("--resume continues one interrupted run; it cannot be combined with "
                          "--sweep")
-    database = (Path(run.store_dir) / tracking.DB_NAME if not run.tracking_uri
-                else tracking.sqlite_database(run.tracking_uri))
+    database = tracking.store_database(run.tracking_uri, run.store_dir)
     if database is not None and not database.is_file():  # none is made there
         raise SetupError(f"--resume {run.resume}: there is no MLflow store at {database}: pass "
                          "the --store-dir or --tracking-uri the run logged to")

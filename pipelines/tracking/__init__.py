@@ -51,17 +51,16 @@ from pipelines.tracking.served_models import (
     model_run_params,
 )
 from pipelines.tracking.stores import (
-    DB_NAME,
     check_tracking,
     connect,
     is_file_store,
     local_store_uri,
     redact,
-    sqlite_database,
+    store_database,
 )
 
 __all__ = [
-    "CHAMPION", "DB_NAME", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel",
+    "CHAMPION", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel",
     "TextClassifierModel", "champion_decision", "check_tracking", "connect",
     "current_champion", "delete_tag", "download_artifacts", "find_runs",
     "interrupted_run", "is_file_store", "link_evaluation", "load_served_model", "local_store_uri",
@@ -69,5 +68,5 @@ __all__ = [
     "model_labels", "model_run_files", "model_run_params", "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
     "model_version_of", "open_run", "redact", "register_and_promote", "run_params",
-    "run_tags", "set_tags", "sqlite_database",
+    "run_tags", "set_tags", "store_database",
 ]

@@ -37,7 +37,7 @@ from pipelines.tracking import model_code
 from pipelines.tracking.pyfunc_models import SpeechClassifierModel, TextClassifierModel
 from pipelines.tracking.registry import model_version_of
 from pipelines.tracking.runs import run_params
-from pipelines.tracking.stores import DB_NAME, check_tracking, connect, sqlite_database
+from pipelines.tracking.stores import DB_NAME, check_tracking, connect, store_database
 
 
 def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: str | Path
@@ -51,11 +51,12 @@ def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: 
     """
     check_tracking(tracking_uri)
     in_store = urlparse(model_uri).scheme in ("models", "runs")  # not a folder's path
-    if in_store and not tracking_uri and not (Path(store_dir) / DB_NAME).is_file():
-        raise ModelError(f"{model_uri}: there is no MLflow store in {store_dir} (no {DB_NAME}): "
-                         "pass the --store-dir a run logged to, or --tracking-uri")
-    database = sqlite_database(tracking_uri)
+    database = store_database(tracking_uri, store_dir)
     if in_store and database is not None and not database.is_file():
+        if not tracking_uri:
+            raise ModelError(f"{model_uri}: there is no MLflow store in {store_dir} (no "
+                             f"{DB_NAME}): pass the --store-dir a run logged to, or "
+                             "--tracking-uri")
         raise ModelError(f"{model_uri}: there is no MLflow store at {database} (the tracking "
                          "URI's SQLite file does not exist): pass the URI a run logged to")
     connect(tracking_uri, store_dir)

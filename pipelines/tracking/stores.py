@@ -143,6 +143,13 @@ def artifact_root(tracking_uri: str | None, store_dir: str | Path) -> Path | Non
     return None if database is None else database.resolve().parent / "artifacts"
 
 
+def store_database(tracking_uri: str | None, store_dir: str | Path) -> Path | None:
+    """The SQLite file a command's store is: `<store_dir>/mlflow.db` without a tracking URI,
+    the file a `sqlite:///` URI names, None for another store (a server, sqlite:// in
+    memory)."""
+    return Path(store_dir) / DB_NAME if not tracking_uri else sqlite_database(tracking_uri)
+
+
 def sqlite_database(tracking_uri: str | None) -> Path | None:
     """The database file a `sqlite:///PATH` tracking URI names (PATH relative to the working
     directory unless absolute), or None for another URI."""
