@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -97,14 +98,15 @@ def trained_predictor(options: Options):
     tracking.connect(None, store)
     champion = tracking.current_champion(MlflowClient(), SPEECH_MODEL)
     if champion is not None:
-        trained = config_from_params(SpeechConfig, tracking.run_params(champion.run_id)).splits
-        if trained != SplitConfig():  # the sections read the default split's test clips
-            changed = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in
-                                vars(trained).items() if value != getattr(SplitConfig(), name))
+        trained = config_from_params(SpeechConfig, tracking.run_params(champion.run_id))
+        changed = trained.changed_flags(SpeechConfig().options(),
+                                        names=[item.name for item in fields(SplitConfig)])
+        if changed:  # the sections read the default split's test clips
             raise ConfigError(f"{store}: its {SPEECH_MODEL} champion (v{champion.version}) was "
-                              f"trained on other splits than the default ({changed}): these "
-                              "sections score the default split's test clips, which it may "
-                              "have trained on; pass a --store-dir of default runs")
+                              f"trained on other splits than the default "
+                              f"({', '.join(changed)}): these sections score the default "
+                              "split's test clips, which it may have trained on; pass a "
+                              "--store-dir of default runs")
         # a champion whose files are damaged raises ModelError here, never trains anew
         model = tracking.load_served_model(f"models:/{SPEECH_MODEL}@champion", None, store)
     else:

@@ -22,7 +22,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -129,6 +129,16 @@ class TaskConfig:
         """Every option by its flat name, in declaration order (the run's parameters)."""
         return {name: getattr(getattr(self, option.stage), name)
                 for name, option in self.option_fields().items()}
+
+    def changed_flags(self, reference: Mapping[str, Any], names: Iterable[str] | None = None
+                      ) -> list[str]:
+        """`--flag value` of each option (of `names`; all by default) whose value here is not
+        its value in `reference` (option name -> value), in declaration order: how messages
+        name options given on a command line."""
+        wanted = None if names is None else set(names)
+        fields = self.option_fields()
+        return [f"{fields[name].flag} {value}" for name, value in self.options().items()
+                if (wanted is None or name in wanted) and value != reference[name]]
 
     def writable_folders(self) -> dict[str, str]:
         """What each folder a run writes (besides the MLflow store) is for -> its path, from

@@ -139,10 +139,9 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
     resumed = config_from_params(type(config), params).replace(
         tracking_uri=run.tracking_uri, store_dir=run.store_dir, resume=run.resume,
         checkpoint_dir=str(checkpoint.parent))
-    defaults, given, logged = type(config)().options(), config.options(), resumed.options()
-    flags = {name: option.flag for name, option in config.option_fields().items()}
-    ignored = [f"{flags[name]} {value}" for name, value in given.items()
-               if value != defaults[name] and value != logged[name]]
+    logged = resumed.options()
+    ignored = config.changed_flags(type(config)().options(), names=[
+        name for name, value in config.options().items() if value != logged[name]])
     if ignored:
         log.warning("--resume %s takes every option from the run's logged parameters; not "
                     "used: %s", run.resume, ", ".join(ignored))

@@ -64,9 +64,7 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=config.optim.seed))
     trials = config.run.sweep
-    defaults = type(config)().options()
-    overridden = [f"--{name.replace('_', '-')} {value}" for name, value in config.options().items()
-                  if name in space and value != defaults[name]]
+    overridden = config.changed_flags(type(config)().options(), names=space)
     if overridden:
         log.warning("--sweep searches %s: %s not used", ", ".join(space), ", ".join(overridden))
     parent_name = descriptions.run_name(config, f"{pipeline}-sweep", swept=space)
