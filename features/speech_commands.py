@@ -150,9 +150,10 @@ class SpeechCommandsData:
 
 def audio_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """The audio files directly in `folder` (by AUDIO_SUFFIXES, in any case), sorted, and its
-    other entries (files of other kinds, subfolders), which are not read."""
+    other entries (files of other kinds, subfolders), which are not read; none for a folder
+    that does not exist."""
     audio, other = [], []
-    for path in sorted(folder.iterdir()):
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         is_audio = path.suffix.lower() in AUDIO_SUFFIXES and not path.is_dir()
         (audio if is_audio else other).append(path)
     return audio, other
@@ -219,7 +220,7 @@ def noise_recordings(data_dir: Path, sample_rate: int, skipped: list[tuple[str, 
     one that does not decode goes to `skipped` as (path, reason) instead."""
     noise_dir = data_dir / BACKGROUND_NOISE_DIR
     lengths = {}
-    for path in audio_files(noise_dir)[0] if noise_dir.is_dir() else []:
+    for path in audio_files(noise_dir)[0]:
         name = f"{BACKGROUND_NOISE_DIR}/{path.name}"
         try:
             lengths[name] = int(audio_info(path).duration * sample_rate)

@@ -226,8 +226,7 @@ def background_noise(source: SpeechSourceConfig, sample_rate: int) -> list[np.nd
     if source.source != "folder":
         return []
     recordings = []
-    folder = Path(source.data_dir) / BACKGROUND_NOISE_DIR
-    for path in audio_files(folder)[0] if folder.is_dir() else []:
+    for path in audio_files(Path(source.data_dir) / BACKGROUND_NOISE_DIR)[0]:
         try:
             recordings.append(decode_recording(path, sample_rate))
         except AudioDecodeError as error:
