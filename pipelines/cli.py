@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.imdb import decode_review
 from pipelines import distribute, evaluation, tracking
 from pipelines.config import TaskConfig, config_from_args, config_parser
 from pipelines.errors import DataError, PipelineError, Terminated, WorkerLost
@@ -286,11 +287,10 @@ def file_lines(path: str) -> list[str]:
         raw = Path(path).read_bytes()
     except OSError as error:
         raise DataError(f"cannot read {path} ({error.strerror})") from error
-    try:
-        lines, replaced = raw.decode("utf-8").splitlines(), []
-    except UnicodeDecodeError:
-        lines = raw.decode("utf-8", errors="replace").splitlines()
-        replaced = [number for number, line in enumerate(lines, 1) if "\ufffd" in line]
+    text, was_replaced = decode_review(raw)  # as training reads a review file
+    lines = text.splitlines()
+    replaced = [number for number, line in enumerate(lines, 1)
+                if was_replaced and "\ufffd" in line]
     blank = [number for number, line in enumerate(lines, 1) if not line.strip()]
     for numbers, what in ((blank, "skipped {} blank line(s)"),
                           (replaced, "{} line(s) not UTF-8, read with U+FFFD for the bytes")):
