@@ -187,11 +187,11 @@ class SpeechPredictor:
             seconds = audio_info(audio, "audio").duration  # the header only: nothing decoded
             self.check_duration("audio", seconds)
             return decode_clip(audio, self.spec, name="audio")
-        if waveform is not None and not (isinstance(waveform, float) and np.isnan(waveform)):
+        if not is_empty_cell(waveform):
             return self.waveform_clip(waveform, row.get("sample_rate"))
         if isinstance(audio, bytes | bytearray):
             raise AudioDecodeError(f"audio: {EMPTY}")
-        if audio is not None and not (isinstance(audio, float) and np.isnan(audio)):
+        if not is_empty_cell(audio):
             raise AudioDecodeError(f"audio: expected a file's bytes (base64 in JSON), got "
                                    f"{type(audio).__name__}")
         raise AudioDecodeError("expected 'audio' (file bytes) or 'waveform' with 'sample_rate'")
@@ -351,15 +351,19 @@ def read_speech_config(path: Path) -> tuple[list[str], MfccConfig]:
     return list(config["labels"]), MfccConfig(**config["mfcc"])
 
 
+def is_empty_cell(value: Any) -> bool:
+    """Whether a request cell holds nothing: None, or the NaN pandas puts in an empty cell."""
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
 def usable_review(value: Any) -> tuple[str | None, str | None]:
     """(review, None) for a usable review, else (None, the error for its row). Bytes are
     decoded as UTF-8 with replacement and lone surrogates replaced, as training reads files
     (features.text.review_text). A review that standardises to no tokens (only HTML, only
     punctuation) is usable: it is encoded as one unknown token, as in training."""
-    missing = value is None or (isinstance(value, float) and np.isnan(value))  # null, NaN
-    if not missing and not isinstance(value, str | bytes):
+    if not is_empty_cell(value) and not isinstance(value, str | bytes):
         return None, f"text: expected a review string, got {type(value).__name__}"
-    if missing or not value.strip():
+    if is_empty_cell(value) or not value.strip():
         return None, "text: expected a non-empty review string"
     text = review_text(value)
     if len(text) > MAX_TEXT_CHARS:
