@@ -39,7 +39,7 @@ from features.speech_splits import (
     drop_duplicate_clips,
     split_list_notes,
 )
-from features.splits import SPLITS
+from features.splits import SPLITS, copy_kept
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
                  f"left out (kept: test, then validation, then train), e.g. {skipped[0][0]} "
                  f"({skipped[0][1]})")
     relabelled = [(path, reason) for path, reason in skipped
-                  if path.split("/")[0] != reason.removeprefix("duplicate of ").split("/")[0]]
+                  if path.split("/")[0] != copy_kept(reason).split("/")[0]]
     if relabelled:
         add_note(notes, f"{len(relabelled)} of those copies are in another word folder than "
                  "the clip kept, which keeps its own folder's label: a labelling error? e.g. "

@@ -17,6 +17,7 @@ SPLITS = ("train", "validation", "test")
 SPLIT_PRIORITY = ("test", "validation", "train")
 
 Example = TypeVar("Example")
+DUPLICATE_OF = "duplicate of "  # the skipped reason of a dropped copy, before the kept name
 
 
 def drop_copies(splits: Mapping[str, Sequence[Example]], content: Callable[[Example], Hashable],
@@ -37,12 +38,18 @@ def drop_copies(splits: Mapping[str, Sequence[Example]], content: Callable[[Exam
         for example in sorted(splits[split], key=name):
             key = content(example)
             if key in kept:
-                skipped.append((name(example), f"duplicate of {kept[key]}"))
+                skipped.append((name(example), DUPLICATE_OF + kept[key]))
             else:
                 kept[key] = name(example)
     dropped = {dropped_name for dropped_name, _ in skipped}
     return ({split: [example for example in examples if name(example) not in dropped]
              for split, examples in splits.items()}, skipped)
+
+
+def copy_kept(reason: str) -> str | None:
+    """The name of the example kept in place of a dropped copy, from its skipped reason; None
+    for a reason other than `drop_copies`'s."""
+    return reason.removeprefix(DUPLICATE_OF) if reason.startswith(DUPLICATE_OF) else None
 
 
 def require_usable_splits(source: str, class_counts: Mapping[str, Mapping[str, int]],

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from features.imdb import decode_review
+from features.splits import copy_kept
 from pipelines import distribute, evaluation, tracking
 from pipelines.config import TaskConfig, config_from_args, config_parser
 from pipelines.errors import DataError, PipelineError, Terminated, WorkerLost
@@ -306,7 +307,7 @@ def print_skipped(skipped: Sequence[tuple[str, str]]) -> None:
     of other inputs (reason `duplicate of ...`), which are counted in one line."""
     copies = []
     for name, reason in skipped:
-        if reason.startswith("duplicate of"):
+        if copy_kept(reason) is not None:
             copies.append((name, reason))
         else:
             print(f"{name}: skipped: {reason}", file=sys.stderr)
