@@ -37,7 +37,7 @@ from features.speech_commands import SplitConfig, load_speech_commands
 from pipelines import cli, listening
 from pipelines.listening import Detection
 
-TOLERANCE_S = 0.75
+TOLERANCE_MS = 750  # compared in whole milliseconds, both ends included, as TensorFlow does
 STREAM_WORDS = ("keywords", "unknown", "none")  # what generate_stream's streams hold
 NOT_KEYWORDS = listening.NOT_REPORTED
 # a word's clip, in s: its time in a labels file is the start, its truth the end
@@ -107,7 +107,8 @@ def score(detections: list[Detection], truth: list[tuple[float, str]]) -> dict[s
     matched = wrong = false = accepted = at_non_keywords = 0
     for detection in sorted(detections, key=lambda found: found.time_s):
         index = next((index for index, (when, _) in enumerate(truth)
-                      if abs(when - detection.time_s) <= TOLERANCE_S), None)
+                      if abs(round(1000 * when) - round(1000 * detection.time_s))
+                      <= TOLERANCE_MS), None)
         if index is None:
             false += 1
             continue

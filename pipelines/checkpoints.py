@@ -156,8 +156,9 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    complete = sorted(path for path in directory.glob(f"{CHECKPOINT_PREFIX}*")
-                      if (path / "state.json").is_file())
+    complete = sorted((path for path in directory.glob(f"{CHECKPOINT_PREFIX}*")
+                       if (path / "state.json").is_file()),
+                      key=lambda path: (len(path.name), path.name))  # epoch-10000 after 9999
     return complete[-1] if complete else None
 
 

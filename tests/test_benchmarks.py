@@ -155,6 +155,11 @@ def test_streaming_scores_as_tensorflows_accuracy_utils():
     assert mixed == pytest.approx({"matched": 50, "wrongly_matched": 0, "false_positives": 0,
                                    "keywords": 2, "non_keywords": 1, "non_keyword_accepts": 1,
                                    "false_positive_count": 0, "false_accepts": 2})
+    # exactly 750 ms away is within the tolerance, whatever the floats' rounding (a labels
+    # file's 950 ms start gives a word at 1.95 s; 2.70 - 1.95 is 0.7500000000000002)
+    edge = score([Detection(2.70, "yes", 0.9), Detection(5.75, "yes", 0.9)],
+                 [(0.95 + 1.0, "no"), (4.0 + 1.0, "yes")])
+    assert (edge["matched"], edge["wrongly_matched"], edge["false_positives"]) == (50, 50, 0)
 
 
 def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_path, capsys):

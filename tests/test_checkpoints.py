@@ -105,6 +105,14 @@ def test_a_crash_between_checkpoint_files_leaves_the_previous_epoch_whole(tmp_pa
     assert [path.name for path in (tmp_path / "run").iterdir()] == ["epoch-0000"]
 
 
+def test_the_latest_checkpoint_is_the_highest_complete_epoch(tmp_path: Path):
+    for name in ("epoch-0998", "epoch-9999", "epoch-10000"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "state.json").write_text("{}")
+    (tmp_path / "epoch-10001").mkdir()  # written part-way: no state.json
+    assert checkpoints.latest_checkpoint(tmp_path).name == "epoch-10000"
+
+
 def test_a_full_disk_while_checkpointing_is_a_clear_error_and_keeps_the_last(tmp_path: Path):
     with contextlib.ExitStack() as stack, pytest.raises(DiskFullError) as error:
         fit_with(checkpointing(tmp_path / "run", LimitFilesFrom(stack, epoch=2)))
