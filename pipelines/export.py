@@ -12,13 +12,16 @@ stage and the input normalisation in float (they lose too much in int8); its rec
 are unrolled, since TensorFlow Lite's calibration crashes on their loops. The file is written to
 `--out`, its labels (one per line, in the order of the output's probabilities) to
 `<name>_labels.txt` beside it, and both are logged as artifacts (`tflite/`) of the model
-version's run. Neither file overwrites an existing one without `--overwrite`.
+version's run, with a tag `tflite.<name>` saying how the file was made (its quantisation and,
+for int8, its calibration clips). Neither file overwrites an existing one without
+`--overwrite`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -34,7 +37,7 @@ from features.mfcc_layer import MfccLayer
 from features.speech_commands import SPEECH_COMMANDS_ENV, SplitConfig, load_speech_commands
 from pipelines import cli, tracking
 from pipelines.config import config_from_params
-from pipelines.errors import ConfigError, ModelError
+from pipelines.errors import ConfigError, DataError, ModelError
 from pipelines.serving import SpeechPredictor
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
@@ -180,11 +183,19 @@ def calibration_clips(data_dir: str | None, predictor: SpeechPredictor, splits: 
     test splits stay unseen by the quantiser (None without a folder).
 
     Raises:
-        DataError: The folder has no training clip that decodes.
+        DataError: The folder's training split is empty, or none of its clips drawn decodes.
     """
     if not data_dir:
         return None
     train = load_speech_commands(data_dir, splits, predictor.spec).examples["train"]
+    if not train:
+        raise DataError(f"{data_dir}: its training split (validation {splits.validation_pct:g} "
+                        f"%, test {splits.test_pct:g} %, or its split lists) holds no clip to "
+                        "calibrate --quantize int8 on")
+    if len(train) < count:
+        log.warning("%s: its training split holds %d clips, fewer than the %d asked to "
+                    "calibrate --quantize int8: calibrating on all of them", data_dir,
+                    len(train), count)
     return training_draw(train, data_dir, predictor.spec, count)
 
 
@@ -196,7 +207,6 @@ def training_draw(train: Sequence, data_dir: str | Path, spec: AudioSpec,
     Raises:
         DataError: None of them decodes.
     """
-    from features.errors import DataError
     from features.speech_features import ExampleDecoder
 
     order = np.random.default_rng(0).permutation(len(train))[:count]
@@ -211,6 +221,12 @@ def training_draw(train: Sequence, data_dir: str | Path, spec: AudioSpec,
                     "%s", len(chunk.skipped), len(order), len(decoded),
                     "; ".join(reason for _, reason in chunk.skipped[:3]))
     return decoded
+
+
+def export_tag(name: str) -> str:
+    """The run tag saying how the file `name` logged under tflite/ was made (characters an
+    MLflow tag key may not hold become `_`)."""
+    return re.sub(r"[^\w./ :-]", "_", f"{ARTIFACT_FOLDER}.{name}")
 
 
 def labels_path(out: Path) -> Path:
@@ -228,10 +244,12 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
                         help="TensorFlow Lite, run by the LiteRT interpreter")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
                         help="none: float32. dynamic: every weight in int8, the MFCC stage's "
-                             "matrices included, which changes labels (75 %% agreement with "
-                             "the Keras model on the test split, docs/results.md). int8: the "
-                             "classifier's weights and activations in int8, the front end in "
-                             "float, calibrated on --data-dir's training clips")
+                             "matrices included (the smallest file), which changes labels "
+                             "(73-80 %% agreement with the Keras model on the test split, "
+                             "docs/results.md). int8: the classifier's weights and "
+                             "activations in int8, the front end in float, calibrated on "
+                             "--data-dir's training clips (its recurrent layers unrolled: "
+                             "about twice the size of none's file)")
     parser.add_argument("--data-dir", default=os.environ.get(SPEECH_COMMANDS_ENV),
                         help="Speech Commands folder (for --quantize int8) [env: "
                         f"{SPEECH_COMMANDS_ENV}]")
@@ -253,6 +271,10 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     labels_file = labels_path(out)
     if not out.parent.is_dir():
         parser.error(f"--out {out}: there is no folder {out.parent}")
+    folders = [str(path) for path in (out, labels_file) if path.is_dir()]
+    if folders:
+        parser.error(f"--out {out}: {' and '.join(folders)} is a folder; name the file to "
+                     "write")
     existing = [str(path) for path in (out, labels_file) if path.exists()]
     if existing and not args.overwrite:
         parser.error(f"{' and '.join(existing)} {'exist' if len(existing) > 1 else 'exists'}"
@@ -270,15 +292,19 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
         trained = config_from_params(task.config, tracking.run_params(run_id))
         calibration = calibration_clips(args.data_dir, predictor, trained.splits,
                                         args.calibration_clips)
-        log.info("--quantize int8: calibrating on %d clips of %s's training split as run %s "
-                 "composed it (validation %g %%, test %g %%, data seed %d)", len(calibration),
-                 args.data_dir, run_id, trained.splits.validation_pct,
+        log.info("--quantize int8: calibrating on %d clips of %s's training split, composed "
+                 "with run %s's split options (validation %g %%, test %g %%, data seed %d)",
+                 len(calibration), args.data_dir, run_id, trained.splits.validation_pct,
                  trained.splits.test_pct, trained.splits.data_seed)
     content = convert(predictor.model, args.quantize, calibration)
     labels = "".join(f"{label}\n" for label in predictor.labels)
     out.write_bytes(content)
     labels_file.write_text(labels)
-    tracking.log_to_run(run_id, [out, labels_file], ARTIFACT_FOLDER)
+    how = f"--quantize {args.quantize}" + (
+        f", calibrated on {len(calibration)} training clips of {args.data_dir}"
+        if calibration is not None else "")
+    tracking.log_to_run(run_id, [out, labels_file], ARTIFACT_FOLDER,
+                        tags={export_tag(out.name): how})
     print(f"{cli.tsv_field(str(out))}\t{len(content):,} bytes\t"
           f"{cli.tsv_field(str(labels_file))}\tlogged on run {run_id} as "
           f"{ARTIFACT_FOLDER}/{out.name} and {ARTIFACT_FOLDER}/{labels_file.name}")

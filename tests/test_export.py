@@ -79,7 +79,7 @@ def test_tflite_file_labels_real_clips_as_the_keras_model(
     labels_file = tmp_path / f"speech-{quantize}_labels.txt"
     assert f"{out}\t" in capsys.readouterr().out
     # int8 calibrates on the training split composed by the model's run's split options
-    calibrated = "training split as run" in caplog.text
+    calibrated = "training split, composed with run" in caplog.text
     assert calibrated == (quantize == "int8")
     assert not calibrated or "(validation 10 %, test 12 %, data seed 3)" in caplog.text
     assert labels_file.read_text().splitlines() == list(LABELS)  # the output's order
@@ -97,6 +97,10 @@ def test_tflite_file_labels_real_clips_as_the_keras_model(
     run_id = mlflow.models.get_model_info(uri).run_id
     logged_files = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "tflite")}
     assert {f"tflite/{out.name}", f"tflite/{labels_file.name}"} <= logged_files
+    # the run says how each file was made
+    how = mlflow.MlflowClient().get_run(run_id).data.tags[f"tflite.{out.name}"]
+    assert how == f"--quantize {quantize}" + (
+        f", calibrated on 50 training clips of {shared_speech_dir}" if calibrated else "")
 
 
 def test_export_never_replaces_a_file_unasked(logged, tmp_path: Path, capsys):
@@ -112,6 +116,12 @@ def test_export_never_replaces_a_file_unasked(logged, tmp_path: Path, capsys):
             in capsys.readouterr().err
         assert existing.read_text() == "the user's own"
         existing.unlink()
+    with pytest.raises(SystemExit) as refused:  # a folder is no file to write
+        speech.main(["export", "--model-uri", uri, "--store-dir", str(store), "--out",
+                     str(tmp_path), "--overwrite"])
+    assert refused.value.code == 2
+    assert f"--out {tmp_path}: {tmp_path} is a folder; name the file to write" \
+        in capsys.readouterr().err
     # nor a file of the same name logged on the version's run, from another folder
     first, second = tmp_path / "a" / "logged.tflite", tmp_path / "b" / "logged.tflite"
     for folder in (first.parent, second.parent):
@@ -178,7 +188,7 @@ def test_int8_calibrates_on_training_clips_only(logged, shared_speech_dir: Path)
     assert len({label for found in drawn for _, label in found}) >= 8
 
 
-def test_int8_calibration_follows_the_split_options_given(logged, tmp_path: Path):
+def test_int8_calibration_follows_the_split_options_given(logged, tmp_path: Path, caplog):
     """Without split lists a clip's split follows its speaker's hash and the shares: the clips
     calibrated on are the training split of the options given (export passes the model's run's),
     not the default options' training split."""
@@ -192,8 +202,14 @@ def test_int8_calibration_follows_the_split_options_given(logged, tmp_path: Path
     train = examples["train"]
     rows = {row.tobytes() for row in
             ExampleDecoder(train, folder, predictor.spec).chunk(0, len(train)).waveforms}
-    clips = calibration_clips(str(folder), predictor, splits, count=len(train))
+    with caplog.at_level("WARNING", logger="pipelines.export"):
+        clips = calibration_clips(str(folder), predictor, splits, count=len(train) + 5)
     assert len(clips) == len(train) and all(clip.tobytes() in rows for clip in clips)
+    assert (f"its training split holds {len(train)} clips, fewer than the {len(train) + 5} "
+            "asked to calibrate --quantize int8: calibrating on all of them") in caplog.text
+    with pytest.raises(DataError, match="its training split .* holds no clip to calibrate"):
+        calibration_clips(str(folder), predictor,
+                          SplitConfig(validation_pct=50, test_pct=50), count=10)
 
 
 def test_calibration_leaves_out_clips_that_do_not_decode_and_says_so(tmp_path: Path, caplog):

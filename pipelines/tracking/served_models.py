@@ -160,12 +160,15 @@ def model_run_files(model_uri: str, artifact_path: str) -> tuple[str, set[str]]:
                     mlflow.MlflowClient().list_artifacts(run_id, artifact_path)}
 
 
-def log_to_run(run_id: str, paths: Sequence[str | Path], artifact_path: str) -> None:
+def log_to_run(run_id: str, paths: Sequence[str | Path], artifact_path: str,
+               tags: Mapping[str, str] | None = None) -> None:
     """Logs files as artifacts of run `run_id` (not the active run), under `artifact_path`
-    (the run of a model: `model_run_files`)."""
+    (the run of a model: `model_run_files`), and sets `tags` on it."""
     client = mlflow.MlflowClient()
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
 
 
 def local_artifact_folder(model_uri: str) -> Path | None:
