@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from features.audio import audio_info, decode_clip, decode_recording
-from features.errors import DataError
+from features.audio import audio_info, decode_clip
+from features.errors import DataError, require_folder
 from features.mfcc import MfccConfig
-from features.speech_commands import SplitConfig, load_speech_commands
+from features.speech_commands import BACKGROUND_NOISE_DIR, SplitConfig, load_speech_commands
+from features.speech_data import SpeechSourceConfig, background_noise
 from pipelines import cli, listening
 from pipelines.listening import Detection
 
@@ -53,18 +54,19 @@ def generate_stream(speech_dir: Path, out: Path, *, seconds: float = 600, words:
     it beside the WAV as `<out>.labels.txt` in TensorFlow's format (`label, time_ms` per line,
     the time where the clip starts)."""
     spec = MfccConfig().audio
-    data = load_speech_commands(speech_dir, SplitConfig(), spec)
     if words not in STREAM_WORDS:
         raise ValueError(f"words must be one of {', '.join(STREAM_WORDS)}, not {words!r}")
-    clips = [e for e in data.examples["test"] if not e.is_silence and (
-        (e.label not in NOT_KEYWORDS) if words == "keywords" else e.label == "_unknown_")]
-    noise = [decode_recording(path, spec.sample_rate) for path in
-             sorted((speech_dir / "_background_noise_").glob("*.wav"))]
+    require_folder(speech_dir, "Speech Commands folder")
+    # the recordings training mixes in (any audio format; one that does not decode is left out)
+    noise = background_noise(SpeechSourceConfig(data_dir=str(speech_dir)), spec.sample_rate)
     short = [len(recording) for recording in noise if len(recording) <= spec.sample_rate]
     if not noise or short:
-        raise ValueError(f"{speech_dir / '_background_noise_'}: the stream's background needs "
-                         f"recordings longer than 1 s ({len(noise)} found, {len(short)} "
-                         "of them shorter)")
+        raise ValueError(f"{speech_dir / BACKGROUND_NOISE_DIR}: the stream's background needs "
+                         f"recordings longer than 1 s ({len(noise)} found that decode, "
+                         f"{len(short)} of them shorter)")
+    data = load_speech_commands(speech_dir, SplitConfig(), spec)
+    clips = [e for e in data.examples["test"] if not e.is_silence and (
+        (e.label not in NOT_KEYWORDS) if words == "keywords" else e.label == "_unknown_")]
     if words != "none" and not clips:
         raise ValueError(f"{speech_dir}: its test split has no {words} clips")
     rng = np.random.default_rng(seed)

@@ -15,6 +15,7 @@ from benchmarks.memory import variant_chunk
 from benchmarks.streams import NOT_KEYWORDS, generate_stream, score
 from benchmarks.suite import Figure, main, print_table, run_child
 from pipelines.listening import Detection
+from tests.datasets import make_speech_commands
 
 
 def test_ratio_is_how_many_times_better_than_the_reference():
@@ -232,6 +233,26 @@ def test_streams_generate_refuses_before_reading_any_clip(args, message, tmp_pat
     assert refused.value.code == 2 and message in capsys.readouterr().err
     assert (tmp_path / "taken.wav").read_bytes() == b"mine"
     assert (tmp_path / "fresh.wav.labels.txt").read_text() == "mine"
+
+
+def test_streams_generate_mixes_any_audio_format_and_names_a_folder_without_noise(
+        tmp_path, capsys):
+    """The background is the recordings training mixes in, in any format; a folder without
+    them is named with what the stream needs, not with a training option."""
+    folder = make_speech_commands(tmp_path / "sc")
+    noise = folder / "_background_noise_"
+    recordings = sorted(noise.iterdir())
+    for path in recordings:
+        path.unlink()
+    assert streams.main(["generate", str(tmp_path / "none.wav"), "--data-dir", str(folder),
+                         "--words", "none", "--seconds", "5"]) == 2
+    assert f"{noise}: the stream's background needs recordings longer than 1 s (0 found " \
+        "that decode, 0 of them shorter)" in capsys.readouterr().err
+    soundfile.write(noise / "hum.FLAC", 0.5 * np.sin(np.arange(48000) / 5.0), 16000)
+    assert streams.main(["generate", str(tmp_path / "hum.wav"), "--data-dir", str(folder),
+                         "--words", "none", "--seconds", "5"]) == 0
+    heard, _ = soundfile.read(tmp_path / "hum.wav")
+    assert len(heard) == 5 * 16000 and np.abs(heard).max() > 0.01  # the FLAC, at 0.1
 
 
 def test_noisy_copies_add_seeded_white_noise_of_the_asked_level_within_full_scale():
