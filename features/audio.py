@@ -117,8 +117,8 @@ def check_sample_rate(rate: float, label: str) -> int:
     """
     if not (math.isfinite(rate) and float(rate).is_integer()
             and MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE):
-        raise AudioDecodeError(f"{label}: sample rate {rate} Hz is not a whole number from "
-                               f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz")
+        raise AudioDecodeError(f"{label}: sample rate {rate} Hz: expected a whole number of Hz "
+                               f"from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE}")
     return int(rate)
 
 
@@ -157,7 +157,9 @@ def not_decodable(label: str, source: str | Path | bytes | None, error: Exceptio
     if size == 0:
         return AudioDecodeError(f"{label}: {EMPTY}")
     detail = error.error_string if isinstance(error, soundfile.LibsndfileError) else str(error)
-    return AudioDecodeError(f"{label}: not decodable audio ({detail})")
+    stream = ("; a stream carries WAV or OGG (FLAC's decoder needs a file it can seek in), and "
+              "an empty one nothing" if source is None else "")
+    return AudioDecodeError(f"{label}: not decodable audio ({detail}){stream}")
 
 
 def audio_info(source: str | Path | bytes, name: str | None = None):

@@ -87,7 +87,7 @@ class ListenConfig:
         "help": "scores are averaged over the windows ending this recently"})
     threshold: float = field(default=0.7, metadata={"help": "averaged score a keyword must pass"})
     suppression_ms: float = field(default=1000.0, metadata={
-        "help": "no new detection this soon after the last one (none after a _silence_ one)"})
+        "help": "no new detection this soon after the last one (no wait after _silence_)"})
     minimum_count: int = field(default=3, metadata={
         "help": "windows averaged before any detection"})
 
@@ -382,9 +382,12 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
 
 def check_reachable(parser: argparse.ArgumentParser, config: ListenConfig,
                     sample_rate: int) -> None:
-    """Exits with a usage error on settings that can never detect at the model's sample rate:
-    an averaging window that cannot hold --minimum-count windows spanning a quarter of it at
-    --hop-ms (rounded to whole samples, as `listen` does)."""
+    """Exits with a usage error on settings that cannot work at the model's sample rate: a
+    --hop-ms under one sample, or an averaging window that cannot hold --minimum-count windows
+    spanning a quarter of it at --hop-ms (rounded to whole samples, as `listen` does)."""
+    if sample_rate * config.stride_ms / 1000 < 1:
+        parser.error(f"--hop-ms {config.stride_ms:g} is under one sample at {sample_rate} Hz "
+                     f"({1000 / sample_rate:g} ms)")
     hop = hop_samples(config, sample_rate)
     steps = int(config.average_window_ms * sample_rate // (1000 * hop))  # hops in the window
     span = 1000 * steps * hop / sample_rate

@@ -144,7 +144,7 @@ WAV_CASES = [
     WavCase("absurd_float_samples", lambda: float_wav_with(1e30, 5),
             error=r"samples reach 1e\+30, beyond"),
     WavCase("rate_out_of_range", lambda: wav_bytes(tone(440, rate=500), 500),
-            error="sample rate 500 Hz is not a whole number from 1000 to 384000 Hz"),
+            error="sample rate 500 Hz: expected a whole number of Hz from 1000 to 384000"),
 ]
 
 
@@ -252,9 +252,9 @@ WAVEFORM_ROWS = [  # (waveform, sample_rate, error or None)
     (tone(440, rate=1000).tolist(), 1000, None),
     (tone(440, MAX_AUDIO_SECONDS + 1, rate=1000).tolist(), 1000,
      "^waveform: 61.0 s long, longer than the 60 s"),
-    ([0.1] * 400, 400, "^waveform: sample rate 400.0 Hz is not a whole number from 1000"),
-    ([0.1] * 400, 1_000_000, "^waveform: sample rate 1000000.0 Hz is not a whole number"),
-    ([0.1] * 400, 16000.5, "^waveform: sample rate 16000.5 Hz is not a whole number"),
+    ([0.1] * 400, 400, "^waveform: sample rate 400.0 Hz: expected a whole number of Hz from 1000"),
+    ([0.1] * 400, 1_000_000, "^waveform: sample rate 1000000.0 Hz: expected a whole number"),
+    ([0.1] * 400, 16000.5, "^waveform: sample rate 16000.5 Hz: expected a whole number"),
     ([0.1] * 400, np.nan, r"^waveform: needs a positive sample_rate \(Hz\)"),
     ([0.1] * 400, "16000", r"^waveform: needs a positive sample_rate \(Hz\)"),
     ([0.1, np.nan, 0.2], 16000, "^waveform: holds NaN/Inf samples"),
