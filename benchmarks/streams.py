@@ -38,7 +38,7 @@ from features.speech_data import SpeechSourceConfig, background_noise
 from pipelines import cli, listening
 from pipelines.listening import Detection
 
-TOLERANCE_MS = 750  # compared in whole milliseconds, both ends included, as TensorFlow does
+TOLERANCE_MS = 750  # both ends included, times rounded to whole ms (TensorFlow's accuracy_utils)
 STREAM_WORDS = ("keywords", "unknown", "none")  # what generate_stream's streams hold
 NOT_KEYWORDS = listening.NOT_REPORTED
 # a word's clip, in s: its time in a labels file is the start, its truth the end

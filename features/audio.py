@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,9 +159,10 @@ def not_decodable(label: str, source: str | Path | bytes | None, error: Exceptio
     if size == 0:
         return AudioDecodeError(f"{label}: {EMPTY}")
     detail = error.error_string if isinstance(error, soundfile.LibsndfileError) else str(error)
-    stream = ("; a stream carries WAV or OGG (FLAC's decoder needs a file it can seek in), and "
-              "an empty one nothing" if source is None else "")
-    return AudioDecodeError(f"{label}: not decodable audio ({detail}){stream}")
+    piped = source is None and not stat.S_ISREG(os.fstat(0).st_mode)  # not `- < FILE`
+    hint = ("; a pipe carries WAV or OGG, not FLAC (its decoder needs to seek): was the stream "
+            "empty, or of another format?" if piped else "")
+    return AudioDecodeError(f"{label}: not decodable audio ({detail}){hint}")
 
 
 def audio_info(source: str | Path | bytes, name: str | None = None):

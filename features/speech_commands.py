@@ -311,8 +311,8 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
         add_note(notes, f"{len(skipped)} clips are byte-identical copies of others and were "
                  f"left out (kept: test, then validation, then train), e.g. {skipped[0][0]} "
                  f"({skipped[0][1]})")
-    relabelled = [(path, reason) for path, reason in skipped
-                  if path.split("/")[0] != copy_kept(reason).split("/")[0]]
+    relabelled = [(path, reason) for path, reason in skipped if (kept := copy_kept(reason))
+                  and path.split("/")[0] != kept.split("/")[0]]
     if relabelled:
         add_note(notes, f"{len(relabelled)} of those copies are in another word folder than "
                  "the clip kept, which keeps its own folder's label: a labelling error? e.g. "

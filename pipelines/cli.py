@@ -105,10 +105,11 @@ def main(task: TaskCommands, argv: Sequence[str] | None = None) -> int:
     args = None if command else training_parser(task).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("gensim").setLevel(logging.WARNING)  # its INFO lines narrate every step
-    # TensorFlow's logger has a handler of its own: its lines once, and no INFO ("Assets
-    # written to" a temporary folder, for each model it saves)
+    # TensorFlow gave its logger a handler of its own on import (the root had none then): its
+    # lines go through the root's, once, and without INFO ("Assets written to" a temporary
+    # folder, for each model it saves)
+    logging.getLogger("tensorflow").handlers.clear()
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    logging.getLogger("tensorflow").propagate = False
     # MLflow's progress bars for the files it fetches (a sweep's best model, runs:/ URIs) tell
     # a command's user nothing; MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=true shows them
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

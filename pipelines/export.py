@@ -225,8 +225,8 @@ def training_draw(train: Sequence, data_dir: str | Path, spec: AudioSpec,
 
 def export_tag(name: str) -> str:
     """The run tag saying how the file `name` logged under tflite/ was made (characters an
-    MLflow tag key may not hold become `_`)."""
-    return re.sub(r"[^\w./ :-]", "_", f"{ARTIFACT_FOLDER}.{name}")
+    MLflow tag key may not hold become `_`; cut to the 250 characters a key may have)."""
+    return re.sub(r"[^\w./ -]", "_", f"{ARTIFACT_FOLDER}.{name}")[:250]
 
 
 def labels_path(out: Path) -> Path:
@@ -271,10 +271,9 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     labels_file = labels_path(out)
     if not out.parent.is_dir():
         parser.error(f"--out {out}: there is no folder {out.parent}")
-    folders = [str(path) for path in (out, labels_file) if path.is_dir()]
-    if folders:
-        parser.error(f"--out {out}: {' and '.join(folders)} is a folder; name the file to "
-                     "write")
+    for path in (out, labels_file):
+        if path.is_dir():
+            parser.error(f"--out {out}: {path} is a folder: name a file to write")
     existing = [str(path) for path in (out, labels_file) if path.exists()]
     if existing and not args.overwrite:
         parser.error(f"{' and '.join(existing)} {'exist' if len(existing) > 1 else 'exists'}"
@@ -301,7 +300,7 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     out.write_bytes(content)
     labels_file.write_text(labels)
     how = f"--quantize {args.quantize}" + (
-        f", calibrated on {len(calibration)} training clips of {args.data_dir}"
+        f", calibrated on {len(calibration)} training clips of {Path(args.data_dir).resolve()}"
         if calibration is not None else "")
     tracking.log_to_run(run_id, [out, labels_file], ARTIFACT_FOLDER,
                         tags={export_tag(out.name): how})

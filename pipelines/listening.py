@@ -385,9 +385,9 @@ def check_reachable(parser: argparse.ArgumentParser, config: ListenConfig,
     """Exits with a usage error on settings that cannot work at the model's sample rate: a
     --hop-ms under one sample, or an averaging window that cannot hold --minimum-count windows
     spanning a quarter of it at --hop-ms (rounded to whole samples, as `listen` does)."""
-    if sample_rate * config.stride_ms / 1000 < 1:
+    if round(sample_rate * config.stride_ms / 1000) < 1:  # hop_samples would round it up
         parser.error(f"--hop-ms {config.stride_ms:g} is under one sample at {sample_rate} Hz "
-                     f"({1000 / sample_rate:g} ms)")
+                     f"(one sample is {1000 / sample_rate:g} ms)")
     hop = hop_samples(config, sample_rate)
     steps = int(config.average_window_ms * sample_rate // (1000 * hop))  # hops in the window
     span = 1000 * steps * hop / sample_rate

@@ -237,8 +237,9 @@ def test_streams_generate_refuses_before_reading_any_clip(args, message, tmp_pat
 
 def test_streams_generate_mixes_any_audio_format_and_names_a_folder_without_noise(
         tmp_path, capsys):
-    """The background is the recordings training mixes in, in any format; a folder without
-    them is named with what the stream needs, not with a training option."""
+    """The background is the recordings training mixes in, in any format, one that does not
+    decode left out; a folder without them is named with what the stream needs, not with a
+    training option."""
     folder = make_speech_commands(tmp_path / "sc")
     noise = folder / "_background_noise_"
     recordings = sorted(noise.iterdir())
@@ -249,6 +250,7 @@ def test_streams_generate_mixes_any_audio_format_and_names_a_folder_without_nois
     assert f"{noise}: the stream's background needs recordings longer than 1 s (0 found " \
         "that decode, 0 of them shorter)" in capsys.readouterr().err
     soundfile.write(noise / "hum.FLAC", 0.5 * np.sin(np.arange(48000) / 5.0), 16000)
+    (noise / "broken.wav").write_bytes(b"RIFF and nothing more")  # left out
     assert streams.main(["generate", str(tmp_path / "hum.wav"), "--data-dir", str(folder),
                          "--words", "none", "--seconds", "5"]) == 0
     heard, _ = soundfile.read(tmp_path / "hum.wav")

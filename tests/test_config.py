@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,16 @@ def test_a_sweeps_name_leaves_out_what_it_searches():
     sentiment_config = SentimentConfig.from_options(sweep=4)
     assert run_name(sentiment_config, "sentiment-sweep", swept={"ngram_features"}) == (
         "sentiment-bigru128-s0-sweep4")
+
+
+def test_tensorflows_log_lines_pass_once_through_the_commands_handlers(tmp_path: Path, caplog):
+    """TensorFlow's logger keeps no handler of its own (each of its lines printed twice), and
+    its INFO lines (a temporary folder for each model saved) are not shown."""
+    with pytest.raises(SystemExit):  # a command that stops at its options, logging set up
+        speech.main(["listen", str(tmp_path / "x.wav"), "--hop-ms", "0"])
+    tensorflow_logger = logging.getLogger("tensorflow")
+    tensorflow_logger.info("Assets written to: /tmp/x/assets")
+    tensorflow_logger.warning("a warning")
+    assert not tensorflow_logger.handlers
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.name == "tensorflow"] == [
+        ("tensorflow", "a warning")]

@@ -27,6 +27,7 @@ from pipelines.export import (
     TfliteClassifier,
     calibration_clips,
     convert,
+    export_tag,
     front_end_nodes,
     training_draw,
 )
@@ -100,7 +101,8 @@ def test_tflite_file_labels_real_clips_as_the_keras_model(
     # the run says how each file was made
     how = mlflow.MlflowClient().get_run(run_id).data.tags[f"tflite.{out.name}"]
     assert how == f"--quantize {quantize}" + (
-        f", calibrated on 50 training clips of {shared_speech_dir}" if calibrated else "")
+        f", calibrated on 50 training clips of {shared_speech_dir.resolve()}"
+        if calibrated else "")
 
 
 def test_export_never_replaces_a_file_unasked(logged, tmp_path: Path, capsys):
@@ -120,7 +122,7 @@ def test_export_never_replaces_a_file_unasked(logged, tmp_path: Path, capsys):
         speech.main(["export", "--model-uri", uri, "--store-dir", str(store), "--out",
                      str(tmp_path), "--overwrite"])
     assert refused.value.code == 2
-    assert f"--out {tmp_path}: {tmp_path} is a folder; name the file to write" \
+    assert f"--out {tmp_path}: {tmp_path} is a folder: name a file to write" \
         in capsys.readouterr().err
     # nor a file of the same name logged on the version's run, from another folder
     first, second = tmp_path / "a" / "logged.tflite", tmp_path / "b" / "logged.tflite"
@@ -188,7 +190,7 @@ def test_int8_calibrates_on_training_clips_only(logged, shared_speech_dir: Path)
     assert len({label for found in drawn for _, label in found}) >= 8
 
 
-def test_int8_calibration_follows_the_split_options_given(logged, tmp_path: Path, caplog):
+def test_int8_calibration_follows_the_split_options_given(logged, tmp_path: Path):
     """Without split lists a clip's split follows its speaker's hash and the shares: the clips
     calibrated on are the training split of the options given (export passes the model's run's),
     not the default options' training split."""
@@ -202,14 +204,29 @@ def test_int8_calibration_follows_the_split_options_given(logged, tmp_path: Path
     train = examples["train"]
     rows = {row.tobytes() for row in
             ExampleDecoder(train, folder, predictor.spec).chunk(0, len(train)).waveforms}
-    with caplog.at_level("WARNING", logger="pipelines.export"):
-        clips = calibration_clips(str(folder), predictor, splits, count=len(train) + 5)
+    clips = calibration_clips(str(folder), predictor, splits, count=len(train))
     assert len(clips) == len(train) and all(clip.tobytes() in rows for clip in clips)
+
+
+def test_int8_calibration_says_when_the_training_split_is_short_or_empty(
+        logged, tmp_path: Path, caplog):
+    folder = make_speech_commands(tmp_path / "sc", with_lists=False)
+    predictor = SpeechPredictor(logged[2], LABELS, MfccConfig())
+    train = load_speech_commands(folder, SplitConfig(), predictor.spec).examples["train"]
+    with caplog.at_level("WARNING", logger="pipelines.export"):
+        clips = calibration_clips(str(folder), predictor, SplitConfig(), count=len(train) + 5)
+    assert len(clips) == len(train)
     assert (f"its training split holds {len(train)} clips, fewer than the {len(train) + 5} "
             "asked to calibrate --quantize int8: calibrating on all of them") in caplog.text
     with pytest.raises(DataError, match="its training split .* holds no clip to calibrate"):
         calibration_clips(str(folder), predictor,
                           SplitConfig(validation_pct=50, test_pct=50), count=10)
+
+
+def test_a_run_tag_names_any_file_it_may_be_given():
+    assert export_tag("speech-int8.tflite") == "tflite.speech-int8.tflite"
+    assert export_tag("a:b?c(1).tflite") == "tflite.a_b_c_1_.tflite"
+    assert len(export_tag("x" * 300 + ".tflite")) == 250  # MLflow's longest tag key
 
 
 def test_calibration_leaves_out_clips_that_do_not_decode_and_says_so(tmp_path: Path, caplog):

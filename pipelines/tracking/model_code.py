@@ -3,7 +3,7 @@
 
 The modules are found by reading their import statements (every import anywhere in a module,
 so lazily imported ones too), starting from `pipelines/tracking/pyfunc_models.py`. Each package
-on the way ships an empty `__init__.py`: the project's own package files re-export more than a
+on the way ships a one-line `__init__.py`: the project's own package files re-export more than a
 served model needs (`pipelines.tracking` the whole tracking package), and a served model
 imports its modules by their full names.
 """
