@@ -90,7 +90,7 @@ def checkpointing(directory: Path, *extra, checkpoint=checkpoints.EpochCheckpoin
 
 def test_a_crash_between_checkpoint_files_leaves_the_previous_epoch_whole(tmp_path: Path):
     callbacks = checkpointing(tmp_path / "run", checkpoint=CrashingCheckpoint, at=2)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="killed between the checkpoint's files"):
         fit_with(callbacks)
     snapshots = callbacks[1].weights
     state = checkpoints.load_checkpoint(tmp_path / "run")

@@ -248,8 +248,9 @@ def test_a_file_of_inputs_skips_and_counts_its_blank_lines(tmp_path: Path, capsy
 def test_evaluate_reads_the_data_folder_from_the_variable_training_reads(
         commands, env: str, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.delenv(env, raising=False)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         cli.main(commands, ["evaluate", "--store-dir", str(tmp_path)])
+    assert refused.value.code == 2
     assert "the following arguments are required: --data-dir" in capsys.readouterr().err
     monkeypatch.setenv(env, str(tmp_path / "absent"))
     assert cli.main(commands, ["evaluate", "--store-dir", str(tmp_path)]) == 2
@@ -273,8 +274,9 @@ def test_a_sweeps_name_leaves_out_what_it_searches():
 def test_tensorflows_log_lines_pass_once_through_the_commands_handlers(tmp_path: Path, caplog):
     """TensorFlow's logger keeps no handler of its own (each of its lines printed twice), and
     its INFO lines (a temporary folder for each model saved) are not shown."""
-    with pytest.raises(SystemExit):  # a command that stops at its options, logging set up
+    with pytest.raises(SystemExit) as stopped:  # a command that stops at its options
         speech.main(["listen", str(tmp_path / "x.wav"), "--hop-ms", "0"])
+    assert stopped.value.code == 2
     tensorflow_logger = logging.getLogger("tensorflow")
     tensorflow_logger.info("Assets written to: /tmp/x/assets")
     tensorflow_logger.warning("a warning")

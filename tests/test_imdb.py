@@ -126,8 +126,9 @@ def test_missing_or_wrong_layout_names_the_path(tmp_path: Path, imdb_dir: Path):
 
 def test_validation_share_must_be_a_percentage(imdb_dir: Path):
     reviews = load_imdb(imdb_dir, validation_pct=10, seed=0).splits["test"]
-    with pytest.raises(ValueError, match="between 0 and 100"):
-        carve_validation(reviews, 0, seed=0)
+    for share in (0, 100, -5, 150):
+        with pytest.raises(ValueError, match=f"between 0 and 100, got {share}"):
+            carve_validation(reviews, share, seed=0)
 
 
 def test_rating_comes_from_the_file_name():

@@ -56,8 +56,9 @@ def test_evaluate_entry_points_use_the_evaluate_command_and_its_defaults(pipelin
     run = task.config().run
     assert values == {"--data-dir": str(REPO), "--store-dir": run.store_dir,
                       "--model-uri": f"models:/{run.registered_model}@champion"}
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as helped:
         cli.main(task, ["evaluate", "--help"])
+    assert helped.value.code == 0
     assert set(values) <= set(capsys.readouterr().out.split())
 
 

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import sentiment, speech, tracking
 from pipelines.errors import SetupError
 from pipelines.lifecycle import require_writable_dir
-from tests import test_sentiment_pipeline, test_speech_pipeline
+from tests import test_speech_pipeline
 from tests.processes import free_port
 
 
@@ -102,15 +102,6 @@ def test_require_writable_dir_names_the_folder(tmp_path: Path):
         require_writable_dir(tmp_path / "file" / "cache", "cache folder")
     require_writable_dir(tmp_path / "new" / "folder", "cache folder")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # nothing made
-
-
-def test_same_seed_data_and_config_give_the_same_metrics(imdb_dir: Path, tmp_path: Path):
-    """Sentiment (bucketing, n-gram branch): two runs with the same seed give identical
-    metrics on CPU (tolerance 1e-6). Speech's twin check is in its end-to-end test."""
-    text_args = test_sentiment_pipeline.small_args(imdb_dir, tmp_path)
-    for _ in range(2):
-        assert sentiment.main(text_args) == 0
-    test_speech_pipeline.assert_same_metrics(tmp_path / "mlruns", "imdb-sentiment")
 
 
 def test_an_internal_error_shows_its_traceback_and_fails_the_run(speech_dir: Path,

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import cli, sentiment, tracking
 from pipelines.sentiment import SentimentConfig
+from tests.test_speech_pipeline import assert_same_metrics
 
 
 def small_args(data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
@@ -75,6 +76,11 @@ def test_run_end_to_end_logs_registers_and_serves_raw_text(imdb_dir: Path, tmp_p
                                                          for line in lines)
     assert ": error: text: expected a non-empty review string" in printed.err
     assert f"{reviews}: skipped 1 blank line(s): 2\n" in printed.err  # in the file: counted
+
+    # the same seed, data and config (bucketing and the n-gram branch included): the same
+    # metrics on CPU
+    assert sentiment.main(small_args(imdb_dir, tmp_path)) == 0
+    assert_same_metrics(tmp_path / "mlruns", "imdb-sentiment")
 
 
 def test_baseline_is_logged_beside_and_registered_only_when_it_wins(imdb_dir: Path,

@@ -48,12 +48,26 @@ def test_the_bounds_are_inclusive_and_the_message_names_bound_and_size():
     assert issubclass(RequestTooLarge, PipelineError)  # the CLI reports it as `error: ...`
 
 
+class DecodeCounting(SpeechPredictor):
+    """The served speech model, counting the rows it decodes."""
+
+    decoded = 0
+
+    def clips(self, rows):
+        self.decoded += len(rows)
+        return super().clips(rows)
+
+
 def test_a_speech_request_over_the_row_bound_is_refused_before_any_clip_is_decoded():
+    served = DecodeCounting(None, TWELVE_CLASS_LABELS, MfccConfig())
     rows = pd.DataFrame({"audio": [wav()] * (MAX_REQUEST_ROWS + 1)})
     with pytest.raises(RequestTooLarge, match=f"{MAX_REQUEST_ROWS + 1} rows"):
-        SPEECH.predict(rows)
-    with pytest.raises(TypeError):  # rows within the bounds are decoded, then meet no model
-        SPEECH.predict(rows.iloc[:2])
+        served.predict(rows)
+    assert served.decoded == 0
+    # rows within the bounds are decoded, then meet no model
+    with pytest.raises(TypeError, match="'NoneType' object is not callable"):
+        served.predict(rows.iloc[:2])
+    assert served.decoded == 2
 
 
 def test_a_speech_request_over_the_byte_bound_is_refused_audio_and_waveforms_alike():
@@ -76,7 +90,7 @@ def test_a_waveform_is_measured_before_it_is_converted():
         SPEECH.waveform({"waveform": 0.5, "sample_rate": 16000})
 
 
-def test_a_text_request_over_a_bound_is_refused_before_any_review_is_read():
+def test_a_text_request_over_a_bound_is_refused_as_a_whole():
     with pytest.raises(RequestTooLarge, match=f"{MAX_REQUEST_ROWS + 1} rows"):
         TEXT.predict(pd.DataFrame({"text": ["a fine film"] * (MAX_REQUEST_ROWS + 1)}))
     # MLflow hands {"text": [...]} over as one row holding the list: its reviews are counted

@@ -49,15 +49,22 @@ def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_
     assert parent.data.params["space.front_end"] == "one of conv, none"
     scores = client.get_metric_history(parent.info.run_id, "trial_val_accuracy")
     assert [point.step for point in scores] == [0, 1]
-    best_run = max(trials, key=lambda run: run.data.metrics["model_val_accuracy"])
+    # the best trial (Optuna's: the first of any tied for the highest score)
+    best_run = {run.info.run_name: run for run in trials}[
+        f"tiny-trial{parent.data.tags['best_trial']}"]
     assert parent.data.tags["best_trial_run_id"] == best_run.info.run_id
+    assert best_run.data.metrics["model_val_accuracy"] == max(
+        run.data.metrics["model_val_accuracy"] for run in trials)
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(
         best_run.data.metrics["model_val_accuracy"])
     # the per-epoch curve keeps one point per epoch (the kept model's score has its own name)
     assert len(client.get_metric_history(best_run.info.run_id, "val_accuracy")) == 1
-    for name, value in best_run.data.params.items():
-        if f"best.{name}" in parent.data.params:
-            assert parent.data.params[f"best.{name}"] == value
+    searched = {key.removeprefix("space.") for key in parent.data.params
+                if key.startswith("space.")}
+    assert {key.removeprefix("best.") for key in parent.data.params
+            if key.startswith("best.")} == searched
+    for name in searched:
+        assert parent.data.params[f"best.{name}"] == best_run.data.params[name]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert artifacts == {"sweep/search_space.json", "sweep/trials.json"}
     space = json.loads(Path(client.download_artifacts(

@@ -96,6 +96,9 @@ def test_pipeline_trains_from_tfds(tmp_path: Path):
     result = sentiment.run(config)
     run = MlflowClient().get_run(result["run_id"])
     assert run.data.metrics["examples_train"] == 17 and run.data.metrics["skipped_examples"] == 1
+    contexts = {tag.value for i in run.inputs.dataset_inputs for tag in i.tags
+                if tag.key == "mlflow.data.context"}
+    assert contexts == {"train", "validation", "test"}
     assert all(i.dataset.source and "tfds://imdb_reviews/1.0.0" in i.dataset.source
                for i in run.inputs.dataset_inputs)
 

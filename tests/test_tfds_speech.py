@@ -79,6 +79,9 @@ def test_pipeline_trains_from_tfds(tmp_path: Path):
     result = speech.run(config)
     run = MlflowClient().get_run(result["run_id"])
     assert run.data.metrics["examples_train"] == 36
+    contexts = {tag.value for i in run.inputs.dataset_inputs for tag in i.tags
+                if tag.key == "mlflow.data.context"}
+    assert contexts == {"train", "validation", "test"}
     assert all("tfds://speech_commands/0.0.3" in i.dataset.source
                for i in run.inputs.dataset_inputs)
 
