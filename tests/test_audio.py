@@ -36,6 +36,7 @@ def test_short_clip_is_padded_and_long_clip_trimmed(tmp_path: Path):
     assert np.all(short[4000:] == 0) and np.any(short[:4000] != 0)
     long = decode_clip(write_wav(tmp_path / "long.wav", tone(300, 2.5)), SPEC)
     assert long.shape == (16000,)
+    assert np.abs(long - tone(300, 2.5)[:16000]).max() < 1e-4  # its first second (16-bit)
 
 
 def test_bytes_input_matches_file_input(tmp_path: Path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
@@ -196,7 +197,10 @@ def test_the_promotion_queue_waits_only_for_a_version_whose_process_may_still_de
     client.update_run(run_id, "RUNNING")
     client.set_tag(run_id, leases.PID, str(dead.pid))  # killed: RUNNING, its process gone
     assert not registry.may_still_decide(client, pending)
-    registry.wait_for_earlier_promotions(client, "model-x", 2)  # returns: nothing to wait for
+    waiting = ThreadPoolExecutor(1)  # a wait that never returned would fail, not hang
+    waiting.submit(registry.wait_for_earlier_promotions, client, "model-x", 2).result(
+        timeout=60)  # returns: nothing to wait for
+    waiting.shutdown(wait=False)
     client.set_model_version_tag("model-x", pending.version, registry.REGISTERED_BY, "0" * 32)
     [pending] = client.search_model_versions("name='model-x'")
     assert not registry.may_still_decide(client, pending)  # its run is gone from the store
