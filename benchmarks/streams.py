@@ -195,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("out", type=Path, metavar="OUT.wav",
                           help="the stream to write (16 kHz mono); its labels go beside it")
     generate.add_argument("--data-dir", type=Path, required=True,
-                          help="a Speech Commands folder: its test split's clips and its "
-                               "_background_noise_ recordings make the stream")
+                          help="a Speech Commands folder: its test split's clips (by its "
+                               "testing_list.txt, or else the default 10 %% of speakers by "
+                               "hash) and its _background_noise_ recordings make the stream")
     generate.add_argument("--seconds", type=float, default=600, help="length of the stream")
     generate.add_argument("--words", choices=STREAM_WORDS, default="keywords",
                           help="the ten keywords, the test split's _unknown_ words, or none "
