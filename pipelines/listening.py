@@ -19,7 +19,7 @@ header's sizes may be left unknown, as recorders writing to a pipe leave them) o
 format libsndfile reads from a stream (OGG; not FLAC, whose decoder needs to seek: `listen - <
 x.flac` reads a file, which can). Bad input, per file:
 
-- shorter than a window: zero-padded to one window, which is scored once;
+- shorter than a window: zero-padded to one window, scored once, timed at the recording's end;
 - too short for a streaming decision (fewer windows than `--minimum-count`, or spanning less
   than a quarter of `--average-window-ms`: under 1.2 s at the defaults): decided once on the
   average of all its windows, with the same threshold;
@@ -259,7 +259,7 @@ def windows(blocks: Iterator[np.ndarray], window: int, hop: int
             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Batches of (window end times in samples, windows (n, window)) of the stream, a window
     every `hop` samples (which may be longer than a window); a stream shorter than one window
-    gives one, zero-padded."""
+    gives one, zero-padded, ending where the stream ends."""
     buffer = np.zeros(0, np.float32)
     consumed = 0  # samples dropped from the buffer's front
     start = 0  # next window's start, in samples of the stream
@@ -279,7 +279,7 @@ def windows(blocks: Iterator[np.ndarray], window: int, hop: int
     if not seen:
         padded = np.zeros(window, np.float32)
         padded[:len(buffer)] = buffer
-        yield np.array([window]), padded[None]
+        yield np.array([consumed + len(buffer)]), padded[None]
 
 
 def hop_samples(config: ListenConfig, rate: int) -> int:

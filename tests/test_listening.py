@@ -106,6 +106,7 @@ def test_windows_of_a_stream_in_blocks_equal_windows_of_the_whole():
     np.testing.assert_array_equal(cut, np.stack([wave[end - RATE:end] for end in ends]))
     short = list(windows(iter([np.ones(4000, np.float32)]), RATE, 1600))
     assert len(short) == 1 and short[0][1].shape == (1, RATE)
+    assert short[0][0].tolist() == [4000]  # its time: where the recording ends
     assert short[0][1][0, :4000].sum() == 4000 and not short[0][1][0, 4000:].any()
     # a hop longer than a window skips samples, across block boundaries too
     wave = np.arange(10 * RATE, dtype=np.float32)
@@ -205,7 +206,8 @@ def test_tone_bursts_are_heard_once_each_near_their_time(tmp_path: Path, predict
 
 def test_short_silent_corrupt_and_missing_recordings(tmp_path: Path, predictor):
     short = write_wav(tmp_path / "short.wav", stream(0.7, [0.0]))  # shorter than a window
-    assert [d.label for d in listen(str(short), predictor, ListenConfig())] == ["yes"]
+    assert [(d.label, d.time_s) for d in listen(str(short), predictor, ListenConfig())] == [
+        ("yes", 0.7)]  # at its end, not past it
     # two windows, fewer than --minimum-count: decided once on both, at the last one's end
     brief = write_wav(tmp_path / "brief.wav", stream(1.1, [0.2]))
     assert [(d.label, d.time_s) for d in listen(str(brief), predictor, ListenConfig())] == [
