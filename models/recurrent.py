@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from features.errors import ConfigError, require_at_least
+from features.text import OOV_ID, PADDING_ID
 
 CELLS = ("gru", "lstm")
 POOLINGS = ("mean", "max", "mean-max", "attention")
@@ -260,9 +261,23 @@ def build_text_classifier(
     return keras.Model(inputs, outputs, name=f"bi_{config.cell}_text_classifier")
 
 
+@keras.saving.register_keras_serializable(package="models")
+class EmptyAsUnknown(keras.layers.Layer):
+    """Right-padded token ids with a review of no tokens at all given one OOV token, as
+    `features.text.encode_reviews` encodes it: a row of padding only would be masked whole,
+    and masked pooling over no step gives NaN."""
+
+    def call(self, ids):
+        first = keras.ops.arange(keras.ops.shape(ids)[1])[None, :] == 0
+        empty = ids[:, :1] == PADDING_ID
+        return keras.ops.where(first & empty, keras.ops.cast(OOV_ID, ids.dtype), ids)
+
+
 def text_to_probabilities(vectorizer: keras.layers.Layer, classifier: keras.Model
                           ) -> keras.Model:
     """Joins a fitted TextVectorization and a token-id classifier: raw strings in,
-    probabilities out. Saved as one .keras file, it carries the vocabulary with it."""
+    probabilities out (a review of no tokens as one unknown token, as training encodes it).
+    Saved as one .keras file, it carries the vocabulary with it."""
     texts = keras.Input(shape=(), dtype="string", name="text")
-    return keras.Model(texts, classifier(vectorizer(texts)), name="text_classifier")
+    ids = EmptyAsUnknown(name="empty_as_unknown")(vectorizer(texts))
+    return keras.Model(texts, classifier(ids), name="text_classifier")
