@@ -206,6 +206,16 @@ def token_lengths(ids: np.ndarray) -> np.ndarray:
     return np.count_nonzero(ids != PADDING_ID, axis=1)
 
 
+def truncated_share(texts: Sequence[str | bytes], ids: np.ndarray) -> float:
+    """The share of reviews with more tokens than their right-padded rows of `ids` hold (cut
+    at the sequence length; a review exactly that long is not)."""
+    full = np.flatnonzero(ids[:, -1] != PADDING_ID)  # every id used: cut, or exactly that long
+    if not len(full):
+        return 0.0
+    tokens = tf.strings.split(standardize_review(review_tensor([texts[i] for i in full])))
+    return float(np.count_nonzero(tokens.row_lengths().numpy() > ids.shape[1]) / len(ids))
+
+
 def vocabulary_text(vectorizer: keras.layers.TextVectorization) -> str:
     """The vocabulary, one token per line in id order (line 1: padding, line 2: OOV)."""
     return "\n".join(vectorizer.get_vocabulary()) + "\n"

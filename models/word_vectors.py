@@ -57,7 +57,10 @@ def train_word_vectors(corpus_file: str | Path, vocabulary_size: int, dim: int, 
         negative: Negative samples per prediction.
         seed: Seed of the initial vectors and of the sampling.
         workers: Training threads.
-        on_epoch: Called after each epoch with its index and its loss per token.
+        on_epoch: Called after each epoch with its index and its loss per token (of the share
+            of the corpus one worker trained on: gensim's corpus-file training keeps the last
+            worker's running loss, not the sum of the workers'; the shares are equal parts of
+            the file, so this is the corpus's loss per token within their spread).
 
     Returns:
         float32 (vocabulary_size, dim); padding's row is zero.
@@ -78,7 +81,8 @@ def train_word_vectors(corpus_file: str | Path, vocabulary_size: int, dim: int, 
                     start_alpha=START_ALPHA - (START_ALPHA - END_ALPHA) * epoch / epochs,
                     end_alpha=START_ALPHA - (START_ALPHA - END_ALPHA) * (epoch + 1) / epochs)
         if on_epoch is not None:
-            on_epoch(epoch, model.get_latest_training_loss() / model.corpus_total_words)
+            share = model.corpus_total_words / workers  # the words one worker trained on
+            on_epoch(epoch, model.get_latest_training_loss() / share)
     vectors = np.random.default_rng(seed).normal(0.0, 0.05, (vocabulary_size, dim))
     vectors = vectors.astype(np.float32)
     for token, index in model.wv.key_to_index.items():

@@ -43,6 +43,7 @@ from features.text import (
     TokenConfig,
     encode_splits,
     token_lengths,
+    truncated_share,
     vectorizer_summary,
     vocabulary_text,
 )
@@ -226,13 +227,12 @@ def encode(config: SentimentConfig, texts: Splits, pretrained: Pretrained | None
     vectorizer, ids = encode_splits(
         texts, config.tokens,
         pretrained.vectorizer(config.tokens.sequence_length) if pretrained else None)
-    lengths = token_lengths(ids.x["train"])
     tracking.log_text(vocabulary_text(vectorizer), "vocabulary.txt")
     tracking.log_dict(vectorizer_summary(vectorizer), "feature_config.json")
     tracking.log_metrics({
         "vocabulary_size": vectorizer.vocabulary_size(),
-        "train_tokens_mean": float(lengths.mean()),
-        "train_truncated_share": float((lengths >= config.tokens.sequence_length).mean()),
+        "train_tokens_mean": float(token_lengths(ids.x["train"]).mean()),
+        "train_truncated_share": truncated_share(texts.x["train"], ids.x["train"]),
         "feature_seconds": time.perf_counter() - started,
     })
     return vectorizer, ids

@@ -52,6 +52,22 @@ def test_word_vectors_place_words_that_share_contexts_together(tmp_path: Path):
     assert set(near["w2"]) == {"w3", "w4", "w5"} and set(near["w6"]) == {"w7", "w8", "w9"}
 
 
+def test_the_loss_per_token_does_not_depend_on_the_worker_count(tmp_path: Path):
+    """gensim keeps one worker's running loss in corpus-file training: per token of its share
+    (half the corpus on two workers), as on one."""
+    corpus = tmp_path / "corpus.txt"
+    rng = np.random.default_rng(0)
+    with corpus.open("w") as handle:  # ten topics of 50 words, a review of 20-60 per line
+        for topic in rng.integers(10, size=8000):
+            ids = rng.integers(2 + 50 * topic, 52 + 50 * topic, rng.integers(20, 60))
+            handle.write(" ".join(map(str, ids)) + "\n")
+    losses = {1: [], 2: []}
+    for workers, found in losses.items():
+        train_word_vectors(corpus, 502, 8, epochs=1, window=3, negative=5, seed=0,
+                           workers=workers, on_epoch=lambda _, loss, to=found: to.append(loss))
+    assert losses[2][0] == pytest.approx(losses[1][0], rel=0.1), losses  # not half
+
+
 def test_word_vectors_need_text_and_epochs(tmp_path: Path):
     empty = tmp_path / "empty.txt"
     assert write_corpus([np.zeros((3, 4), np.int32)], empty) == 0

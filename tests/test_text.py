@@ -22,6 +22,7 @@ from features.text import (
     standardize_review,
     strip_html_lower,
     token_lengths,
+    truncated_share,
 )
 from models.recurrent import text_to_probabilities
 from tests.builders import text_classifier
@@ -58,6 +59,12 @@ def test_vocabulary_size_caps_the_ids():
                                 sequence_length=8)
     assert len(vectorizer.get_vocabulary()) == 5
     assert encode_reviews(vectorizer, ["a b c d e f g h"]).max() == 4
+
+
+def test_only_reviews_longer_than_their_ids_count_as_truncated():
+    vectorizer = fit_vectorizer(["a b c d e f"], vocabulary_size=10, sequence_length=4)
+    texts = ["a b c d", "a b c d e f", "a b", "A, b! <br />c d e"]  # exactly 4, 6, 2, 5 tokens
+    assert truncated_share(texts, encode_reviews(vectorizer, texts)) == 0.5
 
 
 def test_a_review_without_tokens_becomes_one_unknown_token():
