@@ -61,6 +61,14 @@ def test_vocabulary_size_caps_the_ids():
     assert encode_reviews(vectorizer, ["a b c d e f g h"]).max() == 4
 
 
+def test_html_tags_go_and_a_less_than_sign_keeps_the_text_after_it():
+    assert standardized('A <i>fine</i> film<br /><br/><a href="x">link</A>') == [
+        "a", "fine", "film", "link"]
+    # a "<" of the text is no tag: what follows it up to the next ">" is kept
+    assert standardized("the plot < the acting, sadly. <br />Yet >AAARGH!< I enjoyed it") == [
+        "the", "plot", "the", "acting", "sadly", "yet", "aaargh", "i", "enjoyed", "it"]
+
+
 def test_only_reviews_longer_than_their_ids_count_as_truncated():
     vectorizer = fit_vectorizer(["a b c d e f"], vocabulary_size=10, sequence_length=4)
     texts = ["a b c d", "a b c d e f", "a b", "A, b! <br />c d e"]  # exactly 4, 6, 2, 5 tokens
