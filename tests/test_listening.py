@@ -324,42 +324,6 @@ def test_standard_input_is_listened_to_once_and_only_from_a_pipe(
     assert message in capsys.readouterr().err
 
 
-def read_standard_input(sent: bytes) -> np.ndarray:
-    """What `listen -` reads of `sent` through a pipe (within a pipe's buffer), joined."""
-    reader, writer = os.pipe()
-    os.write(writer, sent)
-    os.close(writer)
-    saved = os.dup(0)
-    try:
-        os.dup2(reader, 0)
-        return np.concatenate([np.zeros(0, np.float32),
-                               *resampled_blocks("-", 16000, 0.1)])
-    finally:
-        os.dup2(saved, 0)
-        os.close(saved)
-        os.close(reader)
-
-
-@pytest.mark.parametrize("suffix", ["ogg", "flac", "empty"])
-def test_a_pipe_carries_wav_or_ogg_and_names_what_it_cannot(suffix: str, tmp_path: Path):
-    """OGG streams through a pipe; FLAC (whose decoder needs to seek) and nothing at all are
-    not decodable, with what a pipe may carry."""
-    sent = b""
-    if suffix != "empty":
-        clip = (0.3 * np.sin(np.arange(16000) / 3.0)).astype(np.float32)
-        sent = write_wav(tmp_path / f"clip.{suffix}", clip,
-                         subtype="VORBIS" if suffix == "ogg" else "PCM_16").read_bytes()
-    if suffix == "ogg":
-        assert len(read_standard_input(sent)) == 16000
-        return
-    with pytest.raises(AudioDecodeError) as refused:
-        read_standard_input(sent)
-    assert str(refused.value).startswith("standard input: not decodable audio (")
-    assert str(refused.value).endswith("; a pipe carries WAV or OGG, not FLAC (its decoder "
-                                       "needs to seek): was the stream empty, or of another "
-                                       "format?")
-
-
 @pytest.mark.parametrize(("flags", "message"), [
     (["--threshold", "1.5"], "--threshold must be in [0, 1), not 1.5"),
     (["--hop-ms", "0"], "--hop-ms and --average-window-ms must be positive"),
