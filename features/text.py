@@ -116,6 +116,19 @@ def fit_vectorizer(train_texts: Sequence[str], vocabulary_size: int, sequence_le
     return vectorizer
 
 
+@keras.saving.register_keras_serializable(package="features")
+class EmptyAsUnknown(keras.layers.Layer):
+    """Right-padded token ids with a review of no tokens at all ("", "!!!", "<br />") given one
+    OOV token, so that masked layers always see at least one step (a row of padding only is
+    masked whole, and masked pooling over no step gives NaN): in `encode_reviews` and inside a
+    model over raw strings (`models.recurrent.text_to_probabilities`)."""
+
+    def call(self, ids):
+        first = keras.ops.arange(keras.ops.shape(ids)[1])[None, :] == 0
+        empty = ids[:, :1] == PADDING_ID
+        return keras.ops.where(first & empty, keras.ops.cast(OOV_ID, ids.dtype), ids)
+
+
 def encode_reviews(vectorizer: keras.layers.TextVectorization, texts: Sequence[str | bytes]
                    ) -> np.ndarray:
     """Token ids (reviews, sequence_length) as int32, right-padded with PADDING_ID.
@@ -127,11 +140,10 @@ def encode_reviews(vectorizer: keras.layers.TextVectorization, texts: Sequence[s
     sequence_length = vectorizer.get_config()["output_sequence_length"]
     if not len(texts):
         return np.zeros((0, sequence_length), np.int32)
-    batches = [vectorizer(review_tensor(texts[start:start + ENCODE_BATCH])).numpy()
+    unknown = EmptyAsUnknown()
+    batches = [unknown(vectorizer(review_tensor(texts[start:start + ENCODE_BATCH]))).numpy()
                for start in range(0, len(texts), ENCODE_BATCH)]
-    ids = np.concatenate(batches).astype(np.int32)
-    ids[ids[:, 0] == PADDING_ID, 0] = OOV_ID  # no tokens left: one unknown token, not nothing
-    return ids
+    return np.concatenate(batches).astype(np.int32)
 
 
 def encode_splits(texts: Splits, tokens: TokenConfig,

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from features.errors import ConfigError, require_at_least
-from features.text import OOV_ID, PADDING_ID
+from features.text import EmptyAsUnknown
 
 CELLS = ("gru", "lstm")
 POOLINGS = ("mean", "max", "mean-max", "attention")
@@ -259,18 +259,6 @@ def build_text_classifier(
         x = keras.layers.SpatialDropout1D(embedding_dropout, name="embedding_dropout")(x)
     outputs = recurrent_classifier(x, num_classes, config)
     return keras.Model(inputs, outputs, name=f"bi_{config.cell}_text_classifier")
-
-
-@keras.saving.register_keras_serializable(package="models")
-class EmptyAsUnknown(keras.layers.Layer):
-    """Right-padded token ids with a review of no tokens at all given one OOV token, as
-    `features.text.encode_reviews` encodes it: a row of padding only would be masked whole,
-    and masked pooling over no step gives NaN."""
-
-    def call(self, ids):
-        first = keras.ops.arange(keras.ops.shape(ids)[1])[None, :] == 0
-        empty = ids[:, :1] == PADDING_ID
-        return keras.ops.where(first & empty, keras.ops.cast(OOV_ID, ids.dtype), ids)
 
 
 def text_to_probabilities(vectorizer: keras.layers.Layer, classifier: keras.Model
