@@ -280,7 +280,7 @@ def search_space(model: str) -> dict:
     """What `--sweep N` searches: model shape, regularisation, learning rate, augmentation;
     for the tutorial CNN, whose shape and dropout are fixed, the last two only."""
     space = {
-        "front_end": OneOf(["conv", "none"]),
+        "front_end": OneOf(list(FRONT_ENDS)),
         "pooling": OneOf(["attention", "mean-max"]),
         "units": IntDistribution(32, 128, step=32),
         "depth": IntDistribution(1, 3),

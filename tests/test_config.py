@@ -110,7 +110,7 @@ def test_every_choice_list_is_written_once():
     written = []
     for path in PRODUCT:
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Tuple) and frozenset(
+            if isinstance(node, ast.Tuple | ast.List) and frozenset(
                     value for value in [literal(element) for element in node.elts]
                     if isinstance(value, str)) in choice_sets and len(node.elts) > 1:
                 written.append((path.name, node.lineno, literal(node)))
