@@ -2,10 +2,10 @@
 
 A folder of entries: `<key>.f32` (raw float32 rows: MFCC frames, or decoded waveforms) and
 `<key>.json` (shape, kept and skipped examples, the frames' per-coefficient moments, the row
-file's CRC-32), the metadata written last so that it
-marks a complete entry. The CRC-32, computed while the rows are streamed, is checked on every
-load: an entry whose metadata is unreadable, or whose row file has another size or checksum, is
-logged and rebuilt, never used.
+file's CRC-32, and a CRC-32 of those values), the metadata written last so that it marks a
+complete entry. The row file's CRC-32, computed while the rows are streamed, is checked on every
+load: an entry whose metadata is unreadable or fails its own checksum, or whose row file has
+another size or checksum, is logged and rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 DTYPE = np.float32
 CHECKSUM_BLOCK = 1 << 20  # bytes read at a time when verifying a cache file
 META_KEYS = ("shape", "kept", "skipped", "mean", "variance", "crc32")
+META_CHECKSUM = "meta_crc32"  # of the other values, as `meta_checksum` writes them
 
 
 @dataclass
@@ -98,6 +99,12 @@ class RowSink:
         return np.memmap(self.out, DTYPE, "r", shape=(self.count, *self.row_shape))
 
 
+def meta_checksum(values: dict) -> int:
+    """CRC-32 of an entry's metadata values (JSON, keys sorted), so that a changed index or
+    moment is detected as a changed row is."""
+    return zlib.crc32(json.dumps(values, sort_keys=True).encode())
+
+
 def file_crc32(path: Path) -> int:
     """CRC-32 of a file, read in `CHECKSUM_BLOCK` blocks."""
     crc = 0
@@ -132,6 +139,11 @@ class FeatureCache:
             if missing:
                 log.warning("feature cache metadata %s lacks %s; rebuilding", meta_path,
                             ", ".join(missing))
+                return None
+            checksum = meta.pop(META_CHECKSUM, None)
+            if checksum != meta_checksum(meta) or len(meta["kept"]) != meta["shape"][0]:
+                log.warning("feature cache metadata %s fails its checksum (corrupted); "
+                            "rebuilding", meta_path)
                 return None
             return meta | {
                 "shape": tuple(int(size) for size in meta["shape"]),
@@ -221,10 +233,12 @@ class FeatureCache:
                 meta = {"shape": tuple(features.frames.shape), "kept": features.kept,
                         "skipped": features.skipped, "mean": features.mean,
                         "variance": features.variance, "crc32": crc32}  # as read_meta types it
+                values = {name: value.tolist() if isinstance(value, np.ndarray) else value
+                          for name, value in meta.items()}
+                values = json.loads(json.dumps(values))  # as read back: tuples are lists
                 with disk_space_errors(self.directory, tmp_meta):
-                    tmp_meta.write_text(json.dumps({
-                        name: value.tolist() if isinstance(value, np.ndarray) else value
-                        for name, value in meta.items()}))
+                    tmp_meta.write_text(json.dumps(
+                        values | {META_CHECKSUM: meta_checksum(values)}))
             os.replace(tmp, self.data_path(key))
             os.replace(tmp_meta, self.meta_path(key))  # the entry is complete
         finally:

@@ -134,7 +134,7 @@ def prepare_folder(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccCo
     for split in SPLITS:
         examples = data.examples[split]
         features = split_features(examples, data.data_dir, mfcc, source.cache_folder,
-                                  desc=f"MFCC {split}")
+                                  desc=f"MFCC {split}", content=data.content_hashes)
         x[split] = features.frames
         y[split] = np.asarray([index[examples[i].label] for i in features.kept], np.int32)
         digests[split] = data.digest((split,))
@@ -143,7 +143,8 @@ def prepare_folder(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccCo
         if split == "train":
             moments = features.mean, features.variance
             if waveforms:
-                decoded = split_waveforms(examples, data.data_dir, mfcc, source.cache_folder)
+                decoded = split_waveforms(examples, data.data_dir, mfcc, source.cache_folder,
+                                          data.content_hashes)
                 if not np.array_equal(decoded.kept, features.kept):
                     raise DataError("decoded waveforms and cached MFCC frames of the "
                                     "training split disagree on the usable clips; clear "

@@ -9,9 +9,11 @@ computed side by side use the machine where one call at a time would leave a cor
 the extra worker keeps the cores computing while another decodes (much of decoding holds the
 GIL).
 
-A cache entry (features.feature_cache) is keyed by a hash of the example list (paths, sizes,
-modification times, silence windows) and the feature configuration, so a second run with the
-same data and config reads the frames back (memory-mapped) and decodes nothing. The module
+A cache entry (features.feature_cache) is keyed by a hash of the example list (paths, the
+files' content hashes where the reader gives them, else their sizes and modification times,
+silence windows), the feature configuration and the decoding and feature libraries' versions,
+so a second run with the same data and config reads the frames back (memory-mapped) and decodes
+nothing. The module
 also caches the decoded waveforms of a split (`split_waveforms`), which training with
 augmentation computes its MFCC frames from afresh each epoch; their entry is keyed by the
 sample rate and clip length alone (`entry_settings`), so other MFCC options reuse it.
@@ -27,12 +29,16 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import librosa
 import numpy as np
+import soundfile
+import soxr
+import tensorflow as tf
 from tqdm.auto import tqdm
 
 from features.audio import AudioDecodeError, AudioSpec, decode_clip, decode_recording
@@ -42,32 +48,49 @@ from features.speech_commands import Example
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 3  # bump when the way features are computed or stored changes
+CACHE_FORMAT = 4  # bump when the way features are computed or stored changes
 MAX_WORKERS = 4  # feature-stage threads on a machine with many cores
 # clips a feature-stage worker decodes and computes at a time: a compiled call's rate per clip
 # peaks at 64 clips (docs/performance.md, item 1)
 STAGE_CHUNK_CLIPS = 64
 
 
+@functools.cache
+def library_versions() -> dict[str, str]:
+    """The versions of what decodes, resamples and computes the features (libsndfile, soxr,
+    librosa's filters, TensorFlow's maths): an upgrade may change a value, so it is a new
+    entry."""
+    return {"libsndfile": soundfile.__libsndfile_version__, "soxr": soxr.__version__,
+            "librosa": librosa.__version__, "tensorflow": tf.__version__}
+
+
 def entry_settings(config: MfccConfig, kind: str) -> dict:
     """What an entry's content depends on besides its clips: the whole feature config for
     "mfcc" frames, only the sample rate and clip length for decoded "waveforms" (so other
-    MFCC options reuse the decoded clips)."""
-    return dataclasses.asdict(config.audio if kind == "waveforms" else config)
+    MFCC options reuse the decoded clips), and the libraries' versions."""
+    settings = dataclasses.asdict(config.audio if kind == "waveforms" else config)
+    return settings | {"libraries": library_versions()}
 
 
 def cache_key(examples: Sequence[Example], data_dir: Path, config: MfccConfig,
-              kind: str = "mfcc") -> str:
-    """Hash of the example list (with file sizes and mtimes), the settings the entry depends on
-    (`entry_settings`) and what it holds (`kind`: "mfcc" frames or decoded "waveforms")."""
+              kind: str = "mfcc", content: Mapping[str, str] | None = None) -> str:
+    """Hash of the example list, the settings the entry depends on (`entry_settings`) and what
+    it holds (`kind`: "mfcc" frames or decoded "waveforms").
+
+    Each file counts by its `content` hash (path -> SHA-256 of its bytes) where given, so a
+    clip rewritten in place is a new entry whatever its size and mtime; by its size and mtime
+    otherwise.
+    """
+    content = content or {}
     hasher = hashlib.sha256()
     hasher.update(json.dumps([CACHE_FORMAT, kind, entry_settings(config, kind)]).encode())
     for example in examples:
-        stat = (data_dir / example.path).stat()
+        identity = content.get(example.path)
+        if identity is None:
+            stat = (data_dir / example.path).stat()
+            identity = f"{stat.st_size}|{stat.st_mtime_ns}"
         hasher.update(
-            f"{example.path}|{stat.st_size}|{stat.st_mtime_ns}|{example.offset}|"
-            f"{example.rms!r}\n".encode()
-        )
+            f"{example.path}|{identity}|{example.offset}|{example.rms!r}\n".encode())
     return hasher.hexdigest()[:24]
 
 
@@ -80,8 +103,19 @@ def source_cache_key(source: str, config: MfccConfig, kind: str = "mfcc") -> str
     return hasher.hexdigest()[:24]
 
 
-def silence_window(noise: np.ndarray, example: Example, clip_samples: int) -> np.ndarray:
-    """Cuts a silence example's window from its noise recording and scales it to its RMS."""
+def silence_window(noise: np.ndarray, example: Example, clip_samples: int, source: Path
+                   ) -> np.ndarray:
+    """Cuts a silence example's window from its noise recording (`source`) and scales it to
+    its RMS.
+
+    Raises:
+        AudioDecodeError: The recording decodes shorter than its header said (a cut file),
+            so the window runs past its end.
+    """
+    if example.offset + clip_samples > len(noise):
+        raise AudioDecodeError(
+            f"{source}: decodes to {len(noise)} samples, too few for the window at sample "
+            f"{example.offset} that its header's length allowed (a cut or damaged recording)")
     window = noise[example.offset : example.offset + clip_samples]
     rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))
     scaled = window * (example.rms / rms) if rms > 0 else window
@@ -124,7 +158,8 @@ class ExampleDecoder:
             noise = self.noise[example.path]
             if isinstance(noise, AudioDecodeError):
                 raise noise
-            window = silence_window(noise, example, self.spec.clip_samples)
+            window = silence_window(noise, example, self.spec.clip_samples,
+                                    self.data_dir / example.path)
             if out is None:
                 return window
             out[:] = window
@@ -304,6 +339,7 @@ def split_features(
     config: MfccConfig,
     cache_dir: str | Path | None,
     desc: str = "MFCC",
+    content: Mapping[str, str] | None = None,
 ) -> SplitFeatures:
     """MFCC frames for a split, from the cache when the same data and config were seen before.
 
@@ -313,25 +349,28 @@ def split_features(
         config: Feature configuration.
         cache_dir: Cache folder; None disables caching (the frames are then held in memory).
         desc: Label of the progress bar.
+        content: SHA-256 of each file's bytes by path, what the cache entry is keyed by
+            (size and mtime for a file not in it; see `cache_key`).
 
     Returns:
         The split's features, with the indices of kept examples and the skipped ones.
     """
     data_dir = Path(data_dir)
-    key = cache_key(examples, data_dir, config) if cache_dir is not None else ""
+    key = cache_key(examples, data_dir, config, content=content) if cache_dir is not None else ""
     return cached_features(
         cache_dir, key, lambda out: compute_features(examples, data_dir, config, desc, out))
 
 
 def split_waveforms(
     examples: Sequence[Example], data_dir: str | Path, config: MfccConfig,
-    cache_dir: str | Path | None,
+    cache_dir: str | Path | None, content: Mapping[str, str] | None = None,
 ) -> SplitFeatures:
     """Decoded waveforms of a split (for augmentation, which needs audio, not frames), cached
-    like the frames; `frames` holds the (clips, samples) waveforms, rows aligned with
-    `split_features`' rows."""
+    like the frames (`content` as there); `frames` holds the (clips, samples) waveforms, rows
+    aligned with `split_features`' rows."""
     data_dir = Path(data_dir)
     spec = config.audio
-    key = cache_key(examples, data_dir, config, "waveforms") if cache_dir is not None else ""
+    key = (cache_key(examples, data_dir, config, "waveforms", content)
+           if cache_dir is not None else "")
     return cached_features(
         cache_dir, key, lambda out: compute_waveforms(examples, data_dir, spec, out))

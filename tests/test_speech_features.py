@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
 from features.feature_cache import FeatureCache
 from features.mfcc import MfccConfig
@@ -35,7 +36,8 @@ def test_second_call_reads_the_cache_and_decodes_nothing(speech_dir: Path, tmp_p
     first = split_features(examples, speech_dir, CONFIG, cache)
     assert not first.from_cache and first.frames.shape == (len(examples), 98, 40)
 
-    # Rewrite a clip with other audio but the same size and mtime: a cache hit must not see it.
+    # Rewrite a clip with other audio but the same size and mtime: keyed by sizes and mtimes,
+    # a cache hit does not see it ...
     target = speech_dir / examples[0].path
     stat = target.stat()
     write_wav(target, tone(4000))
@@ -46,6 +48,12 @@ def test_second_call_reads_the_cache_and_decodes_nothing(speech_dir: Path, tmp_p
     assert second.from_cache
     assert np.array_equal(np.asarray(second.frames), first.frames)
     assert np.array_equal(second.kept, first.kept)
+    # ... but keyed by content hashes, as the pipelines key it, the rewritten clip is seen
+    hashes = load_speech_commands(speech_dir, SplitConfig(), AUDIO).content_hashes
+    rewritten = split_features(examples, speech_dir, CONFIG, cache, content=hashes)
+    assert not rewritten.from_cache
+    assert not np.array_equal(np.asarray(rewritten.frames[0]), first.frames[0])
+    assert split_features(examples, speech_dir, CONFIG, cache, content=hashes).from_cache
 
     third = split_features(examples, speech_dir, MfccConfig(n_mfcc=20), cache)
     assert not third.from_cache and third.frames.shape[-1] == 20
@@ -80,6 +88,26 @@ def test_undecodable_clip_is_skipped_and_counted(speech_dir: Path, tmp_path: Pat
     assert features.frames.shape[0] == len(examples) - 1
     again = split_features(examples, speech_dir, CONFIG, tmp_path / "cache")
     assert again.from_cache and again.skipped == features.skipped
+
+
+def test_silence_from_a_cut_noise_recording_is_skipped_and_counted(speech_dir: Path):
+    """An MP3 cut short keeps its full length in its header: the windows past what it decodes
+    to are skipped, each naming the recording, and the run goes on."""
+    noise_dir = speech_dir / "_background_noise_"
+    (noise_dir / "white_noise.wav").unlink()
+    mp3 = noise_dir / "noise.mp3"
+    rng = np.random.default_rng(0)
+    soundfile.write(mp3, (0.05 * rng.standard_normal(30 * 16000)).astype(np.float32), 16000,
+                    format="MP3")
+    mp3.write_bytes(mp3.read_bytes()[: mp3.stat().st_size // 5])
+    examples = load_speech_commands(speech_dir, SplitConfig(silence_pct=100), AUDIO
+                                    ).examples["train"]
+    silence = [example for example in examples if example.is_silence]
+    features = split_features(silence, speech_dir, CONFIG, None)
+    assert features.skipped and len(features.kept) + len(features.skipped) == len(silence)
+    assert all(path == "_background_noise_/noise.mp3" and str(mp3) in reason
+               and "too few for the window" in reason for path, reason in features.skipped)
+    assert features.frames.shape[0] == len(features.kept) > 0
 
 
 def test_silence_windows_reach_their_target_level(speech_dir: Path, tmp_path: Path):
@@ -138,11 +166,18 @@ def drop_metadata_key(data_file: Path, meta_file: Path) -> Path:
     return meta_file
 
 
+def flip_a_kept_index(data_file: Path, meta_file: Path) -> Path:
+    text = meta_file.read_text()
+    meta_file.write_text(text.replace('"kept": [0, 1,', '"kept": [0, 0,', 1))
+    assert meta_file.read_text() != text  # a bit flipped in a digit: still valid JSON
+    return meta_file
+
+
 @pytest.mark.parametrize("damage", [truncate, flip_middle_byte, garble_metadata,
-                                    drop_metadata_key])
+                                    drop_metadata_key, flip_a_kept_index])
 def test_damaged_cache_entry_is_logged_and_rebuilt_not_used(
         speech_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage):
-    assert CACHE_FORMAT >= 3  # entries without a checksum are never looked up
+    assert CACHE_FORMAT >= 4  # entries without their checksums are never looked up
     examples = load_speech_commands(speech_dir, SplitConfig(), AUDIO).examples["train"]
     cache_dir = tmp_path / "cache"
     split_features(examples, speech_dir, CONFIG, cache_dir)
