@@ -186,6 +186,7 @@ FAST_READ_MAX_BYTES = 1 << 20
 # from byte 12 of a plain PCM WAV: fmt id and size, tag, channels, rate, byte rate, block
 # align, bits per sample, data id and size
 CANONICAL = struct.Struct("<4sIHHIIHH4sI")
+MAX_CHANNELS = 1024  # libsndfile refuses files of more ("Too many channels specified")
 
 
 def pcm16_data(data: bytes, body: int, size: int, fmt: tuple[int, int, int, int],
@@ -194,7 +195,7 @@ def pcm16_data(data: bytes, body: int, size: int, fmt: tuple[int, int, int, int]
     from offset `body`) in the format `fmt` (tag, channels, rate, bits per sample), or None
     unless the chunk is whole and plain 16-bit PCM."""
     tag, channels, rate, bits = fmt
-    if (body + size > len(data) or tag != 1 or bits != 16 or channels < 1
+    if (body + size > len(data) or tag != 1 or bits != 16 or not 1 <= channels <= MAX_CHANNELS
             or size % (2 * channels)):
         return None
     samples = np.frombuffer(data, "<i2", size // 2, body).reshape(-1, channels)

@@ -67,6 +67,22 @@ def require_folder(path: str | Path, what: str, hint: str = "") -> Path:
     return path
 
 
+def utf8_name(name: str) -> bool:
+    """Whether a file name read from the file system is UTF-8 (Python keeps other bytes of a
+    name as surrogates, which no digest, log or MLflow record can encode)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_name(name: str) -> str:
+    """A file name as text that can be printed and logged: bytes that are not UTF-8 as
+    `\\xNN`."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def require_data_dir(data_dir: str | None, env: str, dataset: str) -> Path:
     """The data folder given by `--data-dir` or the variable `env`, checked before any work.
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
-from features.errors import ConfigError, DataError, require_folder
+from features.errors import ConfigError, DataError, require_folder, shown_name, utf8_name
 from features.splits import drop_copies
 
 LABELS = ("neg", "pos")
@@ -150,7 +150,7 @@ def read_split_folder(data_dir: Path, split: str, *, drop_duplicates: bool = Tru
             raise DataError(
                 f"{folder} is missing; expected the aclImdb layout "
                 f"<data-dir>/{{train,test}}/{{neg,pos}}/<id>_<rating>.txt")
-        files = sorted(folder.glob("*.txt"))
+        files = review_files(folder)
         if not files:
             raise DataError(f"{folder} holds no .txt reviews")
         read_review_files(data_dir, files, label, reviews, skipped, replaced)
@@ -160,6 +160,12 @@ def read_split_folder(data_dir: Path, split: str, *, drop_duplicates: bool = Tru
     return distinct[split], skipped + duplicates, replaced
 
 
+def review_files(folder: Path) -> list[Path]:
+    """The `.txt` files (in any case) of a label folder, sorted."""
+    return sorted(path for path in folder.iterdir()
+                  if path.suffix.lower() == ".txt")
+
+
 def read_review_files(data_dir: Path, files: Iterable[Path], label: str, reviews: list[Review],
                       skipped: list[tuple[str, str]], replaced: list[str]) -> None:
     """Appends each file's review to `reviews`, or its (path, reason) to `skipped` when it
@@ -167,6 +173,9 @@ def read_review_files(data_dir: Path, files: Iterable[Path], label: str, reviews
     bytes go to `replaced`. Paths are relative to `data_dir`."""
     for path in files:
         relative = path.relative_to(data_dir).as_posix()
+        if not utf8_name(path.name):
+            skipped.append((shown_name(relative), "file name is not UTF-8"))
+            continue
         try:
             text, was_replaced = decode_review(path.read_bytes())
         except OSError as error:  # unreadable (permissions), or a folder named *.txt
@@ -192,8 +201,8 @@ def read_unlabelled(data_dir: Path) -> tuple[list[Review], list[tuple[str, str]]
     folder = data_dir / "train" / UNLABELLED
     reviews, skipped, replaced = [], [], []
     if folder.is_dir():
-        read_review_files(data_dir, sorted(folder.glob("*.txt")), UNLABELLED, reviews,
-                          skipped, replaced)
+        read_review_files(data_dir, review_files(folder), UNLABELLED, reviews, skipped,
+                          replaced)
     return reviews, skipped, replaced
 
 

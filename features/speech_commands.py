@@ -9,7 +9,7 @@ What a damaged or unusual folder does (each note is also logged as a warning):
 
 - an empty word folder is left out and noted, unless the task needs the word (a command word of
   the 12-class task), which is a `ValueError` naming the folder; entries of a word folder that
-  are not clips (subfolders, other files) are counted in a note;
+  are not clips (subfolders, other files, names that are not UTF-8) are counted in a note;
 - a background-noise recording that does not decode is left out, in `skipped` and noted;
 - a missing split list is noted once; the clips it would have placed are split by speaker hash;
 - listed files that do not exist are counted, and the first `MAX_LISTED_PATHS` kept by name;
@@ -32,7 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from features.audio import AudioDecodeError, AudioSpec, audio_info
-from features.errors import ConfigError, DataError, require_at_least, require_folder
+from features.errors import (
+    ConfigError,
+    DataError,
+    require_at_least,
+    require_folder,
+    shown_name,
+    utf8_name,
+)
 from features.speech_splits import (
     assign_splits,
     content_hashes,
@@ -150,11 +157,12 @@ class SpeechCommandsData:
 
 def audio_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """The audio files directly in `folder` (by AUDIO_SUFFIXES, in any case), sorted, and its
-    other entries (files of other kinds, subfolders), which are not read; none for a folder
-    that does not exist."""
+    other entries (files of other kinds, subfolders, names that are not UTF-8), which are not
+    read; none for a folder that does not exist."""
     audio, other = [], []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        is_audio = path.suffix.lower() in AUDIO_SUFFIXES and not path.is_dir()
+        is_audio = (path.suffix.lower() in AUDIO_SUFFIXES and utf8_name(path.name)
+                    and not path.is_dir())
         (audio if is_audio else other).append(path)
     return audio, other
 
@@ -171,19 +179,21 @@ def list_word_clips(data_dir: Path, notes: list[str]) -> dict[str, list[str]]:
     require_folder(data_dir, "Speech Commands data folder", f"pass --data-dir or set "
                    f"{SPEECH_COMMANDS_ENV} to a folder in the official "
                    "<word>/<speaker>_nohash_<n>.wav layout")
-    words = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    words = [folder for folder in folders if utf8_name(folder.name)]
+    unread = [f"{shown_name(folder.name)}/" for folder in folders if folder not in words]
     if not words:
         raise DataError(f"{data_dir}: no word folders found (expected <word>/<clip>.wav)")
-    clips, unread = {}, []
+    clips = {}
     for word_dir in words:
         audio, other = audio_files(word_dir)
         clips[word_dir.name] = [f"{word_dir.name}/{path.name}" for path in audio]
-        unread += [f"{word_dir.name}/{path.name}{'/' if path.is_dir() else ''}"
+        unread += [f"{word_dir.name}/{shown_name(path.name)}{'/' if path.is_dir() else ''}"
                    for path in other]
     if unread:
         add_note(notes, f"{len(unread)} entries of word folders are not clips and were not read "
-                 f"(clips are {'/'.join(AUDIO_SUFFIXES)} files directly in <word>/), e.g. "
-                 f"{', '.join(unread[:3])}")
+                 f"(clips are {'/'.join(AUDIO_SUFFIXES)} files directly in <word>/, named in "
+                 f"UTF-8), e.g. {', '.join(unread[:3])}")
     if not any(clips.values()):
         raise DataError(f"{data_dir}: no word folder holds audio clips (expected "
                         "<word>/<clip>.wav)")
@@ -358,37 +368,3 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
         )
     return SpeechCommandsData(labels=TWELVE_CLASS_LABELS, examples=examples, **found)
 
-
-def is_test_release(data_dir: str | Path) -> bool:
-    """Whether a folder is in the official test-release layout: one folder per class, a
-    `_silence_/` or `_unknown_/` folder among them, and no `_background_noise_/`."""
-    data_dir = Path(data_dir)
-    return ((data_dir / SILENCE_LABEL).is_dir() or (data_dir / UNKNOWN_LABEL).is_dir()) and \
-        not (data_dir / BACKGROUND_NOISE_DIR).is_dir()
-
-
-def test_release_examples(data_dir: str | Path) -> list[Example]:
-    """Every clip of a test-release folder, labelled by its folder (`_unknown_/` files may be
-    named `<word>_<speaker>_nohash_<n>.wav`).
-
-    Raises:
-        FileNotFoundError: `data_dir` is not a folder (DataNotFoundError).
-        ValueError: A folder is not one of the 12 classes, or there are no clips.
-    """
-    data_dir = require_folder(data_dir, "Speech Commands test folder")
-    classes = set(TWELVE_CLASS_LABELS)
-    examples, unread = [], []
-    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
-        if folder.name not in classes:
-            raise DataError(f"{folder}: not one of the 12 test-release classes "
-                             f"({', '.join(sorted(classes))})")
-        audio, other = audio_files(folder)
-        examples += [Example(folder.name, path.relative_to(data_dir).as_posix())
-                     for path in audio]
-        unread += [path.relative_to(data_dir).as_posix() for path in other]
-    if unread:
-        log.warning("%s: %d entries of class folders are not clips and were not read, e.g. %s",
-                    data_dir, len(unread), ", ".join(unread[:3]))
-    if not examples:
-        raise DataError(f"{data_dir}: no audio clips in its class folders")
-    return examples

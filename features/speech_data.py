@@ -3,7 +3,8 @@ MFCC frames per split (computed once, cached) with their labels and lineage out.
 
 The training split also yields its per-coefficient moments (the model's normalisation, computed
 by the feature stage in the same pass) and, when augmentation needs them, its decoded waveforms,
-row for row with its frames.
+row for row with its frames. `evaluation_inputs` reads a folder for `evaluate`: the test split of
+the training layout, or every clip of the official test-release layout (one folder per class).
 """
 
 from __future__ import annotations
@@ -18,19 +19,20 @@ import pandas as pd
 
 from features import tfds_speech
 from features.audio import AudioDecodeError, decode_recording
-from features.errors import ConfigError, DataError, require_data_dir
+from features.errors import ConfigError, DataError, require_data_dir, require_folder, shown_name
 from features.feature_cache import cached_features
 from features.mfcc import MfccConfig
 from features.speech_commands import (
     BACKGROUND_NOISE_DIR,
+    SILENCE_LABEL,
     SPEECH_COMMANDS_ENV,
     TWELVE_CLASS_LABELS,
+    UNKNOWN_LABEL,
+    Example,
     SplitConfig,
     audio_files,
     examples_digest,
-    is_test_release,
     load_speech_commands,
-    test_release_examples,
 )
 from features.speech_features import (
     decode_examples,
@@ -275,3 +277,38 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> L
                           [example.label for example in examples], names,
                           digest or examples_digest({"test": examples}, hashes),
                           str(root.resolve()), layout, failed)
+
+
+def is_test_release(data_dir: str | Path) -> bool:
+    """Whether a folder is in the official test-release layout: one folder per class, a
+    `_silence_/` or `_unknown_/` folder among them, and no `_background_noise_/`."""
+    data_dir = Path(data_dir)
+    return ((data_dir / SILENCE_LABEL).is_dir() or (data_dir / UNKNOWN_LABEL).is_dir()) and \
+        not (data_dir / BACKGROUND_NOISE_DIR).is_dir()
+
+
+def test_release_examples(data_dir: str | Path) -> list[Example]:
+    """Every clip of a test-release folder, labelled by its folder (`_unknown_/` files may be
+    named `<word>_<speaker>_nohash_<n>.wav`).
+
+    Raises:
+        FileNotFoundError: `data_dir` is not a folder (DataNotFoundError).
+        ValueError: A folder is not one of the 12 classes, or there are no clips.
+    """
+    data_dir = require_folder(data_dir, "Speech Commands test folder")
+    classes = set(TWELVE_CLASS_LABELS)
+    examples, unread = [], []
+    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        if folder.name not in classes:
+            raise DataError(f"{folder}: not one of the 12 test-release classes "
+                             f"({', '.join(sorted(classes))})")
+        audio, other = audio_files(folder)
+        examples += [Example(folder.name, path.relative_to(data_dir).as_posix())
+                     for path in audio]
+        unread += [shown_name(path.relative_to(data_dir).as_posix()) for path in other]
+    if unread:
+        log.warning("%s: %d entries of class folders are not clips and were not read, e.g. %s",
+                    data_dir, len(unread), ", ".join(unread[:3]))
+    if not examples:
+        raise DataError(f"{data_dir}: no audio clips in its class folders")
+    return examples

@@ -51,18 +51,29 @@ def which_set(filename: str, validation_pct: float, test_pct: float) -> str:
 def read_list(path: Path) -> set[str] | None:
     """Reads a split list (one relative path per line); None when the file is absent.
 
+    A byte-order mark is read, as Windows editors write one; `\\` separators and a leading
+    `./` are read as the `/`-separated relative paths TensorFlow's lists hold.
+
     Raises:
         DataError: The file cannot be read, or is not UTF-8 text, named.
     """
     if not path.is_file():
         return None
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         raise DataError(f"{path}: cannot be read as a list of clip paths, one per line in "
                         f"UTF-8 ({reason})") from None
-    return {line.strip() for line in text.splitlines() if line.strip()}
+    return {listed_path(line) for line in text.splitlines() if line.strip()}
+
+
+def listed_path(line: str) -> str:
+    """A split list's line as the clip path it names: stripped, `/`-separated, no `./`."""
+    path = line.strip().replace("\\", "/")
+    while path.startswith("./"):
+        path = path[2:]
+    return path
 
 
 @dataclass

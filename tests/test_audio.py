@@ -102,7 +102,14 @@ def test_odd_wavs_go_to_libsndfile(tmp_path: Path):
                     subtype="PCM_16")
     cut = data[:-100]  # the data chunk is shorter than its header says
     unknown_chunk = data[:12] + b"junk" + (4).to_bytes(4, "little") + b"abcd" + data[12:]
-    for odd in (extensible.getvalue(), cut, unknown_chunk, b"RIFF" + data[4:40]):
+    # 1,025 channels in a plain header: more than libsndfile opens
+    crowded = data[:22] + (1025).to_bytes(2, "little") + data[24:32] + (
+        2 * 1025).to_bytes(2, "little") + data[34:40] + (2 * 1025 * 4).to_bytes(
+        4, "little") + bytes(2 * 1025 * 4)
+    crowded = crowded[:4] + (len(crowded) - 8).to_bytes(4, "little") + crowded[8:]
+    with pytest.raises(soundfile.LibsndfileError, match="Too many channels"):
+        libsndfile_read(crowded)
+    for odd in (extensible.getvalue(), cut, unknown_chunk, b"RIFF" + data[4:40], crowded):
         assert pcm16_wav(odd) is None
     # a cut file still decodes through libsndfile, which reads the frames present
     assert decode_clip(cut, SPEC).shape == (16000,)

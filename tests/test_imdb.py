@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -57,6 +58,18 @@ def test_undecodable_bytes_are_replaced_and_empty_or_unreadable_reviews_skipped(
     assert data.replaced == ["train/pos/100_9.txt"]
     texts = [r.text for split in ("train", "validation") for r in data.splits[split]]
     assert "Caf\ufffd scenes were great" in texts
+
+
+def test_names_in_any_case_are_read_and_names_that_are_not_utf8_skipped(imdb_dir: Path):
+    (imdb_dir / "train" / "pos" / "500_9.TXT").write_text("Upper-case names are reviews too.")
+    os.makedirs(os.fsencode(imdb_dir / "train" / "neg"), exist_ok=True)
+    with open(os.path.join(os.fsencode(imdb_dir / "train" / "neg"), b"99\xff_1.txt"), "wb") as f:
+        f.write(b"A review whose file name is Latin-1.")
+    data = load_imdb(imdb_dir, validation_pct=25, seed=0)
+    paths = {r.path for split in ("train", "validation") for r in data.splits[split]}
+    assert "train/pos/500_9.TXT" in paths
+    assert data.skipped == [("train/neg/99\\xff_1.txt", "file name is not UTF-8")]
+    assert len(data.digest("train")) == 16
 
 
 @pytest.mark.parametrize(("content", "skip_reason", "replaced"), [

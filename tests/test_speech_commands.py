@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -112,8 +114,24 @@ def test_flac_ogg_and_upper_case_clips_are_read_other_entries_counted(speech_dir
     assert not any("session" in path or path.endswith(".txt") for path in paths)
     [note] = [note for note in data.notes if "not clips" in note]
     assert note.startswith("2 entries of word folders are not clips and were not read (clips "
-                           "are .wav/.flac/.ogg/.mp3 files directly in <word>/), e.g. "
-                           "no/README.txt, no/session/")
+                           "are .wav/.flac/.ogg/.mp3 files directly in <word>/, named in "
+                           "UTF-8), e.g. no/README.txt, no/session/")
+
+
+def test_clips_and_folders_named_in_bytes_that_are_not_utf8_are_counted_not_read(
+        speech_dir: Path):
+    clip = speech_dir / "yes" / sorted(os.listdir(speech_dir / "yes"))[0]
+    bad_clip = os.path.join(os.fsencode(speech_dir / "yes"), b"bad\xffname_nohash_0.wav")
+    shutil.copy(clip, bad_clip)
+    os.makedirs(os.path.join(os.fsencode(speech_dir), b"w\xe9rd"))
+    shutil.copy(clip, os.path.join(os.fsencode(speech_dir), b"w\xe9rd", b"c0de0000_nohash_0.wav"))
+    data = load_speech_commands(speech_dir, SplitConfig(task="all-words"), AUDIO)
+    assert not any("bad" in e.path or e.path.startswith("w")
+                   for items in data.examples.values() for e in items)
+    [note] = [note for note in data.notes if "not clips" in note]
+    assert note.startswith("2 entries of word folders are not clips") and note.endswith(
+        "e.g. w\\xe9rd/, yes/bad\\xffname_nohash_0.wav")
+    assert len(data.digest()) == 16  # every path it hashes can be encoded
 
 
 def test_missing_directory_names_the_path(tmp_path: Path):
@@ -195,6 +213,18 @@ def test_a_split_list_that_is_not_utf8_text_is_named(speech_dir: Path):
     with pytest.raises(DataError, match=f"^{listed}: cannot be read as a list of clip paths, "
                        r"one per line in UTF-8 \('utf-8' codec can't decode byte 0xff"):
         load_speech_commands(speech_dir, SplitConfig(), AUDIO)
+
+
+def test_split_lists_from_other_editors_name_the_same_clips(speech_dir: Path):
+    """A byte-order mark, Windows separators and `./` prefixes name the clips they would on
+    Linux: no listed test clip goes to train."""
+    listed = speech_dir / "testing_list.txt"
+    lines = listed.read_text().splitlines()
+    before = load_speech_commands(speech_dir, SplitConfig(), AUDIO).examples["test"]
+    edited = [line.replace("/", "\\") if n % 2 else f"./{line}" for n, line in enumerate(lines)]
+    listed.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(edited).encode())
+    data = load_speech_commands(speech_dir, SplitConfig(), AUDIO)
+    assert data.examples["test"] == before and data.listed_missing == 0
 
 
 def test_clip_on_both_lists_goes_to_test_and_is_noted(speech_dir: Path):
