@@ -13,7 +13,7 @@ from features.audio import decode_clip
 from features.mfcc import MfccConfig, librosa_kwargs, mfcc_frames
 from features.speech_commands import SplitConfig, load_speech_commands
 from features.speech_data import prepare_speech_data
-from features.speech_features import compute_features
+from features.speech_features import STAGE_CHUNK_CLIPS, compute_features
 from pipelines.speech import SpeechConfig
 
 
@@ -83,6 +83,10 @@ def cached_run(options: Options) -> list[Figure]:
 the default speech run prepares its data (training waveforms included)."""
     config = SpeechConfig.from_options(data_dir=str(options.data_dir / "speech_commands"),
                                        cache_dir=str(options.work_dir / "cache"))
+    # the MFCC graph compiled first, so the first run's time is the same whether or not a
+    # section before this one compiled it
+    mfcc_frames(np.zeros((STAGE_CHUNK_CLIPS, config.features.clip_samples), np.float32),
+                config.features)
     times = []
     for _ in range(2):
         started = time.perf_counter()
@@ -94,5 +98,6 @@ the default speech run prepares its data (training waveforms included)."""
         raise RuntimeError("the second run did not read the feature cache")
     return [Figure("cache", f"features of a second run ({clips} clips, all splits)", times[1],
                    "s", "first run, empty cache", times[0], higher_is_better=False,
-                   goal="~0 s", note="one run each; the second run lists the folder, hashes "
-                   "each clip's bytes (duplicates, digests) and maps the cached frames")]
+                   goal="~0 s", note="one run each, the MFCC graph compiled before both; the "
+                   "second run lists the folder, hashes each clip's bytes (duplicates, "
+                   "digests) and maps the cached frames")]

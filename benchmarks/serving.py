@@ -156,14 +156,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         speech_uri, text_uri = args.speech_model_uri, args.sentiment_model_uri
+        given = (args.tracking_uri, args.store_dir)  # where the URIs given are found
+        built = (None, Path(folder) / "mlruns")  # where the models built here are
+        speech_from, text_from = (given if speech_uri else built), (given if text_uri else built)
         if not (speech_uri and text_uri):
-            built = default_models(Path(folder) / "mlruns", args.data_dir)
-            speech_uri, text_uri = speech_uri or built[0], text_uri or built[1]
-            store, tracking_uri = Path(folder) / "mlruns", None
-        else:
-            store, tracking_uri = args.store_dir, args.tracking_uri
-        speech = tracking.load_served_model(speech_uri, tracking_uri, store)
-        text = tracking.load_served_model(text_uri, tracking_uri, store)
+            speech_built, text_built = default_models(built[1], args.data_dir)
+            speech_uri, text_uri = speech_uri or speech_built, text_uri or text_built
+        speech = tracking.load_served_model(speech_uri, *speech_from)
+        text = tracking.load_served_model(text_uri, *text_from)
         figures = measure(speech, text, args.data_dir, args.calls, args.batch, args.repeats)
     print(f"{'input':8} {'p50 ms':>8} {'p99 ms':>8} {'batch/s':>9}  (model URIs: "
           f"{speech_uri}, {text_uri})")

@@ -2,11 +2,11 @@
 
 Usage:
     python -m benchmarks [--quick] [--only SECTION[,SECTION...]] [--json PATH]
-                         [--data-dir ../shared/data] [--store-dir mlruns]
+                         [--data-dir ../shared/data] [--store-dir mlruns] [--work-dir DIR]
 
 Sections (in order): mfcc, cache, speech-training, sentiment-training, tracking, serving,
-streaming, noise and tflite (they train a default speech model unless --store-dir has a
-champion),
+streaming, noise and tflite (they score the store's champion: the first of them trains a
+default speech model into it when it has none),
 memory, end-to-end, speech-accuracy, sentiment-accuracy (the accuracy sections train the default
 pipelines over three seeds, about 50 minutes in all). Opt-in, run only when named in
 `--only`: full-scale (a v0.02-sized generated folder and a TFDS dataset of that size, the
@@ -16,12 +16,15 @@ are medians of repeated runs after a warm-up, except where a figure is one long 
 (training, end to end), which says so.
 `--quick` runs each section on a small slice of the data in a few minutes, to check that the
 suite works; its figures are not the ones to report. Tests never assert times: this suite is
-how figures are obtained.
+how figures are obtained. A section that fails is reported and the next one runs (a problem
+with the data, the store or the options, which every section would meet, ends the suite).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import logging
 import math
@@ -33,7 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -126,40 +130,30 @@ def median_seconds(work: Callable[[], object], repeats: int, warmup: int = 1) ->
 
 
 OPT_IN = ("full-scale",)  # sections run only when `--only` names them
+# each section, in the order they run: its module in benchmarks/ and function (imported on use:
+# the section modules import this one, and TensorFlow)
+SECTIONS = {
+    "mfcc": "features.mfcc_stage",
+    "cache": "features.cached_run",
+    "speech-training": "training.speech_training",
+    "sentiment-training": "training.sentiment_training",
+    "tracking": "tracking_overhead.tracking_overhead",
+    "serving": "serving.served_inference",
+    "streaming": "streaming.streaming",
+    "noise": "noise.noise_robustness",
+    "tflite": "tflite_export.tflite_export",
+    "memory": "memory.bounded_memory",
+    "end-to-end": "end_to_end.end_to_end",
+    "speech-accuracy": "accuracy.speech_accuracy",
+    "sentiment-accuracy": "accuracy.sentiment_accuracy",
+    "full-scale": "full_scale.full_scale",
+}
 
 
-def sections() -> dict[str, Callable[[Options], list[Figure]]]:
-    # the section modules import this one (Figure, Options), and TensorFlow: loaded on use
-    from benchmarks import (
-        accuracy,
-        end_to_end,
-        features,
-        full_scale,
-        memory,
-        noise,
-        serving,
-        streaming,
-        tflite_export,
-        tracking_overhead,
-        training,
-    )
-
-    return {
-        "mfcc": features.mfcc_stage,
-        "cache": features.cached_run,
-        "speech-training": training.speech_training,
-        "sentiment-training": training.sentiment_training,
-        "tracking": tracking_overhead.tracking_overhead,
-        "serving": serving.served_inference,
-        "streaming": streaming.streaming,
-        "noise": noise.noise_robustness,
-        "tflite": tflite_export.tflite_export,
-        "memory": memory.bounded_memory,
-        "end-to-end": end_to_end.end_to_end,
-        "speech-accuracy": accuracy.speech_accuracy,
-        "sentiment-accuracy": accuracy.sentiment_accuracy,
-        "full-scale": full_scale.full_scale,
-    }
+def section(name: str) -> Callable[[Options], list[Figure]]:
+    """The function that runs section `name` (see SECTIONS)."""
+    module, function = SECTIONS[name].rsplit(".", 1)
+    return getattr(importlib.import_module(f"benchmarks.{module}"), function)
 
 
 def format_value(value: float | None, unit: str = "") -> str:
@@ -198,51 +192,69 @@ def print_table(figures: list[Figure], out=sys.stdout) -> None:
             print(f"[{figure.section}] {figure.name}: {figure.note}", file=out)
 
 
+@contextlib.contextmanager
+def work_folder(work_dir: Path | None) -> Iterator[Path]:
+    """The suite's scratch folder: a new `run-<time>` folder in `work_dir`, kept, or a
+    temporary folder, removed at the end."""
+    if work_dir is None:
+        with tempfile.TemporaryDirectory() as folder:
+            yield Path(folder)
+        return
+    folder = work_dir.resolve() / time.strftime("run-%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True)
+    print(f"-- stores, caches and logs in {folder}", file=sys.stderr, flush=True)
+    yield folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED,
                         help="folder holding speech_commands/ and aclImdb/")
     parser.add_argument("--quick", action="store_true", help="a short version of every section")
-    parser.add_argument("--only", help="comma-separated sections to run")
+    parser.add_argument("--only", help="comma-separated sections to run: "
+                        f"{', '.join(SECTIONS)}; {', '.join(OPT_IN)} runs only when named")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--work-dir", type=Path,
-                        help="scratch folder for stores and caches (default: a temporary one)")
+                        help="folder in which a run-<time> folder keeps each section's stores, "
+                             "caches and child logs (default: a temporary folder, removed)")
     parser.add_argument("--store-dir", type=Path,
-                        help="MLflow store the accuracy sections log to, e.g. the project's "
-                             "mlruns to see them in its UI (default: one in the scratch folder)")
+                        help="MLflow store the accuracy sections log to and whose champion "
+                             "streaming, noise and tflite score, e.g. the project's mlruns "
+                             "(default: one in the scratch folder, shared by the sections)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported, by the sections
-    available = sections()
-    chosen = (args.only.split(",") if args.only
-              else [name for name in available if name not in OPT_IN])
-    unknown = [name for name in chosen if name not in available]
-    if unknown:
-        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from "
-                     f"{', '.join(available)}")
+    chosen = ([name for name in SECTIONS if name not in OPT_IN] if args.only is None else
+              list(dict.fromkeys(name.strip() for name in args.only.split(",") if name.strip())))
+    unknown = [name for name in chosen if name not in SECTIONS]
+    if unknown or not chosen:
+        parser.error(f"{'unknown section(s) ' + ', '.join(unknown) if unknown else 'no section'}"
+                     f" in --only; choose from {', '.join(SECTIONS)}")
     for name in ("speech_commands", "aclImdb"):
         if not (args.data_dir / name).is_dir():
             parser.error(f"{args.data_dir / name} not found: --data-dir must hold "
                          "speech_commands/ and aclImdb/ (see ../shared/data/README)")
     logging.basicConfig(level=logging.WARNING)
-    if args.work_dir:
-        args.work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=args.work_dir) as folder:
-        options = Options(args.data_dir.resolve(), args.quick, Path(folder))
+    with work_folder(args.work_dir) as folder:
+        store = args.store_dir.resolve() if args.store_dir else folder / "mlruns"
         figures: list[Figure] = []
         started, status = time.perf_counter(), 0
         for name in chosen:
             began = time.perf_counter()
             print(f"-- {name}", file=sys.stderr, flush=True)
-            section_dir = options.work_dir / name
+            section_dir = folder / name
             section_dir.mkdir()
             try:
-                new = available[name](Options(options.data_dir, options.quick, section_dir,
-                                              args.store_dir and args.store_dir.resolve()))
+                new = section(name)(Options(args.data_dir.resolve(), args.quick, section_dir,
+                                              store))
             except PipelineError as error:  # the data, store or options, named; not a bug
                 print(f"error: {name}: {error}", file=sys.stderr)
                 status = 2  # the sections after it are not run; those before are reported
                 break
+            except Exception:  # a failed child run or a bug: the other sections still run
+                print(f"error: {name} failed:\n{traceback.format_exc()}", file=sys.stderr)
+                status = 1
+                continue
             figures += new
             print_table(new, sys.stderr)
             print(f"-- {name} took {time.perf_counter() - began:.0f} s", file=sys.stderr,

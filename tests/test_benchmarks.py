@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 
 import numpy as np
 import pytest
 import soundfile
 
-from benchmarks import noise, serving, streams
+from benchmarks import noise, serving, streams, suite
 from benchmarks.accuracy import summary
 from benchmarks.memory import variant_chunk
 from benchmarks.streams import NOT_KEYWORDS, generate_stream, score
-from benchmarks.suite import Figure, main, print_table, run_child
+from benchmarks.suite import Figure, Options, main, print_table, run_child
 from pipelines.listening import Detection
 from tests.datasets import make_speech_commands
 
@@ -79,7 +80,43 @@ def test_unknown_sections_are_refused_with_the_choices(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--only", "mfcc,warp-speed"])
     assert exit_info.value.code == 2
-    assert "unknown section(s) warp-speed; choose from mfcc, cache" in capsys.readouterr().err
+    assert "unknown section(s) warp-speed in --only; choose from mfcc, cache" in (
+        capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        main(["--only", ""])
+    assert "no section in --only" in capsys.readouterr().err
+
+
+def test_a_failed_section_is_reported_and_the_others_share_one_store_and_are_kept(
+        tmp_path, monkeypatch, capsys):
+    """A section that raises is reported with its traceback and the next one runs; the table
+    and the JSON hold what the others measured; every section gets the same store; the
+    `--work-dir` folder stays."""
+    seen = []
+
+    def measured(options: Options) -> list[Figure]:
+        seen.append(options.store_dir)
+        (options.work_dir / "child.log").write_text("kept")
+        return [Figure("fine", "a figure", 2.0, "s")]
+
+    def failing(options: Options) -> list[Figure]:
+        seen.append(options.store_dir)
+        raise RuntimeError("python -m pipelines.speech exited with 137")
+
+    stand_ins = {"fine": measured, "failing": failing, "again": measured}
+    for name in stand_ins:
+        monkeypatch.setitem(suite.SECTIONS, name, "stand-in")
+    monkeypatch.setattr(suite, "section", stand_ins.get)
+    out = tmp_path / "figures.json"
+    status = main(["--only", "failing,fine,failing,again", "--json", str(out), "--work-dir",
+                   str(tmp_path / "work")])
+    assert status == 1
+    assert len(seen) == 3 and len(set(seen)) == 1  # "failing" once, one store for all
+    captured = capsys.readouterr()
+    assert "error: failing failed:" in captured.err and "exited with 137" in captured.err
+    assert [f["section"] for f in json.loads(out.read_text())["figures"]] == ["fine", "fine"]
+    [run] = (tmp_path / "work").iterdir()
+    assert (run / "fine" / "child.log").read_text() == "kept" and seen[0] == run / "mlruns"
 
 
 def test_serving_batches_stay_within_what_a_request_may_send(monkeypatch, capsys):
