@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,7 @@ class CheckpointState:
     stopper: StopperState
     stopped: bool = False  # early stopping ended the fit at `epoch`: nothing is left to train
     average: AverageState | None = None  # None: the fit was not averaging weights
+    seconds: float = 0.0  # training time up to the end of `epoch`, over every process
 
 
 CHECKPOINT_PREFIX = "epoch-"  # <run checkpoint folder>/epoch-0012/: a complete checkpoint
@@ -71,7 +73,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
     Each epoch's checkpoint is a folder, `epoch-NNNN/`: `last.keras` (model and optimizer
     state), `best.npz` (early stopping's best weights), `average.npz` (the sums of
     `WeightAverage`, once it has any) and `state.json` (epoch, history, early-stopping and
-    averaging counters). It is written as `.partial-NNNN/`, its files flushed to disk,
+    averaging counters, the training time so far: `seconds` of the fits before this one, a
+    resumed fit's, plus this fit's). It is written as `.partial-NNNN/`, its files flushed to disk,
     and renamed into place in one step, the rename flushed too; only then are older
     checkpoints removed. A process killed, or a disk filling, part-way leaves the previous
     epoch's checkpoint whole, never epoch-N weights beside epoch-(N-1) state.
@@ -83,19 +86,25 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, directory: str | Path, stopper: keras.callbacks.EarlyStopping,
                  history: dict[str, list[float]] | None = None,
-                 average: WeightAverage | None = None):
+                 average: WeightAverage | None = None, seconds: float = 0.0):
         super().__init__()
+        self.earlier_seconds = seconds
+        self.started = time.perf_counter()
         self.directory = Path(directory)
         self.stopper = stopper
         self.average = average
         self.history = {key: list(values) for key, values in (history or {}).items()}
         self._best_saved: tuple[Path, int] | None = None  # (folder, best epoch) of best.npz
 
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         stopper = self.stopper
         state = {"epoch": epoch, "history": self.history,
+                 "seconds": self.earlier_seconds + time.perf_counter() - self.started,
                  "stopped": bool(self.model.stop_training and stopper.wait >= stopper.patience),
                  "stopper": {"wait": stopper.wait, "best_epoch": stopper.best_epoch,
                              "best": None if stopper.best is None else float(stopper.best)}}
@@ -192,4 +201,5 @@ def load_checkpoint(directory: str | Path) -> CheckpointState:
                            state["history"],
                            StopperState(stopper["wait"], stopper["best"], stopper["best_epoch"],
                                         best_weights), state.get("stopped", False),
-                           weight_averaging.load_state(checkpoint, state.get("average")))
+                           weight_averaging.load_state(checkpoint, state.get("average")),
+                           state.get("seconds", 0.0))

@@ -107,7 +107,7 @@ def cluster_config() -> dict:
 
     Raises:
         SetupError: TF_CONFIG is unset, not JSON, or lacks a cluster of "chief"/"worker"
-            addresses or a task of this process within it.
+            addresses (at most one chief) or a task of this process within it.
     """
     raw = os.environ.get("TF_CONFIG")
     hint = ('set TF_CONFIG on every worker, e.g. {"cluster": {"worker": ["host1:12345", '
@@ -126,6 +126,9 @@ def cluster_config() -> dict:
     if unsupported:
         raise SetupError(f"TF_CONFIG cluster has {', '.join(unsupported)} tasks; "
                          "MultiWorkerMirroredStrategy trains on 'chief' and 'worker' tasks only")
+    if isinstance(cluster.get("chief"), list) and len(cluster["chief"]) > 1:
+        raise SetupError(f"TF_CONFIG cluster has {len(cluster['chief'])} 'chief' tasks; a "
+                         "cluster has at most one (the others are 'worker' tasks)")
     task_type, index = task.get("type"), task.get("index")
     addresses = cluster.get(task_type)
     if (not isinstance(addresses, list) or not isinstance(index, int)

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 from features.errors import ConfigError, DataError, DataNotFoundError, PipelineError
 
-__all__ = ["ConfigError", "DataError", "DataNotFoundError", "ModelError", "PipelineError",
-           "SetupError", "Terminated", "WorkerLost"]
+__all__ = ["ConfigError", "DataError", "DataNotFoundError", "DivergedError", "ModelError",
+           "PipelineError", "SetupError", "Terminated", "WorkerLost"]
 
 
 class SetupError(PipelineError, RuntimeError):
     """The run cannot start: an unreachable tracking server, a folder that cannot be
     written, a run that cannot be resumed. Raised before any data or feature work."""
+
+
+class DivergedError(ConfigError):
+    """A fit that ends with weights that are not finite: every epoch it could keep (early
+    stopping's best, or those averaged) diverged, so the options (a learning rate too high)
+    do not train. Nothing is registered; a sweep fails that trial only."""
 
 
 class ModelError(PipelineError, RuntimeError):

@@ -262,6 +262,23 @@ class TrackedRun:
                               "label_map.json")
         distribute.check_workers_agree(self.config.run.strategy, options, digest)
 
+    def log_batches(self, metrics: Mapping[str, float]) -> None:
+        """Logs how the fit is batched (`TrainingBatches.metrics`, the scheduled epochs); a
+        resumed run checks that its global batch is the run's, on which the checkpoint's
+        learning-rate schedule counts its steps.
+
+        Raises:
+            SetupError: A resumed run under a strategy of another number of replicas.
+        """
+        if self.resuming:
+            logged = tracking.run_metrics(self.run_id).get("global_batch_size")
+            if logged is not None and logged != metrics["global_batch_size"]:
+                raise SetupError(
+                    f"--resume {self.run_id}: the run trained at a global batch of {logged:g} "
+                    f"examples, this machine's replicas make {metrics['global_batch_size']:g}; "
+                    "resume it where it has as many replicas (devices) as it started with")
+        tracking.log_metrics(metrics)
+
     def register(self, model_uri: str, metrics: Mapping[str, float], *, test_digest: str,
                  data_digest: str) -> dict:
         """Registers the model (unless `--no-register`) and applies the champion rule; a
@@ -314,6 +331,7 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
     SIGTERM they are kept and the command that continues the run is logged."""
     started = time.perf_counter()
     run, name = config.run, descriptions.run_name(config, pipeline)
+    sweep_run_id = tracking.open_run_id()  # the run is a trial of that sweep
     with tracking.open_run(run.experiment, tracking_uri=run.tracking_uri,
                            store_dir=run.store_dir, run_name=name,
                            tags={"pipeline": pipeline}, resume_run_id=run.resume) as run_id:
@@ -324,7 +342,10 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
         try:
             yield tracked
         except KeyboardInterrupt:
-            if checkpoint is not None and checkpoints.latest_checkpoint(checkpoint) is not None:
+            if sweep_run_id:
+                log.warning("run %s, a trial of sweep run %s, interrupted: a sweep is not "
+                            "continued by --resume; run the sweep again", run_id, sweep_run_id)
+            elif checkpoint is not None and checkpoints.latest_checkpoint(checkpoint) is not None:
                 log.warning("run %s interrupted; its last epoch checkpoint is in %s. Continue "
                             "it with: python -m pipelines.%s --resume %s%s", run_id, checkpoint,
                             pipeline.removesuffix("-sweep"), run_id, store_options(run))

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import keras
 
+from features.errors import require_at_least
 from features.review_data import Corpus
 from features.text import (
     ENCODE_BATCH,
@@ -80,6 +81,10 @@ class PretrainConfig:
     pretrain_seed: int = field(default=0, metadata={
         "help": "seed of pretraining; kept apart from --seed so runs with other seeds share "
                 "one pretrained encoder"})
+
+    def __post_init__(self):
+        require_at_least(self, {"word_vector_epochs": 1, "word_vector_window": 1,
+                                "negative_samples": 1, "pretrain_seed": 0})
 
 
 @dataclass(frozen=True)

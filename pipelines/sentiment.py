@@ -146,7 +146,7 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
 
         batches = training_batches(config, ids)
         optim = training.scheduled(config.optim, len(ids.y["train"]))
-        tracking.log_metrics(batches.metrics | {"scheduled_epochs": optim.epochs})
+        tracked.log_batches(batches.metrics | {"scheduled_epochs": optim.epochs})
         fitted = training.fit(lambda: build_model(config, vectorizer.vocabulary_size(),
                                                   len(ids.labels), pretrained),
                               batches, optim, strategy=config.run.strategy,

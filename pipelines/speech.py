@@ -141,7 +141,7 @@ def run(config: SpeechConfig) -> dict:
 
         batches = training_batches(config, data, tracked.completed_epochs())
         optim = training.scheduled(config.optim, len(data.splits.y["train"]))
-        tracking.log_metrics(batches.metrics | {"scheduled_epochs": optim.epochs})
+        tracked.log_batches(batches.metrics | {"scheduled_epochs": optim.epochs})
         fitted = training.fit(lambda: build_model(config, len(data.splits.labels), data.mean,
                                                   data.variance),
                               batches, optim, strategy=config.run.strategy,

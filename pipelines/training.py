@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from features.errors import ConfigError
+from features.errors import ConfigError, require_at_least, require_positive
 from features.input_pipelines import TrainingBatches
 from pipelines import distribute, interrupts, weight_averaging
 from pipelines.checkpoints import (
@@ -29,6 +30,7 @@ from pipelines.checkpoints import (
     ResumableEarlyStopping,
     load_checkpoint,
 )
+from pipelines.errors import DivergedError
 from pipelines.weight_averaging import WeightAverage
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,8 @@ class OptimConfig:
         "help": "AdamW decoupled weight decay (0: plain Adam)"})
     label_smoothing: float = field(metadata={
         "help": "label smoothing of the cross-entropy loss"})
-    warmup_epochs: int = field(metadata={"help": "epochs of linear learning-rate warm-up"})
+    warmup_epochs: int = field(metadata={
+        "help": "epochs of linear learning-rate warm-up (at most all epochs but the last)"})
     patience: int = field(metadata={
         "help": "early-stopping patience in epochs (validation loss)"})
     average_from: float = field(metadata={
@@ -67,8 +70,15 @@ class OptimConfig:
         "help": "random seed for weights, shuffling and dropout"})
 
     def __post_init__(self):
-        if not 0 <= self.average_from < 1:
-            raise ConfigError(f"average_from must be within [0, 1), got {self.average_from}")
+        require_at_least(self, {"epochs": 1, "batch_size": 1, "example_budget": 0,
+                                "weight_decay": 0, "warmup_epochs": 0, "patience": 0,
+                                "seed": 0})
+        require_positive(self, ["learning_rate"])
+        for name in ("average_from", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be within [0, 1), got {getattr(self, name)}")
+        if self.seed >= 2**32:
+            raise ConfigError(f"seed must be below 2**32, got {self.seed}")
 
 
 def scheduled(config: OptimConfig, train_examples: int) -> OptimConfig:
@@ -81,8 +91,10 @@ def scheduled(config: OptimConfig, train_examples: int) -> OptimConfig:
 
 
 def learning_rate_schedule(config: OptimConfig, steps_per_epoch: int):
-    """Linear warm-up to `learning_rate`, then cosine decay over the remaining epochs."""
-    warmup = config.warmup_epochs * steps_per_epoch
+    """Linear warm-up to `learning_rate`, then cosine decay over the remaining epochs; a run
+    scheduled for no more epochs than `warmup_epochs` warms up for all but its last (none for a
+    run of one epoch), so that every run decays."""
+    warmup = min(config.warmup_epochs, config.epochs - 1) * steps_per_epoch
     total = max(config.epochs * steps_per_epoch - warmup, 1)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=config.learning_rate / 10 if warmup else config.learning_rate,
@@ -160,7 +172,8 @@ def fit_classifier(
     # the sums that include the epoch just ended)
     extra = [average] if average else []
     if checkpoint_dir:
-        extra.append(EpochCheckpoint(checkpoint_dir, stopper, earlier, average))
+        extra.append(EpochCheckpoint(checkpoint_dir, stopper, earlier, average,
+                                     resume.seconds if resume else 0.0))
     # a fit that early stopping had ended trains no more (and sets the weights it keeps)
     initial_epoch = 0 if resume is None else (
         config.epochs if resume.stopped else resume.epoch + 1)
@@ -188,8 +201,8 @@ class Fitted:
             multi-worker fit (`distribute.standalone`).
         history: Per-epoch logs (loss, accuracy, val_*, learning_rate), a resumed fit's earlier
             epochs included.
-        seconds: Wall time of this process's fit.
-        resumed_epochs: Epochs a resumed fit continued from (0 for a new fit).
+        seconds: Wall time of the fit: a resumed fit's earlier epochs' time (as its
+            checkpoint recorded it) plus this process's.
         averaged_epochs: Epochs whose weights the model averages (0: early stopping's).
         averaged_val_accuracy: The averaged model's validation accuracy.
         best_epoch: Early stopping's best epoch (0-based), whose weights the model has when
@@ -199,7 +212,6 @@ class Fitted:
     model: keras.Model
     history: dict[str, list[float]]
     seconds: float
-    resumed_epochs: int = 0
     averaged_epochs: int = 0
     averaged_val_accuracy: float | None = None
     best_epoch: int = 0
@@ -210,15 +222,27 @@ class Fitted:
         return {
             "train_seconds": self.seconds,
             "epochs_trained": epochs,
-            # epochs of this process: a resumed run trained the others earlier
-            "train_samples_per_second": train_examples * (epochs - self.resumed_epochs)
-            / self.seconds,
+            "train_samples_per_second": train_examples * epochs / self.seconds,
             # not "val_accuracy": that name holds the per-epoch curve
             "model_val_accuracy": self.averaged_val_accuracy if self.averaged_epochs
             else self.history["val_accuracy"][self.best_epoch],
             "best_epoch": self.best_epoch + 1,
             "averaged_epochs": self.averaged_epochs,
         }
+
+
+def require_finite_weights(model: keras.Model, history: dict[str, list[float]]) -> None:
+    """Raises DivergedError when the fitted model's weights are not all finite (no finite
+    epoch to keep), naming the first epoch whose training loss was not finite."""
+    if all(np.isfinite(w).all() for w in model.get_weights()
+           if np.issubdtype(w.dtype, np.floating)):
+        return
+    losses = history.get("loss", [])
+    first = next((n for n, loss in enumerate(losses) if not math.isfinite(loss)), None)
+    when = f"the training loss was not finite from epoch {first + 1}" if first is not None \
+        else "no epoch ended with finite weights"
+    raise DivergedError(f"the fit diverged: its weights are not finite at its end ({when}, "
+                        "and no epoch before it could be kept); lower --learning-rate")
 
 
 def weight_average(config: OptimConfig, resume: CheckpointState | None) -> WeightAverage | None:
@@ -272,11 +296,12 @@ def fit(build: Callable[[], keras.Model], batches: TrainingBatches, config: Opti
         history, best_epoch = fit_classifier(
             model, batches.train, batches.validation, config, list(callbacks), verbose,
             checkpoint_dir=checkpoint_dir, resume=state, average=average)
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started + (state.seconds if state else 0.0)
+        require_finite_weights(model, history)
         averaged = average.count if average else 0
         accuracy = None  # of the averaged model; early stopping's epoch has it in `history`
         if averaged:
             accuracy = interrupts.at_batch_end(model.evaluate, batches.validation, verbose=0,
                                                return_dict=True)["accuracy"]
-    return Fitted(distribute.standalone(model, strategy), history, seconds,
-                  state.epoch + 1 if state else 0, averaged, accuracy, best_epoch)
+    return Fitted(distribute.standalone(model, strategy), history, seconds, averaged, accuracy,
+                  best_epoch)

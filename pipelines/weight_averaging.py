@@ -10,12 +10,15 @@ are averaged with the weights.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 AVERAGE_FILE = "average.npz"  # a checkpoint folder's running sums, when it has any
 
@@ -41,7 +44,9 @@ class WeightAverage(keras.callbacks.Callback):
 
     It runs after early stopping: a fit that averaged at least one epoch keeps the average
     (whichever epoch early stopping restored); one that stopped before `start` keeps early
-    stopping's weights. Arrays that are not floating point (none in this project's models)
+    stopping's weights. An epoch whose weights are not all finite (a diverged fit) is left out
+    of the sums, with a warning, so a fit whose every averaged epoch diverged keeps early
+    stopping's weights too. Arrays that are not floating point (none in this project's models)
     keep the value they end the fit with.
     """
 
@@ -55,6 +60,10 @@ class WeightAverage(keras.callbacks.Callback):
         if epoch < self.start:
             return
         weights = self.model.get_weights()
+        if not all(np.isfinite(w).all() for w in weights if np.issubdtype(w.dtype, np.floating)):
+            log.warning("epoch %d ended with weights that are not finite: it is left out of "
+                        "the weight average", epoch + 1)
+            return
         if self.totals is None:
             self.totals = [np.zeros(w.shape, np.float64) for w in weights]
         for total, weight in zip(self.totals, weights, strict=True):

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.entities.model_registry import ModelVersion
 
@@ -163,6 +164,17 @@ def test_unknown_option_names_and_values_fail_loudly():
     (sentiment, ["--model", "tfidf-logreg", "--logreg-c", "0"],
      "logreg_c must be a number > 0, got 0.0"),
     (sentiment, ["--min-df", "0"], "min_df must be a number >= 1, got 0"),
+    (speech, ["--epochs", "0"], "epochs must be a number >= 1, got 0"),
+    (speech, ["--batch-size", "0"], "batch_size must be a number >= 1, got 0"),
+    (speech, ["--seed", "-1"], "seed must be a number >= 0, got -1"),
+    (speech, ["--seed", str(2**32)], "seed must be below 2**32, got 4294967296"),
+    (speech, ["--learning-rate", "nan"], "learning_rate must be a number > 0, got nan"),
+    (speech, ["--learning-rate", "-0.01"], "learning_rate must be a number > 0, got -0.01"),
+    (speech, ["--label-smoothing", "1.5"], "label_smoothing must be within [0, 1), got 1.5"),
+    (speech, ["--patience", "-1"], "patience must be a number >= 0, got -1"),
+    (speech, ["--warmup-epochs", "-2"], "warmup_epochs must be a number >= 0, got -2"),
+    (speech, ["--example-budget", "-5"], "example_budget must be a number >= 0, got -5"),
+    (sentiment, ["--word-vector-epochs", "0"], "word_vector_epochs must be a number >= 1, got 0"),
 ])
 def test_options_out_of_range_are_usage_errors_before_any_run(task, flags, message,
                                                               tmp_path: Path, capsys):
@@ -180,6 +192,18 @@ def test_the_schedule_scales_with_the_training_examples():
     assert training.scheduled(optim, 84_843).epochs == 18  # the full release: the budget
     assert training.scheduled(optim, 10_000_000).epochs == 1
     assert training.scheduled(SentimentConfig().optim, 22_500).epochs == 3  # budget 0: --epochs
+
+
+@pytest.mark.parametrize(("epochs", "warmup", "peak_step"), [(120, 2, 20), (2, 2, 10), (1, 2, 0)])
+def test_every_schedule_warms_up_then_decays(epochs, warmup, peak_step):
+    """Warm-up takes at most all epochs but the last, so a run of one or two epochs (a large
+    dataset's budget) still decays instead of ending at or before its peak."""
+    optim = dataclasses.replace(SpeechConfig().optim, epochs=epochs, warmup_epochs=warmup)
+    schedule = training.learning_rate_schedule(optim, steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in range(epochs * 10 + 1)]
+    assert int(np.argmax(rates)) == peak_step
+    assert rates[peak_step] == pytest.approx(optim.learning_rate)
+    assert rates[-1] < 0.05 * optim.learning_rate
 
 
 def test_run_names_say_task_model_and_seed():

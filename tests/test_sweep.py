@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.distributions import IntDistribution
 
-from pipelines import sentiment, speech, tracking
+from pipelines import lifecycle, sentiment, speech, tracking
 from pipelines.sentiment import SentimentConfig
 from pipelines.speech import SpeechConfig
 from pipelines.sweep import run_sweep
@@ -46,7 +46,7 @@ def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_
     # fixed part of the config (not the command line's value of a searched option)
     assert parent.data.params["space.units"] == "32 to 128 step 32"
     assert "units" not in parent.data.params and parent.data.params["epochs"] == "1"
-    assert parent.data.params["space.front_end"] == "one of conv, none"
+    assert parent.data.params["space.front_end"] == "one of none, conv"
     scores = client.get_metric_history(parent.info.run_id, "trial_val_accuracy")
     assert [point.step for point in scores] == [0, 1]
     # the best trial (Optuna's: the first of any tied for the highest score)
@@ -120,3 +120,16 @@ def test_sweep_rejects_a_space_naming_unknown_options(tmp_path: Path):
     with pytest.raises(ValueError, match="unknown options: unitz"):
         run_sweep(config, speech.run, {"unitz": IntDistribution(1, 2)}, "speech")
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_an_interrupted_trial_says_the_sweep_is_run_again_not_resumed(tmp_path: Path, caplog):
+    config = SpeechConfig.from_options(store_dir=str(tmp_path / "mlruns"),
+                                       checkpoint_dir=str(tmp_path / "checkpoints"))
+    caplog.set_level("WARNING", "pipelines.lifecycle")
+    with (tracking.open_run("speech-commands", tracking_uri=None,
+                            store_dir=config.run.store_dir) as sweep_id,
+          pytest.raises(KeyboardInterrupt), lifecycle.tracked_run(config, "speech") as run):
+        raise KeyboardInterrupt
+    [warning] = [message for message in caplog.messages if "interrupted" in message]
+    assert warning == (f"run {run.run_id}, a trial of sweep run {sweep_id}, interrupted: a "
+                       "sweep is not continued by --resume; run the sweep again")

@@ -4,6 +4,7 @@ stopping's weights."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import keras
@@ -14,6 +15,7 @@ import tensorflow as tf
 from features.errors import ConfigError
 from features.input_pipelines import TrainingBatches
 from pipelines import checkpoints, training
+from pipelines.errors import DivergedError
 from pipelines.weight_averaging import WeightAverage, first_averaged_epoch
 from tests.test_checkpoints import Snapshots
 
@@ -166,3 +168,56 @@ def test_a_fit_whose_loss_turns_nan_keeps_and_reports_early_stoppings_epoch():
     assert fitted.best_epoch == best and fitted.metrics(64)["best_epoch"] == best + 1
     assert fitted.metrics(64)["model_val_accuracy"] == fitted.history["val_accuracy"][best]
     assert_weights(fitted.model, snapshots.weights[best])
+
+
+def test_epochs_that_diverged_are_left_out_of_the_average():
+    """A fit whose loss turns NaN after averaging started keeps the mean of the finite epochs
+    it averaged, never a NaN model."""
+    optim = config(epochs=6, average_from=0.5)
+    model, snapshots = new_model(optim), Snapshots()
+    train, validation = batches()
+    fitted = training.fit(lambda: model, TrainingBatches(train, validation, 4), optim,
+                          strategy="none", callbacks=[snapshots, PoisonAfter(4)], verbose=0)
+    assert np.isnan(fitted.history["val_loss"][5]) and fitted.averaged_epochs == 2
+    assert_weights(fitted.model, mean(snapshots.weights[3:5]))
+
+
+def test_a_fit_that_diverges_from_its_first_epoch_is_refused_not_kept():
+    optim = config(epochs=3, average_from=0.0)
+    model = new_model(optim)
+    train, validation = batches()
+    kernel = model.layers[-1].kernel
+    kernel.assign(np.full(kernel.shape, np.nan, "float32"))  # diverged before any epoch ends
+    with pytest.raises(DivergedError, match="the fit diverged: its weights are not finite at "
+                       "its end \\(the training loss was not finite from epoch 1"):
+        training.fit(lambda: model, TrainingBatches(train, validation, 4), optim,
+                     strategy="none", verbose=0)
+
+
+class SlowEpochs(keras.callbacks.Callback):
+    """Makes every epoch take at least `seconds`, so that training time is measurable."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_epoch_end(self, epoch, logs=None):
+        time.sleep(self.seconds)
+
+
+def test_a_resumed_fit_reports_the_training_time_of_every_epoch(tmp_path: Path):
+    """train_seconds and the throughput count the interrupted process's epochs too (a resumed
+    run that trains nothing more reports what its epochs took, not the time of the resume)."""
+    optim = config(epochs=4, average_from=0.0)
+    train, validation = batches()
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(lambda: new_model(optim), TrainingBatches(train, validation, 4), optim,
+                     strategy="none", checkpoint_dir=tmp_path,
+                     callbacks=[SlowEpochs(0.3), StopAfter(3)], verbose=0)
+    assert checkpoints.load_checkpoint(tmp_path).seconds >= 1.2
+    fitted = training.fit(lambda: new_model(optim), TrainingBatches(train, validation, 4),
+                          optim, strategy="none", checkpoint_dir=tmp_path, resuming=True,
+                          verbose=0)
+    metrics = fitted.metrics(64)
+    assert len(fitted.history["loss"]) == 4 and metrics["train_seconds"] >= 1.2
+    assert metrics["train_samples_per_second"] == pytest.approx(64 * 4 / fitted.seconds)

@@ -34,6 +34,8 @@ from pipelines.tracking.runs import (
     log_table,
     log_text,
     open_run,
+    open_run_id,
+    run_metrics,
     run_params,
     run_tags,
     set_tags,
@@ -67,6 +69,7 @@ __all__ = [
     "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics",
     "model_labels", "model_run_files", "model_run_params", "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
-    "model_version_of", "open_run", "redact", "register_and_promote", "run_params",
+    "model_version_of", "open_run", "open_run_id", "redact", "register_and_promote", "run_metrics",
+    "run_params",
     "run_tags", "set_tags", "store_database",
 ]

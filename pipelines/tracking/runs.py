@@ -172,6 +172,13 @@ def open_run(
         mlflow.end_run(status="FINISHED")
 
 
+def open_run_id() -> str | None:
+    """The id of the run open in this process (a sweep's parent, under which a new run
+    nests), or None."""
+    active = mlflow.active_run()
+    return active.info.run_id if active else None
+
+
 def note_failure(run_id: str, error: BaseException) -> None:
     """Says on a failed run what failed: the tag `error` and the run's description (shown on
     its page) hold the exception's type and message, passwords in URIs hidden (`redact`)."""
@@ -186,6 +193,11 @@ def note_failure(run_id: str, error: BaseException) -> None:
 
 def run_tags(run_id: str) -> dict[str, str]:
     return dict(MlflowClient().get_run(run_id).data.tags)
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    """The latest value of each metric run `run_id` logged."""
+    return dict(MlflowClient().get_run(run_id).data.metrics)
 
 
 def run_params(run_id: str) -> dict[str, str]:
