@@ -154,7 +154,9 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
     records an evaluation run linked to the model (and its registered version).
 
     Args:
-        args: The `evaluate` command's options: model_uri, tracking_uri, store_dir,
+        args: The `evaluate` command's options: model_uri (as given, which names the run
+            and its description), evaluated_uri (the version it names, pinned by
+            `tracking.evaluated_model`: what is loaded and tagged), tracking_uri, store_dir,
             experiment and run_name (None: `descriptions.evaluation_run_name`).
         labelled: The inputs, their true labels, names, digest and source.
         pipeline: Pipeline name for the run's tags.
@@ -164,9 +166,10 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
         Metrics, labels, confusion matrix, failed inputs, run id and evaluated version.
 
     Raises:
-        ValueError: A true label is not one of the model's classes.
+        ValueError: A true label is not one of the model's classes, or no input can be
+            evaluated (DataError; no run is opened).
     """
-    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir,
+    model = tracking.load_served_model(args.evaluated_uri, args.tracking_uri, args.store_dir,
                                        sends=list(labelled.inputs.columns))
     columns = [name for name in model.metadata.get_output_schema().input_names()
                if name.startswith("probability_")]
@@ -175,15 +178,18 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
     if unknown:
         raise DataError(f"labels {unknown} of {labelled.source} are not classes of the model "
                          f"({', '.join(labels)})")
-    evaluated = tracking.model_version_of(args.model_uri)
+    evaluated = tracking.model_version_of(args.evaluated_uri)
     name = args.run_name or descriptions.evaluation_run_name(args.model_uri, evaluated)
+    answer = predict_in_groups(model, labelled.inputs, labelled.failed)
+    usable = answer["error"].isna().to_numpy()
+    failed = [(labelled.names[i], answer.loc[i, "error"]) for i in np.flatnonzero(~usable)]
+    if not usable.any():
+        examples = "; ".join(f"{path}: {error}" for path, error in failed[:3])
+        raise DataError(f"no input of {labelled.source} could be evaluated: all {len(failed)} "
+                        f"failed, e.g. {examples}")
     with tracking.open_run(args.experiment, tracking_uri=args.tracking_uri,
                            store_dir=args.store_dir, run_name=name,
                            tags={"pipeline": pipeline, "run_type": "evaluation"}) as run_id:
-        answer = predict_in_groups(model, labelled.inputs, labelled.failed)
-        usable = answer["error"].isna().to_numpy()
-        names = labelled.names
-        failed = [(names[i], answer.loc[i, "error"]) for i in np.flatnonzero(~usable)]
         y = np.asarray([labels.index(label) for label in labelled.truth], np.int32)[usable]
         tracking.log_dataset(
             dataset_name, labelled.source, {"test": labelled.digest},

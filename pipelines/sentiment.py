@@ -64,6 +64,7 @@ from pipelines.errors import ConfigError
 from pipelines.interrupts import at_batch_end, exit_process
 from pipelines.lifecycle import RunConfig
 from pipelines.pretraining import PretrainConfig, Pretrained
+from pipelines.serving import TextPredictor
 from pipelines.text_baseline import fit_baseline
 from pipelines.text_baseline import search_space as baseline_search_space
 from pipelines.training import OptimConfig
@@ -368,11 +369,11 @@ def read_texts(parser: argparse.ArgumentParser, argv: list[str]
 
 
 def read_labelled_reviews(parser: argparse.ArgumentParser, argv: list[str]):
-    """`evaluate --data-dir DIR`: the folder's test/{neg,pos} reviews (skipped ones on stderr),
-    read once the model is found."""
+    """`evaluate --data-dir DIR`: the test/{neg,pos} reviews, read once the model is found."""
     args = parser.parse_args(argv)
     require_data_dir(args.data_dir, IMDB_ENV, "IMDB")
-    tracking.model_run_params(args.model_uri, args.tracking_uri, args.store_dir)  # it exists
+    args.evaluated_uri, _ = tracking.evaluated_model(args.model_uri, args.tracking_uri,
+                                                     args.store_dir, TextPredictor.INPUT_COLUMNS)
     labelled, skipped = evaluation_inputs(args.data_dir)
     cli.print_skipped(skipped)
     return args, labelled

@@ -248,7 +248,7 @@ class SpeechPredictor:
         Raises:
             RequestTooLarge: The request is over MAX_REQUEST_ROWS or SPEECH_MAX_REQUEST_BYTES.
         """
-        rows = rows_of(model_input, self.INPUT_COLUMNS)
+        rows = spread_clips(rows_of(model_input, self.INPUT_COLUMNS))
         check_request([speech_row_bytes(row) for row in rows], SPEECH_MAX_REQUEST_BYTES,
                       "audio")
         clips, errors = self.clips(rows)
@@ -262,6 +262,18 @@ class SpeechPredictor:
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities of the model's own inputs (`model_inputs`)."""
         return self._predict(inputs) if len(inputs) else np.zeros((0, len(self.labels)))
+
+
+def spread_clips(rows: list[dict]) -> list[dict]:
+    """MLflow turns {"audio": [clip, clip]} (in Python, or `inputs` in JSON) into one row
+    holding a list (an array over REST) of files' bytes: such a request's clips become rows
+    of their own. In a request of several rows a row holding a list stays one row (answered
+    with its error), so that the answers line up with the rows sent."""
+    audio = rows[0].get("audio") if len(rows) == 1 else None
+    if (isinstance(audio, list | tuple | np.ndarray) and len(audio)
+            and all(isinstance(clip, bytes | bytearray) for clip in audio)):
+        return [{"audio": bytes(clip)} for clip in audio]
+    return rows
 
 
 class TextPredictor:

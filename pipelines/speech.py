@@ -339,8 +339,9 @@ def read_labelled_clips(parser: argparse.ArgumentParser, argv: list[str]):
                         help="training layout: seed of the _unknown_/_silence_ composition "
                              "(unset: the model's training run's)")
     args = parser.parse_args(argv)
-    trained = config_from_params(SpeechConfig, tracking.model_run_params(
-        args.model_uri, args.tracking_uri, args.store_dir))
+    args.evaluated_uri, params = tracking.evaluated_model(
+        args.model_uri, args.tracking_uri, args.store_dir, SpeechPredictor.INPUT_COLUMNS)
+    trained = config_from_params(SpeechConfig, params)
     splits = trained.splits if args.data_seed is None else replace(
         trained.splits, data_seed=args.data_seed)
     return args, evaluation_inputs(args.data_dir, splits, trained.features)

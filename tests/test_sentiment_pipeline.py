@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import cli, sentiment, tracking
+from pipelines import cli, sentiment, speech, tracking
 from pipelines.sentiment import SentimentConfig
 from tests.test_speech_pipeline import assert_same_metrics
 
@@ -131,7 +131,7 @@ def subset_of(shared: Path, root: Path, train_per_label: int, test_per_label: in
 
 
 @pytest.mark.slow
-def test_trains_on_real_reviews(shared_imdb_dir: Path, tmp_path: Path):
+def test_trains_on_real_reviews(shared_imdb_dir: Path, tmp_path: Path, capsys):
     data_dir = subset_of(shared_imdb_dir, tmp_path / "aclImdb", 500, 200)
     config = SentimentConfig.from_options(
         data_dir=str(data_dir), store_dir=str(tmp_path / "mlruns"), vocabulary_size=8000,
@@ -153,6 +153,11 @@ def test_trains_on_real_reviews(shared_imdb_dir: Path, tmp_path: Path):
         "imdb-sentiment").experiment_id], "tags.run_type = 'evaluation'")[0]
     assert evaluation.data.metrics["test_accuracy"] == pytest.approx(result["test_accuracy"])
     assert evaluation.data.tags["evaluated_version"] == "1"
+    # a model of the other task is refused before any data is read (the folder is not there)
+    code = speech.main(["evaluate", "--data-dir", str(tmp_path / "missing"), "--store-dir",
+                        str(tmp_path / "mlruns"), "--model-uri", "models:/imdb-sentiment/latest"])
+    assert code == 2 and "models:/imdb-sentiment/latest: takes text, not the audio" in (
+        capsys.readouterr().err)
     # the registered model loads back (its vocabulary holds real reviews' odd characters)
     served = mlflow.pyfunc.load_model("models:/imdb-sentiment@champion")
     reviews = [path.read_text(encoding="utf-8")

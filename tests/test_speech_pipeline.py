@@ -246,6 +246,14 @@ def test_evaluate_any_model_on_both_layouts(speech_dir: Path, shared_speech_dir:
         "tags.run_type = 'evaluation'", order_by=["attributes.start_time DESC"])[0]
     evaluated = on_training_layout.inputs.dataset_inputs[0].dataset.digest
     assert evaluated == version.tags["test_data_digest"]
+    # a folder of which nothing can be used: named, exit 2, no evaluation run
+    for clip in release.rglob("*.wav"):
+        clip.write_bytes(b"RIFF not really")
+    runs = len(client.search_runs([on_training_layout.info.experiment_id]))
+    code = speech.main(["evaluate", "--data-dir", str(release), "--store-dir", str(store)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: no input of {release} could be evaluated: all 37 failed" in err
+    assert len(client.search_runs([on_training_layout.info.experiment_id])) == runs
 
     # the benchmark sections that score the champion read the default split: they refuse it
     with pytest.raises(ConfigError, match=r"champion \(v1\) was trained on other splits than "

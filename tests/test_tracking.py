@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from models.baseline import TfidfConfig, build_tfidf_logreg
 from pipelines import evaluation, tracking
-from pipelines.errors import SetupError
+from pipelines.errors import ModelError, SetupError
 from pipelines.tracking import leases, registry
 
 
@@ -90,6 +90,23 @@ def test_champion_rule(tmp_path: Path):
     # the registered model describes its champion, not the latest registration
     assert client.get_registered_model("model-x").description == (
         "the model of the 0.85 run on digest-a")
+
+
+def test_a_model_name_with_a_quote_registers_and_a_uri_is_pinned_to_its_version(
+        tmp_path: Path):
+    store = tmp_path / "mlruns"
+    for accuracy in (0.8, 0.9):
+        with tracking.open_run("exp", tracking_uri=None, store_dir=store):
+            uri = log_tiny_model(tmp_path / "model")
+            promotion = tracking.register_and_promote(
+                uri, "bob's model", metrics={"test_accuracy": accuracy}, test_digest="d",
+                data_digest="d")
+    assert (promotion.version, promotion.promoted) == ("2", True)
+    for given in ("models:/bob's model@champion", "models:/bob's model/latest"):
+        pinned, params = tracking.evaluated_model(given, None, store, ["text"])
+        assert pinned == "models:/bob's model/2" and isinstance(params, dict)
+    with pytest.raises(ModelError, match="takes text, not the audio this command sends"):
+        tracking.evaluated_model("models:/bob's model/1", None, store, ["audio"])
 
 
 def test_a_tie_never_promotes_even_where_it_rounds_down(tmp_path: Path):

@@ -43,6 +43,7 @@ from pipelines.tracking.runs import (
 from pipelines.tracking.served_models import (
     SpeechClassifierModel,
     TextClassifierModel,
+    evaluated_model,
     load_served_model,
     log_model_metrics,
     log_speech_classifier,
@@ -50,7 +51,6 @@ from pipelines.tracking.served_models import (
     log_to_run,
     model_labels,
     model_run_files,
-    model_run_params,
 )
 from pipelines.tracking.stores import (
     check_tracking,
@@ -64,10 +64,10 @@ from pipelines.tracking.stores import (
 __all__ = [
     "CHAMPION", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel",
     "TextClassifierModel", "champion_decision", "check_tracking", "connect",
-    "current_champion", "delete_tag", "download_artifacts", "find_runs",
+    "current_champion", "evaluated_model", "delete_tag", "download_artifacts", "find_runs",
     "interrupted_run", "is_file_store", "link_evaluation", "load_served_model", "local_store_uri",
     "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics",
-    "model_labels", "model_run_files", "model_run_params", "log_model_metrics", "log_params",
+    "model_labels", "model_run_files", "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
     "model_version_of", "open_run", "open_run_id", "redact", "register_and_promote", "run_metrics",
     "run_params",

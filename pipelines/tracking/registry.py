@@ -142,7 +142,7 @@ def wait_for_earlier_promotions(client: MlflowClient, name: str, version: int) -
     (`may_still_decide`) is no longer waited for.
     """
     while True:
-        earlier = [v for v in client.search_model_versions(f"name='{name}'")
+        earlier = [v for v in versions_of(client, name)
                    if int(v.version) < version and v.tags.get(PROMOTION_STATE) == PENDING
                    and may_still_decide(client, v)]
         if not earlier:
@@ -251,7 +251,7 @@ def version_description(metrics: Mapping[str, float], data_digest: str, promoted
 
 def registered_by(client: MlflowClient, name: str, run_id: str) -> Any | None:
     """The version of `name` that run `run_id` registered, or None."""
-    mine = [version for version in client.search_model_versions(f"name='{name}'")
+    mine = [version for version in versions_of(client, name)
             if version.tags.get(REGISTERED_BY) == run_id]
     return min(mine, key=lambda version: int(version.version)) if mine else None
 
@@ -268,9 +268,15 @@ def decided_promotion(client: MlflowClient, version: Any) -> Promotion:
     return Promotion(str(version.version), promoted, reason)
 
 
+def versions_of(client: MlflowClient, name: str) -> list:
+    """Every version of registered model `name` (a name may hold either quote)."""
+    quote = '"' if "'" in name else "'"
+    return client.search_model_versions(f"name={quote}{name}{quote}")
+
+
 def model_version_of(model_uri: str) -> Any | None:
-    """The registered version a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI points at;
-    None for other URIs."""
+    """The registered version a `models:/NAME@ALIAS`, `models:/NAME/VERSION` or
+    `models:/NAME/latest` URI points at now; None for other URIs."""
     if not model_uri.startswith("models:/"):
         return None
     name, _, rest = model_uri[len("models:/"):].partition("/")
@@ -280,6 +286,11 @@ def model_version_of(model_uri: str) -> Any | None:
         return client.get_model_version_by_alias(name, alias)
     if rest.isdigit():
         return client.get_model_version(name, rest)
+    if rest == "latest":
+        versions = versions_of(client, name)
+        if not versions:
+            raise MlflowException(f"Registered Model with name={name} has no versions")
+        return max(versions, key=lambda version: int(version.version))
     return None
 
 

@@ -42,7 +42,8 @@ from pipelines.tracking.stores import DB_NAME, check_tracking, connect, store_da
 
 def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: str | Path
                            ) -> None:
-    """Points MLflow at the store a model URI is read from.
+    """Points MLflow at the store a model URI is read from (none for a model's folder on
+    disk, which needs no store: none is made).
 
     Raises:
         SetupError: The tracking server does not answer.
@@ -59,24 +60,37 @@ def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: 
                              "--tracking-uri")
         raise ModelError(f"{model_uri}: there is no MLflow store at {database} (the tracking "
                          "URI's SQLite file does not exist): pass the URI a run logged to")
-    connect(tracking_uri, store_dir)
+    if in_store or urlparse(model_uri).scheme not in ("", "file"):
+        connect(tracking_uri, store_dir)
 
 
-def model_run_params(model_uri: str, tracking_uri: str | None, store_dir: str | Path
-                     ) -> dict[str, str]:
-    """The parameters of the run that logged `model_uri` (its options).
+def evaluated_model(model_uri: str, tracking_uri: str | None, store_dir: str | Path,
+                    sends: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """The model an `evaluate` command scores, before any data is read: `model_uri` pinned to
+    the version it names now (`models:/NAME/N` for an alias or `latest`, so that a champion
+    moving during the evaluation does not change which version is scored and tagged), and the
+    parameters of the run that logged it (its options).
 
     Raises:
-        ModelError: No store, no such model, or its run is not in the store.
+        ModelError: No store, no such model, its run is not in the store, or it takes other
+            inputs than `sends` (a model of the other pipeline).
     """
     connect_to_model_store(model_uri, tracking_uri, store_dir)
-    registered_version(model_uri)  # a missing model, alias or version named as for loading
+    version = registered_version(model_uri)  # a missing model, alias or version named
+    pinned = model_uri if version is None else f"models:/{version.name}/{version.version}"
     try:
-        return run_params(mlflow.models.get_model_info(model_uri).run_id)
+        info = mlflow.models.get_model_info(pinned)
+        params = run_params(info.run_id)
     except (MlflowException, OSError) as error:
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
         raise ModelError(f"{model_uri}: the run that logged it cannot be read ({message})"
                          ) from None
+    schema = info.signature.inputs if info.signature is not None else None
+    takes = schema.input_names() if schema is not None and schema.has_input_names() else None
+    if takes is not None and not set(sends) & set(takes):
+        raise ModelError(f"{model_uri}: takes {', '.join(takes)}, not the {', '.join(sends)} "
+                         "this command sends (a model of the other pipeline?)")
+    return pinned, params
 
 
 def registered_version(model_uri: str):
