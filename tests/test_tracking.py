@@ -17,7 +17,7 @@ from mlflow.store.db.utils import _get_latest_schema_revision
 from mlflow.tracking import MlflowClient
 
 from models.baseline import TfidfConfig, build_tfidf_logreg
-from pipelines import evaluation, tracking
+from pipelines import evaluation, sentiment, tracking
 from pipelines.errors import ModelError, SetupError
 from pipelines.tracking import leases, registry
 
@@ -319,3 +319,16 @@ def test_class_names_mlflow_cannot_use_get_safe_metric_names(tmp_path: Path):
 
 def test_every_name_the_tracking_package_exports_exists():
     assert [name for name in tracking.__all__ if not hasattr(tracking, name)] == []
+
+
+def test_a_model_folder_on_disk_is_used_without_a_store(tmp_path: Path, monkeypatch, capsys):
+    """`predict --model-uri FOLDER` (a downloaded version) reads no store and makes none."""
+    with tracking.open_run("exp", tracking_uri=None, store_dir=tmp_path / "mlruns"):
+        uri = log_tiny_model(tmp_path / "model")
+    folder = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "downloaded"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert sentiment.main(["predict", "a great film", "--model-uri", folder]) == 0
+    assert "a great film\tpos\t" in capsys.readouterr().out
+    assert list(elsewhere.iterdir()) == []
