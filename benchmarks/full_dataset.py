@@ -36,6 +36,7 @@ import numpy as np
 import soundfile
 
 from features.errors import ConfigError, DataError, PipelineError, require_folder
+from features.speech_commands import BACKGROUND_NOISE_DIR as NOISE_DIR
 from features.speech_splits import LIST_FILES, read_list, which_set
 
 # clips per word in speech_commands_v0.02 (Warden 2018), 105,829 in all, from 2,618 speakers
@@ -52,7 +53,6 @@ V002_SPEAKERS = 2618
 VALIDATION_PCT = TEST_PCT = 10.0  # the shares v0.02's lists were made with
 SAMPLE_RATE = 16000
 CLIP_SAMPLES = SAMPLE_RATE
-NOISE_DIR = "_background_noise_"
 MARKER = "generated.json"
 CHUNK = 500  # clips per task handed to a worker
 SHIFT_SAMPLES = SAMPLE_RATE // 10

@@ -87,8 +87,10 @@ def logged_metrics(store_dir: Path) -> dict:
     """The metrics and status of the one run in an MLflow store."""
     from mlflow.tracking import MlflowClient  # on use: only the summary needs MLflow
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{store_dir / 'mlflow.db'}"
-                          if (store_dir / "mlflow.db").exists() else str(store_dir))
+    from pipelines.tracking.stores import DB_NAME, local_store_uri
+
+    client = MlflowClient(tracking_uri=local_store_uri(store_dir)
+                          if (store_dir / DB_NAME).exists() else str(store_dir))
     runs = [run for experiment in client.search_experiments()
             for run in client.search_runs([experiment.experiment_id])]
     if len(runs) != 1:

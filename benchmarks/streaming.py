@@ -108,14 +108,11 @@ def trained_predictor(options: Options):
                               "split's test clips, which it may have trained on; pass a "
                               "--store-dir of default runs")
         # a champion whose files are damaged raises ModelError here, never trains anew
-        model = tracking.load_served_model(f"models:/{SPEECH_MODEL}@champion", None, store)
-    else:
-        config = SpeechConfig.from_options(
-            data_dir=str(options.data_dir / "speech_commands"), store_dir=str(store),
-            cache_dir=str(options.work_dir / "cache"), **({"epochs": 3} if options.quick else {}))
-        result = speech.run(config)
-        model = tracking.load_served_model(result["model_uri"], None, store)
-    return model.unwrap_python_model().predictor
+        return tracking.load_predictor(f"models:/{SPEECH_MODEL}@champion", None, store)
+    config = SpeechConfig.from_options(
+        data_dir=str(options.data_dir / "speech_commands"), store_dir=str(store),
+        cache_dir=str(options.work_dir / "cache"), **({"epochs": 3} if options.quick else {}))
+    return tracking.load_predictor(speech.run(config)["model_uri"], None, store)
 
 
 STREAM_SEEDS = (0, 1, 2)  # each figure is the mean over streams generated with these seeds

@@ -1,4 +1,7 @@
-"""MFCC frames equal to librosa's, computed for a batch of clips in one compiled call."""
+"""MFCC frames equal to librosa's: the feature geometry (`MfccConfig`, `feature_shape`),
+librosa's constants, the frames of a batch of clips in one compiled call (`mfcc_frames`,
+`extractor`) and the same maths as a Keras layer for served and exported models
+(`build_mfcc_layer`)."""
 
 from __future__ import annotations
 

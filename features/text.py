@@ -27,7 +27,7 @@ import scipy.sparse
 import tensorflow as tf
 
 from features.errors import ConfigError, require_at_least
-from features.imdb import HTML_TAG, HTML_TAG_RE
+from features.imdb import HTML_TAG, HTML_TAG_RE, decode_review
 from features.splits import Splits
 
 PADDING_ID = 0
@@ -58,7 +58,7 @@ def review_text(text: str | bytes) -> str:
     """A review as text TensorFlow can encode: bytes decoded as UTF-8 with replacement, lone
     surrogates (e.g. "\\udcff" from a JSON escape) replaced by U+FFFD."""
     if isinstance(text, bytes | bytearray):
-        return bytes(text).decode("utf-8", errors="replace")
+        return decode_review(bytes(text))[0]  # as the reader decodes a review file
     return _LONE_SURROGATE.sub("\ufffd", text)
 
 

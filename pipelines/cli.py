@@ -155,10 +155,14 @@ def model_parser(task: TaskCommands, command: str, description: str
     parser.add_argument("--model-uri", default=f"models:/{defaults.registered_model}@champion",
                         help="MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, "
                         "runs:/RUN_ID/model)")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                        help="MLflow tracking URI; unset: the SQLite store in --store-dir "
-                        "[env: MLFLOW_TRACKING_URI]")
-    parser.add_argument("--store-dir", default=defaults.store_dir, help="local MLflow store")
+    fields = task.config.option_fields()  # as training declares them
+    for name in ("tracking_uri", "store_dir"):
+        metadata = fields[name].field.metadata
+        env = metadata.get("env")
+        parser.add_argument(f"--{name.replace('_', '-')}",
+                            default=(os.environ.get(env) if env else None) or getattr(
+                                defaults, name),
+                            help=metadata["help"] + (f" [env: {env}]" if env else ""))
     return parser
 
 

@@ -40,6 +40,18 @@ def run_name(config: TaskConfig, pipeline: str, swept: Collection[str] = ()) -> 
     return "-".join([task, *parts, f"s{config.optim.seed}"]) + sweep
 
 
+def trial_run_name(config: TaskConfig, trial_config: TaskConfig, pipeline: str,
+                   number: int) -> str:
+    """A sweep trial's name: the sweep's `--run-name` (else the trial's own `run_name`) and
+    `-trialN` (`speech-crnn-bigru96-s0-trial3`)."""
+    return f"{config.run.run_name or run_name(trial_config, pipeline)}-trial{number}"
+
+
+def pretraining_run_name(embedding_dim: int) -> str:
+    """A pretraining run's name: `sentiment-pretrain-w2v<width>`."""
+    return f"sentiment-pretrain-w2v{embedding_dim}"
+
+
 def evaluation_run_name(model_uri: str, version: Any | None) -> str:
     """An evaluation run's name when no `--run-name` is given: the registered version it
     evaluates (`evaluate-speech-commands-v3`, an alias resolved), else the run whose model it

@@ -171,9 +171,8 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
     """
     model = tracking.load_served_model(args.evaluated_uri, args.tracking_uri, args.store_dir,
                                        sends=list(labelled.inputs.columns))
-    columns = [name for name in model.metadata.get_output_schema().input_names()
-               if name.startswith("probability_")]
-    labels = tuple(name.removeprefix("probability_") for name in columns)
+    labels = tracking.model_labels(args.evaluated_uri)
+    columns = [f"probability_{label}" for label in labels]
     unknown = sorted(set(labelled.truth) - set(labels))
     if unknown:
         raise DataError(f"labels {unknown} of {labelled.source} are not classes of the model "
@@ -203,9 +202,9 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
         version = tracking.link_evaluation(
             args.model_uri, evaluated, run_id,
             f"test_accuracy={evaluation.metrics['test_accuracy']:.4f} on {labelled.source}")
-        tracking.set_tags({"mlflow.note.content": descriptions.evaluation_description(
+        tracking.set_description(descriptions.evaluation_description(
             name, evaluation.metrics, labelled.source, int(usable.sum()), len(failed),
-            args.model_uri)})
+            args.model_uri))
     return {"metrics": evaluation.metrics, "labels": labels, "confusion": evaluation.confusion,
             "failed": failed, "run_id": run_id, "version": version}
 

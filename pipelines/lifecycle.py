@@ -308,7 +308,7 @@ class TrackedRun:
         (logged as `total_seconds`), as this worker reports it (`distribute.worker_result`)."""
         seconds = time.perf_counter() - self.started
         tracking.log_metrics({"total_seconds": seconds})
-        tracking.set_tags({"mlflow.note.content": descriptions.run_description(self.name, values)})
+        tracking.set_description(descriptions.run_description(self.name, values))
         return distribute.worker_result(self.config.run.strategy, values | {
             "run_id": self.run_id, "total_seconds": seconds})
 

@@ -60,13 +60,14 @@ from features.audio import (
     to_mono,
 )
 from features.mfcc import MfccConfig
+from features.speech_commands import SILENCE_LABEL, UNKNOWN_LABEL
 from pipelines import cli, tracking
 from pipelines.serving import SpeechPredictor
 
 BLOCK_SECONDS = 30  # of a recording read and resampled at a time (a pipe: one hop)
 READ_AHEAD_SECONDS = 60  # of audio read ahead of the model at most
 WINDOWS_PER_CALL = 256  # windows per batched model call
-NOT_REPORTED = ("_silence_", "_unknown_")
+NOT_REPORTED = (SILENCE_LABEL, UNKNOWN_LABEL)
 STDIN = "-"  # the FILE that means standard input
 
 
@@ -129,7 +130,7 @@ class RecognizeCommands:
         self.labels = list(labels)
         self.config = config
         self.recent: deque[tuple[float, np.ndarray]] = deque()
-        self.previous_label = "_silence_"
+        self.previous_label = SILENCE_LABEL
         self.previous_time = -np.inf
         self.ready = False  # enough windows were averaged for a decision at least once
 
@@ -146,7 +147,7 @@ class RecognizeCommands:
         average = np.mean([window for _, window in self.recent], axis=0)
         top = int(np.argmax(average))
         label, score = self.labels[top], float(average[top])
-        since = (np.inf if self.previous_label == "_silence_"
+        since = (np.inf if self.previous_label == SILENCE_LABEL
                  else time_ms - self.previous_time)
         if score > self.config.threshold and label != self.previous_label and (
                 since > self.config.suppression_ms):
@@ -359,8 +360,7 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     except ValueError as error:
         parser.error(str(error))
     check_reachable(parser, config, MfccConfig().sample_rate)  # before loading; again after
-    model = tracking.load_served_model(args.model_uri, args.tracking_uri, args.store_dir)
-    predictor = model.unwrap_python_model().predictor
+    predictor = tracking.load_predictor(args.model_uri, args.tracking_uri, args.store_dir)
     if not isinstance(predictor, SpeechPredictor):
         parser.error(f"{args.model_uri} is not a speech model")
     check_reachable(parser, config, predictor.spec.sample_rate)  # the model's own rate

@@ -180,7 +180,7 @@ def pretrain(config: PretrainConfig, corpus: Corpus, run: RunConfig, key: str, *
              vocabulary_size: int, embedding_dim: int) -> Pretrained:
     """Pretrains word vectors in a run of its own: the vocabulary fitted on the corpus, the
     corpus written as ids, then skip-gram epochs, each one's loss logged."""
-    started, name = time.perf_counter(), f"sentiment-pretrain-w2v{embedding_dim}"
+    started, name = time.perf_counter(), descriptions.pretraining_run_name(embedding_dim)
     with tracking.open_run(run.experiment, tracking_uri=run.tracking_uri,
                            store_dir=run.store_dir, run_name=name,
                            tags={"pipeline": PIPELINE, KEY_TAG: key}) as run_id:
@@ -213,8 +213,8 @@ def pretrain(config: PretrainConfig, corpus: Corpus, run: RunConfig, key: str, *
                           "nearest_words.json")
         tracking.log_metrics({"word_vector_seconds": time.perf_counter() - trained,
                               "pretrain_seconds": time.perf_counter() - started})
-        tracking.set_tags({"mlflow.note.content": descriptions.pretraining_description(
-            name, len(corpus.texts), config.word_vector_epochs, tokens)})
+        tracking.set_description(descriptions.pretraining_description(
+            name, len(corpus.texts), config.word_vector_epochs, tokens))
     return Pretrained(encoder, vocabulary, run_id, False, time.perf_counter() - started)
 
 

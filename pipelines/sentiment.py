@@ -65,7 +65,7 @@ from pipelines.interrupts import at_batch_end, exit_process
 from pipelines.lifecycle import RunConfig
 from pipelines.pretraining import PretrainConfig, Pretrained
 from pipelines.serving import TextPredictor
-from pipelines.text_baseline import fit_baseline
+from pipelines.text_baseline import run_baseline
 from pipelines.text_baseline import search_space as baseline_search_space
 from pipelines.training import OptimConfig
 
@@ -137,7 +137,7 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
         tracking.log_metrics({"read_seconds": read["read_seconds"]})
         if config.model.model == "tfidf-logreg":
             return tracked.result(
-                read | fit_baseline(config.baseline, config.optim.seed, data, tracked, DATASET))
+                read | run_baseline(config.baseline, config.optim.seed, data, tracked, DATASET))
         keras.utils.set_random_seed(config.optim.seed)
         branch = fit_branch(config, data.splits)
         vectorizer, ids = encode(config, data.splits, pretrained)

@@ -370,9 +370,10 @@ def is_empty_cell(value: Any) -> bool:
 
 def usable_review(value: Any) -> tuple[str | None, str | None]:
     """(review, None) for a usable review, else (None, the error for its row). Bytes are
-    decoded as UTF-8 with replacement and lone surrogates replaced, as training reads files
-    (features.text.review_text). A review that standardises to no tokens (only HTML, only
-    punctuation) is usable: it is encoded as one unknown token, as in training."""
+    decoded as UTF-8 with replacement, as training reads files (features.imdb.decode_review),
+    and lone surrogates replaced (features.text.review_text). A review that standardises to
+    no tokens (only HTML, only punctuation) is usable: it is encoded as one unknown token, as
+    in training."""
     if not is_empty_cell(value) and not isinstance(value, str | bytes):
         return None, f"text: expected a review string, got {type(value).__name__}"
     if is_empty_cell(value) or not value.strip():

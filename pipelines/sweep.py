@@ -81,9 +81,8 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
         for number in range(trials):
             trial = study.ask(dict(space))
             trial_config = config.replace(**trial.params, sweep=0, register=False, run_name=None)
-            trial_config = trial_config.replace(run_name=(
-                f"{config.run.run_name or descriptions.run_name(trial_config, pipeline)}"
-                f"-trial{number}"))
+            trial_config = trial_config.replace(run_name=descriptions.trial_run_name(
+                config, trial_config, pipeline, number))
             log.info("trial %d/%d: %s", number + 1, trials, trial.params)
             try:
                 result = run_one(trial_config)

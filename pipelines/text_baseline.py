@@ -27,7 +27,7 @@ def search_space() -> dict:
     }
 
 
-def fit_baseline(config: TfidfConfig, seed: int, data: ReviewData, tracked: TrackedRun,
+def run_baseline(config: TfidfConfig, seed: int, data: ReviewData, tracked: TrackedRun,
                  dataset: str) -> dict:
     """Fits, evaluates, logs and (only as champion) registers the baseline in the open run.
 

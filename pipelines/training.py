@@ -278,7 +278,12 @@ def fit(build: Callable[[], keras.Model], batches: TrainingBatches, config: Opti
         callbacks: More Keras callbacks, called after early stopping and the checkpoint.
         verbose: Keras verbosity (see `fit_classifier`).
 
+    Returns:
+        The fitted model with the weights it keeps, its history and time, and which epochs
+        its weights come from (`Fitted`).
+
     Raises:
+        DivergedError: The fit ends with weights that are not finite (no epoch to keep).
         FileNotFoundError: `resuming` without a complete checkpoint.
         WorkerLost: A multi-worker fit lost a worker.
     """

@@ -1,4 +1,5 @@
-"""Everything MLflow: the store and its runs (`runs`), the served models (`pyfunc_models`,
+"""Everything MLflow: the store (`stores`: where it is, connecting to it) and its runs
+(`runs`, each holding a lease while open: `leases`), the served models (`pyfunc_models`,
 logged by `served_models` with the code `model_code` collects), and the registry with the
 champion rule (`registry`).
 
@@ -38,12 +39,14 @@ from pipelines.tracking.runs import (
     run_metrics,
     run_params,
     run_tags,
+    set_description,
     set_tags,
 )
 from pipelines.tracking.served_models import (
     SpeechClassifierModel,
     TextClassifierModel,
     evaluated_model,
+    load_predictor,
     load_served_model,
     log_model_metrics,
     log_speech_classifier,
@@ -62,14 +65,13 @@ from pipelines.tracking.stores import (
 )
 
 __all__ = [
-    "CHAMPION", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel",
-    "TextClassifierModel", "champion_decision", "check_tracking", "connect",
-    "current_champion", "evaluated_model", "delete_tag", "download_artifacts", "find_runs",
-    "interrupted_run", "is_file_store", "link_evaluation", "load_served_model", "local_store_uri",
-    "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics",
-    "model_labels", "model_run_files", "log_model_metrics", "log_params",
+    "CHAMPION", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel", "TextClassifierModel",
+    "champion_decision", "check_tracking", "connect", "current_champion", "delete_tag",
+    "download_artifacts", "evaluated_model", "find_runs", "interrupted_run", "is_file_store",
+    "link_evaluation", "load_predictor", "load_served_model", "local_store_uri", "log_artifacts",
+    "log_dataset", "log_dict", "log_figure", "log_metrics", "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
-    "model_version_of", "open_run", "open_run_id", "redact", "register_and_promote", "run_metrics",
-    "run_params",
-    "run_tags", "set_tags", "store_database",
+    "model_labels", "model_run_files", "model_version_of", "open_run", "open_run_id", "redact",
+    "register_and_promote", "run_metrics", "run_params", "run_tags", "set_description", "set_tags",
+    "store_database",
 ]

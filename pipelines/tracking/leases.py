@@ -48,7 +48,7 @@ def holder_tags() -> dict[str, str]:
             PROCESS_STARTED: repr(process_started(os.getpid())), HEARTBEAT: repr(time.time())}
 
 
-def holder_is_gone(run_id: str, tags: Mapping[str, str], now: float | None = None) -> str:
+def why_holder_is_gone(run_id: str, tags: Mapping[str, str], now: float | None = None) -> str:
     """Why the process holding RUNNING run `run_id` is known to be gone (for the message
     that the run is taken over).
 

@@ -127,7 +127,7 @@ def may_still_decide(client: MlflowClient, version: Any) -> bool:
     if run.info.status != "RUNNING":
         return False
     try:
-        leases.holder_is_gone(run_id, run.data.tags)
+        leases.why_holder_is_gone(run_id, run.data.tags)
     except SetupError:  # alive, or may be
         return True
     return False
@@ -175,6 +175,12 @@ def register_and_promote(
     before deciding, the decision is made for that version; no second version is made.
 
     Args:
+        model_uri: The logged model (`models:/<model id>` or `runs:/...`).
+        name: The registered model to add a version to.
+        metrics: The run's test metrics; `test_accuracy` decides the promotion.
+        test_digest: Digest of the test split: only a champion of the same test data is
+            compared, one of other test data is never replaced.
+        data_digest: Digest of every split, tagged on the version.
         only_if_champion: Keep the model registered only if it becomes champion (for
             baselines, which should not crowd the registry): otherwise its queued version is
             deleted again.

@@ -27,6 +27,7 @@ PROJECT_RUN_TAG = "project_run_id"
 MAX_ERROR_CHARS = 4000  # of a failed run's error kept in its tags (a tag holds 8,000)
 
 log = logging.getLogger(__name__)
+DESCRIPTION_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
 
 
 def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path):
@@ -50,7 +51,7 @@ def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path
                                 f"{tracking_uri or store_dir} ({error.message})")) from error
     tags = dict(run.data.tags)
     if run.info.status == "RUNNING":
-        why = leases.holder_is_gone(run_id, tags)
+        why = leases.why_holder_is_gone(run_id, tags)
         log.warning("--resume %s: taking over a dead run that is still marked RUNNING: %s",
                     run_id, why)
     elif run.info.status not in ("KILLED", "FAILED"):
@@ -186,12 +187,13 @@ def note_failure(run_id: str, error: BaseException) -> None:
     client = MlflowClient()
     try:
         client.set_tag(run_id, "error", text)
-        client.set_tag(run_id, "mlflow.note.content", f"**failed**: `{text}`")
+        client.set_tag(run_id, DESCRIPTION_TAG, f"**failed**: `{text}`")
     except MlflowException as tag_error:  # the store may be what failed; the error is raised
         log.warning("run %s failed and could not be tagged with why: %s", run_id, tag_error)
 
 
 def run_tags(run_id: str) -> dict[str, str]:
+    """The tags run `run_id` holds."""
     return dict(MlflowClient().get_run(run_id).data.tags)
 
 
@@ -229,10 +231,17 @@ def log_artifacts(folder: str | Path, path: str) -> None:
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Logs numbers (as floats) to the open run, at `step` when given."""
     mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
 
 
+def set_description(text: str) -> None:
+    """Sets the open run's description (Markdown), which the MLflow UI shows on its page."""
+    set_tags({DESCRIPTION_TAG: text})
+
+
 def set_tags(tags: Mapping[str, Any]) -> None:
+    """Tags the open run, each value as text with any URI password redacted (`redact`)."""
     mlflow.set_tags({key: redact(str(value)) for key, value in tags.items()})
 
 
@@ -284,6 +293,8 @@ def log_dict(data: Mapping[str, Any], path: str) -> None:
 
 
 def log_params(params: Mapping[str, Any]) -> None:
+    """Logs parameters to the open run, each value as text with any URI password redacted
+    (`redact`)."""
     mlflow.log_params({key: redact(str(value)) for key, value in params.items()})
 
 

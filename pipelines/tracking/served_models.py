@@ -149,6 +149,13 @@ def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str |
     return model
 
 
+def load_predictor(model_uri: str, tracking_uri: str | None, store_dir: str | Path):
+    """The predictor behind a logged model's pyfunc class (`pipelines.serving`'s
+    SpeechPredictor or TextPredictor), for commands that run the model themselves (`listen`,
+    `export`); raises as `load_served_model` does."""
+    return load_served_model(model_uri, tracking_uri, store_dir).unwrap_python_model().predictor
+
+
 def log_model_metrics(model_uri: str, metrics: Mapping[str, float]) -> None:
     """Links the run's metrics to the logged model (`models:/<model id>`) too, so the model's
     page in the UI shows them."""

@@ -40,7 +40,7 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def credentials_out_of_uri(uri: str) -> str:
+def move_credentials_to_env(uri: str) -> str:
     """An HTTP tracking URI without its `user:password@`, which MLflow then sends from
     MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (set here unless the user set them):
     MLflow prints the URI of an HTTP store (its run links), so it must not hold the password.
@@ -68,13 +68,13 @@ def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
     process environment keeps meaning what the user set.
 
     An HTTP URI's credentials are passed to MLflow through its credential variables
-    (`credentials_out_of_uri`), so that MLflow never prints them.
+    (`move_credentials_to_env`), so that MLflow never prints them.
 
     Returns:
         The tracking URI in use (redacted: `redact`).
     """
     if tracking_uri:
-        uri = credentials_out_of_uri(tracking_uri)
+        uri = move_credentials_to_env(tracking_uri)
     else:
         Path(store_dir).mkdir(parents=True, exist_ok=True)
         uri = local_store_uri(store_dir)
