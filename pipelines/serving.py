@@ -134,6 +134,8 @@ def rows_of(model_input: Any, columns: Sequence[str]) -> list[dict]:
                               for key, value in model_input.items()})
     else:
         frame = pd.DataFrame({columns[0]: list(model_input)})
+    if not len(frame):  # an empty request: an empty answer, whatever columns it names
+        return []
     if not len(frame.columns):
         raise NoInputColumns(f"the request holds none of the model's input columns "
                              f"({', '.join(columns)})")
