@@ -278,8 +278,8 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     if existing and not args.overwrite:
         parser.error(f"{' and '.join(existing)} {'exist' if len(existing) > 1 else 'exists'}"
                      " already: pass another --out, or --overwrite to replace")
-    predictor = exportable(tracking.load_predictor(args.model_uri, args.tracking_uri,
-                                                   args.store_dir), args.model_uri)
+    predictor = exportable(tracking.load_predictor(  # the files are logged on its run
+        args.model_uri, args.tracking_uri, args.store_dir, needs_store=True), args.model_uri)
     run_id, logged = tracking.model_run_files(args.model_uri, ARTIFACT_FOLDER)
     clash = sorted(logged & {out.name, labels_file.name})
     if clash and not args.overwrite:

@@ -71,7 +71,7 @@ def test_a_missing_model_alias_or_version_is_named(store: Path, uri: str, messag
     assert str(error.value).endswith("; a training run registers the model no-such-model") == (
         "no-such-model" in uri)
     with pytest.raises(ModelError) as options_error:  # evaluate and export read the options
-        tracking.model_run_params(uri, None, store)
+        tracking.evaluated_model(uri, None, store, ["audio"])
     assert str(options_error.value) == str(error.value)
 
 

@@ -332,3 +332,8 @@ def test_a_model_folder_on_disk_is_used_without_a_store(tmp_path: Path, monkeypa
     assert sentiment.main(["predict", "a great film", "--model-uri", folder]) == 0
     assert "a great film\tpos\t" in capsys.readouterr().out
     assert list(elsewhere.iterdir()) == []
+    # evaluate reads the run that logged it from the store given, and gets as far as the data
+    assert sentiment.main(["evaluate", "--model-uri", folder, "--store-dir",
+                           str(tmp_path / "mlruns"), "--data-dir", str(tmp_path / "none")]) == 2
+    assert f"{tmp_path / 'none'}" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []

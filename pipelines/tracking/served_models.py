@@ -40,10 +40,12 @@ from pipelines.tracking.runs import run_params
 from pipelines.tracking.stores import DB_NAME, check_tracking, connect, store_database
 
 
-def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: str | Path
-                           ) -> None:
-    """Points MLflow at the store a model URI is read from (none for a model's folder on
-    disk, which needs no store: none is made).
+def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: str | Path,
+                           needs_store: bool = False) -> None:
+    """Points MLflow at the store a model URI is read from. A model's folder on disk needs
+    none: the store is connected to only where it exists (or `tracking_uri` names one), so
+    none is made, unless the command reads or writes the store (`needs_store`: the run that
+    logged the folder's model).
 
     Raises:
         SetupError: The tracking server does not answer.
@@ -60,7 +62,9 @@ def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: 
                              "--tracking-uri")
         raise ModelError(f"{model_uri}: there is no MLflow store at {database} (the tracking "
                          "URI's SQLite file does not exist): pass the URI a run logged to")
-    if in_store or urlparse(model_uri).scheme not in ("", "file"):
+    on_disk = urlparse(model_uri).scheme in ("", "file")
+    if (in_store or not on_disk or needs_store or tracking_uri
+            or (database is not None and database.is_file())):
         connect(tracking_uri, store_dir)
 
 
@@ -75,7 +79,7 @@ def evaluated_model(model_uri: str, tracking_uri: str | None, store_dir: str | P
         ModelError: No store, no such model, its run is not in the store, or it takes other
             inputs than `sends` (a model of the other pipeline).
     """
-    connect_to_model_store(model_uri, tracking_uri, store_dir)
+    connect_to_model_store(model_uri, tracking_uri, store_dir, needs_store=True)
     version = registered_version(model_uri)  # a missing model, alias or version named
     pinned = model_uri if version is None else f"models:/{version.name}/{version.version}"
     try:
@@ -85,12 +89,17 @@ def evaluated_model(model_uri: str, tracking_uri: str | None, store_dir: str | P
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
         raise ModelError(f"{model_uri}: the run that logged it cannot be read ({message})"
                          ) from None
-    schema = info.signature.inputs if info.signature is not None else None
-    takes = schema.input_names() if schema is not None and schema.has_input_names() else None
-    if takes is not None and not set(sends) & set(takes):
-        raise ModelError(f"{model_uri}: takes {', '.join(takes)}, not the {', '.join(sends)} "
-                         "this command sends (a model of the other pipeline?)")
+    require_inputs(model_uri, info.signature.inputs if info.signature else None, sends)
     return pinned, params
+
+
+def require_inputs(name: str, schema, sends: Sequence[str]) -> None:
+    """Raises ModelError when a model's input `schema` names none of the columns a command
+    `sends` (a model of the other pipeline); a model without named inputs passes."""
+    takes = schema.input_names() if schema is not None and schema.has_input_names() else None
+    if sends and takes is not None and not set(sends) & set(takes):
+        raise ModelError(f"{name}: takes {', '.join(takes)}, not the {', '.join(sends)} this "
+                         "command sends (a model of the other pipeline?)")
 
 
 def registered_version(model_uri: str):
@@ -114,7 +123,7 @@ def registered_version(model_uri: str):
 
 
 def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str | Path,
-                      sends: Sequence[str] = ()):
+                      sends: Sequence[str] = (), needs_store: bool = False):
     """Loads a logged or registered model (e.g. `models:/name@champion`) as pyfunc.
 
     Args:
@@ -127,7 +136,7 @@ def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str |
             model, alias or version, its artifacts are missing or damaged, or it takes other
             inputs than `sends`; the message names the model and what is wrong.
     """
-    connect_to_model_store(model_uri, tracking_uri, store_dir)
+    connect_to_model_store(model_uri, tracking_uri, store_dir, needs_store)
     version = registered_version(model_uri)
     name = model_uri if version is None else (
         f"{model_uri} (model '{version.name}' version {version.version})")
@@ -141,19 +150,18 @@ def load_served_model(model_uri: str, tracking_uri: str | None, store_dir: str |
     except (MlflowException, OSError, pickle.UnpicklingError, EOFError) as error:
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
         raise ModelError(f"{name}: cannot be loaded ({message})") from error
-    schema = model.metadata.get_input_schema()
-    takes = schema.input_names() if schema is not None and schema.has_input_names() else None
-    if sends and takes is not None and not set(sends) & set(takes):
-        raise ModelError(f"{name}: takes {', '.join(takes)}, not the {', '.join(sends)} this "
-                         "command sends (a model of the other pipeline?)")
+    require_inputs(name, model.metadata.get_input_schema(), sends)
     return model
 
 
-def load_predictor(model_uri: str, tracking_uri: str | None, store_dir: str | Path):
+def load_predictor(model_uri: str, tracking_uri: str | None, store_dir: str | Path,
+                   needs_store: bool = False):
     """The predictor behind a logged model's pyfunc class (`pipelines.serving`'s
     SpeechPredictor or TextPredictor), for commands that run the model themselves (`listen`,
-    `export`); raises as `load_served_model` does."""
-    return load_served_model(model_uri, tracking_uri, store_dir).unwrap_python_model().predictor
+    `export`; `needs_store` as `connect_to_model_store`); raises as `load_served_model`
+    does."""
+    return load_served_model(model_uri, tracking_uri, store_dir, needs_store=needs_store
+                             ).unwrap_python_model().predictor
 
 
 def log_model_metrics(model_uri: str, metrics: Mapping[str, float]) -> None:
