@@ -112,6 +112,13 @@ def test_resume_refuses_a_finished_run_and_an_unknown_one(tmp_path: Path, capsys
     assert "the run is FINISHED; only KILLED or FAILED runs" in capsys.readouterr().err
     assert speech.main(["--resume", "0" * 32, "--store-dir", store]) == 2
     assert "no such run" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt), tracking.open_run(
+            "speech-commands", tracking_uri=None, store_dir=store) as killed:
+        raise KeyboardInterrupt
+    MlflowClient().delete_run(killed)
+    assert speech.main(["--resume", killed, "--store-dir", store]) == 2
+    assert f"the run is deleted; `mlflow runs restore --run-id {killed}`" in (
+        capsys.readouterr().err)
     elsewhere = tmp_path / "typo"  # a store folder that is not the run's: named, nothing made
     assert speech.main(["--resume", run_id, "--store-dir", str(elsewhere)]) == 2
     assert capsys.readouterr().err == (

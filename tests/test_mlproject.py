@@ -54,7 +54,7 @@ def test_evaluate_entry_points_use_the_evaluate_command_and_its_defaults(pipelin
     assert command[:4] == ["python", "-m", f"pipelines.{pipeline}", "evaluate"]
     values = dict(zip(command[4::2], command[5::2], strict=True))
     run = task.config().run
-    assert values == {"--data-dir": str(REPO), "--store-dir": run.store_dir,
+    assert values == {"--data-dir": str(REPO),
                       "--model-uri": f"models:/{run.registered_model}@champion"}
     with pytest.raises(SystemExit) as helped:
         cli.main(task, ["evaluate", "--help"])
@@ -153,7 +153,7 @@ def test_mlflow_run_trains_and_registers_as_the_command_does(speech_dir: Path, t
                    if not key.startswith(("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_"))}
     environment |= {"MLFLOW_TRACKING_URI": uri,
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    parameters = {"data_dir": speech_dir, "epochs": 1, "store_dir": store,
+    parameters = {"data_dir": speech_dir, "epochs": 1,
                   "cache-dir": tmp_path / "cache", "checkpoint-dir": tmp_path / "checkpoints",
                   "units": 8, "depth": 1, "dense-units": 0, "conv-filters": 8,
                   "batch-size": 32}

@@ -39,6 +39,10 @@ def test_uri_passwords_are_redacted_wherever_they_occur():
         "postgresql://ml:***@db:5432/mlflow and http://u:***@h/p")
     assert tracking.redact("http://user@host/ https://host:443/") == (
         "http://user@host/ https://host:443/")  # no password: nothing to hide
+    # a "/" in a database password, and a password passed in the query
+    assert tracking.redact("postgresql://ml:pa/ss@db/mlflow postgresql://ml@db/m?x=1&"
+                           "password=s3cret&sslpassword=k") == (
+        "postgresql://ml:***@db/mlflow postgresql://ml@db/m?x=1&password=***&sslpassword=***")
 
 
 def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path):
@@ -50,20 +54,38 @@ def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path):
         with pytest.raises(SetupError, match="cannot reach .*ReadTimeout"):
             tracking.check_tracking(uri, timeout=1)
 
-    class NotFound(BaseHTTPRequestHandler):
+    class Answers(BaseHTTPRequestHandler):
+        """404 outside the API; on it 403 as MLflow's server answers a host name its
+        --allowed-hosts does not list, unless the request carries user:pw's basic auth."""
+
         def do_GET(self):
-            self.send_error(404)
+            if not self.path.startswith("/api/2.0/mlflow/experiments/search?max_results=1"):
+                self.send_error(404)
+            elif self.headers.get("Authorization") != "Basic dXNlcjpwdw==":  # user:pw
+                self.answer(403, b"Invalid Host header - possible DNS rebinding attack detected")
+            else:
+                self.answer(200, b'{"experiments": []}')
+
+        def answer(self, status: int, body: bytes):
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args):
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    server = HTTPServer(("127.0.0.1", 0), Answers)
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
     try:
         uri = f"http://127.0.0.1:{server.server_port}"
-        with pytest.raises(SetupError, match="is not an MLflow tracking server: .* HTTP 404"):
+        with pytest.raises(SetupError, match="refused this client \\(HTTP 403: .*Invalid Host "
+                           "header.*\\): check the credentials .* --allowed-hosts"):
             tracking.check_tracking(uri)
+        tracking.check_tracking(f"http://user:pw@127.0.0.1:{server.server_port}")  # answered
+        with pytest.raises(SetupError, match="is not an MLflow tracking server: .* HTTP 404"):
+            tracking.check_tracking(f"{uri}/elsewhere")
     finally:
         server.shutdown()
         thread.join()

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -221,6 +223,27 @@ def test_the_promotion_queue_waits_only_for_a_version_whose_process_may_still_de
     client.set_model_version_tag("model-x", pending.version, registry.REGISTERED_BY, "0" * 32)
     [pending] = client.search_model_versions("name='model-x'")
     assert not registry.may_still_decide(client, pending)  # its run is gone from the store
+
+
+def test_a_lease_is_judged_by_machine_and_never_by_a_heartbeat_from_the_future():
+    """A pid is looked up only on this machine and pid namespace (a container sharing the host
+    name is another host); another host's lease by its heartbeat, one ahead of this clock
+    never taken for an expired one."""
+    now = time.time()
+    here = socket.gethostname()
+    alive = {leases.HOST: here, leases.MACHINE: leases.machine(), leases.PID: str(os.getpid()),
+             leases.PROCESS_STARTED: repr(leases.process_started(os.getpid())),
+             leases.HEARTBEAT: repr(now)}
+    with pytest.raises(SetupError, match="its process \\(pid .* on this host\\) is alive"):
+        leases.why_holder_is_gone("r", alive, now)
+    elsewhere = alive | {leases.MACHINE: "another-machine:1", leases.PID: "999999"}
+    with pytest.raises(SetupError, match=f"RUNNING on {here} \\(pid 999999\\), whose lease "
+                       "was renewed 0 s ago"):
+        leases.why_holder_is_gone("r", elsewhere, now)  # not "no longer exists"
+    assert "has not renewed its lease for 150 s" in leases.why_holder_is_gone(
+        "r", elsewhere, now + 150)
+    with pytest.raises(SetupError, match="renewed 300 s ahead of this host's clock"):
+        leases.why_holder_is_gone("r", elsewhere, now - 300)
 
 
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"),

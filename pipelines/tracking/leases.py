@@ -7,6 +7,12 @@ from one still training, the process tags its run with its host, pid and process
 seconds) every HEARTBEAT_SECONDS from a background thread. `--resume` takes over a RUNNING
 run only when its process is provably gone: on the same host, no live process has that pid
 and start time; on another host, the heartbeat is older than LEASE_SECONDS.
+
+"The same host" is the same host name and the same machine and process namespace
+(`lease.machine`: /etc/machine-id and the pid namespace), so two containers or machines that
+share a host name do not judge each other's pids. Heartbeats are compared with the resuming
+host's clock: the hosts sharing a tracking server are assumed to keep their clocks within a
+minute of each other (NTP); a heartbeat from the future is never taken for an old one.
 """
 
 from __future__ import annotations
@@ -32,6 +38,21 @@ HEARTBEAT_SECONDS = 30.0
 LEASE_SECONDS = 120.0  # four missed heartbeats: the process on another host is gone
 HOST, PID, PROCESS_STARTED, HEARTBEAT = ("lease.host", "lease.pid", "lease.process_started",
                                          "lease.heartbeat")
+MACHINE = "lease.machine"
+
+
+def machine() -> str:
+    """This process's machine and pid namespace: /etc/machine-id and the namespace's inode
+    (either empty where the system has none)."""
+    try:
+        machine_id = open("/etc/machine-id").read().strip()  # noqa: SIM115 (one read)
+    except OSError:
+        machine_id = ""
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = ""
+    return f"{machine_id}:{namespace}"
 
 
 def process_started(pid: int) -> float | None:
@@ -44,7 +65,7 @@ def process_started(pid: int) -> float | None:
 
 def holder_tags() -> dict[str, str]:
     """This process's lease: its host, pid and start time, and a fresh heartbeat."""
-    return {HOST: socket.gethostname(), PID: str(os.getpid()),
+    return {HOST: socket.gethostname(), MACHINE: machine(), PID: str(os.getpid()),
             PROCESS_STARTED: repr(process_started(os.getpid())), HEARTBEAT: repr(time.time())}
 
 
@@ -61,7 +82,7 @@ def why_holder_is_gone(run_id: str, tags: Mapping[str, str], now: float | None =
                          "pid) to tell whether its process is alive; only KILLED or FAILED "
                          "runs, or RUNNING runs whose process is gone, can be resumed")
     host, pid = tags[HOST], int(tags[PID])
-    if host == socket.gethostname():
+    if host == socket.gethostname() and tags.get(MACHINE, machine()) == machine():
         started = process_started(pid)
         if started is not None and abs(started - float(tags.get(PROCESS_STARTED, "nan"))) < 1:
             raise SetupError(f"--resume {run_id}: the run is RUNNING and its process (pid "
@@ -69,6 +90,10 @@ def why_holder_is_gone(run_id: str, tags: Mapping[str, str], now: float | None =
                              f"{pid} ends the run KILLED)")
         return f"its process (pid {pid} on this host) no longer exists"
     age = (time.time() if now is None else now) - float(tags.get(HEARTBEAT, "0"))
+    if age < 0:
+        raise SetupError(f"--resume {run_id}: the run is RUNNING on {host} (pid {pid}), whose "
+                         f"lease was renewed {-age:.0f} s ahead of this host's clock; set "
+                         "the hosts' clocks (NTP), and resume once its lease has expired")
     if age < LEASE_SECONDS:
         raise SetupError(f"--resume {run_id}: the run is RUNNING on {host} (pid {pid}), whose "
                          f"lease was renewed {age:.0f} s ago; if that process is gone, resume "

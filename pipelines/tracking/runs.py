@@ -40,7 +40,7 @@ def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path
         (params, tags) of the run.
 
     Raises:
-        SetupError: No such run, it is RUNNING with a live (or unknown) process, or it is
+        SetupError: No such run, it is deleted, RUNNING with a live (or unknown) process, or
             already FINISHED.
     """
     connect(tracking_uri, store_dir)
@@ -50,6 +50,10 @@ def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path
         raise SetupError(redact(f"--resume {run_id}: no such run in "
                                 f"{tracking_uri or store_dir} ({error.message})")) from error
     tags = dict(run.data.tags)
+    if run.info.lifecycle_stage == "deleted":
+        raise SetupError(f"--resume {run_id}: the run is deleted; `mlflow runs restore "
+                         f"--run-id {run_id}` (with MLFLOW_TRACKING_URI set to its store) "
+                         "brings it back to be resumed")
     if run.info.status == "RUNNING":
         why = leases.why_holder_is_gone(run_id, tags)
         log.warning("--resume %s: taking over a dead run that is still marked RUNNING: %s",

@@ -13,21 +13,30 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
 import requests
+from mlflow.exceptions import MlflowException
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request
 
 from pipelines.errors import SetupError
 
 DB_NAME = "mlflow.db"
+SERVER_PROBE = "/api/2.0/mlflow/experiments/search"  # what check_tracking asks a server
 URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
+# a URI's `user:password@` (a database URI's password may hold a "/"), and the password a
+# database URI may pass in its query instead (`?password=...`, SQLAlchemy hands it to the driver)
 CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):"
-                         r"(?P<password>[^@/\s]+)@")
+                         r"(?P<password>[^@\s]+)@")
+QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:ssl)?password=)[^&\s]+", re.IGNORECASE)
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+FILE_STORE_NAMES = ("databricks", "databricks-uc", "uc")  # scheme-less URIs that are no path
 
 
 def redact(text: str) -> str:
-    """`text` with the password of every URI in it (`scheme://user:password@host`) replaced
-    by `***`: what is logged, tagged or printed about a tracking URI."""
-    return CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+    """`text` with the password of every URI in it (`scheme://user:password@host`, or a
+    `password=` query parameter) replaced by `***`: what is logged, tagged or printed about a
+    tracking URI."""
+    return QUERY_PASSWORD.sub(r"\g<key>***", CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text))
 
 
 class RedactingFilter(logging.Filter):
@@ -35,7 +44,7 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if CREDENTIALS.search(message):
+        if redact(message) != message:
             record.msg, record.args = redact(message), None
         return True
 
@@ -90,25 +99,30 @@ def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
 
 
 def is_file_store(tracking_uri: str | None) -> bool:
-    """Whether MLflow would take `tracking_uri` for a file store: a `file:` URI, or a path
-    (`/...`, `./...`, `~/...`; a bare word such as `databricks` names another store)."""
-    return bool(tracking_uri) and (tracking_uri.startswith("file:")
-                                   or tracking_uri.startswith(("/", "./", "../", "~")))
+    """Whether MLflow would take `tracking_uri` for a file store: a `file:` URI, or anything
+    without a scheme (`/...`, `mlruns`, `sub/dir`) but the names of Databricks' stores."""
+    if not tracking_uri:
+        return False
+    scheme = urlsplit(tracking_uri).scheme
+    return scheme == "file" or (scheme == "" and tracking_uri not in FILE_STORE_NAMES)
 
 
 def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
-    """Fails fast when an HTTP tracking server does not answer, instead of MLflow's retries
-    (minutes) after the data and features were prepared.
+    """Fails fast when an HTTP tracking server cannot be used, instead of MLflow's retries
+    (minutes), or its refusal, after the data and features were prepared.
 
-    The server must answer its `/health` endpoint (every `mlflow server` does, without
-    authentication) within `timeout` seconds.
+    The server must answer one request of its REST API (a search for one experiment) within
+    `timeout` seconds, sent as MLflow sends requests: with the URI's or MLflow's credential
+    variables and MLflow's TLS settings (MLFLOW_TRACKING_SERVER_CERT_PATH, ...). A server
+    that refuses this client (HTTP 401 or 403: credentials, or a host name the server's
+    `--allowed-hosts` does not list) is named with what to check.
 
     A file store (a `file:` URI or a folder's path) is refused at once too: MLflow 3 refuses
     them unless MLFLOW_ALLOW_FILE_STORE=true.
 
     Raises:
-        SetupError: No connection, no answer in time, or an answer that is not an MLflow
-            server's; a file store MLflow would refuse.
+        SetupError: No connection, no answer in time, a refusal, or an answer that is not an
+            MLflow server's; a file store MLflow would refuse.
     """
     if (is_file_store(tracking_uri)
             and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1")):
@@ -118,17 +132,28 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
                          "MLFLOW_ALLOW_FILE_STORE=true")
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         return
-    url = f"{tracking_uri.rstrip('/')}/health"
     shown = redact(tracking_uri)
+    parts = urlsplit(tracking_uri)
+    creds = get_default_host_creds(urlunsplit(parts._replace(
+        netloc=parts.netloc.rpartition("@")[2])))
+    if parts.password is not None:  # as connect passes them on (move_credentials_to_env)
+        creds.username = unquote(parts.username or "")
+        creds.password = unquote(parts.password)
     try:
-        answer = requests.get(url, timeout=timeout)
-    except requests.RequestException as error:
-        raise SetupError(redact(  # requests' message may hold the URL too
+        answer = http_request(creds, SERVER_PROBE, "GET", max_retries=0, timeout=timeout,
+                              raise_on_status=False, params={"max_results": 1})
+    except (requests.RequestException, MlflowException) as error:
+        raise SetupError(redact(  # the message may hold the URL too
             f"cannot reach the MLflow tracking server at {shown} "
             f"({type(error).__name__}: {error}); start it, or unset MLFLOW_TRACKING_URI / "
             "--tracking-uri to use the local store")) from None
+    if answer.status_code in (401, 403):
+        raise SetupError(f"the MLflow tracking server at {shown} refused this client (HTTP "
+                         f"{answer.status_code}: {' '.join(answer.text.split())[:200]}): check the "
+                         "credentials (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD), and "
+                         "that the server's --allowed-hosts lists the host name used here")
     if not answer.ok:
-        raise SetupError(f"{shown} is not an MLflow tracking server: {redact(url)} answered "
+        raise SetupError(f"{shown} is not an MLflow tracking server: {SERVER_PROBE} answered "
                          f"HTTP {answer.status_code}; check MLFLOW_TRACKING_URI / --tracking-uri")
 
 
