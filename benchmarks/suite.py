@@ -74,7 +74,7 @@ class Options:
     data_dir: Path
     quick: bool
     work_dir: Path
-    store_dir: Path | None = None  # MLflow store of the accuracy sections
+    store_dir: Path | None = None  # MLflow store the sections log to and find the champion in
 
     def __post_init__(self):
         if self.store_dir is None:
@@ -194,14 +194,15 @@ def print_table(figures: list[Figure], out=sys.stdout) -> None:
 
 @contextlib.contextmanager
 def work_folder(work_dir: Path | None) -> Iterator[Path]:
-    """The suite's scratch folder: a new `run-<time>` folder in `work_dir`, kept, or a
-    temporary folder, removed at the end."""
+    """The suite's scratch folder: a new `run-<time>-<suffix>` folder in `work_dir`, kept, or
+    a temporary folder, removed at the end."""
     if work_dir is None:
         with tempfile.TemporaryDirectory() as folder:
             yield Path(folder)
         return
-    folder = work_dir.resolve() / time.strftime("run-%Y%m%d-%H%M%S")
-    folder.mkdir(parents=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"),
+                                   dir=work_dir.resolve()))
     print(f"-- stores, caches and logs in {folder}", file=sys.stderr, flush=True)
     yield folder
 

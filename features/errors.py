@@ -31,7 +31,7 @@ def require_at_least(config: Any, minimums: Mapping[str, float]) -> None:
     finite number."""
     for name, low in minimums.items():
         value = getattr(config, name)
-        if not (math.isfinite(value) and value >= low):
+        if not ((isinstance(value, int) or math.isfinite(value)) and value >= low):
             raise ConfigError(f"{name} must be a number >= {low:g}, got {value}")
 
 

@@ -227,10 +227,14 @@ def drop_empty_words(data_dir: Path, clips: dict[str, list[str]], task: str,
 def noise_recordings(data_dir: Path, sample_rate: int, skipped: list[tuple[str, str]]
                      ) -> dict[str, int]:
     """Maps each `_background_noise_` recording (relative path) to its length at `sample_rate`;
-    one that does not decode goes to `skipped` as (path, reason) instead."""
+    one that does not decode, or whose name is not UTF-8, goes to `skipped` as (path, reason)
+    instead."""
     noise_dir = data_dir / BACKGROUND_NOISE_DIR
     lengths = {}
-    for path in audio_files(noise_dir)[0]:
+    audio, other = audio_files(noise_dir)
+    skipped += [(f"{BACKGROUND_NOISE_DIR}/{shown_name(path.name)}", "file name is not UTF-8")
+                for path in other if not utf8_name(path.name)]
+    for path in audio:
         name = f"{BACKGROUND_NOISE_DIR}/{path.name}"
         try:
             lengths[name] = int(audio_info(path).duration * sample_rate)

@@ -125,9 +125,12 @@ def test_clips_and_folders_named_in_bytes_that_are_not_utf8_are_counted_not_read
     shutil.copy(clip, bad_clip)
     os.makedirs(os.path.join(os.fsencode(speech_dir), b"w\xe9rd"))
     shutil.copy(clip, os.path.join(os.fsencode(speech_dir), b"w\xe9rd", b"c0de0000_nohash_0.wav"))
-    data = load_speech_commands(speech_dir, SplitConfig(task="all-words"), AUDIO)
+    noise = os.fsencode(speech_dir / "_background_noise_")
+    shutil.copy(os.path.join(noise, b"white_noise.wav"), os.path.join(noise, b"caf\xe9.wav"))
+    data = load_speech_commands(speech_dir, SplitConfig(), AUDIO)  # 12 classes: noise is read
     assert not any("bad" in e.path or e.path.startswith("w")
                    for items in data.examples.values() for e in items)
+    assert ("_background_noise_/caf\\xe9.wav", "file name is not UTF-8") in data.skipped
     [note] = [note for note in data.notes if "not clips" in note]
     assert note.startswith("2 entries of word folders are not clips") and note.endswith(
         "e.g. w\\xe9rd/, yes/bad\\xffname_nohash_0.wav")
