@@ -134,11 +134,9 @@ def rows_of(model_input: Any, columns: Sequence[str]) -> list[dict]:
                               for key, value in model_input.items()})
     else:
         frame = pd.DataFrame({columns[0]: list(model_input)})
-    if not len(frame):  # an empty request: an empty answer, whatever columns it names
-        return []
-    if not len(frame.columns):
+    if not len(frame.columns):  # also what MLflow passes for a request of no rows
         raise NoInputColumns(f"the request holds none of the model's input columns "
-                             f"({', '.join(columns)})")
+                             f"({', '.join(columns)}), or no rows")
     if not set(columns) & set(frame.columns):
         frame = frame.rename(columns={frame.columns[0]: columns[0]})
     return frame.to_dict("records")

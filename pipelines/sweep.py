@@ -63,58 +63,83 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=config.optim.seed))
-    trials = config.run.sweep
     overridden = config.changed_flags(type(config)().options(), names=space)
     if overridden:
         log.warning("--sweep searches %s: %s not used", ", ".join(space), ", ".join(overridden))
     parent_name = descriptions.run_name(config, f"{pipeline}-sweep", swept=space)
     with lifecycle.tracked_run(config.replace(run_name=parent_name),
                                f"{pipeline}-sweep") as parent:
-        # the fixed part of the config (the searched options: space.* and best.*)
-        tracking.log_params({name: value for name, value in config.options().items()
-                             if name not in space})
-        tracking.log_params({f"space.{name}": describe(dist) for name, dist in space.items()})
-        tracking.log_dict({name: json.loads(dists.distribution_to_json(dist))
-                           for name, dist in space.items()}, "sweep/search_space.json")
-        results: dict[int, dict] = {}
-        failure = None  # the last trial's error, named if every trial fails
-        for number in range(trials):
-            trial = study.ask(dict(space))
-            trial_config = config.replace(**trial.params, sweep=0, register=False, run_name=None)
-            trial_config = trial_config.replace(run_name=descriptions.trial_run_name(
-                config, trial_config, pipeline, number))
-            log.info("trial %d/%d: %s", number + 1, trials, trial.params)
-            try:
-                result = run_one(trial_config)
-            except ConfigError as error:  # an unusable combination fails its trial only
-                failure = error
-                log.warning("trial %d failed: %s", number, error)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                continue
-            results[number] = result
-            study.tell(trial, result[OBJECTIVE])
-            tracking.log_metrics({"trial_val_accuracy": result[OBJECTIVE],
-                                  "trial_test_accuracy": result["test_accuracy"]}, step=number)
-        if not results:
-            raise ConfigError(f"all {trials} trials failed; the last: {failure}")
-        table = study.trials_dataframe(attrs=("number", "value", "params", "state",
-                                              "duration"))
-        table["run_id"] = table["number"].map(lambda n: results.get(n, {}).get("run_id"))
-        table["duration"] = table["duration"].dt.total_seconds()
-        table["test_accuracy"] = table["number"].map(
-            lambda n: results.get(n, {}).get("test_accuracy"))
-        tracking.log_table(table.rename(columns={"value": "val_accuracy"}),
-                           "sweep/trials.json")
-        best = study.best_trial
-        chosen = results[best.number]
-        tracking.log_params({f"best.{name}": value for name, value in best.params.items()})
-        tracking.set_tags({"best_trial": best.number, "best_trial_run_id": chosen["run_id"]})
-        tracking.log_metrics({"best_val_accuracy": best.value,
-                              "best_test_accuracy": chosen["test_accuracy"]})
+        log_space(config, space)
+        results = run_trials(study, config, run_one, space, pipeline)
+        chosen = log_trials(study, results)
         summary = dict(chosen, trial_run_id=chosen["run_id"], trials=len(results),
-                       best_params=best.params)
+                       best_params=study.best_trial.params)
         metrics = {key: value for key, value in chosen.items() if key.startswith("test_")
                    and isinstance(value, float)}
         return parent.result(summary | parent.register(
             chosen["model_uri"], metrics, test_digest=chosen["test_data_digest"],
             data_digest=chosen["data_digest"]))
+
+
+def log_space(config: TaskConfig, space: Mapping[str, Any]) -> None:
+    """Logs on the sweep's run the fixed part of the config (the searched options are
+    `space.*`, and the best trial's `best.*`) and the search space."""
+    tracking.log_params({name: value for name, value in config.options().items()
+                         if name not in space})
+    tracking.log_params({f"space.{name}": describe(dist) for name, dist in space.items()})
+    tracking.log_dict({name: json.loads(dists.distribution_to_json(dist))
+                       for name, dist in space.items()}, "sweep/search_space.json")
+
+
+def run_trials(study: optuna.Study, config: TaskConfig, run_one: Callable[[Any], dict],
+               space: Mapping[str, Any], pipeline: str) -> dict[int, dict]:
+    """Runs `--sweep` trials, each config asked of the study and told its validation
+    accuracy (logged per trial on the sweep's run); a trial whose options do not train
+    (ConfigError) fails alone.
+
+    Returns:
+        Trial number -> result of each trial that finished.
+
+    Raises:
+        ConfigError: Every trial failed (the last one's error named).
+    """
+    results: dict[int, dict] = {}
+    failure = None
+    for number in range(config.run.sweep):
+        trial = study.ask(dict(space))
+        trial_config = config.replace(**trial.params, sweep=0, register=False, run_name=None)
+        trial_config = trial_config.replace(run_name=descriptions.trial_run_name(
+            config, trial_config, pipeline, number))
+        log.info("trial %d/%d: %s", number + 1, config.run.sweep, trial.params)
+        try:
+            result = run_one(trial_config)
+        except ConfigError as error:  # an unusable combination fails its trial only
+            failure = error
+            log.warning("trial %d failed: %s", number, error)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        results[number] = result
+        study.tell(trial, result[OBJECTIVE])
+        tracking.log_metrics({"trial_val_accuracy": result[OBJECTIVE],
+                              "trial_test_accuracy": result["test_accuracy"]}, step=number)
+    if not results:
+        raise ConfigError(f"all {config.run.sweep} trials failed; the last: {failure}")
+    return results
+
+
+def log_trials(study: optuna.Study, results: Mapping[int, dict]) -> dict:
+    """Logs the trials table and the best trial (Optuna's: the first of any tied for the
+    highest validation accuracy) on the sweep's run; returns the best trial's result."""
+    table = study.trials_dataframe(attrs=("number", "value", "params", "state", "duration"))
+    table["run_id"] = table["number"].map(lambda n: results.get(n, {}).get("run_id"))
+    table["duration"] = table["duration"].dt.total_seconds()
+    table["test_accuracy"] = table["number"].map(
+        lambda n: results.get(n, {}).get("test_accuracy"))
+    tracking.log_table(table.rename(columns={"value": "val_accuracy"}), "sweep/trials.json")
+    best = study.best_trial
+    chosen = results[best.number]
+    tracking.log_params({f"best.{name}": value for name, value in best.params.items()})
+    tracking.set_tags({"best_trial": best.number, "best_trial_run_id": chosen["run_id"]})
+    tracking.log_metrics({"best_val_accuracy": best.value,
+                          "best_test_accuracy": chosen["test_accuracy"]})
+    return chosen

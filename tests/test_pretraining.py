@@ -65,7 +65,9 @@ def test_the_loss_per_token_does_not_depend_on_the_worker_count(tmp_path: Path):
     for workers, found in losses.items():
         train_word_vectors(corpus, 502, 8, epochs=1, window=3, negative=5, seed=0,
                            workers=workers, on_epoch=lambda _, loss, to=found: to.append(loss))
-    assert losses[2][0] == pytest.approx(losses[1][0], rel=0.1), losses  # not half
+    # two workers' threads share the corpus differently from run to run (within about 10 %),
+    # but never by half, as the loss of one worker's share per token of the whole corpus was
+    assert losses[2][0] == pytest.approx(losses[1][0], rel=0.25), losses
 
 
 def test_word_vectors_need_text_and_epochs(tmp_path: Path):

@@ -84,7 +84,7 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     assert pd.isna(answer.loc[1, "label"]) and "not decodable audio" in answer.loc[1, "error"]
     # columns the signature does not name are dropped by MLflow: the request is refused whole
     with pytest.raises(NoInputColumns, match=r"^the request holds none of the model's input "
-                       r"columns \(audio, waveform, sample_rate\)$"):
+                       r"columns \(audio, waveform, sample_rate\), or no rows$"):
         served.predict(pd.DataFrame({"text": [clip]}))
     assert served.predict(pd.DataFrame({"audio": pd.Series([], dtype=object)})).empty
     contexts = {tag.value for i in run.inputs.dataset_inputs for tag in i.tags
