@@ -233,7 +233,8 @@ def noise_recordings(data_dir: Path, sample_rate: int, skipped: list[tuple[str, 
     lengths = {}
     audio, other = audio_files(noise_dir)
     skipped += [(f"{BACKGROUND_NOISE_DIR}/{shown_name(path.name)}", "file name is not UTF-8")
-                for path in other if not utf8_name(path.name)]
+                for path in other if path.suffix.lower() in AUDIO_SUFFIXES
+                and not utf8_name(path.name)]
     for path in audio:
         name = f"{BACKGROUND_NOISE_DIR}/{path.name}"
         try:

@@ -112,7 +112,8 @@ class TaskConfig:
         """This config with the named options changed (stage validation runs again).
 
         Raises:
-            ValueError: A name is not an option of the task.
+            ValueError: A name is not an option of the task, or a value is out of its range
+                (ConfigError).
         """
         options = self.option_fields()
         unknown = sorted(set(values) - set(options))
@@ -121,9 +122,16 @@ class TaskConfig:
         stages: dict[str, dict[str, Any]] = {}
         for name, value in values.items():
             stages.setdefault(options[name].stage, {})[name] = value
-        return dataclasses.replace(self, **{
-            stage: dataclasses.replace(getattr(self, stage), **changed)
-            for stage, changed in stages.items()})
+        try:
+            return dataclasses.replace(self, **{
+                stage: dataclasses.replace(getattr(self, stage), **changed)
+                for stage, changed in stages.items()})
+        except OverflowError:  # an integer too large for the float arithmetic of a check
+            too_large = [f"{name} ({len(str(abs(value)))} digits)"
+                         for name, value in values.items()
+                         if isinstance(value, int) and abs(value) > 2**63]
+            raise ConfigError(f"{', '.join(too_large) or 'an option'}: too large a "
+                              "number") from None
 
     def options(self) -> dict[str, Any]:
         """Every option by its flat name, in declaration order (the run's parameters)."""

@@ -169,6 +169,7 @@ def test_unknown_option_names_and_values_fail_loudly():
     (speech, ["--seed", "-1"], "seed must be a number >= 0, got -1"),
     (speech, ["--seed", str(2**32)], "seed must be below 2**32, got 4294967296"),
     (speech, ["--seed", "1" + "0" * 400], "seed must be below 2**32, got 1000"),
+    (speech, ["--sample-rate", "1" + "0" * 400], "sample_rate (401 digits): too large a number"),
     (speech, ["--learning-rate", "nan"], "learning_rate must be a number > 0, got nan"),
     (speech, ["--learning-rate", "-0.01"], "learning_rate must be a number > 0, got -0.01"),
     (speech, ["--label-smoothing", "1.5"], "label_smoothing must be within [0, 1), got 1.5"),

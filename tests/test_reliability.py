@@ -43,9 +43,12 @@ def test_uri_passwords_are_redacted_wherever_they_occur():
     assert tracking.redact("postgresql://ml:pa/ss@db/mlflow postgresql://ml@db/m?x=1&"
                            "password=s3cret&sslpassword=k") == (
         "postgresql://ml:***@db/mlflow postgresql://ml@db/m?x=1&password=***&sslpassword=***")
+    for text in ("https://host:443/u/me@example.com",  # a port and a path are no password
+                 '{"uri": "http://h:5000", "model": "models:/speech@champion"}'):
+        assert tracking.redact(text) == text
 
 
-def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path):
+def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path, monkeypatch):
 
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
@@ -59,7 +62,12 @@ def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path):
         --allowed-hosts does not list, unless the request carries user:pw's basic auth."""
 
         def do_GET(self):
-            if not self.path.startswith("/api/2.0/mlflow/experiments/search?max_results=1"):
+            if self.path.startswith("/down/"):  # a server whose database is away
+                self.answer(500, b'{"error_code": "INTERNAL_ERROR", "message": "(psycopg2.'
+                                 b'OperationalError) connection to server at db failed"}')
+            elif self.path.startswith("/proxy/"):  # a login page in front of it
+                self.answer(200, b"<html><body>Sign in</body></html>")
+            elif not self.path.startswith("/api/2.0/mlflow/experiments/search?max_results=1"):
                 self.send_error(404)
             elif self.headers.get("Authorization") != "Basic dXNlcjpwdw==":  # user:pw
                 self.answer(403, b"Invalid Host header - possible DNS rebinding attack detected")
@@ -86,6 +94,18 @@ def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path):
         tracking.check_tracking(f"http://user:pw@127.0.0.1:{server.server_port}")  # answered
         with pytest.raises(SetupError, match="is not an MLflow tracking server: .* HTTP 404"):
             tracking.check_tracking(f"{uri}/elsewhere")
+        with pytest.raises(SetupError, match="answered HTTP 500 \\(.*connection to server at "
+                           "db failed.*\\): see its log"):
+            tracking.check_tracking(f"{uri}/down")
+        with pytest.raises(SetupError, match="HTTP 200 without MLflow's JSON"):
+            tracking.check_tracking(f"{uri}/proxy")
+        # MLflow sends the credential variables where they are set, not the URI's: so does
+        # the check
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "other")
+        with pytest.raises(SetupError, match="refused this client"):
+            tracking.check_tracking(f"http://user:pw@127.0.0.1:{server.server_port}")
+        with pytest.raises(SetupError, match="is not a valid tracking URI"):
+            tracking.check_tracking("http://[mlflow-host:5000")
     finally:
         server.shutdown()
         thread.join()

@@ -356,7 +356,12 @@ def test_a_model_folder_on_disk_is_used_without_a_store(tmp_path: Path, monkeypa
     assert "a great film\tpos\t" in capsys.readouterr().out
     assert list(elsewhere.iterdir()) == []
     # evaluate reads the run that logged it from the store given, and gets as far as the data
+    # (a folder without the aclImdb layout); without a store it says so and makes none
+    empty = tmp_path / "empty"
+    empty.mkdir()
     assert sentiment.main(["evaluate", "--model-uri", folder, "--store-dir",
-                           str(tmp_path / "mlruns"), "--data-dir", str(tmp_path / "none")]) == 2
-    assert f"{tmp_path / 'none'}" in capsys.readouterr().err
+                           str(tmp_path / "mlruns"), "--data-dir", str(empty)]) == 2
+    assert f"{empty / 'test' / 'neg'} is missing" in capsys.readouterr().err
+    assert sentiment.main(["evaluate", "--model-uri", folder, "--data-dir", str(empty)]) == 2
+    assert f"{folder}: there is no MLflow store in mlruns" in capsys.readouterr().err
     assert list(elsewhere.iterdir()) == []

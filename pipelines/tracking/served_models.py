@@ -55,7 +55,7 @@ def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: 
     check_tracking(tracking_uri)
     in_store = urlparse(model_uri).scheme in ("models", "runs")  # not a folder's path
     database = store_database(tracking_uri, store_dir)
-    if in_store and database is not None and not database.is_file():
+    if (in_store or needs_store) and database is not None and not database.is_file():
         if not tracking_uri:
             raise ModelError(f"{model_uri}: there is no MLflow store in {store_dir} (no "
                              f"{DB_NAME}): pass the --store-dir a run logged to, or "

@@ -23,10 +23,13 @@ DB_NAME = "mlflow.db"
 SERVER_PROBE = "/api/2.0/mlflow/experiments/search"  # what check_tracking asks a server
 URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
-# a URI's `user:password@` (a database URI's password may hold a "/"), and the password a
-# database URI may pass in its query instead (`?password=...`, SQLAlchemy hands it to the driver)
-CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):"
-                         r"(?P<password>[^@\s]+)@")
+# a URI's `user:password@` (a database URI's password may hold a "/", which an HTTP one must
+# escape), and the password a database URI may pass in its query instead (`?password=...`,
+# SQLAlchemy hands it to the driver)
+CREDENTIALS = re.compile(
+    r"(?P<scheme>\b(?:(?P<database>(?:postgresql|mysql|mariadb|mssql|oracle)(?:\+\w+)?)|"
+    r"[a-zA-Z][a-zA-Z0-9+.-]*)://)(?P<user>[^:/@\s]*):"
+    r"(?P<password>(?(database)[^@\s]{1,256}?|[^@/\s]+))@")
 QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:ssl)?password=)[^&\s]+", re.IGNORECASE)
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 FILE_STORE_NAMES = ("databricks", "databricks-uc", "uc")  # scheme-less URIs that are no path
@@ -100,11 +103,31 @@ def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
 
 def is_file_store(tracking_uri: str | None) -> bool:
     """Whether MLflow would take `tracking_uri` for a file store: a `file:` URI, or anything
-    without a scheme (`/...`, `mlruns`, `sub/dir`) but the names of Databricks' stores."""
+    without a scheme (`/...`, `mlruns`, `sub/dir`, `C:/...`) but the names of Databricks'
+    stores.
+
+    Raises:
+        SetupError: `tracking_uri` is not a valid URI.
+    """
     if not tracking_uri:
         return False
-    scheme = urlsplit(tracking_uri).scheme
-    return scheme == "file" or (scheme == "" and tracking_uri not in FILE_STORE_NAMES)
+    scheme = uri_parts(tracking_uri).scheme
+    return (scheme == "file" or len(scheme) == 1  # a Windows drive: a path too
+            or (scheme == "" and tracking_uri not in FILE_STORE_NAMES))
+
+
+def uri_parts(uri: str):
+    """`urlsplit(uri)`.
+
+    Raises:
+        SetupError: `uri` is not a URI (an unclosed `[`, a port that is no number).
+    """
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (parsed on use: an invalid port raises here)
+    except ValueError as error:
+        raise SetupError(f"{redact(uri)} is not a valid tracking URI ({error})") from None
+    return parts
 
 
 def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
@@ -133,12 +156,15 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         return
     shown = redact(tracking_uri)
-    parts = urlsplit(tracking_uri)
+    parts = uri_parts(tracking_uri)
     creds = get_default_host_creds(urlunsplit(parts._replace(
         netloc=parts.netloc.rpartition("@")[2])))
-    if parts.password is not None:  # as connect passes them on (move_credentials_to_env)
-        creds.username = unquote(parts.username or "")
-        creds.password = unquote(parts.password)
+    if parts.password is not None:  # as connect passes them on: a variable set wins
+        username, password = CREDENTIAL_VARIABLES
+        if os.environ.get(username) is None:
+            creds.username = unquote(parts.username or "")
+        if os.environ.get(password) is None:
+            creds.password = unquote(parts.password)
     try:
         answer = http_request(creds, SERVER_PROBE, "GET", max_retries=0, timeout=timeout,
                               raise_on_status=False, params={"max_results": 1})
@@ -152,9 +178,18 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
                          f"{answer.status_code}: {' '.join(answer.text.split())[:200]}): check the "
                          "credentials (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD), and "
                          "that the server's --allowed-hosts lists the host name used here")
-    if not answer.ok:
+    if answer.status_code >= 500:  # a server that is there, with a problem of its own
+        raise SetupError(f"the MLflow tracking server at {shown} answered HTTP "
+                         f"{answer.status_code} ({' '.join(answer.text.split())[:300]}): see "
+                         "its log (its database may be down)")
+    try:
+        valid = answer.ok and isinstance(answer.json(), dict)
+    except ValueError:  # not JSON: a proxy's page, another service
+        valid = False
+    if not valid:
         raise SetupError(f"{shown} is not an MLflow tracking server: {SERVER_PROBE} answered "
-                         f"HTTP {answer.status_code}; check MLFLOW_TRACKING_URI / --tracking-uri")
+                         f"HTTP {answer.status_code} without MLflow's JSON; check "
+                         "MLFLOW_TRACKING_URI / --tracking-uri")
 
 
 def artifact_root(tracking_uri: str | None, store_dir: str | Path) -> Path | None:
