@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,7 @@ STREAM_WORDS = ("keywords", "unknown", "none")  # what generate_stream's streams
 NOT_KEYWORDS = listening.NOT_REPORTED
 # a word's clip, in s: its time in a labels file is the start, its truth the end
 CLIP_S = MfccConfig().audio.clip_seconds
+MAX_SECONDS = 130_000  # a 16 kHz 16-bit mono WAV's 4 GiB (about 36 hours)
 
 
 def generate_stream(speech_dir: Path, out: Path, *, seconds: float = 600, words: str = "keywords",
@@ -133,7 +135,11 @@ def score(detections: list[Detection], truth: list[tuple[float, str]]) -> dict[s
 def lines(path: Path) -> list[tuple[int, str]]:
     """(number, line) of a UTF-8 text file's lines that are not blank (split at line feeds
     only, a carriage return before one dropped, a byte-order mark dropped)."""
-    text = Path(path).read_text(encoding="utf-8-sig")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}): "
+                        "expected a labels or detections file") from None
     return [(number, line.removesuffix("\r"))
             for number, line in enumerate(text.split("\n"), 1) if line.strip()]
 
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                                     words=args.words, word_gap_ms=args.word_gap_ms,
                                     background_volume=args.background_volume, seed=args.seed)
             print(f"{cli.tsv_field(str(args.out))}: {args.seconds:g} s, {len(truth)} words; "
-                  f"labels in {args.out}.labels.txt")
+                  f"labels in {cli.tsv_field(str(args.out))}.labels.txt")
             return 0
         truth = read_labels(args.labels)
         found = read_detections(args.detections)
@@ -260,8 +266,11 @@ def check_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             parser.error(f"{path} exists: it is not replaced")
     if args.out.suffix.lower() != ".wav" or not args.out.parent.is_dir():
         parser.error(f"{args.out}: expected a .wav file in an existing folder")
-    if not (math.isfinite(args.seconds) and args.seconds >= 1):
-        parser.error(f"--seconds must be at least 1, not {args.seconds:g}")
+    if not os.access(args.out.parent, os.W_OK):
+        parser.error(f"{args.out}: the folder {args.out.parent} is not writable")
+    if not (math.isfinite(args.seconds) and 1 <= args.seconds <= MAX_SECONDS):
+        parser.error(f"--seconds must be from 1 to {MAX_SECONDS:,} (a 16-bit WAV holds at most "
+                     f"4 GiB), not {args.seconds:g}")
     if not (math.isfinite(args.word_gap_ms) and args.word_gap_ms >= 0):
         parser.error(f"--word-gap-ms must be at least 0, not {args.word_gap_ms:g}")
     if not 0 <= args.background_volume <= 1:

@@ -165,6 +165,26 @@ def not_decodable(label: str, source: str | Path | bytes | None, error: Exceptio
     return AudioDecodeError(f"{label}: not decodable audio ({detail}){hint}")
 
 
+def sound_file(source: str | Path | bytes) -> io.BytesIO | bytes:
+    """What libsndfile opens for a source: a file's bytes in memory, or a path as the file
+    system's bytes (soundfile encodes a path given as text as UTF-8, which a name holding
+    other bytes cannot be)."""
+    return io.BytesIO(source) if isinstance(source, bytes) else os.fsencode(source)
+
+
+def open_recording(source: str | Path | None, label: str) -> soundfile.SoundFile:
+    """An audio file, or standard input (`source` None), opened to be read in blocks.
+
+    Raises:
+        AudioDecodeError: Not decodable (a missing file named as such), named by `label`.
+    """
+    try:
+        return soundfile.SoundFile(0 if source is None else sound_file(source),
+                                   closefd=source is not None)
+    except DECODE_ERRORS as error:
+        raise not_decodable(label, source, error) from None
+
+
 def audio_info(source: str | Path | bytes, name: str | None = None):
     """The header of an audio file (frames, sample rate, channels, duration), read without
     decoding its samples.
@@ -172,9 +192,8 @@ def audio_info(source: str | Path | bytes, name: str | None = None):
     Raises:
         AudioDecodeError: The input is not decodable audio.
     """
-    handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        return soundfile.info(handle)
+        return soundfile.info(sound_file(source))
     except DECODE_ERRORS as error:
         raise not_decodable(source_label(source, name), source, error) from error
 
@@ -258,9 +277,8 @@ def read_samples(source: str | Path | bytes, name: str | None = None,
         if samples.shape[0] == 0:
             raise AudioDecodeError(f"{label}: the file holds no audio samples")
         return samples, rate  # 16-bit samples: finite and within +/-1 by construction
-    handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with soundfile.SoundFile(handle) as audio:
+        with soundfile.SoundFile(sound_file(source)) as audio:
             rate = check_sample_rate(audio.samplerate, label)
             frames = -1 if seconds is None else math.ceil(rate * seconds)
             samples = audio.read(frames, dtype="float32", always_2d=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.errors import shown_name
 from features.imdb import decode_review
 from features.splits import copy_kept
 from pipelines import distribute, evaluation, tracking
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 # messages name what to fix; any other exception is a bug and shows its traceback (the run,
 # if one is open, ends FAILED)
 EXPECTED_ERRORS = (PipelineError,)
+BROKEN_PIPE = 141  # a shell's status for a command whose output pipe closed (128 + SIGPIPE)
 MAX_NAMED = 10  # blank lines of an inputs file named by number (file_lines)
 
 
@@ -102,6 +104,9 @@ def main(task: TaskCommands, argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"predict": predict, "evaluate": evaluate, **task.commands}
     command = commands.get(argv[0]) if argv else None
+    if argv and not command and not argv[0].startswith("-"):  # training takes flags only
+        training_parser(task).error(f"unknown command {argv[0]!r}: the commands are "
+                                    f"{', '.join(commands)}; training takes --flags only")
     args = None if command else training_parser(task).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("gensim").setLevel(logging.WARNING)  # its INFO lines narrate every step
@@ -120,6 +125,9 @@ def main(task: TaskCommands, argv: Sequence[str] | None = None) -> int:
             if command:
                 return command(task, argv[1:])
             result = task.run(config_from_args(task.config, args))
+        except BrokenPipeError:  # the reader of stdout is gone (`| head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return BROKEN_PIPE
         except EXPECTED_ERRORS as error:
             print(f"error: {redact(str(error))}", file=sys.stderr)
             return 2
@@ -164,6 +172,13 @@ def model_parser(task: TaskCommands, command: str, description: str
                                 defaults, name),
                             help=metadata["help"] + (f" [env: {env}]" if env else ""))
     return parser
+
+
+def require_file_names(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """A usage error for an empty FILE argument (a shell variable that was not set), which
+    would otherwise name the current folder."""
+    if any(not name for name in names):
+        parser.error("a FILE argument is empty ('')")
 
 
 def predict(task: TaskCommands, argv: list[str]) -> int:
@@ -268,13 +283,15 @@ def registry_lines(result: dict) -> list[str]:
 
 
 TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def tsv_field(text: str) -> str:
     """`text` as one field of a tab-separated line: backslash, tab, newline and carriage
     return written as `\\\\`, `\\t`, `\\n`, `\\r` (as PostgreSQL's COPY text format does), so a
-    file name holding them cannot split a line or a field."""
-    return text.translate(TSV_ESCAPES)
+    file name holding them cannot split a line or a field; a file name's bytes that are not
+    UTF-8 as `\\xNN` (standard output could not write them)."""
+    return shown_name(text.translate(TSV_ESCAPES))
 
 
 def short_name(text: str, width: int = 40) -> str:
@@ -297,8 +314,12 @@ def file_lines(path: str) -> list[str]:
         raw = Path(path).read_bytes()
     except OSError as error:
         raise DataError(f"cannot read {path} ({error.strerror})") from error
-    text, was_replaced = decode_review(raw)  # as training reads a review file
-    lines = text.splitlines()
+    text, was_replaced = decode_review(raw.removeprefix(UTF8_BOM))  # as training reads one
+    # one review per line: split on line ends only (str.splitlines also splits on form
+    # feeds, U+2028 and other separators a review may hold)
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and not lines[-1]:
+        lines.pop()  # the file's last line end
     replaced = [number for number, line in enumerate(lines, 1)
                 if was_replaced and "\ufffd" in line]
     blank = [number for number, line in enumerate(lines, 1) if not line.strip()]

@@ -169,6 +169,9 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
         ValueError: A true label is not one of the model's classes, or no input can be
             evaluated (DataError; no run is opened).
     """
+    if not len(labelled.inputs):
+        raise DataError(f"no input of {labelled.source} could be evaluated: the reader left "
+                        "none (every one was skipped, as listed above)")
     model = tracking.load_served_model(args.evaluated_uri, args.tracking_uri, args.store_dir,
                                        sends=list(labelled.inputs.columns))
     labels = tracking.model_labels(args.evaluated_uri)

@@ -271,6 +271,8 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     labels_file = labels_path(out)
     if not out.parent.is_dir():
         parser.error(f"--out {out}: there is no folder {out.parent}")
+    if not os.access(out.parent, os.W_OK):
+        parser.error(f"--out {out}: the folder {out.parent} is not writable")
     for path in (out, labels_file):
         if path.is_dir():
             parser.error(f"--out {out}: {path} is a folder: name a file to write")
@@ -306,5 +308,5 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
                         tags={export_tag(out.name): how})
     print(f"{cli.tsv_field(str(out))}\t{len(content):,} bytes\t"
           f"{cli.tsv_field(str(labels_file))}\tlogged on run {run_id} as "
-          f"{ARTIFACT_FOLDER}/{out.name} and {ARTIFACT_FOLDER}/{labels_file.name}")
+          + cli.tsv_field(f"{ARTIFACT_FOLDER}/{out.name} and {ARTIFACT_FOLDER}/{labels_file.name}"))
     return 0

@@ -48,7 +48,6 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import Field, dataclass, field, fields
 
 import numpy as np
-import soundfile
 import soxr
 
 from features.audio import (
@@ -57,6 +56,7 @@ from features.audio import (
     check_sample_rate,
     check_samples,
     not_decodable,
+    open_recording,
     to_mono,
 )
 from features.mfcc import MfccConfig
@@ -166,11 +166,7 @@ def resampled_blocks(path: str, rate: int, pipe_block_s: float) -> Iterator[np.n
     """
     source = None if path == STDIN else path  # None: a stream, no file to look at
     label = "standard input" if source is None else path
-    try:
-        audio = soundfile.SoundFile(0 if source is None else source, closefd=source is not None)
-    except DECODE_ERRORS as error:  # names a missing file as such
-        raise not_decodable(label, source, error) from None
-    with audio:
+    with open_recording(source, label) as audio:
         source_rate = check_sample_rate(audio.samplerate, label)
         stream = (None if source_rate == rate
                   else soxr.ResampleStream(source_rate, rate, 1, dtype="float32"))
@@ -346,6 +342,7 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
                             metavar=flag(option)[2:].replace("-", "_").upper(),
                             default=option.default, help=option.metadata["help"])
     args = parser.parse_args(argv)
+    cli.require_file_names(parser, args.files)
     if STDIN in args.files:
         if args.files.count(STDIN) > 1:
             parser.error("standard input (-) can be listened to once")

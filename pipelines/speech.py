@@ -315,6 +315,7 @@ def read_clips(parser: argparse.ArgumentParser, argv: list[str]
     length only)."""
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, ...)")
     args = parser.parse_args(argv)
+    cli.require_file_names(parser, args.files)
     clips, failed, clip_seconds = [], {}, MfccConfig().clip_seconds
     for index, name in enumerate(args.files):
         try:

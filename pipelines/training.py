@@ -8,6 +8,7 @@ the callbacks that record them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -151,7 +152,7 @@ def fit_classifier(
         config: Epochs and patience.
         callbacks: More Keras callbacks, called after early stopping.
         verbose: Keras verbosity; default a progress bar on a terminal, one line per epoch
-            otherwise.
+            otherwise (on stderr either way).
         checkpoint_dir: Save a resumable checkpoint here after every epoch (EpochCheckpoint).
         resume: An interrupted fit to continue from the epoch after its last one.
         average: Weight averaging, called after early stopping (its sums saved with each
@@ -162,7 +163,7 @@ def fit_classifier(
         stopping's best epoch (0-based; the one whose weights it restores).
     """
     if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
+        verbose = 1 if sys.stderr.isatty() else 2
     stopper = ResumableEarlyStopping(monitor="val_loss", patience=config.patience,
                                      restore_best_weights=True,
                                      state=resume.stopper if resume else None)
@@ -177,16 +178,19 @@ def fit_classifier(
     # a fit that early stopping had ended trains no more (and sets the weights it keeps)
     initial_epoch = 0 if resume is None else (
         config.epochs if resume.stopped else resume.epoch + 1)
-    history = interrupts.at_batch_end(  # a signal stops training at a batch end
-        model.fit,
-        train,
-        validation_data=validation,
-        epochs=config.epochs,
-        initial_epoch=initial_epoch,
-        shuffle=False,  # the tf.data pipeline reshuffles each epoch
-        callbacks=[LearningRateLogger(), stopper, *extra, *(callbacks or [])],
-        verbose=verbose,
-    )
+    # Keras prints its progress on stdout: it goes to stderr, beside the other progress lines,
+    # so that stdout holds the command's results alone
+    with contextlib.redirect_stdout(sys.stderr):
+        history = interrupts.at_batch_end(  # a signal stops training at a batch end
+            model.fit,
+            train,
+            validation_data=validation,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            shuffle=False,  # the tf.data pipeline reshuffles each epoch
+            callbacks=[LearningRateLogger(), stopper, *extra, *(callbacks or [])],
+            verbose=verbose,
+        )
     return ({key: list(earlier.get(key, [])) + list(history.history.get(key, []))
              for key in {**earlier, **history.history}}, stopper.best_epoch)
 

@@ -243,6 +243,9 @@ def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_pa
     detections.write_text("s.wav\t2.40\tyes\n")
     assert streams.main(["score", str(labels), str(detections)]) == 2
     assert "found.tsv, line 1: expected listen's file<TAB>time_s" in capsys.readouterr().err
+    # the recording given where the detections go: named, not a codec's message
+    assert streams.main(["score", str(labels), str(stream)]) == 2
+    assert "stream.wav: not UTF-8 text (invalid start byte at byte" in capsys.readouterr().err
     for bad in ("yes 2000", "yes, nan", "yes, -5", ", 2000"):
         labels.write_text(f"yes, 1000\n{bad}\n")
         assert streams.main(["score", str(labels), str(detections)]) == 2

@@ -16,12 +16,11 @@ import pandas as pd
 import pytest
 import soundfile
 
-from features.mfcc import MfccConfig, feature_shape
-from pipelines import cli, sentiment, speech, tracking
+from pipelines import cli, sentiment, tracking
 from pipelines.errors import ModelError
 from pipelines.request_bounds import MAX_REQUEST_ROWS, RequestTooLarge
 from pipelines.serving import TextPredictor
-from tests.builders import frame_classifier
+from tests.builders import register_tiny_speech_model
 from tests.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,13 +33,7 @@ VERSION = f"model '{NAME}' version 1"
 def store(tmp_path_factory) -> Path:
     """A SQLite store holding one registered (champion) version of a tiny speech model."""
     store = tmp_path_factory.mktemp("artifacts") / "mlruns"
-    mfcc = MfccConfig()
-    model = frame_classifier(feature_shape(mfcc), 2, mean=np.zeros(mfcc.n_mfcc),
-                             variance=np.ones(mfcc.n_mfcc), units=4, depth=1)
-    with tracking.open_run("artifacts", tracking_uri=None, store_dir=store):
-        model_uri = speech.log_model(model, ("yes", "no"), mfcc)
-        tracking.register_and_promote(model_uri, NAME, metrics={"test_accuracy": 0.5},
-                                      test_digest="test", data_digest="data")
+    register_tiny_speech_model(store, NAME)
     return store
 
 
