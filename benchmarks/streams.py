@@ -44,7 +44,7 @@ STREAM_WORDS = ("keywords", "unknown", "none")  # what generate_stream's streams
 NOT_KEYWORDS = listening.NOT_REPORTED
 # a word's clip, in s: its time in a labels file is the start, its truth the end
 CLIP_S = MfccConfig().audio.clip_seconds
-MAX_SECONDS = 130_000  # a 16 kHz 16-bit mono WAV's 4 GiB (about 36 hours)
+MAX_SECONDS = 4 * 3600  # the stream is built in memory: 230 MB an hour (float32 at 16 kHz)
 
 
 def generate_stream(speech_dir: Path, out: Path, *, seconds: float = 600, words: str = "keywords",
@@ -89,7 +89,8 @@ def generate_stream(speech_dir: Path, out: Path, *, seconds: float = 600, words:
         wave[position:position + spec.clip_samples] += clip
         truth.append(((position + spec.clip_samples) / rate, example.label))
         position += spec.clip_samples + int(rate * word_gap_ms / 1000 * (1 + rng.random() / 2))
-    soundfile.write(out, np.clip(wave, -1, 1), rate, subtype="PCM_16")
+    np.clip(wave, -1, 1, out=wave)
+    soundfile.write(os.fsencode(out), wave, rate, subtype="PCM_16")  # any file name's bytes
     Path(f"{out}.labels.txt").write_text(
         "".join(f"{label}, {1000 * (when - CLIP_S):.4f}\n" for when, label in truth))
     return truth
@@ -269,8 +270,8 @@ def check_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if not os.access(args.out.parent, os.W_OK):
         parser.error(f"{args.out}: the folder {args.out.parent} is not writable")
     if not (math.isfinite(args.seconds) and 1 <= args.seconds <= MAX_SECONDS):
-        parser.error(f"--seconds must be from 1 to {MAX_SECONDS:,} (a 16-bit WAV holds at most "
-                     f"4 GiB), not {args.seconds:g}")
+        parser.error(f"--seconds must be from 1 to {MAX_SECONDS:,} (four hours: the stream is "
+                     f"built in memory, 230 MB an hour), not {args.seconds:g}")
     if not (math.isfinite(args.word_gap_ms) and args.word_gap_ms >= 0):
         parser.error(f"--word-gap-ms must be at least 0, not {args.word_gap_ms:g}")
     if not 0 <= args.background_volume <= 1:

@@ -125,6 +125,8 @@ def main(task: TaskCommands, argv: Sequence[str] | None = None) -> int:
             if command:
                 return command(task, argv[1:])
             result = task.run(config_from_args(task.config, args))
+            print("\n".join([*task.summary(result), *registry_lines(result)]))
+            return 0
         except BrokenPipeError:  # the reader of stdout is gone (`| head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return BROKEN_PIPE
@@ -140,8 +142,6 @@ def main(task: TaskCommands, argv: Sequence[str] | None = None) -> int:
             return exit_status(interrupt)
         finally:  # also when exit_process skips the interpreter's teardown (and atexit)
             distribute.remove_throwaway()
-    print("\n".join([*task.summary(result), *registry_lines(result)]))
-    return 0
 
 
 def training_parser(task: TaskCommands) -> argparse.ArgumentParser:
@@ -231,7 +231,7 @@ def print_predictions(names: Sequence[str], answer: pd.DataFrame, failed: dict[i
         row = None if index in failed else next(rows)
         error = failed.get(index) or (row or {}).get("error")
         if error:
-            print(f"{name}: error: {error}", file=sys.stderr)
+            print(shown_name(f"{name}: error: {error}"), file=sys.stderr)
             status = 1
             continue
         probability = row[f"probability_{row['label']}"]

@@ -59,6 +59,7 @@ from features.audio import (
     open_recording,
     to_mono,
 )
+from features.errors import shown_name
 from features.mfcc import MfccConfig
 from features.speech_commands import SILENCE_LABEL, UNKNOWN_LABEL
 from pipelines import cli, tracking
@@ -354,7 +355,7 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     try:
         config = ListenConfig(**{option.name: getattr(args, option.name)
                                  for option in fields(ListenConfig)})
-    except ValueError as error:
+    except (ValueError, OverflowError) as error:  # OverflowError: an absurdly large integer
         parser.error(str(error))
     check_reachable(parser, config, MfccConfig().sample_rate)  # before loading; again after
     predictor = tracking.load_predictor(args.model_uri, args.tracking_uri, args.store_dir)
@@ -370,9 +371,9 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
                 print(f"{cli.tsv_field(path)}\t{detection.time_s:.2f}\t{detection.label}\t"
                       f"{detection.score:.3f}", flush=True)
             if not found:  # listened to, with nothing to report
-                print(f"{path}: no keyword detected", file=sys.stderr)
+                print(f"{shown_name(path)}: no keyword detected", file=sys.stderr)
         except AudioDecodeError as error:
-            print(f"{error}", file=sys.stderr)
+            print(shown_name(str(error)), file=sys.stderr)
             status = 1
     return status
 

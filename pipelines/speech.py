@@ -27,7 +27,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 
 from features.audio import AudioDecodeError, audio_info
 from features.augment import AugmentConfig, ClipAugmenter
-from features.errors import require_data_dir
+from features.errors import require_data_dir, shown_name
 from features.input_pipelines import (
     AugmentedBatches,
     TrainingBatches,
@@ -326,9 +326,9 @@ def read_clips(parser: argparse.ArgumentParser, argv: list[str]
         with contextlib.suppress(AudioDecodeError):  # the model answers it with the reason
             seconds = audio_info(clips[-1], name).duration
             if seconds > clip_seconds + 0.05:
-                print(f"{name}: {seconds:.1f} s long: labelled by its first clip's length "
-                      f"({clip_seconds:g} s by default; listen spots keywords in longer "
-                      "recordings)", file=sys.stderr)
+                print(f"{shown_name(name)}: {seconds:.1f} s long: labelled by its first "
+                      f"clip's length ({clip_seconds:g} s by default; listen spots keywords in "
+                      "longer recordings)", file=sys.stderr)
     return args, cli.Inputs(pd.DataFrame({"audio": clips}), list(args.files), failed)
 
 

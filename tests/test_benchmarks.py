@@ -258,8 +258,9 @@ def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_pa
     (["fresh.wav"], "fresh.wav.labels.txt exists: it is not replaced"),
     (["stream.mp3"], "stream.mp3: expected a .wav file in an existing folder"),
     (["missing/stream.wav"], "missing/stream.wav: expected a .wav file in an existing folder"),
-    (["s.wav", "--seconds", "nan"], "--seconds must be from 1 to 130,000"),
-    (["s.wav", "--seconds", "1e9"], "(a 16-bit WAV holds at most 4 GiB), not 1e+09"),
+    (["s.wav", "--seconds", "nan"], "--seconds must be from 1 to 14,400"),
+    (["s.wav", "--seconds", "1e9"], "(four hours: the stream is built in memory, 230 MB an "
+                                    "hour), not 1e+09"),
     (["s.wav", "--word-gap-ms", "-1"], "--word-gap-ms must be at least 0, not -1"),
     (["s.wav", "--background-volume", "2"], "--background-volume must be in [0, 1], not 2"),
 ])

@@ -49,7 +49,13 @@ def test_a_file_name_in_bytes_that_are_not_utf8_is_printed_escaped(store: Path,
                         "--model-uri", f"models:/{NAME}@champion"]) == 0
     heard = capsys.readouterr()  # a detection, or none (the tiny model is untrained)
     assert (heard.out.startswith(f"{tmp_path}/odd\\xffname.wav\t")
-            or "odd\\xffname.wav: no keyword detected" in heard.err)
+            or f"{tmp_path}/odd\\xffname.wav: no keyword detected" in heard.err)
+    # and named the same way on stderr
+    broken = os.path.join(os.fsencode(tmp_path), b"\xfe.wav")
+    Path(os.fsdecode(broken)).write_bytes(b"not audio")
+    assert speech.main(["listen", os.fsdecode(broken), "--store-dir", str(store),
+                        "--model-uri", f"models:/{NAME}@champion"]) == 1
+    assert capsys.readouterr().err.startswith(f"{tmp_path}/\\xfe.wav: not decodable audio")
 
 
 def test_usage_errors_name_an_empty_file_and_an_unknown_command(capsys):

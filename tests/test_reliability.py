@@ -106,6 +106,12 @@ def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path, monkeypa
             tracking.check_tracking(f"http://user:pw@127.0.0.1:{server.server_port}")
         with pytest.raises(SetupError, match="is not a valid tracking URI"):
             tracking.check_tracking("http://[mlflow-host:5000")
+        # a / in a server URI's password breaks its port: named without any of the password
+        with pytest.raises(SetupError, match="^http://\\*\\*\\*@host:5000 is not a valid "
+                           "tracking URI: its host or port cannot be read") as bad:
+            tracking.check_tracking("http://user:pa/ss@host:5000")
+        assert "pa" not in str(bad.value).replace("password", "")
+        tracking.check_tracking("postgresql://ml:pa/ss@db:5432/mlflow")  # a database's may
     finally:
         server.shutdown()
         thread.join()

@@ -27,7 +27,8 @@ URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 # escape), and the password a database URI may pass in its query instead (`?password=...`,
 # SQLAlchemy hands it to the driver)
 CREDENTIALS = re.compile(
-    r"(?P<scheme>\b(?:(?P<database>(?:postgresql|mysql|mariadb|mssql|oracle)(?:\+\w+)?)|"
+    r"(?P<scheme>(?<![a-zA-Z0-9+.-])"
+    r"(?:(?P<database>(?:postgresql|mysql|mariadb|mssql|oracle)(?:\+\w+)?)|"
     r"[a-zA-Z][a-zA-Z0-9+.-]*)://)(?P<user>[^:/@\s]*):"
     r"(?P<password>(?(database)[^@\s]{1,256}?|[^@/\s]+))@")
 QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:ssl)?password=)[^&\s]+", re.IGNORECASE)
@@ -111,22 +112,28 @@ def is_file_store(tracking_uri: str | None) -> bool:
     """
     if not tracking_uri:
         return False
-    scheme = uri_parts(tracking_uri).scheme
+    try:
+        scheme = urlsplit(tracking_uri).scheme
+    except ValueError:  # a URI that does not parse (check_tracking names a server's)
+        scheme = tracking_uri.partition("://")[0] if "://" in tracking_uri else ""
     return (scheme == "file" or len(scheme) == 1  # a Windows drive: a path too
             or (scheme == "" and tracking_uri not in FILE_STORE_NAMES))
 
 
-def uri_parts(uri: str):
-    """`urlsplit(uri)`.
+def server_uri_parts(uri: str):
+    """`urlsplit(uri)` of a tracking server's URI.
 
     Raises:
-        SetupError: `uri` is not a URI (an unclosed `[`, a port that is no number).
+        SetupError: `uri` is not a URI (an unclosed `[`, a port that is no number; the
+            parser's own message is left out, as it may quote part of a password).
     """
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 (parsed on use: an invalid port raises here)
-    except ValueError as error:
-        raise SetupError(f"{redact(uri)} is not a valid tracking URI ({error})") from None
+    except ValueError:  # shown without anything before its last @ (a password that broke it)
+        shown = re.sub(r"://[^\s]*@", "://***@", uri)
+        raise SetupError(f"{shown} is not a valid tracking URI: its host or port cannot be "
+                         "read (a password holding / ? # @ must be %-escaped)") from None
     return parts
 
 
@@ -156,7 +163,7 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         return
     shown = redact(tracking_uri)
-    parts = uri_parts(tracking_uri)
+    parts = server_uri_parts(tracking_uri)
     creds = get_default_host_creds(urlunsplit(parts._replace(
         netloc=parts.netloc.rpartition("@")[2])))
     if parts.password is not None:  # as connect passes them on: a variable set wins
