@@ -104,7 +104,7 @@ def run_description(name: str, values: Mapping[str, Any]) -> str:
 
 SPEECH_INPUT = (
     "**Input** (pandas DataFrame, one row per clip): `audio` — the bytes of an audio file "
-    "(WAV, FLAC, OGG; any sample rate and channel count: mixed to mono, resampled and padded "
+    "(WAV, FLAC, OGG, MP3; any sample rate and channel count: mixed to mono, resampled and padded "
     "or cut to the rate and clip length the model was trained at, in its "
     "`artifacts/config.json`: 16 kHz and 1 s by default), or `waveform` — float samples — "
     "with `sample_rate` in Hz.  \n"

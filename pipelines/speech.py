@@ -304,7 +304,8 @@ def summary_lines(result: dict) -> list[str]:
         f"skipped files     {result['skipped_examples']}",
         f"features          {result['feature_seconds']:.1f} s"
         + (" (from cache)" if result["features_from_cache"] else ""),
-        f"training          {result['train_seconds']:.1f} s, {result['epochs_trained']} epochs",
+        f"training          {result['train_seconds']:.1f} s, {result['epochs_trained']} "
+        f"epoch{'s' if result['epochs_trained'] != 1 else ''}",
     ]
 
 
