@@ -258,6 +258,7 @@ def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_pa
     (["fresh.wav"], "fresh.wav.labels.txt exists: it is not replaced"),
     (["stream.mp3"], "stream.mp3: expected a .wav file in an existing folder"),
     (["missing/stream.wav"], "missing/stream.wav: expected a .wav file in an existing folder"),
+    (["/proc/s.wav"], "the stream's folder /proc is not writable"),  # even as root
     (["s.wav", "--seconds", "nan"], "--seconds must be from 1 to 14,400"),
     (["s.wav", "--seconds", "1e9"], "(four hours: the stream is built in memory, 230 MB an "
                                     "hour), not 1e+09"),

@@ -147,6 +147,11 @@ def test_export_never_replaces_a_file_unasked(logged, tmp_path: Path, capsys):
     assert refused.value.code == 2
     assert f"--out {tmp_path}: {tmp_path} is a folder: name a file to write" \
         in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # a folder no one can write in, root included
+        speech.main(["export", "--model-uri", uri, "--store-dir", str(store), "--out",
+                     "/proc/x.tflite"])
+    assert refused.value.code == 2 and "--out folder /proc is not writable" in (
+        capsys.readouterr().err)
     # nor a file of the same name logged on the version's run, from another folder
     first, second = tmp_path / "a" / "logged.tflite", tmp_path / "b" / "logged.tflite"
     for folder in (first.parent, second.parent):
