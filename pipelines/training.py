@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from features.errors import ConfigError, require_at_least, require_positive
@@ -238,8 +237,7 @@ class Fitted:
 def require_finite_weights(model: keras.Model, history: dict[str, list[float]]) -> None:
     """Raises DivergedError when the fitted model's weights are not all finite (no finite
     epoch to keep), naming the first epoch whose training loss was not finite."""
-    if all(np.isfinite(w).all() for w in model.get_weights()
-           if np.issubdtype(w.dtype, np.floating)):
+    if weight_averaging.finite(model.get_weights()):
         return
     losses = history.get("loss", [])
     first = next((n for n, loss in enumerate(losses) if not math.isfinite(loss)), None)

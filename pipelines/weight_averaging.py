@@ -38,6 +38,12 @@ def first_averaged_epoch(average_from: float, scheduled_epochs: int) -> int | No
     return math.floor(average_from * scheduled_epochs) if average_from else None
 
 
+def finite(weights: list[np.ndarray]) -> bool:
+    """Whether every floating-point array of a model's weights is finite (a fit that diverged
+    leaves NaN or Inf)."""
+    return all(np.isfinite(w).all() for w in weights if np.issubdtype(w.dtype, np.floating))
+
+
 class WeightAverage(keras.callbacks.Callback):
     """Sums the model's weights after every epoch from `start` (0-based) on and, when the fit
     ends, sets the model to their mean.
@@ -60,7 +66,7 @@ class WeightAverage(keras.callbacks.Callback):
         if epoch < self.start:
             return
         weights = self.model.get_weights()
-        if not all(np.isfinite(w).all() for w in weights if np.issubdtype(w.dtype, np.floating)):
+        if not finite(weights):
             log.warning("epoch %d ended with weights that are not finite: it is left out of "
                         "the weight average", epoch + 1)
             return
