@@ -17,12 +17,14 @@ minute of each other (NTP); a heartbeat from the future is never taken for an ol
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import psutil
 import requests
@@ -41,11 +43,12 @@ HOST, PID, PROCESS_STARTED, HEARTBEAT = ("lease.host", "lease.pid", "lease.proce
 MACHINE = "lease.machine"
 
 
+@functools.cache
 def machine() -> str:
     """This process's machine and pid namespace: /etc/machine-id and the namespace's inode
     (either empty where the system has none)."""
     try:
-        machine_id = open("/etc/machine-id").read().strip()  # noqa: SIM115 (one read)
+        machine_id = Path("/etc/machine-id").read_text().strip()
     except OSError:
         machine_id = ""
     try:
