@@ -235,6 +235,26 @@ def labels_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_labels.txt")
 
 
+def write_whole(files: dict[Path, bytes]) -> None:
+    """Writes each file under a temporary name beside it, flushed to disk, then renames them
+    all into place: an export stopped part-way leaves no half-written file at `--out` (nor
+    takes away the file that `--overwrite` replaces) and no temporary one behind it."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, content in files.items():
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            written.append((temporary, path))
+            with open(temporary, "wb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for temporary, path in written:
+            os.replace(temporary, path)
+    finally:
+        for temporary, _ in written:
+            temporary.unlink(missing_ok=True)
+
+
 def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     """`export --format tflite ...`: writes the file and its labels file, logs both on the
     version's run, prints their paths and the file's size."""
@@ -301,8 +321,7 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
                  trained.splits.test_pct, trained.splits.data_seed)
     content = convert(predictor.model, args.quantize, calibration)
     labels = "".join(f"{label}\n" for label in predictor.labels)
-    out.write_bytes(content)
-    labels_file.write_text(labels)
+    write_whole({out: content, labels_file: labels.encode()})
     how = f"--quantize {args.quantize}" + (
         f", calibrated on {len(calibration)} training clips of {Path(args.data_dir).resolve()}"
         if calibration is not None else "")

@@ -31,6 +31,7 @@ from pipelines.export import (
     export_tag,
     front_end_nodes,
     training_draw,
+    write_whole,
 )
 from pipelines.serving import SpeechPredictor
 from tests.builders import frame_classifier
@@ -166,6 +167,20 @@ def test_export_never_replaces_a_file_unasked(logged, tmp_path: Path, capsys):
     assert "holds tflite/logged.tflite and tflite/logged_labels.txt already: name --out " \
         "otherwise, or pass --overwrite to replace" in capsys.readouterr().err
     assert not second.exists()
+
+
+def test_an_export_that_fails_part_way_leaves_every_file_as_it_was(tmp_path: Path):
+    out, labels_file = tmp_path / "mine.tflite", tmp_path / "gone" / "mine_labels.txt"
+    out.write_bytes(b"the user's own")
+    with pytest.raises(FileNotFoundError):  # the second file's folder went away
+        write_whole({out: b"new model", labels_file: b"yes\nno\n"})
+    assert out.read_bytes() == b"the user's own"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.tflite"]  # no partial file
+    labels_file.parent.mkdir()
+    write_whole({out: b"new model", labels_file: b"yes\nno\n"})
+    assert (out.read_bytes(), labels_file.read_bytes()) == (b"new model", b"yes\nno\n")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [
+        "gone", "mine.tflite", "mine_labels.txt"]
 
 
 def test_the_ops_int8_leaves_in_float_are_found_by_name(logged):
