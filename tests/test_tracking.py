@@ -111,6 +111,14 @@ def test_a_model_name_with_a_quote_registers_and_a_uri_is_pinned_to_its_version(
         tracking.evaluated_model("models:/bob's model/1", None, store, ["audio"])
 
 
+def test_a_models_uri_is_read_as_name_alias_and_version():
+    assert registry.models_uri_parts("models:/speech@champion") == ("speech", "champion", "")
+    assert registry.models_uri_parts("models:/bob's model/12") == ("bob's model", None, "12")
+    assert registry.models_uri_parts("models:/speech/latest") == ("speech", None, "latest")
+    assert registry.models_uri_parts("models:/speech") == ("speech", None, "")
+    assert registry.models_uri_parts("models:/speech@") == ("speech", "", "")  # MLflow refuses
+
+
 def test_a_tie_never_promotes_even_where_it_rounds_down(tmp_path: Path):
     """5/6 is 0.833333 to six decimals, below itself: a tie read back rounded would win."""
     store = tmp_path / "mlruns"

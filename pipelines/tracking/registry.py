@@ -289,15 +289,22 @@ def versions_of(client: MlflowClient, name: str) -> list:
     return client.search_model_versions(f"name={quote}{name}{quote}")
 
 
+def models_uri_parts(model_uri: str) -> tuple[str, str | None, str]:
+    """A `models:/` URI's model name, alias (None without `@`) and what follows the name's
+    `/` (a version, `latest`, or "")."""
+    name, _, rest = model_uri.removeprefix("models:/").partition("/")
+    name, at, alias = name.partition("@")
+    return name, alias if at else None, rest
+
+
 def model_version_of(model_uri: str) -> Any | None:
     """The registered version a `models:/NAME@ALIAS`, `models:/NAME/VERSION` or
     `models:/NAME/latest` URI points at now; None for other URIs."""
     if not model_uri.startswith("models:/"):
         return None
-    name, _, rest = model_uri[len("models:/"):].partition("/")
+    name, alias, rest = models_uri_parts(model_uri)
     client = MlflowClient()
-    if "@" in name:
-        name, alias = name.split("@", 1)
+    if alias is not None:
         return client.get_model_version_by_alias(name, alias)
     if rest.isdigit():
         return client.get_model_version(name, rest)

@@ -35,7 +35,7 @@ from mlflow.types.schema import Array
 from pipelines.errors import ModelError
 from pipelines.tracking import model_code
 from pipelines.tracking.pyfunc_models import SpeechClassifierModel, TextClassifierModel
-from pipelines.tracking.registry import model_version_of
+from pipelines.tracking.registry import model_version_of, models_uri_parts
 from pipelines.tracking.runs import run_params
 from pipelines.tracking.stores import DB_NAME, check_tracking, connect, store_database
 
@@ -112,7 +112,7 @@ def registered_version(model_uri: str):
     try:
         return model_version_of(model_uri)
     except MlflowException as error:
-        name = model_uri.removeprefix("models:/").split("/")[0].split("@")[0]
+        name = models_uri_parts(model_uri)[0]
         try:
             MlflowClient().get_registered_model(name)
             hint = ""
