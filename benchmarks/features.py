@@ -59,7 +59,7 @@ def mfcc_stage(options: Options) -> list[Figure]:
     graph_seconds = median_seconds(lambda: mfcc_frames(decoded, config), fast_repeats)
     math_loop_seconds = median_seconds(
         lambda: [librosa.feature.mfcc(y=clip, **kwargs) for clip in decoded], repeats)
-    difference = float(np.max(np.abs(np.asarray(stage().frames) - per_clip_loop())))
+    difference = float(np.max(np.abs(np.asarray(stage().rows) - per_clip_loop())))
     rate, graph_rate = count / stage_seconds, count / graph_seconds
     return [
         Figure("mfcc", f"feature stage, {count} real clips (files -> frames)", rate, "clips/s",

@@ -92,9 +92,9 @@ def run(clips: int, work_dir: Path, data_dir: Path) -> dict:
 
     # one epoch of the default run's training (validation: the first clips' frames)
     keras.utils.set_random_seed(config.optim.seed)
-    validation = np.asarray(features.frames[:VALIDATION_CLIPS])
+    validation = np.asarray(features.rows[:VALIDATION_CLIPS])
     data = SpeechData(
-        Splits(TWELVE_CLASS_LABELS, {"train": features.frames, "validation": validation},
+        Splits(TWELVE_CLASS_LABELS, {"train": features.rows, "validation": validation},
                {"train": y, "validation": y[:VALIDATION_CLIPS]}),
         Lineage(str(speech_dir), {}), features.mean, features.variance, waveforms)
     batches = training_batches(config, data)
@@ -107,7 +107,7 @@ def run(clips: int, work_dir: Path, data_dir: Path) -> dict:
     limit = config.source.stream_over_bytes
     return {
         "clips": clips,
-        "cache_gb": features.frames.nbytes / 2**30,
+        "cache_gb": features.rows.nbytes / 2**30,
         "waveforms_gb": waveforms.nbytes / 2**30,
         "streamed": waveforms.nbytes > limit,
         "feature_clips_per_second": clips / feature_seconds,

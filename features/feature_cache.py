@@ -38,8 +38,8 @@ class SplitFeatures:
     """Features of one split.
 
     Attributes:
-        frames: float32 array (clips, frames, n_mfcc), or (clips, samples) for waveforms;
-            memory-mapped when it lives in the cache.
+        rows: float32 array, a row per kept clip: (clips, frames, n_mfcc) MFCC frames, or
+            (clips, samples) waveforms; memory-mapped when it lives in the cache.
         kept: Indices into the split's example list of the clips that decoded.
         skipped: (path, reason) of each clip that could not be decoded.
         from_cache: Whether the arrays were read from the cache.
@@ -49,7 +49,7 @@ class SplitFeatures:
         crc32: CRC-32 of the bytes streamed to the cache file; None when held in memory.
     """
 
-    frames: np.ndarray
+    rows: np.ndarray
     kept: np.ndarray
     skipped: list[tuple[str, str]]
     from_cache: bool
@@ -230,7 +230,7 @@ class FeatureCache:
                 if not len(features.kept):
                     tmp.write_bytes(b"")
                 crc32 = features.crc32 if features.crc32 is not None else file_crc32(tmp)
-                meta = {"shape": tuple(features.frames.shape), "kept": features.kept,
+                meta = {"shape": tuple(features.rows.shape), "kept": features.kept,
                         "skipped": features.skipped, "mean": features.mean,
                         "variance": features.variance, "crc32": crc32}  # as read_meta types it
                 values = {name: value.tolist() if isinstance(value, np.ndarray) else value

@@ -137,7 +137,7 @@ def prepare_folder(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccCo
         examples = data.examples[split]
         features = split_features(examples, data.data_dir, mfcc, source.cache_folder,
                                   desc=f"MFCC {split}", content=data.content_hashes)
-        x[split] = features.frames
+        x[split] = features.rows
         y[split] = np.asarray([index[examples[i].label] for i in features.kept], np.int32)
         digests[split] = data.digest((split,))
         skipped += features.skipped
@@ -151,7 +151,7 @@ def prepare_folder(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccCo
                     raise DataError("decoded waveforms and cached MFCC frames of the "
                                     "training split disagree on the usable clips; clear "
                                     f"{source.cache_dir} and run again")
-                train_waveforms = decoded.frames
+                train_waveforms = decoded.rows
     folder = str(data.data_dir.resolve())
     summary = {
         "source": folder,
@@ -200,7 +200,7 @@ def prepare_tfds(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccConf
             source.cache_folder, source_cache_key(name, mfcc),
             lambda out, d=data, s=split: extract_features(
                 d.waveform_chunks(mfcc.clip_samples), len(d), mfcc, out, f"MFCC {s}"))
-        x[split] = features.frames
+        x[split] = features.rows
         y[split] = np.asarray([index[label] for label in data.labels], np.int32)
         cached.append(features.from_cache)
         if split == "train":
@@ -210,7 +210,7 @@ def prepare_tfds(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccConf
                     source.cache_folder, source_cache_key(name, mfcc, "waveforms"),
                     lambda out, d=data: store_waveforms(
                         d.waveform_chunks(mfcc.clip_samples), len(d), mfcc.clip_samples,
-                        out)).frames
+                        out)).rows
     summary = {
         "source": origin,
         "split_method": "tfds",

@@ -171,8 +171,8 @@ def test_training_stage_skips_and_counts_bad_clips_with_their_path(tmp_path: Pat
         (tmp_path / "yes" / f"{case.name}.wav").write_bytes(case.data())
         examples.append(Example("yes", f"yes/{case.name}.wav"))
     features = compute_features(examples, tmp_path, MfccConfig())
-    assert features.frames.shape == (len(good), *feature_shape(MfccConfig()))
-    assert np.isfinite(features.frames).all()
+    assert features.rows.shape == (len(good), *feature_shape(MfccConfig()))
+    assert np.isfinite(features.rows).all()
     assert [path for path, _ in features.skipped] == [f"yes/{case.name}.wav" for case in bad]
     assert all(reason.startswith(f"{tmp_path / path}: ") for path, reason in features.skipped)
 

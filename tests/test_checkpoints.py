@@ -135,7 +135,7 @@ def test_a_full_disk_while_caching_features_removes_the_partial_file(tmp_path: P
         cache.build("key", compute)
     assert f"no space left to write {tmp_path / 'cache'}" in str(error.value)
     assert list((tmp_path / "cache").iterdir()) == []
-    assert cache.build("key", compute).frames.shape == (64, 1000)  # with room, it is built
+    assert cache.build("key", compute).rows.shape == (64, 1000)  # with room, it is built
 
 
 def test_a_run_whose_feature_cache_fills_the_disk_stops_with_the_folder_named(

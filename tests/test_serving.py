@@ -37,7 +37,7 @@ def test_served_speech_features_and_predictions_equal_training(shared_speech_dir
     logged over frames)."""
     mfcc = MfccConfig()
     examples = real_clips(shared_speech_dir)
-    training_frames = compute_features(examples, shared_speech_dir, mfcc).frames
+    training_frames = compute_features(examples, shared_speech_dir, mfcc).rows
     model = frame_classifier(feature_shape(mfcc), len(LABELS), mean=np.zeros(mfcc.n_mfcc),
                              variance=np.ones(mfcc.n_mfcc), units=4, depth=1)
     logged = waveform_classifier(model, mfcc) if takes == "waveforms" else model

@@ -34,7 +34,7 @@ def test_second_call_reads_the_cache_and_decodes_nothing(speech_dir: Path, tmp_p
     examples = load_speech_commands(speech_dir, SplitConfig(), AUDIO).examples["train"]
     cache = tmp_path / "cache"
     first = split_features(examples, speech_dir, CONFIG, cache)
-    assert not first.from_cache and first.frames.shape == (len(examples), 98, 40)
+    assert not first.from_cache and first.rows.shape == (len(examples), 98, 40)
 
     # Rewrite a clip with other audio but the same size and mtime: keyed by sizes and mtimes,
     # a cache hit does not see it ...
@@ -46,21 +46,21 @@ def test_second_call_reads_the_cache_and_decodes_nothing(speech_dir: Path, tmp_p
 
     second = split_features(examples, speech_dir, CONFIG, cache)
     assert second.from_cache
-    assert np.array_equal(np.asarray(second.frames), first.frames)
+    assert np.array_equal(np.asarray(second.rows), first.rows)
     assert np.array_equal(second.kept, first.kept)
     # ... but keyed by content hashes, as the pipelines key it, the rewritten clip is seen
     hashes = load_speech_commands(speech_dir, SplitConfig(), AUDIO).content_hashes
     rewritten = split_features(examples, speech_dir, CONFIG, cache, content=hashes)
     assert not rewritten.from_cache
-    assert not np.array_equal(np.asarray(rewritten.frames[0]), first.frames[0])
+    assert not np.array_equal(np.asarray(rewritten.rows[0]), first.rows[0])
     assert split_features(examples, speech_dir, CONFIG, cache, content=hashes).from_cache
 
     third = split_features(examples, speech_dir, MfccConfig(n_mfcc=20), cache)
-    assert not third.from_cache and third.frames.shape[-1] == 20
+    assert not third.from_cache and third.rows.shape[-1] == 20
 
     # decoded waveforms depend on the sample rate and clip length only
     waveforms = split_waveforms(examples, speech_dir, CONFIG, cache)
-    assert not waveforms.from_cache and waveforms.frames.shape == (len(examples), 16000)
+    assert not waveforms.from_cache and waveforms.rows.shape == (len(examples), 16000)
     assert split_waveforms(examples, speech_dir, MfccConfig(n_mfcc=20, top_db=60), cache
                            ).from_cache
     assert not split_waveforms(examples, speech_dir, MfccConfig(clip_seconds=0.5), cache
@@ -85,7 +85,7 @@ def test_undecodable_clip_is_skipped_and_counted(speech_dir: Path, tmp_path: Pat
     assert [path for path, _ in features.skipped] == [broken.path]
     assert "not decodable audio" in features.skipped[0][1]
     assert 2 not in features.kept and len(features.kept) == len(examples) - 1
-    assert features.frames.shape[0] == len(examples) - 1
+    assert features.rows.shape[0] == len(examples) - 1
     again = split_features(examples, speech_dir, CONFIG, tmp_path / "cache")
     assert again.from_cache and again.skipped == features.skipped
 
@@ -107,7 +107,7 @@ def test_silence_from_a_cut_noise_recording_is_skipped_and_counted(speech_dir: P
     assert features.skipped and len(features.kept) + len(features.skipped) == len(silence)
     assert all(path == "_background_noise_/noise.mp3" and str(mp3) in reason
                and "too few for the window" in reason for path, reason in features.skipped)
-    assert features.frames.shape[0] == len(features.kept) > 0
+    assert features.rows.shape[0] == len(features.kept) > 0
 
 
 def test_silence_windows_reach_their_target_level(speech_dir: Path, tmp_path: Path):
@@ -120,7 +120,7 @@ def test_silence_windows_reach_their_target_level(speech_dir: Path, tmp_path: Pa
     quiet = split_features([e for e in quiet_data.examples["train"] if e.is_silence],
                            speech_dir, CONFIG, None)
     # c0 of the MFCC tracks log energy: louder silence has a clearly larger first coefficient
-    assert loud.frames[..., 0].mean() > quiet.frames[..., 0].mean() + 50
+    assert loud.rows[..., 0].mean() > quiet.rows[..., 0].mean() + 50
 
 
 def test_streamed_cache_file_equals_in_memory_features_and_carries_moments(
@@ -128,10 +128,10 @@ def test_streamed_cache_file_equals_in_memory_features_and_carries_moments(
     examples = load_speech_commands(shared_speech_dir, SplitConfig(), AUDIO).examples["validation"]
     in_memory = compute_features(examples, shared_speech_dir, CONFIG)
     cached = split_features(examples, shared_speech_dir, CONFIG, tmp_path / "cache")
-    assert isinstance(cached.frames, np.memmap) and not isinstance(in_memory.frames, np.memmap)
-    assert np.array_equal(np.asarray(cached.frames), in_memory.frames)
+    assert isinstance(cached.rows, np.memmap) and not isinstance(in_memory.rows, np.memmap)
+    assert np.array_equal(np.asarray(cached.rows), in_memory.rows)
     assert np.array_equal(cached.kept, in_memory.kept)
-    flat = in_memory.frames.reshape(-1, CONFIG.n_mfcc).astype(np.float64)
+    flat = in_memory.rows.reshape(-1, CONFIG.n_mfcc).astype(np.float64)
     np.testing.assert_allclose(cached.mean, flat.mean(axis=0), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(cached.variance, flat.var(axis=0), rtol=1e-7)
     reread = split_features(examples, shared_speech_dir, CONFIG, tmp_path / "cache")
@@ -195,11 +195,11 @@ def test_damaged_cache_entry_is_logged_and_rebuilt_not_used(
     rebuilt = split_features(examples, speech_dir, CONFIG, cache_dir)
     assert not rebuilt.from_cache
     fresh = compute_features(examples, speech_dir, CONFIG)
-    assert np.array_equal(np.asarray(rebuilt.frames), fresh.frames)
+    assert np.array_equal(np.asarray(rebuilt.rows), fresh.rows)
     assert np.array_equal(rebuilt.kept, fresh.kept)
     assert data_file.stat().st_size == size
     again = split_features(examples, speech_dir, CONFIG, cache_dir)
-    assert again.from_cache and np.array_equal(np.asarray(again.frames), fresh.frames)
+    assert again.from_cache and np.array_equal(np.asarray(again.rows), fresh.rows)
 
 
 def test_decoding_runs_ahead_on_threads_and_keeps_example_order(tmp_path: Path):
@@ -221,7 +221,7 @@ def test_decoding_runs_ahead_on_threads_and_keeps_example_order(tmp_path: Path):
     assert len(threads) > 1 and all(name.startswith("features") for name in threads)
     assert np.array_equal(streamed.kept, np.arange(len(clips)))
     expected = extract_features(waveform_chunks(clips), len(clips), CONFIG)
-    assert np.array_equal(np.asarray(streamed.frames), expected.frames)
+    assert np.array_equal(np.asarray(streamed.rows), expected.rows)
 
 
 def test_files_of_a_build_killed_part_way_are_removed_by_the_next_build(
