@@ -22,6 +22,7 @@ import pandas as pd
 from features.errors import shown_name
 from features.imdb import decode_review
 from features.splits import copy_kept
+from features.text import review_text
 from pipelines import distribute, evaluation, tracking
 from pipelines.config import TaskConfig, config_from_args, config_parser
 from pipelines.errors import DataError, PipelineError, Terminated, WorkerLost
@@ -325,11 +326,27 @@ def file_lines(path: str) -> list[str]:
     blank = [number for number, line in enumerate(lines, 1) if not line.strip()]
     for numbers, what in ((blank, "skipped {} blank line(s)"),
                           (replaced, "{} line(s) not UTF-8, read with U+FFFD for the bytes")):
-        if numbers:
-            named = ", ".join(map(str, numbers[:MAX_NAMED])) + (
-                ", ..." if numbers[MAX_NAMED:] else "")
-            print(f"{path}: {what.format(len(numbers))}: {named}", file=sys.stderr)
+        print_numbered(f"{path}: {what}", numbers)
     return [line for line in lines if line.strip()]
+
+
+def argument_texts(texts: Sequence[str]) -> list[str]:
+    """Texts given as arguments, read as a file's lines are: bytes that are not UTF-8 (which
+    Python holds as lone surrogates, and pandas cannot store) become U+FFFD, and such
+    arguments are counted on stderr with their numbers."""
+    decoded = [review_text(text) for text in texts]
+    print_numbered("{} argument(s) not UTF-8, read with U+FFFD for the bytes", [
+        number for number, (given, text) in enumerate(zip(texts, decoded, strict=True), 1)
+        if given != text])
+    return decoded
+
+
+def print_numbered(what: str, numbers: Sequence[int]) -> None:
+    """`what` (its `{}` the count) and the first MAX_NAMED numbers on stderr, if any."""
+    if numbers:
+        named = ", ".join(map(str, numbers[:MAX_NAMED])) + (
+            ", ..." if numbers[MAX_NAMED:] else "")
+        print(f"{what.format(len(numbers))}: {named}", file=sys.stderr)
 
 
 def print_skipped(skipped: Sequence[tuple[str, str]]) -> None:

@@ -361,7 +361,7 @@ def read_texts(parser: argparse.ArgumentParser, argv: list[str]
     parser.add_argument("--file", action="append", default=[],
                         help="a UTF-8 file with one review per line (repeatable)")
     args = parser.parse_args(argv)
-    texts = list(args.texts) + [text for path in args.file for text in cli.file_lines(path)]
+    texts = cli.argument_texts(args.texts) + [t for path in args.file for t in cli.file_lines(path)]
     if not texts:
         parser.error("give reviews as arguments or --file")
     return args, cli.Inputs(pd.DataFrame({"text": texts}),

@@ -84,6 +84,16 @@ def test_a_review_file_is_split_at_line_ends_only(store: Path, tmp_path: Path, c
     assert f"{reviews}: skipped 1 blank line(s): 3" in captured.err
 
 
+def test_a_review_argument_that_is_not_utf8_is_read_as_a_file_line_is(store: Path, capsys):
+    given = os.fsdecode(b"great \xff film")  # as Python holds such a command-line argument
+    assert sentiment.main(["predict", "fine", given, "--store-dir", str(store),
+                           "--model-uri", "models:/tiny-text@champion"]) == 0
+    captured = capsys.readouterr()
+    assert [line.split("\t")[0] for line in captured.out.splitlines()] == [
+        "fine", "great \ufffd film"]
+    assert "1 argument(s) not UTF-8, read with U+FFFD for the bytes: 2\n" in captured.err
+
+
 def test_evaluating_a_folder_of_which_every_review_is_skipped_is_named(store: Path,
                                                                         tmp_path: Path, capsys):
     for label, name, text in (("neg", "1_1.txt", ""), ("pos", "2_9.txt", "<br /><br />")):
