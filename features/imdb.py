@@ -35,8 +35,9 @@ _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
 # a tag such as <br />, <i>, </i> or <a href="...">: a name right after "<" or "</", then
 # attributes holding no "<" or ">", so that a "<" of the text ("the plot < the acting") keeps
 # what follows it; the same pattern in RE2 (features.text's TensorFlow standardisation) and
-# re, defined here, in a module without TensorFlow, so that the reader need not load it
-HTML_TAG = r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>"
+# re, defined here, in a module without TensorFlow, so that the reader need not load it; the
+# space after a tag's name is spelled out, as \s is Unicode whitespace in re and ASCII in RE2
+HTML_TAG = r"</?[a-zA-Z][a-zA-Z0-9]*(?:[\t\n\f\r ][^<>]*)?/?>"
 HTML_TAG_RE = re.compile(HTML_TAG)
 UNLABELLED = "unsup"  # train/unsup/: the release's unlabelled reviews (label "unsup")
 

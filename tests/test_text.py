@@ -8,6 +8,7 @@ import pytest
 import scipy.sparse
 import tensorflow as tf
 
+from features.imdb import HTML_TAG_RE, unusable
 from features.text import (
     OOV_ID,
     PADDING_ID,
@@ -67,6 +68,15 @@ def test_html_tags_go_and_a_less_than_sign_keeps_the_text_after_it():
     # a "<" of the text is no tag: what follows it up to the next ">" is kept
     assert standardized("the plot < the acting, sadly. <br />Yet >AAARGH!< I enjoyed it") == [
         "the", "plot", "the", "acting", "sadly", "yet", "aaargh", "i", "enjoyed", "it"]
+
+
+@pytest.mark.parametrize("text", ["<br\x0b/>x", "<a\xa0href='u'>x", "<i\x85>x", "<br\t/>x"])
+def test_the_reader_and_the_model_take_the_same_text_for_a_tag(text: str):
+    """The reader's re and the model's RE2 read one pattern: a review the reader keeps is
+    one the model finds words in, and the words outside tags are the same."""
+    outside = HTML_TAG_RE.sub(" ", text)
+    assert (unusable(text) is None) == bool(standardized(text))
+    assert standardized(outside) == standardized(text)
 
 
 def test_only_reviews_longer_than_their_ids_count_as_truncated():
