@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.errors import ConfigError, require_at_least
+from features.errors import ConfigError, require_at_least, require_fraction
 from features.mfcc import MfccConfig, extractor
 
 
@@ -45,8 +45,7 @@ class AugmentConfig:
         "help": "SpecAugment: longest masked run of coefficients"})
 
     def __post_init__(self):
-        if not 0 <= self.speed_change < 1:
-            raise ConfigError(f"speed_change must be within [0, 1), got {self.speed_change}")
+        require_fraction(self, ["speed_change"])
         require_at_least(self, dict.fromkeys(("time_shift_ms", "noise_volume", "time_masks",
                                               "time_mask_frames", "freq_masks",
                                               "freq_mask_bins"), 0))

@@ -44,6 +44,24 @@ def require_positive(config: Any, names: Sequence[str]) -> None:
             raise ConfigError(f"{name} must be a number > 0, got {value}")
 
 
+def require_fraction(config: Any, names: Sequence[str]) -> None:
+    """Raises ConfigError naming the first of `config`'s options not within [0, 1) (a rate
+    such as dropout, where 1 would leave nothing)."""
+    for name in names:
+        value = getattr(config, name)
+        if not 0 <= value < 1:
+            raise ConfigError(f"{name} must be within [0, 1), got {value}")
+
+
+def require_seed(config: Any, names: Sequence[str]) -> None:
+    """Raises ConfigError naming the first of `config`'s options that is not a seed NumPy
+    takes (an integer in [0, 2**32))."""
+    for name in names:
+        value = getattr(config, name)
+        if not 0 <= value < 2**32:
+            raise ConfigError(f"{name} must be a seed in [0, 2**32), got {value}")
+
+
 class DataError(PipelineError, ValueError):
     """Data that cannot be used as given: a folder's layout, a split too small, a label."""
 

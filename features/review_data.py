@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from features import tfds_imdb
-from features.errors import require_data_dir
+from features.errors import require_data_dir, require_seed
 from features.imdb import ImdbData, load_imdb, read_split_folder, reviews_digest
 from features.splits import LabelledInputs, Lineage, Splits, require_usable_splits
 from features.tfds_source import SOURCES
@@ -40,6 +40,9 @@ class ReviewSourceConfig:
     data_seed: int = field(default=0, metadata={
         "help": "seed of the validation carve-out; kept apart from --seed so runs with other "
                 "seeds share their splits"})
+
+    def __post_init__(self):
+        require_seed(self, ["data_seed"])
 
 
 @dataclass(frozen=True)

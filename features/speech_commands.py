@@ -37,6 +37,7 @@ from features.errors import (
     DataError,
     require_at_least,
     require_folder,
+    require_seed,
     shown_name,
     utf8_name,
 )
@@ -89,6 +90,7 @@ class SplitConfig:
             if not 0 <= getattr(self, name) < 100:
                 raise ConfigError(f"{name} must be within [0, 100), got {getattr(self, name)}")
         require_at_least(self, {"unknown_pct": 0, "silence_pct": 0})
+        require_seed(self, ["data_seed"])
         if not 0 < self.silence_rms_min <= self.silence_rms_max < math.inf:
             raise ConfigError("silence_rms_min and silence_rms_max must be levels with 0 < min "
                               f"<= max, got {self.silence_rms_min} and {self.silence_rms_max}")

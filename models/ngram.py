@@ -13,7 +13,7 @@ import tensorflow as tf
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
-from features.errors import ConfigError
+from features.errors import ConfigError, require_at_least, require_positive
 from features.splits import Splits
 from features.text import fit_ngram_vectorizer, log_count_ratio, ngram_matrix
 
@@ -33,6 +33,13 @@ class NgramConfig:
     ngram_c: float = field(default=0.1, metadata={
         "help": "inverse L2 regularisation of the branch's naive-Bayes-weighted logistic "
                 "regression (NBSVM-style)"})
+
+    def __post_init__(self):
+        require_at_least(self, {"ngram_order": 1})
+        require_positive(self, ["ngram_c"])
+        if self.ngram_features == 1 or self.ngram_features < 0:  # a vocabulary holds the OOV
+            raise ConfigError("ngram_features must be 0 (no branch) or at least 2, got "
+                              f"{self.ngram_features}")
 
 
 @keras.saving.register_keras_serializable(package="models")

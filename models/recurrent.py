@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from features.errors import ConfigError, require_at_least
+from features.errors import ConfigError, require_at_least, require_fraction
 from features.text import EmptyAsUnknown
 
 CELLS = ("gru", "lstm")
@@ -34,8 +34,7 @@ class RecurrentConfig:
 
     def __post_init__(self):
         require_at_least(self, {"units": 1, "depth": 1, "dense_units": 0})
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be within [0, 1), got {self.dropout}")
+        require_fraction(self, ["dropout"])
 
 
 def recurrent_layer(cell: str, units: int, name: str) -> keras.layers.Layer:

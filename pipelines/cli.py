@@ -15,17 +15,13 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
 from features.errors import shown_name
-from features.imdb import decode_review
-from features.splits import copy_kept
-from features.text import review_text
 from pipelines import distribute, evaluation, tracking
 from pipelines.config import TaskConfig, config_from_args, config_parser
-from pipelines.errors import DataError, PipelineError, Terminated, WorkerLost
+from pipelines.errors import PipelineError, Terminated, WorkerLost
 from pipelines.interrupts import WORKER_LOST, exit_status, handle_interrupts
 from pipelines.tracking.stores import RedactingFilter, redact
 
@@ -36,7 +32,6 @@ log = logging.getLogger(__name__)
 # if one is open, ends FAILED)
 EXPECTED_ERRORS = (PipelineError,)
 BROKEN_PIPE = 141  # a shell's status for a command whose output pipe closed (128 + SIGPIPE)
-MAX_NAMED = 10  # blank lines of an inputs file named by number (file_lines)
 
 
 @dataclass(frozen=True)
@@ -284,7 +279,6 @@ def registry_lines(result: dict) -> list[str]:
 
 
 TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def tsv_field(text: str) -> str:
@@ -293,71 +287,3 @@ def tsv_field(text: str) -> str:
     file name holding them cannot split a line or a field; a file name's bytes that are not
     UTF-8 as `\\xNN` (standard output could not write them)."""
     return shown_name(text.translate(TSV_ESCAPES))
-
-
-def short_name(text: str, width: int = 40) -> str:
-    """A review shortened to one line, to name it in output (quoted when it is blank)."""
-    line = " ".join(str(text).split())
-    if not line:
-        return repr(str(text))
-    return line if len(line) <= width else line[:width - 3] + "..."
-
-
-def file_lines(path: str) -> list[str]:
-    """The inputs of a file with one per line (UTF-8, undecodable bytes replaced): its
-    non-blank lines; blank ones are skipped, and lines with replaced bytes kept, each counted
-    on stderr with their numbers.
-
-    Raises:
-        DataError: The file cannot be read.
-    """
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as error:
-        raise DataError(f"cannot read {path} ({error.strerror})") from error
-    text, was_replaced = decode_review(raw.removeprefix(UTF8_BOM))  # as training reads one
-    # one review per line: split on line ends only (str.splitlines also splits on form
-    # feeds, U+2028 and other separators a review may hold)
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    if lines and not lines[-1]:
-        lines.pop()  # the file's last line end
-    replaced = [number for number, line in enumerate(lines, 1)
-                if was_replaced and "\ufffd" in line]
-    blank = [number for number, line in enumerate(lines, 1) if not line.strip()]
-    for numbers, what in ((blank, "skipped {} blank line(s)"),
-                          (replaced, "{} line(s) not UTF-8, read with U+FFFD for the bytes")):
-        print_numbered(f"{path}: {what}", numbers)
-    return [line for line in lines if line.strip()]
-
-
-def argument_texts(texts: Sequence[str]) -> list[str]:
-    """Texts given as arguments, read as a file's lines are: bytes that are not UTF-8 (which
-    Python holds as lone surrogates, and pandas cannot store) become U+FFFD, and such
-    arguments are counted on stderr with their numbers."""
-    decoded = [review_text(text) for text in texts]
-    print_numbered("{} argument(s) not UTF-8, read with U+FFFD for the bytes", [
-        number for number, (given, text) in enumerate(zip(texts, decoded, strict=True), 1)
-        if given != text])
-    return decoded
-
-
-def print_numbered(what: str, numbers: Sequence[int]) -> None:
-    """`what` (its `{}` the count) and the first MAX_NAMED numbers on stderr, if any."""
-    if numbers:
-        named = ", ".join(map(str, numbers[:MAX_NAMED])) + (
-            ", ..." if numbers[MAX_NAMED:] else "")
-        print(f"{what.format(len(numbers))}: {named}", file=sys.stderr)
-
-
-def print_skipped(skipped: Sequence[tuple[str, str]]) -> None:
-    """Names on stderr the inputs an evaluation leaves out, each with its reason, except copies
-    of other inputs (reason `duplicate of ...`), which are counted in one line."""
-    copies = []
-    for name, reason in skipped:
-        if copy_kept(reason) is not None:
-            copies.append((name, reason))
-        else:
-            print(f"{name}: skipped: {reason}", file=sys.stderr)
-    if copies:
-        print(f"skipped {len(copies)} copies of other inputs (each kept once), e.g. "
-              f"{copies[0][0]} ({copies[0][1]})", file=sys.stderr)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import keras
 
-from features.errors import require_at_least
+from features.errors import require_at_least, require_seed
 from features.review_data import Corpus
 from features.text import (
     ENCODE_BATCH,
@@ -84,7 +84,8 @@ class PretrainConfig:
 
     def __post_init__(self):
         require_at_least(self, {"word_vector_epochs": 1, "word_vector_window": 1,
-                                "negative_samples": 1, "pretrain_seed": 0})
+                                "negative_samples": 1})
+        require_seed(self, ["pretrain_seed"])
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ grouped by stage.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,11 +18,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 from optuna.distributions import CategoricalDistribution as OneOf
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from features.errors import require_data_dir
+from features.errors import require_at_least, require_data_dir, require_fraction
 from features.imdb import ImdbData
 from features.input_pipelines import (
     TrainingBatches,
@@ -34,7 +32,6 @@ from features.review_data import (
     IMDB_ENV,
     ReviewData,
     ReviewSourceConfig,
-    evaluation_inputs,
     read_reviews,
     review_data,
 )
@@ -64,8 +61,8 @@ from pipelines.errors import ConfigError
 from pipelines.interrupts import at_batch_end, exit_process
 from pipelines.lifecycle import RunConfig
 from pipelines.pretraining import PretrainConfig, Pretrained
-from pipelines.serving import TextPredictor
-from pipelines.text_baseline import run_baseline
+from pipelines.review_inputs import read_labelled_reviews, read_texts
+from pipelines.text_baseline import require_fittable, run_baseline
 from pipelines.text_baseline import search_space as baseline_search_space
 from pipelines.training import OptimConfig
 
@@ -84,6 +81,10 @@ class TextModelConfig:
     embedding_dim: int = field(default=128, metadata={"help": "token embedding width"})
     embedding_dropout: float = field(default=0.2, metadata={
         "help": "dropout of whole embedding channels in training"})
+
+    def __post_init__(self):
+        require_at_least(self, {"embedding_dim": 1})
+        require_fraction(self, ["embedding_dropout"])
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
         return sweep.run_sweep(config, lambda trial: run(trial, reviews),
                                search_space(config.model.model), PIPELINE)
     data, read = read_data(config, reviews)
+    if config.model.model == "tfidf-logreg":
+        require_fittable(config.baseline, data)
     pretrained = pretrained_encoder(config, data)
     with lifecycle.tracked_run(config, PIPELINE) as tracked:
         tracking.log_metrics({"read_seconds": read["read_seconds"]})
@@ -347,36 +350,6 @@ def summary_lines(result: dict) -> list[str]:
         f"training          {result['train_seconds']:.1f} s"
         + (f", {result['epochs_trained']} epochs" if "epochs_trained" in result else ""),
     ]
-
-
-def read_texts(parser: argparse.ArgumentParser, argv: list[str]
-               ) -> tuple[argparse.Namespace, cli.Inputs]:
-    """`predict "text" ... [--file reviews.txt ...]`: the reviews given and one per line of
-    each file (`cli.file_lines`: blank lines skipped and counted).
-
-    Raises:
-        ValueError: The file cannot be read.
-    """
-    parser.add_argument("texts", nargs="*", metavar="TEXT", help="reviews to label")
-    parser.add_argument("--file", action="append", default=[],
-                        help="a UTF-8 file with one review per line (repeatable)")
-    args = parser.parse_args(argv)
-    texts = cli.argument_texts(args.texts) + [t for path in args.file for t in cli.file_lines(path)]
-    if not texts:
-        parser.error("give reviews as arguments or --file")
-    return args, cli.Inputs(pd.DataFrame({"text": texts}),
-                            [cli.short_name(text) for text in texts])
-
-
-def read_labelled_reviews(parser: argparse.ArgumentParser, argv: list[str]):
-    """`evaluate --data-dir DIR`: the test/{neg,pos} reviews, read once the model is found."""
-    args = parser.parse_args(argv)
-    require_data_dir(args.data_dir, IMDB_ENV, "IMDB")
-    args.evaluated_uri, _ = tracking.evaluated_model(args.model_uri, args.tracking_uri,
-                                                     args.store_dir, TextPredictor.INPUT_COLUMNS)
-    labelled, skipped = evaluation_inputs(args.data_dir)
-    cli.print_skipped(skipped)
-    return args, labelled
 
 
 COMMANDS = cli.TaskCommands(

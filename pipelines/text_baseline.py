@@ -12,6 +12,7 @@ import joblib
 from optuna.distributions import CategoricalDistribution as OneOf
 from optuna.distributions import FloatDistribution, IntDistribution
 
+from features.errors import ConfigError, DataError
 from features.review_data import ReviewData
 from models.baseline import TfidfConfig, build_tfidf_logreg
 from pipelines import evaluation, tracking
@@ -27,6 +28,15 @@ def search_space() -> dict:
     }
 
 
+def require_fittable(config: TfidfConfig, data: ReviewData) -> None:
+    """Raises ConfigError, before the run opens, where `--min-df` asks for more training
+    reviews than there are (scikit-learn would stop the fit with a traceback)."""
+    reviews = len(data.splits.y["train"])
+    if config.min_df > reviews:
+        raise ConfigError(f"--min-df {config.min_df}: a word n-gram must be in that many "
+                          f"training reviews, and the training split holds {reviews}")
+
+
 def run_baseline(config: TfidfConfig, seed: int, data: ReviewData, tracked: TrackedRun,
                  dataset: str) -> dict:
     """Fits, evaluates, logs and (only as champion) registers the baseline in the open run.
@@ -38,7 +48,13 @@ def run_baseline(config: TfidfConfig, seed: int, data: ReviewData, tracked: Trac
     splits = data.splits
     classifier = build_tfidf_logreg(config, seed=seed)
     started = time.perf_counter()
-    classifier.fit(splits.x["train"], splits.y["train"])
+    try:
+        classifier.fit(splits.x["train"], splits.y["train"])
+    except ValueError as error:
+        if "no terms remain" not in str(error):
+            raise
+        raise DataError(f"no word n-gram is in --min-df {config.min_df} of the "
+                        f"{len(splits.y['train'])} training reviews: lower --min-df") from error
     train_seconds = time.perf_counter() - started
     validation_accuracy = float(
         (classifier.predict(splits.x["validation"]) == splits.y["validation"]).mean())

@@ -21,7 +21,12 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from features.errors import ConfigError, require_at_least, require_positive
+from features.errors import (
+    require_at_least,
+    require_fraction,
+    require_positive,
+    require_seed,
+)
 from features.input_pipelines import TrainingBatches
 from pipelines import distribute, interrupts, weight_averaging
 from pipelines.checkpoints import (
@@ -71,14 +76,10 @@ class OptimConfig:
 
     def __post_init__(self):
         require_at_least(self, {"epochs": 1, "batch_size": 1, "example_budget": 0,
-                                "weight_decay": 0, "warmup_epochs": 0, "patience": 0,
-                                "seed": 0})
+                                "weight_decay": 0, "warmup_epochs": 0, "patience": 0})
         require_positive(self, ["learning_rate"])
-        for name in ("average_from", "label_smoothing"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be within [0, 1), got {getattr(self, name)}")
-        if self.seed >= 2**32:
-            raise ConfigError(f"seed must be below 2**32, got {self.seed}")
+        require_fraction(self, ["average_from", "label_smoothing"])
+        require_seed(self, ["seed"])
 
 
 def scheduled(config: OptimConfig, train_examples: int) -> OptimConfig:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow.entities.model_registry import ModelVersion
 
-from pipelines import cli, sentiment, speech, training
+from pipelines import cli, review_inputs, sentiment, speech, training
 from pipelines.config import config_from_params
 from pipelines.descriptions import evaluation_run_name, run_description, run_name
 from pipelines.errors import DataError
@@ -166,9 +166,17 @@ def test_unknown_option_names_and_values_fail_loudly():
     (sentiment, ["--min-df", "0"], "min_df must be a number >= 1, got 0"),
     (speech, ["--epochs", "0"], "epochs must be a number >= 1, got 0"),
     (speech, ["--batch-size", "0"], "batch_size must be a number >= 1, got 0"),
-    (speech, ["--seed", "-1"], "seed must be a number >= 0, got -1"),
-    (speech, ["--seed", str(2**32)], "seed must be below 2**32, got 4294967296"),
-    (speech, ["--seed", "1" + "0" * 400], "seed must be below 2**32, got 1000"),
+    (speech, ["--seed", "-1"], "seed must be a seed in [0, 2**32), got -1"),
+    (speech, ["--seed", str(2**32)], "seed must be a seed in [0, 2**32), got 4294967296"),
+    (speech, ["--seed", "1" + "0" * 400], "seed must be a seed in [0, 2**32), got 1000"),
+    (speech, ["--data-seed", "-1"], "data_seed must be a seed in [0, 2**32), got -1"),
+    (sentiment, ["--data-seed", "-1"], "data_seed must be a seed in [0, 2**32), got -1"),
+    (sentiment, ["--pretrain-seed", str(2**32)], "pretrain_seed must be a seed in [0, 2**32)"),
+    (sentiment, ["--embedding-dim", "0"], "embedding_dim must be a number >= 1, got 0"),
+    (sentiment, ["--embedding-dropout", "1.5"], "embedding_dropout must be within [0, 1), got 1.5"),
+    (sentiment, ["--ngram-c", "0"], "ngram_c must be a number > 0, got 0.0"),
+    (sentiment, ["--ngram-order", "0"], "ngram_order must be a number >= 1, got 0"),
+    (sentiment, ["--ngram-features", "1"], "ngram_features must be 0 (no branch) or at least 2"),
     (speech, ["--sample-rate", "1" + "0" * 400], "sample_rate (401 digits): too large a number"),
     (speech, ["--learning-rate", "nan"], "learning_rate must be a number > 0, got nan"),
     (speech, ["--learning-rate", "-0.01"], "learning_rate must be a number > 0, got -0.01"),
@@ -241,7 +249,7 @@ def test_a_run_description_gives_the_kept_models_test_and_validation_accuracy():
 
 
 def test_evaluation_names_each_skipped_input_but_counts_copies(capsys):
-    cli.print_skipped([("test/pos/1_9.txt", "duplicate of test/pos/0_9.txt"),
+    review_inputs.print_skipped([("test/pos/1_9.txt", "duplicate of test/pos/0_9.txt"),
                        ("test/neg/2_1.txt", "empty"),
                        ("test/neg/3_1.txt", "duplicate of test/neg/4_2.txt")])
     assert capsys.readouterr().err.splitlines() == [
@@ -253,7 +261,7 @@ def test_evaluation_names_each_skipped_input_but_counts_copies(capsys):
 def test_a_file_of_inputs_skips_and_counts_its_blank_lines(tmp_path: Path, capsys):
     path = tmp_path / "reviews.txt"
     path.write_bytes(b"first\n\n  \nsecond \xff\n" + b"\n" * 12 + b"third")
-    assert cli.file_lines(str(path)) == ["first", "second \ufffd", "third"]
+    assert review_inputs.file_lines(str(path)) == ["first", "second \ufffd", "third"]
     assert capsys.readouterr().err == (f"{path}: skipped 14 blank line(s): "
                                        "2, 3, 5, 6, 7, 8, 9, 10, 11, 12, ...\n"
                                        f"{path}: 1 line(s) not UTF-8, read with U+FFFD for the "
@@ -266,7 +274,7 @@ def test_a_file_of_inputs_skips_and_counts_its_blank_lines(tmp_path: Path, capsy
                                           "fourth"]
     assert inputs.names[:2] == ["given", "'  '"]  # a blank review is named quoted
     with pytest.raises(DataError, match=f"cannot read {tmp_path / 'absent.txt'}"):
-        cli.file_lines(str(tmp_path / "absent.txt"))
+        review_inputs.file_lines(str(tmp_path / "absent.txt"))
 
 
 @pytest.mark.parametrize(("commands", "env"), [(speech.COMMANDS, "SPEECH_COMMANDS_DIR"),

@@ -110,6 +110,21 @@ def test_baseline_is_logged_beside_and_registered_only_when_it_wins(imdb_dir: Pa
     assert model.predict({"text": ["superb, wonderful, brilliant"]})["label"].tolist() == ["pos"]
 
 
+def test_a_min_df_the_training_reviews_cannot_meet_is_named(imdb_dir: Path, tmp_path: Path,
+                                                             capsys):
+    store = tmp_path / "mlruns"
+    args = ["--data-dir", str(imdb_dir), "--store-dir", str(store), "--model", "tfidf-logreg",
+            "--validation-pct", "25", "--no-register"]  # 30 training reviews
+    assert sentiment.main([*args, "--min-df", "31"]) == 2  # before the run opens
+    assert ("error: --min-df 31: a word n-gram must be in that many training reviews, and the "
+            "training split holds 30") in capsys.readouterr().err
+    tracking.connect(None, str(store))
+    assert mlflow.search_runs(search_all_experiments=True).empty
+    assert sentiment.main([*args, "--min-df", "30"]) == 2  # no word is in all 30
+    assert ("error: no word n-gram is in --min-df 30 of the 30 training reviews: lower --min-df"
+            in capsys.readouterr().err)
+
+
 def test_missing_data_folder_is_a_clear_error_before_any_run(tmp_path: Path, capsys):
     code = sentiment.main(["--data-dir", str(tmp_path / "nowhere"),
                            "--store-dir", str(tmp_path / "mlruns")])
