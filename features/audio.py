@@ -57,6 +57,7 @@ RESAMPLE_MARGIN_SECONDS = 0.1  # read past the clip so resampling matches a whol
 DECODE_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError)
 
 
+SEEKING_FORMATS = ("MP3", "FLAC")  # libsndfile's decoders of these seek: no pipe
 EMPTY = "not decodable audio (the file is empty: 0 bytes)"
 
 
@@ -159,10 +160,16 @@ def not_decodable(label: str, source: str | Path | bytes | None, error: Exceptio
     if size == 0:
         return AudioDecodeError(f"{label}: {EMPTY}")
     detail = error.error_string if isinstance(error, soundfile.LibsndfileError) else str(error)
-    piped = source is None and not stat.S_ISREG(os.fstat(0).st_mode)  # not `- < FILE`
     hint = ("; a pipe carries WAV or OGG, not FLAC (its decoder needs to seek): was the stream "
-            "empty, or of another format?" if piped else "")
+            "empty, or of another format?" if source is None and from_pipe(None) else "")
     return AudioDecodeError(f"{label}: not decodable audio ({detail}){hint}")
+
+
+def from_pipe(source: str | Path | None) -> bool:
+    """Whether a recording (a path, or standard input for None) comes down a pipe rather than
+    from a file (`- < FILE` is a file)."""
+    mode = os.fstat(0).st_mode if source is None else os.stat(sound_file(source)).st_mode
+    return not stat.S_ISREG(mode)
 
 
 def sound_file(source: str | Path | bytes) -> io.BytesIO | bytes:
@@ -176,13 +183,26 @@ def open_recording(source: str | Path | None, label: str) -> soundfile.SoundFile
     """An audio file, or standard input (`source` None), opened to be read in blocks.
 
     Raises:
-        AudioDecodeError: Not decodable (a missing file named as such), named by `label`.
+        AudioDecodeError: Not decodable (a missing file named as such), named by `label`; or
+            MP3 or FLAC from a pipe, whose decoders seek (libsndfile calls a pipe seekable
+            and reads MP3 from it with samples lost and times shifted, then fails).
     """
     try:
-        return soundfile.SoundFile(0 if source is None else sound_file(source),
-                                   closefd=source is not None)
+        audio = soundfile.SoundFile(0 if source is None else sound_file(source),
+                                    closefd=source is not None)
     except DECODE_ERRORS as error:
         raise not_decodable(label, source, error) from None
+    if audio.format in SEEKING_FORMATS and from_pipe(source):
+        audio.close()
+        raise AudioDecodeError(f"{label}: {audio.format} cannot be read from a pipe (its "
+                               "decoder seeks): pipe WAV or OGG, or give the file")
+    return audio
+
+
+def usable_samples(samples: np.ndarray) -> int:
+    """How many of `samples` come before the first that `check_samples` refuses."""
+    bad = ~np.isfinite(samples) | (np.abs(samples) > MAX_SAMPLE_MAGNITUDE)
+    return int(np.argmax(bad)) if bad.any() else len(samples)
 
 
 def audio_info(source: str | Path | bytes, name: str | None = None):

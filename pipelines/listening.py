@@ -15,9 +15,8 @@ rate as a stream, so memory stays flat however long it is. A pipe (`-`, standard
 named pipe) is read a hop at a time, so each detection is printed as soon as the audio that
 holds it arrives: `arecord -f S16_LE -r 16000 -c 1 -t wav | python -m pipelines.speech listen -`
 spots keywords live, until the input ends or Ctrl-C (exit status 130). A pipe carries WAV (its
-header's sizes may be left unknown, as recorders writing to a pipe leave them) or another
-format libsndfile reads from a stream (OGG; not FLAC, whose decoder needs to seek: `listen - <
-x.flac` reads a file, which can). Bad input, per file:
+header's sizes may be left unknown, as recorders writing to a pipe leave them) or OGG; not MP3
+or FLAC, whose decoders seek (`listen - < x.flac` reads a file, which can). Bad input, per file:
 
 - shorter than a window: zero-padded to one window, scored once, timed at the recording's end;
 - too short for a streaming decision (fewer windows than `--minimum-count`, or spanning less
@@ -28,9 +27,9 @@ x.flac` reads a file, which can). Bad input, per file:
   resampled;
 - not decodable, missing, no samples, NaN/Inf samples, a rate out of range: `AudioDecodeError`
   naming the file; `listen` reports it on stderr, goes on with the other files and exits 1. A
-  compressed file (FLAC, OGG) that fails part-way has its detections up to the failure
-  printed first; a WAV file cut short is read up to the cut without an error, as libsndfile
-  reads it.
+  file that fails part-way (a damaged FLAC or OGG, a NaN sample) has its detections up to the
+  failure printed first; a WAV file cut short is read up to the cut without an error, as
+  libsndfile reads it.
 
 Detections are printed as they are made, one line each: `file<TAB>time_s<TAB>label<TAB>score`,
 `time_s` the end of the window (seconds from the recording's start) whose averaged score
@@ -58,6 +57,7 @@ from features.audio import (
     not_decodable,
     open_recording,
     to_mono,
+    usable_samples,
 )
 from features.errors import shown_name
 from features.mfcc import MfccConfig
@@ -181,9 +181,12 @@ def resampled_blocks(path: str, rate: int, pipe_block_s: float) -> Iterator[np.n
                 raise not_decodable(label, source, error) from None
             if not len(block):
                 break
-            mono = check_samples(to_mono(block), label)
-            total += len(mono)
-            yield mono if stream is None else stream.resample_chunk(mono)
+            mono = to_mono(block)
+            usable = usable_samples(mono)  # what precedes a bad sample is listened to
+            total += usable
+            yield mono[:usable] if stream is None else stream.resample_chunk(mono[:usable])
+            if usable < len(mono):
+                check_samples(mono, label)  # raises, naming what is wrong
         if total == 0:
             raise AudioDecodeError(f"{label}: the {'stream' if source is None else 'file'} "
                                    "holds no audio samples")
