@@ -180,6 +180,8 @@ def read_detections(path: Path) -> list[Detection]:
         try:
             name, when, label, value = line.split("\t")
             found.append(Detection(float(when), label, float(value)))
+            if not (math.isfinite(found[-1].time_s) and math.isfinite(found[-1].score)):
+                raise ValueError
         except ValueError:
             raise DataError(f"{path}, line {number}: expected listen's "
                             f"file<TAB>time_s<TAB>label<TAB>score, not {line!r}") from None
@@ -275,8 +277,11 @@ def check_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if not (math.isfinite(args.seconds) and 1 <= args.seconds <= MAX_SECONDS):
         parser.error(f"--seconds must be from 1 to {MAX_SECONDS:,} (four hours: the stream is "
                      f"built in memory, 230 MB an hour), not {args.seconds:g}")
-    if not (math.isfinite(args.word_gap_ms) and args.word_gap_ms >= 0):
-        parser.error(f"--word-gap-ms must be at least 0, not {args.word_gap_ms:g}")
+    if not 0 <= args.word_gap_ms <= 1000 * args.seconds:
+        parser.error(f"--word-gap-ms must be from 0 to the stream's length ({args.seconds:g} s),"
+                     f" not {args.word_gap_ms:g}")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be a seed in [0, 2**32), not {args.seed}")
     if not 0 <= args.background_volume <= 1:
         parser.error(f"--background-volume must be in [0, 1], not {args.background_volume:g}")
 

@@ -240,9 +240,10 @@ def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_pa
     detections.write_text("s.wav\t2.40\tyes\t0.910\nt.wav\t3.00\tno\t0.900\n")
     assert streams.main(["score", str(labels), str(detections)]) == 2
     assert "detections of 2 recordings" in capsys.readouterr().err
-    detections.write_text("s.wav\t2.40\tyes\n")
-    assert streams.main(["score", str(labels), str(detections)]) == 2
-    assert "found.tsv, line 1: expected listen's file<TAB>time_s" in capsys.readouterr().err
+    for bad in ("s.wav\t2.40\tyes\n", "s.wav\tnan\tyes\t0.9\n", "s.wav\t2.40\tyes\tinf\n"):
+        detections.write_text(bad)
+        assert streams.main(["score", str(labels), str(detections)]) == 2
+        assert "found.tsv, line 1: expected listen's file<TAB>time_s" in capsys.readouterr().err
     # the recording given where the detections go: named, not a codec's message
     assert streams.main(["score", str(labels), str(stream)]) == 2
     assert "stream.wav: not UTF-8 text (invalid start byte at byte" in capsys.readouterr().err
@@ -262,7 +263,10 @@ def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_pa
     (["s.wav", "--seconds", "nan"], "--seconds must be from 1 to 14,400"),
     (["s.wav", "--seconds", "1e9"], "(four hours: the stream is built in memory, 230 MB an "
                                     "hour), not 1e+09"),
-    (["s.wav", "--word-gap-ms", "-1"], "--word-gap-ms must be at least 0, not -1"),
+    (["s.wav", "--word-gap-ms", "-1"], "--word-gap-ms must be from 0 to the stream's length "
+                                       "(600 s), not -1"),
+    (["s.wav", "--word-gap-ms", "1e305"], "(600 s), not 1e+305"),
+    (["s.wav", "--seed", "-1"], "--seed must be a seed in [0, 2**32), not -1"),
     (["s.wav", "--background-volume", "2"], "--background-volume must be in [0, 1], not 2"),
 ])
 def test_streams_generate_refuses_before_reading_any_clip(args, message, tmp_path, capsys,
