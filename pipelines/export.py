@@ -12,13 +12,14 @@ stage and the input normalisation in float (they lose too much in int8); its rec
 are unrolled, since TensorFlow Lite's calibration crashes on their loops. The file is written to
 `--out`, its labels (one per line, in the order of the output's probabilities) to
 `<name>_labels.txt` beside it, and both are logged as artifacts (`tflite/`) of the model
-version's run, with a tag `tflite.<name>` saying how the file was made (its quantisation and,
-for int8, its calibration clips). Neither file overwrites an existing one without
+version's run, with a tag `tflite.<name>` (`export_tag`) saying how the file was made (its
+quantisation and, for int8, its calibration clips). Neither file overwrites an existing one without
 `--overwrite`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -224,9 +225,16 @@ def training_draw(train: Sequence, data_dir: str | Path, spec: AudioSpec,
 
 
 def export_tag(name: str) -> str:
-    """The run tag saying how the file `name` logged under tflite/ was made (characters an
-    MLflow tag key may not hold become `_`; cut to the 250 characters a key may have)."""
-    return re.sub(r"[^\w./ -]", "_", f"{ARTIFACT_FOLDER}.{name}")[:250]
+    """The run tag saying how the file `name` logged under tflite/ was made: `tflite.<name>`;
+    where the name holds characters an MLflow tag key may not (they become `_`) or is longer
+    than a key may be (250 characters, cut), a digest of the name follows, so that no two
+    names share a key."""
+    key = f"{ARTIFACT_FOLDER}.{name}"
+    safe = re.sub(r"[^\w./ -]", "_", key)
+    if safe == key and len(key) <= 250:
+        return key
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f"{safe[:250 - 13]}.{digest}"
 
 
 def labels_path(out: Path) -> Path:

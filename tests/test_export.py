@@ -268,8 +268,10 @@ def test_int8_calibration_says_when_the_training_split_is_short_or_empty(
 
 def test_a_run_tag_names_any_file_it_may_be_given():
     assert export_tag("speech-int8.tflite") == "tflite.speech-int8.tflite"
-    assert export_tag("a:b?c(1).tflite") == "tflite.a_b_c_1_.tflite"
-    assert len(export_tag("x" * 300 + ".tflite")) == 250  # MLflow's longest tag key
+    assert export_tag("a:b?c(1).tflite").startswith("tflite.a_b_c_1_.tflite.")
+    assert export_tag("a+b.tflite") != export_tag("a_b.tflite") == "tflite.a_b.tflite"
+    long = [export_tag("x" * 300 + end) for end in (".tflite", "-int8.tflite")]
+    assert len(long[0]) == len(long[1]) == 250 and long[0] != long[1]  # MLflow's longest key
 
 
 def test_calibration_leaves_out_clips_that_do_not_decode_and_says_so(tmp_path: Path, caplog):
