@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import time
@@ -19,6 +20,8 @@ import models.recurrent  # noqa: F401
 from features.errors import disk_space_errors
 from pipelines import weight_averaging
 from pipelines.weight_averaging import AverageState, WeightAverage
+
+log = logging.getLogger(__name__)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -120,8 +123,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if stopper.best_weights is not None:
             self._best_saved = final, stopper.best_epoch
         for older in self.directory.iterdir():
-            if older != final:
-                shutil.rmtree(older, ignore_errors=True)
+            if older == final:
+                continue
+            try:
+                shutil.rmtree(older)
+            except OSError as error:  # one left behind costs disk only: resuming reads the latest
+                log.warning("cannot remove the older checkpoint %s (%s)", older, error)
 
     def write_files(self, folder: Path, state: dict) -> None:
         """The checkpoint's files, each flushed to disk, `best.npz` linked from the previous

@@ -124,12 +124,15 @@ def test_a_worker_that_is_not_the_chief_is_pointed_at_a_throwaway_store(monkeypa
     assert lifecycle.join_cluster(config) is config
 
 
-@pytest.mark.parametrize("option", [{"resume": "0" * 32}, {"sweep": 2}])
-def test_resume_and_sweep_run_in_one_process_only(monkeypatch, tmp_path: Path, option):
+@pytest.mark.parametrize(("option", "message"), [
+    ({"resume": "0" * 32}, "--resume continues a single-process run"),
+    ({"sweep": 2}, "--sweep runs its trials in one process"),
+])
+def test_resume_and_sweep_run_in_one_process_only(monkeypatch, tmp_path: Path, option, message):
     monkeypatch.setenv("TF_CONFIG", tf_config(0, [1, 2]))
     config = SpeechConfig.from_options(
         strategy="multi-worker", store_dir=str(tmp_path / "mlruns"), **option)
-    with pytest.raises(SetupError, match="--resume|--sweep"):
+    with pytest.raises(SetupError, match=f"^{message}"):
         lifecycle.prepare_run(config, "speech")
     assert not (tmp_path / "mlruns").exists()
 

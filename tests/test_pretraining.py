@@ -157,7 +157,14 @@ def test_pretraining_is_its_own_run_and_later_runs_reuse_it(imdb_dir: Path, tmp_
 
 def test_never_pretrains_nothing_and_fits_the_vocabulary_on_train(imdb_dir: Path,
                                                                    tmp_path: Path):
+    """Of the 40 labelled training reviews, 10 are carved out for validation: only the words
+    of the other 30 (each holding a word of its own) and none of test's are in the vocabulary."""
     write_unlabelled(imdb_dir, 5)
+    for split, files in (("train", sorted((imdb_dir / "train").glob("[np]*/*.txt"))),
+                         ("test", sorted((imdb_dir / "test").glob("*/*.txt")))):
+        for number, path in enumerate(files):
+            word = f"only{split}{chr(97 + number // 26)}{chr(97 + number % 26)}"
+            path.write_text(f"{path.read_text()} {word}")
     result = sentiment.run(small_config(imdb_dir, tmp_path, pretrain="never"))
     assert "pretrain_run_id" not in result
     tracking.connect(None, tmp_path / "mlruns")
@@ -165,8 +172,10 @@ def test_never_pretrains_nothing_and_fits_the_vocabulary_on_train(imdb_dir: Path
     (run,) = client.search_runs([client.get_experiment_by_name(
         "imdb-sentiment").experiment_id])
     assert "pretrain_run_id" not in run.data.tags
-    vocabulary = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/vocabulary.txt")
-    assert "zorblax" not in vocabulary.split("\n")
+    vocabulary = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/vocabulary.txt").split()
+    assert "zorblax" not in vocabulary
+    assert sum(word.startswith("onlytrain") for word in vocabulary) == 30
+    assert not [word for word in vocabulary if word.startswith("onlytest")]
 
 
 def test_the_key_follows_the_corpus_the_shape_and_the_options():

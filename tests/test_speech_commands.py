@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import soundfile
 
 from features.audio import AudioSpec
-from features.errors import DataError
+from features.errors import DataError, DataNotFoundError
 from features.speech_commands import (
     COMMAND_WORDS,
     SILENCE_LABEL,
@@ -139,7 +140,8 @@ def test_clips_and_folders_named_in_bytes_that_are_not_utf8_are_counted_not_read
 
 def test_missing_directory_names_the_path(tmp_path: Path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError, match=str(missing)):
+    with pytest.raises(DataNotFoundError, match=(
+            f"^Speech Commands data folder not found: {re.escape(str(missing))}")):
         load_speech_commands(missing, SplitConfig(), AUDIO)
 
 

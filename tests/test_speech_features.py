@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from features.feature_cache import FeatureCache
+from features.feature_cache import META_CHECKSUM, FeatureCache
 from features.mfcc import MfccConfig
 from features.speech_commands import SplitConfig, load_speech_commands
+from features.speech_data import SpeechSourceConfig, prepare_speech_data
 from features.speech_features import (
-    CACHE_FORMAT,
     compute_features,
     extract_features,
     split_features,
@@ -139,6 +139,18 @@ def test_streamed_cache_file_equals_in_memory_features_and_carries_moments(
     np.testing.assert_array_equal(reread.mean, cached.mean)
 
 
+def test_the_model_is_normalised_by_the_training_splits_moments(speech_dir: Path,
+                                                                 tmp_path: Path):
+    source = SpeechSourceConfig(data_dir=str(speech_dir), cache_dir=str(tmp_path / "cache"))
+    data = prepare_speech_data(source, SplitConfig(), CONFIG, waveforms=False)
+    flat = {split: np.asarray(rows).reshape(-1, CONFIG.n_mfcc).astype(np.float64)
+            for split, rows in data.splits.x.items()}
+    np.testing.assert_allclose(data.mean, flat["train"].mean(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(data.variance, flat["train"].var(axis=0), rtol=1e-5)
+    for other in ("validation", "test"):  # other words and speakers: other moments
+        assert not np.allclose(data.mean, flat[other].mean(axis=0), rtol=1e-3)
+
+
 def truncate(data_file: Path, meta_file: Path) -> Path:
     with data_file.open("r+b") as handle:
         handle.truncate(data_file.stat().st_size - 100)
@@ -166,6 +178,14 @@ def drop_metadata_key(data_file: Path, meta_file: Path) -> Path:
     return meta_file
 
 
+def drop_checksums(data_file: Path, meta_file: Path) -> Path:
+    """An entry as one written without checksums would be: not trusted."""
+    meta = json.loads(meta_file.read_text())
+    del meta["crc32"], meta[META_CHECKSUM]
+    meta_file.write_text(json.dumps(meta))
+    return meta_file
+
+
 def flip_a_kept_index(data_file: Path, meta_file: Path) -> Path:
     text = meta_file.read_text()
     meta_file.write_text(text.replace('"kept": [0, 1,', '"kept": [0, 0,', 1))
@@ -174,10 +194,9 @@ def flip_a_kept_index(data_file: Path, meta_file: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage", [truncate, flip_middle_byte, garble_metadata,
-                                    drop_metadata_key, flip_a_kept_index])
+                                    drop_metadata_key, drop_checksums, flip_a_kept_index])
 def test_damaged_cache_entry_is_logged_and_rebuilt_not_used(
         speech_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage):
-    assert CACHE_FORMAT >= 4  # entries without their checksums are never looked up
     examples = load_speech_commands(speech_dir, SplitConfig(), AUDIO).examples["train"]
     cache_dir = tmp_path / "cache"
     split_features(examples, speech_dir, CONFIG, cache_dir)

@@ -41,13 +41,12 @@ def test_standardisation_lowers_case_drops_html_and_punctuation():
     assert strip_html_lower("Great<br />FUN") == "great fun"
 
 
-def test_vocabulary_is_fitted_on_train_only_with_padding_and_oov_ids():
+def test_vocabulary_has_padding_and_oov_ids_and_the_most_frequent_word_first():
     train = ["good good good film", "bad film", "good plot"]
     vectorizer = fit_vectorizer(train, vocabulary_size=100, sequence_length=6)
     vocabulary = vectorizer.get_vocabulary()
     assert vocabulary[PADDING_ID] == "" and vocabulary[OOV_ID] == "[UNK]"
     assert vocabulary[2] == "good"  # most frequent first
-    assert "validationonly" not in vocabulary
     ids = encode_reviews(vectorizer, ["GOOD validationonly!", "film " * 10])
     assert ids.dtype == np.int32 and ids.shape == (2, 6)
     assert ids[0].tolist() == [2, OOV_ID, PADDING_ID, PADDING_ID, PADDING_ID, PADDING_ID]
@@ -122,7 +121,7 @@ def test_saved_model_loads_whatever_characters_the_reviews_hold(tmp_path: Path):
     assert restored.get_layer("token_ids").get_vocabulary() == vectorizer.get_vocabulary()
 
 
-def test_ngram_bags_are_binary_and_fitted_on_train_only():
+def test_ngram_bags_are_binary_over_the_fitted_vocabulary():
     train = ["good good film", "bad film", "good plot"]
     vectorizer = fit_ngram_vectorizer(train, 100, 2)
     vocabulary = vectorizer.get_vocabulary()
@@ -132,7 +131,7 @@ def test_ngram_bags_are_binary_and_fitted_on_train_only():
     present = {vocabulary[i] for i in bags[0].indices}
     assert {"good", "film", "good good", "good film"} <= present
     assert bags.max() == 1.0  # present or not, however often
-    assert {vocabulary[i] for i in bags[1].indices} <= {"[UNK]"}
+    assert {vocabulary[i] for i in bags[1].indices} == {"[UNK]"}  # words it was not fitted on
     assert ngram_matrix(vectorizer, []).shape == (0, len(vocabulary))
 
 
