@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from models.baseline import TfidfConfig, build_tfidf_logreg
 from pipelines import evaluation, sentiment, tracking
 from pipelines.errors import ModelError, SetupError
-from pipelines.tracking import leases, registry
+from pipelines.tracking import leases, registry, stores
 
 
 def log_tiny_model(folder: Path) -> str:
@@ -299,6 +299,19 @@ def test_logged_model_has_a_signature_and_pinned_requirements(tmp_path: Path):
     assert prediction["label"].tolist() == ["pos", "neg"]
     requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text()
     assert "tensorflow==" in requirements and "scikit-learn==" in requirements
+
+
+def test_a_store_folder_named_with_a_question_mark_or_percent_is_that_folder(tmp_path: Path):
+    (tmp_path / "a").write_text("the user's own")  # what a?b's store would have overwritten
+    for name in ("a?b", "c%20d", "e#f g"):
+        store = tmp_path / name / "mlruns"
+        with tracking.open_run("exp", tracking_uri=None, store_dir=store):
+            mlflow.log_param("folder", name)
+        assert (store / "mlflow.db").is_file()
+        assert stores.sqlite_database(tracking.local_store_uri(store)) == (
+            store.resolve() / "mlflow.db")
+    assert (tmp_path / "a").read_text() == "the user's own"
+    assert not (tmp_path / "c d").exists()
 
 
 def test_connect_leaves_the_environment_as_it_was(tmp_path: Path, monkeypatch):

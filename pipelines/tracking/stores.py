@@ -70,8 +70,13 @@ def move_credentials_to_env(uri: str) -> str:
 
 
 def local_store_uri(store_dir: str | Path) -> str:
-    """The SQLite tracking URI of a local store folder (`<store_dir>/mlflow.db`)."""
-    return f"sqlite:///{Path(store_dir).resolve() / DB_NAME}"
+    """The SQLite tracking URI of a local store folder (`<store_dir>/mlflow.db`). SQLAlchemy
+    reads a `?` as the start of options and decodes `%XX`, so the path's `%` and `?` are
+    percent-encoded (a folder `a?b` would otherwise be the file `a`, and `a%20b` the folder
+    `a b`); `sqlite_database` reads it back. (MLflow makes the database's folder from the
+    encoded path too: such a folder name leaves an empty folder of the encoded name beside.)"""
+    path = str(Path(store_dir).resolve() / DB_NAME)
+    return f"sqlite:///{path.replace('%', '%25').replace('?', '%3F')}"
 
 
 def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
