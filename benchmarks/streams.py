@@ -280,8 +280,8 @@ def check_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if not 0 <= args.word_gap_ms <= 1000 * args.seconds:
         parser.error(f"--word-gap-ms must be from 0 to the stream's length ({args.seconds:g} s),"
                      f" not {args.word_gap_ms:g}")
-    if not 0 <= args.seed < 2**32:
-        parser.error(f"--seed must be a seed in [0, 2**32), not {args.seed}")
+    if args.seed < 0:
+        parser.error(f"--seed must be at least 0, not {args.seed}")
     if not 0 <= args.background_volume <= 1:
         parser.error(f"--background-volume must be in [0, 1], not {args.background_volume:g}")
 

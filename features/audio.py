@@ -160,8 +160,9 @@ def not_decodable(label: str, source: str | Path | bytes | None, error: Exceptio
     if size == 0:
         return AudioDecodeError(f"{label}: {EMPTY}")
     detail = error.error_string if isinstance(error, soundfile.LibsndfileError) else str(error)
-    hint = ("; a pipe carries WAV or OGG, not FLAC (its decoder needs to seek): was the stream "
-            "empty, or of another format?" if source is None and from_pipe(None) else "")
+    hint = ("; a pipe carries WAV or OGG, not FLAC or MP3 (their decoders seek): was the "
+            "stream empty, or of another format?"
+            if not isinstance(source, bytes) and from_pipe(source) else "")
     return AudioDecodeError(f"{label}: not decodable audio ({detail}){hint}")
 
 

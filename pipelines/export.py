@@ -249,8 +249,9 @@ def write_whole(files: dict[Path, bytes]) -> None:
     takes away the file that `--overwrite` replaces) and no temporary one behind it."""
     written: list[tuple[Path, Path]] = []
     try:
-        for path, content in files.items():
-            temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        for index, (path, content) in enumerate(files.items()):
+            # a short name (--out's may be as long as a name can be), made as any file is
+            temporary = path.with_name(f".export-{os.getpid()}-{index}.partial")
             written.append((temporary, path))
             with open(temporary, "wb") as handle:
                 handle.write(content)

@@ -7,6 +7,7 @@ stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,7 +86,7 @@ def file_lines(path: str) -> list[str]:
     blank = [number for number, line in enumerate(lines, 1) if not line.strip()]
     for numbers, what in ((blank, "skipped {} blank line(s)"),
                           (replaced, "{} line(s) not UTF-8, read with U+FFFD for the bytes")):
-        print_numbered(f"{path}: {what}", numbers)
+        print_numbered(what, numbers, f"{path}: ")
     return [line for line in lines if line.strip()]
 
 
@@ -93,19 +94,29 @@ def argument_texts(texts: Sequence[str]) -> list[str]:
     """Texts given as arguments, read as a file's lines are: bytes that are not UTF-8 (which
     Python holds as lone surrogates, and pandas cannot store) become U+FFFD, and such
     arguments are counted on stderr with their numbers."""
-    decoded = [review_text(text) for text in texts]
+    decoded = [argument_text(text) for text in texts]
     print_numbered("{} argument(s) not UTF-8, read with U+FFFD for the bytes", [
         number for number, (given, text) in enumerate(zip(texts, decoded, strict=True), 1)
         if given != text])
     return decoded
 
 
-def print_numbered(what: str, numbers: Sequence[int]) -> None:
-    """`what` (its `{}` the count) and the first MAX_NAMED numbers on stderr, if any."""
+def argument_text(text: str) -> str:
+    """An argument as UTF-8 text: its bytes (which Python holds as surrogates where they are not
+    UTF-8) decoded with replacement, as a file line's are."""
+    try:
+        return os.fsencode(text).decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate no command line gives (a caller's string)
+        return review_text(text)
+
+
+def print_numbered(what: str, numbers: Sequence[int], prefix: str = "") -> None:
+    """`prefix`, `what` (its `{}` the count) and the first MAX_NAMED numbers on stderr, if
+    any."""
     if numbers:
         named = ", ".join(map(str, numbers[:MAX_NAMED])) + (
             ", ..." if numbers[MAX_NAMED:] else "")
-        print(f"{what.format(len(numbers))}: {named}", file=sys.stderr)
+        print(f"{prefix}{what.format(len(numbers))}: {named}", file=sys.stderr)
 
 
 def print_skipped(skipped: Sequence[tuple[str, str]]) -> None:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from features.audio import (
     AudioSpec,
     decode_clip,
     fast_read,
+    open_recording,
     pcm16_wav,
 )
 from pipelines.listening import resampled_blocks
@@ -180,6 +183,29 @@ def test_a_pipe_carries_wav_or_ogg_and_names_what_it_cannot(suffix: str, tmp_pat
     with pytest.raises(AudioDecodeError) as refused:
         read_standard_input(sent)
     assert str(refused.value).startswith("standard input: not decodable audio (")
-    assert str(refused.value).endswith("; a pipe carries WAV or OGG, not FLAC (its decoder "
-                                       "needs to seek): was the stream empty, or of another "
+    assert str(refused.value).endswith("; a pipe carries WAV or OGG, not FLAC or MP3 (their "
+                                       "decoders seek): was the stream empty, or of another "
                                        "format?")
+
+
+def test_mp3_or_flac_from_a_pipe_is_refused_when_opened(tmp_path: Path):
+    """libsndfile calls a pipe seekable; its MP3 decoder then loses samples from it, shifting
+    every later time, before it fails."""
+    pipe = tmp_path / "live"
+    os.mkfifo(pipe)
+    for suffix, refused in ((".mp3", "MP3 cannot be read from a pipe"),
+                            (".flac", r"not decodable audio \(.*\); a pipe carries WAV or OGG")):
+        recording = tmp_path / f"words{suffix}"
+        soundfile.write(recording, tone(440, 3.0), 16000)
+
+        def send(source=recording):
+            with contextlib.suppress(BrokenPipeError), pipe.open("wb") as out:
+                out.write(source.read_bytes())
+
+        writer = threading.Thread(target=send, daemon=True)
+        writer.start()
+        with pytest.raises(AudioDecodeError, match=f"^{pipe}: {refused}"):
+            open_recording(pipe, str(pipe))
+        writer.join(timeout=10)
+        with open_recording(recording, str(recording)) as audio:  # the file itself is read
+            assert audio.frames >= 3 * 16000  # (an MP3 encoder pads)

@@ -266,7 +266,7 @@ def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_pa
     (["s.wav", "--word-gap-ms", "-1"], "--word-gap-ms must be from 0 to the stream's length "
                                        "(600 s), not -1"),
     (["s.wav", "--word-gap-ms", "1e305"], "(600 s), not 1e+305"),
-    (["s.wav", "--seed", "-1"], "--seed must be a seed in [0, 2**32), not -1"),
+    (["s.wav", "--seed", "-1"], "--seed must be at least 0, not -1"),
     (["s.wav", "--background-volume", "2"], "--background-volume must be in [0, 1], not 2"),
 ])
 def test_streams_generate_refuses_before_reading_any_clip(args, message, tmp_path, capsys,

@@ -85,12 +85,12 @@ def test_a_review_file_is_split_at_line_ends_only(store: Path, tmp_path: Path, c
 
 
 def test_a_review_argument_that_is_not_utf8_is_read_as_a_file_line_is(store: Path, capsys):
-    given = os.fsdecode(b"great \xff film")  # as Python holds such a command-line argument
+    given = os.fsdecode(b"great \xe9\x80 film")  # as Python holds such a command-line argument
     assert sentiment.main(["predict", "fine", given, "--store-dir", str(store),
                            "--model-uri", "models:/tiny-text@champion"]) == 0
     captured = capsys.readouterr()
     assert [line.split("\t")[0] for line in captured.out.splitlines()] == [
-        "fine", "great \ufffd film"]
+        "fine", "great \ufffd film"]  # one U+FFFD for the broken sequence, as in a file
     assert "1 argument(s) not UTF-8, read with U+FFFD for the bytes: 2\n" in captured.err
 
 

@@ -181,6 +181,9 @@ def test_an_export_that_fails_part_way_leaves_every_file_as_it_was(tmp_path: Pat
     assert (out.read_bytes(), labels_file.read_bytes()) == (b"new model", b"yes\nno\n")
     assert sorted(p.name for p in tmp_path.rglob("*")) == [
         "gone", "mine.tflite", "mine_labels.txt"]
+    longest = tmp_path / ("m" * 255)  # as long as a file name can be
+    write_whole({longest: b"model"})
+    assert longest.read_bytes() == b"model"
 
 
 def test_the_ops_int8_leaves_in_float_are_found_by_name(logged):

@@ -22,7 +22,6 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-import soundfile
 
 from features.audio import AudioDecodeError
 from features.mfcc import MfccConfig
@@ -243,25 +242,6 @@ def test_a_bad_sample_part_way_keeps_the_detections_before_it(tmp_path: Path, pr
     assert first.label == "yes" and 31 < first.time_s < 33
     with pytest.raises(AudioDecodeError, match=r"nan\.wav: holds NaN/Inf samples"):
         next(heard)
-
-
-def test_mp3_on_a_pipe_is_refused_before_any_window(tmp_path: Path, predictor):
-    """libsndfile's MP3 decoder seeks: from a pipe it loses samples, shifting every time."""
-    mp3 = tmp_path / "words.mp3"
-    soundfile.write(mp3, stream(3, [1.0]), RATE, format="MP3")
-    pipe = tmp_path / "live"
-    os.mkfifo(pipe)
-
-    def send():
-        with contextlib.suppress(BrokenPipeError), pipe.open("wb") as out:
-            out.write(mp3.read_bytes())
-
-    writer = threading.Thread(target=send, daemon=True)
-    writer.start()
-    with pytest.raises(AudioDecodeError, match=f"^{pipe}: MP3 cannot be read from a pipe"):
-        listen(str(pipe), predictor, ListenConfig())
-    writer.join(timeout=10)
-    assert [d.label for d in listen(str(mp3), predictor, ListenConfig())] == ["yes"]  # a file
 
 
 @pytest.fixture(scope="module")
