@@ -4,7 +4,9 @@ previous one whole, and a full disk is a clear error naming the folder."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import resource
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +105,24 @@ def test_a_crash_between_checkpoint_files_leaves_the_previous_epoch_whole(tmp_pa
 
     fit_with(checkpointing(tmp_path / "run"), epochs=1)  # a later complete one replaces both
     assert [path.name for path in (tmp_path / "run").iterdir()] == ["epoch-0000"]
+
+
+def test_an_older_checkpoint_that_cannot_be_removed_is_named_and_training_goes_on(
+        tmp_path: Path, monkeypatch, caplog):
+    remove = shutil.rmtree
+
+    def refuse_the_first(path, *args, **kwargs):  # as a folder another user owns would
+        if Path(path).name == "epoch-0000":
+            raise PermissionError(13, "Permission denied", str(path))
+        remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", refuse_the_first)
+    caplog.set_level(logging.WARNING, "pipelines.checkpoints")
+    fit_with(checkpointing(tmp_path / "run"), epochs=3)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["epoch-0000", "epoch-0002"]
+    assert checkpoints.load_checkpoint(tmp_path / "run").epoch == 2  # the latest is read
+    assert sum(f"cannot remove the older checkpoint {tmp_path / 'run' / 'epoch-0000'}" in message
+               for message in caplog.messages) == 2  # after each later epoch
 
 
 def test_the_latest_checkpoint_is_the_highest_complete_epoch(tmp_path: Path):
