@@ -5,15 +5,19 @@ experiments a run creates keep their artifacts."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
 import requests
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
@@ -104,7 +108,30 @@ def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    database = store_database(tracking_uri, store_dir)
+    if database is not None:
+        with store_lock(database):  # MLflow keeps the store it builds, once per process
+            MlflowClient(uri).search_experiments(max_results=1)
     return redact(uri)
+
+
+@contextlib.contextmanager
+def store_lock(database: Path) -> Iterator[None]:
+    """Holds an exclusive lock on `<database>.lock` beside a SQLite store while MLflow builds
+    its tables: two processes migrating one new file at once both fail (duplicate columns,
+    alembic's own table), as two runs started together on a new `--store-dir` would."""
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(database.with_name(f"{database.name}.lock"), "a")  # noqa: SIM115
+    except OSError:  # a folder this process cannot write holds a store it can only read
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def is_file_store(tracking_uri: str | None) -> bool:
