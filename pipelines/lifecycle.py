@@ -28,6 +28,9 @@ from pipelines.errors import SetupError
 
 log = logging.getLogger(__name__)
 
+# options naming where things are, not what a run does: a resume takes them as given
+LOCATIONS = ("data_dir", "tfds_data_dir", "cache_dir")
+
 # the tasks' reference models (TensorFlow's tutorial CNN, the TF-IDF baseline): registered
 # only where they become champion, so that they never crowd the registry
 REFERENCE_MODELS = frozenset({"tutorial-cnn", "tfidf-logreg"})
@@ -114,7 +117,9 @@ def prepare_run(config: TaskConfig, pipeline: str) -> TaskConfig:
 
 
 def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
-    """The options the interrupted run `config.run.resume` was started with, in this store.
+    """The options the interrupted run `config.run.resume` was started with, in this store;
+    where its data and caches are (`LOCATIONS`) as given now, if given (a relative
+    `--data-dir` is logged as typed; the data digest is checked against the run's).
 
     Raises:
         SetupError: No such run, not a KILLED, FAILED or abandoned RUNNING `pipeline` run,
@@ -136,11 +141,14 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
     if checkpoints.latest_checkpoint(checkpoint) is None:
         raise SetupError(f"--resume {run.resume}: no checkpoint at {checkpoint} (the run "
                          "stopped before its first epoch ended, or finished); start a new run")
+    defaults = type(config)().options()
+    located = {name: value for name, value in config.options().items()  # as given, if given
+               if name in LOCATIONS and value != defaults[name]}
     resumed = config_from_params(type(config), params).replace(
         tracking_uri=run.tracking_uri, store_dir=run.store_dir, resume=run.resume,
-        checkpoint_dir=str(checkpoint.parent))
+        checkpoint_dir=str(checkpoint.parent), **located)
     logged = resumed.options()
-    ignored = config.changed_flags(type(config)().options(), names=[
+    ignored = config.changed_flags(defaults, names=[
         name for name, value in config.options().items() if value != logged[name]])
     if ignored:
         log.warning("--resume %s takes every option from the run's logged parameters; not "

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import interrupts, sentiment, speech, tracking
+from pipelines import interrupts, lifecycle, sentiment, speech, tracking
 from pipelines.checkpoints import completed_epochs, latest_checkpoint
+from pipelines.speech import SpeechConfig
 from tests import test_sentiment_pipeline
 from tests.processes import interrupt_when
 from tests.test_speech_pipeline import small_args
@@ -129,6 +130,29 @@ def test_resume_refuses_a_finished_run_and_an_unknown_one(tmp_path: Path, capsys
     assert speech.main(["--resume", run_id, "--tracking-uri", typo]) == 2
     assert f"there is no MLflow store at {elsewhere / 'mlflow.db'}" in capsys.readouterr().err
     assert not elsewhere.exists()
+
+
+def test_a_resume_takes_where_the_data_is_from_the_command_line_and_nothing_else(
+        tmp_path: Path, monkeypatch, caplog):
+    """A run started with a relative --data-dir resumes from another folder given the data's
+    place; what it trains with stays the run's (the data digest is checked as it is read)."""
+    caplog.set_level("WARNING", "pipelines.lifecycle")
+    store = str(tmp_path / "mlruns")
+    started = SpeechConfig.from_options(data_dir="../data", cache_dir=".cache/x", units=8,
+                                        store_dir=store, checkpoint_dir=str(tmp_path / "ck"))
+    with pytest.raises(KeyboardInterrupt), lifecycle.tracked_run(started, "speech") as run:
+        tracking.log_params(started.options())
+        (run.checkpoint / "epoch-0000").mkdir(parents=True)
+        (run.checkpoint / "epoch-0000" / "state.json").write_text("{}")
+        raise KeyboardInterrupt
+    monkeypatch.chdir(tmp_path)  # elsewhere than where it started
+    caplog.clear()  # the interrupted run's own note
+    resumed = lifecycle.resumed_config(SpeechConfig.from_options(
+        resume=run.run_id, store_dir=store, data_dir=str(tmp_path / "data"), units=32), "speech")
+    assert resumed.source.data_dir == str(tmp_path / "data")
+    assert resumed.source.cache_dir == ".cache/x" and resumed.recurrent.units == 8  # the run's
+    assert caplog.messages == [f"--resume {run.run_id} takes every option from the run's logged "
+                               "parameters; not used: --units 32"]
 
 
 def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir: Path,
