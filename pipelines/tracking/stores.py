@@ -6,7 +6,6 @@ experiments a run creates keep their artifacts."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import re
@@ -119,7 +118,13 @@ def connect(tracking_uri: str | None, store_dir: str | Path) -> str:
 def store_lock(database: Path) -> Iterator[None]:
     """Holds an exclusive lock on `<database>.lock` beside a SQLite store while MLflow builds
     its tables: two processes migrating one new file at once both fail (duplicate columns,
-    alembic's own table), as two runs started together on a new `--store-dir` would."""
+    alembic's own table), as two runs started together on a new `--store-dir` would. Without
+    POSIX file locks (Windows), none is taken."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
     try:
         database.parent.mkdir(parents=True, exist_ok=True)
         lock = open(database.with_name(f"{database.name}.lock"), "a")  # noqa: SIM115
