@@ -350,7 +350,10 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
         try:
             yield tracked
         except KeyboardInterrupt:
-            if sweep_run_id:
+            if pipeline.endswith("-sweep"):  # also when stopped choosing or registering
+                log.warning("sweep run %s interrupted: a sweep is not continued by --resume; "
+                            "run the sweep again", run_id)
+            elif sweep_run_id:
                 log.warning("run %s, a trial of sweep run %s, interrupted: a sweep is not "
                             "continued by --resume; run the sweep again", run_id, sweep_run_id)
             elif checkpoint is not None and checkpoints.latest_checkpoint(checkpoint) is not None:

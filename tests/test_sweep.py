@@ -133,3 +133,9 @@ def test_an_interrupted_trial_says_the_sweep_is_run_again_not_resumed(tmp_path: 
     [warning] = [message for message in caplog.messages if "interrupted" in message]
     assert warning == (f"run {run.run_id}, a trial of sweep run {sweep_id}, interrupted: a "
                        "sweep is not continued by --resume; run the sweep again")
+    # the sweep's own run, stopped after its trials (choosing or registering): the same advice
+    caplog.clear()
+    with pytest.raises(KeyboardInterrupt), lifecycle.tracked_run(config, "speech-sweep") as run:
+        raise KeyboardInterrupt
+    assert caplog.messages == [f"sweep run {run.run_id} interrupted: a sweep is not continued "
+                               "by --resume; run the sweep again"]
