@@ -39,6 +39,7 @@ _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
 # space after a tag's name is spelled out, as \s is Unicode whitespace in re and ASCII in RE2
 HTML_TAG = r"</?[a-zA-Z][a-zA-Z0-9]*(?:[\t\n\f\r ][^<>]*)?/?>"
 HTML_TAG_RE = re.compile(HTML_TAG)
+APPLE_DOUBLE = "._"  # what macOS writes beside each file copied to a FAT or network drive
 UNLABELLED = "unsup"  # train/unsup/: the release's unlabelled reviews (label "unsup")
 
 
@@ -176,6 +177,9 @@ def read_review_files(data_dir: Path, files: Iterable[Path], label: str, reviews
         relative = path.relative_to(data_dir).as_posix()
         if not utf8_name(path.name):
             skipped.append((shown_name(relative), "file name is not UTF-8"))
+            continue
+        if path.name.startswith(APPLE_DOUBLE):
+            skipped.append((relative, "macOS metadata (a ._ file), not a review"))
             continue
         try:
             text, was_replaced = decode_review(path.read_bytes())

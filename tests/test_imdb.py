@@ -72,6 +72,16 @@ def test_names_in_any_case_are_read_and_names_that_are_not_utf8_skipped(imdb_dir
     assert len(data.digest("train")) == 16
 
 
+def test_macos_metadata_files_beside_the_reviews_are_skipped_not_read(imdb_dir: Path):
+    # a folder copied by macOS to a FAT or network drive: "._<name>" beside each file
+    (imdb_dir / "train" / "pos" / "._0_9.txt").write_bytes(
+        b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02" + b"\x00" * 40)
+    data = load_imdb(imdb_dir, validation_pct=25, seed=0)
+    assert data.skipped == [("train/pos/._0_9.txt", "macOS metadata (a ._ file), not a review")]
+    assert "train/pos/._0_9.txt" not in {
+        r.path for split in ("train", "validation") for r in data.splits[split]}
+
+
 @pytest.mark.parametrize(("content", "skip_reason", "replaced"), [
     (b"", "empty review", False),
     (b"  \n\t \r\n", "empty review", False),
