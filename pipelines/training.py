@@ -175,6 +175,9 @@ def fit_classifier(
     if checkpoint_dir:
         extra.append(EpochCheckpoint(checkpoint_dir, stopper, earlier, average,
                                      resume.seconds if resume else 0.0))
+    for callback in callbacks or []:  # those that record epochs get the checkpoint's
+        if resume is not None and hasattr(callback, "resumed_from"):
+            callback.resumed_from(earlier)
     # a fit that early stopping had ended trains no more (and sets the weights it keeps)
     initial_epoch = 0 if resume is None else (
         config.epochs if resume.stopped else resume.epoch + 1)

@@ -301,6 +301,20 @@ def test_logged_model_has_a_signature_and_pinned_requirements(tmp_path: Path):
     assert "tensorflow==" in requirements and "scikit-learn==" in requirements
 
 
+def test_a_resumed_fit_logs_the_epochs_its_checkpoint_holds_and_the_run_lacks(tmp_path: Path):
+    with tracking.open_run("exp", tracking_uri=None, store_dir=tmp_path / "mlruns") as run_id:
+        logger = tracking.EpochMetricsLogger()
+        for epoch, loss in ((0, 1.0), (1, 0.9)):
+            logger.on_epoch_end(epoch, {"loss": loss, "accuracy": 0.5})
+        # killed after epoch 2's checkpoint was written, before its metrics were logged
+        logger.resumed_from({"loss": [1.0, 0.9, 0.8], "accuracy": [0.5, 0.5, 0.6]})
+        logger.on_epoch_end(3, {"loss": 0.7, "accuracy": 0.7})
+    client = MlflowClient()
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss")) == [
+        (0, 1.0), (1, 0.9), (2, 0.8), (3, 0.7)]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "accuracy")) == [0, 1, 2, 3]
+
+
 def test_connect_leaves_the_environment_as_it_was(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = tracking.connect(None, tmp_path / "store")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +260,17 @@ class EpochMetricsLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs:
             log_metrics(logs, step=epoch)
+
+    def resumed_from(self, history: Mapping[str, Sequence[float]]) -> None:
+        """Logs the epochs of a resumed fit's checkpoint (`history`, per metric) that the run
+        lacks: a process killed after writing an epoch's checkpoint and before logging the
+        epoch left it out, and the resumed fit starts after it."""
+        run_id = mlflow.active_run().info.run_id
+        logged = {metric.step for metric in MlflowClient().get_metric_history(run_id, "loss")}
+        for epoch in range(len(history.get("loss", []))):
+            if epoch not in logged:
+                log_metrics({key: values[epoch] for key, values in history.items()
+                             if epoch < len(values)}, step=epoch)
 
 
 def log_dataset(
