@@ -359,7 +359,7 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
             elif checkpoint is not None and checkpoints.latest_checkpoint(checkpoint) is not None:
                 log.warning("run %s interrupted; its last epoch checkpoint is in %s. Continue "
                             "it with: python -m pipelines.%s --resume %s%s", run_id, checkpoint,
-                            pipeline.removesuffix("-sweep"), run_id, store_options(run))
+                            pipeline, run_id, store_options(run))
             raise
         if checkpoint is not None:  # tagged above, or by the run --resume continues
             tracking.delete_tag("checkpoint")  # the folder goes next: the tag would name nothing
