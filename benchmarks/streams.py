@@ -36,8 +36,7 @@ from features.errors import DataError, require_folder
 from features.mfcc import MfccConfig
 from features.speech_commands import BACKGROUND_NOISE_DIR, SplitConfig, load_speech_commands
 from features.speech_data import SpeechSourceConfig, background_noise
-from pipelines import cli, lifecycle, listening
-from pipelines.errors import SetupError
+from pipelines import cli, listening
 from pipelines.listening import Detection
 
 TOLERANCE_MS = 750  # both ends included, times rounded to whole ms (TensorFlow's accuracy_utils)
@@ -270,10 +269,7 @@ def check_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             parser.error(f"{path} exists: it is not replaced")
     if args.out.suffix.lower() != ".wav" or not args.out.parent.is_dir():
         parser.error(f"{args.out}: expected a .wav file in an existing folder")
-    try:
-        lifecycle.require_writable_dir(args.out.parent, "the stream's folder")
-    except SetupError as error:
-        parser.error(str(error))
+    cli.require_writable_folder(parser, args.out.parent, "the stream's folder")
     if not (math.isfinite(args.seconds) and 1 <= args.seconds <= MAX_SECONDS):
         parser.error(f"--seconds must be from 1 to {MAX_SECONDS:,} (four hours: the stream is "
                      f"built in memory, 230 MB an hour), not {args.seconds:g}")

@@ -15,13 +15,14 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from features.errors import shown_name
-from pipelines import distribute, evaluation, tracking
+from pipelines import distribute, evaluation, lifecycle, tracking
 from pipelines.config import TaskConfig, config_from_args, config_parser
-from pipelines.errors import PipelineError, Terminated, WorkerLost
+from pipelines.errors import PipelineError, SetupError, Terminated, WorkerLost
 from pipelines.interrupts import WORKER_LOST, exit_status, handle_interrupts
 from pipelines.tracking.stores import RedactingFilter, redact
 
@@ -175,6 +176,16 @@ def require_file_names(parser: argparse.ArgumentParser, names: Sequence[str]) ->
     would otherwise name the current folder."""
     if any(not name for name in names):
         parser.error("a FILE argument is empty ('')")
+
+
+def require_writable_folder(parser: argparse.ArgumentParser, folder: Path, purpose: str
+                            ) -> None:
+    """A usage error, before any work, for an output folder this process cannot write (the
+    project's probe file: `lifecycle.require_writable_dir`)."""
+    try:
+        lifecycle.require_writable_dir(folder, purpose)
+    except SetupError as error:
+        parser.error(str(error))
 
 
 def predict(task: TaskCommands, argv: list[str]) -> int:

@@ -36,9 +36,9 @@ from ai_edge_litert.interpreter import Interpreter
 from features.audio import AudioSpec
 from features.mfcc_layer import MfccLayer
 from features.speech_commands import SPEECH_COMMANDS_ENV, SplitConfig, load_speech_commands
-from pipelines import cli, lifecycle, tracking
+from pipelines import cli, tracking
 from pipelines.config import config_from_params
-from pipelines.errors import ConfigError, DataError, ModelError, SetupError
+from pipelines.errors import ConfigError, DataError, ModelError
 from pipelines.serving import SpeechPredictor
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
@@ -300,10 +300,7 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     labels_file = labels_path(out)
     if not out.parent.is_dir():
         parser.error(f"--out {out}: there is no folder {out.parent}")
-    try:
-        lifecycle.require_writable_dir(out.parent, "--out folder")
-    except SetupError as error:
-        parser.error(str(error))
+    cli.require_writable_folder(parser, out.parent, "--out folder")
     for path in (out, labels_file):
         if path.is_dir():
             parser.error(f"--out {out}: {path} is a folder: name a file to write")
