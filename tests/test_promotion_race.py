@@ -1,17 +1,22 @@
-"""Two processes promoting at the same moment against one store: the better model wins."""
+"""Promotions decided one at a time: two processes promoting at the same moment against one
+store (the better model wins), and the queue's turns when a resumed run's version is queued
+again."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
-from pipelines.tracking.registry import DECIDED, PROMOTION_STATE
+from pipelines.tracking import leases, registry
+from pipelines.tracking.registry import DECIDED, DECIDING, PENDING, PROMOTION_STATE
 from tests.test_tracking import log_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,3 +72,62 @@ def test_concurrent_promotions_leave_the_better_model_champion(tmp_path: Path):
         winner = "a" if round % 2 == 0 else "b"
         assert champion.run_id == runs[winner][0]
     assert mlflow.active_run() is None
+
+
+def queued_versions(tmp_path: Path, states: list[str]) -> MlflowClient:
+    """Versions 1, 2, ... of `model-q` in `states`, each registered by a RUNNING run whose
+    lease is this (live) process's."""
+    store = tmp_path / "mlruns"
+    with tracking.open_run("queue", tracking_uri=None, store_dir=store) as run_id:
+        model_uri = log_tiny_model(tmp_path / "model")
+        experiment_id = mlflow.get_run(run_id).info.experiment_id
+    client = MlflowClient()
+    for state in states:
+        holder = client.create_run(experiment_id, tags=leases.holder_tags()).info.run_id
+        mlflow.register_model(model_uri, "model-q", tags={
+            PROMOTION_STATE: state, registry.REGISTERED_BY: holder})
+    return client
+
+
+def state(client: MlflowClient, version: int) -> str:
+    return client.get_model_version("model-q", str(version)).tags[PROMOTION_STATE]
+
+
+def test_a_version_queued_again_waits_for_a_later_version_deciding(tmp_path: Path):
+    """A resumed run's version, queued again, has a lower number than a version that is
+    already deciding: it waits for that decision rather than deciding beside it."""
+    client = queued_versions(tmp_path, [PENDING, DECIDING])
+    turns = ThreadPoolExecutor(1)
+    turn = turns.submit(registry.take_turn, client, "model-q", 1)
+    with pytest.raises(TimeoutError):
+        turn.result(timeout=2)  # v2 is still deciding
+    assert state(client, 1) == PENDING
+    client.set_model_version_tag("model-q", "2", PROMOTION_STATE, DECIDED)
+    turn.result(timeout=60)
+    turns.shutdown()
+    assert state(client, 1) == DECIDING
+
+
+def test_a_version_steps_back_when_an_earlier_one_is_queued_as_it_announces(tmp_path: Path):
+    """A version queued again between a later version's wait and its announcement: the later
+    one reads the queue again after announcing, steps back to pending and waits its turn."""
+    client = queued_versions(tmp_path, ["interrupted", PENDING])
+    set_tag = client.set_model_version_tag
+    announced = []
+
+    def resumed_meanwhile(name, version, key, value):
+        if (version, value) == ("2", DECIDING) and not announced:
+            set_tag(name, "1", PROMOTION_STATE, PENDING)  # its run resumed, queued again
+        announced.append(value)
+        set_tag(name, version, key, value)
+    client.set_model_version_tag = resumed_meanwhile
+    turns = ThreadPoolExecutor(1)
+    turn = turns.submit(registry.take_turn, client, "model-q", 2)
+    with pytest.raises(TimeoutError):
+        turn.result(timeout=2)  # v1 goes first
+    assert state(client, 2) == PENDING
+    set_tag("model-q", "1", PROMOTION_STATE, DECIDED)
+    turn.result(timeout=60)
+    turns.shutdown()
+    assert state(client, 2) == DECIDING
+    assert announced == [DECIDING, PENDING, DECIDING]

@@ -5,7 +5,6 @@ import socket
 import sqlite3
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
@@ -167,7 +166,7 @@ def test_registration_is_idempotent_per_run(tmp_path: Path, monkeypatch):
     def interrupted(*args):
         raise KeyboardInterrupt  # Ctrl-C while the version waits for its decision
     with monkeypatch.context() as patch:
-        patch.setattr(registry, "wait_for_earlier_promotions", interrupted)
+        patch.setattr(registry, "take_turn", interrupted)
         second_id, uri = register_in_a_stopped_run(store, tmp_path, 0.9)
     with tracking.open_run("exp", tracking_uri=None, store_dir=store,
                            resume_run_id=second_id):
@@ -224,10 +223,7 @@ def test_the_promotion_queue_waits_only_for_a_version_whose_process_may_still_de
     client.update_run(run_id, "RUNNING")
     client.set_tag(run_id, leases.PID, str(dead.pid))  # killed: RUNNING, its process gone
     assert not registry.may_still_decide(client, pending)
-    waiting = ThreadPoolExecutor(1)  # a wait that never returned would fail, not hang
-    waiting.submit(registry.wait_for_earlier_promotions, client, "model-x", 2).result(
-        timeout=60)  # returns: nothing to wait for
-    waiting.shutdown(wait=False)
+    assert registry.ahead_in_queue(client, "model-x", 2) == []  # nothing to wait for
     client.set_model_version_tag("model-x", pending.version, registry.REGISTERED_BY, "0" * 32)
     [pending] = client.search_model_versions("name='model-x'")
     assert not registry.may_still_decide(client, pending)  # its run is gone from the store

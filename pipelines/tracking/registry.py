@@ -95,22 +95,24 @@ def current_champion(client: MlflowClient, name: str) -> Any | None:
         raise
 
 
-PROMOTION_STATE = "promotion_state"  # version tag: "pending" until its champion decision
-PENDING, DECIDED, INTERRUPTED = "pending", "decided", "interrupted"
+PROMOTION_STATE = "promotion_state"  # version tag: where the version is in the queue
+# pending: waiting for its turn; deciding: holding the turn (reading and moving the champion);
+# decided; interrupted: its process stopped before deciding (`--resume` queues it again)
+PENDING, DECIDING, DECIDED, INTERRUPTED = "pending", "deciding", "decided", "interrupted"
 REGISTERED_BY = "registered_by_run"  # version tag: the run that registered it (one per run)
-# a pending version whose run holds no lease (`leases`) and is older than this is taken for
-# one left by a dead process
+# a pending or deciding version whose run holds no lease (`leases`) and is older than this
+# is taken for one left by a dead process
 STALE_PENDING_SECONDS = 300
 QUEUE_POLL_SECONDS = 0.2
 
 
 def may_still_decide(client: MlflowClient, version: Any) -> bool:
-    """Whether the process deciding a pending `version` may still be alive: the run that
-    registered it is RUNNING and its lease says its process is alive (on this host: the pid
-    with its start time; on another, a heartbeat within `leases.LEASE_SECONDS`). A run that
-    ended, or whose process is gone, will not decide it (until that run is resumed, which
-    marks it pending again), nor will a run deleted for good. A run without a lease is judged
-    by the version's age.
+    """Whether the process of a pending or deciding `version` may still be alive: the run
+    that registered it is RUNNING and its lease says its process is alive (on this host: the
+    pid with its start time; on another, a heartbeat within `leases.LEASE_SECONDS`). A run
+    that ended, or whose process is gone, will not decide it (until that run is resumed,
+    which marks it pending again), nor will a run deleted for good. A run without a lease is
+    judged by the version's age.
 
     Raises:
         MlflowException: The store could not tell (unreachable, or refused the request).
@@ -133,23 +135,39 @@ def may_still_decide(client: MlflowClient, version: Any) -> bool:
     return False
 
 
-def wait_for_earlier_promotions(client: MlflowClient, name: str, version: int) -> None:
-    """Waits until no lower-numbered version of `name` is still pending its champion decision.
+def ahead_in_queue(client: MlflowClient, name: str, version: int) -> list:
+    """The versions of `name` that `version` must wait for, while their process may still
+    decide them: any other version deciding, and any lower-numbered version pending."""
+    return [v for v in versions_of(client, name) if int(v.version) != version
+            and (v.tags.get(PROMOTION_STATE) == DECIDING
+                 or (int(v.version) < version and v.tags.get(PROMOTION_STATE) == PENDING))
+            and may_still_decide(client, v)]
+
+
+def take_turn(client: MlflowClient, name: str, version: int) -> None:
+    """Waits for `version`'s turn to decide its promotion and holds it (tagged `deciding`)
+    until its state is set `decided` or `interrupted`.
 
     The store numbers a registered model's versions atomically, so a version number is a
     ticket: promotions are decided one at a time, in version order, even by processes on
-    different machines sharing one tracking server. A pending version whose process is gone
+    different machines sharing one tracking server. A version waits while a lower-numbered
+    one is pending or any other is deciding (a resumed run's version, queued again, has a
+    lower number than versions already deciding). It then announces `deciding` and reads the
+    queue again: a version that was queued or announced in between sends it back to pending
+    to wait again, so two versions never decide at once (of two that announce together, at
+    least one sees the other; the lower-numbered goes first). A version whose process is gone
     (`may_still_decide`) is no longer waited for.
     """
+    number = str(version)
     while True:
-        earlier = [v for v in versions_of(client, name)
-                   if int(v.version) < version and v.tags.get(PROMOTION_STATE) == PENDING
-                   and may_still_decide(client, v)]
-        if not earlier:
+        while ahead := ahead_in_queue(client, name, version):
+            log.info("waiting for the champion decision of %s v%s", name,
+                     ", v".join(str(v.version) for v in ahead))
+            time.sleep(QUEUE_POLL_SECONDS)
+        client.set_model_version_tag(name, number, PROMOTION_STATE, DECIDING)
+        if not ahead_in_queue(client, name, version):
             return
-        log.info("waiting for the champion decision of %s v%s", name,
-                 ", v".join(str(v.version) for v in earlier))
-        time.sleep(QUEUE_POLL_SECONDS)
+        client.set_model_version_tag(name, number, PROMOTION_STATE, PENDING)
 
 
 def register_and_promote(
@@ -165,7 +183,7 @@ def register_and_promote(
     """Registers `model_uri` under `name`, tags it and moves `champion` to it if it wins.
 
     The version is registered first, marked pending: its number is its place in the queue of
-    promotions (`wait_for_earlier_promotions`). Once the versions before it are decided, the
+    promotions (`take_turn`). Once the versions before it are decided, the
     current champion is read, compared and, if beaten, replaced, so two runs finishing at the
     same time never leave the worse model as champion. The version is tagged with its test
     metrics and dataset digests; the run records the decision and its reason.
@@ -200,7 +218,7 @@ def register_and_promote(
         "test_data_digest": test_digest, "data_digest": data_digest})
     kept, state = True, INTERRUPTED
     try:
-        wait_for_earlier_promotions(client, name, int(number))
+        take_turn(client, name, int(number))
         champion = current_champion(client, name)
         if champion is not None and str(champion.version) == number:
             # a resumed decision whose first process set the alias, then stopped
