@@ -287,6 +287,14 @@ class TrackedRun:
                     "resume it where it has as many replicas (devices) as it started with")
         tracking.log_metrics(metrics)
 
+    def registered_model(self) -> str | None:
+        """For a resumed run that registered its model before it was stopped, that model's
+        URI (the run logs no second copy; `register` gives that version its decision, or its
+        decision back); else None."""
+        if not (self.resuming and self.config.run.register):
+            return None
+        return tracking.registered_model_uri(self.config.run.registered_model, self.run_id)
+
     def register(self, model_uri: str, metrics: Mapping[str, float], *, test_digest: str,
                  data_digest: str) -> dict:
         """Registers the model (unless `--no-register`) and applies the champion rule; a

@@ -163,7 +163,8 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
         test = evaluation.log_evaluation(probabilities, ids.y["test"], ids.labels,
                                          fitted.history)
         metrics = test.metrics | fit_metrics
-        model_uri = log_model(vectorizer, fitted.model, branch, weight, ids.labels)
+        model_uri = tracked.registered_model() or log_model(
+            vectorizer, fitted.model, branch, weight, ids.labels)
         registered = tracked.register(model_uri, metrics, test_digest=data.lineage.test_digest,
                                       data_digest=data.lineage.data_digest)
         return tracked.result(read | (branch.metrics if branch else {}) | metrics | registered

@@ -155,7 +155,8 @@ def run(config: SpeechConfig) -> dict:
         test = evaluation.log_evaluation(probabilities, data.splits.y["test"],
                                          data.splits.labels, fitted.history)
         metrics = test.metrics | fit_metrics
-        model_uri = log_model(fitted.model, data.splits.labels, config.features)
+        model_uri = tracked.registered_model() or log_model(
+            fitted.model, data.splits.labels, config.features)
         registered = tracked.register(model_uri, metrics, test_digest=data.lineage.test_digest,
                                       data_digest=data.lineage.data_digest)
         return tracked.result(metrics | registered | {

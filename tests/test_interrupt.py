@@ -105,6 +105,31 @@ def test_a_stopped_or_killed_run_keeps_its_checkpoint_and_resume_finishes_it(
     assert not checkpoint.exists()
 
 
+def test_a_run_stopped_after_registering_resumes_without_a_second_model(
+        speech_dir: Path, tmp_path: Path, monkeypatch):
+    """Stopped once its version was registered (Ctrl-C as the run ends), the run is resumed
+    to its end with the version's model as its only logged model."""
+    store = tmp_path / "mlruns"
+    args = small_args(speech_dir, tmp_path, "--checkpoint-dir", str(tmp_path / "checkpoints"))
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(lifecycle.TrackedRun, "result", stopped)
+        assert speech.main(args) == 130
+    (checkpoint,) = (tmp_path / "checkpoints").iterdir()
+    assert speech.main(["--resume", checkpoint.name, "--store-dir", str(store)]) == 0
+    tracking.connect(None, store)
+    client = MlflowClient()
+    run = client.get_run(checkpoint.name)
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list",
+        filter_string=f"source_run_id = '{run.info.run_id}'")
+    [version] = client.search_model_versions("name='speech-commands'")
+    assert [f"models:/{model.model_id}" for model in models] == [version.source]
+    assert run.info.status == "FINISHED" and run.data.tags["registered_version"] == "1"
+
+
 def test_resume_refuses_a_finished_run_and_an_unknown_one(tmp_path: Path, capsys):
     store = str(tmp_path / "mlruns")
     with tracking.open_run("speech-commands", tracking_uri=None, store_dir=store) as run_id:

@@ -19,6 +19,7 @@ from pipelines.tracking.registry import (
     link_evaluation,
     model_version_of,
     register_and_promote,
+    registered_model_uri,
 )
 from pipelines.tracking.runs import (
     EpochMetricsLogger,
@@ -72,6 +73,6 @@ __all__ = [
     "log_dataset", "log_dict", "log_figure", "log_metrics", "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
     "model_labels", "model_run_files", "model_version_of", "open_run", "open_run_id", "redact",
-    "register_and_promote", "run_metrics", "run_params", "run_tags", "set_description", "set_tags",
-    "store_database",
+    "register_and_promote", "registered_model_uri", "run_metrics", "run_params", "run_tags",
+    "set_description", "set_tags", "store_database",
 ]
