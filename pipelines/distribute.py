@@ -107,7 +107,7 @@ def cluster_config() -> dict:
 
     Raises:
         SetupError: TF_CONFIG is unset, not JSON, or lacks a cluster of "chief"/"worker"
-            addresses (at most one chief) or a task of this process within it.
+            address lists (at most one chief) or a task of this process within it.
     """
     raw = os.environ.get("TF_CONFIG")
     hint = ('set TF_CONFIG on every worker, e.g. {"cluster": {"worker": ["host1:12345", '
@@ -126,13 +126,18 @@ def cluster_config() -> dict:
     if unsupported:
         raise SetupError(f"TF_CONFIG cluster has {', '.join(unsupported)} tasks; "
                          "MultiWorkerMirroredStrategy trains on 'chief' and 'worker' tasks only")
-    if isinstance(cluster.get("chief"), list) and len(cluster["chief"]) > 1:
+    malformed = sorted(kind for kind, tasks in cluster.items()
+                       if not isinstance(tasks, list) or not tasks
+                       or not all(isinstance(address, str) for address in tasks))
+    if malformed:
+        raise SetupError(f"TF_CONFIG cluster job {', '.join(map(repr, malformed))} must be a "
+                         f"non-empty list of 'host:port' strings: {hint}")
+    if len(cluster.get("chief", [])) > 1:
         raise SetupError(f"TF_CONFIG cluster has {len(cluster['chief'])} 'chief' tasks; a "
                          "cluster has at most one (the others are 'worker' tasks)")
     task_type, index = task.get("type"), task.get("index")
     addresses = cluster.get(task_type)
-    if (not isinstance(addresses, list) or not isinstance(index, int)
-            or not 0 <= index < len(addresses)):
+    if addresses is None or not isinstance(index, int) or not 0 <= index < len(addresses):
         sizes = ", ".join(f"{kind}: {len(tasks)}" for kind, tasks in cluster.items())
         raise SetupError(f"TF_CONFIG task {task!r} is not one of its cluster's tasks "
                          f"({sizes})")

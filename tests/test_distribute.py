@@ -78,6 +78,12 @@ def tf_config(index: int, ports: list[int], task_type: str = "worker") -> str:
      "is not one of its cluster's tasks (worker: 2)"),
     ('{"cluster": {"chief": ["a:1", "b:1"], "worker": ["c:1"]}, "task": {"type": "chief", '
      '"index": 1}}', "has 2 'chief' tasks; a cluster has at most one"),
+    ('{"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}',
+     "job 'worker' must be a non-empty list of 'host:port' strings"),
+    ('{"cluster": {"worker": null, "chief": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+     "job 'worker' must be"),
+    ('{"cluster": {"worker": ["a:1"], "chief": "b:1"}, "task": {"type": "worker", "index": 0}}',
+     "job 'chief' must be"),
 ])
 def test_multi_worker_without_a_usable_tf_config_is_a_setup_error(monkeypatch, value, message):
     if value is None:

@@ -100,7 +100,7 @@ def test_a_version_queued_again_waits_for_a_later_version_deciding(tmp_path: Pat
     turns = ThreadPoolExecutor(1)
     turn = turns.submit(registry.take_turn, client, "model-q", 1)
     with pytest.raises(TimeoutError):
-        turn.result(timeout=2)  # v2 is still deciding
+        turn.result(timeout=1)  # v2 is still deciding
     assert state(client, 1) == PENDING
     client.set_model_version_tag("model-q", "2", PROMOTION_STATE, DECIDED)
     turn.result(timeout=60)
@@ -124,7 +124,7 @@ def test_a_version_steps_back_when_an_earlier_one_is_queued_as_it_announces(tmp_
     turns = ThreadPoolExecutor(1)
     turn = turns.submit(registry.take_turn, client, "model-q", 2)
     with pytest.raises(TimeoutError):
-        turn.result(timeout=2)  # v1 goes first
+        turn.result(timeout=1)  # v1 goes first
     assert state(client, 2) == PENDING
     set_tag("model-q", "1", PROMOTION_STATE, DECIDED)
     turn.result(timeout=60)
