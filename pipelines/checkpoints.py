@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import models.ngram  # noqa: F401  (registers custom layers: checkpoints load th
 import models.recurrent  # noqa: F401
 from features.errors import disk_space_errors
 from pipelines import weight_averaging
+from pipelines.errors import SetupError
 from pipelines.weight_averaging import AverageState, WeightAverage
 
 log = logging.getLogger(__name__)
@@ -188,25 +190,53 @@ def completed_epochs(directory: str | Path) -> int:
     return read_state(checkpoint)["epoch"] + 1 if checkpoint is not None else 0
 
 
+def damage(checkpoint: Path) -> str | None:
+    """What makes a complete checkpoint folder unreadable, or None: a `state.json` that is not
+    the saved state, a missing `last.keras` (or `average.npz`, where the state counts averaged
+    epochs), or an archive (.keras, .npz) that fails its CRC check."""
+    try:
+        state = read_state(checkpoint)
+        if not isinstance(state, dict) or not isinstance(state.get("average") or {}, dict):
+            return "state.json does not hold a checkpoint's state"
+        needed = ["last.keras"]
+        if (state.get("average") or {}).get("count"):
+            needed.append(weight_averaging.AVERAGE_FILE)
+        for name in dict.fromkeys([*needed, *(path.name for path in checkpoint.glob("*.npz"))]):
+            with zipfile.ZipFile(checkpoint / name) as archive:
+                broken = archive.testzip()
+            if broken is not None:
+                return f"{name}: {broken} fails its CRC check"
+    except (OSError, ValueError, zipfile.BadZipFile) as error:  # JSON errors are ValueErrors
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
 def load_checkpoint(directory: str | Path) -> CheckpointState:
     """Reads the newest checkpoint EpochCheckpoint saved in a run's checkpoint folder.
 
     Raises:
         FileNotFoundError: No complete checkpoint in `directory`.
+        SetupError: The checkpoint cannot be read back (a damaged file, or one saved by a
+            version of Keras that cannot load it).
     """
     checkpoint = latest_checkpoint(directory)
     if checkpoint is None:
         raise FileNotFoundError(f"no training checkpoint in {directory} ({CHECKPOINT_PREFIX}"
                                 "NNNN/ folders are written after each completed epoch)")
-    state = read_state(checkpoint)
-    best_weights = None
-    if (checkpoint / "best.npz").is_file():
-        with np.load(checkpoint / "best.npz") as saved:
-            best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    stopper = state["stopper"]
-    return CheckpointState(keras.saving.load_model(checkpoint / "last.keras"), state["epoch"],
-                           state["history"],
-                           StopperState(stopper["wait"], stopper["best"], stopper["best_epoch"],
-                                        best_weights), state.get("stopped", False),
-                           weight_averaging.load_state(checkpoint, state.get("average")),
-                           state.get("seconds", 0.0))
+    try:
+        state = read_state(checkpoint)
+        best_weights = None
+        if (checkpoint / "best.npz").is_file():
+            with np.load(checkpoint / "best.npz") as saved:
+                best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        stopper = state["stopper"]
+        return CheckpointState(
+            keras.saving.load_model(checkpoint / "last.keras"), state["epoch"],
+            state["history"],
+            StopperState(stopper["wait"], stopper["best"], stopper["best_epoch"], best_weights),
+            state.get("stopped", False),
+            weight_averaging.load_state(checkpoint, state.get("average")),
+            state.get("seconds", 0.0))
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        raise SetupError(f"the checkpoint {checkpoint} cannot be loaded ({type(error).__name__}:"
+                         f" {error}); start a new run") from error

@@ -29,7 +29,7 @@ from pipelines.errors import SetupError
 log = logging.getLogger(__name__)
 
 # options naming where things are, not what a run does: a resume takes them as given
-LOCATIONS = ("data_dir", "tfds_data_dir", "cache_dir")
+LOCATIONS = ("data_dir", "tfds_data_dir", "cache_dir", "checkpoint_dir")
 
 # the tasks' reference models (TensorFlow's tutorial CNN, the TF-IDF baseline): registered
 # only where they become champion, so that they never crowd the registry
@@ -118,12 +118,12 @@ def prepare_run(config: TaskConfig, pipeline: str) -> TaskConfig:
 
 def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
     """The options the interrupted run `config.run.resume` was started with, in this store;
-    where its data and caches are (`LOCATIONS`) as given now, if given (a relative
-    `--data-dir` is logged as typed; the data digest is checked against the run's).
+    where its data, caches and checkpoint are (`LOCATIONS`) as given now, if given (a
+    relative `--data-dir` is logged as typed; the data digest is checked against the run's).
 
     Raises:
         SetupError: No such run, not a KILLED, FAILED or abandoned RUNNING `pipeline` run,
-            or no checkpoint.
+            or no checkpoint, or a damaged one.
     """
     run = config.run
     if run.sweep:
@@ -137,19 +137,32 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
     if tags.get("pipeline") != pipeline:
         raise SetupError(f"--resume {run.resume}: that run is not a {pipeline} training run "
                          f"(pipeline tag {tags.get('pipeline')!r})")
-    checkpoint = Path(tags.get("checkpoint", ""))
-    if checkpoints.latest_checkpoint(checkpoint) is None:
-        raise SetupError(f"--resume {run.resume}: no checkpoint at {checkpoint} (the run "
-                         "stopped before its first epoch ended, or finished); start a new run")
+    if not tags.get("checkpoint"):
+        raise SetupError(f"--resume {run.resume}: the run keeps no checkpoint (a multi-worker "
+                         "run keeps none, and a run removes its own once trained); start a new "
+                         "run")
     defaults = type(config)().options()
     located = {name: value for name, value in config.options().items()  # as given, if given
                if name in LOCATIONS and value != defaults[name]}
+    # the folder the run tagged, or its run's folder in a --checkpoint-dir it was moved to
+    checkpoint = (checkpoint_path(run, run.resume) if "checkpoint_dir" in located
+                  else Path(tags["checkpoint"]))
+    latest = checkpoints.latest_checkpoint(checkpoint)
+    if latest is None:
+        raise SetupError(f"--resume {run.resume}: no checkpoint at {checkpoint} (the run "
+                         "stopped before its first epoch ended, or the folder was moved: pass "
+                         "--checkpoint-dir of where it is); start a new run")
+    damage = checkpoints.damage(latest)
+    if damage:
+        raise SetupError(f"--resume {run.resume}: its checkpoint {latest} is damaged "
+                         f"({damage}); start a new run")
     resumed = config_from_params(type(config), params).replace(
         tracking_uri=run.tracking_uri, store_dir=run.store_dir, resume=run.resume,
-        checkpoint_dir=str(checkpoint.parent), **located)
+        **located | {"checkpoint_dir": str(checkpoint.parent)})
     logged = resumed.options()
     ignored = config.changed_flags(defaults, names=[
-        name for name, value in config.options().items() if value != logged[name]])
+        name for name, value in config.options().items()
+        if value != logged[name] and name not in located])
     if ignored:
         log.warning("--resume %s takes every option from the run's logged parameters; not "
                     "used: %s", run.resume, ", ".join(ignored))
@@ -353,7 +366,7 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
                            tags={"pipeline": pipeline}, resume_run_id=run.resume) as run_id:
         tracked = TrackedRun(config, pipeline, run_id, started, name)
         checkpoint = tracked.checkpoint
-        if not run.resume and checkpoint is not None:
+        if checkpoint is not None:  # on resume too: --checkpoint-dir may have moved it
             tracking.set_tags({"checkpoint": str(checkpoint)})
         try:
             yield tracked

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -16,8 +17,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import interrupts, lifecycle, sentiment, speech, tracking
+from pipelines import checkpoints, interrupts, lifecycle, sentiment, speech, tracking
 from pipelines.checkpoints import completed_epochs, latest_checkpoint
+from pipelines.errors import SetupError
 from pipelines.speech import SpeechConfig
 from tests import test_sentiment_pipeline
 from tests.processes import interrupt_when
@@ -157,27 +159,77 @@ def test_resume_refuses_a_finished_run_and_an_unknown_one(tmp_path: Path, capsys
     assert not elsewhere.exists()
 
 
+def stopped_run(tmp_path: Path, **options) -> str:
+    """The id of a speech run in `tmp_path`'s store, stopped after its first epoch's checkpoint
+    in `tmp_path / "ck"` (a stand-in: a state and an intact `last.keras` archive)."""
+    started = SpeechConfig.from_options(store_dir=str(tmp_path / "mlruns"),
+                                        checkpoint_dir=str(tmp_path / "ck"), **options)
+    with pytest.raises(KeyboardInterrupt), lifecycle.tracked_run(started, "speech") as run:
+        tracking.log_params(started.options())
+        epoch = run.checkpoint / "epoch-0000"
+        epoch.mkdir(parents=True)
+        (epoch / "state.json").write_text("{}")
+        with zipfile.ZipFile(epoch / "last.keras", "w") as archive:
+            archive.writestr("config.json", '{"stand": "in"}')
+        raise KeyboardInterrupt
+    return run.run_id
+
+
 def test_a_resume_takes_where_the_data_is_from_the_command_line_and_nothing_else(
         tmp_path: Path, monkeypatch, caplog):
     """A run started with a relative --data-dir resumes from another folder given the data's
     place; what it trains with stays the run's (the data digest is checked as it is read)."""
     caplog.set_level("WARNING", "pipelines.lifecycle")
     store = str(tmp_path / "mlruns")
-    started = SpeechConfig.from_options(data_dir="../data", cache_dir=".cache/x", units=8,
-                                        store_dir=store, checkpoint_dir=str(tmp_path / "ck"))
-    with pytest.raises(KeyboardInterrupt), lifecycle.tracked_run(started, "speech") as run:
-        tracking.log_params(started.options())
-        (run.checkpoint / "epoch-0000").mkdir(parents=True)
-        (run.checkpoint / "epoch-0000" / "state.json").write_text("{}")
-        raise KeyboardInterrupt
+    run_id = stopped_run(tmp_path, data_dir="../data", cache_dir=".cache/x", units=8)
     monkeypatch.chdir(tmp_path)  # elsewhere than where it started
     caplog.clear()  # the interrupted run's own note
     resumed = lifecycle.resumed_config(SpeechConfig.from_options(
-        resume=run.run_id, store_dir=store, data_dir=str(tmp_path / "data"), units=32), "speech")
+        resume=run_id, store_dir=store, data_dir=str(tmp_path / "data"), units=32), "speech")
     assert resumed.source.data_dir == str(tmp_path / "data")
     assert resumed.source.cache_dir == ".cache/x" and resumed.recurrent.units == 8  # the run's
-    assert caplog.messages == [f"--resume {run.run_id} takes every option from the run's logged "
+    assert caplog.messages == [f"--resume {run_id} takes every option from the run's logged "
                                "parameters; not used: --units 32"]
+
+
+def test_a_resume_finds_a_moved_checkpoint_and_refuses_a_damaged_one_or_none(
+        tmp_path: Path, caplog):
+    """A checkpoint folder moved elsewhere is found by --checkpoint-dir (and tagged there);
+    a damaged checkpoint, or a run that keeps none, is refused before anything runs."""
+    store = str(tmp_path / "mlruns")
+    run_id = stopped_run(tmp_path)
+    moved = tmp_path / "moved"
+    (tmp_path / "ck").rename(moved)
+    with pytest.raises(SetupError, match="or the folder was moved: pass --checkpoint-dir"):
+        lifecycle.resumed_config(SpeechConfig.from_options(resume=run_id, store_dir=store),
+                                 "speech")
+    caplog.set_level("WARNING", "pipelines.lifecycle")
+    caplog.clear()
+    resumed = lifecycle.resumed_config(SpeechConfig.from_options(
+        resume=run_id, store_dir=store, checkpoint_dir=str(moved)), "speech")
+    assert resumed.run.checkpoint_dir == str(moved) and caplog.messages == []
+    with pytest.raises(KeyboardInterrupt), lifecycle.tracked_run(resumed, "speech"):
+        raise KeyboardInterrupt
+    assert tracking.run_tags(run_id)["checkpoint"] == str(moved / run_id)
+
+    with pytest.raises(SetupError, match=r"the checkpoint .* cannot be loaded \(KeyError"):
+        checkpoints.load_checkpoint(moved / run_id)  # intact, but not what a fit saved
+    last = moved / run_id / "epoch-0000" / "last.keras"
+    last.write_bytes(last.read_bytes().replace(b'"in"', b'"on"'))
+    resume = SpeechConfig.from_options(resume=run_id, store_dir=store,
+                                       checkpoint_dir=str(moved))
+    with pytest.raises(SetupError, match=r"its checkpoint .*epoch-0000 is damaged \(last.keras: "
+                       "config.json fails its CRC check"):
+        lifecycle.resumed_config(resume, "speech")
+    last.write_bytes(last.read_bytes()[:20])
+    with pytest.raises(SetupError, match=r"is damaged \(BadZipFile"):
+        lifecycle.resumed_config(resume, "speech")
+    with pytest.raises(KeyboardInterrupt), tracking.open_run(  # as a multi-worker run is
+            "speech-commands", tracking_uri=None, store_dir=store,
+            tags={"pipeline": "speech"}) as untagged:
+        raise KeyboardInterrupt
+    with pytest.raises(SetupError, match="the run keeps no checkpoint \\(a multi-worker run"):
+        lifecycle.resumed_config(resume.replace(resume=untagged), "speech")
 
 
 def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir: Path,
