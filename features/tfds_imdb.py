@@ -23,7 +23,7 @@ from features.imdb import (
     decode_review,
     unusable,
 )
-from features.tfds_source import prepared_builder, prepared_version
+from features.tfds_source import prepared_builder, prepared_version, require_splits
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int,
 
     Raises:
         DatasetUnavailableError: Not prepared in `data_dir` and the download host is unreachable.
+        DataError: The prepared copy lacks a split or one of its files.
     """
     import tensorflow_datasets as tfds  # on use: seconds to import, only --source tfds
 
@@ -68,7 +69,9 @@ def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int,
         log.warning("%s has no 'unsupervised' split: pretraining reads the training reviews "
                     "only", builder.data_dir)
         unlabelled = False
-    for split in ("train", "test", *(("unsupervised",) if unlabelled else ())):
+    read = ("train", "test", *(("unsupervised",) if unlabelled else ()))
+    require_splits(builder, read)
+    for split in read:
         reviews = []
         for index, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
             review_id = f"{split}/{index}"

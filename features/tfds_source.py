@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from urllib.parse import urlparse
 
-from features.errors import PipelineError
+from features.errors import DataError, PipelineError
 
 SOURCES = ("folder", "tfds")  # where a task's data comes from: a folder, or tensorflow-datasets
 
@@ -54,6 +55,29 @@ def prepared_builder(name: str, data_dir: str | None, download_url: str, *, size
         )
     builder.download_and_prepare()
     return builder
+
+
+def require_splits(builder, splits: Sequence[str]) -> None:
+    """Checks that a prepared dataset holds `splits` with every file of each (a partial copy
+    passes TFDS' own check, which reads only its metadata).
+
+    Raises:
+        DataError: A split is not in the dataset, or one of its files is not on disk, naming
+            the dataset's folder.
+    """
+    present = builder.info.splits
+    missing = [split for split in splits if split not in present]
+    if missing:
+        raise DataError(f"the tensorflow-datasets copy in {builder.data_dir} has no "
+                        f"{', '.join(missing)} split (it has {', '.join(present) or 'none'}): "
+                        "copy it whole, or remove it to prepare it again")
+    for split in splits:
+        absent = [path.name for path in present[split].filepaths if not path.exists()]
+        if absent:
+            raise DataError(f"the tensorflow-datasets copy in {builder.data_dir} lacks "
+                            f"{len(absent)} of the {split} split's {present[split].num_shards} "
+                            f"files ({absent[0]}{', ...' if len(absent) > 1 else ''}): copy it "
+                            "whole, or remove it to prepare it again")
 
 
 def prepared_version(name: str, data_dir: str | None) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import tensorflow as tf
 
 from features.speech_features import STAGE_CHUNK_CLIPS, DecodedChunk
-from features.tfds_source import prepared_builder, prepared_version
+from features.tfds_source import prepared_builder, prepared_version, require_splits
 
 TFDS_NAME = "speech_commands"
 TFDS_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
@@ -117,8 +117,10 @@ def read_tfds_speech_commands(data_dir: str | None) -> dict[str, TfdsSplit]:
 
     Raises:
         DatasetUnavailableError: Not prepared in `data_dir` and the download host is unreachable.
+        DataError: The prepared copy lacks a split or one of its files.
     """
     builder = speech_commands_builder(data_dir)
+    require_splits(builder, list(TFDS_SPLITS.values()))
     return {split: TfdsSplit(builder, tfds_split, split_labels(builder, tfds_split),
                              int(builder.info.splits[tfds_split].num_bytes))
             for split, tfds_split in TFDS_SPLITS.items()}

@@ -6,6 +6,7 @@ import pytest
 import tensorflow_datasets as tfds
 from mlflow.tracking import MlflowClient
 
+from features.errors import DataError
 from features.tfds_imdb import read_tfds_imdb
 from features.tfds_source import DatasetUnavailableError
 from pipelines import sentiment
@@ -59,6 +60,19 @@ def test_reads_the_tfds_format(tmp_path: Path):
     texts = [r.text for split in ("train", "validation") for r in data.splits[split]]
     assert "Awful \ufffd film" in texts
     assert data.source == "tfds://imdb_reviews/1.0.0"
+
+
+def test_a_partial_copy_is_refused_naming_what_it_lacks(tmp_path: Path):
+    """TFDS takes a copy with its metadata for prepared: a split or a file it lacks is named."""
+    write_tfds_imdb(tmp_path / "train-only", {"train": 10})
+    with pytest.raises(DataError, match=r"imdb_reviews/plain_text/1.0.0 has no test split "
+                       r"\(it has train\)"):
+        read_tfds_imdb(str(tmp_path / "train-only"), validation_pct=20, seed=0)
+    write_tfds_imdb(tmp_path / "tfds", {"train": 10, "test": 4})
+    (shard,) = (tmp_path / "tfds").rglob("imdb_reviews-test.tfrecord-*")
+    shard.unlink()  # an interrupted copy
+    with pytest.raises(DataError, match=f"lacks 1 of the test split's 1 files \\({shard.name}\\)"):
+        read_tfds_imdb(str(tmp_path / "tfds"), validation_pct=20, seed=0)
 
 
 def test_reads_the_unsupervised_split_on_request(tmp_path: Path):
