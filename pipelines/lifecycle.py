@@ -144,14 +144,19 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
     defaults = type(config)().options()
     located = {name: value for name, value in config.options().items()  # as given, if given
                if name in LOCATIONS and value != defaults[name]}
-    # the folder the run tagged, or its run's folder in a --checkpoint-dir it was moved to
-    checkpoint = (checkpoint_path(run, run.resume) if "checkpoint_dir" in located
-                  else Path(tags["checkpoint"]))
+    # the run's folder in a --checkpoint-dir it was moved to; else the folder the run tagged,
+    # or the run's folder in this checkpoint dir (the default's, of a project moved elsewhere)
+    places = list(dict.fromkeys(
+        [checkpoint_path(run, run.resume)] if "checkpoint_dir" in located
+        else [Path(tags["checkpoint"]), checkpoint_path(run, run.resume)]))
+    checkpoint = next((place for place in places if checkpoints.latest_checkpoint(place)),
+                      places[0])
     latest = checkpoints.latest_checkpoint(checkpoint)
     if latest is None:
-        raise SetupError(f"--resume {run.resume}: no checkpoint at {checkpoint} (the run "
-                         "stopped before its first epoch ended, or the folder was moved: pass "
-                         "--checkpoint-dir of where it is); start a new run")
+        raise SetupError(f"--resume {run.resume}: no checkpoint at "
+                         f"{' or '.join(map(str, places))} (the run stopped before its first "
+                         "epoch ended, or the folder was moved: pass --checkpoint-dir of where "
+                         "it is); start a new run")
     damage = checkpoints.damage(latest)
     if damage:
         raise SetupError(f"--resume {run.resume}: its checkpoint {latest} is damaged "

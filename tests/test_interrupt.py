@@ -193,16 +193,25 @@ def test_a_resume_takes_where_the_data_is_from_the_command_line_and_nothing_else
 
 
 def test_a_resume_finds_a_moved_checkpoint_and_refuses_a_damaged_one_or_none(
-        tmp_path: Path, caplog):
-    """A checkpoint folder moved elsewhere is found by --checkpoint-dir (and tagged there);
-    a damaged checkpoint, or a run that keeps none, is refused before anything runs."""
+        tmp_path: Path, monkeypatch, caplog):
+    """A checkpoint folder moved elsewhere is found by --checkpoint-dir (and tagged there), or
+    in the default one of the folder the command runs in (a project moved whole); a damaged
+    checkpoint, or a run that keeps none, is refused before anything runs."""
     store = str(tmp_path / "mlruns")
     run_id = stopped_run(tmp_path)
+    project = tmp_path / "project"
+    (project / ".cache").mkdir(parents=True)
+    (tmp_path / "ck").rename(project / ".cache" / "checkpoints")
+    monkeypatch.chdir(project)
+    resume = SpeechConfig.from_options(resume=run_id, store_dir=store)
+    assert lifecycle.resumed_config(resume, "speech").run.checkpoint_dir == str(
+        project / ".cache" / "checkpoints")
     moved = tmp_path / "moved"
-    (tmp_path / "ck").rename(moved)
-    with pytest.raises(SetupError, match="or the folder was moved: pass --checkpoint-dir"):
-        lifecycle.resumed_config(SpeechConfig.from_options(resume=run_id, store_dir=store),
-                                 "speech")
+    (project / ".cache" / "checkpoints").rename(moved)
+    with pytest.raises(SetupError, match=f"no checkpoint at {tmp_path / 'ck' / run_id} or "
+                       f"{project / '.cache' / 'checkpoints' / run_id} .* was moved: pass "
+                       "--checkpoint-dir"):
+        lifecycle.resumed_config(resume, "speech")
     caplog.set_level("WARNING", "pipelines.lifecycle")
     caplog.clear()
     resumed = lifecycle.resumed_config(SpeechConfig.from_options(
