@@ -6,6 +6,7 @@ librosa's constants, the frames of a batch of clips in one compiled call (`mfcc_
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, field
 
 import librosa
@@ -13,7 +14,7 @@ import numpy as np
 import scipy.fft
 import tensorflow as tf
 
-from features.audio import MIN_SAMPLE_RATE, AudioSpec
+from features.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioSpec
 from features.batching import padded_calls
 from features.errors import ConfigError, require_at_least, require_positive
 from features.mfcc_layer import MfccLayer, frame_count, mfcc_from_waveforms
@@ -25,6 +26,11 @@ class MfccConfig:
 
     Frames are not centred (`center=False`): a 1 s clip at a 30 ms window and 10 ms hop gives
     98 frames, the same geometry as TensorFlow's speech_commands example.
+
+    Raises:
+        ValueError: A setting out of range, or settings that do not fit together (a window
+            longer than the clip or under one sample, more coefficients than mel bands, mel
+            bands above half the sample rate or holding no frequency bin), naming them.
     """
 
     sample_rate: int = field(default=16000, metadata={
@@ -44,11 +50,30 @@ class MfccConfig:
         require_positive(self, ("clip_seconds", "window_ms", "hop_ms", "fmax", "top_db"))
         require_at_least(self, {"sample_rate": MIN_SAMPLE_RATE, "n_mels": 1, "n_mfcc": 1,
                                 "fmin": 0})
-        if self.hop_length < 1:
-            raise ConfigError(f"hop_ms={self.hop_ms:g} is under one sample at "
-                              f"{self.sample_rate} Hz")
+        if self.sample_rate > MAX_SAMPLE_RATE:  # no served waveform could be at that rate
+            raise ConfigError(f"sample_rate must be at most {MAX_SAMPLE_RATE} Hz, got "
+                              f"{self.sample_rate}")
+        for name, samples in (("window_ms", self.win_length), ("hop_ms", self.hop_length)):
+            if samples < 1:
+                raise ConfigError(f"{name}={getattr(self, name):g} is under one sample at "
+                                  f"{self.sample_rate} Hz")
+        if self.win_length > self.clip_samples:
+            raise ConfigError(f"window of {self.win_length} samples is longer than the clip "
+                              f"({self.clip_samples} samples)")
+        if self.n_mfcc > self.n_mels:
+            raise ConfigError(f"n_mfcc={self.n_mfcc} exceeds n_mels={self.n_mels}")
         if self.fmin >= self.fmax:
             raise ConfigError(f"fmin={self.fmin:g} must be below fmax={self.fmax:g}")
+        if self.fmax > self.sample_rate / 2:
+            raise ConfigError(f"fmax={self.fmax:g} Hz is above half the sample rate "
+                              f"({self.sample_rate / 2:g} Hz at sample_rate={self.sample_rate}):"
+                              " no audio holds frequencies there")
+        empty = empty_mel_bands(self)
+        if empty:
+            raise ConfigError(
+                f"{empty} of the n_mels={self.n_mels} mel bands between fmin={self.fmin:g} and "
+                f"fmax={self.fmax:g} Hz hold no frequency of a {self.win_length}-sample window"
+                " (window_ms): use fewer mel bands, a wider range or a longer window")
 
     @property
     def audio(self) -> AudioSpec:
@@ -73,19 +98,19 @@ class MfccConfig:
 
 
 def feature_shape(config: MfccConfig) -> tuple[int, int]:
-    """(frames, coefficients) of one clip's MFCC matrix; the model's input shape.
-
-    Raises:
-        ValueError: the window is longer than the clip, or the mel/MFCC counts do not fit.
-    """
-    if config.win_length > config.clip_samples:
-        raise ConfigError(
-            f"window of {config.win_length} samples is longer than the clip "
-            f"({config.clip_samples} samples)"
-        )
-    if config.n_mfcc > config.n_mels:
-        raise ConfigError(f"n_mfcc={config.n_mfcc} exceeds n_mels={config.n_mels}")
+    """(frames, coefficients) of one clip's MFCC matrix; the model's input shape (the
+    config's checks make sure the window fits in the clip)."""
     return frame_count(config.clip_samples, config.win_length, config.hop_length), config.n_mfcc
+
+
+def empty_mel_bands(config: MfccConfig) -> int:
+    """How many of the mel filters are empty: narrower than the window's frequency bins (their
+    coefficients would be constant)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # librosa's "Empty filters detected"
+        mel = librosa.filters.mel(sr=config.sample_rate, n_fft=config.win_length,
+                                  n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax)
+    return int((mel.max(axis=1) == 0).sum())
 
 
 def librosa_kwargs(config: MfccConfig) -> dict:
@@ -127,11 +152,7 @@ def build_mfcc_layer(config: MfccConfig) -> MfccLayer:
 
     It carries librosa's and scipy's constants as weights, so a saved model loads without
     librosa; its frames equal `mfcc_frames` to float32 rounding.
-
-    Raises:
-        ValueError: the window is longer than the clip, or the mel/MFCC counts do not fit.
     """
-    feature_shape(config)
     return MfccLayer(clip_samples=config.clip_samples, n_fft=config.win_length,
                      hop_length=config.hop_length, n_mels=config.n_mels,
                      n_mfcc=config.n_mfcc, top_db=config.top_db, **mfcc_constants(config))

@@ -126,10 +126,11 @@ class TaskConfig:
             return dataclasses.replace(self, **{
                 stage: dataclasses.replace(getattr(self, stage), **changed)
                 for stage, changed in stages.items()})
-        except OverflowError:  # an integer too large for the float arithmetic of a check
-            too_large = [f"{name} ({len(str(abs(value)))} digits)"
-                         for name, value in values.items()
-                         if isinstance(value, int) and abs(value) > 2**63]
+        except OverflowError:  # a number too large for the arithmetic of a check
+            too_large = [f"{name} ({len(str(abs(value)))} digits)" if isinstance(value, int)
+                         else f"{name} ({value:g})" for name, value in values.items()
+                         if isinstance(value, int | float) and not isinstance(value, bool)
+                         and abs(value) > 2**63]
             raise ConfigError(f"{', '.join(too_large) or 'an option'}: too large a "
                               "number") from None
 

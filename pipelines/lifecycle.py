@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from features.errors import require_at_least
+from features.errors import ConfigError, require_at_least
 from features.splits import Lineage, Splits
 from pipelines import checkpoints, descriptions, distribute, evaluation, tracking
 from pipelines.config import TaskConfig, config_from_params, validate_choices
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # options naming where things are, not what a run does: a resume takes them as given
 LOCATIONS = ("data_dir", "tfds_data_dir", "cache_dir", "checkpoint_dir")
+MAX_EXPERIMENT_NAME = 500  # characters, MLflow's limit
 
 # the tasks' reference models (TensorFlow's tutorial CNN, the TF-IDF baseline): registered
 # only where they become champion, so that they never crowd the registry
@@ -73,6 +74,12 @@ class RunConfig:
 
     def __post_init__(self):
         require_at_least(self, {"sweep": 0})
+        if not self.registered_model.strip() or any(c in self.registered_model for c in "/:"):
+            raise ConfigError(f"registered_model {self.registered_model!r}: MLflow model names "
+                              "are not blank and hold no '/' or ':'")
+        if not self.experiment or len(self.experiment) > MAX_EXPERIMENT_NAME:
+            raise ConfigError(f"experiment {self.experiment[:40]!r}: MLflow experiment names "
+                              f"are 1 to {MAX_EXPERIMENT_NAME} characters")
 
     def writable_folders(self) -> dict[str, str]:
         return {"checkpoint folder": self.checkpoint_dir}

@@ -27,7 +27,13 @@ from optuna.distributions import FloatDistribution, IntDistribution
 
 from features.audio import AudioDecodeError, audio_info
 from features.augment import AugmentConfig, ClipAugmenter
-from features.errors import require_data_dir, shown_name
+from features.errors import (
+    ConfigError,
+    require_at_least,
+    require_data_dir,
+    require_fraction,
+    shown_name,
+)
 from features.input_pipelines import (
     AugmentedBatches,
     TrainingBatches,
@@ -85,6 +91,10 @@ class SpeechModelConfig:
         "help": "filters per convolution of the conv front end"})
     input_noise: float = field(default=0.0, metadata={
         "help": "std of Gaussian noise on normalised MFCCs in training"})
+
+    def __post_init__(self):
+        require_at_least(self, {"conv_filters": 1})
+        require_fraction(self, ("input_noise",))
 
 
 @dataclass(frozen=True)
@@ -169,7 +179,12 @@ def prepare_run(config: SpeechConfig) -> SpeechConfig:
     """The run's checks before any data work (`lifecycle.prepare_run`), the feature geometry,
     and a data folder that exists."""
     config = lifecycle.prepare_run(config, PIPELINE)
-    feature_shape(config.features)  # raises for a geometry that does not fit
+    frames = feature_shape(config.features)[0]  # raises for a geometry that does not fit
+    if (config.model.model == "recurrent" and config.model.front_end == "conv"
+            and frames < 2):  # its 2x time pooling needs two
+        raise ConfigError(f"the conv front end pools frames in pairs: a clip must give at "
+                          f"least 2 frames, not {frames} (--window-ms, --hop-ms, "
+                          "--clip-seconds; or --front-end none)")
     if config.source.source == "folder":
         require_data_dir(config.source.data_dir, SPEECH_COMMANDS_ENV, "Speech Commands")
     return config
