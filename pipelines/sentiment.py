@@ -129,7 +129,11 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
             that cannot be resumed (all checked before any data is read).
     """
     config = prepare_run(config, reviews)
-    if config.run.sweep:
+    if config.run.sweep:  # the reviews are read once, for every trial, before the sweep's run
+        # opens, as before a single run's: unusable data leaves no FAILED sweep behind
+        if reviews is None:
+            reviews = read_reviews(config.source, unlabelled=pretrains(config))
+        review_data(reviews)  # raises for reviews that cannot train a model
         return sweep.run_sweep(config, lambda trial: run(trial, reviews),
                                search_space(config.model.model), PIPELINE)
     data, read = read_data(config, reviews)

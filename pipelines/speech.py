@@ -135,7 +135,10 @@ def run(config: SpeechConfig) -> dict:
             that cannot be resumed (all checked before any data is read).
     """
     config = prepare_run(config)
-    if config.run.sweep:
+    if config.run.sweep:  # the data is read (and cached for the trials) before the sweep's
+        # run opens, as before a single run's: unusable data leaves no FAILED sweep behind
+        prepare_speech_data(config.source, config.splits, config.features,
+                            waveforms=config.augment.active)
         return sweep.run_sweep(config, run, search_space(config.model.model), PIPELINE)
     started = time.perf_counter()  # the data is read before the run opens: a folder that
     # holds no usable data leaves no FAILED run behind

@@ -83,6 +83,18 @@ def test_speech_sweep_nests_trials_and_registers_the_best(speech_dir: Path, tmp_
     assert "**Classes** (12): `_silence_`, `_unknown_`, `yes`" in description
 
 
+@pytest.mark.parametrize("task", [speech, sentiment])
+def test_a_sweep_over_unusable_data_stops_before_its_run_opens(task, tmp_path: Path, capsys):
+    """As a single run does: the data is read before the sweep's run, so none is left FAILED."""
+    folder = tmp_path / "data"
+    (folder / "train" / "pos").mkdir(parents=True)  # no word folders, no reviews to train on
+    store = tmp_path / "mlruns"
+    assert task.main(["--data-dir", str(folder), "--store-dir", str(store), "--sweep", "2",
+                      "--pretrain", "never"][:None if task is sentiment else -2]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not store.exists()
+
+
 def test_a_tfidf_sweep_searches_the_baselines_own_options(imdb_dir: Path, tmp_path: Path):
     store = str(tmp_path / "mlruns")
     config = SentimentConfig.from_options(data_dir=str(imdb_dir), store_dir=store, sweep=3,
