@@ -3,7 +3,8 @@
 Layout: `<word>/<speaker>_nohash_<n>.wav`, `_background_noise_/*.wav`, and optionally
 `validation_list.txt` / `testing_list.txt`; clips and recordings may also be FLAC, Ogg or MP3
 files (AUDIO_SUFFIXES, in any case). The standard 12-class task keeps the ten command words,
-maps every other word to `_unknown_` and cuts `_silence_` clips from the background noise.
+maps every other word to `_unknown_` and cuts `_silence_` clips from the background noise
+(`--unknown-pct 0` / `--silence-pct 0` leave either class out of the labels).
 
 What a damaged or unusual folder does (each note is also logged as a warning):
 
@@ -73,9 +74,9 @@ class SplitConfig:
     test_pct: float = field(default=10.0, metadata={
         "help": "test share when testing_list.txt is absent"})
     unknown_pct: float = field(default=10.0, metadata={
-        "help": "_unknown_ examples per split, % of its command words"})
+        "help": "_unknown_ examples per split, % of its command words (0: no _unknown_ class)"})
     silence_pct: float = field(default=10.0, metadata={
-        "help": "_silence_ examples per split, % of its command words"})
+        "help": "_silence_ examples per split, % of its command words (0: no _silence_ class)"})
     data_seed: int = field(default=0, metadata={
         "help": "seed of the _unknown_ subsample and _silence_ windows; kept apart from --seed "
                 "so runs with other seeds share test data"})
@@ -372,5 +373,7 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
             + silence_examples(silence_count, noise, audio.clip_samples, silence_rms, rng,
                                data_dir / BACKGROUND_NOISE_DIR)
         )
-    return SpeechCommandsData(labels=TWELVE_CLASS_LABELS, examples=examples, **found)
+    left_out = {SILENCE_LABEL: splits.silence_pct == 0, UNKNOWN_LABEL: splits.unknown_pct == 0}
+    labels = tuple(label for label in TWELVE_CLASS_LABELS if not left_out.get(label))
+    return SpeechCommandsData(labels=labels, examples=examples, **found)
 

@@ -95,6 +95,17 @@ def test_unknown_is_capped_at_what_exists(speech_dir: Path):
     assert any("_unknown_ wanted" in note for note in data.notes)
 
 
+def test_a_class_given_no_share_is_left_out_of_the_labels(speech_dir: Path):
+    """A folder of the ten words alone, no noise: --silence-pct 0 --unknown-pct 0 trains them."""
+    for folder in ("bed", "cat", "_background_noise_"):
+        shutil.rmtree(speech_dir / folder)
+    data = load_speech_commands(speech_dir, SplitConfig(unknown_pct=0, silence_pct=0), AUDIO)
+    assert data.labels == COMMAND_WORDS
+    assert {e.label for e in data.examples["train"]} == set(COMMAND_WORDS)
+    kept = load_speech_commands(speech_dir, SplitConfig(unknown_pct=10, silence_pct=0), AUDIO)
+    assert kept.labels == (UNKNOWN_LABEL, *COMMAND_WORDS)  # refused later: no _unknown_ clip
+
+
 def test_all_words_task(speech_dir: Path):
     data = load_speech_commands(speech_dir, SplitConfig(task="all-words"), AUDIO)
     assert data.labels == tuple(sorted((*COMMAND_WORDS, "bed", "cat")))
