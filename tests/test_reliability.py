@@ -112,6 +112,10 @@ def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path, monkeypa
             tracking.check_tracking("http://user:pa/ss@host:5000")
         assert "pa" not in str(bad.value).replace("password", "")
         tracking.check_tracking("postgresql://ml:pa/ss@db:5432/mlflow")  # a database's may
+        tracking.check_tracking("postgresql+psycopg://ml@db:5432/mlflow")  # with its driver
+        with pytest.raises(SetupError, match="^localhost:5000: MLflow has no tracking store "
+                           "for 'localhost:' URIs; give a server as http://HOST:PORT"):
+            tracking.check_tracking("localhost:5000")  # http:// left out
     finally:
         server.shutdown()
         thread.join()

@@ -10,12 +10,14 @@ import logging
 import os
 import re
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
 import requests
 from mlflow.exceptions import MlflowException
+from mlflow.store.db.db_types import DATABASE_ENGINES
 from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
@@ -37,6 +39,8 @@ CREDENTIALS = re.compile(
 QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:ssl)?password=)[^&\s]+", re.IGNORECASE)
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 FILE_STORE_NAMES = ("databricks", "databricks-uc", "uc")  # scheme-less URIs that are no path
+# the schemes MLflow has a tracking store for, besides files (plugins add theirs by entry point)
+TRACKING_SCHEMES = ("http", "https", "databricks", *DATABASE_ENGINES)
 
 
 def redact(text: str) -> str:
@@ -190,7 +194,8 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
 
     Raises:
         SetupError: No connection, no answer in time, a refusal, or an answer that is not an
-            MLflow server's; a file store MLflow would refuse.
+            MLflow server's; a file store MLflow would refuse; a scheme MLflow has no store
+            for (`localhost:5000` without `http://`).
     """
     if (is_file_store(tracking_uri)
             and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1")):
@@ -198,7 +203,15 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
                          "pass a database such as sqlite:///PATH/mlflow.db (`mlflow "
                          "migrate-filestore` moves a file store into one), or set "
                          "MLFLOW_ALLOW_FILE_STORE=true")
-    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
+    if not tracking_uri or is_file_store(tracking_uri) or tracking_uri in FILE_STORE_NAMES:
+        return
+    scheme = tracking_uri.partition(":")[0].partition("+")[0].lower()  # postgresql+psycopg
+    plugins = {entry.name for entry in entry_points(group="mlflow.tracking_store")}
+    if scheme not in (*TRACKING_SCHEMES, *plugins):
+        raise SetupError(f"{redact(tracking_uri)}: MLflow has no tracking store for "
+                         f"'{scheme}:' URIs; give a server as http://HOST:PORT, or a database "
+                         "as sqlite:///PATH, postgresql://..., mysql://...")
+    if scheme not in ("http", "https"):
         return
     shown = redact(tracking_uri)
     parts = server_uri_parts(tracking_uri)
