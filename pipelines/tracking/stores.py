@@ -179,6 +179,33 @@ def server_uri_parts(uri: str):
     return parts
 
 
+def require_database(tracking_uri: str, timeout: float) -> None:
+    """Opens and closes one connection to a database server's tracking store (MLflow would
+    retry for minutes, after the data and features were prepared).
+
+    Raises:
+        SetupError: No connection within `timeout` seconds, or no driver for it.
+    """
+    import sqlalchemy  # on use: a server's database only
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = sqlalchemy.create_engine(tracking_uri, poolclass=NullPool, connect_args={
+            "connect_timeout": max(1, round(timeout))})
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
+        cause = getattr(error, "orig", None) or error
+        reason = " ".join(str(cause).split())[:300]
+        raise SetupError(redact(f"cannot connect to the tracking database at "
+                                f"{tracking_uri} ({type(cause).__name__}: {reason}); start it, "
+                                "or unset MLFLOW_TRACKING_URI / --tracking-uri to use the "
+                                "local store")) from None
+
+
 def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
     """Fails fast when an HTTP tracking server cannot be used, instead of MLflow's retries
     (minutes), or its refusal, after the data and features were prepared.
@@ -211,6 +238,8 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
         raise SetupError(f"{redact(tracking_uri)}: MLflow has no tracking store for "
                          f"'{scheme}:' URIs; give a server as http://HOST:PORT, or a database "
                          "as sqlite:///PATH, postgresql://..., mysql://...")
+    if scheme in ("postgresql", "mysql"):
+        require_database(tracking_uri, timeout)
     if scheme not in ("http", "https"):
         return
     shown = redact(tracking_uri)
