@@ -40,7 +40,7 @@ QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:ssl)?password=)[^&\s]+", re.IGNOREC
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 FILE_STORE_NAMES = ("databricks", "databricks-uc", "uc")  # scheme-less URIs that are no path
 # the schemes MLflow has a tracking store for, besides files (plugins add theirs by entry point)
-TRACKING_SCHEMES = ("http", "https", "databricks", *DATABASE_ENGINES)
+TRACKING_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc", *DATABASE_ENGINES)
 
 
 def redact(text: str) -> str:
@@ -180,8 +180,8 @@ def server_uri_parts(uri: str):
 
 
 def require_database(tracking_uri: str, timeout: float) -> None:
-    """Opens and closes one connection to a database server's tracking store (MLflow would
-    retry for minutes, after the data and features were prepared).
+    """Opens and closes one connection to a PostgreSQL tracking store through psycopg
+    (MLflow would retry for minutes, after the data and features were prepared).
 
     Raises:
         SetupError: No connection within `timeout` seconds, or no driver for it.
@@ -197,7 +197,10 @@ def require_database(tracking_uri: str, timeout: float) -> None:
                 pass
         finally:
             engine.dispose()
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
+    except ImportError as error:
+        raise SetupError(redact(f"{tracking_uri}: the database driver is not installed "
+                                f"({error}): install it")) from None
+    except sqlalchemy.exc.SQLAlchemyError as error:
         cause = getattr(error, "orig", None) or error
         reason = " ".join(str(cause).split())[:300]
         raise SetupError(redact(f"cannot connect to the tracking database at "
@@ -238,7 +241,8 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
         raise SetupError(f"{redact(tracking_uri)}: MLflow has no tracking store for "
                          f"'{scheme}:' URIs; give a server as http://HOST:PORT, or a database "
                          "as sqlite:///PATH, postgresql://..., mysql://...")
-    if scheme in ("postgresql", "mysql"):
+    driver = tracking_uri.partition(":")[0].partition("+")[2].lower()
+    if scheme == "postgresql" and driver in ("", "psycopg", "psycopg2"):  # connect_timeout
         require_database(tracking_uri, timeout)
     if scheme not in ("http", "https"):
         return
