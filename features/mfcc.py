@@ -29,8 +29,8 @@ class MfccConfig:
 
     Raises:
         ValueError: A setting out of range, or settings that do not fit together (a window
-            longer than the clip or under one sample, more coefficients than mel bands, mel
-            bands above half the sample rate or holding no frequency bin), naming them.
+            longer than the clip or under one sample, more coefficients than mel bands),
+            naming them.
     """
 
     sample_rate: int = field(default=16000, metadata={
@@ -64,6 +64,15 @@ class MfccConfig:
             raise ConfigError(f"n_mfcc={self.n_mfcc} exceeds n_mels={self.n_mels}")
         if self.fmin >= self.fmax:
             raise ConfigError(f"fmin={self.fmin:g} must be below fmax={self.fmax:g}")
+
+    def require_informative(self) -> None:
+        """Checks, before training, that every mel band can hold signal (a model saved with
+        such bands still loads: its features are computed as it was trained).
+
+        Raises:
+            ValueError: Mel bands above half the sample rate, or holding no frequency bin of
+                the window (constant coefficients).
+        """
         if self.fmax > self.sample_rate / 2:
             raise ConfigError(f"fmax={self.fmax:g} Hz is above half the sample rate "
                               f"({self.sample_rate / 2:g} Hz at sample_rate={self.sample_rate}):"

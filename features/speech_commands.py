@@ -74,9 +74,11 @@ class SplitConfig:
     test_pct: float = field(default=10.0, metadata={
         "help": "test share when testing_list.txt is absent"})
     unknown_pct: float = field(default=10.0, metadata={
-        "help": "_unknown_ examples per split, % of its command words (0: no _unknown_ class)"})
+        "help": "_unknown_ examples per split, % of its command words (0: no _unknown_ class); "
+                "--source folder only (tfds holds its own)"})
     silence_pct: float = field(default=10.0, metadata={
-        "help": "_silence_ examples per split, % of its command words (0: no _silence_ class)"})
+        "help": "_silence_ examples per split, % of its command words (0: no _silence_ class); "
+                "--source folder only (tfds holds its own)"})
     data_seed: int = field(default=0, metadata={
         "help": "seed of the _unknown_ subsample and _silence_ windows; kept apart from --seed "
                 "so runs with other seeds share test data"})

@@ -192,13 +192,17 @@ def completed_epochs(directory: str | Path) -> int:
 
 def damage(checkpoint: Path) -> str | None:
     """What makes a complete checkpoint folder unreadable, or None: a `state.json` that is not
-    the saved state, a missing `last.keras` (or `average.npz`, where the state counts averaged
-    epochs), or an archive (.keras, .npz) that fails its CRC check."""
+    the saved state, a missing `last.keras` (or `best.npz`, where the state has a best epoch,
+    or `average.npz`, where it counts averaged epochs), or an archive (.keras, .npz) that fails
+    its CRC check."""
     try:
         state = read_state(checkpoint)
-        if not isinstance(state, dict) or not isinstance(state.get("average") or {}, dict):
+        if not isinstance(state, dict) or not all(
+                isinstance(state.get(part) or {}, dict) for part in ("stopper", "average")):
             return "state.json does not hold a checkpoint's state"
         needed = ["last.keras"]
+        if (state.get("stopper") or {}).get("best") is not None:  # early stopping's best
+            needed.append("best.npz")
         if (state.get("average") or {}).get("count"):
             needed.append(weight_averaging.AVERAGE_FILE)
         for name in dict.fromkeys([*needed, *(path.name for path in checkpoint.glob("*.npz"))]):

@@ -151,11 +151,11 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
     defaults = type(config)().options()
     located = {name: value for name, value in config.options().items()  # as given, if given
                if name in LOCATIONS and value != defaults[name]}
-    # the run's folder in a --checkpoint-dir it was moved to; else the folder the run tagged,
-    # or the run's folder in this checkpoint dir (the default's, of a project moved elsewhere)
-    places = list(dict.fromkeys(
-        [checkpoint_path(run, run.resume)] if "checkpoint_dir" in located
-        else [Path(tags["checkpoint"]), checkpoint_path(run, run.resume)]))
+    # the run's folder in a --checkpoint-dir given (moved there), then the folder the run
+    # tagged, then its folder in the default checkpoint dir here (a project moved elsewhere)
+    here, tagged = checkpoint_path(run, run.resume), Path(tags["checkpoint"])
+    places = list(dict.fromkeys([here, tagged] if "checkpoint_dir" in located
+                                else [tagged, here]))
     checkpoint = next((place for place in places if checkpoints.latest_checkpoint(place)),
                       places[0])
     latest = checkpoints.latest_checkpoint(checkpoint)

@@ -1,22 +1,23 @@
 """Keyword spotting on recordings of any length: `python -m pipelines.speech listen FILE ...`.
 
-A one-second window slides over each recording every `--hop-ms`; the windows go through the
-served speech model in batches (one compiled call per batch, `SpeechPredictor.clip_probabilities`);
-each window's probabilities are averaged with those of the windows that ended at most
-`--average-window-ms` before it, and `RecognizeCommands` (TensorFlow's speech_commands
-semantics) reports a keyword when at least `--minimum-count` windows spanning a quarter of that
-time are averaged, the averaged score passes `--threshold`, it is not the label detected last,
-and more than `--suppression-ms` passed since that detection (no wait after a `_silence_`
-detection). `_silence_` and `_unknown_` take part in that logic (once either is detected, the
-keyword before it can be reported again) but are never reported.
+A one-second window slides over each recording every `--hop-ms`; the windows go through the served
+speech model in batches (one compiled call per batch, `SpeechPredictor.clip_probabilities`); each
+window's probabilities are averaged with those of the windows that ended at most
+`--average-window-ms` before it, and `RecognizeCommands` (TensorFlow's speech_commands semantics)
+reports a keyword when at least `--minimum-count` windows spanning a quarter of that time are
+averaged, the averaged score passes `--threshold`, it is not the label detected last, and more than
+`--suppression-ms` passed since that detection (no wait after a `_silence_` detection). `_silence_`
+and `_unknown_` take part in that logic (once either is detected, the keyword before it can be
+reported again) but are never reported; for a model without a `_silence_` class (`--silence-pct
+0`), a moment with no score over the threshold does that.
 
-A recording is read in blocks (`BLOCK_SECONDS`), mixed to mono and resampled to the model's
-rate as a stream, so memory stays flat however long it is. A pipe (`-`, standard input, or a
-named pipe) is read a hop at a time, so each detection is printed as soon as the audio that
-holds it arrives: `arecord -f S16_LE -r 16000 -c 1 -t wav | python -m pipelines.speech listen -`
-spots keywords live, until the input ends or Ctrl-C (exit status 130). A pipe carries WAV (its
-header's sizes may be left unknown, as recorders writing to a pipe leave them) or OGG; not MP3
-or FLAC, whose decoders seek (`listen - < x.flac` reads a file, which can). Bad input, per file:
+A recording is read in blocks (`BLOCK_SECONDS`), mixed to mono and resampled to the model's rate as
+a stream, so memory stays flat however long it is. A pipe (`-`, standard input, or a named pipe) is
+read a hop at a time, so each detection is printed as soon as the audio that holds it arrives:
+`arecord -f S16_LE -r 16000 -c 1 -t wav | python -m pipelines.speech listen -` spots keywords live,
+until the input ends or Ctrl-C (exit status 130). A pipe carries WAV (its header's sizes may be
+left unknown, as recorders writing to a pipe leave them) or OGG; not MP3 or FLAC, whose decoders
+seek (`listen - < x.flac` reads a file, which can). Bad input, per file:
 
 - shorter than a window: zero-padded to one window, scored once, timed at the recording's end;
 - too short for a streaming decision (fewer windows than `--minimum-count`, or spanning less
@@ -32,9 +33,8 @@ or FLAC, whose decoders seek (`listen - < x.flac` reads a file, which can). Bad 
   libsndfile reads it.
 
 Detections are printed as they are made, one line each: `file<TAB>time_s<TAB>label<TAB>score`,
-`time_s` the end of the window (seconds from the recording's start) whose averaged score
-passed the threshold: a word is reported up to a few hundred ms after it ends.
-"""
+`time_s` the end of the window (seconds from the recording's start) whose averaged score passed the
+threshold: a word is reported up to a few hundred ms after it ends."""
 
 from __future__ import annotations
 
@@ -81,8 +81,7 @@ class ListenConfig:
         ValueError: A setting out of range, named with its flag.
     """
 
-    # TensorFlow's clip_stride_ms; the flag is --hop-ms, as the MFCC frames' hop is --hop-ms
-    # of the training commands, a different option
+    # TensorFlow's clip_stride_ms, named as the training commands name the MFCC frames' hop
     stride_ms: float = field(default=100.0, metadata={
         "flag": "--hop-ms", "help": "a one-second window is scored every this many ms"})
     average_window_ms: float = field(default=500.0, metadata={
@@ -124,8 +123,9 @@ class RecognizeCommands:
     """Averages window scores over time and decides when a command was heard, as
     TensorFlow's `RecognizeCommands` does: no decision until `minimum_count` windows spanning
     at least a quarter of `average_window_ms` are averaged; then the averaged top label is a
-    new command when its score passes the threshold, it differs from the last command, and
-    the last command is more than `suppression_ms` old (or was `_silence_`)."""
+    new command when its score passes the threshold, it differs from the last command (or
+    quiet came between, for labels without `_silence_`), and the last command is more than
+    `suppression_ms` old (or was `_silence_`)."""
 
     def __init__(self, labels: Sequence[str], config: ListenConfig):
         self.labels = list(labels)
@@ -133,6 +133,7 @@ class RecognizeCommands:
         self.recent: deque[tuple[float, np.ndarray]] = deque()
         self.previous_label = SILENCE_LABEL
         self.previous_time = -np.inf
+        self.quiet_ends = SILENCE_LABEL not in self.labels  # quiet ends the last command
         self.ready = False  # enough windows were averaged for a decision at least once
 
     def process(self, time_ms: float, scores: np.ndarray) -> tuple[str, float] | None:
@@ -148,6 +149,8 @@ class RecognizeCommands:
         average = np.mean([window for _, window in self.recent], axis=0)
         top = int(np.argmax(average))
         label, score = self.labels[top], float(average[top])
+        if self.quiet_ends and score <= self.config.threshold:
+            self.previous_label = ""  # its suppression still holds (`previous_time`)
         since = (np.inf if self.previous_label == SILENCE_LABEL
                  else time_ms - self.previous_time)
         if score > self.config.threshold and label != self.previous_label and (
@@ -199,12 +202,11 @@ def read_ahead(blocks: Generator[np.ndarray, None, None], limit: int
     """`blocks`, read on a thread of their own at most `limit` samples ahead of their use;
     those read ahead are handed on joined, so that a backlog is scored in batches.
 
-    A pipe is drained while the model works, so a recorder writing into it is not held up
-    (the first windows' call compiles the model, for seconds, while a pipe holds 64 KiB: 0.4
-    s of 44.1 kHz stereo), and a file's next block is decoded while the model scores this
-    one. An error of `blocks` is raised after the blocks read before it. A reader that stops
-    early stops the thread at its next block: one waiting on a silent pipe waits until that
-    pipe sends or closes.
+    A pipe is drained while the model works, so a recorder writing into it is not held up (the
+    first windows' call compiles the model for seconds; a pipe holds 64 KiB, 0.4 s of 44.1 kHz
+    stereo), and a file's next block is decoded while this one is scored. An error of `blocks`
+    is raised after the blocks read before it. A reader that stops early stops the thread at
+    its next block (on a silent pipe, once the pipe sends or closes).
     """
     ready: deque = deque()  # blocks, then None at the end or the error that ended them
     changed = threading.Condition()
@@ -335,12 +337,12 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
         "--average-window-ms, passed --threshold. As TensorFlow's RecognizeCommands: no "
         "decision before --minimum-count windows spanning a quarter of --average-window-ms "
         "are averaged; a keyword is not reported again until another label (_silence_ and "
-        "_unknown_ included) is heard in between; _silence_ and _unknown_ are never printed. "
+        "_unknown_ included; for a model without _silence_, no label over --threshold) is "
+        "heard in between; _silence_ and _unknown_ are never printed. "
         "A file that cannot be read is named on stderr, the others are listened to, and the "
         "exit status is 1. FILE - reads standard input as it arrives (a recorder's WAV "
         "stream: arecord -t wav | ... listen -) and prints each detection as it is made.")
-    parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="recordings (WAV, FLAC, ...); - for standard input")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="recordings; - for stdin")
     for option in fields(ListenConfig):
         parser.add_argument(flag(option), dest=option.name, type=type(option.default),
                             metavar=flag(option)[2:].replace("-", "_").upper(),
@@ -350,11 +352,9 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
     if STDIN in args.files:
         if args.files.count(STDIN) > 1:
             parser.error("standard input (-) can be listened to once")
-        if sys.stdin is None:  # started with it closed
-            parser.error("standard input (-) is closed")
-        if sys.stdin.isatty():
-            parser.error("standard input (-) is a terminal: pipe a recording into it "
-                         "(arecord -t wav | ... listen -)")
+        if sys.stdin is None or sys.stdin.isatty():  # started with it closed, or a terminal
+            parser.error("standard input (-) is " + ("closed" if sys.stdin is None else "a "
+                         "terminal: pipe a recording into it (arecord -t wav | ... listen -)"))
     try:
         config = ListenConfig(**{option.name: getattr(args, option.name)
                                  for option in fields(ListenConfig)})
@@ -384,8 +384,8 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
 def check_reachable(parser: argparse.ArgumentParser, config: ListenConfig,
                     sample_rate: int) -> None:
     """Exits with a usage error on settings that cannot work at the model's sample rate: a
-    --hop-ms under one sample, or an averaging window that cannot hold --minimum-count windows
-    spanning a quarter of it at --hop-ms (rounded to whole samples, as `listen` does)."""
+    --hop-ms under one sample, or an averaging window that cannot hold --minimum-count
+    windows spanning a quarter of it at --hop-ms (in whole samples, as `listen` rounds it)."""
     if round(sample_rate * config.stride_ms / 1000) < 1:  # hop_samples would round it up
         parser.error(f"--hop-ms {config.stride_ms:g} is under one sample at {sample_rate} Hz "
                      f"(one sample is {1000 / sample_rate:g} ms)")

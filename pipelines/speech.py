@@ -31,7 +31,6 @@ from features.errors import (
     ConfigError,
     require_at_least,
     require_data_dir,
-    require_fraction,
     shown_name,
 )
 from features.input_pipelines import (
@@ -94,7 +93,8 @@ class SpeechModelConfig:
 
     def __post_init__(self):
         require_at_least(self, {"conv_filters": 1})
-        require_fraction(self, ("input_noise",))
+        if not 0 <= self.input_noise <= 1:  # Keras's GaussianNoise takes [0, 1]
+            raise ConfigError(f"input_noise must be within [0, 1], got {self.input_noise}")
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,8 @@ def prepare_run(config: SpeechConfig) -> SpeechConfig:
     """The run's checks before any data work (`lifecycle.prepare_run`), the feature geometry,
     and a data folder that exists."""
     config = lifecycle.prepare_run(config, PIPELINE)
-    frames = feature_shape(config.features)[0]  # raises for a geometry that does not fit
+    config.features.require_informative()
+    frames = feature_shape(config.features)[0]
     if (config.model.model == "recurrent" and config.model.front_end == "conv"
             and frames < 2):  # its 2x time pooling needs two
         raise ConfigError(f"the conv front end pools frames in pairs: a clip must give at "

@@ -187,7 +187,7 @@ def test_unknown_option_names_and_values_fail_loudly():
     (speech, ["--example-budget", "-5"], "example_budget must be a number >= 0, got -5"),
     (sentiment, ["--word-vector-epochs", "0"], "word_vector_epochs must be a number >= 1, got 0"),
     (speech, ["--conv-filters", "0"], "conv_filters must be a number >= 1, got 0"),
-    (speech, ["--input-noise", "2"], "input_noise must be within [0, 1), got 2.0"),
+    (speech, ["--input-noise", "2"], "input_noise must be within [0, 1], got 2.0"),
     (speech, ["--sample-rate", "8000"], "fmax=8000 Hz is above half the sample rate (4000 Hz"),
     (speech, ["--sample-rate", "500000"], "sample_rate must be at most 384000 Hz, got 500000"),
     (speech, ["--fmin", "100", "--fmax", "101"], "40 of the n_mels=40 mel bands between fmin="),

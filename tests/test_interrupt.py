@@ -220,9 +220,18 @@ def test_a_resume_finds_a_moved_checkpoint_and_refuses_a_damaged_one_or_none(
     with pytest.raises(KeyboardInterrupt), lifecycle.tracked_run(resumed, "speech"):
         raise KeyboardInterrupt
     assert tracking.run_tags(run_id)["checkpoint"] == str(moved / run_id)
+    relative = lifecycle.resumed_config(SpeechConfig.from_options(  # as typed where it started
+        resume=run_id, store_dir=store, checkpoint_dir="ck"), "speech")
+    assert relative.run.checkpoint_dir == str(moved)  # not in ./ck here: where it is tagged
 
     with pytest.raises(SetupError, match=r"the checkpoint .* cannot be loaded \(KeyError"):
         checkpoints.load_checkpoint(moved / run_id)  # intact, but not what a fit saved
+    state = moved / run_id / "epoch-0000" / "state.json"
+    state.write_text('{"stopper": {"best": 0.5}}')  # a best epoch, without its weights
+    with pytest.raises(SetupError, match=r"is damaged \(FileNotFoundError: .*best.npz"):
+        lifecycle.resumed_config(SpeechConfig.from_options(
+            resume=run_id, store_dir=store, checkpoint_dir=str(moved)), "speech")
+    state.write_text("{}")
     last = moved / run_id / "epoch-0000" / "last.keras"
     last.write_bytes(last.read_bytes().replace(b'"in"', b'"on"'))
     resume = SpeechConfig.from_options(resume=run_id, store_dir=store,

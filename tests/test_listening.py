@@ -96,6 +96,23 @@ def test_recognize_commands_decides_as_tensorflows_does():
     assert early.process(100, np.array([0, 1.0])) == ("yes", 1.0)
 
 
+def test_without_a_silence_class_quiet_lets_a_word_be_heard_again():
+    """For a model trained without _silence_ (--silence-pct 0), a moment with no label over the
+    threshold ends the last command, as a _silence_ detection does; suppression still holds."""
+    labels, config = ["yes", "no"], ListenConfig(average_window_ms=200, threshold=0.6,
+                                                  suppression_ms=500, minimum_count=3)
+    yes, flat = np.array([1.0, 0]), np.array([0.5, 0.5])
+    timeline = [*[(t, yes) for t in range(100, 400, 100)],  # heard at 300
+                (400, flat), (500, flat), (600, flat),  # quiet (a dip at 500: suppressed)
+                *[(t, yes) for t in range(700, 1100, 100)]]  # heard again at 900
+    for labelled, expected in ((labels, {300: "yes", 900: "yes"}),
+                               (["_silence_", *labels], {300: "yes"})):
+        recognizer = RecognizeCommands(labelled, config)
+        scores = [np.concatenate([[0.0] * (len(labelled) - 2), s]) for _, s in timeline]
+        heard = {t: recognizer.process(t, x) for (t, _), x in zip(timeline, scores, strict=True)}
+        assert {t: h[0] for t, h in heard.items() if h} == expected
+
+
 def test_windows_of_a_stream_in_blocks_equal_windows_of_the_whole():
     wave = np.arange(5 * RATE, dtype=np.float32)
     blocks = np.split(wave, [7_000, 7_100, 30_000, 61_234])

@@ -37,6 +37,14 @@ def test_geometry_errors_name_the_values():
         feature_shape(MfccConfig(window_ms=2000))
 
 
+def test_uninformative_mel_bands_are_refused_for_training_only():
+    """A model saved with such bands still loads its features' settings."""
+    for loaded in (MfccConfig(sample_rate=8000), MfccConfig(fmin=100, fmax=101)):
+        with pytest.raises(ValueError, match="above half the sample rate|hold no frequency"):
+            loaded.require_informative()
+    MfccConfig(sample_rate=8000, fmax=4000).require_informative()
+
+
 def test_batched_features_equal_a_direct_librosa_call_per_clip():
     config = MfccConfig()
     clips = np.stack([tone(300, seed=1), 0.001 * tone(900, seed=2), np.zeros(16000, np.float32)])
