@@ -50,9 +50,6 @@ class MfccConfig:
         require_positive(self, ("clip_seconds", "window_ms", "hop_ms", "fmax", "top_db"))
         require_at_least(self, {"sample_rate": MIN_SAMPLE_RATE, "n_mels": 1, "n_mfcc": 1,
                                 "fmin": 0})
-        if self.sample_rate > MAX_SAMPLE_RATE:  # no served waveform could be at that rate
-            raise ConfigError(f"sample_rate must be at most {MAX_SAMPLE_RATE} Hz, got "
-                              f"{self.sample_rate}")
         for name, samples in (("window_ms", self.win_length), ("hop_ms", self.hop_length)):
             if samples < 1:
                 raise ConfigError(f"{name}={getattr(self, name):g} is under one sample at "
@@ -66,13 +63,17 @@ class MfccConfig:
             raise ConfigError(f"fmin={self.fmin:g} must be below fmax={self.fmax:g}")
 
     def require_informative(self) -> None:
-        """Checks, before training, that every mel band can hold signal (a model saved with
-        such bands still loads: its features are computed as it was trained).
+        """Checks, before training, that the model could serve audio at its rate and every mel
+        band can hold signal (a model saved otherwise still loads: its features are computed
+        as it was trained).
 
         Raises:
-            ValueError: Mel bands above half the sample rate, or holding no frequency bin of
-                the window (constant coefficients).
+            ValueError: A rate above MAX_SAMPLE_RATE; mel bands above half the sample rate, or
+                holding no frequency bin of the window (constant coefficients).
         """
+        if self.sample_rate > MAX_SAMPLE_RATE:  # no served waveform could be at that rate
+            raise ConfigError(f"sample_rate must be at most {MAX_SAMPLE_RATE} Hz, got "
+                              f"{self.sample_rate}")
         if self.fmax > self.sample_rate / 2:
             raise ConfigError(f"fmax={self.fmax:g} Hz is above half the sample rate "
                               f"({self.sample_rate / 2:g} Hz at sample_rate={self.sample_rate}):"
