@@ -74,7 +74,8 @@ class RunConfig:
 
     def __post_init__(self):
         require_at_least(self, {"sweep": 0})
-        if not self.registered_model.strip() or any(c in self.registered_model for c in "/:"):
+        if self.register and (not self.registered_model.strip()
+                              or any(c in self.registered_model for c in "/:")):
             raise ConfigError(f"registered_model {self.registered_model!r}: MLflow model names "
                               "are not blank and hold no '/' or ':'")
         if not self.experiment or len(self.experiment) > MAX_EXPERIMENT_NAME:
@@ -146,8 +147,7 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
                          f"(pipeline tag {tags.get('pipeline')!r})")
     if not tags.get("checkpoint"):
         raise SetupError(f"--resume {run.resume}: the run keeps no checkpoint (a multi-worker "
-                         "run keeps none, and a run removes its own once trained); start a new "
-                         "run")
+                         "run keeps none; a run removes its own once trained): start it again")
     defaults = type(config)().options()
     located = {name: value for name, value in config.options().items()  # as given, if given
                if name in LOCATIONS and value != defaults[name]}

@@ -329,3 +329,9 @@ def test_tensorflows_log_lines_pass_once_through_the_commands_handlers(tmp_path:
     assert not tensorflow_logger.handlers
     assert [(r.name, r.getMessage()) for r in caplog.records if r.name == "tensorflow"] == [
         ("tensorflow", "a warning")]
+
+
+def test_a_model_name_is_checked_only_where_it_is_registered():
+    with pytest.raises(ValueError, match="MLflow model names are not blank"):
+        SpeechConfig.from_options(registered_model="team/speech")
+    assert SpeechConfig.from_options(register=False, registered_model="team/speech").run
