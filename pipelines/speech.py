@@ -183,6 +183,9 @@ def prepare_run(config: SpeechConfig) -> SpeechConfig:
     and a data folder that exists."""
     config = lifecycle.prepare_run(config, PIPELINE)
     config.features.require_informative()
+    if config.augment.time_shift_ms > 1000 * config.features.clip_seconds:
+        raise ConfigError(f"time_shift_ms={config.augment.time_shift_ms:g} would shift a clip "
+                          f"out of its {1000 * config.features.clip_seconds:g} ms")
     frames = feature_shape(config.features)[0]
     if (config.model.model == "recurrent" and config.model.front_end == "conv"
             and frames < 2):  # its 2x time pooling needs two

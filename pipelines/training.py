@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from features.errors import (
+    ConfigError,
     require_at_least,
     require_fraction,
     require_positive,
@@ -39,6 +40,8 @@ from pipelines.errors import DivergedError
 from pipelines.weight_averaging import WeightAverage
 
 log = logging.getLogger(__name__)
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +81,9 @@ class OptimConfig:
         require_at_least(self, {"epochs": 1, "batch_size": 1, "example_budget": 0,
                                 "weight_decay": 0, "warmup_epochs": 0, "patience": 0})
         require_positive(self, ["learning_rate"])
+        if self.learning_rate > FLOAT32_MAX:  # the optimizer holds it as a float32
+            raise ConfigError(f"learning_rate must be at most {FLOAT32_MAX:.3g} (float32), "
+                              f"got {self.learning_rate:g}")
         require_fraction(self, ["average_from", "label_smoothing"])
         require_seed(self, ["seed"])
 

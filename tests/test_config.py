@@ -194,6 +194,9 @@ def test_unknown_option_names_and_values_fail_loudly():
     (speech, ["--window-ms", "0.01"], "window_ms=0.01 is under one sample at 16000 Hz"),
     (speech, ["--window-ms", "1e308"], "window_ms (1e+308): too large a number"),
     (speech, ["--window-ms", "1000"], "a clip must give at least 2 frames, not 1"),
+    (speech, ["--time-shift-ms", "1e308"], "time_shift_ms=1e+308 would shift a clip out of "
+     "its 1000 ms"),
+    (speech, ["--learning-rate", "1e39"], "learning_rate must be at most 3.4e+38 (float32)"),
     (speech, ["--registered-model", "team/speech"], "registered_model 'team/speech': MLflow"),
     (speech, ["--registered-model", " "], "registered_model ' ': MLflow"),
     (speech, ["--experiment", ""], "experiment '': MLflow"),
