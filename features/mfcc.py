@@ -118,9 +118,14 @@ def empty_mel_bands(config: MfccConfig) -> int:
     coefficients would be constant)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # librosa's "Empty filters detected"
-        mel = librosa.filters.mel(sr=config.sample_rate, n_fft=config.win_length,
-                                  n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax)
+        mel = mel_filters(config)
     return int((mel.max(axis=1) == 0).sum())
+
+
+def mel_filters(config: MfccConfig) -> np.ndarray:
+    """librosa's mel filterbank over the window's frequency bins, (n_mels, n_fft // 2 + 1)."""
+    return librosa.filters.mel(sr=config.sample_rate, n_fft=config.win_length,
+                               n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax)
 
 
 def librosa_kwargs(config: MfccConfig) -> dict:
@@ -150,8 +155,7 @@ def mfcc_constants(config: MfccConfig) -> dict[str, np.ndarray]:
     n_fft = kwargs["n_fft"]
     window = librosa.util.pad_center(
         librosa.filters.get_window("hann", kwargs["win_length"], fftbins=True), size=n_fft)
-    mel = librosa.filters.mel(sr=config.sample_rate, n_fft=n_fft, n_mels=config.n_mels,
-                              fmin=config.fmin, fmax=config.fmax)
+    mel = mel_filters(config)
     dct = scipy.fft.dct(np.eye(config.n_mels), type=2, norm="ortho", axis=0)
     return {"window": window.astype(np.float32), "mel": mel.T.astype(np.float32),
             "dct": dct[: config.n_mfcc].T.astype(np.float32)}

@@ -197,13 +197,14 @@ def damage(checkpoint: Path) -> str | None:
     its CRC check."""
     try:
         state = read_state(checkpoint)
-        if not isinstance(state, dict) or not all(
-                isinstance(state.get(part) or {}, dict) for part in ("stopper", "average")):
+        stopper, average = ((state.get("stopper") or {}, state.get("average") or {})
+                            if isinstance(state, dict) else (None, None))
+        if not (isinstance(stopper, dict) and isinstance(average, dict)):
             return "state.json does not hold a checkpoint's state"
         needed = ["last.keras"]
-        if (state.get("stopper") or {}).get("best") is not None:  # early stopping's best
+        if stopper.get("best") is not None:  # early stopping's best
             needed.append("best.npz")
-        if (state.get("average") or {}).get("count"):
+        if average.get("count"):
             needed.append(weight_averaging.AVERAGE_FILE)
         for name in dict.fromkeys([*needed, *(path.name for path in checkpoint.glob("*.npz"))]):
             with zipfile.ZipFile(checkpoint / name) as archive:

@@ -41,8 +41,6 @@ from pipelines.weight_averaging import WeightAverage
 
 log = logging.getLogger(__name__)
 
-FLOAT32_MAX = 3.4028234663852886e38
-
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
@@ -81,8 +79,8 @@ class OptimConfig:
         require_at_least(self, {"epochs": 1, "batch_size": 1, "example_budget": 0,
                                 "weight_decay": 0, "warmup_epochs": 0, "patience": 0})
         require_positive(self, ["learning_rate"])
-        if self.learning_rate > FLOAT32_MAX:  # the optimizer holds it as a float32
-            raise ConfigError(f"learning_rate must be at most {FLOAT32_MAX:.3g} (float32), "
+        if self.learning_rate > tf.float32.max:  # the optimizer holds it as a float32
+            raise ConfigError(f"learning_rate must be at most {tf.float32.max:.3g} (float32), "
                               f"got {self.learning_rate:g}")
         require_fraction(self, ["average_from", "label_smoothing"])
         require_seed(self, ["seed"])

@@ -227,21 +227,21 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
             MLflow server's; a file store MLflow would refuse; a scheme MLflow has no store
             for (`localhost:5000` without `http://`).
     """
-    if (is_file_store(tracking_uri)
-            and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1")):
-        raise SetupError(f"{redact(tracking_uri)} is a file store, which this MLflow refuses: "
-                         "pass a database such as sqlite:///PATH/mlflow.db (`mlflow "
-                         "migrate-filestore` moves a file store into one), or set "
-                         "MLFLOW_ALLOW_FILE_STORE=true")
-    if not tracking_uri or is_file_store(tracking_uri) or tracking_uri in FILE_STORE_NAMES:
+    if is_file_store(tracking_uri):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+            raise SetupError(f"{redact(tracking_uri)} is a file store, which this MLflow "
+                             "refuses: pass a database such as sqlite:///PATH/mlflow.db (`mlflow "
+                             "migrate-filestore` moves a file store into one), or set "
+                             "MLFLOW_ALLOW_FILE_STORE=true")
         return
-    scheme = tracking_uri.partition(":")[0].partition("+")[0].lower()  # postgresql+psycopg
+    if not tracking_uri or tracking_uri in FILE_STORE_NAMES:
+        return
+    scheme, _, driver = tracking_uri.partition(":")[0].lower().partition("+")  # postgresql+psycopg
     plugins = {entry.name for entry in entry_points(group="mlflow.tracking_store")}
     if scheme not in (*TRACKING_SCHEMES, *plugins):
         raise SetupError(f"{redact(tracking_uri)}: MLflow has no tracking store for "
                          f"'{scheme}:' URIs; give a server as http://HOST:PORT, or a database "
                          "as sqlite:///PATH, postgresql://..., mysql://...")
-    driver = tracking_uri.partition(":")[0].partition("+")[2].lower()
     if scheme == "postgresql" and driver in ("", "psycopg", "psycopg2"):  # connect_timeout
         require_database(tracking_uri, timeout)
     if scheme not in ("http", "https"):
