@@ -169,6 +169,12 @@ def fsync_directory(directory: Path) -> None:
         os.close(handle)
 
 
+def run_folder(checkpoint_dir: str | Path, run_id: str) -> Path:
+    """Where a run's per-epoch checkpoints live: `<checkpoint_dir>/<run id>` (absolute, so
+    `--resume` finds it from any working directory)."""
+    return Path(checkpoint_dir).resolve() / run_id
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     """The newest complete checkpoint folder in a run's checkpoint folder, or None."""
     directory = Path(directory)

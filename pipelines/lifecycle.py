@@ -1,10 +1,10 @@
-"""The life of one run: the checks made before it opens, `--resume`, the MLflow run itself (its
-data logged once, its model registered, its result), and its checkpoint folder on disk.
+"""The life of one run: the checks made before it opens, the MLflow run itself (its data logged
+once, its model registered, its result), and the removal of its checkpoint folder once trained.
 
 Everything that can stop a run is checked before any data or feature work (`prepare_run`): the
 tracking server answers, the store, checkpoint and cache folders can be written, and a run to
-resume exists and has a checkpoint. The run then ends FINISHED, FAILED or KILLED
-(`tracking.open_run`); training saves a checkpoint after every epoch, deleted when the run
+resume exists and has a checkpoint (`pipelines.resume`). The run then ends FINISHED, FAILED or
+KILLED (`tracking.open_run`); training saves a checkpoint after every epoch, deleted when the run
 finishes and kept when it is interrupted, for `--resume`.
 """
 
@@ -22,14 +22,12 @@ from pathlib import Path
 
 from features.errors import ConfigError, require_at_least
 from features.splits import Lineage, Splits
-from pipelines import checkpoints, descriptions, distribute, evaluation, tracking
-from pipelines.config import TaskConfig, config_from_params, validate_choices
+from pipelines import checkpoints, descriptions, distribute, evaluation, resume, tracking
+from pipelines.config import TaskConfig, validate_choices
 from pipelines.errors import SetupError
 
 log = logging.getLogger(__name__)
 
-# options naming where things are, not what a run does: a resume takes them as given
-LOCATIONS = ("data_dir", "tfds_data_dir", "cache_dir", "checkpoint_dir")
 MAX_EXPERIMENT_NAME = 500  # characters, MLflow's limit
 
 # the tasks' reference models (TensorFlow's tutorial CNN, the TF-IDF baseline): registered
@@ -111,7 +109,7 @@ def prepare_run(config: TaskConfig, pipeline: str) -> TaskConfig:
     run = config.run
     tracking.check_tracking(run.tracking_uri)
     if run.resume:  # before anything could make a store where the run's is not
-        config = resumed_config(config, pipeline)
+        config = resume.resumed_config(config, pipeline)
     database = tracking.store_database(run.tracking_uri, run.store_dir)
     if database is not None:  # a SQLite file (not a server, nor sqlite:// in memory)
         require_writable_dir(database.parent, "MLflow store folder")
@@ -122,63 +120,6 @@ def prepare_run(config: TaskConfig, pipeline: str) -> TaskConfig:
         # be good, and before any TensorFlow op runs, as MultiWorkerMirroredStrategy requires
         distribute.strategy_for(run.strategy)
     return config
-
-
-def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
-    """The options the interrupted run `config.run.resume` was started with, in this store;
-    where its data, caches and checkpoint are (`LOCATIONS`) as given now, if given (a
-    relative `--data-dir` is logged as typed; the data digest is checked against the run's).
-
-    Raises:
-        SetupError: No such run, not a KILLED, FAILED or abandoned RUNNING `pipeline` run,
-            or no checkpoint, or a damaged one.
-    """
-    run = config.run
-    if run.sweep:
-        raise SetupError("--resume continues one interrupted run; it cannot be combined with "
-                         "--sweep")
-    database = tracking.store_database(run.tracking_uri, run.store_dir)
-    if database is not None and not database.is_file():  # none is made there
-        raise SetupError(f"--resume {run.resume}: there is no MLflow store at {database}: pass "
-                         "the --store-dir or --tracking-uri the run logged to")
-    params, tags = tracking.interrupted_run(run.resume, run.tracking_uri, run.store_dir)
-    if tags.get("pipeline") != pipeline:
-        raise SetupError(f"--resume {run.resume}: that run is not a {pipeline} training run "
-                         f"(pipeline tag {tags.get('pipeline')!r})")
-    if not tags.get("checkpoint"):
-        raise SetupError(f"--resume {run.resume}: the run keeps no checkpoint (a multi-worker "
-                         "run keeps none; a run removes its own once trained): start it again")
-    defaults = type(config)().options()
-    located = {name: value for name, value in config.options().items()  # as given, if given
-               if name in LOCATIONS and value != defaults[name]}
-    # the run's folder in a --checkpoint-dir given (moved there), then the folder the run
-    # tagged, then its folder in the default checkpoint dir here (a project moved elsewhere)
-    here, tagged = checkpoint_path(run, run.resume), Path(tags["checkpoint"])
-    places = list(dict.fromkeys([here, tagged] if "checkpoint_dir" in located
-                                else [tagged, here]))
-    checkpoint = next((place for place in places if checkpoints.latest_checkpoint(place)),
-                      places[0])
-    latest = checkpoints.latest_checkpoint(checkpoint)
-    if latest is None:
-        raise SetupError(f"--resume {run.resume}: no checkpoint at "
-                         f"{' or '.join(map(str, places))} (the run stopped before its first "
-                         "epoch ended, or the folder was moved: pass --checkpoint-dir of where "
-                         "it is); start a new run")
-    damage = checkpoints.damage(latest)
-    if damage:
-        raise SetupError(f"--resume {run.resume}: its checkpoint {latest} is damaged "
-                         f"({damage}); start a new run")
-    resumed = config_from_params(type(config), params).replace(
-        tracking_uri=run.tracking_uri, store_dir=run.store_dir, resume=run.resume,
-        **located | {"checkpoint_dir": str(checkpoint.parent)})
-    logged = resumed.options()
-    ignored = config.changed_flags(defaults, names=[
-        name for name, value in config.options().items()
-        if value != logged[name] and name not in located])
-    if ignored:
-        log.warning("--resume %s takes every option from the run's logged parameters; not "
-                    "used: %s", run.resume, ", ".join(ignored))
-    return resumed
 
 
 def join_cluster(config: TaskConfig) -> TaskConfig:
@@ -230,12 +171,6 @@ def require_writable_dir(path: str | Path, purpose: str) -> None:
                          "choose another with its option or fix its permissions") from error
 
 
-def checkpoint_path(run: RunConfig, run_id: str) -> Path:
-    """Where a run's per-epoch training checkpoint lives: `<checkpoint_dir>/<run id>`
-    (absolute, so `--resume` finds it from any working directory)."""
-    return Path(run.checkpoint_dir).resolve() / run_id
-
-
 @dataclass
 class TrackedRun:
     """The open MLflow run of a task: what the pipeline logs its data, registration and result
@@ -259,7 +194,7 @@ class TrackedRun:
         (`join_cluster`) and so keeps none."""
         if self.config.run.strategy == distribute.MULTI_WORKER:
             return None
-        return checkpoint_path(self.config.run, self.run_id)
+        return checkpoints.run_folder(self.config.run.checkpoint_dir, self.run_id)
 
     def completed_epochs(self) -> int:
         """Epochs the interrupted run completed (0 for a new run)."""

@@ -20,7 +20,7 @@ from features.audio import (
     open_recording,
     pcm16_wav,
 )
-from pipelines.listening import resampled_blocks
+from features.audio_stream import resampled_blocks
 from tests.datasets import tone, write_wav
 
 SPEC = AudioSpec(16000, 1.0)

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import checkpoints, interrupts, lifecycle, sentiment, speech, tracking
 from pipelines.checkpoints import completed_epochs, latest_checkpoint
 from pipelines.errors import SetupError
+from pipelines.resume import resumed_config
 from pipelines.speech import SpeechConfig
 from tests import test_sentiment_pipeline
 from tests.processes import interrupt_when
@@ -179,12 +180,12 @@ def test_a_resume_takes_where_the_data_is_from_the_command_line_and_nothing_else
         tmp_path: Path, monkeypatch, caplog):
     """A run started with a relative --data-dir resumes from another folder given the data's
     place; what it trains with stays the run's (the data digest is checked as it is read)."""
-    caplog.set_level("WARNING", "pipelines.lifecycle")
+    caplog.set_level("WARNING", "pipelines.resume")
     store = str(tmp_path / "mlruns")
     run_id = stopped_run(tmp_path, data_dir="../data", cache_dir=".cache/x", units=8)
     monkeypatch.chdir(tmp_path)  # elsewhere than where it started
     caplog.clear()  # the interrupted run's own note
-    resumed = lifecycle.resumed_config(SpeechConfig.from_options(
+    resumed = resumed_config(SpeechConfig.from_options(
         resume=run_id, store_dir=store, data_dir=str(tmp_path / "data"), units=32), "speech")
     assert resumed.source.data_dir == str(tmp_path / "data")
     assert resumed.source.cache_dir == ".cache/x" and resumed.recurrent.units == 8  # the run's
@@ -204,23 +205,23 @@ def test_a_resume_finds_a_moved_checkpoint_and_refuses_a_damaged_one_or_none(
     (tmp_path / "ck").rename(project / ".cache" / "checkpoints")
     monkeypatch.chdir(project)
     resume = SpeechConfig.from_options(resume=run_id, store_dir=store)
-    assert lifecycle.resumed_config(resume, "speech").run.checkpoint_dir == str(
+    assert resumed_config(resume, "speech").run.checkpoint_dir == str(
         project / ".cache" / "checkpoints")
     moved = tmp_path / "moved"
     (project / ".cache" / "checkpoints").rename(moved)
     with pytest.raises(SetupError, match=f"no checkpoint at {tmp_path / 'ck' / run_id} or "
                        f"{project / '.cache' / 'checkpoints' / run_id} .* was moved: pass "
                        "--checkpoint-dir"):
-        lifecycle.resumed_config(resume, "speech")
-    caplog.set_level("WARNING", "pipelines.lifecycle")
+        resumed_config(resume, "speech")
+    caplog.set_level("WARNING", "pipelines.resume")
     caplog.clear()
-    resumed = lifecycle.resumed_config(SpeechConfig.from_options(
+    resumed = resumed_config(SpeechConfig.from_options(
         resume=run_id, store_dir=store, checkpoint_dir=str(moved)), "speech")
     assert resumed.run.checkpoint_dir == str(moved) and caplog.messages == []
     with pytest.raises(KeyboardInterrupt), lifecycle.tracked_run(resumed, "speech"):
         raise KeyboardInterrupt
     assert tracking.run_tags(run_id)["checkpoint"] == str(moved / run_id)
-    relative = lifecycle.resumed_config(SpeechConfig.from_options(  # as typed where it started
+    relative = resumed_config(SpeechConfig.from_options(  # as typed where it started
         resume=run_id, store_dir=store, checkpoint_dir="ck"), "speech")
     assert relative.run.checkpoint_dir == str(moved)  # not in ./ck here: where it is tagged
 
@@ -229,7 +230,7 @@ def test_a_resume_finds_a_moved_checkpoint_and_refuses_a_damaged_one_or_none(
     state = moved / run_id / "epoch-0000" / "state.json"
     state.write_text('{"stopper": {"best": 0.5}}')  # a best epoch, without its weights
     with pytest.raises(SetupError, match=r"is damaged \(FileNotFoundError: .*best.npz"):
-        lifecycle.resumed_config(SpeechConfig.from_options(
+        resumed_config(SpeechConfig.from_options(
             resume=run_id, store_dir=store, checkpoint_dir=str(moved)), "speech")
     state.write_text("{}")
     last = moved / run_id / "epoch-0000" / "last.keras"
@@ -238,16 +239,16 @@ def test_a_resume_finds_a_moved_checkpoint_and_refuses_a_damaged_one_or_none(
                                        checkpoint_dir=str(moved))
     with pytest.raises(SetupError, match=r"its checkpoint .*epoch-0000 is damaged \(last.keras: "
                        "config.json fails its CRC check"):
-        lifecycle.resumed_config(resume, "speech")
+        resumed_config(resume, "speech")
     last.write_bytes(last.read_bytes()[:20])
     with pytest.raises(SetupError, match=r"is damaged \(BadZipFile"):
-        lifecycle.resumed_config(resume, "speech")
+        resumed_config(resume, "speech")
     with pytest.raises(KeyboardInterrupt), tracking.open_run(  # as a multi-worker run is
             "speech-commands", tracking_uri=None, store_dir=store,
             tags={"pipeline": "speech"}) as untagged:
         raise KeyboardInterrupt
     with pytest.raises(SetupError, match="the run keeps no checkpoint \\(a multi-worker run"):
-        lifecycle.resumed_config(resume.replace(resume=untagged), "speech")
+        resumed_config(resume.replace(resume=untagged), "speech")
 
 
 def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir: Path,

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from features.audio import AudioDecodeError
+from features.audio_stream import read_ahead, resampled_blocks, windows
 from features.mfcc import MfccConfig
 from features.speech_commands import TWELVE_CLASS_LABELS
 from pipelines import speech, tracking
@@ -32,9 +33,6 @@ from pipelines.listening import (
     RecognizeCommands,
     detections,
     listen,
-    read_ahead,
-    resampled_blocks,
-    windows,
 )
 from pipelines.serving import SpeechPredictor
 from tests.datasets import write_wav
