@@ -20,7 +20,6 @@ from features.audio import (
     open_recording,
     pcm16_wav,
 )
-from features.audio_stream import resampled_blocks
 from tests.datasets import tone, write_wav
 
 SPEC = AudioSpec(16000, 1.0)
@@ -150,42 +149,6 @@ def test_decoding_into_a_row_gives_the_same_waveform(tmp_path: Path):
     with pytest.raises(AudioDecodeError, match="broken.wav"):
         decode_clip(broken, SPEC, out=rows[4])
     assert np.all(rows[4] == 7.0)  # a failed decode leaves the row as it was
-
-
-def read_standard_input(sent: bytes) -> np.ndarray:
-    """What `listen -` reads of `sent` through a pipe (within a pipe's buffer), joined."""
-    reader, writer = os.pipe()
-    os.write(writer, sent)
-    os.close(writer)
-    saved = os.dup(0)
-    try:
-        os.dup2(reader, 0)
-        return np.concatenate([np.zeros(0, np.float32),
-                               *resampled_blocks("-", 16000, 0.1)])
-    finally:
-        os.dup2(saved, 0)
-        os.close(saved)
-        os.close(reader)
-
-
-@pytest.mark.parametrize("suffix", ["ogg", "flac", "empty"])
-def test_a_pipe_carries_wav_or_ogg_and_names_what_it_cannot(suffix: str, tmp_path: Path):
-    """OGG streams through a pipe; FLAC (whose decoder needs to seek) and nothing at all are
-    not decodable, with what a pipe may carry."""
-    sent = b""
-    if suffix != "empty":
-        clip = (0.3 * np.sin(np.arange(16000) / 3.0)).astype(np.float32)
-        sent = write_wav(tmp_path / f"clip.{suffix}", clip,
-                         subtype="VORBIS" if suffix == "ogg" else "PCM_16").read_bytes()
-    if suffix == "ogg":
-        assert len(read_standard_input(sent)) == 16000
-        return
-    with pytest.raises(AudioDecodeError) as refused:
-        read_standard_input(sent)
-    assert str(refused.value).startswith("standard input: not decodable audio (")
-    assert str(refused.value).endswith("; a pipe carries WAV or OGG, not FLAC or MP3 (their "
-                                       "decoders seek): was the stream empty, or of another "
-                                       "format?")
 
 
 def test_mp3_or_flac_from_a_pipe_is_refused_when_opened(tmp_path: Path):

@@ -15,7 +15,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import keras
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 
 from features.audio import AudioDecodeError
-from features.audio_stream import read_ahead, resampled_blocks, windows
+from features.audio_stream import resampled_blocks
 from features.mfcc import MfccConfig
 from features.speech_commands import TWELVE_CLASS_LABELS
 from pipelines import speech, tracking
@@ -111,30 +110,6 @@ def test_without_a_silence_class_quiet_lets_a_word_be_heard_again():
         assert {t: h[0] for t, h in heard.items() if h} == expected
 
 
-def test_windows_of_a_stream_in_blocks_equal_windows_of_the_whole():
-    wave = np.arange(5 * RATE, dtype=np.float32)
-    blocks = np.split(wave, [7_000, 7_100, 30_000, 61_234])
-    ends, cut = zip(*windows(iter(blocks), RATE, 1600), strict=True)
-    ends, cut = np.concatenate(ends), np.concatenate(cut)
-    expected_ends = np.arange(RATE, 5 * RATE + 1, 1600)
-    np.testing.assert_array_equal(ends, expected_ends)
-    np.testing.assert_array_equal(cut, np.stack([wave[end - RATE:end] for end in ends]))
-    short = list(windows(iter([np.ones(4000, np.float32)]), RATE, 1600))
-    assert len(short) == 1 and short[0][1].shape == (1, RATE)
-    assert short[0][0].tolist() == [4000]  # its time: where the recording ends
-    assert short[0][1][0, :4000].sum() == 4000 and not short[0][1][0, 4000:].any()
-    # a hop longer than a window skips samples, across block boundaries too
-    wave = np.arange(10 * RATE, dtype=np.float32)
-    ends, cut = zip(*windows(iter(np.split(wave, [5 * RATE, 5 * RATE + 100])), RATE, 27_200),
-                    strict=True)
-    ends, cut = np.concatenate(ends), np.concatenate(cut)
-    np.testing.assert_array_equal(ends, np.arange(RATE, 10 * RATE + 1, 27_200))
-    np.testing.assert_array_equal(cut, np.stack([wave[end - RATE:end] for end in ends]))
-    # nothing at all (a recording resampled to no samples): one silent window, still scored
-    empty = list(windows(iter([np.zeros(0, np.float32)]), RATE, 1600))
-    assert len(empty) == 1 and not empty[0][1].any()
-
-
 def recorder_stream(wave: np.ndarray, rate: int) -> tuple[bytes, bytes]:
     """(header, samples) of 16-bit stereo WAV as a recorder writes it to a pipe: the header's
     sizes left unknown (0xFFFFFFFF), since the recording's length is not known yet."""
@@ -142,42 +117,6 @@ def recorder_stream(wave: np.ndarray, rate: int) -> tuple[bytes, bytes]:
     header = (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt " + struct.pack(
         "<IHHIIHH", 16, 1, 2, rate, 4 * rate, 4, 16) + b"data" + struct.pack("<I", 0xFFFFFFFF))
     return header, pcm.tobytes()
-
-
-def test_read_ahead_keeps_order_stays_within_its_limit_and_raises_a_read_error_last():
-    produced, closed = [], threading.Event()
-
-    def source():
-        try:
-            for index in range(10):
-                produced.append(index)
-                yield np.full(100, index, np.float32)
-            raise AudioDecodeError("cut.flac: not decodable audio (cut short)")
-        finally:
-            closed.set()
-
-    blocks = read_ahead(source(), limit=300)
-    first = next(blocks)  # the blocks read by then, joined
-    taken = len(first) // 100
-    # then three more wait (300 samples) and the next was read and waits for room
-    deadline = time.monotonic() + 10
-    while len(produced) < taken + 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)
-    assert len(produced) == taken + 4
-    got = [first]
-    with pytest.raises(AudioDecodeError, match="cut short"):
-        for block in blocks:
-            got.append(block)
-    samples = np.concatenate(got)
-    assert closed.wait(10) and produced == list(range(10))
-    np.testing.assert_array_equal(samples, np.repeat(np.arange(10, dtype=np.float32), 100))
-    # a reader that stops early stops the reading thread, which closes its source
-    closed.clear()
-    blocks = read_ahead(source(), limit=100)
-    next(blocks)
-    blocks.close()
-    assert closed.wait(10) and len(produced) < 10 + 10
 
 
 def test_a_named_pipe_is_heard_as_the_same_recording_in_a_file(tmp_path: Path, predictor):
