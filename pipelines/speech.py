@@ -8,14 +8,12 @@ every option, grouped by stage.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import io
 import logging
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -25,13 +23,11 @@ import soundfile
 from optuna.distributions import CategoricalDistribution as OneOf
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from features.audio import AudioDecodeError, audio_info
 from features.augment import AugmentConfig, ClipAugmenter
 from features.errors import (
     ConfigError,
     require_at_least,
     require_data_dir,
-    shown_name,
 )
 from features.input_pipelines import (
     AugmentedBatches,
@@ -45,13 +41,13 @@ from features.speech_data import (
     SpeechData,
     SpeechSourceConfig,
     background_noise,
-    evaluation_inputs,
     prepare_speech_data,
 )
 from models.cnn import build_tutorial_cnn
 from models.recurrent import FRONT_ENDS, RecurrentConfig, build_classifier
 from pipelines import (
     cli,
+    clip_inputs,
     distribute,
     evaluation,
     export,
@@ -61,7 +57,7 @@ from pipelines import (
     tracking,
     training,
 )
-from pipelines.config import TaskConfig, config_from_params
+from pipelines.config import TaskConfig
 from pipelines.interrupts import at_batch_end, exit_process
 from pipelines.lifecycle import RunConfig
 from pipelines.serving import SpeechPredictor
@@ -332,57 +328,17 @@ def summary_lines(result: dict) -> list[str]:
     ]
 
 
-def read_clips(parser: argparse.ArgumentParser, argv: list[str]
-               ) -> tuple[argparse.Namespace, cli.Inputs]:
-    """`predict FILE [FILE ...]`: the files' bytes; an unreadable file is failed by name, and
-    one longer than a default clip is named on stderr (a model labels its first clip's
-    length only)."""
-    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, ...)")
-    args = parser.parse_args(argv)
-    cli.require_file_names(parser, args.files)
-    clips, failed, clip_seconds = [], {}, MfccConfig().clip_seconds
-    for index, name in enumerate(args.files):
-        try:
-            clips.append(Path(name).read_bytes())
-        except OSError as error:
-            failed[index] = f"cannot read the file ({error.strerror})"
-            continue
-        with contextlib.suppress(AudioDecodeError):  # the model answers it with the reason
-            seconds = audio_info(clips[-1], name).duration
-            if seconds > clip_seconds + 0.05:
-                print(f"{shown_name(name)}: {seconds:.1f} s long: labelled by its first "
-                      f"clip's length ({clip_seconds:g} s by default; listen spots keywords in "
-                      "longer recordings)", file=sys.stderr)
-    return args, cli.Inputs(pd.DataFrame({"audio": clips}), list(args.files), failed)
-
-
-def read_labelled_clips(parser: argparse.ArgumentParser, argv: list[str]):
-    """`evaluate --data-dir DIR`: every clip of a test release, or a training layout's test
-    split composed as the model's training run composed it (its task, shares, silence
-    levels and --data-seed, read from the run's parameters; `--data-seed` to change the seed)."""
-    parser.add_argument("--data-seed", type=int,
-                        help="training layout: seed of the _unknown_/_silence_ composition "
-                             "(unset: the model's training run's)")
-    args = parser.parse_args(argv)
-    args.evaluated_uri, params = tracking.evaluated_model(
-        args.model_uri, args.tracking_uri, args.store_dir, SpeechPredictor.INPUT_COLUMNS)
-    trained = config_from_params(SpeechConfig, params)
-    splits = trained.splits if args.data_seed is None else replace(
-        trained.splits, data_seed=args.data_seed)
-    return args, evaluation_inputs(args.data_dir, splits, trained.features)
-
-
 COMMANDS = cli.TaskCommands(
     pipeline=PIPELINE,
     description="Train a bidirectional LSTM/GRU keyword classifier on Speech Commands and "
                 "track it in MLflow.",
     config=SpeechConfig, run=run, summary=summary_lines, dataset=DATASET,
     predict=cli.Command("FILE [FILE ...]", "Label audio files with a logged speech model "
-                        "(default: the champion).", read_clips),
+                        "(default: the champion).", clip_inputs.read_clips),
     evaluate=cli.Command(
         "--data-dir DIR", "Evaluate a logged speech model on a Speech Commands folder: the "
         "official test release (ten word folders, _silence_/, _unknown_/) or the training "
-        "layout (its test split).", read_labelled_clips),
+        "layout (its test split).", partial(clip_inputs.read_labelled_clips, SpeechConfig)),
     commands={"listen": listening.listen_command, "export": export.export_command},
 )
 
