@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import IntDistribution
 
 from pipelines import lifecycle, sentiment, speech, tracking
+from pipelines.errors import ConfigError
 from pipelines.sentiment import SentimentConfig
 from pipelines.speech import SpeechConfig
 from pipelines.sweep import run_sweep
@@ -109,6 +110,15 @@ def test_a_tfidf_sweep_searches_the_baselines_own_options(imdb_dir: Path, tmp_pa
     trials = client.search_runs(
         [experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len({run.data.params["logreg_c"] for run in trials}) == 3  # each trial its own C
+
+
+def test_a_tfidf_trial_whose_min_df_no_word_meets_fails_that_trial_only(imdb_dir: Path,
+                                                                        tmp_path: Path):
+    config = SentimentConfig.from_options(data_dir=str(imdb_dir), store_dir=str(
+        tmp_path / "mlruns"), sweep=1, validation_pct=25, model="tfidf-logreg")  # 30 reviews
+    with pytest.raises(ConfigError, match="all 1 trials failed; the last: no word n-gram is in "
+                       "--min-df 30 of the 30 training reviews"):
+        run_sweep(config, sentiment.run, {"min_df": IntDistribution(30, 30)}, "sentiment")
 
 
 @pytest.mark.parametrize(("config", "space"), [
