@@ -81,7 +81,7 @@ class ListenConfig:
 
     def __post_init__(self):
         values = {flag(option): getattr(self, option.name) for option in fields(self)}
-        if not all(math.isfinite(value) for value in values.values()):
+        if not all(isinstance(value, int) or math.isfinite(value) for value in values.values()):
             raise ValueError(", ".join(f"{name} {value:g}" for name, value in values.items())
                              + ": every setting must be a finite number")
         if self.stride_ms <= 0 or self.average_window_ms <= 0 or self.suppression_ms < 0:

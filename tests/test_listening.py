@@ -303,7 +303,8 @@ def test_standard_input_is_listened_to_once_and_only_from_a_pipe(
                            "Hz) averages at most 1 window(s)"),
     (["--hop-ms", "0.03"], "--hop-ms 0.03 is under one sample at 16000 Hz (one sample is "
                            "0.0625 ms)"),
-    (["--minimum-count", "1" + "0" * 400], "int too large to convert to float"),
+    (["--minimum-count", "1" + "0" * 400], "at most 6 window(s) spanning 500 ms; a detection "
+                                            f"needs 1{'0' * 400} (--minimum-count)"),
 ])
 def test_listen_refuses_settings_out_of_range(flags: list[str], message: str, tmp_path: Path,
                                               capsys):
