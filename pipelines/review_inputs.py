@@ -38,6 +38,7 @@ def read_texts(parser: argparse.ArgumentParser, argv: list[str]
     parser.add_argument("--file", action="append", default=[],
                         help="a UTF-8 file with one review per line (repeatable)")
     args = parser.parse_args(argv)
+    cli.require_file_names(parser, args.file)
     texts = argument_texts(args.texts) + [t for path in args.file for t in file_lines(path)]
     if not texts:
         parser.error("give reviews as arguments or --file")
@@ -105,7 +106,7 @@ def argument_text(text: str) -> str:
     """An argument as UTF-8 text: its bytes (which Python holds as surrogates where they are not
     UTF-8) decoded with replacement, as a file line's are."""
     try:
-        return os.fsencode(text).decode("utf-8", "replace")
+        return review_text(os.fsencode(text))  # as a review file's bytes are decoded
     except UnicodeEncodeError:  # a surrogate no command line gives (a caller's string)
         return review_text(text)
 

@@ -58,9 +58,11 @@ def test_a_file_name_in_bytes_that_are_not_utf8_is_printed_escaped(store: Path,
     assert capsys.readouterr().err.startswith(f"{tmp_path}/\\xfe.wav: not decodable audio")
 
 
-def test_usage_errors_name_an_empty_file_and_an_unknown_command(capsys):
+@pytest.mark.parametrize("argv", [["predict", ""], ["predict", "fine", "--file", ""]])
+def test_usage_errors_name_an_empty_file_and_an_unknown_command(argv: list[str], capsys):
+    main = speech.main if argv[1] == "" else sentiment.main
     with pytest.raises(SystemExit) as exit_info:
-        speech.main(["predict", ""])
+        main(argv)
     assert exit_info.value.code == 2 and "a FILE argument is empty ('')" in (
         capsys.readouterr().err)
     with pytest.raises(SystemExit) as exit_info:
