@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -117,9 +118,13 @@ def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path, monkeypa
                            "Error: .*Connection refused") as closed:
             tracking.check_tracking("postgresql+psycopg://ml:pa/ss@127.0.0.1:1/mlflow")
         assert "pa/ss" not in str(closed.value)
-        with pytest.raises(SetupError, match="^localhost:5000: MLflow has no tracking store "
-                           "for 'localhost:' URIs; give a server as http://HOST:PORT"):
-            tracking.check_tracking("localhost:5000")  # http:// left out
+        for address in ("localhost:5000", "127.0.0.1:5000", "[::1]:5000/"):  # http:// left out
+            with pytest.raises(SetupError, match=re.escape(
+                    f"{address}: a tracking server's URI starts with its scheme: http://{address}")):
+                tracking.check_tracking(address)
+        with pytest.raises(SetupError, match="^ftp://host/x: MLflow has no tracking store for "
+                           "'ftp:' URIs; give a server as http://HOST:PORT"):
+            tracking.check_tracking("ftp://host/x")
     finally:
         server.shutdown()
         thread.join()

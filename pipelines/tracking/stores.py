@@ -38,7 +38,9 @@ CREDENTIALS = re.compile(
     r"(?P<password>(?(database)[^@\s]{1,256}?|[^@/\s]+))@")
 QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:ssl)?password=)[^&\s]+", re.IGNORECASE)
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-FILE_STORE_NAMES = ("databricks", "databricks-uc", "uc")  # scheme-less URIs that are no path
+NAMED_STORES = ("databricks", "databricks-uc", "uc")  # URIs without "://" that are no path
+# a server's HOST:PORT typed without its scheme (`localhost:5000`, `127.0.0.1:5000/`)
+SCHEMELESS_SERVER = re.compile(r"(?:[\w.-]{2,}|\[[0-9a-fA-F:.]+\]):\d{1,5}/?")
 # the schemes MLflow has a tracking store for, besides files (plugins add theirs by entry point)
 TRACKING_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc", *DATABASE_ENGINES)
 
@@ -147,11 +149,7 @@ def store_lock(database: Path) -> Iterator[None]:
 def is_file_store(tracking_uri: str | None) -> bool:
     """Whether MLflow would take `tracking_uri` for a file store: a `file:` URI, or anything
     without a scheme (`/...`, `mlruns`, `sub/dir`, `C:/...`) but the names of Databricks'
-    stores.
-
-    Raises:
-        SetupError: `tracking_uri` is not a valid URI.
-    """
+    stores."""
     if not tracking_uri:
         return False
     try:
@@ -159,7 +157,7 @@ def is_file_store(tracking_uri: str | None) -> bool:
     except ValueError:  # a URI that does not parse (check_tracking names a server's)
         scheme = tracking_uri.partition("://")[0] if "://" in tracking_uri else ""
     return (scheme == "file" or len(scheme) == 1  # a Windows drive: a path too
-            or (scheme == "" and tracking_uri not in FILE_STORE_NAMES))
+            or (scheme == "" and tracking_uri not in NAMED_STORES))
 
 
 def server_uri_parts(uri: str):
@@ -210,23 +208,22 @@ def require_database(tracking_uri: str, timeout: float) -> None:
 
 
 def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
-    """Fails fast when an HTTP tracking server cannot be used, instead of MLflow's retries
-    (minutes), or its refusal, after the data and features were prepared.
-
-    The server must answer one request of its REST API (a search for one experiment) within
-    `timeout` seconds, sent as MLflow sends requests: with the URI's or MLflow's credential
-    variables and MLflow's TLS settings (MLFLOW_TRACKING_SERVER_CERT_PATH, ...). A server
-    that refuses this client (HTTP 401 or 403: credentials, or a host name the server's
-    `--allowed-hosts` does not list) is named with what to check.
+    """Fails fast when the tracking store cannot be used, instead of MLflow's retries
+    (minutes), or its refusal, after the data and features were prepared: an HTTP server must
+    answer (`require_server`), a PostgreSQL database accept a connection (`require_database`),
+    each within `timeout` seconds.
 
     A file store (a `file:` URI or a folder's path) is refused at once too: MLflow 3 refuses
     them unless MLFLOW_ALLOW_FILE_STORE=true.
 
     Raises:
-        SetupError: No connection, no answer in time, a refusal, or an answer that is not an
-            MLflow server's; a file store MLflow would refuse; a scheme MLflow has no store
-            for (`localhost:5000` without `http://`).
+        SetupError: A server or database that cannot be used; a server's address without
+            `http://` (`127.0.0.1:5000`); a file store MLflow would refuse; a scheme MLflow has
+            no store for.
     """
+    if tracking_uri and SCHEMELESS_SERVER.fullmatch(tracking_uri):  # MLflow: a path, a scheme
+        raise SetupError(f"{tracking_uri}: a tracking server's URI starts with its scheme: "
+                         f"http://{tracking_uri} (or https://)")
     if is_file_store(tracking_uri):
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
             raise SetupError(f"{redact(tracking_uri)} is a file store, which this MLflow "
@@ -234,7 +231,7 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
                              "migrate-filestore` moves a file store into one), or set "
                              "MLFLOW_ALLOW_FILE_STORE=true")
         return
-    if not tracking_uri or tracking_uri in FILE_STORE_NAMES:
+    if not tracking_uri:
         return
     scheme, _, driver = tracking_uri.partition(":")[0].lower().partition("+")  # postgresql+psycopg
     plugins = {entry.name for entry in entry_points(group="mlflow.tracking_store")}
@@ -244,8 +241,21 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
                          "as sqlite:///PATH, postgresql://..., mysql://...")
     if scheme == "postgresql" and driver in ("", "psycopg", "psycopg2"):  # connect_timeout
         require_database(tracking_uri, timeout)
-    if scheme not in ("http", "https"):
-        return
+    if scheme in ("http", "https"):
+        require_server(tracking_uri, timeout)
+
+
+def require_server(tracking_uri: str, timeout: float) -> None:
+    """Sends an MLflow tracking server one request of its REST API (a search for one
+    experiment), as MLflow sends requests: with the URI's or MLflow's credential variables and
+    MLflow's TLS settings (MLFLOW_TRACKING_SERVER_CERT_PATH, ...). A server that refuses this
+    client (HTTP 401 or 403: credentials, or a host name the server's `--allowed-hosts` does
+    not list) is named with what to check.
+
+    Raises:
+        SetupError: No connection, no answer within `timeout` seconds, a refusal, or an answer
+            that is not an MLflow server's.
+    """
     shown = redact(tracking_uri)
     parts = server_uri_parts(tracking_uri)
     creds = get_default_host_creds(urlunsplit(parts._replace(
