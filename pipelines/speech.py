@@ -175,9 +175,19 @@ def run(config: SpeechConfig) -> dict:
 
 
 def prepare_run(config: SpeechConfig) -> SpeechConfig:
-    """The run's checks before any data work (`lifecycle.prepare_run`), the feature geometry,
-    and a data folder that exists."""
+    """The run's checks before any data work (`lifecycle.prepare_run`), the feature geometry
+    (of a new run: a resumed one goes on as it was let start), and a data folder that exists."""
     config = lifecycle.prepare_run(config, PIPELINE)
+    if not config.run.resume:
+        require_trainable(config)
+    if config.source.source == "folder":
+        require_data_dir(config.source.data_dir, SPEECH_COMMANDS_ENV, "Speech Commands")
+    return config
+
+
+def require_trainable(config: SpeechConfig) -> None:
+    """Raises ConfigError for features a model cannot learn from (`require_informative`), a
+    time shift longer than the clip, or too few frames for the conv front end's pooling."""
     config.features.require_informative()
     if config.augment.time_shift_ms > 1000 * config.features.clip_seconds:
         raise ConfigError(f"time_shift_ms={config.augment.time_shift_ms:g} would shift a clip "
@@ -188,9 +198,6 @@ def prepare_run(config: SpeechConfig) -> SpeechConfig:
         raise ConfigError(f"the conv front end pools frames in pairs: a clip must give at "
                           f"least 2 frames, not {frames} (--window-ms, --hop-ms, "
                           "--clip-seconds; or --front-end none)")
-    if config.source.source == "folder":
-        require_data_dir(config.source.data_dir, SPEECH_COMMANDS_ENV, "Speech Commands")
-    return config
 
 
 def build_model(config: SpeechConfig, num_classes: int, mean: np.ndarray,

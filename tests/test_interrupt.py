@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import checkpoints, interrupts, lifecycle, sentiment, speech, tracking
 from pipelines.checkpoints import completed_epochs, latest_checkpoint
-from pipelines.errors import SetupError
+from pipelines.errors import ConfigError, SetupError
 from pipelines.resume import resumed_config
 from pipelines.speech import SpeechConfig
 from tests import test_sentiment_pipeline
@@ -191,6 +191,18 @@ def test_a_resume_takes_where_the_data_is_from_the_command_line_and_nothing_else
     assert resumed.source.cache_dir == ".cache/x" and resumed.recurrent.units == 8  # the run's
     assert caplog.messages == [f"--resume {run_id} takes every option from the run's logged "
                                "parameters; not used: --units 32"]
+
+
+def test_a_run_started_with_settings_now_refused_for_new_runs_still_resumes(tmp_path: Path):
+    """The checks of a new run's features and augmentation are not made again on resume: the
+    run trains on as it was let start (its checkpoint was made with them)."""
+    run_id = stopped_run(tmp_path, time_shift_ms=1500, sample_rate=8000)
+    (tmp_path / "data").mkdir()
+    places = {"store_dir": str(tmp_path / "mlruns"), "data_dir": str(tmp_path / "data")}
+    with pytest.raises(ConfigError, match="fmax"):  # 8 kHz: mel bands over 4 kHz hold nothing
+        speech.prepare_run(SpeechConfig.from_options(**places, sample_rate=8000))
+    resumed = speech.prepare_run(SpeechConfig.from_options(**places, resume=run_id))
+    assert (resumed.features.sample_rate, resumed.augment.time_shift_ms) == (8000, 1500)
 
 
 def test_a_resume_finds_a_moved_checkpoint_and_refuses_a_damaged_one_or_none(
