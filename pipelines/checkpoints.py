@@ -234,20 +234,19 @@ def load_checkpoint(directory: str | Path) -> CheckpointState:
     if checkpoint is None:
         raise FileNotFoundError(f"no training checkpoint in {directory} ({CHECKPOINT_PREFIX}"
                                 "NNNN/ folders are written after each completed epoch)")
-    try:
+    try:  # what is read from disk; what it is made into is not a damaged checkpoint's error
         state = read_state(checkpoint)
+        stopper = {name: state["stopper"][name] for name in ("wait", "best", "best_epoch")}
+        epoch, history = state["epoch"], state["history"]
         best_weights = None
         if (checkpoint / "best.npz").is_file():
             with np.load(checkpoint / "best.npz") as saved:
                 best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-        stopper = state["stopper"]
-        return CheckpointState(
-            keras.saving.load_model(checkpoint / "last.keras"), state["epoch"],
-            state["history"],
-            StopperState(stopper["wait"], stopper["best"], stopper["best_epoch"], best_weights),
-            state.get("stopped", False),
-            weight_averaging.load_state(checkpoint, state.get("average")),
-            state.get("seconds", 0.0))
+        model = keras.saving.load_model(checkpoint / "last.keras")
+        average = weight_averaging.load_state(checkpoint, state.get("average"))
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
         raise SetupError(f"the checkpoint {checkpoint} cannot be loaded ({type(error).__name__}:"
                          f" {error}); start a new run") from error
+    return CheckpointState(model, epoch, history,
+                           StopperState(**stopper, best_weights=best_weights),
+                           state.get("stopped", False), average, state.get("seconds", 0.0))
