@@ -131,13 +131,17 @@ def check_samples(samples: np.ndarray, label: str) -> np.ndarray:
     Raises:
         AudioDecodeError: NaN/Inf or absurdly large samples; the message names `label`.
     """
+    if not bad_samples(samples).any():
+        return samples
     if not np.isfinite(samples).all():
         raise AudioDecodeError(f"{label}: holds NaN/Inf samples")
-    peak = float(np.abs(samples).max(initial=0.0))
-    if peak > MAX_SAMPLE_MAGNITUDE:
-        raise AudioDecodeError(f"{label}: samples reach {peak:.3g}, beyond "
-                               f"+/-{MAX_SAMPLE_MAGNITUDE:.0e} (full scale is 1.0)")
-    return samples
+    raise AudioDecodeError(f"{label}: samples reach {float(np.abs(samples).max()):.3g}, beyond "
+                           f"+/-{MAX_SAMPLE_MAGNITUDE:.0e} (full scale is 1.0)")
+
+
+def bad_samples(samples: np.ndarray) -> np.ndarray:
+    """Where `samples` are NaN/Inf or beyond +/-MAX_SAMPLE_MAGNITUDE (a boolean mask)."""
+    return ~np.isfinite(samples) | (np.abs(samples) > MAX_SAMPLE_MAGNITUDE)
 
 
 def source_label(source: str | Path | bytes, name: str | None) -> str:
@@ -202,7 +206,7 @@ def open_recording(source: str | Path | None, label: str) -> soundfile.SoundFile
 
 def usable_samples(samples: np.ndarray) -> int:
     """How many of `samples` come before the first that `check_samples` refuses."""
-    bad = ~np.isfinite(samples) | (np.abs(samples) > MAX_SAMPLE_MAGNITUDE)
+    bad = bad_samples(samples)
     return int(np.argmax(bad)) if bad.any() else len(samples)
 
 
