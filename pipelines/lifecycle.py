@@ -28,7 +28,6 @@ from pipelines.errors import SetupError
 
 log = logging.getLogger(__name__)
 
-MAX_EXPERIMENT_NAME = 500  # characters, MLflow's limit
 
 # the tasks' reference models (TensorFlow's tutorial CNN, the TF-IDF baseline): registered
 # only where they become champion, so that they never crowd the registry
@@ -72,13 +71,13 @@ class RunConfig:
 
     def __post_init__(self):
         require_at_least(self, {"sweep": 0})
-        if self.register and (not self.registered_model.strip()
-                              or any(c in self.registered_model for c in "/:")):
-            raise ConfigError(f"registered_model {self.registered_model!r}: MLflow model names "
-                              "are not blank and hold no '/' or ':'")
-        if not self.experiment or len(self.experiment) > MAX_EXPERIMENT_NAME:
-            raise ConfigError(f"experiment {self.experiment[:40]!r}: MLflow experiment names "
-                              f"are 1 to {MAX_EXPERIMENT_NAME} characters")
+        refused = tracking.name_refusal(experiment=self.experiment)
+        if refused:
+            raise ConfigError(f"experiment {self.experiment[:40]!r}: {refused}")
+        if self.register:
+            refused = tracking.name_refusal(registered_model=self.registered_model)
+            if refused:
+                raise ConfigError(f"registered_model {self.registered_model[:40]!r}: {refused}")
 
     def writable_folders(self) -> dict[str, str]:
         return {"checkpoint folder": self.checkpoint_dir}

@@ -197,9 +197,10 @@ def test_unknown_option_names_and_values_fail_loudly():
     (speech, ["--time-shift-ms", "1e308"], "time_shift_ms=1e+308 would shift a clip out of "
      "its 1000 ms"),
     (speech, ["--learning-rate", "1e39"], "learning_rate must be at most 3.4e+38 (float32)"),
-    (speech, ["--registered-model", "team/speech"], "registered_model 'team/speech': MLflow"),
-    (speech, ["--registered-model", " "], "registered_model ' ': MLflow"),
-    (speech, ["--experiment", ""], "experiment '': MLflow"),
+    (speech, ["--registered-model", "team/speech"], "registered_model 'team/speech': Invalid "
+                                                    "model name"),
+    (speech, ["--registered-model", " "], "registered_model ' ': Missing value"),
+    (speech, ["--experiment", ""], "experiment '': Invalid experiment name"),
 ])
 def test_options_out_of_range_are_usage_errors_before_any_run(task, flags, message,
                                                               tmp_path: Path, capsys):
@@ -335,6 +336,13 @@ def test_tensorflows_log_lines_pass_once_through_the_commands_handlers(tmp_path:
 
 
 def test_a_model_name_is_checked_only_where_it_is_registered():
-    with pytest.raises(ValueError, match="MLflow model names are not blank"):
+    """By MLflow's own rules, before any work (MLflow's store would refuse them after it)."""
+    with pytest.raises(ValueError, match="Names cannot contain ./. or .:."):
         SpeechConfig.from_options(registered_model="team/speech")
+    with pytest.raises(ValueError, match="^registered_model '..': .* must not resolve to other "
+                       "names"):
+        SpeechConfig.from_options(registered_model="..")
+    with pytest.raises(ValueError, match="^experiment 'xxxx.*': 'name' exceeds the maximum "
+                       "length of 500 characters"):
+        SpeechConfig.from_options(experiment="x" * 501)
     assert SpeechConfig.from_options(register=False, registered_model="team/speech").run

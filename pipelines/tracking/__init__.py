@@ -35,6 +35,7 @@ from pipelines.tracking.runs import (
     log_params,
     log_table,
     log_text,
+    name_refusal,
     open_run,
     open_run_id,
     run_metrics,
@@ -72,7 +73,7 @@ __all__ = [
     "link_evaluation", "load_predictor", "load_served_model", "local_store_uri", "log_artifacts",
     "log_dataset", "log_dict", "log_figure", "log_metrics", "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
-    "model_labels", "model_run_files", "model_version_of", "open_run", "open_run_id", "redact",
-    "register_and_promote", "registered_model_uri", "run_metrics", "run_params", "run_tags",
-    "set_description", "set_tags", "store_database",
+    "model_labels", "model_run_files", "model_version_of", "name_refusal", "open_run",
+    "open_run_id", "redact", "register_and_promote", "registered_model_uri", "run_metrics",
+    "run_params", "run_tags", "set_description", "set_tags", "store_database",
 ]

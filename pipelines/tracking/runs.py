@@ -16,6 +16,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import _validate_experiment_name, _validate_model_name
 
 from pipelines.errors import SetupError
 from pipelines.tracking import leases
@@ -320,3 +321,17 @@ def log_table(table, path: str) -> None:
 
 def log_text(text: str, path: str) -> None:
     mlflow.log_text(text, path)
+
+
+def name_refusal(*, experiment: str | None = None, registered_model: str | None = None
+                 ) -> str | None:
+    """Why MLflow would refuse an experiment or registered-model name (its own rules, the
+    validators its stores run), or None: checked before a run does any work."""
+    try:
+        if experiment is not None:
+            _validate_experiment_name(experiment)
+        if registered_model is not None:
+            _validate_model_name(registered_model)
+    except MlflowException as error:
+        return error.message
+    return None
