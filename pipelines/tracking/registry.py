@@ -214,8 +214,10 @@ def register_and_promote(
     earlier = registered_by(client, name, run_id)
     if earlier is not None and earlier.tags.get(PROMOTION_STATE) == DECIDED:
         return decided_promotion(client, earlier)
-    number = queued_version(client, name, run_id, earlier, model_uri, metrics | {
-        "test_data_digest": test_digest, "data_digest": data_digest})
+    number = queued_version(client, name, run_id, earlier, model_uri, tags={
+        key: repr(float(value)) for key, value in metrics.items()
+        if key in ("test_accuracy", "test_macro_f1", "test_roc_auc")
+    } | {"test_data_digest": test_digest, "data_digest": data_digest})
     kept, state = True, INTERRUPTED
     try:
         take_turn(client, name, int(number))
@@ -251,10 +253,10 @@ def register_and_promote(
 
 
 def queued_version(client: MlflowClient, name: str, run_id: str, earlier: Any | None,
-                   model_uri: str, facts: Mapping[str, Any]) -> str:
+                   model_uri: str, tags: Mapping[str, str]) -> str:
     """The number of run `run_id`'s version of `name`, pending its decision: `earlier`, the
     version it registered before it was stopped, queued again; else `model_uri` registered
-    anew, tagged with its test metrics and data digests (`facts`)."""
+    anew with `tags` (its test metrics and data digests)."""
     if earlier is not None:  # registered, then stopped before its decision: decide it now
         number = str(earlier.version)
         log.info("run %s already registered %s v%s; deciding its promotion", run_id, name,
@@ -262,11 +264,8 @@ def queued_version(client: MlflowClient, name: str, run_id: str, earlier: Any | 
         # in the queue again: later versions wait for its decision
         client.set_model_version_tag(name, number, PROMOTION_STATE, PENDING)
         return number
-    tags = {key: repr(float(value)) for key, value in facts.items() if key in
-            ("test_accuracy", "test_macro_f1", "test_roc_auc")}
-    tags.update(test_data_digest=facts["test_data_digest"], data_digest=facts["data_digest"])
-    version = mlflow.register_model(model_uri, name, tags=tags | {
-        PROMOTION_STATE: PENDING, REGISTERED_BY: run_id})
+    version = mlflow.register_model(model_uri, name, tags={
+        **tags, PROMOTION_STATE: PENDING, REGISTERED_BY: run_id})
     return str(version.version)
 
 
