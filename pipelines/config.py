@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import types
 import typing
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from pipelines.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,20 @@ class TaskConfig:
         fields = self.option_fields()
         return [f"{fields[name].flag} {value}" for name, value in self.options().items()
                 if (wanted is None or name in wanted) and value != reference[name]]
+
+    def stage_options(self, *stages: str) -> list[str]:
+        """The names of the options of `stages` (stage field names: "recurrent")."""
+        return [name for name, option in self.option_fields().items() if option.stage in stages]
+
+    def warn_unused(self, unused: Mapping[str, Iterable[str]]) -> None:
+        """Logs a warning for each reason (`--model tfidf-logreg`) -> the options it leaves
+        without effect, naming those given other than their defaults (`--units 32`): a flag
+        typed in vain is named, not dropped in silence."""
+        defaults = type(self)().options()
+        for reason, names in unused.items():
+            flags = self.changed_flags(defaults, names)
+            if flags:
+                log.warning("%s: not used: %s", reason, ", ".join(flags))
 
     def writable_folders(self) -> dict[str, str]:
         """What each folder a run writes (besides the MLflow store) is for -> its path, from

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow.entities.model_registry import ModelVersion
 
-from pipelines import cli, review_inputs, sentiment, speech, training
+from pipelines import cli, review_inputs, sentiment, speech, tracking, training
 from pipelines.config import config_from_params
 from pipelines.descriptions import evaluation_run_name, run_description, run_name
 from pipelines.errors import DataError
@@ -346,3 +346,25 @@ def test_a_model_name_is_checked_only_where_it_is_registered():
                        "length of 500 characters"):
         SpeechConfig.from_options(experiment="x" * 501)
     assert SpeechConfig.from_options(register=False, registered_model="team/speech").run
+
+
+def test_options_the_model_task_or_source_leaves_without_effect_are_named(tmp_path: Path,
+                                                                          caplog):
+    """Warned once, before any work, for a run (a sweep's trials, inside its run, are not)."""
+    caplog.set_level("WARNING", "pipelines.config")
+    places = {"store_dir": str(tmp_path / "mlruns"), "data_dir": str(tmp_path),
+              "checkpoint_dir": str(tmp_path / "ck")}
+    cnn = SpeechConfig.from_options(**places, cache_dir=str(tmp_path), model="tutorial-cnn", units=32, task="all-words",
+                                    silence_pct=5, learning_rate=0.01)
+    speech.prepare_run(cnn)
+    sentiment.prepare_run(SentimentConfig.from_options(
+        **places, model="tfidf-logreg", units=32, seed=3, min_df=2), None)
+    sentiment.prepare_run(SentimentConfig.from_options(**places, min_df=3, units=32), None)
+    assert caplog.messages == ["--model tutorial-cnn: not used: --units 32",
+                               "--task all-words: not used: --silence-pct 5",
+                               "--model tfidf-logreg: not used: --units 32",
+                               "--model recurrent: not used: --min-df 3"]
+    caplog.clear()
+    with tracking.open_run("speech-commands", tracking_uri=None, store_dir=places["store_dir"]):
+        speech.prepare_run(cnn)
+    assert caplog.messages == []
