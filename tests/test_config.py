@@ -354,8 +354,9 @@ def test_options_the_model_task_or_source_leaves_without_effect_are_named(tmp_pa
     caplog.set_level("WARNING", "pipelines.config")
     places = {"store_dir": str(tmp_path / "mlruns"), "data_dir": str(tmp_path),
               "checkpoint_dir": str(tmp_path / "ck")}
-    cnn = SpeechConfig.from_options(**places, cache_dir=str(tmp_path), model="tutorial-cnn", units=32, task="all-words",
-                                    silence_pct=5, learning_rate=0.01)
+    cnn = SpeechConfig.from_options(**places, cache_dir=str(tmp_path), model="tutorial-cnn",
+                                    units=32, task="all-words", silence_pct=5,
+                                    learning_rate=0.01)
     speech.prepare_run(cnn)
     sentiment.prepare_run(SentimentConfig.from_options(
         **places, model="tfidf-logreg", units=32, seed=3, min_df=2), None)
