@@ -78,10 +78,14 @@ class MfccConfig:
             raise ConfigError(f"fmax={self.fmax:g} Hz is above half the sample rate "
                               f"({self.sample_rate / 2:g} Hz at sample_rate={self.sample_rate}):"
                               " no audio holds frequencies there")
-        empty = empty_mel_bands(self)
+        bins = self.win_length // 2 + 1
+        # each frequency bin lies inside at most two (neighbouring) triangular filters: past
+        # twice the bins, some band holds none, and the filterbank is not built (its size)
+        empty = self.n_mels - 2 * bins if self.n_mels > 2 * bins else empty_mel_bands(self)
         if empty:
             raise ConfigError(
-                f"{empty} of the n_mels={self.n_mels} mel bands between fmin={self.fmin:g} and "
+                f"{'at least ' if self.n_mels > 2 * bins else ''}{empty} of the "
+                f"n_mels={self.n_mels} mel bands between fmin={self.fmin:g} and "
                 f"fmax={self.fmax:g} Hz hold no frequency of a {self.win_length}-sample window"
                 " (window_ms): use fewer mel bands, a wider range or a longer window")
 
