@@ -44,7 +44,7 @@ def test_uninformative_mel_bands_are_refused_for_training_only():
             loaded.require_informative()
     MfccConfig(sample_rate=8000, fmax=4000).require_informative()
     # more bands than twice the window's bins: refused without building the filterbank
-    # (10**8 bands of 241 bins would take 193 GB)
+    # (10**8 bands of 241 float32 bins would take 96 GB)
     with pytest.raises(ValueError, match="at least 99999518 of the n_mels=100000000 mel bands"):
         MfccConfig(n_mels=10**8).require_informative()
 
