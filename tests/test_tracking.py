@@ -23,18 +23,21 @@ from pipelines.errors import ModelError, SetupError
 from pipelines.tracking import leases, registry
 
 
-def log_tiny_model(folder: Path) -> str:
-    """Logs a TF-IDF baseline fitted on four reviews; returns its model URI."""
+def log_tiny_model(folder: Path, labels: tuple[str, ...] = ("neg", "pos")) -> str:
+    """Logs a TF-IDF baseline fitted on four reviews (a fifth of a third label, if given);
+    returns its model URI."""
     classifier = build_tfidf_logreg(TfidfConfig(min_df=1), seed=0).fit(
-        ["good fun", "great film", "bad plot", "awful acting"], [1, 1, 0, 0])
+        ["good fun", "great film", "bad plot", "awful acting", "so so"][:len(labels) + 2],
+        [1, 1, 0, 0, 2][:len(labels) + 2])
     folder.mkdir(parents=True, exist_ok=True)
     joblib.dump(classifier, folder / "classifier.joblib")
-    return tracking.log_text_classifier(folder / "classifier.joblib", ("neg", "pos"))
+    return tracking.log_text_classifier(folder / "classifier.joblib", labels)
 
 
-def finish_run(store: Path, accuracy: float, test_digest: str = "digest-a") -> tracking.Promotion:
+def finish_run(store: Path, accuracy: float, test_digest: str = "digest-a",
+               labels: tuple[str, ...] = ("neg", "pos")) -> tracking.Promotion:
     with tracking.open_run("exp", tracking_uri=None, store_dir=store):
-        uri = log_tiny_model(store.parent / "model")
+        uri = log_tiny_model(store.parent / "model", labels)
         return tracking.register_and_promote(
             uri, "model-x", metrics={"test_accuracy": accuracy, "test_macro_f1": accuracy},
             test_digest=test_digest, data_digest="all-" + test_digest,
@@ -74,6 +77,11 @@ def test_champion_rule(tmp_path: Path):
 
     other_data = finish_run(store, 0.99, test_digest="digest-b")
     assert not other_data.promoted and "different test data" in other_data.reason
+    # the same test data, other classes (a test split without _unknown_ examples is the same
+    # for a model with that class and one without)
+    other_classes = finish_run(store, 0.99, labels=("neg", "pos", "mixed"))
+    assert not other_classes.promoted and other_classes.reason.startswith(
+        "champion v2 has other classes (this model adds mixed); not comparable")
     assert champion_version(store) == "2"
     client = MlflowClient()  # registered, not promoted, and the run says why
     unpromoted = client.get_model_version("model-x", other_data.version)

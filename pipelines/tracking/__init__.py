@@ -17,6 +17,7 @@ from pipelines.tracking.registry import (
     champion_decision,
     current_champion,
     link_evaluation,
+    model_labels,
     model_version_of,
     register_and_promote,
     registered_model_uri,
@@ -54,7 +55,6 @@ from pipelines.tracking.served_models import (
     log_speech_classifier,
     log_text_classifier,
     log_to_run,
-    model_labels,
     model_run_files,
 )
 from pipelines.tracking.stores import (

@@ -32,9 +32,12 @@ class Promotion:
 
 
 def champion_decision(
-    candidate_accuracy: float, test_digest: str, champion: Any | None
+    candidate_accuracy: float, test_digest: str, champion: Any | None,
+    classes: tuple[str, ...], champion_classes: tuple[str, ...]
 ) -> tuple[bool, str]:
-    """The champion rule: promote only on strictly better test accuracy on the same test data.
+    """The champion rule: promote only on strictly better test accuracy on the same test data,
+    between models of the same classes (a test split without `_unknown_` examples is the same
+    data for a model with that class and one without).
 
     The champion's accuracy is its version's `test_accuracy` tag, which holds the exact value
     (`repr`) or one of six decimals. The candidate is compared at the
@@ -49,6 +52,12 @@ def champion_decision(
             f"champion v{champion.version} was evaluated on different test data "
             f"(digest {champion_digest} vs {test_digest}); not comparable"
         )
+    if classes != champion_classes:
+        return False, (
+            f"champion v{champion.version} has other classes "
+            f"({class_difference(champion_classes, classes)}); not comparable: register this "
+            "model under a --registered-model of its own to keep a champion of its classes"
+        )
     recorded = champion.tags.get("test_accuracy", "nan")
     champion_accuracy = float(recorded)
     candidate = at_recorded_precision(candidate_accuracy, recorded)
@@ -62,6 +71,24 @@ def champion_decision(
         f"test accuracy {candidate_accuracy:.4f} {verb} champion v{champion.version}'s "
         f"{champion_accuracy:.4f}"
     )
+
+
+def class_difference(champion: tuple[str, ...], candidate: tuple[str, ...]) -> str:
+    """How the candidate's classes differ from the champion's, in a few words."""
+    missing = [label for label in champion if label not in candidate]
+    extra = [label for label in candidate if label not in champion]
+    parts = [f"{what} {', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''}"
+             for what, labels in (("this model lacks", missing), ("this model adds", extra))
+             if labels]
+    return "; ".join(parts) or "in another order"
+
+
+def model_labels(model_uri: str) -> tuple[str, ...]:
+    """A logged classifier's class names, in output order (its signature's
+    `probability_<label>` outputs)."""
+    outputs = mlflow.models.get_model_info(model_uri).signature.outputs.input_names()
+    return tuple(name.removeprefix("probability_") for name in outputs
+                 if name.startswith("probability_"))
 
 
 def at_recorded_precision(value: float, recorded: str) -> float:
@@ -226,8 +253,9 @@ def register_and_promote(
             # a resumed decision whose first process set the alias, then stopped
             promoted, reason = True, "champion already: its alias was set before the run stopped"
         else:
-            promoted, reason = champion_decision(metrics["test_accuracy"], test_digest,
-                                                 champion)
+            promoted, reason = champion_decision(
+                metrics["test_accuracy"], test_digest, champion, model_labels(model_uri),
+                model_labels(f"models:/{name}/{champion.version}") if champion else ())
         if only_if_champion and not promoted:
             client.delete_model_version(name, number)
             kept = False

@@ -173,14 +173,6 @@ def log_model_metrics(model_uri: str, metrics: Mapping[str, float]) -> None:
                        model_id=model_id)
 
 
-def model_labels(model_uri: str) -> tuple[str, ...]:
-    """A logged classifier's class names, in output order (its signature's
-    `probability_<label>` outputs)."""
-    outputs = mlflow.models.get_model_info(model_uri).signature.outputs.input_names()
-    return tuple(name.removeprefix("probability_") for name in outputs
-                 if name.startswith("probability_"))
-
-
 def model_run_files(model_uri: str, artifact_path: str) -> tuple[str, set[str]]:
     """The id of the run that logged `model_uri`, and the names of the files it holds under
     `artifact_path`."""
