@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,9 +239,12 @@ def background_noise(source: SpeechSourceConfig, sample_rate: int) -> list[np.nd
     return recordings
 
 
-def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> LabelledInputs:
-    """Labelled model inputs from a test-release folder (every clip, labelled by its folder) or
-    a training-layout folder (its test split, composed as training composes it).
+def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig,
+                      classes: Sequence[str]) -> LabelledInputs:
+    """Labelled model inputs from a test-release folder (every clip of the model's `classes`,
+    labelled by its folder; the folders of classes a model lacks, such as `_unknown_` for one
+    trained with `--unknown-pct 0`, left out and named in the layout) or a training-layout
+    folder (its test split, composed as training composes it).
 
     Clips go in as file bytes; `_silence_` windows cut from the noise recordings go in as
     waveforms.
@@ -247,6 +252,15 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig) -> L
     root = Path(data_dir)
     if is_test_release(root):
         examples, layout = test_release_examples(root), "test release (one folder per class)"
+        left_out = Counter(e.label for e in examples if e.label not in classes)
+        if left_out:
+            examples = [example for example in examples if example.label in classes]
+            layout = (f"test release (one folder per class) without "
+                      f"{', '.join(f'{label}/' for label in sorted(left_out))} "
+                      f"({sum(left_out.values())} clips), which the model does not classify")
+            if not examples:
+                raise DataError(f"{root}: no clip of the model's classes "
+                                f"({', '.join(classes)}) in its class folders")
         digest = None  # of the bytes read below
     else:
         data = load_speech_commands(root, splits, mfcc.audio)

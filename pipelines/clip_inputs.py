@@ -48,10 +48,10 @@ def read_clips(parser: argparse.ArgumentParser, argv: list[str]
 
 def read_labelled_clips(config: type[TaskConfig], parser: argparse.ArgumentParser,
                         argv: list[str]) -> tuple[argparse.Namespace, LabelledInputs]:
-    """`evaluate --data-dir DIR`: every clip of a test release, or a training layout's test
-    split composed as the model's training run composed it (its task, shares, silence
-    levels and --data-seed, read from the run's parameters as a `config`; `--data-seed` to
-    change the seed)."""
+    """`evaluate --data-dir DIR`: every clip of a test release (of the model's classes), or a
+    training layout's test split composed as the model's training run composed it (its task,
+    shares, silence levels and --data-seed, read from the run's parameters as a `config`;
+    `--data-seed` to change the seed)."""
     parser.add_argument("--data-seed", type=int,
                         help="training layout: seed of the _unknown_/_silence_ composition "
                              "(unset: the model's training run's)")
@@ -61,4 +61,5 @@ def read_labelled_clips(config: type[TaskConfig], parser: argparse.ArgumentParse
     trained = config_from_params(config, params)
     splits = trained.splits if args.data_seed is None else replace(
         trained.splits, data_seed=args.data_seed)
-    return args, evaluation_inputs(args.data_dir, splits, trained.features)
+    return args, evaluation_inputs(args.data_dir, splits, trained.features,
+                                   tracking.model_labels(args.evaluated_uri))

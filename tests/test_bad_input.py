@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from features.audio import AudioDecodeError, AudioSpec, decode_clip
 from features.mfcc import MfccConfig, feature_shape, mfcc_frames
-from features.speech_commands import Example, SplitConfig
+from features.speech_commands import TWELVE_CLASS_LABELS, Example, SplitConfig
 from features.speech_data import evaluation_inputs
 from features.speech_features import compute_features
 from features.text import (
@@ -182,7 +182,7 @@ def test_evaluation_names_a_noise_recording_its_silence_windows_cannot_be_cut_fr
     root = make_speech_commands(tmp_path / "speech_commands")
     noise = root / "_background_noise_" / "white_noise.wav"
     soundfile.write(noise, np.full(3 * 16000, np.nan, np.float32), 16000, subtype="FLOAT")
-    inputs = evaluation_inputs(str(root), SplitConfig(), MfccConfig())
+    inputs = evaluation_inputs(str(root), SplitConfig(), MfccConfig(), TWELVE_CLASS_LABELS)
     silence = [i for i, name in enumerate(inputs.names) if "@" in name]
     assert silence and sorted(inputs.failed) == silence
     assert all(inputs.failed[i] == f"{noise}: holds NaN/Inf samples" for i in silence)

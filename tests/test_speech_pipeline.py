@@ -13,9 +13,10 @@ from mlflow.tracking import MlflowClient
 from benchmarks.streaming import trained_predictor
 from benchmarks.suite import Options
 from benchmarks.suite import main as benchmarks_main
-from features.errors import ConfigError
-from features.speech_commands import COMMAND_WORDS
-from features.speech_data import prepare_speech_data
+from features.errors import ConfigError, DataError
+from features.mfcc import MfccConfig
+from features.speech_commands import COMMAND_WORDS, TWELVE_CLASS_LABELS, SplitConfig
+from features.speech_data import evaluation_inputs, prepare_speech_data
 from pipelines import cli, speech, tracking
 from pipelines.request_bounds import NoInputColumns
 from pipelines.speech import SpeechConfig
@@ -185,9 +186,6 @@ def test_training_seed_does_not_change_the_test_data(speech_dir: Path, tmp_path:
 def write_test_release(shared: Path, root: Path, per_class: int = 3) -> Path:
     """An official test-release layout from real clips: ten word folders, `_unknown_/` with
     `<word>_<speaker>_nohash_<n>.wav` names, `_silence_/` with noise excerpts."""
-
-
-
     for word in COMMAND_WORDS:
         (root / word).mkdir(parents=True)
         for path in sorted((shared / word).glob("*.wav"))[:per_class]:
@@ -202,6 +200,24 @@ def write_test_release(shared: Path, root: Path, per_class: int = 3) -> Path:
         excerpt = noise[n * rate:(n + 1) * rate] * (0.5 ** n)
         soundfile.write(root / "_silence_" / f"noise_{n}.wav", np.asarray(excerpt), rate)
     return root
+
+
+def test_a_test_release_is_evaluated_on_the_classes_of_the_model(shared_speech_dir: Path,
+                                                                 tmp_path: Path):
+    """A model trained without _unknown_ or _silence_ (or on other words) is evaluated on the
+    folders of its classes, the others named."""
+    release = write_test_release(shared_speech_dir, tmp_path / "release")
+    everything = evaluation_inputs(str(release), SplitConfig(), MfccConfig(),
+                                   TWELVE_CLASS_LABELS)
+    assert len(everything.truth) == 36 and everything.layout == (
+        "test release (one folder per class)")
+    ten = evaluation_inputs(str(release), SplitConfig(), MfccConfig(), COMMAND_WORDS)
+    assert sorted(set(ten.truth)) == sorted(COMMAND_WORDS) and len(ten.truth) == 30
+    assert ten.layout == ("test release (one folder per class) without _silence_/, _unknown_/ "
+                          "(6 clips), which the model does not classify")
+    assert ten.digest != everything.digest
+    with pytest.raises(DataError, match="no clip of the model's classes \\(bed, bird\\)"):
+        evaluation_inputs(str(release), SplitConfig(), MfccConfig(), ("bed", "bird"))
 
 
 @pytest.mark.slow
