@@ -242,7 +242,7 @@ def print_predictions(names: Sequence[str], answer: pd.DataFrame, failed: dict[i
             status = 1
             continue
         probability = row[f"probability_{row['label']}"]
-        print(f"{tsv_field(name)}\t{row['label']}\t{probability:.4f}")
+        print(f"{tsv_field(name)}\t{tsv_field(row['label'])}\t{probability:.4f}")
     return status
 
 
@@ -289,12 +289,15 @@ def registry_lines(result: dict) -> list[str]:
     return lines
 
 
-TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"} | {
+    chr(code): f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))
+    if chr(code) not in "\t\n\r"})  # the other control characters (NUL, a terminal's ESC)
 
 
 def tsv_field(text: str) -> str:
     """`text` as one field of a tab-separated line: backslash, tab, newline and carriage
     return written as `\\\\`, `\\t`, `\\n`, `\\r` (as PostgreSQL's COPY text format does), so a
-    file name holding them cannot split a line or a field; a file name's bytes that are not
-    UTF-8 as `\\xNN` (standard output could not write them)."""
+    file name holding them cannot split a line or a field, the other control characters as
+    `\\xNN` (a NUL, or a terminal's escape sequence, is not printed as is); a file name's bytes
+    that are not UTF-8 as `\\xNN` (standard output could not write them)."""
     return shown_name(text.translate(TSV_ESCAPES))

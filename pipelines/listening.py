@@ -194,7 +194,8 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
                               "with a logged speech model (default: the champion).")
     parser.epilog = (
         "Each detection is printed as it is made: FILE<TAB>TIME_S<TAB>LABEL<TAB>SCORE (a "
-        "backslash, tab or line break in FILE written as \\\\, \\t, \\n, \\r), TIME_S "
+        "backslash, tab or line break in FILE written as \\\\, \\t, \\n, \\r, other control "
+        "characters as \\xNN), TIME_S "
         "the end of the window (seconds from the start) whose score, averaged over "
         "--average-window-ms, passed --threshold. As TensorFlow's RecognizeCommands: no "
         "decision before --minimum-count windows spanning a quarter of --average-window-ms "
@@ -233,7 +234,8 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
             found = False
             for detection in detections(path, predictor, config):
                 found = True
-                print(f"{cli.tsv_field(path)}\t{detection.time_s:.2f}\t{detection.label}\t"
+                print(f"{cli.tsv_field(path)}\t{detection.time_s:.2f}\t"
+                      f"{cli.tsv_field(detection.label)}\t"
                       f"{detection.score:.3f}", flush=True)
             if not found:  # listened to, with nothing to report
                 print(f"{shown_name(path)}: no keyword detected", file=sys.stderr)

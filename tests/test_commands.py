@@ -94,6 +94,10 @@ def test_a_review_argument_that_is_not_utf8_is_read_as_a_file_line_is(store: Pat
     assert [line.split("\t")[0] for line in captured.out.splitlines()] == [
         "fine", "great \ufffd film"]  # one U+FFFD for the broken sequence, as in a file
     assert "1 argument(s) not UTF-8, read with U+FFFD for the bytes: 2\n" in captured.err
+    # control characters (a terminal's escape sequence, a binary file's NUL) are not printed
+    assert sentiment.main(["predict", "ok \x1b[31mRED\x00\x7f \\x00", "--store-dir",
+                           str(store), "--model-uri", "models:/tiny-text@champion"]) == 0
+    assert capsys.readouterr().out.split("\t")[0] == "ok \\x1b[31mRED\\x00\\x7f \\\\x00"
 
 
 def test_evaluating_a_folder_of_which_every_review_is_skipped_is_named(store: Path,
