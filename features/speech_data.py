@@ -127,10 +127,16 @@ def prepare_folder(source: SpeechSourceConfig, splits: SplitConfig, mfcc: MfccCo
     """Reads a Speech Commands folder and computes (or loads cached) MFCC frames per split."""
     require_data_dir(source.data_dir, SPEECH_COMMANDS_ENV, "Speech Commands")
     data = load_speech_commands(source.data_dir, splits, mfcc.audio)  # logs its notes
-    require_usable_splits(source.data_dir, data.class_counts(),
-                          "give validation_list.txt and testing_list.txt naming clips of the "
-                          "folder, or change --validation-pct / --test-pct (the speaker-hash "
-                          "split of clips the lists do not name)")
+    counts = data.class_counts()
+    leave_out = {UNKNOWN_LABEL: "--unknown-pct 0", SILENCE_LABEL: "--silence-pct 0"}
+    none_at_all = [label for label in data.labels if label in leave_out
+                   and not any(counts[split].get(label) for split in SPLITS)]
+    require_usable_splits(source.data_dir, counts, "".join(
+        f"the folder gives no {label} example ({leave_out[label]} trains without that "
+        "class); " for label in none_at_all)
+        + "give validation_list.txt and testing_list.txt naming clips of the folder, or "
+        "change --validation-pct / --test-pct (the speaker-hash split of clips the lists do "
+        "not name)")
     index = {label: i for i, label in enumerate(data.labels)}
     x, y, digests, cached = {}, {}, {}, []
     skipped = list(data.skipped)  # dropped duplicates

@@ -322,6 +322,13 @@ def test_splits_a_run_cannot_use_are_refused_before_any_feature_work(tmp_path: P
     assert "train is empty; validation is empty; give validation_list.txt" in err
     assert "--validation-pct" in err and "Traceback" not in err
     assert not (tmp_path / "cache").exists()  # no feature was computed
+    # a folder of the ten words alone: what leaves _unknown_ out is named first
+    shutil.rmtree(root / "bed")
+    assert speech.main(["--data-dir", str(root), "--store-dir", str(tmp_path / "mlruns"),
+                        "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert ("train is empty; validation is empty; the folder gives no _unknown_ example "
+            "(--unknown-pct 0 trains without that class); give validation_list.txt"
+            ) in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("flags", "message"), [
