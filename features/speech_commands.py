@@ -266,7 +266,8 @@ def silence_examples(
     if count and not usable:
         found = f"all {len(noise)} are shorter" if noise else "it holds none that decodes"
         raise DataError(f"{noise_dir}: _silence_ needs audio recordings of at least one clip "
-                        f"length; {found} (--silence-pct 0 trains without _silence_)")
+                        f"length; {found} (a model trained with --silence-pct 0 has no "
+                        "_silence_ class)")
     low, high = np.log(rms_range[0]), np.log(rms_range[1])
     examples = []
     for _ in range(count):
