@@ -218,7 +218,9 @@ def bucketed_dataset(
     max_length = ids.shape[1]
     lengths = np.maximum(lengths, 1)
     step = math.ceil(max_length / buckets)
-    boundaries = sorted({min(step * i, max_length) + 1 for i in range(1, buckets + 1)})
+    # past max_length buckets (a step of one), the boundaries repeat: not counted out
+    boundaries = sorted({min(step * i, max_length) + 1
+                         for i in range(1, min(buckets, max_length) + 1)})
     # bucket membership depends on length only, so the batch count is the same every epoch
     per_bucket = np.bincount(np.searchsorted(boundaries, lengths, side="right"))
     batches = int(sum(math.ceil(count / batch_size) for count in per_bucket))

@@ -91,7 +91,8 @@ class SplitConfig:
         for name in ("validation_pct", "test_pct"):
             if not 0 <= getattr(self, name) < 100:
                 raise ConfigError(f"{name} must be within [0, 100), got {getattr(self, name)}")
-        # the seed only keys NumPy generators (default_rng([data_seed, index])): any size
+        # the seed only keys NumPy generators (default_rng([data_seed, index])): any size an
+        # option takes (64 bits)
         require_at_least(self, {"unknown_pct": 0, "silence_pct": 0, "data_seed": 0})
         if not 0 < self.silence_rms_min <= self.silence_rms_max < math.inf:
             raise ConfigError("silence_rms_min and silence_rms_max must be levels with 0 < min "

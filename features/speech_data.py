@@ -68,6 +68,10 @@ class SpeechSourceConfig:
         "help": "cached splits with more feature data than this (MB) are streamed from the "
                 "cache file during training, not loaded"})
 
+    def __post_init__(self):
+        if self.cache_dir == "":  # an unset shell variable: the working folder, unasked
+            raise ConfigError("cache_dir is empty (''): give a folder")
+
     @property
     def stream_over_bytes(self) -> int:
         """Memory-mapped splits larger than this are streamed from their file."""

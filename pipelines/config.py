@@ -122,6 +122,11 @@ class TaskConfig:
         unknown = sorted(set(values) - set(options))
         if unknown:
             raise ConfigError(f"unknown options: {', '.join(unknown)}")
+        too_large = [f"{name} ({len(str(abs(value)))} digits)" for name, value in values.items()
+                     if type(value) is int and abs(value) >= 2**63]
+        if too_large:  # TensorFlow, NumPy and gensim take them as 64-bit integers at most
+            raise ConfigError(f"{', '.join(too_large)}: too large a number (an integer option "
+                              "fits in 64 bits)")
         stages: dict[str, dict[str, Any]] = {}
         for name, value in values.items():
             stages.setdefault(options[name].stage, {})[name] = value
@@ -129,11 +134,9 @@ class TaskConfig:
             return dataclasses.replace(self, **{
                 stage: dataclasses.replace(getattr(self, stage), **changed)
                 for stage, changed in stages.items()})
-        except OverflowError:  # a number too large for the arithmetic of a check
-            too_large = [f"{name} ({len(str(abs(value)))} digits)" if isinstance(value, int)
-                         else f"{name} ({value:g})" for name, value in values.items()
-                         if isinstance(value, int | float) and not isinstance(value, bool)
-                         and abs(value) > 2**63]
+        except OverflowError:  # a float too large for the arithmetic of a check
+            too_large = [f"{name} ({value:g})" for name, value in values.items()
+                         if type(value) is float and abs(value) > 2**63]
             raise ConfigError(f"{', '.join(too_large) or 'an option'}: too large a "
                               "number") from None
 

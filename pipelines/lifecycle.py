@@ -71,6 +71,10 @@ class RunConfig:
 
     def __post_init__(self):
         require_at_least(self, {"sweep": 0})
+        for name in ("store_dir", "checkpoint_dir", "resume"):  # an unset shell variable
+            if getattr(self, name) == "":
+                raise ConfigError(f"{name} is empty (''): give a "
+                                  + ("run id" if name == "resume" else "folder"))
         refused = tracking.name_refusal(experiment=self.experiment)
         if refused:
             raise ConfigError(f"experiment {self.experiment[:40]!r}: {refused}")

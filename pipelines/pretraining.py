@@ -31,7 +31,7 @@ from pathlib import Path
 
 import keras
 
-from features.errors import require_at_least, require_seed
+from features.errors import ConfigError, require_at_least, require_seed
 from features.review_data import Corpus
 from features.text import (
     ENCODE_BATCH,
@@ -58,6 +58,7 @@ MODES = ("auto", "always", "never")
 KEY_TAG = "pretrain_key"
 MOST_TOKENS = 1000  # of a review the word vectors read: all of 99 % of IMDB's reviews
 PROBE_WORDS = ("great", "awful", "boring", "masterpiece", "funny", "disappointing", "actor")
+C_INT_MAX = 2**31 - 1
 FORMAT = 1  # of the encoder artifact and the key; a change leaves every earlier run unmatched
 
 
@@ -86,6 +87,11 @@ class PretrainConfig:
         require_at_least(self, {"word_vector_epochs": 1, "word_vector_window": 1,
                                 "negative_samples": 1})
         require_seed(self, ["pretrain_seed"])
+        for name in ("word_vector_window", "negative_samples"):  # gensim's C ints: a larger
+            # value stops its worker threads, and its training waits for them forever
+            if getattr(self, name) > C_INT_MAX:
+                raise ConfigError(f"{name} must be at most {C_INT_MAX}, got "
+                                  f"{getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -360,7 +360,8 @@ def summary_lines(result: dict) -> list[str]:
     return [
         f"model             {result['model']}",
         f"test accuracy     {result['test_accuracy']:.4f}",
-        f"test ROC-AUC      {result['test_roc_auc']:.4f}",
+        *([f"test ROC-AUC      {result['test_roc_auc']:.4f}"]  # none for a one-class test
+          if "test_roc_auc" in result else []),
         *([f"  recurrent alone {result['recurrent_test_accuracy']:.4f}",
            f"  n-grams alone   {result['ngram_test_accuracy']:.4f}",
            f"  blend weights   {result['recurrent_blend_weight']:.2f} recurrent, "

@@ -168,7 +168,7 @@ def test_unknown_option_names_and_values_fail_loudly():
     (speech, ["--batch-size", "0"], "batch_size must be a number >= 1, got 0"),
     (speech, ["--seed", "-1"], "seed must be a seed in [0, 2**32), got -1"),
     (speech, ["--seed", str(2**32)], "seed must be a seed in [0, 2**32), got 4294967296"),
-    (speech, ["--seed", "1" + "0" * 400], "seed must be a seed in [0, 2**32), got 1000"),
+    (speech, ["--seed", "1" + "0" * 400], "seed (401 digits): too large a number"),
     (speech, ["--data-seed", "-1"], "data_seed must be a number >= 0, got -1"),
     (sentiment, ["--data-seed", "-1"], "data_seed must be a seed in [0, 2**32), got -1"),
     (sentiment, ["--pretrain-seed", str(2**32)], "pretrain_seed must be a seed in [0, 2**32)"),
@@ -178,6 +178,13 @@ def test_unknown_option_names_and_values_fail_loudly():
     (sentiment, ["--ngram-order", "0"], "ngram_order must be a number >= 1, got 0"),
     (sentiment, ["--ngram-features", "1"], "ngram_features must be 0 (no branch) or at least 2"),
     (speech, ["--sample-rate", "1" + "0" * 400], "sample_rate (401 digits): too large a number"),
+    (sentiment, ["--resume", ""], "resume is empty (''): give a run id"),
+    (sentiment, ["--checkpoint-dir", ""], "checkpoint_dir is empty (''): give a folder"),
+    (speech, ["--cache-dir", ""], "cache_dir is empty (''): give a folder"),
+    (sentiment, ["--sequence-length", "99999999999999999999"], "sequence_length (20 digits): "
+                                                              "too large a number"),
+    (sentiment, ["--negative-samples", str(2**31)], "negative_samples must be at most "
+                                                   "2147483647, got 2147483648"),
     (speech, ["--clip-seconds", "1e308"], "clip_seconds (1e+308): too large a number"),
     (speech, ["--learning-rate", "nan"], "learning_rate must be a number > 0, got nan"),
     (speech, ["--learning-rate", "-0.01"], "learning_rate must be a number > 0, got -0.01"),
@@ -369,3 +376,11 @@ def test_options_the_model_task_or_source_leaves_without_effect_are_named(tmp_pa
     with tracking.open_run("speech-commands", tracking_uri=None, store_dir=places["store_dir"]):
         speech.prepare_run(cnn)
     assert caplog.messages == []
+
+
+def test_the_sentiment_summary_of_a_one_class_test_split_has_no_roc_auc():
+    """ROC-AUC is not defined there, and the run that has just registered must not fail."""
+    lines = sentiment.summary_lines({"model": "recurrent", "test_accuracy": 1.0,
+                                     "skipped_examples": 0, "train_seconds": 2.0})
+    assert lines[:2] == ["model             recurrent", "test accuracy     1.0000"]
+    assert not any("ROC-AUC" in line for line in lines)

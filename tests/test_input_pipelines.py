@@ -26,6 +26,12 @@ def test_bucketed_batches_pad_to_their_bucket_and_cover_every_example_once():
             assert features.shape[1] - 5 < lengths[example] <= features.shape[1]
     assert sorted(seen) == list(range(len(lengths)))
     assert len(batches) == dataset.cardinality().numpy() == 7  # buckets of 4, 2, 3, 3 examples
+    # more buckets than lengths: one per length, however many are asked for (10**15 was a
+    # loop of hours)
+    shapes = [[features.shape[1] for features, _ in bucketed_dataset(
+        ids, lengths, np.arange(len(lengths)) % 2, batch_size=2, num_classes=2,
+        buckets=buckets).as_numpy_iterator()] for buckets in (20, 10**15)]
+    assert shapes[0] == shapes[1] and sorted(set(shapes[0])) == sorted(set(lengths.tolist()))
 
 
 def test_large_memory_maps_are_streamed_from_the_file_with_the_same_batches(tmp_path):
