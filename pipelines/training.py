@@ -82,6 +82,10 @@ class OptimConfig:
         if self.learning_rate > tf.float32.max:  # the optimizer holds it as a float32
             raise ConfigError(f"learning_rate must be at most {tf.float32.max:.3g} (float32), "
                               f"got {self.learning_rate:g}")
+        if self.learning_rate * self.weight_decay >= 1:  # AdamW: weights *= 1 - their product
+            raise ConfigError(f"learning_rate x weight_decay must be under 1 (AdamW scales the "
+                              f"weights by 1 minus their product each step), got "
+                              f"{self.learning_rate:g} x {self.weight_decay:g}")
         require_fraction(self, ["average_from", "label_smoothing"])
         require_seed(self, ["seed"])
 

@@ -179,6 +179,9 @@ def test_unknown_option_names_and_values_fail_loudly():
     (sentiment, ["--ngram-features", "1"], "ngram_features must be 0 (no branch) or at least 2"),
     (speech, ["--sample-rate", "1" + "0" * 400], "sample_rate (401 digits): too large a number"),
     (sentiment, ["--resume", ""], "resume is empty (''): give a run id"),
+    (sentiment, ["--weight-decay", "1e30"], "learning_rate x weight_decay must be under 1 "
+                                            "(AdamW scales the weights by 1 minus their product "
+                                            "each step), got 0.003 x 1e+30"),
     (sentiment, ["--checkpoint-dir", ""], "checkpoint_dir is empty (''): give a folder"),
     (speech, ["--cache-dir", ""], "cache_dir is empty (''): give a folder"),
     (sentiment, ["--sequence-length", "99999999999999999999"], "sequence_length (20 digits): "
