@@ -158,17 +158,32 @@ def model_parser(task: TaskCommands, command: str, description: str
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = task.config().run
     parser.add_argument("--model-uri", default=f"models:/{defaults.registered_model}@champion",
-                        help="MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, "
-                        "runs:/RUN_ID/model)")
+                        type=not_empty, help="MLflow model URI (models:/NAME@ALIAS, "
+                        "models:/NAME/VERSION, runs:/RUN_ID/model)")
     fields = task.config.option_fields()  # as training declares them
     for name in ("tracking_uri", "store_dir"):
         metadata = fields[name].field.metadata
         env = metadata.get("env")
-        parser.add_argument(f"--{name.replace('_', '-')}",
+        parser.add_argument(f"--{name.replace('_', '-')}", type=not_empty,
                             default=(os.environ.get(env) if env else None) or getattr(
                                 defaults, name),
                             help=metadata["help"] + (f" [env: {env}]" if env else ""))
     return parser
+
+
+def not_empty(value: str) -> str:
+    """An option's value, refused when empty (a shell variable that was not set)."""
+    if not value:
+        raise argparse.ArgumentTypeError("is empty ('')")
+    return value
+
+
+def experiment_name(value: str) -> str:
+    """An experiment name MLflow takes (its own rules), refused before any work."""
+    refused = tracking.name_refusal(experiment=value)
+    if refused:
+        raise argparse.ArgumentTypeError(refused)
+    return value
 
 
 def require_file_names(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -209,7 +224,7 @@ def evaluate(task: TaskCommands, argv: list[str]) -> int:
     parser.add_argument("--data-dir", default=from_env, required=from_env is None,
                         help=f"folder to evaluate on [env: {env}]")
     parser.add_argument("--experiment", default=task.config().run.experiment,
-                        help="MLflow experiment of the evaluation run")
+                        type=experiment_name, help="MLflow experiment of the evaluation run")
     parser.add_argument("--run-name", help="MLflow run name of the evaluation run")
     args, labelled = task.evaluate.read(parser, argv)
     log.info("evaluating %s on %d examples (%s)", args.model_uri, len(labelled.truth),

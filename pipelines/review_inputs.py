@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.errors import DataError, require_data_dir
+from features.errors import DataError, require_data_dir, shown_name
 from features.imdb import decode_review
 from features.review_data import IMDB_ENV, evaluation_inputs
 from features.splits import copy_kept
@@ -41,7 +41,8 @@ def read_texts(parser: argparse.ArgumentParser, argv: list[str]
     cli.require_file_names(parser, args.file)
     texts = argument_texts(args.texts) + [t for path in args.file for t in file_lines(path)]
     if not texts:
-        parser.error("give reviews as arguments or --file")
+        parser.error(f"no review in {', '.join(map(shown_name, args.file))} (empty, or blank "
+                     "lines only)" if args.file else "give reviews as arguments or --file")
     return args, cli.Inputs(pd.DataFrame({"text": texts}), [short_name(text) for text in texts])
 
 

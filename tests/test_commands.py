@@ -58,13 +58,22 @@ def test_a_file_name_in_bytes_that_are_not_utf8_is_printed_escaped(store: Path,
     assert capsys.readouterr().err.startswith(f"{tmp_path}/\\xfe.wav: not decodable audio")
 
 
-@pytest.mark.parametrize("argv", [["predict", ""], ["predict", "fine", "--file", ""]])
-def test_usage_errors_name_an_empty_file_and_an_unknown_command(argv: list[str], capsys):
-    main = speech.main if argv[1] == "" else sentiment.main
+@pytest.mark.parametrize(("main", "argv", "message"), [
+    (speech.main, ["predict", ""], "a FILE argument is empty ('')"),
+    (sentiment.main, ["predict", "fine", "--file", ""], "a FILE argument is empty ('')"),
+    (sentiment.main, ["predict", "--file", os.devnull], f"no review in {os.devnull} (empty, "
+                                                        "or blank lines only)"),
+    (speech.main, ["predict", "a.wav", "--model-uri", ""], "argument --model-uri: is empty"),
+    (speech.main, ["predict", "a.wav", "--store-dir", ""], "argument --store-dir: is empty"),
+    (sentiment.main, ["evaluate", "--data-dir", ".", "--experiment", ""],
+     "argument --experiment: Invalid experiment name: ''"),
+])
+def test_usage_errors_name_an_empty_file_and_an_unknown_command(main, argv: list[str],
+                                                                message: str, capsys):
+    """Before any model is loaded or input read."""
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
-    assert exit_info.value.code == 2 and "a FILE argument is empty ('')" in (
-        capsys.readouterr().err)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         speech.main(["predcit", "a.wav"])
     assert exit_info.value.code == 2
