@@ -68,10 +68,6 @@ class SpeechSourceConfig:
         "help": "cached splits with more feature data than this (MB) are streamed from the "
                 "cache file during training, not loaded"})
 
-    def __post_init__(self):
-        if self.cache_dir == "":  # an unset shell variable: the working folder, unasked
-            raise ConfigError("cache_dir is empty (''): give a folder")
-
     @property
     def stream_over_bytes(self) -> int:
         """Memory-mapped splits larger than this are streamed from their file."""
@@ -253,8 +249,8 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig,
                       classes: Sequence[str]) -> LabelledInputs:
     """Labelled model inputs from a test-release folder (every clip of the model's `classes`,
     labelled by its folder; the folders of classes a model lacks, such as `_unknown_` for one
-    trained with `--unknown-pct 0`, left out and named in the layout) or a training-layout
-    folder (its test split, composed as training composes it).
+    trained with `--unknown-pct 0` or on every word, left out and named in the layout) or a
+    training-layout folder (its test split, composed as training composes it).
 
     Clips go in as file bytes; `_silence_` windows cut from the noise recordings go in as
     waveforms.
@@ -267,7 +263,7 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig,
             examples = [example for example in examples if example.label in classes]
             layout = (f"test release (one folder per class) without "
                       f"{', '.join(f'{label}/' for label in sorted(left_out))} "
-                      f"({sum(left_out.values())} clips), which the model does not classify")
+                      f"({sum(left_out.values())} clips): not classes of the model")
             if not examples:
                 raise DataError(f"{root}: no clip of the model's classes "
                                 f"({', '.join(classes)}) in its class folders")

@@ -31,6 +31,9 @@ from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# options whose empty value would quietly mean the working folder, or no run to resume
+NOT_EMPTY = ("store_dir", "checkpoint_dir", "cache_dir", "resume")
+
 
 @dataclass(frozen=True)
 class Option:
@@ -122,11 +125,6 @@ class TaskConfig:
         unknown = sorted(set(values) - set(options))
         if unknown:
             raise ConfigError(f"unknown options: {', '.join(unknown)}")
-        too_large = [f"{name} ({len(str(abs(value)))} digits)" for name, value in values.items()
-                     if type(value) is int and abs(value) >= 2**63]
-        if too_large:  # TensorFlow, NumPy and gensim take them as 64-bit integers at most
-            raise ConfigError(f"{', '.join(too_large)}: too large a number (an integer option "
-                              "fits in 64 bits)")
         stages: dict[str, dict[str, Any]] = {}
         for name, value in values.items():
             stages.setdefault(options[name].stage, {})[name] = value
@@ -162,8 +160,13 @@ class TaskConfig:
     def warn_unused(self, unused: Mapping[str, Iterable[str]]) -> None:
         """Logs a warning for each reason (`--model tfidf-logreg`) -> the options it leaves
         without effect, naming those given other than their defaults (`--units 32`): a flag
-        typed in vain is named, not dropped in silence."""
-        defaults = type(self)().options()
+        typed in vain is named, not dropped in silence (an option set by its environment
+        variable, as the command line's default, is not named)."""
+        defaults, values = type(self)().options(), self.options()
+        for name, option in self.option_fields().items():
+            env = option.field.metadata.get("env")
+            if env and os.environ.get(env) == values[name]:
+                defaults[name] = values[name]
         for reason, names in unused.items():
             flags = self.changed_flags(defaults, names)
             if flags:
@@ -210,8 +213,25 @@ def config_parser(prog: str, description: str, cls: type[TaskConfig],
 
 
 def config_from_args(cls: type[TaskConfig], args: argparse.Namespace) -> TaskConfig:
-    """Builds the task config `cls` from parsed arguments."""
-    return cls.from_options(**{name: getattr(args, name) for name in cls.option_fields()})
+    """Builds the task config `cls` from parsed arguments, refusing what only a command line
+    gives (a run logged earlier is read back as it was, `config_from_params`): an empty folder
+    or run id (an unset shell variable; NOT_EMPTY), and an integer beyond 64 bits, which
+    TensorFlow, NumPy and gensim cannot take.
+
+    Raises:
+        ValueError: Such a value, or one out of its option's range.
+    """
+    values = {name: getattr(args, name) for name in cls.option_fields()}
+    empty = [name for name in NOT_EMPTY if values.get(name) == ""]
+    if empty:
+        raise ConfigError(f"{', '.join(empty)}: empty (''); give a "
+                          + ("run id" if empty == ["resume"] else "value"))
+    too_large = [f"{name} ({len(str(abs(value)))} digits)" for name, value in values.items()
+                 if type(value) is int and abs(value) >= 2**63]
+    if too_large:
+        raise ConfigError(f"{', '.join(too_large)}: too large a number (an integer option "
+                          "fits in 64 bits)")
+    return cls.from_options(**values)
 
 
 def config_from_params(cls: type[TaskConfig], params: Mapping[str, str]) -> TaskConfig:

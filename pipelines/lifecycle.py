@@ -71,10 +71,6 @@ class RunConfig:
 
     def __post_init__(self):
         require_at_least(self, {"sweep": 0})
-        for name in ("store_dir", "checkpoint_dir", "resume"):  # an unset shell variable
-            if getattr(self, name) == "":
-                raise ConfigError(f"{name} is empty (''): give a "
-                                  + ("run id" if name == "resume" else "folder"))
         refused = tracking.name_refusal(experiment=self.experiment)
         if refused:
             raise ConfigError(f"experiment {self.experiment[:40]!r}: {refused}")
@@ -274,11 +270,11 @@ class TrackedRun:
             return digests
         name = self.config.run.registered_model
         tracking.log_model_metrics(model_uri, metrics)
+        classes = self.labels or tracking.model_labels(model_uri)
         promotion = tracking.register_and_promote(
             model_uri, name, metrics=metrics, test_digest=test_digest, data_digest=data_digest,
-            only_if_champion=self.config.model.model in REFERENCE_MODELS,
-            model_description=descriptions.model_description(
-                self.pipeline, name, self.labels or tracking.model_labels(model_uri)))
+            classes=classes, only_if_champion=self.config.model.model in REFERENCE_MODELS,
+            model_description=descriptions.model_description(self.pipeline, name, classes))
         return digests | {"registered_version": promotion.version,
                           "champion": promotion.promoted, "promotion_reason": promotion.reason}
 

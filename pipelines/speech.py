@@ -198,9 +198,8 @@ def unused_options(config: SpeechConfig) -> dict[str, list[str]]:
         unused["--front-end none"] = ["conv_filters"]
     composition = ["unknown_pct", "silence_pct", "silence_rms_min", "silence_rms_max",
                    "data_seed"]
-    if config.source.source == "tfds":  # its own splits, and no noise recordings
-        unused["--source tfds"] = ["data_dir", "validation_pct", "test_pct", *composition,
-                                   "noise_prob", "noise_volume"]
+    if config.source.source == "tfds":  # its own splits
+        unused["--source tfds"] = ["data_dir", "validation_pct", "test_pct", *composition]
     else:
         unused["--source folder"] = ["tfds_data_dir"]
         if config.splits.task == "all-words":

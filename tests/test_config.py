@@ -178,12 +178,13 @@ def test_unknown_option_names_and_values_fail_loudly():
     (sentiment, ["--ngram-order", "0"], "ngram_order must be a number >= 1, got 0"),
     (sentiment, ["--ngram-features", "1"], "ngram_features must be 0 (no branch) or at least 2"),
     (speech, ["--sample-rate", "1" + "0" * 400], "sample_rate (401 digits): too large a number"),
-    (sentiment, ["--resume", ""], "resume is empty (''): give a run id"),
+    (sentiment, ["--resume", ""], "resume: empty (''); give a run id"),
     (sentiment, ["--weight-decay", "1e30"], "learning_rate x weight_decay must be under 1 "
                                             "(AdamW scales the weights by 1 minus their product "
                                             "each step), got 0.003 x 1e+30"),
-    (sentiment, ["--checkpoint-dir", ""], "checkpoint_dir is empty (''): give a folder"),
-    (speech, ["--cache-dir", ""], "cache_dir is empty (''): give a folder"),
+    (sentiment, ["--checkpoint-dir", "", "--store-dir", ""], "store_dir, checkpoint_dir: empty "
+                                                            "(''); give a value"),
+    (speech, ["--cache-dir", ""], "cache_dir: empty (''); give a value"),
     (sentiment, ["--sequence-length", "99999999999999999999"], "sequence_length (20 digits): "
                                                               "too large a number"),
     (sentiment, ["--negative-samples", str(2**31)], "negative_samples must be at most "
@@ -359,7 +360,7 @@ def test_a_model_name_is_checked_only_where_it_is_registered():
 
 
 def test_options_the_model_task_or_source_leaves_without_effect_are_named(tmp_path: Path,
-                                                                          caplog):
+                                                                          caplog, monkeypatch):
     """Warned once, before any work, for a run (a sweep's trials, inside its run, are not)."""
     caplog.set_level("WARNING", "pipelines.config")
     places = {"store_dir": str(tmp_path / "mlruns"), "data_dir": str(tmp_path),
@@ -378,7 +379,16 @@ def test_options_the_model_task_or_source_leaves_without_effect_are_named(tmp_pa
     caplog.clear()
     with tracking.open_run("speech-commands", tracking_uri=None, store_dir=places["store_dir"]):
         speech.prepare_run(cnn)
+    monkeypatch.setenv("SPEECH_COMMANDS_DIR", str(tmp_path))  # the command line's default
+    tfds = SpeechConfig.from_options(source="tfds", data_dir=str(tmp_path))
+    tfds.warn_unused(speech.unused_options(tfds))
     assert caplog.messages == []
+
+
+def test_a_run_logged_with_values_a_command_line_now_refuses_is_read_back():
+    """evaluate, export and --resume read a run's options back as the run had them."""
+    config = config_from_params(SpeechConfig, {"cache_dir": "", "data_seed": str(2**63)})
+    assert (config.source.cache_dir, config.splits.data_seed) == ("", 2**63)
 
 
 def test_the_sentiment_summary_of_a_one_class_test_split_has_no_roc_auc():

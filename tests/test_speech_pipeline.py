@@ -214,7 +214,7 @@ def test_a_test_release_is_evaluated_on_the_classes_of_the_model(shared_speech_d
     ten = evaluation_inputs(str(release), SplitConfig(), MfccConfig(), COMMAND_WORDS)
     assert sorted(set(ten.truth)) == sorted(COMMAND_WORDS) and len(ten.truth) == 30
     assert ten.layout == ("test release (one folder per class) without _silence_/, _unknown_/ "
-                          "(6 clips), which the model does not classify")
+                          "(6 clips): not classes of the model")
     assert ten.digest != everything.digest
     with pytest.raises(DataError, match="no clip of the model's classes \\(bed, bird\\)"):
         evaluation_inputs(str(release), SplitConfig(), MfccConfig(), ("bed", "bird"))

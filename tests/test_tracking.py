@@ -78,7 +78,9 @@ def test_champion_rule(tmp_path: Path):
     other_data = finish_run(store, 0.99, test_digest="digest-b")
     assert not other_data.promoted and "different test data" in other_data.reason
     # the same test data, other classes (a test split without _unknown_ examples is the same
-    # for a model with that class and one without)
+    # for a model with that class and one without); a champion registered without its
+    # classes tag (by earlier code) has them read from its model
+    MlflowClient().delete_model_version_tag("model-x", "2", "classes")
     other_classes = finish_run(store, 0.99, labels=("neg", "pos", "mixed"))
     assert not other_classes.promoted and other_classes.reason.startswith(
         "champion v2 has other classes (this model adds mixed); not comparable")
@@ -92,6 +94,7 @@ def test_champion_rule(tmp_path: Path):
     version = client.get_model_version("model-x", "3")
     assert version.tags["test_accuracy"] == "0.83"  # exact: repr of the float
     assert version.tags["test_data_digest"] == "digest-a"
+    assert version.tags["classes"] == '["neg", "pos"]'
     assert "does not beat" in version.tags["promotion"]
     run = client.get_run(version.run_id)
     assert run.data.tags["champion"] == "False" and run.data.tags["registered_version"] == "3"

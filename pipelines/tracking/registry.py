@@ -3,9 +3,10 @@ linking evaluation runs to the versions they evaluated."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from pipelines.tracking.runs import set_tags
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+CLASSES = "classes"  # version tag: the model's classes in output order (JSON)
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,12 @@ class Promotion:
 
 def champion_decision(
     candidate_accuracy: float, test_digest: str, champion: Any | None,
-    classes: tuple[str, ...], champion_classes: tuple[str, ...]
+    classes: tuple[str, ...], champion_classes: Callable[[], tuple[str, ...]]
 ) -> tuple[bool, str]:
     """The champion rule: promote only on strictly better test accuracy on the same test data,
     between models of the same classes (a test split without `_unknown_` examples is the same
-    data for a model with that class and one without).
+    data for a model with that class and one without; the champion's classes are read only
+    once its test data is known to be the same).
 
     The champion's accuracy is its version's `test_accuracy` tag, which holds the exact value
     (`repr`) or one of six decimals. The candidate is compared at the
@@ -52,10 +55,11 @@ def champion_decision(
             f"champion v{champion.version} was evaluated on different test data "
             f"(digest {champion_digest} vs {test_digest}); not comparable"
         )
-    if classes != champion_classes:
+    theirs = champion_classes()
+    if classes != theirs:
         return False, (
             f"champion v{champion.version} has other classes "
-            f"({class_difference(champion_classes, classes)}); not comparable: register this "
+            f"({class_difference(theirs, classes)}); not comparable: register this "
             "model under a --registered-model of its own to keep a champion of its classes"
         )
     recorded = champion.tags.get("test_accuracy", "nan")
@@ -89,6 +93,15 @@ def model_labels(model_uri: str) -> tuple[str, ...]:
     outputs = mlflow.models.get_model_info(model_uri).signature.outputs.input_names()
     return tuple(name.removeprefix("probability_") for name in outputs
                  if name.startswith("probability_"))
+
+
+def version_classes(name: str, version: Any) -> tuple[str, ...]:
+    """A registered version's classes: its CLASSES tag, or (a version registered without it)
+    its model's signature."""
+    tagged = version.tags.get(CLASSES)
+    if tagged is not None:
+        return tuple(json.loads(tagged))
+    return model_labels(f"models:/{name}/{version.version}")
 
 
 def at_recorded_precision(value: float, recorded: str) -> float:
@@ -204,6 +217,7 @@ def register_and_promote(
     metrics: Mapping[str, float],
     test_digest: str,
     data_digest: str,
+    classes: Sequence[str] | None = None,
     only_if_champion: bool = False,
     model_description: str = "",
 ) -> Promotion:
@@ -226,6 +240,8 @@ def register_and_promote(
         test_digest: Digest of the test split: only a champion of the same test data is
             compared, one of other test data is never replaced.
         data_digest: Digest of every split, tagged on the version.
+        classes: The model's classes, in output order, tagged on the version (None: read from
+            its signature); only a champion of the same classes is compared.
         only_if_champion: Keep the model registered only if it becomes champion (for
             baselines, which should not crowd the registry): otherwise its queued version is
             deleted again.
@@ -241,10 +257,12 @@ def register_and_promote(
     earlier = registered_by(client, name, run_id)
     if earlier is not None and earlier.tags.get(PROMOTION_STATE) == DECIDED:
         return decided_promotion(client, earlier)
+    classes = tuple(model_labels(model_uri) if classes is None else classes)
     number = queued_version(client, name, run_id, earlier, model_uri, tags={
         key: repr(float(value)) for key, value in metrics.items()
         if key in ("test_accuracy", "test_macro_f1", "test_roc_auc")
-    } | {"test_data_digest": test_digest, "data_digest": data_digest})
+    } | {"test_data_digest": test_digest, "data_digest": data_digest,
+         CLASSES: json.dumps(classes)})
     kept, state = True, INTERRUPTED
     try:
         take_turn(client, name, int(number))
@@ -254,8 +272,8 @@ def register_and_promote(
             promoted, reason = True, "champion already: its alias was set before the run stopped"
         else:
             promoted, reason = champion_decision(
-                metrics["test_accuracy"], test_digest, champion, model_labels(model_uri),
-                model_labels(f"models:/{name}/{champion.version}") if champion else ())
+                metrics["test_accuracy"], test_digest, champion, classes,
+                lambda: version_classes(name, champion))
         if only_if_champion and not promoted:
             client.delete_model_version(name, number)
             kept = False
