@@ -360,6 +360,20 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
         add_note(notes, f"{len(bad_noise)} {BACKGROUND_NOISE_DIR} recordings do not decode and "
                  f"were left out, e.g. {bad_noise[0][1]}")
     hashes.update(content_hashes(data_dir, list(noise)))  # the _silence_ windows' sources
+    examples = twelve_class_examples(split_clips, noise, splits, audio,
+                                     data_dir / BACKGROUND_NOISE_DIR, notes)
+    left_out = {SILENCE_LABEL: splits.silence_pct == 0, UNKNOWN_LABEL: splits.unknown_pct == 0}
+    labels = tuple(label for label in TWELVE_CLASS_LABELS if not left_out.get(label))
+    return SpeechCommandsData(labels=labels, examples=examples, **found)
+
+
+def twelve_class_examples(split_clips: dict[str, list[str]], noise: dict[str, int],
+                          splits: SplitConfig, audio: AudioSpec, noise_dir: Path,
+                          notes: list[str]) -> dict[str, list[Example]]:
+    """Each split's examples of the 12-class task: its command-word clips, a random share of
+    its other words' clips as `_unknown_`, and `_silence_` windows cut from the noise
+    recordings (each split drawn from its own generator of `--data-seed`); a split with fewer
+    other words than its `_unknown_` share is noted."""
     silence_rms = (splits.silence_rms_min, splits.silence_rms_max)
     examples = {}
     for index, split in enumerate(SPLITS):
@@ -375,9 +389,7 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
             [Example(c.split("/")[0], c) for c in words]
             + [Example(UNKNOWN_LABEL, c) for c in sorted(unknown)]
             + silence_examples(silence_count, noise, audio.clip_samples, silence_rms, rng,
-                               data_dir / BACKGROUND_NOISE_DIR)
+                               noise_dir)
         )
-    left_out = {SILENCE_LABEL: splits.silence_pct == 0, UNKNOWN_LABEL: splits.unknown_pct == 0}
-    labels = tuple(label for label in TWELVE_CLASS_LABELS if not left_out.get(label))
-    return SpeechCommandsData(labels=labels, examples=examples, **found)
+    return examples
 
