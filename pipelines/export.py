@@ -19,6 +19,7 @@ quantisation and, for int8, its calibration clips). Neither file overwrites an e
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
@@ -267,47 +268,13 @@ def write_whole(files: dict[Path, bytes]) -> None:
 def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     """`export --format tflite ...`: writes the file and its labels file, logs both on the
     version's run, prints their paths and the file's size."""
-    parser = cli.model_parser(task, "export", "Export a logged speech model (default: the "
-                              "champion) as a TensorFlow Lite file over raw 16 kHz waveforms.")
-    parser.add_argument("--format", choices=["tflite"], default="tflite",
-                        help="TensorFlow Lite, run by the LiteRT interpreter")
-    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
-                        help="none: float32. dynamic: every weight in int8, the MFCC stage's "
-                             "matrices included (the smallest file), which changes labels "
-                             "(73-80 %% agreement with the Keras model on the test split, "
-                             "docs/results.md). int8: the classifier's weights and "
-                             "activations in int8, the front end in float, calibrated on "
-                             "--data-dir's training clips (its recurrent layers unrolled: "
-                             "about twice the size of none's file)")
-    parser.add_argument("--data-dir", default=os.environ.get(SPEECH_COMMANDS_ENV),
-                        help="Speech Commands folder (for --quantize int8) [env: "
-                        f"{SPEECH_COMMANDS_ENV}]")
-    parser.add_argument("--calibration-clips", type=int, default=CALIBRATION_CLIPS,
-                        help="how many of --data-dir's training clips, drawn at random, "
-                             "calibrate --quantize int8")
-    parser.add_argument("--out", help="file to write; unset: speech-<quantize>.tflite (the "
-                        "labels go beside it, one per line in output order, in "
-                        "<name>_labels.txt)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out and its labels file where they exist, and the "
-                        "files of those names logged on the version's run")
+    parser = export_parser(task)
     args = parser.parse_args(argv)
     if args.quantize == "int8" and not args.data_dir:
         parser.error(INT8_NEEDS_CLIPS)
     if args.calibration_clips < 1:
         parser.error(f"--calibration-clips must be at least 1, not {args.calibration_clips}")
-    out = Path(args.out or f"speech-{args.quantize}.tflite")
-    labels_file = labels_path(out)
-    if not out.parent.is_dir():
-        parser.error(f"--out {out}: there is no folder {out.parent}")
-    cli.require_writable_folder(parser, out.parent, "--out folder")
-    for path in (out, labels_file):
-        if path.is_dir():
-            parser.error(f"--out {out}: {path} is a folder: name a file to write")
-    existing = [str(path) for path in (out, labels_file) if path.exists()]
-    if existing and not args.overwrite:
-        parser.error(f"{' and '.join(existing)} {'exist' if len(existing) > 1 else 'exists'}"
-                     " already: pass another --out, or --overwrite to replace")
+    out, labels_file = output_files(parser, args)
     predictor = exportable(tracking.load_predictor(  # the files are logged on its run
         args.model_uri, args.tracking_uri, args.store_dir, needs_store=True), args.model_uri)
     run_id, logged = tracking.model_run_files(args.model_uri, ARTIFACT_FOLDER)
@@ -337,3 +304,52 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
           f"{cli.tsv_field(str(labels_file))}\tlogged on run {run_id} as "
           + cli.tsv_field(f"{ARTIFACT_FOLDER}/{out.name} and {ARTIFACT_FOLDER}/{labels_file.name}"))
     return 0
+
+
+def export_parser(task: cli.TaskCommands) -> argparse.ArgumentParser:
+    """`export`'s options, beside those of every command on a logged model."""
+    parser = cli.model_parser(task, "export", "Export a logged speech model (default: the "
+                              "champion) as a TensorFlow Lite file over raw 16 kHz waveforms.")
+    parser.add_argument("--format", choices=["tflite"], default="tflite",
+                        help="TensorFlow Lite, run by the LiteRT interpreter")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
+                        help="none: float32. dynamic: every weight in int8, the MFCC stage's "
+                             "matrices included (the smallest file), which changes labels "
+                             "(73-80 %% agreement with the Keras model on the test split, "
+                             "docs/results.md). int8: the classifier's weights and "
+                             "activations in int8, the front end in float, calibrated on "
+                             "--data-dir's training clips (its recurrent layers unrolled: "
+                             "about twice the size of none's file)")
+    parser.add_argument("--data-dir", default=os.environ.get(SPEECH_COMMANDS_ENV),
+                        help="Speech Commands folder (for --quantize int8) [env: "
+                        f"{SPEECH_COMMANDS_ENV}]")
+    parser.add_argument("--calibration-clips", type=int, default=CALIBRATION_CLIPS,
+                        help="how many of --data-dir's training clips, drawn at random, "
+                             "calibrate --quantize int8")
+    parser.add_argument("--out", help="file to write; unset: speech-<quantize>.tflite (the "
+                        "labels go beside it, one per line in output order, in "
+                        "<name>_labels.txt)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out and its labels file where they exist, and the "
+                        "files of those names logged on the version's run")
+    return parser
+
+
+def output_files(parser: argparse.ArgumentParser, args: argparse.Namespace
+                 ) -> tuple[Path, Path]:
+    """The .tflite file and its labels file to write: a usage error, before the model is
+    loaded, where their folder is missing or cannot be written, either is a folder, or either
+    exists and --overwrite is not given."""
+    out = Path(args.out or f"speech-{args.quantize}.tflite")
+    labels_file = labels_path(out)
+    if not out.parent.is_dir():
+        parser.error(f"--out {out}: there is no folder {out.parent}")
+    cli.require_writable_folder(parser, out.parent, "--out folder")
+    for path in (out, labels_file):
+        if path.is_dir():
+            parser.error(f"--out {out}: {path} is a folder: name a file to write")
+    existing = [str(path) for path in (out, labels_file) if path.exists()]
+    if existing and not args.overwrite:
+        parser.error(f"{' and '.join(existing)} {'exist' if len(existing) > 1 else 'exists'}"
+                     " already: pass another --out, or --overwrite to replace")
+    return out, labels_file
