@@ -28,14 +28,16 @@ from features.audio import (
 )
 
 BLOCK_SECONDS = 30  # of a recording read and resampled at a time (a pipe: as it arrives)
+BLOCK_SAMPLES = 30 * 48_000 * 2  # at most, over its channels (92 MB of 384 kHz 8-channel
+# audio would otherwise be one 30 s block: such a block is shorter)
 WINDOWS_PER_CALL = 256  # windows per batch `windows` yields (one model call each in `listen`)
 STDIN = "-"  # the path that means standard input
 
 
 def resampled_blocks(path: str, rate: int, pipe_block_s: float) -> Iterator[np.ndarray]:
     """A recording (`path`, or STDIN) as consecutive mono float32 blocks at `rate`, read
-    BLOCK_SECONDS at a time; a pipe, which cannot seek, `pipe_block_s` at a time, each block
-    as soon as it arrives.
+    BLOCK_SECONDS at a time (at most BLOCK_SAMPLES over its channels); a pipe, which cannot
+    seek, `pipe_block_s` at a time, each block as soon as it arrives.
 
     Raises:
         AudioDecodeError: Not decodable, no samples, a rate out of range, NaN/Inf samples.
@@ -47,8 +49,8 @@ def resampled_blocks(path: str, rate: int, pipe_block_s: float) -> Iterator[np.n
         stream = (None if source_rate == rate
                   else soxr.ResampleStream(source_rate, rate, 1, dtype="float32"))
         total = 0
-        size = (BLOCK_SECONDS * source_rate if audio.seekable()
-                else max(1, round(pipe_block_s * source_rate)))
+        size = (min(BLOCK_SECONDS * source_rate, max(1, BLOCK_SAMPLES // audio.channels))
+                if audio.seekable() else max(1, round(pipe_block_s * source_rate)))
         while True:
             try:  # a damaged compressed stream fails part-way through
                 block = audio.read(size, dtype="float32", always_2d=True)

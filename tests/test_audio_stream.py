@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from features import audio_stream
 from features.audio import AudioDecodeError
 from features.audio_stream import read_ahead, resampled_blocks, windows
 from tests.datasets import write_wav
@@ -112,3 +113,15 @@ def test_a_pipe_carries_wav_or_ogg_and_names_what_it_cannot(suffix: str, tmp_pat
     assert str(refused.value).endswith("; a pipe carries WAV or OGG, not FLAC or MP3 (their "
                                        "decoders seek): was the stream empty, or of another "
                                        "format?")
+
+
+def test_a_many_channel_recording_is_read_in_blocks_of_bounded_samples(tmp_path: Path,
+                                                                      monkeypatch):
+    """However many channels, a block holds at most BLOCK_SAMPLES samples over them."""
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal((2 * RATE, 8))).astype(np.float32)
+    path = write_wav(tmp_path / "eight.wav", wave, subtype="FLOAT")
+    monkeypatch.setattr(audio_stream, "BLOCK_SAMPLES", 8 * 1000)
+    blocks = list(resampled_blocks(str(path), RATE, 0.1))
+    assert max(len(block) for block in blocks) == 1000
+    np.testing.assert_allclose(np.concatenate(blocks), wave.mean(axis=1), atol=1e-6)
