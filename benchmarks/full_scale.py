@@ -113,7 +113,8 @@ def speech_full_scale(source: list[str], work_dir: Path, epochs: int = 1) -> dic
         raise RuntimeError(f"{' '.join(command)} exited with {figures['status']}:\n"
                            f"{log.read_text()[-3000:]}")
     metrics = logged_metrics(store)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the KILLED run's checkpoint
+    if checkpoints.exists():  # the KILLED run's checkpoint (a finished run removed its own)
+        shutil.rmtree(checkpoints)
     train = metrics.get("examples_train")
     return figures | {
         "cache_gb": folder_size_gb(cache) if cache.exists() else None,
