@@ -238,10 +238,8 @@ def load_checkpoint(directory: str | Path) -> CheckpointState:
         state = read_state(checkpoint)
         stopper = {name: state["stopper"][name] for name in ("wait", "best", "best_epoch")}
         epoch, history = state["epoch"], state["history"]
-        best_weights = None
-        if (checkpoint / "best.npz").is_file():
-            with np.load(checkpoint / "best.npz") as saved:
-                best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        best = checkpoint / "best.npz"
+        best_weights = weight_averaging.read_arrays(best) if best.is_file() else None
         model = keras.saving.load_model(checkpoint / "last.keras")
         average = weight_averaging.load_state(checkpoint, state.get("average"))
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:

@@ -101,5 +101,10 @@ def load_state(folder: Path, saved: dict | None) -> AverageState | None:
         return None
     if not saved["count"]:
         return AverageState(0, None)
-    with np.load(folder / AVERAGE_FILE) as sums:
-        return AverageState(saved["count"], [sums[f"arr_{i}"] for i in range(len(sums.files))])
+    return AverageState(saved["count"], read_arrays(folder / AVERAGE_FILE))
+
+
+def read_arrays(path: Path) -> list[np.ndarray]:
+    """The arrays `np.savez(path, *arrays)` wrote, in their order."""
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
