@@ -323,6 +323,9 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
             elif sweep_run_id:
                 log.warning("run %s, a trial of sweep run %s, interrupted: a sweep is not "
                             "continued by --resume; run the sweep again", run_id, sweep_run_id)
+                if checkpoint is not None and checkpoint.is_dir():  # nothing will resume it
+                    shutil.rmtree(checkpoint)
+                    tracking.delete_tag("checkpoint")
             elif checkpoint is not None and checkpoints.latest_checkpoint(checkpoint) is not None:
                 log.warning("run %s interrupted; its last epoch checkpoint is in %s. Continue "
                             "it with: python -m pipelines.%s --resume %s%s", run_id, checkpoint,

@@ -151,10 +151,13 @@ def test_an_interrupted_trial_says_the_sweep_is_run_again_not_resumed(tmp_path: 
     with (tracking.open_run("speech-commands", tracking_uri=None,
                             store_dir=config.run.store_dir) as sweep_id,
           pytest.raises(KeyboardInterrupt), lifecycle.tracked_run(config, "speech") as run):
+        (run.checkpoint / "epoch-0000").mkdir(parents=True)  # an epoch it had saved
         raise KeyboardInterrupt
     [warning] = [message for message in caplog.messages if "interrupted" in message]
     assert warning == (f"run {run.run_id}, a trial of sweep run {sweep_id}, interrupted: a "
                        "sweep is not continued by --resume; run the sweep again")
+    # its checkpoint, which nothing can resume, is not left on disk
+    assert not run.checkpoint.exists() and "checkpoint" not in tracking.run_tags(run.run_id)
     # the sweep's own run, stopped after its trials (choosing or registering): the same advice
     caplog.clear()
     with pytest.raises(KeyboardInterrupt), lifecycle.tracked_run(config, "speech-sweep") as run:
