@@ -22,6 +22,7 @@ from pipelines.checkpoints import completed_epochs, latest_checkpoint
 from pipelines.errors import ConfigError, SetupError
 from pipelines.resume import resumed_config
 from pipelines.speech import SpeechConfig
+from pipelines.tracking import runs
 from tests import test_sentiment_pipeline
 from tests.processes import interrupt_when
 from tests.test_speech_pipeline import small_args
@@ -191,6 +192,20 @@ def test_a_resume_takes_where_the_data_is_from_the_command_line_and_nothing_else
     assert resumed.source.cache_dir == ".cache/x" and resumed.recurrent.units == 8  # the run's
     assert caplog.messages == [f"--resume {run_id} takes every option from the run's logged "
                                "parameters; not used: --units 32"]
+
+
+def test_of_two_resumes_of_one_run_checked_together_the_second_is_refused(tmp_path: Path):
+    """Both were checked before either did its data work; the first to reopen the run holds
+    it, and the note of the run's earlier failure goes."""
+    run_id, store = stopped_run(tmp_path), str(tmp_path / "mlruns")
+    MlflowClient().set_tag(run_id, "error", "ValueError: the earlier failure")
+    tracking.interrupted_run(run_id, None, store)  # the second's check, made early
+    with tracking.open_run("speech-commands", tracking_uri=None, store_dir=store,
+                           resume_run_id=run_id):
+        assert "error" not in tracking.run_tags(run_id)
+        with pytest.raises(SetupError, match=f"--resume {run_id}: the run is RUNNING and its "
+                           f"process \\(pid {os.getpid()} on this host\\) is alive"):
+            runs.take_over(run_id, None, store)
 
 
 def test_a_run_started_with_settings_now_refused_for_new_runs_still_resumes(tmp_path: Path):
