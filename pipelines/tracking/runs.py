@@ -316,6 +316,10 @@ class EpochMetricsLogger(keras.callbacks.Callback):
                              if epoch < len(values)}, step=epoch)
 
 
+# a database's words for a row that is there already (SQLite, PostgreSQL, MySQL)
+DUPLICATE_ROW = ("unique constraint", "duplicate entry")
+
+
 def log_dataset(
     name: str,
     source: str,
@@ -338,7 +342,14 @@ def log_dataset(
     for split, digest in digests.items():
         dataset = MetaDataset(dataset_source, name=f"{name}-{split}", digest=digest)
         tags = {key: str(value) for key, value in split_tags[split].items()}
-        mlflow.log_input(dataset, context=split, tags=tags)
+        try:
+            mlflow.log_input(dataset, context=split, tags=tags)
+        except MlflowException as error:  # another run stored the same dataset between
+            # MLflow's lookup and its insert (runs of one data folder started together):
+            # found now, it is linked
+            if not any(text in str(error).lower() for text in DUPLICATE_ROW):
+                raise
+            mlflow.log_input(dataset, context=split, tags=tags)
     mlflow.log_dict(dict(summary), "data/summary.json")
 
 
