@@ -1,6 +1,6 @@
 """Promotions decided one at a time: two processes promoting at the same moment against one
 store (the better model wins), and the queue's turns when a resumed run's version is queued
-again."""
+again; a version deleted while another process uses it."""
 
 from __future__ import annotations
 
@@ -131,3 +131,21 @@ def test_a_version_steps_back_when_an_earlier_one_is_queued_as_it_announces(tmp_
     turns.shutdown()
     assert state(client, 2) == DECIDING
     assert announced == [DECIDING, PENDING, DECIDING]
+
+
+def test_a_version_deleted_while_it_is_evaluated_leaves_the_evaluation_run_whole(
+        tmp_path: Path, caplog):
+    """evaluate resolves the version first and tags it last, after every prediction."""
+    store = tmp_path / "mlruns"
+    with tracking.open_run("exp", tracking_uri=None, store_dir=store):
+        tracking.register_and_promote(log_tiny_model(tmp_path / "model"), "gone",
+                                      metrics={"test_accuracy": 0.5}, test_digest="d",
+                                      data_digest="d")
+    version = tracking.model_version_of("models:/gone@champion")
+    MlflowClient().delete_model_version("gone", version.version)
+    with tracking.open_run("exp", tracking_uri=None, store_dir=store) as run_id:
+        assert tracking.link_evaluation("models:/gone@champion", version, run_id,
+                                        "test_accuracy=0.5") == "1"
+    assert f"gone v1 was deleted while it was evaluated: the evaluation run {run_id}" in (
+        caplog.text)
+    assert tracking.run_tags(run_id)["evaluated_version"] == "1"

@@ -394,8 +394,15 @@ def link_evaluation(model_uri: str, version: Any | None, run_id: str, summary: s
     the version number (None if unregistered)."""
     tags = {"evaluated_model_uri": model_uri}
     if version is not None:
-        MlflowClient().set_model_version_tag(version.name, version.version,
-                                             f"evaluation.{run_id}", summary)
+        try:
+            MlflowClient().set_model_version_tag(version.name, version.version,
+                                                 f"evaluation.{run_id}", summary)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            log.warning("%s v%s was deleted while it was evaluated: the evaluation run %s "
+                        "keeps the metrics, the version is gone", version.name,
+                        version.version, run_id)
         tags |= {"evaluated_model": version.name, "evaluated_version": version.version,
                  "evaluated_model_run_id": version.run_id}
     set_tags(tags)
