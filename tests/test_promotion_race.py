@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
+from pipelines.errors import ModelError
 from pipelines.tracking import leases, registry
 from pipelines.tracking.registry import DECIDED, DECIDING, PENDING, PROMOTION_STATE
 from tests.test_tracking import log_tiny_model
@@ -149,3 +150,23 @@ def test_a_version_deleted_while_it_is_evaluated_leaves_the_evaluation_run_whole
     assert f"gone v1 was deleted while it was evaluated: the evaluation run {run_id}" in (
         caplog.text)
     assert tracking.run_tags(run_id)["evaluated_version"] == "1"
+
+
+def test_a_registered_model_deleted_while_a_version_waits_its_turn_is_named(tmp_path: Path):
+    client = queued_versions(tmp_path, [PENDING])  # v1 pending in a live process
+    model_uri = log_tiny_model(tmp_path / "second")
+
+    def register():
+        with tracking.open_run("queue", tracking_uri=None, store_dir=tmp_path / "mlruns"):
+            tracking.register_and_promote(model_uri, "model-q", metrics={"test_accuracy": 0.5},
+                                          test_digest="d", data_digest="d")
+    turns = ThreadPoolExecutor(1)
+    turn = turns.submit(register)
+    with pytest.raises(TimeoutError):
+        turn.result(timeout=2)  # v2 waits for v1
+    client.delete_registered_model("model-q")
+    with pytest.raises(ModelError, match=f"model-q v2 was deleted \\(or the registered model "
+                       f"model-q\\) before its champion decision; the run's model is logged at "
+                       f"{model_uri}"):
+        turn.result(timeout=60)
+    turns.shutdown()

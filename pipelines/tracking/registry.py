@@ -14,7 +14,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines.errors import SetupError
+from pipelines.errors import ModelError, SetupError
 from pipelines.tracking import leases
 from pipelines.tracking.runs import set_tags
 
@@ -289,6 +289,13 @@ def register_and_promote(
         if model_description and promoted:
             client.update_registered_model(name, description=model_description)
         state = DECIDED
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        kept = False  # nothing is left to mark
+        raise ModelError(f"{name} v{number} was deleted (or the registered model {name}) "
+                         f"before its champion decision; the run's model is logged at "
+                         f"{model_uri}: register it again (mlflow.register_model)") from None
     finally:  # also on failure, so that later promotions do not wait for this one (a version
         # left undecided is decided when its run is resumed)
         if kept:
