@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 PIPELINE = "sentiment-pretrain"
 MODES = ("auto", "always", "never")
 KEY_TAG = "pretrain_key"
+WAIT_SECONDS = 5.0  # between looks at a pretraining run of the same key in another process
 MOST_TOKENS = 1000  # of a review the word vectors read: all of 99 % of IMDB's reviews
 PROBE_WORDS = ("great", "awful", "boring", "masterpiece", "funny", "disappointing", "actor")
 C_INT_MAX = 2**31 - 1
@@ -164,13 +165,30 @@ def pretrained_encoder(config: PretrainConfig, corpus: Corpus, run: RunConfig, *
                           embedding_dim=embedding_dim)
     if config.pretrain == "auto":
         tracking.connect(run.tracking_uri, run.store_dir)
-        runs = tracking.find_runs(run.experiment, {"pipeline": PIPELINE, KEY_TAG: key})
-        finished = next((run_id for run_id, status, _ in runs if status == "FINISHED"), None)
+        finished = finished_pretraining(run.experiment, key)
         if finished is not None:
             log.info("reusing the pretrained encoder of run %s (key %s)", finished, key)
             return load_pretrained(finished, started)
     return pretrain(config, corpus, run, key, vocabulary_size=vocabulary_size,
                     embedding_dim=embedding_dim)
+
+
+def finished_pretraining(experiment: str, key: str) -> str | None:
+    """The newest finished pretraining run of `key` in `experiment`, or None; while one of
+    that key is running in a live process (runs of several seeds started one after another),
+    it is waited for, rather than the same vectors made twice."""
+    waited = False
+    while True:
+        runs = tracking.find_runs(experiment, {"pipeline": PIPELINE, KEY_TAG: key})
+        finished = next((run_id for run_id, status, _ in runs if status == "FINISHED"), None)
+        running = tracking.running_elsewhere(runs)
+        if finished is not None or not running:
+            return finished
+        if not waited:
+            log.info("waiting for pretraining run %s, which makes the same word vectors "
+                     "(key %s)", running[0], key)
+            waited = True
+        time.sleep(WAIT_SECONDS)
 
 
 def load_pretrained(run_id: str, started: float) -> Pretrained:

@@ -3,6 +3,7 @@ by its key and reused by later classifier runs."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -22,6 +23,7 @@ from models.word_vectors import (
 )
 from pipelines import pretraining, sentiment, tracking
 from pipelines.sentiment import SentimentConfig
+from pipelines.tracking import leases
 from tests.builders import text_classifier
 from tests.processes import interrupt_when
 
@@ -241,3 +243,25 @@ def pretraining_runs(store: Path, status: str) -> list[str]:
     return [run.info.run_id for run in client.search_runs(
         [experiment.experiment_id],
         f"tags.pipeline = 'sentiment-pretrain' and attributes.status = '{status}'")]
+
+
+def test_a_pretraining_of_the_same_key_running_elsewhere_is_waited_for(tmp_path: Path,
+                                                                       monkeypatch):
+    """Seeds started one after another pretrain once: the later ones wait for the vectors
+    the first is making (a pretraining run whose process is gone is not waited for)."""
+    monkeypatch.setattr(pretraining, "WAIT_SECONDS", 0.05)
+    tracking.connect(None, tmp_path / "mlruns")
+    experiment = mlflow.create_experiment("pretrain-wait")
+    tags = {"pipeline": pretraining.PIPELINE, pretraining.KEY_TAG: "k1"}
+    client = MlflowClient()
+    dead = client.create_run(experiment, tags=tags | {  # RUNNING, its process gone
+        "lease.host": "elsewhere", "lease.pid": "1", "lease.heartbeat": "0"}).info.run_id
+    assert pretraining.finished_pretraining("pretrain-wait", "k1") is None
+    live = client.create_run(experiment, tags=tags | leases.holder_tags()).info.run_id
+    looks = ThreadPoolExecutor(1)
+    found = looks.submit(pretraining.finished_pretraining, "pretrain-wait", "k1")
+    with pytest.raises(TimeoutError):
+        found.result(timeout=1)  # the live one is still pretraining
+    client.set_terminated(live, "FINISHED")
+    assert found.result(timeout=30) == live != dead
+    looks.shutdown()

@@ -42,6 +42,7 @@ from pipelines.tracking.runs import (
     run_metrics,
     run_params,
     run_tags,
+    running_elsewhere,
     set_description,
     set_tags,
 )
@@ -75,5 +76,5 @@ __all__ = [
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
     "model_labels", "model_run_files", "model_version_of", "name_refusal", "open_run",
     "open_run_id", "redact", "register_and_promote", "registered_model_uri", "run_metrics",
-    "run_params", "run_tags", "set_description", "set_tags", "store_database",
+    "run_params", "run_tags", "running_elsewhere", "set_description", "set_tags", "store_database",
 ]

@@ -104,6 +104,16 @@ def why_holder_is_gone(run_id: str, tags: Mapping[str, str], now: float | None =
     return f"its process (pid {pid} on {host}) has not renewed its lease for {age:.0f} s"
 
 
+def holder_alive(run_id: str, tags: Mapping[str, str]) -> bool:
+    """Whether the process holding RUNNING run `run_id` is alive, or may be
+    (`why_holder_is_gone` cannot say it is gone)."""
+    try:
+        why_holder_is_gone(run_id, tags)
+    except SetupError:
+        return True
+    return False
+
+
 class Heartbeat:
     """Renews the lease of run `run_id` every `interval` seconds until stopped (a context
     manager). A renewal that fails (the server is briefly away) is logged and retried at the

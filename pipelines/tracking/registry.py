@@ -14,7 +14,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines.errors import ModelError, SetupError
+from pipelines.errors import ModelError
 from pipelines.tracking import leases
 from pipelines.tracking.runs import set_tags
 
@@ -166,13 +166,7 @@ def may_still_decide(client: MlflowClient, version: Any) -> bool:
         raise  # an unreachable store is no answer: deciding out of order is what this prevents
     if run is None or leases.HOST not in run.data.tags:
         return time.time() * 1000 - version.creation_timestamp < STALE_PENDING_SECONDS * 1000
-    if run.info.status != "RUNNING":
-        return False
-    try:
-        leases.why_holder_is_gone(run_id, run.data.tags)
-    except SetupError:  # alive, or may be
-        return True
-    return False
+    return run.info.status == "RUNNING" and leases.holder_alive(run_id, run.data.tags)
 
 
 def ahead_in_queue(client: MlflowClient, name: str, version: int) -> list:

@@ -254,6 +254,12 @@ def run_params(run_id: str) -> dict[str, str]:
     return dict(MlflowClient().get_run(run_id).data.params)
 
 
+def running_elsewhere(runs: Sequence[tuple[str, str, dict]]) -> list[str]:
+    """Of `runs` (`find_runs`), those RUNNING in a live process (their lease)."""
+    return [run_id for run_id, status, tags in runs
+            if status == "RUNNING" and leases.holder_alive(run_id, tags)]
+
+
 def find_runs(experiment: str, tags: Mapping[str, str]) -> list[tuple[str, str, dict]]:
     """The runs of `experiment` (none if it does not exist) that carry all of `tags`, newest
     first, as (run id, status, tags)."""
