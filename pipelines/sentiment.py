@@ -185,8 +185,7 @@ def prepare_run(config: SentimentConfig, reviews: ImdbData | None) -> SentimentC
                           "--pretrain never")
     config = lifecycle.prepare_run(config, PIPELINE)
     if not (config.run.resume or tracking.open_run_id()):  # a sweep's trials: the sweep warned
-        config.warn_unused(unused_options(config) | sweep.searched(
-            config, search_space(config.model.model)))
+        config.warn_unused(unused_options(config))
     if config.run.resume and config.model.model != "recurrent":
         raise ConfigError(f"--resume: {config.model.model} fits in one step, with no epochs to "
                          "continue; start a new run")
@@ -196,7 +195,8 @@ def prepare_run(config: SentimentConfig, reviews: ImdbData | None) -> SentimentC
 
 
 def unused_options(config: SentimentConfig) -> dict[str, list[str]]:
-    """The options the model, pretraining or source leaves without effect, by what does."""
+    """The options the chosen model, pretraining or source leaves without effect, by what
+    leaves them so."""
     source = config.source.source
     unused = {f"--source {source}": ["data_dir"] if source == "tfds" else ["tfds_data_dir"]}
     if config.model.model == "tfidf-logreg":  # it reads the reviews and --seed only

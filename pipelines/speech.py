@@ -181,8 +181,7 @@ def prepare_run(config: SpeechConfig) -> SpeechConfig:
     if not config.run.resume:
         require_trainable(config)
         if not tracking.open_run_id():  # a sweep's trials: the sweep warned
-            config.warn_unused(unused_options(config) | sweep.searched(
-                config, search_space(config.model.model)))
+            config.warn_unused(unused_options(config))
     if config.source.source == "folder":
         require_data_dir(config.source.data_dir, SPEECH_COMMANDS_ENV, "Speech Commands")
     return config

@@ -34,12 +34,6 @@ def describe(distribution) -> str:
     return f"{distribution.low} to {distribution.high}{step}{scale}"
 
 
-def searched(config: TaskConfig, space: Mapping[str, Any]) -> dict[str, list[str]]:
-    """With `--sweep N`, the options its trials set (`space`), which the command line's values
-    do not reach (for `TaskConfig.warn_unused`); else none."""
-    return {f"--sweep {config.run.sweep} searches them": list(space)} if config.run.sweep else {}
-
-
 def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping[str, Any],
               pipeline: str) -> dict:
     """Runs `--sweep` trials of `space` with Optuna's TPE sampler (seeded by `--seed`), each as

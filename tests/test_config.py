@@ -372,12 +372,10 @@ def test_options_the_model_task_or_source_leaves_without_effect_are_named(tmp_pa
     sentiment.prepare_run(SentimentConfig.from_options(
         **places, model="tfidf-logreg", units=32, seed=3, min_df=2), None)
     sentiment.prepare_run(SentimentConfig.from_options(**places, min_df=3, units=32), None)
-    sentiment.prepare_run(SentimentConfig.from_options(**places, sweep=2, units=32), None)
     assert caplog.messages == ["--model tutorial-cnn: not used: --units 32",
                                "--task all-words: not used: --silence-pct 5",
                                "--model tfidf-logreg: not used: --units 32",
-                               "--model recurrent: not used: --min-df 3",
-                               "--sweep 2 searches them: not used: --units 32"]
+                               "--model recurrent: not used: --min-df 3"]
     caplog.clear()
     with tracking.open_run("speech-commands", tracking_uri=None, store_dir=places["store_dir"]):
         speech.prepare_run(cnn)
