@@ -1,11 +1,11 @@
 """A recording of any length as a stream: mono float32 blocks at the model's rate, read on a
 thread of their own ahead of their use, and cut into overlapping fixed-length windows.
 
-Memory stays flat however long the recording is: a file is read BLOCK_SECONDS at a time, mixed
-to mono and resampled as a stream (soxr); a pipe, which cannot seek, is read as its audio
-arrives. Reading errors follow `features.audio`'s rules (`AudioDecodeError`, naming the input),
-raised after the blocks read before them, so a recording failing part-way is used up to the
-failure."""
+Memory stays flat however long the recording is: a file is read BLOCK_SECONDS (at most
+BLOCK_SAMPLES over its channels) at a time, mixed to mono and resampled as a stream (soxr); a
+pipe, which cannot seek, is read as its audio arrives. Reading errors follow `features.audio`'s
+rules (`AudioDecodeError`, naming the input), raised after the blocks read before them, so a
+recording failing part-way is used up to the failure."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from features.audio import (
 )
 
 BLOCK_SECONDS = 30  # of a recording read and resampled at a time (a pipe: as it arrives)
-BLOCK_SAMPLES = 30 * 48_000 * 2  # at most, over its channels (92 MB of 384 kHz 8-channel
-# audio would otherwise be one 30 s block: such a block is shorter)
+BLOCK_SAMPLES = 30 * 48_000 * 2  # at most, over its channels (30 s of 384 kHz 8-channel audio
+# would be 92 M samples, 369 MB of float32: such a block is shorter)
 WINDOWS_PER_CALL = 256  # windows per batch `windows` yields (one model call each in `listen`)
 STDIN = "-"  # the path that means standard input
 

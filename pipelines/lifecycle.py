@@ -323,15 +323,25 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
             elif sweep_run_id:
                 log.warning("run %s, a trial of sweep run %s, interrupted: a sweep is not "
                             "continued by --resume; run the sweep again", run_id, sweep_run_id)
-                if checkpoint is not None and checkpoint.is_dir():  # nothing will resume it
-                    shutil.rmtree(checkpoint)
-                    tracking.delete_tag("checkpoint")
             elif checkpoint is not None and checkpoints.latest_checkpoint(checkpoint) is not None:
                 log.warning("run %s interrupted; its last epoch checkpoint is in %s. Continue "
                             "it with: python -m pipelines.%s --resume %s%s", run_id, checkpoint,
                             pipeline, run_id, store_options(run))
             raise
+        finally:
+            if sweep_run_id and checkpoint is not None:  # a trial, which nothing resumes
+                discard(checkpoint)
         if checkpoint is not None:  # tagged above, or by the run --resume continues
             tracking.delete_tag("checkpoint")  # the folder goes next: the tag would name nothing
     if checkpoint is not None and checkpoint.is_dir():
         shutil.rmtree(checkpoint)
+
+
+def discard(checkpoint: Path) -> None:
+    """Removes a sweep trial's checkpoint folder, however the trial ended; one that cannot be
+    removed is named (what ended the trial is what is raised)."""
+    try:
+        if checkpoint.is_dir():
+            shutil.rmtree(checkpoint)
+    except OSError as error:
+        log.warning("could not remove the trial's checkpoint folder %s: %s", checkpoint, error)

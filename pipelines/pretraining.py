@@ -57,6 +57,7 @@ PIPELINE = "sentiment-pretrain"
 MODES = ("auto", "always", "never")
 KEY_TAG = "pretrain_key"
 WAIT_SECONDS = 5.0  # between looks at a pretraining run of the same key in another process
+WAIT_NOTE_LOOKS = 60  # looks between notes that the run still waits (5 minutes)
 MOST_TOKENS = 1000  # of a review the word vectors read: all of 99 % of IMDB's reviews
 PROBE_WORDS = ("great", "awful", "boring", "masterpiece", "funny", "disappointing", "actor")
 C_INT_MAX = 2**31 - 1
@@ -177,17 +178,18 @@ def finished_pretraining(experiment: str, key: str) -> str | None:
     """The newest finished pretraining run of `key` in `experiment`, or None; while one of
     that key is running in a live process (runs of several seeds started one after another),
     it is waited for, rather than the same vectors made twice."""
-    waited = False
+    started, looks = time.monotonic(), 0
     while True:
         runs = tracking.find_runs(experiment, {"pipeline": PIPELINE, KEY_TAG: key})
         finished = next((run_id for run_id, status, _ in runs if status == "FINISHED"), None)
         running = tracking.running_elsewhere(runs)
         if finished is not None or not running:
             return finished
-        if not waited:
-            log.info("waiting for pretraining run %s, which makes the same word vectors "
-                     "(key %s)", running[0], key)
-            waited = True
+        if looks % WAIT_NOTE_LOOKS == 0:  # at first, then every few minutes
+            log.info("waiting for pretraining run %s, which makes the same word vectors (key "
+                     "%s; %.0f s so far): stop that process to pretrain here, or pass "
+                     "--pretrain always", running[0], key, time.monotonic() - started)
+        looks += 1
         time.sleep(WAIT_SECONDS)
 
 

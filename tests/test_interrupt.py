@@ -22,7 +22,7 @@ from pipelines.checkpoints import completed_epochs, latest_checkpoint
 from pipelines.errors import ConfigError, SetupError
 from pipelines.resume import resumed_config
 from pipelines.speech import SpeechConfig
-from pipelines.tracking import runs
+from pipelines.tracking import leases
 from tests import test_sentiment_pipeline
 from tests.processes import interrupt_when
 from tests.test_speech_pipeline import small_args
@@ -205,7 +205,7 @@ def test_of_two_resumes_of_one_run_checked_together_the_second_is_refused(tmp_pa
         assert "error" not in tracking.run_tags(run_id)
         with pytest.raises(SetupError, match=f"--resume {run_id}: the run is RUNNING and its "
                            f"process \\(pid {os.getpid()} on this host\\) is alive"):
-            runs.take_over(run_id, None, store)
+            leases.take_over(run_id, None, store)
 
 
 def test_a_run_started_with_settings_now_refused_for_new_runs_still_resumes(tmp_path: Path):

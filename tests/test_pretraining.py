@@ -3,6 +3,8 @@ by its key and reused by later classifier runs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -257,11 +259,19 @@ def test_a_pretraining_of_the_same_key_running_elsewhere_is_waited_for(tmp_path:
     dead = client.create_run(experiment, tags=tags | {  # RUNNING, its process gone
         "lease.host": "elsewhere", "lease.pid": "1", "lease.heartbeat": "0"}).info.run_id
     assert pretraining.finished_pretraining("pretrain-wait", "k1") is None
-    live = client.create_run(experiment, tags=tags | leases.holder_tags()).info.run_id
-    looks = ThreadPoolExecutor(1)
-    found = looks.submit(pretraining.finished_pretraining, "pretrain-wait", "k1")
-    with pytest.raises(TimeoutError):
-        found.result(timeout=1)  # the live one is still pretraining
-    client.set_terminated(live, "FINISHED")
-    assert found.result(timeout=30) == live != dead
-    looks.shutdown()
+    client.create_run(experiment, tags=tags)  # RUNNING without a lease: killed before it
+    assert pretraining.finished_pretraining("pretrain-wait", "k1") is None  # took one
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        lease = leases.holder_tags() | {leases.PID: str(other.pid), leases.PROCESS_STARTED:
+                                        repr(leases.process_started(other.pid))}
+        live = client.create_run(experiment, tags=tags | lease).info.run_id
+        looks = ThreadPoolExecutor(1)
+        found = looks.submit(pretraining.finished_pretraining, "pretrain-wait", "k1")
+        try:
+            with pytest.raises(TimeoutError):
+                found.result(timeout=1)  # the other process is still pretraining
+        finally:
+            client.set_terminated(live, "FINISHED")
+        assert found.result(timeout=30) == live != dead
+        looks.shutdown()
+        other.kill()

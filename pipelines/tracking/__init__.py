@@ -1,7 +1,7 @@
 """Everything MLflow: the store (`stores`: where it is, connecting to it) and its runs
 (`runs`, each holding a lease while open: `leases`), the served models (`pyfunc_models`,
-logged by `served_models` with the code `model_code` collects), and the registry with the
-champion rule (`registry`).
+logged by `served_models` with the code `model_code` collects), and the registry (`registry`)
+with the champion rule (`champion`).
 
 Of `features/`, `models/` and `pipelines/`, this package is the only code that imports
 mlflow. Its public names are re-exported here, so
@@ -11,13 +11,16 @@ refers to its pyfunc class by module path; the classes are importable from here 
 loads.
 """
 
-from pipelines.tracking.registry import (
+from pipelines.tracking.champion import (
     CHAMPION,
-    Promotion,
     champion_decision,
     current_champion,
-    link_evaluation,
     model_labels,
+)
+from pipelines.tracking.leases import interrupted_run, running_elsewhere
+from pipelines.tracking.registry import (
+    Promotion,
+    link_evaluation,
     model_version_of,
     register_and_promote,
     registered_model_uri,
@@ -27,7 +30,6 @@ from pipelines.tracking.runs import (
     delete_tag,
     download_artifacts,
     find_runs,
-    interrupted_run,
     log_artifacts,
     log_dataset,
     log_dict,
@@ -42,7 +44,6 @@ from pipelines.tracking.runs import (
     run_metrics,
     run_params,
     run_tags,
-    running_elsewhere,
     set_description,
     set_tags,
 )

@@ -1,4 +1,5 @@
-"""Who is running a RUNNING run: the lease a training process holds on its MLflow run.
+"""Who is running a RUNNING run: the lease a training process holds on its MLflow run, and
+`--resume` taking an interrupted run over.
 
 A run that dies hard (SIGKILL, the OOM killer, a power cut, or a tracking server that went
 away so that its end could not be recorded) stays RUNNING in the store. To tell such a run
@@ -17,15 +18,18 @@ minute of each other (NTP); a heartbeat from the future is never taken for an ol
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import mlflow
 import psutil
 import requests
 from mlflow.entities import RunTag
@@ -33,6 +37,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.errors import SetupError
+from pipelines.tracking.stores import connect, redact, store_database, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +149,85 @@ class Heartbeat:
                 self.client.set_tag(self.run_id, HEARTBEAT, repr(time.time()))
             except (MlflowException, requests.RequestException) as error:
                 log.warning("could not renew the lease of run %s: %s", self.run_id, error)
+
+
+def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path):
+    """The run `--resume` continues: its logged parameters and tags.
+
+    A RUNNING run is taken over only when the process holding it is gone (see
+    pipelines.tracking.leases); the takeover is logged with the reason.
+
+    Returns:
+        (params, tags) of the run.
+
+    Raises:
+        SetupError: No such run, it is deleted, RUNNING with a live (or unknown) process, or
+            already FINISHED.
+    """
+    connect(tracking_uri, store_dir)
+    run, why = resumable_run(run_id, tracking_uri, store_dir)
+    if why:
+        log.warning("--resume %s: taking over a dead run that is still marked RUNNING: %s",
+                    run_id, why)
+    return dict(run.data.params), dict(run.data.tags)
+
+
+def resumable_run(run_id: str, tracking_uri: str | None, store_dir: str | Path):
+    """Run `run_id` of the connected store, if `--resume` may continue it, and why its holder
+    is gone when it is RUNNING (else "").
+
+    Raises:
+        SetupError: As `interrupted_run`.
+    """
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as error:
+        raise SetupError(redact(f"--resume {run_id}: no such run in "
+                                f"{tracking_uri or store_dir} ({error.message})")) from error
+    if run.info.lifecycle_stage == "deleted":
+        raise SetupError(f"--resume {run_id}: the run is deleted; `mlflow runs restore "
+                         f"--run-id {run_id}` (with MLFLOW_TRACKING_URI set to its store) "
+                         "brings it back to be resumed")
+    if run.info.status == "RUNNING":
+        return run, why_holder_is_gone(run_id, dict(run.data.tags))
+    if run.info.status not in ("KILLED", "FAILED"):
+        raise SetupError(f"--resume {run_id}: the run is {run.info.status}; only KILLED or "
+                         "FAILED runs, or RUNNING runs whose process is gone, can be resumed")
+    return run, ""
+
+
+def take_over(run_id: str, tracking_uri: str | None, store_dir: str | Path) -> Any:
+    """Reopens interrupted run `run_id` for this process, if it is still resumable: checked
+    again and marked as this process's (its lease) in one step, under the store's lock for a
+    local store, so that of two `--resume` of one run started together the second is refused
+    (it had been checked before either did its data work). The note of an earlier failure
+    goes.
+
+    Returns:
+        The active run.
+
+    Raises:
+        SetupError: The run can no longer be resumed (`resumable_run`).
+    """
+    database = store_database(tracking_uri, store_dir)
+    with store_lock(database) if database is not None else contextlib.nullcontext():
+        run, _ = resumable_run(run_id, tracking_uri, store_dir)
+        started = mlflow.start_run(run_id=run_id)
+        MlflowClient().log_batch(run_id, tags=[RunTag(key, value) for key, value
+                                               in holder_tags().items()])
+    if "error" in run.data.tags:  # an earlier failure's note (note_failure): the run goes on
+        for key in ("error", "mlflow.note.content"):  # the second: its description
+            if key in run.data.tags:
+                MlflowClient().delete_tag(run_id, key)
+    return started
+
+
+def running_elsewhere(runs: Sequence[tuple[str, str, dict]]) -> list[str]:
+    """Of `runs` (`find_runs`), those RUNNING in another live process, by their lease (a run
+    without one, killed before it took it or older than leases, is not counted)."""
+    own = holder_tags()
+    return [run_id for run_id, status, tags in runs
+            if status == "RUNNING" and HOST in tags and PID in tags
+            and any(tags.get(key) != own[key] for key in (HOST, MACHINE,
+                                                          PID))
+            and holder_alive(run_id, tags)]

@@ -14,7 +14,6 @@ import keras
 import mlflow
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
-from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_experiment_name, _validate_model_name
@@ -25,8 +24,6 @@ from pipelines.tracking.stores import (
     artifact_root,
     connect,
     redact,
-    store_database,
-    store_lock,
 )
 
 # `mlflow run` starts its entry point with the id of a run of its own in this variable
@@ -36,75 +33,6 @@ MAX_ERROR_CHARS = 4000  # of a failed run's error kept in its tags (a tag holds 
 
 log = logging.getLogger(__name__)
 DESCRIPTION_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
-
-
-def interrupted_run(run_id: str, tracking_uri: str | None, store_dir: str | Path):
-    """The run `--resume` continues: its logged parameters and tags.
-
-    A RUNNING run is taken over only when the process holding it is gone (see
-    pipelines.tracking.leases); the takeover is logged with the reason.
-
-    Returns:
-        (params, tags) of the run.
-
-    Raises:
-        SetupError: No such run, it is deleted, RUNNING with a live (or unknown) process, or
-            already FINISHED.
-    """
-    connect(tracking_uri, store_dir)
-    run, why = resumable_run(run_id, tracking_uri, store_dir)
-    if why:
-        log.warning("--resume %s: taking over a dead run that is still marked RUNNING: %s",
-                    run_id, why)
-    return dict(run.data.params), dict(run.data.tags)
-
-
-def resumable_run(run_id: str, tracking_uri: str | None, store_dir: str | Path):
-    """Run `run_id` of the connected store, if `--resume` may continue it, and why its holder
-    is gone when it is RUNNING (else "").
-
-    Raises:
-        SetupError: As `interrupted_run`.
-    """
-    try:
-        run = MlflowClient().get_run(run_id)
-    except MlflowException as error:
-        raise SetupError(redact(f"--resume {run_id}: no such run in "
-                                f"{tracking_uri or store_dir} ({error.message})")) from error
-    if run.info.lifecycle_stage == "deleted":
-        raise SetupError(f"--resume {run_id}: the run is deleted; `mlflow runs restore "
-                         f"--run-id {run_id}` (with MLFLOW_TRACKING_URI set to its store) "
-                         "brings it back to be resumed")
-    if run.info.status == "RUNNING":
-        return run, leases.why_holder_is_gone(run_id, dict(run.data.tags))
-    if run.info.status not in ("KILLED", "FAILED"):
-        raise SetupError(f"--resume {run_id}: the run is {run.info.status}; only KILLED or "
-                         "FAILED runs, or RUNNING runs whose process is gone, can be resumed")
-    return run, ""
-
-
-def take_over(run_id: str, tracking_uri: str | None, store_dir: str | Path) -> Any:
-    """Reopens interrupted run `run_id` for this process, if it is still resumable: checked
-    again and marked as this process's (its lease) in one step, under the store's lock for a
-    local store, so that of two `--resume` of one run started together the second is refused
-    (it had been checked before either did its data work). The note of an earlier failure
-    goes.
-
-    Returns:
-        The active run.
-
-    Raises:
-        SetupError: The run can no longer be resumed (`resumable_run`).
-    """
-    database = store_database(tracking_uri, store_dir)
-    with store_lock(database) if database is not None else contextlib.nullcontext():
-        run, _ = resumable_run(run_id, tracking_uri, store_dir)
-        started = mlflow.start_run(run_id=run_id)
-        MlflowClient().log_batch(run_id, tags=[RunTag(key, value) for key, value
-                                               in leases.holder_tags().items()])
-    if "error" in run.data.tags:
-        MlflowClient().delete_tag(run_id, "error")
-    return started
 
 
 def ensure_experiment(name: str, artifacts: Path | None) -> str:
@@ -199,7 +127,7 @@ def open_run(
     connect(tracking_uri, store_dir)
     with project_run_hidden() as project_run_id:
         if resume_run_id:
-            run = take_over(resume_run_id, tracking_uri, store_dir)
+            run = leases.take_over(resume_run_id, tracking_uri, store_dir)
         else:
             experiment_id = ensure_experiment(experiment, artifact_root(tracking_uri, store_dir))
             nested = mlflow.active_run() is not None
@@ -252,12 +180,6 @@ def run_metrics(run_id: str) -> dict[str, float]:
 def run_params(run_id: str) -> dict[str, str]:
     """The parameters run `run_id` logged (a pipeline run's options)."""
     return dict(MlflowClient().get_run(run_id).data.params)
-
-
-def running_elsewhere(runs: Sequence[tuple[str, str, dict]]) -> list[str]:
-    """Of `runs` (`find_runs`), those RUNNING in a live process (their lease)."""
-    return [run_id for run_id, status, tags in runs
-            if status == "RUNNING" and leases.holder_alive(run_id, tags)]
 
 
 def find_runs(experiment: str, tags: Mapping[str, str]) -> list[tuple[str, str, dict]]:
