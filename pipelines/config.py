@@ -157,17 +157,22 @@ class TaskConfig:
         """The names of the options of `stages` (stage field names: "recurrent")."""
         return [name for name, option in self.option_fields().items() if option.stage in stages]
 
-    def warn_unused(self, unused: Mapping[str, Iterable[str]]) -> None:
-        """Logs a warning for each reason (`--model tfidf-logreg`) -> the options it leaves
-        without effect, naming those given other than their defaults (`--units 32`): a flag
-        typed in vain is named, not dropped in silence (an option set by its environment
-        variable, as the command line's default, is not named)."""
+    def unused_options(self) -> dict[str, list[str]]:
+        """What leaves options of this config without effect (`--model tfidf-logreg`) -> their
+        names; none here (a task's config says which of its options its choices leave)."""
+        return {}
+
+    def warn_unused(self) -> None:
+        """Logs a warning for each reason of `unused_options` naming its options given other
+        than their defaults (`--units 32`): a flag typed in vain is named, not dropped in
+        silence (an option set by its environment variable, as the command line's default, is
+        not named)."""
         defaults, values = type(self)().options(), self.options()
         for name, option in self.option_fields().items():
             env = option.field.metadata.get("env")
             if env and os.environ.get(env) == values[name]:
                 defaults[name] = values[name]
-        for reason, names in unused.items():
+        for reason, names in self.unused_options().items():
             flags = self.changed_flags(defaults, names)
             if flags:
                 log.warning("%s: not used: %s", reason, ", ".join(flags))

@@ -85,9 +85,10 @@ class RunConfig:
 
 def prepare_run(config: TaskConfig, pipeline: str) -> TaskConfig:
     """Everything checked before a run opens and before any data or feature work: the options'
-    choices, the tracking server answers, the store, the checkpoint folder and the config's
-    other `writable_folders()` can be written, and with `--resume` the interrupted run exists
-    and has a checkpoint. With `--strategy multi-worker` it then joins the cluster.
+    choices (those the others leave without effect warned of: `TaskConfig.warn_unused`), the
+    tracking server answers, the store, the checkpoint folder and the config's other
+    `writable_folders()` can be written, and with `--resume` the interrupted run exists and
+    has a checkpoint. With `--strategy multi-worker` it then joins the cluster.
 
     Args:
         config: The run's config.
@@ -104,6 +105,8 @@ def prepare_run(config: TaskConfig, pipeline: str) -> TaskConfig:
             cannot be resumed, or a multi-worker run without a usable TF_CONFIG.
     """
     validate_choices(config)
+    if not (config.run.resume or tracking.open_run_id()):  # a sweep's trials: the sweep warned
+        config.warn_unused()  # as typed (a resume names what it does not use)
     config = join_cluster(config)
     run = config.run
     tracking.check_tracking(run.tracking_uri)

@@ -109,6 +109,24 @@ class SentimentConfig(TaskConfig):
                                      warmup_epochs=0, patience=3, average_from=0.0)
     run: RunConfig = RunConfig(experiment="imdb-sentiment", registered_model="imdb-sentiment")
 
+    def unused_options(self) -> dict[str, list[str]]:
+        """The options the chosen model, pretraining or source leaves without effect, by what
+        leaves them so."""
+        source = self.source.source
+        unused = {f"--source {source}": ["data_dir"] if source == "tfds" else ["tfds_data_dir"]}
+        if self.model.model == "tfidf-logreg":  # it reads the reviews and --seed only
+            unused["--model tfidf-logreg"] = [name for name in self.stage_options(
+                "tokens", "pretrain", "model", "recurrent", "ngram", "optim")
+                if name not in ("model", "seed")]
+            return unused
+        unused["--model recurrent"] = self.stage_options("baseline")
+        if not self.ngram.ngram_features:
+            unused["--ngram-features 0"] = ["ngram_order", "ngram_c"]
+        if not pretrains(self):
+            unused["--pretrain never"] = [name for name in self.stage_options("pretrain")
+                                          if name != "pretrain"]
+        return unused
+
 
 def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
     """Trains, evaluates, tracks and (by the champion rule) registers one sentiment model (or,
@@ -184,33 +202,12 @@ def prepare_run(config: SentimentConfig, reviews: ImdbData | None) -> SentimentC
                           "chief sees the store its pretrained encoder would be found in: pass "
                           "--pretrain never")
     config = lifecycle.prepare_run(config, PIPELINE)
-    if not (config.run.resume or tracking.open_run_id()):  # a sweep's trials: the sweep warned
-        config.warn_unused(unused_options(config))
     if config.run.resume and config.model.model != "recurrent":
         raise ConfigError(f"--resume: {config.model.model} fits in one step, with no epochs to "
                          "continue; start a new run")
     if config.source.source == "folder" and reviews is None:
         require_data_dir(config.source.data_dir, IMDB_ENV, "IMDB")
     return config
-
-
-def unused_options(config: SentimentConfig) -> dict[str, list[str]]:
-    """The options the chosen model, pretraining or source leaves without effect, by what
-    leaves them so."""
-    source = config.source.source
-    unused = {f"--source {source}": ["data_dir"] if source == "tfds" else ["tfds_data_dir"]}
-    if config.model.model == "tfidf-logreg":  # it reads the reviews and --seed only
-        unused["--model tfidf-logreg"] = [name for name in config.stage_options(
-            "tokens", "pretrain", "model", "recurrent", "ngram", "optim")
-            if name not in ("model", "seed")]
-        return unused
-    unused["--model recurrent"] = config.stage_options("baseline")
-    if not config.ngram.ngram_features:
-        unused["--ngram-features 0"] = ["ngram_order", "ngram_c"]
-    if not pretrains(config):
-        unused["--pretrain never"] = [name for name in config.stage_options("pretrain")
-                                      if name != "pretrain"]
-    return unused
 
 
 def pretrains(config: SentimentConfig) -> bool:

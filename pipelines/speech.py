@@ -115,6 +115,25 @@ class SpeechConfig(TaskConfig):
                                      warmup_epochs=2, patience=30, average_from=0.5)
     run: RunConfig = RunConfig(experiment="speech-commands", registered_model="speech-commands")
 
+    def unused_options(self) -> dict[str, list[str]]:
+        """The options the chosen model, front end, task or source leaves without effect, by what
+        leaves them so."""
+        unused = {}
+        if self.model.model == "tutorial-cnn":  # TensorFlow's shape, dropout and front end
+            unused["--model tutorial-cnn"] = [*self.stage_options("recurrent"), "front_end",
+                                              "conv_filters", "input_noise"]
+        elif self.model.front_end == "none":
+            unused["--front-end none"] = ["conv_filters"]
+        composition = ["unknown_pct", "silence_pct", "silence_rms_min", "silence_rms_max",
+                       "data_seed"]
+        if self.source.source == "tfds":  # its own splits
+            unused["--source tfds"] = ["data_dir", "validation_pct", "test_pct", *composition]
+        else:
+            unused["--source folder"] = ["tfds_data_dir"]
+            if self.splits.task == "all-words":
+                unused["--task all-words"] = composition
+        return unused
+
 
 def run(config: SpeechConfig) -> dict:
     """Trains, evaluates, tracks and registers one speech model (or, with `--sweep N`, the best
@@ -180,31 +199,9 @@ def prepare_run(config: SpeechConfig) -> SpeechConfig:
     config = lifecycle.prepare_run(config, PIPELINE)
     if not config.run.resume:
         require_trainable(config)
-        if not tracking.open_run_id():  # a sweep's trials: the sweep warned
-            config.warn_unused(unused_options(config))
     if config.source.source == "folder":
         require_data_dir(config.source.data_dir, SPEECH_COMMANDS_ENV, "Speech Commands")
     return config
-
-
-def unused_options(config: SpeechConfig) -> dict[str, list[str]]:
-    """The options the chosen model, front end, task or source leaves without effect, by what
-    leaves them so."""
-    unused = {}
-    if config.model.model == "tutorial-cnn":  # TensorFlow's shape, dropout and front end
-        unused["--model tutorial-cnn"] = [*config.stage_options("recurrent"), "front_end",
-                                          "conv_filters", "input_noise"]
-    elif config.model.front_end == "none":
-        unused["--front-end none"] = ["conv_filters"]
-    composition = ["unknown_pct", "silence_pct", "silence_rms_min", "silence_rms_max",
-                   "data_seed"]
-    if config.source.source == "tfds":  # its own splits
-        unused["--source tfds"] = ["data_dir", "validation_pct", "test_pct", *composition]
-    else:
-        unused["--source folder"] = ["tfds_data_dir"]
-        if config.splits.task == "all-words":
-            unused["--task all-words"] = composition
-    return unused
 
 
 def require_trainable(config: SpeechConfig) -> None:
