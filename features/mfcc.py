@@ -78,13 +78,13 @@ class MfccConfig:
             raise ConfigError(f"fmax={self.fmax:g} Hz is above half the sample rate "
                               f"({self.sample_rate / 2:g} Hz at sample_rate={self.sample_rate}):"
                               " no audio holds frequencies there")
-        bins = self.win_length // 2 + 1
         # each frequency bin lies inside at most two (neighbouring) triangular filters: past
         # twice the bins, some band holds none, and the filterbank is not built (its size)
-        empty = self.n_mels - 2 * bins if self.n_mels > 2 * bins else empty_mel_bands(self)
+        overfull = self.n_mels - 2 * (self.win_length // 2 + 1)
+        empty = overfull if overfull > 0 else empty_mel_bands(self)
         if empty:
             raise ConfigError(
-                f"{'at least ' if self.n_mels > 2 * bins else ''}{empty} of the "
+                f"{'at least ' if overfull > 0 else ''}{empty} of the "
                 f"n_mels={self.n_mels} mel bands between fmin={self.fmin:g} and "
                 f"fmax={self.fmax:g} Hz hold no frequency of a {self.win_length}-sample window"
                 " (window_ms): use fewer mel bands, a wider range or a longer window")

@@ -49,9 +49,9 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
     tagged = Path(tags["checkpoint"])
     places = list(dict.fromkeys([here, tagged] if "checkpoint_dir" in located
                                 else [tagged, here]))
-    checkpoint = next((place for place in places if checkpoints.latest_checkpoint(place)),
-                      places[0])
-    latest = checkpoints.latest_checkpoint(checkpoint)
+    checkpoint, latest = next(((place, latest) for place in places
+                               if (latest := checkpoints.latest_checkpoint(place))),
+                              (places[0], None))
     if latest is None:
         raise SetupError(f"--resume {run.resume}: no checkpoint at "
                          f"{' or '.join(map(str, places))} (the run stopped before its first "

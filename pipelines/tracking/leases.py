@@ -225,9 +225,7 @@ def take_over(run_id: str, tracking_uri: str | None, store_dir: str | Path) -> A
 def running_elsewhere(runs: Sequence[tuple[str, str, dict]]) -> list[str]:
     """Of `runs` (`find_runs`), those RUNNING in another live process, by their lease (a run
     without one, killed before it took it or older than leases, is not counted)."""
-    own = holder_tags()
+    own = {HOST: socket.gethostname(), MACHINE: machine(), PID: str(os.getpid())}
     return [run_id for run_id, status, tags in runs
             if status == "RUNNING" and HOST in tags and PID in tags
-            and any(tags.get(key) != own[key] for key in (HOST, MACHINE,
-                                                          PID))
-            and holder_alive(run_id, tags)]
+            and {key: tags.get(key) for key in own} != own and holder_alive(run_id, tags)]

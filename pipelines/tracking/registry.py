@@ -28,6 +28,8 @@ from pipelines.tracking.runs import set_tags
 
 log = logging.getLogger(__name__)
 
+GONE = "RESOURCE_DOES_NOT_EXIST"  # MLflow's error code for a model, version or run not there
+
 @dataclass(frozen=True)
 class Promotion:
     """Outcome of registering a model version."""
@@ -42,7 +44,7 @@ def version_exists(client: MlflowClient, name: str, number: str) -> bool:
     try:
         client.get_model_version(name, number)
     except MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+        if error.error_code != GONE:
             raise
         return False
     return True
@@ -74,7 +76,7 @@ def may_still_decide(client: MlflowClient, version: Any) -> bool:
     try:
         run = client.get_run(run_id) if run_id else None
     except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # the run was deleted for good
+        if error.error_code == GONE:  # the run was deleted for good
             return False
         raise  # an unreachable store is no answer: deciding out of order is what this prevents
     if run is None or leases.HOST not in run.data.tags:
@@ -197,7 +199,7 @@ def register_and_promote(
             client.update_registered_model(name, description=model_description)
         state = DECIDED
     except MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST" or version_exists(client, name, number):
+        if error.error_code != GONE or version_exists(client, name, number):
             raise  # what is missing is not this version (the champion's model, say)
         kept = False  # nothing is left to mark
         raise ModelError(f"{name} v{number} was deleted (or the registered model {name}) "
@@ -312,7 +314,7 @@ def link_evaluation(model_uri: str, version: Any | None, run_id: str, summary: s
             MlflowClient().set_model_version_tag(version.name, version.version,
                                                  f"evaluation.{run_id}", summary)
         except MlflowException as error:
-            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            if error.error_code != GONE:
                 raise
             log.warning("%s v%s was deleted while it was evaluated: the evaluation run %s "
                         "keeps the metrics, the version is gone", version.name,

@@ -20,11 +20,7 @@ from mlflow.utils.validation import _validate_experiment_name, _validate_model_n
 
 from pipelines.errors import SetupError
 from pipelines.tracking import leases
-from pipelines.tracking.stores import (
-    artifact_root,
-    connect,
-    redact,
-)
+from pipelines.tracking.stores import artifact_root, connect, redact
 
 # `mlflow run` starts its entry point with the id of a run of its own in this variable
 PROJECT_RUN_VARIABLE = "MLFLOW_RUN_ID"

@@ -42,7 +42,7 @@ NAMED_STORES = ("databricks", "databricks-uc", "uc")  # URIs without "://" that 
 # a server's HOST:PORT typed without its scheme (`localhost:5000`, `127.0.0.1:5000/`)
 SCHEMELESS_SERVER = re.compile(r"(?:[\w.-]{2,}|\[[0-9a-fA-F:.]+\]):\d{1,5}/?")
 # the schemes MLflow has a tracking store for, besides files (plugins add theirs by entry point)
-TRACKING_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc", *DATABASE_ENGINES)
+TRACKING_SCHEMES = ("http", "https", *NAMED_STORES, *DATABASE_ENGINES)
 
 
 def redact(text: str) -> str:
