@@ -50,12 +50,12 @@ from pipelines.errors import ModelError
 from pipelines.request_bounds import (
     SPEECH_MAX_REQUEST_BYTES,
     TEXT_MAX_REQUEST_BYTES,
-    NoInputColumns,
     check_request,
     is_waveform,
     speech_row_bytes,
     text_bytes,
 )
+from pipelines.request_rows import file_bytes, is_empty_cell, request_rows
 
 ERROR_COLUMN = "error"
 DIRECT_CALL_MAX = 64  # inputs per compiled call
@@ -124,24 +124,6 @@ def result_frame(labels: Sequence[str], probabilities: np.ndarray, errors: Seque
     return frame
 
 
-def rows_of(model_input: Any, columns: Sequence[str]) -> list[dict]:
-    """Normalises pyfunc input (DataFrame, dict of columns, list of values) to row dicts."""
-    if isinstance(model_input, pd.DataFrame):
-        frame = model_input
-    elif isinstance(model_input, dict):
-        frame = pd.DataFrame({key: list(value) if isinstance(value, list | tuple | np.ndarray)
-                              else [value]
-                              for key, value in model_input.items()})
-    else:
-        frame = pd.DataFrame({columns[0]: list(model_input)})
-    if not len(frame.columns):  # also what MLflow passes for a request of no rows
-        raise NoInputColumns(f"the request holds none of the model's input columns "
-                             f"({', '.join(columns)}), or no rows")
-    if not set(columns) & set(frame.columns):
-        frame = frame.rename(columns={frame.columns[0]: columns[0]})
-    return frame.to_dict("records")
-
-
 class SpeechPredictor:
     """Raw clips -> Keras classifier over (clips, samples) waveforms (its first layer the MFCC
     stage), or over MFCC frames computed here with training's code -> labels."""
@@ -183,7 +165,7 @@ class SpeechPredictor:
         """
         audio, waveform = row.get("audio"), row.get("waveform")
         if isinstance(audio, bytes | bytearray) and len(audio):
-            audio = bytes(audio)
+            audio = file_bytes(bytes(audio))
             seconds = audio_info(audio, "audio").duration  # the header only: nothing decoded
             self.check_duration("audio", seconds)
             return decode_clip(audio, self.spec, name="audio")
@@ -248,7 +230,7 @@ class SpeechPredictor:
         Raises:
             RequestTooLarge: The request is over MAX_REQUEST_ROWS or SPEECH_MAX_REQUEST_BYTES.
         """
-        rows = spread_clips(rows_of(model_input, self.INPUT_COLUMNS))
+        rows = request_rows(model_input, self.INPUT_COLUMNS)
         check_request([speech_row_bytes(row) for row in rows], SPEECH_MAX_REQUEST_BYTES,
                       "audio")
         clips, errors = self.clips(rows)
@@ -262,18 +244,6 @@ class SpeechPredictor:
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities of the model's own inputs (`model_inputs`)."""
         return self._predict(inputs) if len(inputs) else np.zeros((0, len(self.labels)))
-
-
-def spread_clips(rows: list[dict]) -> list[dict]:
-    """MLflow turns {"audio": [clip, clip]} (in Python, or `inputs` in JSON) into one row
-    holding a list (an array over REST) of files' bytes: such a request's clips become rows
-    of their own. In a request of several rows a row holding a list stays one row (answered
-    with its error), so that the answers line up with the rows sent."""
-    audio = rows[0].get("audio") if len(rows) == 1 else None
-    if (isinstance(audio, list | tuple | np.ndarray) and len(audio)
-            and all(isinstance(clip, bytes | bytearray) for clip in audio)):
-        return [{"audio": bytes(clip)} for clip in audio]
-    return rows
 
 
 class TextPredictor:
@@ -317,7 +287,7 @@ class TextPredictor:
         Raises:
             RequestTooLarge: The request is over MAX_REQUEST_ROWS or TEXT_MAX_REQUEST_BYTES.
         """
-        values = self.texts_of(model_input)
+        values = [row.get("text") for row in request_rows(model_input, self.INPUT_COLUMNS)]
         check_request([text_bytes(value) for value in values], TEXT_MAX_REQUEST_BYTES,
                       "review text")
         texts, errors = [], []
@@ -328,18 +298,6 @@ class TextPredictor:
             errors.append(error)
         return result_frame(self.labels, scatter(self.probabilities(texts), errors,
                                                  len(self.labels)), errors)
-
-    def texts_of(self, model_input: Any) -> list:
-        """The `text` value of each input row. MLflow turns a dict of lists such as
-        {"text": ["a", "b"]} into one row holding a list; such lists are spread into rows."""
-        texts = []
-        for row in rows_of(model_input, self.INPUT_COLUMNS):
-            text = row.get("text")
-            if isinstance(text, list | tuple | np.ndarray):
-                texts.extend(text)
-            else:
-                texts.append(text)
-        return texts
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -361,11 +319,6 @@ def read_speech_config(path: Path) -> tuple[list[str], MfccConfig]:
     """The labels and MFCC settings `SpeechPredictor.save_config` wrote."""
     config = json.loads(path.read_text())
     return list(config["labels"]), MfccConfig(**config["mfcc"])
-
-
-def is_empty_cell(value: Any) -> bool:
-    """Whether a request cell holds nothing: None, or the NaN pandas puts in an empty cell."""
-    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def usable_review(value: Any) -> tuple[str | None, str | None]:

@@ -236,20 +236,6 @@ def test_served_rows_without_a_clip_say_what_they_hold(speech_predictor: SpeechP
         speech_predictor.predict(pd.DataFrame())  # {"dataframe_records": []}, as MLflow gives it
 
 
-def test_a_request_of_one_row_holding_clips_answers_each_clip(
-        speech_predictor: SpeechPredictor):
-    """{"audio": [clip, clip]} reaches the model as one row holding a list (an array of bytes
-    over REST): each clip is answered in a row of its own."""
-    clips = [wav_bytes(tone(440)), wav_bytes(tone(880))]
-    for cell in (clips, np.array([np.bytes_(clip) for clip in clips], dtype=object)):
-        answer = speech_predictor.predict(pd.DataFrame({"audio": [cell]}))
-        assert len(answer) == 2
-        assert_answered(answer, 0)
-        assert_answered(answer, 1)
-    expected = speech_predictor.predict(pd.DataFrame({"audio": clips}))
-    assert answer.equals(expected)
-
-
 def test_served_audio_over_the_limit_is_rejected_from_its_header(
         speech_predictor: SpeechPredictor):
     assert MAX_AUDIO_SECONDS == 60

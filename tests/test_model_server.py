@@ -159,6 +159,13 @@ def test_speech_server_labels_a_real_clip(server: str, store: Path, shared_speec
     assert predictions[0]["error"] is None
     assert predictions[1]["label"] is None and "not decodable audio" in predictions[1]["error"]
     assert predictions[1]["probability_yes"] is None  # null: the answer is strict JSON
+    # the `inputs` and `instances` forms, whose base64 MLflow passes on undecoded: the same
+    encoded = base64.b64encode(clip).decode()
+    for payload in ({"inputs": {"audio": [encoded, encoded]}},
+                    {"instances": [{"audio": encoded}]}):
+        for answer in invoke(server, payload):
+            assert answer["error"] is None and answer["label"] == predictions[0]["label"]
+            assert answer["probability_yes"] == pytest.approx(predictions[0]["probability_yes"])
 
     # a clip in a column the model does not take: refused whole, the columns it takes named
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -187,6 +194,14 @@ def test_sentiment_server_labels_real_reviews(server: str, store: Path, shared_i
     assert refused.value.code == 400
     assert (f"request too large: {MAX_REQUEST_ROWS + 1} rows, over the bound of "
             f"{MAX_REQUEST_ROWS} rows") in json.loads(refused.value.read())["message"]
+    # in the `inputs` form too, without the request echoed back whole
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        invoke(server, {"inputs": {"text": [reviews[0]] * (MAX_REQUEST_ROWS + 1)}})
+    message = json.loads(refused.value.read())["message"]
+    assert refused.value.code == 400 and len(message) < 1000, message[:2000]
+    assert message.endswith(f"request too large: {MAX_REQUEST_ROWS + 1} rows, over the bound "
+                            f"of {MAX_REQUEST_ROWS} rows a request may send (MAX_REQUEST_ROWS);"
+                            " send them in smaller requests")
 
     # and it goes on answering: an over-long review gets an error row, the others an answer
     predictions = invoke(server, {"dataframe_split": {

@@ -26,19 +26,40 @@ from pipelines.serving import SpeechPredictor, TextPredictor
 REGISTERED_MODEL_META = "registered_model_meta"  # written by MLflow beside MLmodel on download
 
 
-class RequestRefused(RequestTooLarge, MlflowException):
-    """RequestTooLarge as MLflow's scoring server answers it: HTTP 400 with the message (and
-    still a PipelineError, which `predict` reports as `error: ...`)."""
+ECHO_CHARS = 300  # of the request's text MLflow puts before a refusal's message
+
+
+class Refusal(MlflowException):
+    """A request refused whole, as MLflow's scoring server answers it: HTTP 400 with the
+    message. The server puts the request's text before the message of an MlflowException
+    raised by `predict` (for the `inputs` JSON form, every value in it): a refusal keeps the
+    first ECHO_CHARS characters of that text, so a request refused for its size is not sent
+    back whole."""
 
     def __init__(self, message: str):
+        self.reason = message
         MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
 
+    @property
+    def message(self) -> str:
+        return self._message
 
-class InputsRefused(NoInputColumns, MlflowException):
-    """NoInputColumns as MLflow's scoring server answers it, as RequestRefused."""
+    @message.setter
+    def message(self, text: str) -> None:
+        echo = len(text) - len(self.reason)
+        if text.endswith(self.reason) and echo > 2 * ECHO_CHARS:
+            text = (f"{text[:ECHO_CHARS]} ... [{echo - ECHO_CHARS:,} more characters of the "
+                    f"request left out]\nError: {self.reason}")
+        self._message = text
 
-    def __init__(self, message: str):
-        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
+
+class RequestRefused(Refusal, RequestTooLarge):
+    """RequestTooLarge as a Refusal (and still a PipelineError, which `predict` reports as
+    `error: ...`)."""
+
+
+class InputsRefused(Refusal, NoInputColumns):
+    """NoInputColumns as a Refusal."""
 
 
 def model_name(model_dir: Path) -> str:
