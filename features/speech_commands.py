@@ -293,8 +293,8 @@ def examples_digest(examples: Mapping[str, Sequence[Example]], content_hashes: M
     return hasher.hexdigest()[:16]
 
 
-def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: AudioSpec
-                         ) -> SpeechCommandsData:
+def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: AudioSpec, *,
+                         unreadable_ok: bool = False) -> SpeechCommandsData:
     """Lists a Speech Commands folder and composes the task's splits.
 
     Args:
@@ -304,6 +304,8 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
             shares of each split (in percent of its command words), the RMS range silence
             windows are drawn from (log-uniformly) and the seed of both draws.
         audio: Sample rate and length of a clip (for the silence windows).
+        unreadable_ok: Keep a clip that cannot be read (as evaluation does: whatever reads
+            it later names it) rather than refuse the folder.
 
     Returns:
         The examples per split, with labels in model output order, and what was left out.
@@ -327,7 +329,8 @@ def load_speech_commands(data_dir: str | Path, splits: SplitConfig, audio: Audio
     if assignment.listed_missing:
         log.warning("%s: %d files named in the split lists do not exist, e.g. %s", data_dir,
                     len(assignment.listed_missing), ", ".join(assignment.listed_missing[:3]))
-    split_clips, skipped, hashes = drop_duplicate_clips(data_dir, assignment.clips)
+    split_clips, skipped, hashes = drop_duplicate_clips(data_dir, assignment.clips,
+                                                        unreadable_ok=unreadable_ok)
     if skipped:
         add_note(notes, f"{len(skipped)} clips are byte-identical copies of others and were "
                  f"left out (kept: test, then validation, then train), e.g. {skipped[0][0]} "

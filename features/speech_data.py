@@ -269,7 +269,7 @@ def evaluation_inputs(data_dir: str, splits: SplitConfig, mfcc: MfccConfig,
                                 f"({', '.join(classes)}) in its class folders")
         digest = None  # of the bytes read below
     else:
-        data = load_speech_commands(root, splits, mfcc.audio)
+        data = load_speech_commands(root, splits, mfcc.audio, unreadable_ok=True)
         examples, layout = data.examples["test"], "training layout, test split"
         digest = data.digest(("test",))  # a training run's test digest of the same split
     silence = decode_examples([e for e in examples if e.is_silence], root, mfcc.audio)

@@ -19,6 +19,7 @@ from features.splits import SPLITS, drop_copies
 
 LIST_FILES = {"validation": "validation_list.txt", "test": "testing_list.txt"}
 MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # as in TensorFlow's speech_commands example
+UNREADABLE = "unreadable: "  # in place of the hash of a clip that cannot be read
 
 
 def speaker_of(filename: str) -> str:
@@ -122,12 +123,15 @@ def assign_splits(
     return SplitAssignment(splits, method, missing_lists, listed_missing, listed_twice)
 
 
-def content_hashes(data_dir: Path, clips: list[str]) -> dict[str, str]:
+def content_hashes(data_dir: Path, clips: list[str], *, unreadable_ok: bool = False
+                   ) -> dict[str, str]:
     """SHA-256 of the bytes of each clip (hex): what duplicate removal compares and the data
-    digests are made of.
+    digests are made of. With `unreadable_ok`, a clip that cannot be read has UNREADABLE and
+    its path in place of a hash (equal to no other clip's), for what reads it later to name.
 
     Raises:
-        DataError: A clip cannot be read (permissions, a folder named like a clip), named.
+        DataError: A clip cannot be read (permissions, a folder named like a clip), named;
+            unless `unreadable_ok`.
     """
     hashes = {}
     for clip in clips:
@@ -135,21 +139,26 @@ def content_hashes(data_dir: Path, clips: list[str]) -> dict[str, str]:
             with open(data_dir / clip, "rb") as handle:
                 hashes[clip] = hashlib.file_digest(handle, "sha256").hexdigest()
         except OSError as error:
-            raise DataError(f"{data_dir / clip}: cannot be read ({error.strerror or error})"
-                            ) from None
+            if not unreadable_ok:
+                raise DataError(f"{data_dir / clip}: cannot be read "
+                                f"({error.strerror or error})") from None
+            hashes[clip] = f"{UNREADABLE}{clip}"
     return hashes
 
 
-def drop_duplicate_clips(data_dir: Path, split_clips: dict[str, list[str]]
+def drop_duplicate_clips(data_dir: Path, split_clips: dict[str, list[str]], *,
+                         unreadable_ok: bool = False
                          ) -> tuple[dict[str, list[str]], list[tuple[str, str]], dict[str, str]]:
     """Keeps one copy of each set of byte-identical clips (`features.splits.drop_copies`: test,
-    then validation, then train; the first by path within a split).
+    then validation, then train; the first by path within a split); `unreadable_ok` as
+    `content_hashes` takes it.
 
     Returns:
         The clips per split without the dropped copies, (path, "duplicate of <kept>") of
         each dropped copy by path, and the SHA-256 of every kept clip.
     """
-    hashes = content_hashes(data_dir, [c for clips in split_clips.values() for c in clips])
+    hashes = content_hashes(data_dir, [c for clips in split_clips.values() for c in clips],
+                            unreadable_ok=unreadable_ok)
     kept, skipped = drop_copies(split_clips, hashes.__getitem__, str)
     return kept, sorted(skipped), {clip: hashes[clip] for clips in kept.values() for clip in clips}
 

@@ -17,8 +17,14 @@ import soundfile
 import tensorflow as tf
 
 from features.audio import AudioDecodeError, AudioSpec, decode_clip
+from features.errors import DataError
 from features.mfcc import MfccConfig, feature_shape, mfcc_frames
-from features.speech_commands import TWELVE_CLASS_LABELS, Example, SplitConfig
+from features.speech_commands import (
+    TWELVE_CLASS_LABELS,
+    Example,
+    SplitConfig,
+    load_speech_commands,
+)
 from features.speech_data import evaluation_inputs
 from features.speech_features import compute_features
 from features.text import (
@@ -33,7 +39,7 @@ from models.recurrent import text_to_probabilities
 from pipelines.request_bounds import NoInputColumns
 from pipelines.serving import MAX_AUDIO_SECONDS, MAX_TEXT_CHARS, SpeechPredictor, TextPredictor
 from tests.builders import frame_classifier, text_classifier
-from tests.datasets import make_speech_commands, review_text, tone
+from tests.datasets import SPEAKERS, make_speech_commands, review_text, tone
 
 SPEC = AudioSpec(16000, 1.0)
 LABELS = ("yes", "no", "up")
@@ -186,6 +192,22 @@ def test_evaluation_names_a_noise_recording_its_silence_windows_cannot_be_cut_fr
     silence = [i for i, name in enumerate(inputs.names) if "@" in name]
     assert silence and sorted(inputs.failed) == silence
     assert all(inputs.failed[i] == f"{noise}: holds NaN/Inf samples" for i in silence)
+
+
+def test_evaluation_scores_a_training_layout_folder_around_clips_that_cannot_be_read(
+        tmp_path: Path):
+    root = make_speech_commands(tmp_path / "speech_commands")
+    # broken links stand in for clips the user may not read (the suite may run as root)
+    test_clip, train_clip = root / "yes" / f"{SPEAKERS[5]}_nohash_0.wav", root / "no" / (
+        f"{SPEAKERS[0]}_nohash_0.wav")
+    for clip in (test_clip, train_clip):
+        clip.unlink()
+        clip.symlink_to(tmp_path / "gone.wav")
+    inputs = evaluation_inputs(str(root), SplitConfig(), MfccConfig(), TWELVE_CLASS_LABELS)
+    assert inputs.failed == {inputs.names.index(str(test_clip)):
+                             f"{test_clip}: cannot be read (No such file or directory)"}
+    with pytest.raises(DataError, match=f"^{train_clip}: cannot be read"):  # training refuses
+        load_speech_commands(root, SplitConfig(), SPEC)
 
 
 @pytest.fixture(scope="module")
