@@ -265,7 +265,7 @@ def check_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     its labels) or cannot be written as WAV, values out of range."""
     labels = Path(f"{args.out}.labels.txt")
     for path in (args.out, labels):
-        if path.exists():
+        if path.exists() or path.is_symlink():  # a link, even to nothing, is the user's
             parser.error(f"{path} exists: it is not replaced")
     if args.out.suffix.lower() != ".wav" or not args.out.parent.is_dir():
         parser.error(f"{args.out}: expected a .wav file in an existing folder")

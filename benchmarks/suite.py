@@ -194,8 +194,8 @@ def print_table(figures: list[Figure], out=sys.stdout) -> None:
 
 @contextlib.contextmanager
 def work_folder(work_dir: Path | None) -> Iterator[Path]:
-    """The suite's scratch folder: a new `run-<time>-<suffix>` folder in `work_dir`, kept, or
-    a temporary folder, removed at the end."""
+    """The suite's scratch folder: a new `run-<time>-<suffix>` folder in the folder
+    `work_dir`, kept, or a temporary folder, removed at the end."""
     if work_dir is None:
         with tempfile.TemporaryDirectory() as folder:
             yield Path(folder)
@@ -235,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.data_dir / name).is_dir():
             parser.error(f"{args.data_dir / name} not found: --data-dir must hold "
                          "speech_commands/ and aclImdb/ (see ../shared/data/README)")
+    from pipelines.cli import require_writable_folder  # TensorFlow and MLflow: after --help
+    for option, folder in (("--work-dir", args.work_dir), ("--store-dir", args.store_dir)):
+        if folder is not None:  # checked now, not after the sections before the first to use it
+            require_writable_folder(parser, folder, option)
+    if args.json:
+        if args.json.exists() or args.json.is_symlink():
+            parser.error(f"--json {args.json} exists: it is not replaced; name a new file")
+        require_writable_folder(parser, args.json.parent, "--json's folder")
     logging.basicConfig(level=logging.WARNING)
     with work_folder(args.work_dir) as folder:
         store = args.store_dir.resolve() if args.store_dir else folder / "mlruns"

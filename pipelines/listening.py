@@ -59,6 +59,9 @@ READ_AHEAD_SECONDS = 60  # of audio read ahead of the model at most
 NOT_REPORTED = (SILENCE_LABEL, UNKNOWN_LABEL)
 
 
+MAX_SETTING_MS = 86_400_000
+
+
 @dataclass(frozen=True)
 class ListenConfig:
     """How windows are cut and detections made (TensorFlow's RecognizeCommands terms); each
@@ -88,6 +91,10 @@ class ListenConfig:
             raise ValueError(f"--hop-ms and --average-window-ms must be positive, "
                              f"--suppression-ms at least 0 (got {self.stride_ms:g}, "
                              f"{self.average_window_ms:g}, {self.suppression_ms:g})")
+        longest = max(self.stride_ms, self.average_window_ms, self.suppression_ms)
+        if longest > MAX_SETTING_MS:  # longer is no use, and overflows in samples
+            raise ValueError(f"--hop-ms, --average-window-ms and --suppression-ms must be at "
+                             f"most a day ({MAX_SETTING_MS:,} ms), not {longest:g}")
         if self.minimum_count < 1:
             raise ValueError(f"--minimum-count must be at least 1, not {self.minimum_count}")
         if not 0 <= self.threshold < 1:

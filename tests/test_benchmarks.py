@@ -87,6 +87,23 @@ def test_unknown_sections_are_refused_with_the_choices(capsys):
     assert "no section in --only" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--work-dir", "a-file"], "--work-dir {tmp}/a-file is not writable ({tmp}/a-file is a file)"),
+    (["--store-dir", "a-file/mlruns"], "--store-dir {tmp}/a-file/mlruns is not writable"),
+    (["--json", "a-file"], "--json a-file exists: it is not replaced; name a new file"),
+    (["--json", "a-file/out.json"], "--json's folder {tmp}/a-file is not writable"),
+])
+def test_output_places_are_checked_before_any_section_runs(args, message, tmp_path, capsys,
+                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(SystemExit) as refused:
+        main(["--only", "mfcc", *args])
+    assert refused.value.code == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
 def test_a_failed_section_is_reported_and_the_others_share_one_store_and_are_kept(
         tmp_path, monkeypatch, capsys):
     """A section that raises is reported with its traceback and the next one runs; the table
@@ -257,6 +274,7 @@ def test_streams_command_scores_listens_output_against_tensorflows_labels(tmp_pa
 @pytest.mark.parametrize(("args", "message"), [
     (["taken.wav"], "taken.wav exists: it is not replaced"),
     (["fresh.wav"], "fresh.wav.labels.txt exists: it is not replaced"),
+    (["link.wav"], "link.wav exists: it is not replaced"),  # a link to nothing
     (["stream.mp3"], "stream.mp3: expected a .wav file in an existing folder"),
     (["missing/stream.wav"], "missing/stream.wav: expected a .wav file in an existing folder"),
     (["/proc/s.wav"], "the stream's folder /proc is not writable"),  # even as root
@@ -275,6 +293,7 @@ def test_streams_generate_refuses_before_reading_any_clip(args, message, tmp_pat
     monkeypatch.chdir(tmp_path)
     (tmp_path / "taken.wav").write_bytes(b"mine")
     (tmp_path / "fresh.wav.labels.txt").write_text("mine")
+    (tmp_path / "link.wav").symlink_to(tmp_path / "gone" / "s.wav")
     with pytest.raises(SystemExit) as refused:
         streams.main(["generate", *args, "--data-dir", str(tmp_path / "no-such-folder")])
     assert refused.value.code == 2 and message in capsys.readouterr().err
