@@ -291,7 +291,9 @@ def registry_lines(result: dict) -> list[str]:
     if "trials" in result:
         params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else
                            f"{key}={value}" for key, value in result["best_params"].items())
-        lines += [f"sweep             {result['trials']} trials; best (validation accuracy "
+        trials, failed = result["trials"], result["failed_trials"]
+        count = f"{trials} of {trials + failed} trials finished" if failed else f"{trials} trials"
+        lines += [f"sweep             {count}; best (validation accuracy "
                   f"{result['model_val_accuracy']:.4f}): run {result['trial_run_id']}",
                   f"best parameters   {params}"]
     if result.get("registered_version"):

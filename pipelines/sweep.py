@@ -73,6 +73,7 @@ def run_sweep(config: TaskConfig, run_one: Callable[[Any], dict], space: Mapping
         results = run_trials(study, config, run_one, space, pipeline)
         chosen = log_trials(study, results)
         summary = dict(chosen, trial_run_id=chosen["run_id"], trials=len(results),
+                       failed_trials=config.run.sweep - len(results),
                        best_params=study.best_trial.params)
         metrics = {key: value for key, value in chosen.items() if key.startswith("test_")
                    and isinstance(value, float)}
@@ -107,12 +108,12 @@ def run_trials(study: optuna.Study, config: TaskConfig, run_one: Callable[[Any],
     failure = None
     for number in range(config.run.sweep):
         trial = study.ask(dict(space))
-        trial_config = config.replace(**trial.params, sweep=0, register=False, run_name=None)
-        trial_config = trial_config.replace(run_name=descriptions.trial_run_name(
-            config, trial_config, pipeline, number))
-        log.info("trial %d/%d: %s", number + 1, config.run.sweep, trial.params)
-        try:
-            result = run_one(trial_config)
+        log.info("trial %d (%d of %d): %s", number, number + 1, config.run.sweep, trial.params)
+        try:  # the trial's options are checked together (learning rate x weight decay)
+            trial_config = config.replace(**trial.params, sweep=0, register=False,
+                                          run_name=None)
+            result = run_one(trial_config.replace(run_name=descriptions.trial_run_name(
+                config, trial_config, pipeline, number)))
         except ConfigError as error:  # an unusable combination fails its trial only
             failure = error
             log.warning("trial %d failed: %s", number, error)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from optuna.distributions import IntDistribution
+from optuna.distributions import FloatDistribution, IntDistribution
 
 from pipelines import lifecycle, sentiment, speech, tracking
 from pipelines.errors import ConfigError
@@ -119,6 +119,16 @@ def test_a_tfidf_trial_whose_min_df_no_word_meets_fails_that_trial_only(imdb_dir
     with pytest.raises(ConfigError, match="all 1 trials failed; the last: no word n-gram is in "
                        "--min-df 30 of the 30 training reviews"):
         run_sweep(config, sentiment.run, {"min_df": IntDistribution(30, 30)}, "sentiment")
+
+
+def test_a_trial_whose_sampled_options_do_not_fit_together_fails_that_trial_only(
+        tmp_path: Path):
+    config = SentimentConfig.from_options(data_dir=str(tmp_path), store_dir=str(
+        tmp_path / "mlruns"), sweep=1, weight_decay=150)  # 150 x the default 3e-3: fits
+    with pytest.raises(ConfigError, match=r"all 1 trials failed; the last: learning_rate x "
+                       r"weight_decay must be under 1 .*, got 0.01 x 150"):
+        run_sweep(config, sentiment.run, {"learning_rate": FloatDistribution(0.01, 0.01)},
+                  "sentiment")
 
 
 @pytest.mark.parametrize(("config", "space"), [
