@@ -76,7 +76,7 @@ def file_lines(path: str) -> list[str]:
     try:
         raw = Path(path).read_bytes()
     except OSError as error:
-        raise DataError(f"cannot read {path} ({error.strerror})") from error
+        raise DataError(f"cannot read {shown_name(path)} ({error.strerror})") from error
     text, was_replaced = decode_review(raw.removeprefix(UTF8_BOM))  # as training reads one
     # one review per line: split on line ends only (str.splitlines also splits on form
     # feeds, U+2028 and other separators a review may hold)
@@ -88,7 +88,7 @@ def file_lines(path: str) -> list[str]:
     blank = [number for number, line in enumerate(lines, 1) if not line.strip()]
     for numbers, what in ((blank, "skipped {} blank line(s)"),
                           (replaced, "{} line(s) not UTF-8, read with U+FFFD for the bytes")):
-        print_numbered(what, numbers, f"{path}: ")
+        print_numbered(what, numbers, f"{shown_name(path)}: ")
     return [line for line in lines if line.strip()]
 
 

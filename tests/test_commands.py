@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from pipelines import sentiment, speech, tracking
+from pipelines.sentiment import SentimentConfig
 from tests.builders import register_tiny_speech_model
-from tests.datasets import tone, write_wav
+from tests.datasets import make_imdb, tone, write_wav
 from tests.test_tracking import log_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +58,26 @@ def test_a_file_name_in_bytes_that_are_not_utf8_is_printed_escaped(store: Path,
     assert speech.main(["listen", os.fsdecode(broken), "--store-dir", str(store),
                         "--model-uri", f"models:/{NAME}@champion"]) == 1
     assert capsys.readouterr().err.startswith(f"{tmp_path}/\\xfe.wav: not decodable audio")
+
+
+def test_a_data_folder_in_bytes_that_are_not_utf8_is_logged_escaped(tmp_path: Path, capsys):
+    odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"im\xffdb"))
+    shown, store = f"{tmp_path}/im\\xffdb", str(tmp_path / "mlruns")
+    make_imdb(Path(odd))
+    sentiment.run(SentimentConfig.from_options(data_dir=odd, store_dir=store,
+                                               model="tfidf-logreg", validation_pct=25))
+    assert sentiment.main(["evaluate", "--data-dir", odd, "--store-dir", store]) == 0
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("imdb-sentiment").experiment_id])
+    evaluated, trained = sorted(runs, key=lambda run: run.data.tags.get("run_type", ""),
+                                reverse=True)
+    assert trained.data.params["data_dir"] == shown
+    assert shown in evaluated.data.tags["mlflow.note.content"]
+    # and a review file named so, on stderr
+    reviews = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"n\xffame.txt"))
+    Path(reviews).write_text("great\n\nawful\n")
+    assert sentiment.main(["predict", "--file", reviews, "--store-dir", store]) == 0
+    assert f"{tmp_path}/n\\xffame.txt: skipped 1 blank line(s): 2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("main", "argv", "message"), [

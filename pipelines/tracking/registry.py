@@ -24,7 +24,7 @@ from pipelines.tracking.champion import (
     model_labels,
     version_classes,
 )
-from pipelines.tracking.runs import set_tags
+from pipelines.tracking.runs import logged_text, set_tags
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def link_evaluation(model_uri: str, version: Any | None, run_id: str, summary: s
     if version is not None:
         try:
             MlflowClient().set_model_version_tag(version.name, version.version,
-                                                 f"evaluation.{run_id}", summary)
+                                                 f"evaluation.{run_id}", logged_text(summary))
         except MlflowException as error:
             if error.error_code != GONE:
                 raise

@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_experiment_name, _validate_model_name
 
+from features.errors import shown_name
 from pipelines.errors import SetupError
 from pipelines.tracking import leases
 from pipelines.tracking.stores import artifact_root, connect, redact
@@ -154,7 +155,7 @@ def open_run_id() -> str | None:
 def note_failure(run_id: str, error: BaseException) -> None:
     """Says on a failed run what failed: the tag `error` and the run's description (shown on
     its page) hold the exception's type and message, passwords in URIs hidden (`redact`)."""
-    text = redact(f"{type(error).__name__}: {error}")[:MAX_ERROR_CHARS]
+    text = logged_text(f"{type(error).__name__}: {error}")[:MAX_ERROR_CHARS]
     client = MlflowClient()
     try:
         client.set_tag(run_id, "error", text)
@@ -212,8 +213,15 @@ def set_description(text: str) -> None:
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:
-    """Tags the open run, each value as text with any URI password redacted (`redact`)."""
-    mlflow.set_tags({key: redact(str(value)) for key, value in tags.items()})
+    """Tags the open run, each value as `logged_text`."""
+    mlflow.set_tags({key: logged_text(value) for key, value in tags.items()})
+
+
+def logged_text(value: Any) -> str:
+    """A value as the runs' params and tags hold it: text with any URI password redacted
+    (`redact`) and the bytes of a file name that are not UTF-8 as `\\xNN` (`shown_name`; a
+    tracking database holds UTF-8 only)."""
+    return shown_name(redact(str(value)))
 
 
 def delete_tag(key: str) -> None:
@@ -286,9 +294,8 @@ def log_dict(data: Mapping[str, Any], path: str) -> None:
 
 
 def log_params(params: Mapping[str, Any]) -> None:
-    """Logs parameters to the open run, each value as text with any URI password redacted
-    (`redact`)."""
-    mlflow.log_params({key: redact(str(value)) for key, value in params.items()})
+    """Logs parameters to the open run, each value as `logged_text`."""
+    mlflow.log_params({key: logged_text(value) for key, value in params.items()})
 
 
 def log_table(table, path: str) -> None:
