@@ -173,8 +173,8 @@ def exportable(predictor, model_uri: str) -> SpeechPredictor:
         ModelError: Another model (one over MFCC frames, or not a speech model).
     """
     if not isinstance(predictor, SpeechPredictor) or not predictor.takes_waveforms:
-        raise ModelError(f"{model_uri}: not a speech model over waveforms (log it anew to "
-                         "export it)")
+        raise ModelError(f"{model_uri}: not a speech model over waveforms (as the speech "
+                         "pipeline logs them): only those export")
     return predictor
 
 
@@ -281,7 +281,8 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     clash = sorted(logged & {out.name, labels_file.name})
     if clash and not args.overwrite:
         parser.error(f"run {run_id} of {args.model_uri} holds "
-                     f"{' and '.join(f'{ARTIFACT_FOLDER}/{name}' for name in clash)} already: "
+                     f"{' and '.join(cli.tsv_field(f'{ARTIFACT_FOLDER}/{name}') for name in clash)}"
+                     " already: "
                      "name --out otherwise, or pass --overwrite to replace")
     calibration = None
     if args.quantize == "int8":  # the training split as the model's own run composed it
@@ -295,7 +296,8 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     content = convert(predictor.model, args.quantize, calibration)
     labels = "".join(f"{label}\n" for label in predictor.labels)
     write_whole({out: content, labels_file: labels.encode()})
-    how = f"--quantize {args.quantize}" + (
+    spec = predictor.spec
+    how = f"--quantize {args.quantize}, {spec.clip_samples} samples at {spec.sample_rate} Hz in" + (
         f", calibrated on {len(calibration)} training clips of {Path(args.data_dir).resolve()}"
         if calibration is not None else "")
     tracking.log_to_run(run_id, [out, labels_file], ARTIFACT_FOLDER,
@@ -309,7 +311,8 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
 def export_parser(task: cli.TaskCommands) -> argparse.ArgumentParser:
     """`export`'s options, beside those of every command on a logged model."""
     parser = cli.model_parser(task, "export", "Export a logged speech model (default: the "
-                              "champion) as a TensorFlow Lite file over raw 16 kHz waveforms.")
+                              "champion) as a TensorFlow Lite file over raw waveforms at the "
+                              "model's rate (one 16,000-sample clip at 16 kHz by default).")
     parser.add_argument("--format", choices=["tflite"], default="tflite",
                         help="TensorFlow Lite, run by the LiteRT interpreter")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
@@ -341,14 +344,21 @@ def output_files(parser: argparse.ArgumentParser, args: argparse.Namespace
     loaded, where their folder is missing or cannot be written, either is a folder, or either
     exists and --overwrite is not given."""
     out = Path(args.out or f"speech-{args.quantize}.tflite")
-    labels_file = labels_path(out)
+    labels_file, shown = labels_path(out), cli.tsv_field(str(out))
     if not out.parent.is_dir():
-        parser.error(f"--out {out}: there is no folder {out.parent}")
+        parser.error(f"--out {shown}: there is no folder {cli.tsv_field(str(out.parent))}")
     cli.require_writable_folder(parser, out.parent, "--out folder")
-    for path in (out, labels_file):
-        if path.is_dir():
-            parser.error(f"--out {out}: {path} is a folder: name a file to write")
-    existing = [str(path) for path in (out, labels_file) if path.exists()]
+    try:
+        for path in (out, labels_file):
+            if path.is_dir() or str(args.out).endswith(os.sep):
+                parser.error(f"--out {shown}: {cli.tsv_field(str(path))} is a folder: name a "
+                             "file to write")
+        # a link, even to nothing, is the user's
+        existing = [cli.tsv_field(str(path)) for path in (out, labels_file)
+                    if path.exists() or path.is_symlink()]
+    except OSError as error:  # a name too long for the file system
+        parser.error(f"--out {shown}: {error.strerror} ({cli.tsv_field(str(labels_file))} "
+                     "holds the labels)")
     if existing and not args.overwrite:
         parser.error(f"{' and '.join(existing)} {'exist' if len(existing) > 1 else 'exists'}"
                      " already: pass another --out, or --overwrite to replace")

@@ -124,7 +124,7 @@ def test_tflite_file_labels_real_clips_as_the_keras_model(
     assert {f"tflite/{out.name}", f"tflite/{labels_file.name}"} <= logged_files
     # the run says how each file was made
     how = mlflow.MlflowClient().get_run(run_id).data.tags[f"tflite.{out.name}"]
-    assert how == f"--quantize {quantize}" + (
+    assert how == f"--quantize {quantize}, 16000 samples at 16000 Hz in" + (
         f", calibrated on 50 training clips of {shared_speech_dir.resolve()}"
         if calibrated else "")
 
@@ -167,6 +167,36 @@ def test_export_never_replaces_a_file_unasked(logged, tmp_path: Path, capsys):
     assert "holds tflite/logged.tflite and tflite/logged_labels.txt already: name --out " \
         "otherwise, or pass --overwrite to replace" in capsys.readouterr().err
     assert not second.exists()
+
+
+def test_export_refuses_before_converting_what_it_could_not_write_or_log(logged,
+                                                                         tmp_path: Path, capsys):
+    store, uri, _ = logged
+    for out, message in (
+            (tmp_path / "link.tflite", "link.tflite exists already"),  # a link to nothing
+            (tmp_path / "esc\x1b[31m.tflite", "esc\\x1b[31m.tflite exists already"),
+            (f"{tmp_path / 'new'}/", "new is a folder: name a file to write"),
+            (tmp_path / f"{'z' * 250}.tflite", "File name too long (")):
+        if "link" in str(out):
+            out.symlink_to(tmp_path / "nothing")
+        elif "esc" in str(out):
+            out.write_text("the user's own")
+        with pytest.raises(SystemExit) as refused:
+            speech.main(["export", "--model-uri", uri, "--store-dir", str(store), "--out",
+                         str(out)])
+        assert refused.value.code == 2 and message in capsys.readouterr().err
+    assert (tmp_path / "link.tflite").is_symlink() and not (tmp_path / "new").exists()
+    # a version whose run is deleted: the files could not be logged on it
+    folder = store.parent
+    with tracking.open_run("export", tracking_uri=None, store_dir=store) as run_id:
+        deleted = tracking.log_speech_classifier(folder / "classifier.keras",
+                                                 folder / "config.json", LABELS,
+                                                 speech.serving_input_example(16000))
+    mlflow.MlflowClient().delete_run(run_id)
+    assert speech.main(["export", "--model-uri", deleted, "--store-dir", str(store), "--out",
+                        str(tmp_path / "x.tflite")]) == 2
+    assert f"the run that logged it, {run_id}, is deleted" in capsys.readouterr().err
+    assert not (tmp_path / "x.tflite").exists()
 
 
 def test_an_export_that_fails_part_way_leaves_every_file_as_it_was(tmp_path: Path):

@@ -36,7 +36,7 @@ from pipelines.errors import ModelError
 from pipelines.tracking import model_code
 from pipelines.tracking.pyfunc_models import SpeechClassifierModel, TextClassifierModel
 from pipelines.tracking.registry import model_version_of, models_uri_parts
-from pipelines.tracking.runs import run_params
+from pipelines.tracking.runs import logged_text, run_params
 from pipelines.tracking.stores import DB_NAME, check_tracking, connect, store_database
 
 
@@ -86,9 +86,7 @@ def evaluated_model(model_uri: str, tracking_uri: str | None, store_dir: str | P
         info = mlflow.models.get_model_info(pinned)
         params = run_params(info.run_id)
     except (MlflowException, OSError) as error:
-        message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
-        raise ModelError(f"{model_uri}: the run that logged it cannot be read ({message})"
-                         ) from None
+        raise unreadable_run(model_uri, error) from None
     require_inputs(model_uri, info.signature.inputs if info.signature else None, sends)
     return pinned, params
 
@@ -173,12 +171,34 @@ def log_model_metrics(model_uri: str, metrics: Mapping[str, float]) -> None:
                        model_id=model_id)
 
 
+def unreadable_run(model_uri: str, error: Exception) -> ModelError:
+    """The error for a model whose run cannot be read (not in this store, deleted)."""
+    message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+    return ModelError(f"{model_uri}: the run that logged it cannot be read ({message})")
+
+
 def model_run_files(model_uri: str, artifact_path: str) -> tuple[str, set[str]]:
     """The id of the run that logged `model_uri`, and the names of the files it holds under
-    `artifact_path`."""
-    run_id = mlflow.models.get_model_info(model_uri).run_id
-    return run_id, {Path(info.path).name for info in
-                    mlflow.MlflowClient().list_artifacts(run_id, artifact_path)}
+    `artifact_path`.
+
+    Raises:
+        ModelError: That run cannot be read or is deleted (nothing can be logged on it).
+    """
+    client = mlflow.MlflowClient()
+    try:
+        run_id = mlflow.models.get_model_info(model_uri).run_id
+        if run_id is None:  # saved, not logged (`mlflow.pyfunc.save_model`)
+            raise ModelError(f"{model_uri}: logged by no run, so there is no run to log the "
+                             "files on")
+        run = client.get_run(run_id).info
+        files = {Path(info.path).name for info in client.list_artifacts(run.run_id,
+                                                                         artifact_path)}
+    except (MlflowException, OSError) as error:
+        raise unreadable_run(model_uri, error) from None
+    if run.lifecycle_stage == "deleted":
+        raise ModelError(f"{model_uri}: the run that logged it, {run.run_id}, is deleted "
+                         f"(`mlflow runs restore --run-id {run.run_id}` restores it)")
+    return run.run_id, files
 
 
 def log_to_run(run_id: str, paths: Sequence[str | Path], artifact_path: str,
@@ -189,7 +209,7 @@ def log_to_run(run_id: str, paths: Sequence[str | Path], artifact_path: str,
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path)
     for key, value in (tags or {}).items():
-        client.set_tag(run_id, key, value)
+        client.set_tag(run_id, key, logged_text(value))
 
 
 def local_artifact_folder(model_uri: str) -> Path | None:
