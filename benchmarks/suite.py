@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         if args.json.exists() or args.json.is_symlink():
             parser.error(f"--json {args.json} exists: it is not replaced; name a new file")
+        if not args.json.parent.is_dir():
+            parser.error(f"--json {args.json}: there is no folder {args.json.parent}")
         require_writable_folder(parser, args.json.parent, "--json's folder")
     logging.basicConfig(level=logging.WARNING)
     with work_folder(args.work_dir) as folder:

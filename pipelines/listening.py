@@ -91,10 +91,10 @@ class ListenConfig:
             raise ValueError(f"--hop-ms and --average-window-ms must be positive, "
                              f"--suppression-ms at least 0 (got {self.stride_ms:g}, "
                              f"{self.average_window_ms:g}, {self.suppression_ms:g})")
-        longest = max(self.stride_ms, self.average_window_ms, self.suppression_ms)
+        longest = max(self.stride_ms, self.average_window_ms)
         if longest > MAX_SETTING_MS:  # longer is no use, and overflows in samples
-            raise ValueError(f"--hop-ms, --average-window-ms and --suppression-ms must be at "
-                             f"most a day ({MAX_SETTING_MS:,} ms), not {longest:g}")
+            raise ValueError(f"--hop-ms and --average-window-ms must be at most a day "
+                             f"({MAX_SETTING_MS:,} ms), not {longest:.10g}")
         if self.minimum_count < 1:
             raise ValueError(f"--minimum-count must be at least 1, not {self.minimum_count}")
         if not 0 <= self.threshold < 1:

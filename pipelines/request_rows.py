@@ -20,7 +20,7 @@ import pandas as pd
 
 from pipelines.request_bounds import NoInputColumns
 
-BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/\r\n]+={0,2}[\r\n]*")
+BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/]+={0,2}")  # line breaks taken out first
 
 
 def rows_of(model_input: Any, columns: Sequence[str]) -> list[dict]:
@@ -46,17 +46,20 @@ def rows_of(model_input: Any, columns: Sequence[str]) -> list[dict]:
     return frame.to_dict("records")
 
 
-def request_rows(model_input: Any, columns: Sequence[str]) -> list[dict]:
+def request_rows(model_input: Any, columns: Sequence[str], kinds: tuple[type, ...]
+                 ) -> list[dict]:
     """The rows of a request (`rows_of`), a request of one row whose first column holds a
-    list of inputs spread into a row per input. In a request of several rows a list stays
-    one row (answered with its error), so that the answers line up with the rows sent.
+    list of inputs (each one of `kinds`) spread into a row per input. In a request of
+    several rows a list stays one row (answered with its error), so that the answers line up
+    with the rows sent, as does a list of something else (a waveform sent as `audio`).
 
     Raises:
         NoInputColumns: As `rows_of`.
     """
     rows = rows_of(model_input, columns)
     values = rows[0].get(columns[0]) if len(rows) == 1 else None
-    if isinstance(values, list | tuple | np.ndarray):
+    if (isinstance(values, list | tuple | np.ndarray)
+            and all(isinstance(value, kinds) for value in values)):
         return [{columns[0]: value} for value in values]
     return rows
 
@@ -65,10 +68,10 @@ def file_bytes(data: bytes) -> bytes:
     """A binary cell's file bytes: `data`, or, where `data` is base64 text (as MLflow hands
     over a binary cell of the `inputs` and `instances` JSON forms), the bytes it encodes.
     An audio file is never base64 text: its header holds bytes outside that alphabet."""
-    if BASE64_TEXT.fullmatch(data):
+    text = data.replace(b"\r", b"").replace(b"\n", b"")
+    if BASE64_TEXT.fullmatch(text):
         try:
-            return base64.b64decode(data.replace(b"\r", b"").replace(b"\n", b""),
-                                    validate=True)
+            return base64.b64decode(text, validate=True)
         except binascii.Error:  # the alphabet, but not whole base64 (wrong length, padding)
             pass
     return data

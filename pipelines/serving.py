@@ -230,7 +230,7 @@ class SpeechPredictor:
         Raises:
             RequestTooLarge: The request is over MAX_REQUEST_ROWS or SPEECH_MAX_REQUEST_BYTES.
         """
-        rows = request_rows(model_input, self.INPUT_COLUMNS)
+        rows = request_rows(model_input, self.INPUT_COLUMNS, (bytes, bytearray))
         check_request([speech_row_bytes(row) for row in rows], SPEECH_MAX_REQUEST_BYTES,
                       "audio")
         clips, errors = self.clips(rows)
@@ -287,7 +287,8 @@ class TextPredictor:
         Raises:
             RequestTooLarge: The request is over MAX_REQUEST_ROWS or TEXT_MAX_REQUEST_BYTES.
         """
-        values = [row.get("text") for row in request_rows(model_input, self.INPUT_COLUMNS)]
+        values = [row.get("text") for row in request_rows(model_input, self.INPUT_COLUMNS,
+                                                          (str, bytes))]
         check_request([text_bytes(value) for value in values], TEXT_MAX_REQUEST_BYTES,
                       "review text")
         texts, errors = [], []

@@ -91,7 +91,8 @@ def test_unknown_sections_are_refused_with_the_choices(capsys):
     (["--work-dir", "a-file"], "--work-dir {tmp}/a-file is not writable ({tmp}/a-file is a file)"),
     (["--store-dir", "a-file/mlruns"], "--store-dir {tmp}/a-file/mlruns is not writable"),
     (["--json", "a-file"], "--json a-file exists: it is not replaced; name a new file"),
-    (["--json", "a-file/out.json"], "--json's folder {tmp}/a-file is not writable"),
+    (["--json", "a-file/out.json"], "--json a-file/out.json: there is no folder a-file"),
+    (["--json", "typo/out.json"], "--json typo/out.json: there is no folder typo"),
 ])
 def test_output_places_are_checked_before_any_section_runs(args, message, tmp_path, capsys,
                                                            monkeypatch):

@@ -298,9 +298,9 @@ def test_standard_input_is_listened_to_once_and_only_from_a_pipe(
                           "finite number"),
     (["--average-window-ms", "inf"], "--average-window-ms inf,"),
     (["--suppression-ms", "nan"], "--suppression-ms nan,"),
-    (["--hop-ms", "1e305"], "--hop-ms, --average-window-ms and --suppression-ms must be at most "
-                            "a day (86,400,000 ms), not 1e+305"),
-    (["--average-window-ms", "86400001"], "at most a day (86,400,000 ms), not 8.64e+07"),
+    (["--hop-ms", "1e305"], "--hop-ms and --average-window-ms must be at most a day "
+                            "(86,400,000 ms), not 1e+305"),
+    (["--average-window-ms", "86400001"], "at most a day (86,400,000 ms), not 86400001"),
     # an averaging window that cannot detect, refused at 16 kHz before loading too
     (["--hop-ms", "2000"], "--average-window-ms 500 at --hop-ms 2000 (32000 samples at 16000 "
                            "Hz) averages at most 1 window(s)"),

@@ -57,6 +57,10 @@ def test_a_request_of_one_row_holding_clips_answers_each_clip(
     for cell in (CLIPS, np.array([np.bytes_(clip) for clip in CLIPS], dtype=object)):
         assert speech_predictor.predict(pd.DataFrame({"audio": [cell]})).equals(expected)
     assert len(speech_predictor.predict(pd.DataFrame({"audio": [[]]}))) == 0  # no clips
+    # a list of something else (samples sent as `audio`) stays one row, with its error
+    answer = speech_predictor.predict(pd.DataFrame({"audio": [np.zeros(16000)]}))
+    assert answer["error"].tolist() == [
+        "audio: expected a file's bytes (base64 in JSON), got ndarray"]
 
 
 def test_a_list_among_several_review_rows_stays_one_row(text_predictor: TextPredictor):
@@ -79,6 +83,7 @@ def test_base64_text_of_a_clip_is_answered_as_the_clip(speech_predictor: SpeechP
     encoded = base64.b64encode(clip)
     assert file_bytes(clip) is clip  # a WAV header is never base64 text
     assert file_bytes(encoded) == clip == file_bytes(base64.encodebytes(clip))  # line breaks
+    assert file_bytes(b"\n" * 5000 + b"!") == b"\n" * 5000 + b"!"  # not base64: as it is
     answer = speech_predictor.predict(pd.DataFrame({"audio": [
         clip, np.bytes_(encoded), base64.encodebytes(clip), encoded[:-3], b"UklGRg=="]}))
     probabilities = answer.filter(like="probability_").to_numpy()
