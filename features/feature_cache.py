@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from features.errors import disk_space_errors
+from features.errors import DataError, disk_space_errors
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,12 @@ class FeatureCache:
             log.warning("feature cache %s holds %d bytes, expected %d for shape %s; rebuilding",
                         data_path, data_path.stat().st_size, expected, list(meta["shape"]))
             return False
-        actual = file_crc32(data_path)
+        try:
+            actual = file_crc32(data_path)
+        except OSError as error:  # another user's entry, not readable by this one
+            log.warning("feature cache %s is unreadable (%s); rebuilding", data_path,
+                        error.strerror or error)
+            return False
         if actual != meta["crc32"]:
             log.warning("feature cache %s has CRC-32 %08x, expected %08x (corrupted); "
                         "rebuilding", data_path, actual, meta["crc32"])
@@ -184,7 +189,15 @@ class FeatureCache:
 
     def load(self, key: str) -> SplitFeatures | None:
         """Returns the cached entry (frames memory-mapped) after checking the frame file's size
-        and CRC-32; None if it is absent, incomplete or damaged (damage is logged)."""
+        and CRC-32; None if it is absent, incomplete or damaged (damage is logged).
+
+        Raises:
+            DataError: A folder where the entry keeps a file (it would not be replaced).
+        """
+        for path in (self.meta_path(key), self.data_path(key)):
+            if path.is_dir():
+                raise DataError(f"{path}: a folder where the feature cache keeps a file; move "
+                                "it away, or give another --cache-dir")
         if not (self.meta_path(key).is_file() and self.data_path(key).is_file()):
             return None
         meta = self.read_meta(key)

@@ -21,7 +21,14 @@ import pandas as pd
 
 from features import tfds_speech
 from features.audio import AudioDecodeError, decode_recording
-from features.errors import ConfigError, DataError, require_data_dir, require_folder, shown_name
+from features.errors import (
+    ConfigError,
+    DataError,
+    require_at_least,
+    require_data_dir,
+    require_folder,
+    shown_name,
+)
 from features.feature_cache import cached_features
 from features.mfcc import MfccConfig
 from features.speech_commands import (
@@ -67,6 +74,9 @@ class SpeechSourceConfig:
     in_memory_mb: int = field(default=512, metadata={
         "help": "cached splits with more feature data than this (MB) are streamed from the "
                 "cache file during training, not loaded"})
+
+    def __post_init__(self):
+        require_at_least(self, {"in_memory_mb": 0})
 
     @property
     def stream_over_bytes(self) -> int:

@@ -23,7 +23,12 @@ from features.imdb import (
     decode_review,
     unusable,
 )
-from features.tfds_source import prepared_builder, prepared_version, require_splits
+from features.tfds_source import (
+    prepared_builder,
+    prepared_version,
+    reading_copy,
+    require_splits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +76,22 @@ def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int,
         unlabelled = False
     read = ("train", "test", *(("unsupervised",) if unlabelled else ()))
     require_splits(builder, read)
-    for split in read:
-        reviews = []
-        for index, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
-            review_id = f"{split}/{index}"
-            text, was_replaced = decode_review(example["text"])
-            reason = unusable(text)
-            if reason:
-                skipped.append((review_id, reason))
-                continue
-            if was_replaced:
-                replaced.append(review_id)
-            label = UNLABELLED if split == "unsupervised" else names[int(example["label"])]
-            reviews.append(Review(text, label, review_id))
-        splits[split] = reviews
+    with reading_copy(builder):
+        for split in read:
+            reviews = []
+            for index, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
+                review_id = f"{split}/{index}"
+                text, was_replaced = decode_review(example["text"])
+                reason = unusable(text)
+                if reason:
+                    skipped.append((review_id, reason))
+                    continue
+                if was_replaced:
+                    replaced.append(review_id)
+                label = (UNLABELLED if split == "unsupervised"
+                         else names[int(example["label"])])
+                reviews.append(Review(text, label, review_id))
+            splits[split] = reviews
     return composed_imdb(
         splits["train"], splits["test"], splits.get("unsupervised", []), skipped=skipped,
         replaced=replaced, source=f"tfds://{TFDS_NAME}/{prepared_version(TFDS_NAME, data_dir)}",

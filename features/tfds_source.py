@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from urllib.parse import urlparse
 
 from features.errors import DataError, PipelineError
@@ -39,9 +41,7 @@ def prepared_builder(name: str, data_dir: str | None, download_url: str, *, size
     Raises:
         DatasetUnavailableError: The data is not prepared in `data_dir` and cannot be downloaded.
     """
-    import tensorflow_datasets as tfds  # on use: seconds to import, only --source tfds
-
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = copy_builder(name, data_dir)
     if builder.is_prepared():
         return builder
     url = urlparse(download_url)
@@ -82,6 +82,35 @@ def require_splits(builder, splits: Sequence[str]) -> None:
 
 def prepared_version(name: str, data_dir: str | None) -> str:
     """The version of a prepared dataset, for lineage and cache keys."""
-    import tensorflow_datasets as tfds  # on use: seconds to import, only --source tfds
+    return str(copy_builder(name, data_dir).info.version)
 
-    return str(tfds.builder(name, data_dir=data_dir).info.version)
+
+def copy_builder(name: str, data_dir: str | None):
+    """`tfds.builder(name, data_dir=data_dir)`, a copy's damaged metadata as DataError."""
+    import tensorflow_datasets as tfds  # on use: seconds to import, only --source tfds
+    from google.protobuf.json_format import ParseError
+
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except ParseError as error:  # its dataset_info.json
+        raise damaged_copy(data_dir or "tensorflow-datasets' default folder", error) from None
+
+
+@contextlib.contextmanager
+def reading_copy(builder) -> Iterator[None]:
+    """Reading a prepared copy's examples: a shard cut short or damaged (TensorFlow's
+    DataLossError, or fewer examples than its metadata counts) raised as DataError naming
+    the copy."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.FailedPreconditionError) as error:
+        raise damaged_copy(builder.data_dir, error) from None
+
+
+def damaged_copy(folder, error: Exception) -> DataError:
+    reason = str(getattr(error, "message", error)).strip().splitlines()[-1]
+    reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*$", "", reason)[:300]  # TensorFlow's op names
+    return DataError(f"the tensorflow-datasets copy in {folder} cannot be read ({reason}): "
+                     "copy it whole again, or remove it to prepare it again")

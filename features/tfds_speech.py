@@ -17,7 +17,12 @@ from typing import Any
 import tensorflow as tf
 
 from features.speech_features import STAGE_CHUNK_CLIPS, DecodedChunk
-from features.tfds_source import prepared_builder, prepared_version, require_splits
+from features.tfds_source import (
+    prepared_builder,
+    prepared_version,
+    reading_copy,
+    require_splits,
+)
 
 TFDS_NAME = "speech_commands"
 TFDS_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
@@ -71,10 +76,11 @@ class TfdsSplit:
                    .map(fixed_length, num_parallel_calls=tf.data.AUTOTUNE)
                    .batch(size).prefetch(1))
         start = 0
-        for waveforms in tfds.as_numpy(dataset):
-            chunk = DecodedChunk(waveforms, list(range(start, start + len(waveforms))), [])
-            start += len(waveforms)
-            yield lambda chunk=chunk: chunk
+        with reading_copy(self.builder):
+            for waveforms in tfds.as_numpy(dataset):
+                chunk = DecodedChunk(waveforms, list(range(start, start + len(waveforms))), [])
+                start += len(waveforms)
+                yield lambda chunk=chunk: chunk
 
 
 def download_url() -> str:
@@ -105,7 +111,8 @@ def split_labels(builder, split: str) -> list[str]:
     dataset = (builder.as_dataset(split=split, shuffle_files=False,
                                   decoders={"audio": tfds.decode.SkipDecoding()})
                .map(lambda example: example["label"]).batch(LABEL_BATCH))
-    return [names[int(label)] for batch in tfds.as_numpy(dataset) for label in batch]
+    with reading_copy(builder):
+        return [names[int(label)] for batch in tfds.as_numpy(dataset) for label in batch]
 
 
 def read_tfds_speech_commands(data_dir: str | None) -> dict[str, TfdsSplit]:

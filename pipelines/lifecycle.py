@@ -161,11 +161,12 @@ def require_writable_dir(path: str | Path, purpose: str) -> None:
     """
     path = Path(path).absolute()
     existing = path
-    while not existing.exists():
+    while not existing.exists() and not existing.is_symlink():
         existing = existing.parent
     try:
         if not existing.is_dir():
-            raise NotADirectoryError(f"{existing} is a file")
+            raise NotADirectoryError(f"{existing} is a "
+                                     f"{'link to nothing' if existing.is_symlink() else 'file'}")
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:

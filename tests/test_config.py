@@ -159,6 +159,7 @@ def test_unknown_option_names_and_values_fail_loudly():
     (speech, ["--time-shift-ms", "nan"], "time_shift_ms must be a number >= 0, got nan"),
     (speech, ["--noise-volume", "inf"], "noise_volume must be a number >= 0, got inf"),
     (speech, ["--sweep", "-2"], "sweep must be a number >= 0, got -2"),
+    (speech, ["--in-memory-mb", "-5"], "in_memory_mb must be a number >= 0, got -5"),
     (sentiment, ["--buckets", "0"], "buckets must be a number >= 1, got 0"),
     (sentiment, ["--sequence-length", "0"], "sequence_length must be a number >= 1, got 0"),
     (sentiment, ["--model", "tfidf-logreg", "--logreg-c", "0"],

@@ -165,6 +165,9 @@ def test_require_writable_dir_names_the_folder(tmp_path: Path):
         require_writable_dir(tmp_path / "file" / "cache", "cache folder")
     require_writable_dir(tmp_path / "new" / "folder", "cache folder")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # nothing made
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere" / "cache")
+    with pytest.raises(SetupError, match=f"{tmp_path}/link is a link to nothing"):
+        require_writable_dir(tmp_path / "link", "cache folder")
 
 
 def test_an_internal_error_shows_its_traceback_and_fails_the_run(speech_dir: Path,

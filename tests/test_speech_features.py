@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from features.errors import DataError
 from features.feature_cache import META_CHECKSUM, FeatureCache
 from features.mfcc import MfccConfig
 from features.speech_commands import SplitConfig, load_speech_commands
@@ -219,6 +220,22 @@ def test_damaged_cache_entry_is_logged_and_rebuilt_not_used(
     assert data_file.stat().st_size == size
     again = split_features(examples, speech_dir, CONFIG, cache_dir)
     assert again.from_cache and np.array_equal(np.asarray(again.rows), fresh.rows)
+
+
+@pytest.mark.parametrize("suffix", [".f32", ".json"])
+def test_a_folder_in_a_cache_entrys_place_is_named_not_replaced(speech_dir: Path,
+                                                                 tmp_path: Path, suffix: str):
+    examples = load_speech_commands(speech_dir, SplitConfig(), AUDIO).examples["train"]
+    cache_dir = tmp_path / "cache"
+    split_features(examples, speech_dir, CONFIG, cache_dir)
+    [data_file] = cache_dir.glob("*.f32")
+    entry = data_file.with_suffix(suffix)
+    entry.unlink()
+    (entry / "mine").mkdir(parents=True)
+    with pytest.raises(DataError, match=f"^{entry}: a folder where the feature cache keeps a "
+                       "file; move it away, or give another --cache-dir"):
+        split_features(examples, speech_dir, CONFIG, cache_dir)
+    assert (entry / "mine").is_dir()
 
 
 def test_decoding_runs_ahead_on_threads_and_keeps_example_order(tmp_path: Path):

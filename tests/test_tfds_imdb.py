@@ -75,6 +75,26 @@ def test_a_partial_copy_is_refused_naming_what_it_lacks(tmp_path: Path):
         read_tfds_imdb(str(tmp_path / "tfds"), validation_pct=20, seed=0)
 
 
+def test_a_damaged_copy_is_refused_naming_it(tmp_path: Path):
+    """A shard cut short (a copy interrupted), or metadata that does not parse."""
+    write_tfds_imdb(tmp_path / "tfds", {"train": 10, "test": 4})
+    (shard,) = (tmp_path / "tfds").rglob("imdb_reviews-train.tfrecord-*")
+    whole = shard.read_bytes()
+    for cut, reason in ((len(whole) - 5, r"truncated record at \d+' failed with Read less bytes "
+                         r"than requested"),
+                        (0, "Input dataset was expected to contain 20 elements but contained "
+                         "only 0 elements.")):
+        shard.write_bytes(whole[:cut])
+        with pytest.raises(DataError, match=f"copy in {shard.parent} cannot be read "
+                           f"\\({reason}\\): copy it whole again"):
+            read_tfds_imdb(str(tmp_path / "tfds"), validation_pct=20, seed=0)
+    (info,) = (tmp_path / "tfds").rglob("dataset_info.json")
+    info.write_text("{bad")
+    with pytest.raises(DataError, match=f"copy in {tmp_path / 'tfds'} cannot be read \\(Failed "
+                       "to construct dataset"):
+        read_tfds_imdb(str(tmp_path / "tfds"), validation_pct=20, seed=0)
+
+
 def test_reads_the_unsupervised_split_on_request(tmp_path: Path):
     write_tfds_imdb(tmp_path / "tfds", {"train": 10, "test": 4, "unsupervised": 3})
     plain = read_tfds_imdb(str(tmp_path / "tfds"), validation_pct=20, seed=0)
