@@ -7,6 +7,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -44,6 +45,10 @@ def test_uri_passwords_are_redacted_wherever_they_occur():
     assert tracking.redact("postgresql://ml:pa/ss@db/mlflow postgresql://ml@db/m?x=1&"
                            "password=s3cret&sslpassword=k") == (
         "postgresql://ml:***@db/mlflow postgresql://ml@db/m?x=1&password=***&sslpassword=***")
+    # an "@" in an HTTP password: urllib (so MLflow) sends all up to the host's "@"
+    for uri in ("http://dave:p@ss%2Fw%3Ard@127.0.0.1:5000/x", "http://c:ab@cdXSECRETX@h:9"):
+        hidden = uri.replace(urlsplit(uri).password, "***")
+        assert tracking.redact(f"at {uri} now") == f"at {hidden} now"
     for text in ("https://host:443/u/me@example.com",  # a port and a path are no password
                  '{"uri": "http://h:5000", "model": "models:/speech@champion"}'):
         assert tracking.redact(text) == text

@@ -29,13 +29,14 @@ SERVER_PROBE = "/api/2.0/mlflow/experiments/search"  # what check_tracking asks 
 URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 # a URI's `user:password@` (a database URI's password may hold a "/", which an HTTP one must
-# escape), and the password a database URI may pass in its query instead (`?password=...`,
-# SQLAlchemy hands it to the driver)
+# escape, and ends at its first "@" as SQLAlchemy reads it; an HTTP one at the host's "@", the
+# last before the path, as urllib reads it), and the password a database URI may pass in its
+# query instead (`?password=...`, SQLAlchemy hands it to the driver)
 CREDENTIALS = re.compile(
     r"(?P<scheme>(?<![a-zA-Z0-9+.-])"
     r"(?:(?P<database>(?:postgresql|mysql|mariadb|mssql|oracle)(?:\+\w+)?)|"
     r"[a-zA-Z][a-zA-Z0-9+.-]*)://)(?P<user>[^:/@\s]*):"
-    r"(?P<password>(?(database)[^@\s]{1,256}?|[^@/\s]+))@")
+    r"(?P<password>(?(database)[^@\s]{1,256}?|[^/\s?#]+?(?=@[^@/\s?#]*(?:[/?#\s]|$))))@")
 QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:ssl)?password=)[^&\s]+", re.IGNORECASE)
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 NAMED_STORES = ("databricks", "databricks-uc", "uc")  # URIs without "://" that are no path
