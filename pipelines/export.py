@@ -277,6 +277,7 @@ def export_command(task: cli.TaskCommands, argv: list[str]) -> int:
     out, labels_file = output_files(parser, args)
     predictor = exportable(tracking.load_predictor(  # the files are logged on its run
         args.model_uri, args.tracking_uri, args.store_dir, needs_store=True), args.model_uri)
+    tracking.require_writable_store(args.tracking_uri, args.store_dir)  # logs on the run
     run_id, logged = tracking.model_run_files(args.model_uri, ARTIFACT_FOLDER)
     clash = sorted(logged & {out.name, labels_file.name})
     if clash and not args.overwrite:

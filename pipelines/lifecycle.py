@@ -115,6 +115,7 @@ def prepare_run(config: TaskConfig, pipeline: str) -> TaskConfig:
     database = tracking.store_database(run.tracking_uri, run.store_dir)
     if database is not None:  # a SQLite file (not a server, nor sqlite:// in memory)
         require_writable_dir(database.parent, "MLflow store folder")
+        tracking.require_writable_store(run.tracking_uri, run.store_dir)
     for purpose, folder in config.writable_folders().items():
         require_writable_dir(folder, purpose)
     if run.strategy == distribute.MULTI_WORKER:

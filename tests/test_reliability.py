@@ -54,6 +54,23 @@ def test_uri_passwords_are_redacted_wherever_they_occur():
         assert tracking.redact(text) == text
 
 
+def test_a_sqlite_store_that_cannot_take_a_run_is_named_before_any_work(tmp_path: Path,
+                                                                         capsys):
+    (tmp_path / "notes.db").write_text("not a database")
+    (tmp_path / "folder.db").mkdir()
+    (tmp_path / "empty.db").touch()  # SQLite makes a new database in an empty file
+    for uri, message in (
+            (f"sqlite:///{tmp_path}/notes.db", f"{tmp_path}/notes.db is not an SQLite database "
+                                               "(it starts b'not a da')"),
+            (f"sqlite:///{tmp_path}/folder.db", f"database {tmp_path}/folder.db is a folder"),
+            (f"sqlite:{tmp_path}/one.db", "an SQLite store's URI is sqlite:///PATH"),
+            (f"SQLITE:///{tmp_path}/up.db", "write the scheme in lower case, as MLflow reads "
+                                            "it (sqlite:)")):
+        assert speech.main(["--data-dir", str(tmp_path), "--tracking-uri", uri]) == 2
+        assert message in capsys.readouterr().err
+    tracking.require_writable_store(f"sqlite:///{tmp_path}/empty.db", tmp_path)
+
+
 def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path, monkeypatch):
 
     with socket.socket() as silent:  # accepts connections, never answers

@@ -65,6 +65,7 @@ from pipelines.tracking.stores import (
     is_file_store,
     local_store_uri,
     redact,
+    require_writable_store,
     store_database,
 )
 
@@ -76,6 +77,7 @@ __all__ = [
     "log_dataset", "log_dict", "log_figure", "log_metrics", "log_model_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
     "model_labels", "model_run_files", "model_version_of", "name_refusal", "open_run",
-    "open_run_id", "redact", "register_and_promote", "registered_model_uri", "run_metrics",
-    "run_params", "run_tags", "running_elsewhere", "set_description", "set_tags", "store_database",
+    "open_run_id", "redact", "register_and_promote", "registered_model_uri",
+    "require_writable_store", "run_metrics", "run_params", "run_tags", "running_elsewhere",
+    "set_description", "set_tags", "store_database",
 ]

@@ -37,7 +37,13 @@ from pipelines.tracking import model_code
 from pipelines.tracking.pyfunc_models import SpeechClassifierModel, TextClassifierModel
 from pipelines.tracking.registry import model_version_of, models_uri_parts
 from pipelines.tracking.runs import logged_text, run_params
-from pipelines.tracking.stores import DB_NAME, check_tracking, connect, store_database
+from pipelines.tracking.stores import (
+    DB_NAME,
+    check_tracking,
+    connect,
+    require_writable_store,
+    store_database,
+)
 
 
 def connect_to_model_store(model_uri: str, tracking_uri: str | None, store_dir: str | Path,
@@ -80,6 +86,7 @@ def evaluated_model(model_uri: str, tracking_uri: str | None, store_dir: str | P
             inputs than `sends` (a model of the other pipeline).
     """
     connect_to_model_store(model_uri, tracking_uri, store_dir, needs_store=True)
+    require_writable_store(tracking_uri, store_dir)  # the evaluation is a run of its own
     version = registered_version(model_uri)  # a missing model, alias or version named
     pinned = model_uri if version is None else f"models:/{version.name}/{version.version}"
     try:

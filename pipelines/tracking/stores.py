@@ -27,6 +27,7 @@ from pipelines.errors import SetupError
 DB_NAME = "mlflow.db"
 SERVER_PROBE = "/api/2.0/mlflow/experiments/search"  # what check_tracking asks a server
 URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database
 
 # a URI's `user:password@` (a database URI's password may hold a "/", which an HTTP one must
 # escape, and ends at its first "@" as SQLAlchemy reads it; an HTTP one at the host's "@", the
@@ -234,7 +235,13 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
         return
     if not tracking_uri:
         return
-    scheme, _, driver = tracking_uri.partition(":")[0].lower().partition("+")  # postgresql+psycopg
+    scheme, _, driver = tracking_uri.partition(":")[0].partition("+")  # postgresql+psycopg
+    if scheme.lower() in TRACKING_SCHEMES and scheme != scheme.lower():
+        raise SetupError(f"{redact(tracking_uri)}: write the scheme in lower case, as MLflow "
+                         f"reads it ({scheme.lower()}:)")
+    if scheme == "sqlite" and not tracking_uri.startswith("sqlite://"):
+        raise SetupError(f"{redact(tracking_uri)}: an SQLite store's URI is sqlite:///PATH "
+                         "(three slashes, then the path; four for an absolute one)")
     plugins = {entry.name for entry in entry_points(group="mlflow.tracking_store")}
     if scheme not in (*TRACKING_SCHEMES, *plugins):
         raise SetupError(f"{redact(tracking_uri)}: MLflow has no tracking store for "
@@ -310,6 +317,40 @@ def store_database(tracking_uri: str | None, store_dir: str | Path) -> Path | No
     the file a `sqlite:///` URI names, None for another store (a server, sqlite:// in
     memory)."""
     return Path(store_dir) / DB_NAME if not tracking_uri else sqlite_database(tracking_uri)
+
+
+def require_writable_store(tracking_uri: str | None, store_dir: str | Path) -> None:
+    """Checks, before any work, that a SQLite store (`store_database`; a server's store is
+    the server's) can take a new run: its file, where there is one, is an SQLite database
+    this process may write, in a folder it may write (for SQLite's journal).
+
+    Raises:
+        SetupError: A folder in the database's place, a file that is not an SQLite database,
+            or a database or folder that cannot be written; naming the path.
+    """
+    database = store_database(tracking_uri, store_dir)
+    if database is None:
+        return
+    shown = redact(str(database))
+    if database.is_dir():
+        raise SetupError(f"the MLflow store's database {shown} is a folder: name a file "
+                         "(sqlite:///PATH/mlflow.db)")
+    if database.is_file():
+        try:
+            with open(database, "rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        except OSError as error:
+            raise SetupError(f"the MLflow store's database {shown} cannot be read "
+                             f"({error.strerror or error})") from None
+        if header and header != SQLITE_HEADER:  # an empty file is a new database to SQLite
+            raise SetupError(f"{shown} is not an SQLite database (it starts {header[:8]!r}): "
+                             "name the store's mlflow.db, or a new file")
+        if not os.access(database, os.W_OK):
+            raise SetupError(f"the MLflow store's database {shown} is read-only: a run could "
+                             "not be recorded; use a store you may write")
+    if database.parent.is_dir() and not os.access(database.parent, os.W_OK):
+        raise SetupError(f"the MLflow store's folder {redact(str(database.parent))} is "
+                         "read-only: a run could not be recorded; use a store you may write")
 
 
 def sqlite_database(tracking_uri: str | None) -> Path | None:
