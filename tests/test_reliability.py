@@ -90,6 +90,8 @@ def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path, monkeypa
                                  b'OperationalError) connection to server at db failed"}')
             elif self.path.startswith("/proxy/"):  # a login page in front of it
                 self.answer(200, b"<html><body>Sign in</body></html>")
+            elif self.path.startswith("/status/"):  # another service's JSON
+                self.answer(200, b'{"status": "ok"}')
             elif not self.path.startswith("/api/2.0/mlflow/experiments/search?max_results=1"):
                 self.send_error(404)
             elif self.headers.get("Authorization") != "Basic dXNlcjpwdw==":  # user:pw
@@ -120,8 +122,9 @@ def test_silent_or_foreign_servers_are_clear_errors_too(tmp_path: Path, monkeypa
         with pytest.raises(SetupError, match="answered HTTP 500 \\(.*connection to server at "
                            "db failed.*\\): see its log"):
             tracking.check_tracking(f"{uri}/down")
-        with pytest.raises(SetupError, match="HTTP 200 without MLflow's JSON"):
-            tracking.check_tracking(f"{uri}/proxy")
+        for other in ("proxy", "status"):
+            with pytest.raises(SetupError, match="HTTP 200 without MLflow's JSON"):
+                tracking.check_tracking(f"{uri}/{other}")
         # MLflow sends the credential variables where they are set, not the URI's: so does
         # the check
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "other")

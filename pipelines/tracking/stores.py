@@ -26,6 +26,7 @@ from pipelines.errors import SetupError
 
 DB_NAME = "mlflow.db"
 SERVER_PROBE = "/api/2.0/mlflow/experiments/search"  # what check_tracking asks a server
+SEARCH_ANSWER_KEYS = {"experiments", "next_page_token"}  # each left out when empty
 URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database
 
@@ -292,7 +293,8 @@ def require_server(tracking_uri: str, timeout: float) -> None:
                          f"{answer.status_code} ({' '.join(answer.text.split())[:300]}): see "
                          "its log (its database may be down)")
     try:
-        valid = answer.ok and isinstance(answer.json(), dict)
+        found = answer.json()  # an MLflow server's search answer holds only these keys
+        valid = answer.ok and isinstance(found, dict) and set(found) <= SEARCH_ANSWER_KEYS
     except ValueError:  # not JSON: a proxy's page, another service
         valid = False
     if not valid:
