@@ -64,8 +64,8 @@ def test_a_sqlite_store_that_cannot_take_a_run_is_named_before_any_work(tmp_path
                                                "(it starts b'not a da')"),
             (f"sqlite:///{tmp_path}/folder.db", f"database {tmp_path}/folder.db is a folder"),
             (f"sqlite:{tmp_path}/one.db", "an SQLite store's URI is sqlite:///PATH"),
-            (f"SQLITE:///{tmp_path}/up.db", "write the scheme in lower case, as MLflow reads "
-                                            "it (sqlite:)")):
+            (f"SQLITE:///{tmp_path}/up.db", "write the scheme in lower case, as the database "
+                                            "layer reads it (sqlite:)")):
         assert speech.main(["--data-dir", str(tmp_path), "--tracking-uri", uri]) == 2
         assert message in capsys.readouterr().err
     tracking.require_writable_store(f"sqlite:///{tmp_path}/empty.db", tmp_path)

@@ -237,9 +237,10 @@ def check_tracking(tracking_uri: str | None, timeout: float = 5.0) -> None:
     if not tracking_uri:
         return
     scheme, _, driver = tracking_uri.partition(":")[0].partition("+")  # postgresql+psycopg
-    if scheme.lower() in TRACKING_SCHEMES and scheme != scheme.lower():
-        raise SetupError(f"{redact(tracking_uri)}: write the scheme in lower case, as MLflow "
-                         f"reads it ({scheme.lower()}:)")
+    if scheme.lower() in DATABASE_ENGINES and scheme != scheme.lower():
+        raise SetupError(f"{redact(tracking_uri)}: write the scheme in lower case, as the "
+                         f"database layer reads it ({scheme.lower()}:)")
+    scheme, driver = scheme.lower(), driver.lower()
     if scheme == "sqlite" and not tracking_uri.startswith("sqlite://"):
         raise SetupError(f"{redact(tracking_uri)}: an SQLite store's URI is sqlite:///PATH "
                          "(three slashes, then the path; four for an absolute one)")
