@@ -4,7 +4,6 @@ error that names it, and never takes the other inputs of a request down with it.
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,20 +34,13 @@ from features.text import (
     review_tensor,
     standardize_review,
 )
-from models.recurrent import text_to_probabilities
 from pipelines.request_bounds import NoInputColumns
 from pipelines.serving import MAX_AUDIO_SECONDS, MAX_TEXT_CHARS, SpeechPredictor, TextPredictor
-from tests.builders import frame_classifier, text_classifier
-from tests.datasets import SPEAKERS, make_speech_commands, review_text, tone
+from tests.builders import untrained_speech_predictor, untrained_text_predictor
+from tests.datasets import SPEAKERS, make_speech_commands, review_text, tone, wav_bytes
 
 SPEC = AudioSpec(16000, 1.0)
 LABELS = ("yes", "no", "up")
-
-
-def wav_bytes(samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, rate, format="WAV", subtype=subtype)
-    return buffer.getvalue()
 
 
 def float_wav_with(value: float, at: int, seconds: float = 1.0) -> bytes:
@@ -212,10 +204,7 @@ def test_evaluation_scores_a_training_layout_folder_around_clips_that_cannot_be_
 
 @pytest.fixture(scope="module")
 def speech_predictor() -> SpeechPredictor:
-    mfcc = MfccConfig()
-    model = frame_classifier(feature_shape(mfcc), len(LABELS), mean=np.zeros(mfcc.n_mfcc),
-                             variance=np.ones(mfcc.n_mfcc), units=4, depth=1, dense_units=0)
-    return SpeechPredictor(model, LABELS, mfcc)
+    return untrained_speech_predictor(LABELS)
 
 
 def assert_answered(answer: pd.DataFrame, index: int) -> None:
@@ -355,8 +344,7 @@ def test_lone_surrogates_and_bad_bytes_become_the_replacement_character(vectoriz
 
 @pytest.fixture(scope="module")
 def text_predictor(vectorizer) -> TextPredictor:
-    classifier = text_classifier(50, 2, units=2, embedding_dim=4)
-    return TextPredictor(("neg", "pos"), keras_model=text_to_probabilities(vectorizer, classifier))
+    return untrained_text_predictor(vectorizer, 50)
 
 
 def test_served_text_rows_are_bounded_row_by_row(text_predictor: TextPredictor):

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from features.audio import AudioDecodeError, AudioSpec, decode_clip, fix_length, resample
 from features.text import PADDING_ID, encode_reviews, fit_vectorizer, standardize_review
+from tests.datasets import wav_bytes
 
 SPEC = AudioSpec(16000, 1.0)
 SUBTYPES = ("PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT")
@@ -33,9 +34,7 @@ def wav_files(draw) -> tuple[bytes, int]:
     scale = draw(st.sampled_from([0.0, 1e-4, 0.5, 1.0, 3.0]))  # PCM clips beyond full scale
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     samples = rng.uniform(-scale, scale, (frames, channels)).astype(np.float32)
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, rate, format="WAV", subtype=subtype)
-    return buffer.getvalue(), frames
+    return wav_bytes(samples, rate, subtype), frames
 
 
 def whole_file_decode(data: bytes) -> np.ndarray:

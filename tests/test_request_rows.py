@@ -6,28 +6,18 @@ base64 text (the `inputs` and `instances` JSON forms) decoded to its file."""
 from __future__ import annotations
 
 import base64
-import io
 
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile
 
-from features.mfcc import MfccConfig, feature_shape
 from features.text import fit_vectorizer
-from models.recurrent import text_to_probabilities
 from pipelines.request_rows import file_bytes
 from pipelines.serving import SpeechPredictor, TextPredictor
-from tests.builders import frame_classifier, text_classifier
-from tests.datasets import review_text, tone
+from tests.builders import untrained_speech_predictor, untrained_text_predictor
+from tests.datasets import review_text, tone, wav_bytes
 
 LABELS = ("yes", "no", "up")
-
-
-def wav_bytes(samples: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, 16000, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
 
 
 CLIPS = [wav_bytes(tone(440)), wav_bytes(tone(880))]
@@ -35,19 +25,14 @@ CLIPS = [wav_bytes(tone(440)), wav_bytes(tone(880))]
 
 @pytest.fixture(scope="module")
 def speech_predictor() -> SpeechPredictor:
-    mfcc = MfccConfig()
-    model = frame_classifier(feature_shape(mfcc), len(LABELS), mean=np.zeros(mfcc.n_mfcc),
-                             variance=np.ones(mfcc.n_mfcc), units=4, depth=1, dense_units=0)
-    return SpeechPredictor(model, LABELS, mfcc)
+    return untrained_speech_predictor(LABELS)
 
 
 @pytest.fixture(scope="module")
 def text_predictor() -> TextPredictor:
     reviews = [review_text("pos" if n % 2 else "neg", n) for n in range(20)]
-    vectorizer = fit_vectorizer(reviews, vocabulary_size=50, sequence_length=12)
-    classifier = text_classifier(50, 2, units=2, embedding_dim=4)
-    return TextPredictor(("neg", "pos"), keras_model=text_to_probabilities(vectorizer,
-                                                                          classifier))
+    return untrained_text_predictor(fit_vectorizer(reviews, vocabulary_size=50,
+                                                   sequence_length=12), 50)
 
 
 def test_a_request_of_one_row_holding_clips_answers_each_clip(

@@ -3,13 +3,10 @@ waveform's length is checked before it becomes an array."""
 
 from __future__ import annotations
 
-import io
-
 import keras
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile
 
 from features.audio import AudioDecodeError
 from features.mfcc import MfccConfig
@@ -25,6 +22,7 @@ from pipelines.request_bounds import (
     text_bytes,
 )
 from pipelines.serving import SpeechPredictor, TextPredictor
+from tests.datasets import wav_bytes
 
 # no model: a request that got past the bounds to its rows would fail on the missing model
 SPEECH = SpeechPredictor(None, TWELVE_CLASS_LABELS, MfccConfig())
@@ -32,9 +30,7 @@ TEXT = TextPredictor(("neg", "pos"))
 
 
 def wav(seconds: float = 0.1) -> bytes:
-    out = io.BytesIO()
-    soundfile.write(out, np.zeros(int(16000 * seconds), np.float32), 16000, format="WAV")
-    return out.getvalue()
+    return wav_bytes(np.zeros(int(16000 * seconds), np.float32))
 
 
 def test_the_bounds_are_inclusive_and_the_message_names_bound_and_size():
