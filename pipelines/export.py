@@ -349,9 +349,11 @@ def output_files(parser: argparse.ArgumentParser, args: argparse.Namespace
     if not out.parent.is_dir():
         parser.error(f"--out {shown}: there is no folder {cli.tsv_field(str(out.parent))}")
     cli.require_writable_folder(parser, out.parent, "--out folder")
+    if str(args.out).endswith(os.sep):  # Path drops the separator that says "a folder"
+        parser.error(f"--out {shown}: {shown} is a folder: name a file to write")
     try:
         for path in (out, labels_file):
-            if path.is_dir() or str(args.out).endswith(os.sep):
+            if path.is_dir():
                 parser.error(f"--out {shown}: {cli.tsv_field(str(path))} is a folder: name a "
                              "file to write")
         # a link, even to nothing, is the user's
