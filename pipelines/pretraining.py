@@ -5,12 +5,13 @@ split's reviews and the unlabelled ones, in an MLflow run of its own (tag
 
 A pretraining run is keyed (tag `pretrain_key`) by everything that decides its vectors: the
 corpus's content digest, the vocabulary size, the embedding width and the pretraining options.
-`--pretrain auto` (the default) reuses the newest FINISHED run of that key in the experiment,
-or pretrains; `always` pretrains anew; `never` skips the stage (the classifier's embedding
-starts random, its vocabulary fitted on the training split alone). A pretraining run that is
-interrupted ends KILLED and is pretrained anew next time (a few minutes of work). The
-classifier run tags the pretraining run's id (`pretrain_run_id`) as lineage and takes its
-vocabulary, fitted on the same corpus.
+`--pretrain auto` (the default) reuses the newest FINISHED run of that key in the experiment
+whose encoder loads (one whose files were removed or damaged is passed over, with a warning),
+or pretrains; `always` pretrains anew (a sweep: once, for its first trial that finishes);
+`never` skips the stage (the classifier's embedding starts random, its vocabulary fitted on the
+training split alone). A pretraining run that is interrupted ends KILLED and is pretrained anew
+next time (a few minutes of work). The classifier run tags the pretraining run's id
+(`pretrain_run_id`) as lineage and takes its vocabulary, fitted on the same corpus.
 
 The pretraining run logs its options, the corpus (train and unlabelled digests and counts), the
 loss per token of every epoch (`word_vector_loss`), its times, the vocabulary
@@ -26,10 +27,14 @@ import json
 import logging
 import tempfile
 import time
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
+from mlflow.exceptions import MlflowException
 
 from features.errors import ConfigError, require_at_least, require_seed
 from features.review_data import Corpus
@@ -44,11 +49,13 @@ from features.text import (
 )
 from models.word_vectors import (
     embedding_encoder,
+    encoder_vectors,
     nearest_words,
     train_word_vectors,
     write_corpus,
 )
 from pipelines import descriptions, interrupts, tracking
+from pipelines.errors import SetupError
 from pipelines.lifecycle import RunConfig
 
 log = logging.getLogger(__name__)
@@ -61,6 +68,8 @@ WAIT_NOTE_LOOKS = 60  # looks between notes that the run still waits (5 minutes)
 MOST_TOKENS = 1000  # of a review the word vectors read: all of 99 % of IMDB's reviews
 PROBE_WORDS = ("great", "awful", "boring", "masterpiece", "funny", "disappointing", "actor")
 C_INT_MAX = 2**31 - 1
+# what a damaged or missing artifact of a pretraining run raises as it is downloaded and loaded
+UNLOADABLE = (MlflowException, OSError, ValueError, KeyError, zipfile.BadZipFile)
 FORMAT = 1  # of the encoder artifact and the key; a change leaves every earlier run unmatched
 
 
@@ -159,31 +168,53 @@ def pretrained_encoder(config: PretrainConfig, corpus: Corpus, run: RunConfig, *
         return None
     started = time.perf_counter()
     if run.resume:
-        lineage = tracking.run_tags(run.resume).get("pretrain_run_id")
-        if lineage:
-            return load_pretrained(lineage, started)
+        tags = tracking.run_tags(run.resume)
+        if tags.get("pretrain_run_id"):  # its own encoder, as found or made when it started
+            return load_pretrained(tags["pretrain_run_id"], started,
+                                   reused=tags.get("pretrain_reused") != "False")
     key = pretraining_key(config, corpus, vocabulary_size=vocabulary_size,
                           embedding_dim=embedding_dim)
     if config.pretrain == "auto":
         tracking.connect(run.tracking_uri, run.store_dir)
-        finished = finished_pretraining(run.experiment, key)
-        if finished is not None:
+        for finished in finished_pretraining(run.experiment, key):
+            try:
+                pretrained = load_pretrained(finished, started)
+            except SetupError as error:  # its files removed or damaged: an older one, or anew
+                log.warning("%s; not reused", error)
+                continue
             log.info("reusing the pretrained encoder of run %s (key %s)", finished, key)
-            return load_pretrained(finished, started)
+            return pretrained
     return pretrain(config, corpus, run, key, vocabulary_size=vocabulary_size,
                     embedding_dim=embedding_dim)
 
 
-def finished_pretraining(experiment: str, key: str) -> str | None:
-    """The newest finished pretraining run of `key` in `experiment`, or None; while one of
-    that key is running in a live process (runs of several seeds started one after another),
-    it is waited for, rather than the same vectors made twice."""
+def once_per_sweep(run_trial: Callable[[Any], dict]) -> Callable[[Any], dict]:
+    """`run_trial` (a trial's config -> its result) for a sweep's trials, which pretrain for
+    the sweep, not each for itself: with `--pretrain always`, the trials up to the first that
+    finishes pretrain anew, and the later ones reuse its encoder (`auto`)."""
+    finished = False
+
+    def trial_run(trial: Any) -> dict:
+        nonlocal finished
+        if finished and trial.pretrain.pretrain == "always":
+            trial = trial.replace(pretrain="auto")
+        result = run_trial(trial)
+        finished = True
+        return result
+
+    return trial_run
+
+
+def finished_pretraining(experiment: str, key: str) -> list[str]:
+    """The finished pretraining runs of `key` in `experiment`, newest first; while there is
+    none and one of that key is running in a live process (runs of several seeds started one
+    after another), it is waited for, rather than the same vectors made twice."""
     started, looks = time.monotonic(), 0
     while True:
         runs = tracking.find_runs(experiment, {"pipeline": PIPELINE, KEY_TAG: key})
-        finished = next((run_id for run_id, status, _ in runs if status == "FINISHED"), None)
+        finished = [run_id for run_id, status, _ in runs if status == "FINISHED"]
         running = tracking.running_elsewhere(runs)
-        if finished is not None or not running:
+        if finished or not running:
             return finished
         if looks % WAIT_NOTE_LOOKS == 0:  # at first, then every few minutes
             log.info("waiting for pretraining run %s, which makes the same word vectors (key "
@@ -193,14 +224,28 @@ def finished_pretraining(experiment: str, key: str) -> str | None:
         time.sleep(WAIT_SECONDS)
 
 
-def load_pretrained(run_id: str, started: float) -> Pretrained:
+def load_pretrained(run_id: str, started: float, reused: bool = True) -> Pretrained:
     """The encoder and vocabulary a finished pretraining run logged (`started`: when finding it
-    began, by time.perf_counter)."""
-    with tempfile.TemporaryDirectory() as folder:
-        local = tracking.download_artifacts(run_id, "encoder", folder)
-        encoder = keras.saving.load_model(local / "encoder.keras")
-        vocabulary = load_vocabulary(local / "vocabulary.txt")
-    return Pretrained(encoder, vocabulary, run_id, True, time.perf_counter() - started)
+    began, by time.perf_counter; `reused`: what the classifier run tags).
+
+    Raises:
+        SetupError: The run's `encoder/` files are missing or damaged, or disagree, naming
+            the run.
+    """
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            local = tracking.download_artifacts(run_id, "encoder", folder)
+            encoder = keras.saving.load_model(local / "encoder.keras")
+            vocabulary = load_vocabulary(local / "vocabulary.txt")
+    except UNLOADABLE as error:
+        raise SetupError(f"pretraining run {run_id}: its encoder (artifacts encoder/"
+                         f"encoder.keras, encoder/vocabulary.txt) cannot be loaded: "
+                         f"{type(error).__name__}: {error}") from error
+    rows = encoder_vectors(encoder).shape[0]
+    if rows != len(vocabulary):
+        raise SetupError(f"pretraining run {run_id}: its encoder holds {rows} vectors but its "
+                         f"vocabulary {len(vocabulary)} words (damaged artifacts)")
+    return Pretrained(encoder, vocabulary, run_id, reused, time.perf_counter() - started)
 
 
 def pretrain(config: PretrainConfig, corpus: Corpus, run: RunConfig, key: str, *,
@@ -247,7 +292,7 @@ def pretrain(config: PretrainConfig, corpus: Corpus, run: RunConfig, key: str, *
 
 def epoch_ended(epoch: int, loss: float) -> None:
     """Logs a word-vector epoch's loss per token, then raises a signal received during it."""
-    tracking.log_metrics({"word_vector_loss": loss}, step=epoch)
+    tracking.log_metrics({"word_vector_loss": loss}, step=epoch + 1)  # as the classifier's
     log.info("word vectors: epoch %d done, loss %.4f per token", epoch + 1, loss)
     interrupts.raise_pending()
 

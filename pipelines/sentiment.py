@@ -152,7 +152,7 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
         if reviews is None:
             reviews = read_reviews(config.source, unlabelled=pretrains(config))
         review_data(reviews)  # raises for reviews that cannot train a model
-        return sweep.run_sweep(config, lambda trial: run(trial, reviews),
+        return sweep.run_sweep(config, pretraining.once_per_sweep(lambda t: run(t, reviews)),
                                search_space(config.model.model), PIPELINE)
     data, read = read_data(config, reviews)
     if config.model.model == "tfidf-logreg":
@@ -184,12 +184,12 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
         tracking.log_metrics(fit_metrics)
         test = evaluation.log_evaluation(probabilities, ids.y["test"], ids.labels,
                                          fitted.history)
-        metrics = test.metrics | fit_metrics
+        metrics = (branch.metrics if branch else {}) | test.metrics | fit_metrics
         model_uri = tracked.registered_model() or log_model(
             vectorizer, fitted.model, branch, weight, ids.labels)
         registered = tracked.register(model_uri, metrics, test_digest=data.lineage.test_digest,
                                       data_digest=data.lineage.data_digest)
-        return tracked.result(read | (branch.metrics if branch else {}) | metrics | registered
+        return tracked.result(read | metrics | registered
                               | (pretrained.result() if pretrained else {})
                               | {"model_uri": model_uri})
 

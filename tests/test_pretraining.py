@@ -3,6 +3,8 @@ by its key and reused by later classifier runs."""
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -130,7 +132,7 @@ def test_pretraining_is_its_own_run_and_later_runs_reuse_it(imdb_dir: Path, tmp_
     classifier = client.get_run(first["run_id"])
     assert pretrain_run.data.metrics["corpus_train"] == classifier.data.metrics["examples_train"]
     losses = client.get_metric_history(pretrain_id, "word_vector_loss")
-    assert [metric.step for metric in losses] == [0, 1]
+    assert [metric.step for metric in losses] == [1, 2]
     assert {i.dataset.name for i in pretrain_run.inputs.dataset_inputs} == {
         "aclImdb-pretraining-train", "aclImdb-pretraining-unlabelled"}
     artifacts = {a.path for a in client.list_artifacts(pretrain_id, "encoder")}
@@ -258,9 +260,9 @@ def test_a_pretraining_of_the_same_key_running_elsewhere_is_waited_for(tmp_path:
     client = MlflowClient()
     dead = client.create_run(experiment, tags=tags | {  # RUNNING, its process gone
         "lease.host": "elsewhere", "lease.pid": "1", "lease.heartbeat": "0"}).info.run_id
-    assert pretraining.finished_pretraining("pretrain-wait", "k1") is None
+    assert pretraining.finished_pretraining("pretrain-wait", "k1") == []
     client.create_run(experiment, tags=tags)  # RUNNING without a lease: killed before it
-    assert pretraining.finished_pretraining("pretrain-wait", "k1") is None  # took one
+    assert pretraining.finished_pretraining("pretrain-wait", "k1") == []  # took one
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
         lease = leases.holder_tags() | {leases.PID: str(other.pid), leases.PROCESS_STARTED:
                                         repr(leases.process_started(other.pid))}
@@ -272,6 +274,68 @@ def test_a_pretraining_of_the_same_key_running_elsewhere_is_waited_for(tmp_path:
                 found.result(timeout=1)  # the other process is still pretraining
         finally:
             client.set_terminated(live, "FINISHED")
-        assert found.result(timeout=30) == live != dead
+        assert found.result(timeout=30) == [live] != [dead]
         looks.shutdown()
         other.kill()
+
+
+def test_an_encoder_that_does_not_load_is_passed_over_or_named(tmp_path: Path, caplog):
+    """`auto` passes over a finished pretraining run whose encoder file was damaged (with a
+    warning) for an older one, then pretrains anew; `--resume` of a run whose encoder's files
+    are gone names that run; a resumed run keeps saying whether its encoder was reused."""
+    from features.review_data import Corpus
+    from pipelines.errors import SetupError
+    from pipelines.lifecycle import RunConfig
+
+    corpus = Corpus([f"review {n} of a plot with actors" for n in range(40)],
+                    {"train": "t", "unlabelled": "u"}, {"train": 40, "unlabelled": 0}, "here")
+    run = RunConfig(experiment="pretrained", registered_model="m", store_dir=str(tmp_path))
+    shape = {"vocabulary_size": 20, "embedding_dim": 4}
+
+    def encoder(mode: str, resume: str | None = None) -> pretraining.Pretrained:
+        return pretraining.pretrained_encoder(
+            pretraining.PretrainConfig(pretrain=mode, word_vector_epochs=1), corpus,
+            dataclasses.replace(run, resume=resume), **shape)
+
+    older, newer = encoder("always").run_id, encoder("always").run_id
+    encoder_file = next(tmp_path.rglob(f"{newer}/artifacts/encoder/encoder.keras"))
+    encoder_file.write_bytes(encoder_file.read_bytes()[:100])  # cut short
+    with caplog.at_level("WARNING"):
+        found = encoder("auto")
+    assert (found.run_id, found.reused) == (older, True)
+    assert f"pretraining run {newer}: its encoder" in caplog.text and "not reused" in caplog.text
+    shutil.rmtree(next(tmp_path.rglob(f"{older}/artifacts/encoder")))
+    made = encoder("auto")  # neither loads: pretrained anew
+    assert made.run_id not in (older, newer) and not made.reused
+
+    client = MlflowClient()  # classifier runs that started from these encoders
+    experiment = client.get_experiment_by_name("pretrained").experiment_id
+    lineages = {}
+    for source, reused in ((made.run_id, "False"), (older, "True")):
+        lineages[source] = client.create_run(experiment, tags={
+            "pretrain_run_id": source, "pretrain_reused": reused}).info.run_id
+    resumed = encoder("auto", resume=lineages[made.run_id])
+    assert (resumed.run_id, resumed.reused) == (made.run_id, False)  # it made them
+    with pytest.raises(SetupError, match=f"pretraining run {older}: its encoder"):
+        encoder("auto", resume=lineages[older])
+
+
+def test_a_sweep_asked_to_pretrain_anew_pretrains_until_a_trial_finishes():
+    """`--pretrain always --sweep N`: the first trial pretrains; so does a later one while none
+    has finished (the first failed, say); after that the trials reuse those vectors."""
+    modes = []
+
+    def trial(config: SentimentConfig) -> dict:
+        modes.append(config.pretrain.pretrain)
+        if len(modes) == 1:
+            raise ValueError("diverged")
+        return {"val_accuracy": 0.5}
+
+    run_trial = pretraining.once_per_sweep(trial)
+    always = SentimentConfig.from_options(pretrain="always")
+    with pytest.raises(ValueError, match="diverged"):
+        run_trial(always)
+    for _ in range(3):
+        assert run_trial(always) == {"val_accuracy": 0.5}
+    assert modes == ["always", "always", "auto", "auto"]
+    assert run_trial(SentimentConfig.from_options(pretrain="never")) and modes[-1] == "never"
