@@ -133,17 +133,16 @@ the pretraining corpus.
                       Lineage(imdb.source, digests, tuple(imdb.skipped), summary), corpus)
 
 
-def evaluation_inputs(data_dir: str) -> tuple[LabelledInputs, list[tuple[str, str]]]:
-    """The `test/{neg,pos}` reviews of an aclImdb folder as labelled model inputs, and the
-    reviews skipped (empty, only HTML, duplicates) with their reasons.
+def evaluation_inputs(data_dir: str) -> LabelledInputs:
+    """The `test/{neg,pos}` reviews of an aclImdb folder as labelled model inputs, with the
+    reviews skipped (empty, only HTML, duplicates) and their reasons.
 
     Raises:
         ValueError: A label folder is missing or holds no reviews.
     """
     reviews, skipped, _ = read_split_folder(Path(data_dir), "test")
-    labelled = LabelledInputs(
+    return LabelledInputs(
         pd.DataFrame({"text": [review.text for review in reviews]}),
         [review.label for review in reviews], [review.path for review in reviews],
         ImdbData({"test": reviews}).digest("test"), str(Path(data_dir).resolve()),
-        "aclImdb test split")
-    return labelled, skipped
+        "aclImdb test split", skipped=list(skipped))

@@ -152,6 +152,8 @@ class LabelledInputs:
         source: The folder they came from.
         layout: What kind of folder that is.
         failed: Rows whose input could not be read (their columns empty), with the reason.
+        skipped: Inputs the reader left out as training's reader does (empty reviews, copies
+            of others), as (name, reason): no row, named in the evaluation run.
     """
 
     inputs: pd.DataFrame
@@ -161,3 +163,4 @@ class LabelledInputs:
     source: str
     layout: str
     failed: dict[int, str] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)

@@ -64,13 +64,16 @@ def evaluation_run_name(model_uri: str, version: Any | None) -> str:
 
 
 def evaluation_description(name: str, metrics: Mapping[str, float], source: str,
-                           evaluated: int, failed: int, model_uri: str) -> str:
-    """An evaluation run's description (Markdown): what it scored, on what, for which model."""
+                           evaluated: int, failed: int, skipped: int, model_uri: str) -> str:
+    """An evaluation run's description (Markdown): what it scored, on what, for which model
+    (`failed`: inputs the model could not use; `skipped`: inputs the reader left out)."""
     scores = ", ".join(f"{label} {metrics[key]:.2%}" for key, label in (
         ("test_accuracy", "accuracy"), ("test_macro_f1", "macro-F1"),
         ("test_roc_auc", "ROC-AUC")) if key in metrics)
     return "  \n".join([f"**{name}**", f"{scores} of `{model_uri}`",
-                        f"on {evaluated} examples of `{source}` ({failed} could not be used)"])
+                        f"on {evaluated} examples of `{source}` ({failed} could not be used"
+                        + (f"; {skipped} skipped as training skips them" if skipped else "")
+                        + ")"])
 
 
 def pretraining_description(name: str, reviews: int, epochs: int, tokens: int) -> str:
@@ -136,8 +139,9 @@ def model_description(pipeline: str, name: str, labels: Sequence[str]) -> str:
         f"**Classes** ({len(labels)}): " + ", ".join(f"`{label}`" for label in labels) + ".",
         io,
         f"**Call**: `mlflow.pyfunc.load_model('models:/{name}@champion').predict(frame)`; "
-        f"or `mlflow models serve -m models:/{name}@champion`, then POST "
-        "`{\"dataframe_records\": [...]}` to `/invocations`. Each version carries its code "
-        "(`code/`) and pinned `requirements.txt`: it loads where only those are installed.",
+        f"or `mlflow models serve -m models:/{name}@champion --env-manager local` (in an "
+        "environment with its requirements), then POST `{\"dataframe_records\": [...]}` to "
+        "`/invocations`. Each version carries its code (`code/`) and pinned `requirements.txt`:"
+        " it loads where only those are installed.",
         "The alias `champion` is on the version with the best test accuracy on the same test "
         "data."])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import (
     ConfusionMatrixDisplay,
     RocCurveDisplay,
@@ -104,6 +105,9 @@ def roc_curve_figure(probabilities: np.ndarray, y: np.ndarray, labels: tuple[str
     RocCurveDisplay.from_predictions(y, np.asarray(probabilities)[:, 1], pos_label=1,
                                      name=f"{labels[1]} vs {labels[0]}", ax=axes,
                                      plot_chance_level=True)
+    # scikit-learn's axis labels name the positive class by its index ("Positive label: 1")
+    axes.set_xlabel(f"False positive rate (positive: {labels[1]})")
+    axes.set_ylabel(f"True positive rate (positive: {labels[1]})")
     axes.set_title("Test ROC curve")
     return figure
 
@@ -118,6 +122,7 @@ def training_curves_figure(history: dict[str, list[float]]) -> Figure:
         if f"val_{key}" in history:
             axes.plot(epochs, history[f"val_{key}"], label="validation")
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
         axes.set_ylabel(key)
         axes.legend()
         axes.grid(alpha=0.3)
@@ -197,17 +202,19 @@ def evaluate_served(args: argparse.Namespace, labelled: LabelledInputs, *, pipel
             dataset_name, labelled.source, {"test": labelled.digest},
             Splits(labels, {}, {"test": y}).split_tags(),
             {"source": labelled.source, "model_uri": args.model_uri,
-             "failed_inputs": [{"path": p, "error": e} for p, e in failed]})
+             "failed_inputs": [{"path": p, "error": e} for p, e in failed],
+             "skipped_inputs": [{"path": p, "reason": r} for p, r in labelled.skipped]})
         probabilities = answer.loc[usable, columns].to_numpy(np.float64)
         evaluation = log_evaluation(probabilities, y, labels)
         tracking.log_metrics({"evaluated_examples": int(usable.sum()),
-                              "failed_inputs": len(failed)})
+                              "failed_inputs": len(failed),
+                              "skipped_inputs": len(labelled.skipped)})
         version = tracking.link_evaluation(
             args.model_uri, evaluated, run_id,
             f"test_accuracy={evaluation.metrics['test_accuracy']:.4f} on {labelled.source}")
         tracking.set_description(descriptions.evaluation_description(
             name, evaluation.metrics, labelled.source, int(usable.sum()), len(failed),
-            args.model_uri))
+            len(labelled.skipped), args.model_uri))
     return {"metrics": evaluation.metrics, "labels": labels, "confusion": evaluation.confusion,
             "failed": failed, "run_id": run_id, "version": version}
 

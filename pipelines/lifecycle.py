@@ -274,7 +274,6 @@ class TrackedRun:
         if not self.config.run.register:
             return digests
         name = self.config.run.registered_model
-        tracking.log_model_metrics(model_uri, metrics)
         classes = self.labels or tracking.model_labels(model_uri)
         promotion = tracking.register_and_promote(
             model_uri, name, metrics=metrics, test_digest=test_digest, data_digest=data_digest,

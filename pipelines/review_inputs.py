@@ -52,8 +52,8 @@ def read_labelled_reviews(parser: argparse.ArgumentParser, argv: list[str]):
     require_data_dir(args.data_dir, IMDB_ENV, "IMDB")
     args.evaluated_uri, _ = tracking.evaluated_model(args.model_uri, args.tracking_uri,
                                                      args.store_dir, TextPredictor.INPUT_COLUMNS)
-    labelled, skipped = evaluation_inputs(args.data_dir)
-    print_skipped(skipped)
+    labelled = evaluation_inputs(args.data_dir)
+    print_skipped(labelled.skipped)
     return args, labelled
 
 

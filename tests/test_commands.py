@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -142,6 +143,20 @@ def test_evaluating_a_folder_of_which_every_review_is_skipped_is_named(store: Pa
     assert "test/neg/1_1.txt: skipped: empty review" in err
     assert (f"error: no input of {tmp_path / 'aclImdb'} could be evaluated: the reader left "
             "none") in err
+    (tmp_path / "aclImdb" / "test" / "pos" / "3_8.txt").write_text("a great film")
+    assert sentiment.main(["evaluate", "--data-dir", str(tmp_path / "aclImdb"), "--store-dir",
+                           str(store), "--model-uri", "models:/tiny-text@champion"]) == 0
+    capsys.readouterr()
+    client = MlflowClient()  # the run names what the reader left out, as stderr did
+    (run,) = client.search_runs([client.get_experiment_by_name("imdb-sentiment").experiment_id],
+                                "tags.run_type = 'evaluation'")
+    assert run.data.metrics["skipped_inputs"] == 2 and run.data.metrics["failed_inputs"] == 0
+    assert "(0 could not be used; 2 skipped as training skips them)" in run.data.tags[
+        "mlflow.note.content"]
+    summary = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/data/summary.json")
+    assert summary["skipped_inputs"] == [
+        {"path": "test/neg/1_1.txt", "reason": "empty review"},
+        {"path": "test/pos/2_9.txt", "reason": "no text outside HTML tags"}]
 
 
 @pytest.mark.slow

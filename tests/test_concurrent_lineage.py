@@ -22,12 +22,12 @@ WORKER = textwrap.dedent("""
     from pipelines import tracking
 
     store, barrier, me, other, count = sys.argv[1:6]
-    with tracking.open_run("lineage", tracking_uri=None, store_dir=store):
+    with tracking.open_run("lineage", tracking_uri=None, store_dir=store, run_name=me):
         (Path(barrier) / me).touch()
         while not (Path(barrier) / other).exists():
             time.sleep(0.001)
         for index in range(int(count)):  # the same datasets, in the same order, as two runs
-            tracking.log_dataset(f"data{index}", "/data/speech", {"train": f"digest{index}"},
+            tracking.log_dataset(f"data{index}", f"/data/{me}", {"train": f"digest{index}"},
                                  {"train": {"examples": "1"}}, {})
 """)
 
@@ -48,3 +48,8 @@ def test_two_runs_logging_the_same_new_datasets_at_once_both_log_them(tmp_path: 
     assert len(runs) == 2
     for run in runs:
         assert len(run.inputs.dataset_inputs) == DATASETS
+        # one dataset of each name and digest, its source the first run's; each input names
+        # the folder its own run read
+        sources = {tag.value for i in run.inputs.dataset_inputs for tag in i.tags
+                   if tag.key == "source"}
+        assert sources == {f"/data/{run.info.run_name}"}, sources

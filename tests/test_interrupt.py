@@ -103,7 +103,7 @@ def test_a_stopped_or_killed_run_keeps_its_checkpoint_and_resume_finishes_it(
     epochs = int(run.data.metrics["epochs_trained"])
     # every epoch logged once: the killed process's and then the resumed one's (the epoch
     # SIGKILL cut short is trained again)
-    assert sorted(m.step for m in losses) == list(range(epochs)) and epochs > done
+    assert sorted(m.step for m in losses) == list(range(1, epochs + 1)) and epochs > done
     version = client.get_model_version_by_alias("speech-commands", "champion")
     assert version.run_id == run_id
     assert not checkpoint.exists()
@@ -313,7 +313,7 @@ def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir
     assert run.data.params["epochs"] == "12"
     assert run.info.status == "FINISHED" and "blend_weight" in run.data.metrics
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
-    assert steps == list(range(int(run.data.metrics["epochs_trained"])))
+    assert steps == list(range(1, int(run.data.metrics["epochs_trained"]) + 1))
     served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     answer = served.predict(pd.DataFrame({"text": ["a fine film", "a dull film"]}))
     assert answer["error"].isna().all()

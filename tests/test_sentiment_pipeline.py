@@ -44,7 +44,7 @@ def test_run_end_to_end_logs_registers_and_serves_raw_text(imdb_dir: Path, tmp_p
     assert run.data.params["sequence_length"] == "32" and run.data.params["model"] == "recurrent"
     assert {"test_accuracy", "test_roc_auc", "val_loss", "vocabulary_size"} <= set(
         run.data.metrics)
-    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2]
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {
         "aclImdb-train", "aclImdb-validation", "aclImdb-test"}
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -52,6 +52,9 @@ def test_run_end_to_end_logs_registers_and_serves_raw_text(imdb_dir: Path, tmp_p
     vocabulary = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/vocabulary.txt")
     assert vocabulary.split("\n")[:2] == ["", "[UNK]"] and "great" in vocabulary
     assert version.tags["test_data_digest"] and version.tags["test_roc_auc"]
+    # the version's page names each branch's accuracy alone, as the run's does
+    assert f"ngram_test_accuracy **{run.data.metrics['ngram_test_accuracy']:.4f}**" in (
+        version.description) and "recurrent_test_accuracy **" in version.description
 
     model = mlflow.pyfunc.load_model("models:/imdb-sentiment@champion")
     assert model.metadata.signature.inputs.input_names() == ["text"]

@@ -67,7 +67,13 @@ def test_run_end_to_end_on_a_small_folder(speech_dir: Path, tmp_path: Path, caps
     assert run.data.params["units"] == "8" and run.data.params["task"] == "12-class"
     assert {"test_accuracy", "test_macro_f1", "val_loss", "skipped_examples"} <= set(
         run.data.metrics)
-    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2]
+    assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == 1
+    # the logged model's page shows the run's step-0 figures: the test ones, no epoch's
+    model_metrics = {m.key: m.value for m in client.get_logged_model(
+        version.source.removeprefix("models:/")).metrics}
+    assert model_metrics["test_accuracy"] == run.data.metrics["test_accuracy"]
+    assert not {"loss", "accuracy", "val_accuracy"} & model_metrics.keys()
     # the second of the 2 epochs is averaged (--average-from 0.5): the model is that epoch's,
     # scored on validation once more
     assert run.data.metrics["averaged_epochs"] == 1

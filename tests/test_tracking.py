@@ -7,6 +7,7 @@ import subprocess
 import time
 from contextlib import closing
 from pathlib import Path
+from types import SimpleNamespace
 
 import joblib
 import mlflow
@@ -136,6 +137,9 @@ def test_a_tie_never_promotes_even_where_it_rounds_down(tmp_path: Path):
     tie = finish_run(store, 5 / 6)
     assert not tie.promoted and "ties champion v1" in tie.reason
     assert finish_run(store, 5 / 6 + 1e-9).promoted  # strictly better is better, however little
+    champion = SimpleNamespace(version=1, tags={"test_data_digest": "x", "test_accuracy": "0.9084"})
+    assert tracking.champion_decision(18169 / 20000, "x", champion, (), tuple) == (
+        True, "test accuracy 0.90845 beats champion v1's 0.90840")  # one review in 20,000
     # a champion registered when tags held six decimals is met at six decimals
     MlflowClient().set_model_version_tag("model-x", "3", "test_accuracy", "0.833333")
     assert not finish_run(store, 5 / 6).promoted
@@ -318,8 +322,8 @@ def test_a_resumed_fit_logs_the_epochs_its_checkpoint_holds_and_the_run_lacks(tm
         logger.on_epoch_end(3, {"loss": 0.7, "accuracy": 0.7})
     client = MlflowClient()
     assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss")) == [
-        (0, 1.0), (1, 0.9), (2, 0.8), (3, 0.7)]
-    assert sorted(m.step for m in client.get_metric_history(run_id, "accuracy")) == [0, 1, 2, 3]
+        (1, 1.0), (2, 0.9), (3, 0.8), (4, 0.7)]  # epoch N at step N
+    assert sorted(m.step for m in client.get_metric_history(run_id, "accuracy")) == [1, 2, 3, 4]
 
 
 def test_connect_leaves_the_environment_as_it_was(tmp_path: Path, monkeypatch):

@@ -230,11 +230,14 @@ def delete_tag(key: str) -> None:
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
-    """Logs Keras' per-epoch logs (loss, accuracy, val_*, learning_rate) to the active run."""
+    """Logs Keras' per-epoch logs (loss, accuracy, val_*, learning_rate) to the active run,
+    epoch N (as Keras prints it, `best_epoch` names it and the training curves plot it) at
+    step N: MLflow shows a run's step-0 metrics on its logged model's page as the model's, and
+    those are the test figures, not the first epoch's."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs:
-            log_metrics(logs, step=epoch)
+            log_metrics(logs, step=epoch + 1)
 
     def resumed_from(self, history: Mapping[str, Sequence[float]]) -> None:
         """Logs the epochs of a resumed fit's checkpoint (`history`, per metric) that the run
@@ -243,9 +246,9 @@ class EpochMetricsLogger(keras.callbacks.Callback):
         run_id = mlflow.active_run().info.run_id
         logged = {metric.step for metric in MlflowClient().get_metric_history(run_id, "loss")}
         for epoch in range(len(history.get("loss", []))):
-            if epoch not in logged:
+            if epoch + 1 not in logged:
                 log_metrics({key: values[epoch] for key, values in history.items()
-                             if epoch < len(values)}, step=epoch)
+                             if epoch < len(values)}, step=epoch + 1)
 
 
 # a database's words for a row that is there already (SQLite, PostgreSQL, MySQL)
@@ -261,6 +264,9 @@ def log_dataset(
 ) -> None:
     """Records data lineage: one input per split (source, digest, tags) plus a JSON summary.
 
+    An experiment's store keeps one dataset per name and digest, with the source it was first
+    logged from: each input's tag `source` names the folder or URL this run read.
+
     Args:
         name: Dataset name shown in the UI.
         source: Local folder, or a URL for remote sources.
@@ -273,7 +279,8 @@ def log_dataset(
     )
     for split, digest in digests.items():
         dataset = MetaDataset(dataset_source, name=f"{name}-{split}", digest=digest)
-        tags = {key: str(value) for key, value in split_tags[split].items()}
+        tags = {"source": logged_text(source)} | {
+            key: str(value) for key, value in split_tags[split].items()}
         try:
             mlflow.log_input(dataset, context=split, tags=tags)
         except MlflowException as error:  # another run stored the same dataset between

@@ -169,15 +169,6 @@ def load_predictor(model_uri: str, tracking_uri: str | None, store_dir: str | Pa
                              ).unwrap_python_model().predictor
 
 
-def log_model_metrics(model_uri: str, metrics: Mapping[str, float]) -> None:
-    """Links the run's metrics to the logged model (`models:/<model id>`) too, so the model's
-    page in the UI shows them."""
-    model_id = model_uri.removeprefix("models:/")
-    mlflow.log_metrics({key: float(value) for key, value in metrics.items()
-                        if isinstance(value, int | float) and not isinstance(value, bool)},
-                       model_id=model_id)
-
-
 def unreadable_run(model_uri: str, error: Exception) -> ModelError:
     """The error for a model whose run cannot be read (not in this store, deleted)."""
     message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
