@@ -9,7 +9,6 @@ import keras
 import numpy as np
 
 from features.errors import ConfigError, require_at_least, require_fraction
-from features.text import EmptyAsUnknown
 
 CELLS = ("gru", "lstm")
 POOLINGS = ("mean", "max", "mean-max", "attention")
@@ -265,6 +264,10 @@ def text_to_probabilities(vectorizer: keras.layers.Layer, classifier: keras.Mode
     """Joins a fitted TextVectorization and a token-id classifier: raw strings in,
     probabilities out (a review of no tokens as one unknown token, as training encodes it).
     Saved as one .keras file, it carries the vocabulary with it."""
+    # imported here: the text stage needs SciPy, scikit-learn and pandas, which the speech
+    # model, loaded in Keras with this module's layers, does not
+    from features.text import EmptyAsUnknown
+
     texts = keras.Input(shape=(), dtype="string", name="text")
     ids = EmptyAsUnknown(name="empty_as_unknown")(vectorizer(texts))
     return keras.Model(texts, classifier(ids), name="text_classifier")

@@ -181,3 +181,27 @@ def test_predict_and_serve_report_a_truncated_classifier_without_a_traceback(
     assert (f"pipelines.errors.ModelError: {VERSION}: artifact classifier.keras could not be "
             "loaded: not a .keras zip archive") in output, output[-3000:]
     assert "keras/src/saving" not in output  # no traceback through Keras' loading code
+
+
+KERAS_ALONE = """
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):  # what the pyfunc model needs besides Keras
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"scipy", "sklearn", "pandas", "librosa", "mlflow", "joblib"}:
+            raise ModuleNotFoundError(f"No module named {name!r} here")
+sys.meta_path.insert(0, Absent())
+sys.path.insert(0, sys.argv[1] + "/code")
+import features.mfcc_layer, models.recurrent  # registers the custom objects (docs/models.md)
+import keras, numpy as np
+model = keras.saving.load_model(sys.argv[1] + "/artifacts/classifier.keras")
+print(model.predict(np.zeros((2, 16000), np.float32), verbose=0).shape, models.recurrent.__file__)
+"""
+
+
+def test_the_speech_model_loads_in_keras_with_its_two_shipped_modules_alone(model_dir: Path,
+                                                                              tmp_path: Path):
+    answer = subprocess.run([sys.executable, "-c", KERAS_ALONE, str(model_dir)], cwd=tmp_path,
+                            capture_output=True, text=True, check=False)
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    shape, module = answer.stdout.rsplit(maxsplit=1)
+    assert shape == "(2, 2)" and module == f"{model_dir}/code/models/recurrent.py"  # 2 classes
