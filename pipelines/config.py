@@ -52,6 +52,12 @@ class Option:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    def given(self, value: Any) -> str:
+        """How a command line gives the option `value`: `--units 32`, `--no-register`."""
+        if self.base is bool and isinstance(value, bool):
+            return self.flag if value else f"--no-{self.flag[2:]}"
+        return f"{self.flag} {value}"
+
     def parse(self, text: str) -> Any:
         """The value of a logged (string) parameter.
 
@@ -150,7 +156,7 @@ class TaskConfig:
         name options given on a command line."""
         wanted = None if names is None else set(names)
         fields = self.option_fields()
-        return [f"{fields[name].flag} {value}" for name, value in self.options().items()
+        return [fields[name].given(value) for name, value in self.options().items()
                 if (wanted is None or name in wanted) and value != reference[name]]
 
     def stage_options(self, *stages: str) -> list[str]:

@@ -205,24 +205,16 @@ class TrackedRun:
         return checkpoints.completed_epochs(self.checkpoint) if self.resuming else 0
 
     def log_data(self, splits: Splits, lineage: Lineage, dataset_name: str) -> None:
-        """Logs the options as parameters, the data lineage, example counts and the label map;
-        a resumed run logged them when it started and only checks that its data is the same.
-        Under `--strategy multi-worker` the workers then check that they agree
-        (`distribute.check_workers_agree`).
+        """Logs the options as parameters, the data lineage, example counts and the label map
+        (a resumed run logged them when it started). Under `--strategy multi-worker` the
+        workers then check that they agree (`distribute.check_workers_agree`).
 
         Raises:
-            SetupError: A resumed run's data differs from what the run started with.
             ValueError: The workers of a multi-worker run differ.
         """
         digest, options = lineage.data_digest, self.config.options()
         self.labels = tuple(splits.labels)
-        if self.resuming:
-            logged = tracking.run_tags(self.run_id).get("data_digest")
-            if logged != digest:
-                raise SetupError(f"--resume {self.run_id}: the data changed since the run "
-                                 f"started (digest {digest}, the run's {logged}); start a new "
-                                 "run")
-        else:
+        if not self.resuming:  # a resumed run's data was checked before it reopened
             tracking.set_tags({"data_digest": digest})
             tracking.log_params(options)
             tracking.log_dataset(dataset_name, lineage.source, lineage.digests,
@@ -236,28 +228,16 @@ class TrackedRun:
 
     def log_batches(self, metrics: Mapping[str, float]) -> None:
         """Logs how the fit is batched (`TrainingBatches.metrics`, the scheduled epochs); a
-        resumed run checks that its global batch is the run's, on which the checkpoint's
-        learning-rate schedule counts its steps.
+        resumed run logged them when it started (its global batch was checked before it
+        reopened: `resume.require_same_footing`)."""
+        if not self.resuming:
+            tracking.log_metrics(metrics)
 
-        Raises:
-            SetupError: A resumed run under a strategy of another number of replicas.
-        """
-        if self.resuming:
-            logged = tracking.run_metrics(self.run_id).get("global_batch_size")
-            if logged is not None and logged != metrics["global_batch_size"]:
-                raise SetupError(
-                    f"--resume {self.run_id}: the run trained at a global batch of {logged:g} "
-                    f"examples, this machine's replicas make {metrics['global_batch_size']:g}; "
-                    "resume it where it has as many replicas (devices) as it started with")
-        tracking.log_metrics(metrics)
-
-    def registered_model(self) -> str | None:
-        """For a resumed run that registered its model before it was stopped, that model's
-        URI (the run logs no second copy; `register` gives that version its decision, or its
+    def logged_model(self) -> str | None:
+        """For a resumed run that logged its model (whole) before it was stopped, that model's
+        URI (the run logs no second copy; `register` registers it, or gives its version its
         decision back); else None."""
-        if not (self.resuming and self.config.run.register):
-            return None
-        return tracking.registered_model_uri(self.config.run.registered_model, self.run_id)
+        return tracking.finished_model_uri(self.run_id) if self.resuming else None
 
     def register(self, model_uri: str, metrics: Mapping[str, float], *, test_digest: str,
                  data_digest: str) -> dict:
@@ -303,20 +283,26 @@ def store_options(run: RunConfig) -> str:
 
 
 @contextlib.contextmanager
-def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
-    """Opens an MLflow run in the config's experiment (or reopens `--resume`'s) for the
-    pipeline's work; the caller has checked the config (`prepare_run`) so that bad options open
-    no run. On success the run's checkpoint and its tag `checkpoint` are deleted; on Ctrl-C or
-    SIGTERM they are kept and the command that continues the run is logged."""
+def tracked_run(config: TaskConfig, pipeline: str, data_digest: str | None = None
+                ) -> Iterator[TrackedRun]:
+    """Opens an MLflow run in the config's experiment (or reopens `--resume`'s, once it is
+    known to go on from the same data, `data_digest`, and global batch) for the pipeline's
+    work; the caller has checked the config (`prepare_run`) so that bad options open no run.
+    On success the run's checkpoint and its tag `checkpoint` are deleted; on Ctrl-C or SIGTERM
+    they are kept and the command that continues the run is logged."""
     started = time.perf_counter()
     run, name = config.run, descriptions.run_name(config, pipeline)
+    if run.resume:
+        resume.require_same_footing(config, data_digest)
     sweep_run_id = tracking.open_run_id()  # the run is a trial of that sweep
     with tracking.open_run(run.experiment, tracking_uri=run.tracking_uri,
                            store_dir=run.store_dir, run_name=name,
                            tags={"pipeline": pipeline}, resume_run_id=run.resume) as run_id:
         tracked = TrackedRun(config, pipeline, run_id, started, name)
         checkpoint = tracked.checkpoint
-        if checkpoint is not None:  # on resume too: --checkpoint-dir may have moved it
+        resumable = checkpoint is not None and not sweep_run_id and not pipeline.endswith(
+            "-sweep")  # a sweep and its trials are run again, never resumed
+        if resumable:  # on resume too: --checkpoint-dir may have moved it
             tracking.set_tags({"checkpoint": str(checkpoint)})
         try:
             yield tracked
@@ -335,7 +321,7 @@ def tracked_run(config: TaskConfig, pipeline: str) -> Iterator[TrackedRun]:
         finally:
             if sweep_run_id and checkpoint is not None:  # a trial, which nothing resumes
                 discard(checkpoint)
-        if checkpoint is not None:  # tagged above, or by the run --resume continues
+        if resumable:  # tagged above
             tracking.delete_tag("checkpoint")  # the folder goes next: the tag would name nothing
     if checkpoint is not None and checkpoint.is_dir():
         shutil.rmtree(checkpoint)

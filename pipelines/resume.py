@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipelines import checkpoints, tracking
+from pipelines import checkpoints, distribute, tracking
 from pipelines.config import TaskConfig, config_from_params
 from pipelines.errors import SetupError
 
@@ -34,6 +34,14 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
         raise SetupError(f"--resume {run.resume}: there is no MLflow store at {database}: pass "
                          "the --store-dir or --tracking-uri the run logged to")
     params, tags = tracking.interrupted_run(run.resume, run.tracking_uri, run.store_dir)
+    parent = tags.get("mlflow.parentRunId")
+    sweep = run.resume if tags.get("pipeline") == f"{pipeline}-sweep" else (
+        parent if parent and tracking.run_tags(parent).get("pipeline") == f"{pipeline}-sweep"
+        else None)
+    if sweep:
+        raise SetupError(f"--resume {run.resume}: that run is "
+                         f"{'a sweep' if sweep == run.resume else f'a trial of sweep {sweep}'}"
+                         ": a sweep is not continued by --resume; run the sweep again")
     if tags.get("pipeline") != pipeline:
         raise SetupError(f"--resume {run.resume}: that run is not a {pipeline} training run "
                          f"(pipeline tag {tags.get('pipeline')!r})")
@@ -72,3 +80,26 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
         log.warning("--resume %s takes every option from the run's logged parameters; not "
                     "used: %s", run.resume, ", ".join(ignored))
     return resumed
+
+
+def require_same_footing(config: TaskConfig, data_digest: str | None) -> None:
+    """Checks that the resumed run `config.run.resume` goes on from what it started with: the
+    same data (its `data_digest`, when given) and a global batch this machine's replicas make
+    (the checkpoint's learning-rate schedule counts steps of it). Made before the run is
+    reopened, so a refusal leaves it as it was (KILLED, say: it can be resumed later).
+
+    Raises:
+        SetupError: The data changed, or the replicas make another global batch.
+    """
+    run = config.run
+    logged = tracking.run_tags(run.resume).get("data_digest")
+    if data_digest is not None and logged != data_digest:
+        raise SetupError(f"--resume {run.resume}: the data changed since the run started "
+                         f"(digest {data_digest}, the run's {logged}); start a new run")
+    trained = tracking.run_metrics(run.resume).get("global_batch_size")
+    batch = distribute.global_batch_size(config.optim.batch_size, run.strategy)
+    if trained is not None and trained != batch:
+        raise SetupError(
+            f"--resume {run.resume}: the run trained at a global batch of {trained:g} examples,"
+            f" this machine's replicas make {batch:g}; resume it where it has as many replicas"
+            " (devices) as it started with")

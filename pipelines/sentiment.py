@@ -158,7 +158,7 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
     if config.model.model == "tfidf-logreg":
         require_fittable(config.baseline, data)
     pretrained = pretrained_encoder(config, data)
-    with lifecycle.tracked_run(config, PIPELINE) as tracked:
+    with lifecycle.tracked_run(config, PIPELINE, data.lineage.data_digest) as tracked:
         tracking.log_metrics({"read_seconds": read["read_seconds"]})
         if config.model.model == "tfidf-logreg":
             return tracked.result(
@@ -185,7 +185,7 @@ def run(config: SentimentConfig, reviews: ImdbData | None = None) -> dict:
         test = evaluation.log_evaluation(probabilities, ids.y["test"], ids.labels,
                                          fitted.history)
         metrics = (branch.metrics if branch else {}) | test.metrics | fit_metrics
-        model_uri = tracked.registered_model() or log_model(
+        model_uri = tracked.logged_model() or log_model(
             vectorizer, fitted.model, branch, weight, ids.labels)
         registered = tracked.register(model_uri, metrics, test_digest=data.lineage.test_digest,
                                       data_digest=data.lineage.data_digest)

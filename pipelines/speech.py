@@ -160,7 +160,7 @@ def run(config: SpeechConfig) -> dict:
     data = prepare_speech_data(config.source, config.splits, config.features,
                                waveforms=config.augment.active)
     feature_seconds = time.perf_counter() - started
-    with lifecycle.tracked_run(config, PIPELINE) as tracked:
+    with lifecycle.tracked_run(config, PIPELINE, data.lineage.data_digest) as tracked:
         tracking.log_metrics({"feature_seconds": feature_seconds})
         keras.utils.set_random_seed(config.optim.seed)
         tracked.log_data(data.splits, data.lineage, DATASET)
@@ -183,7 +183,7 @@ def run(config: SpeechConfig) -> dict:
         test = evaluation.log_evaluation(probabilities, data.splits.y["test"],
                                          data.splits.labels, fitted.history)
         metrics = test.metrics | fit_metrics
-        model_uri = tracked.registered_model() or log_model(
+        model_uri = tracked.logged_model() or log_model(
             fitted.model, data.splits.labels, config.features)
         registered = tracked.register(model_uri, metrics, test_digest=data.lineage.test_digest,
                                       data_digest=data.lineage.data_digest)

@@ -109,17 +109,17 @@ def test_a_stopped_or_killed_run_keeps_its_checkpoint_and_resume_finishes_it(
     assert not checkpoint.exists()
 
 
-def test_a_run_stopped_after_registering_resumes_without_a_second_model(
+def test_a_run_stopped_after_logging_its_model_resumes_without_a_second_model(
         speech_dir: Path, tmp_path: Path, monkeypatch):
-    """Stopped once its version was registered (Ctrl-C as the run ends), the run is resumed
-    to its end with the version's model as its only logged model."""
+    """Stopped once its model was logged (Ctrl-C as it is registered), the run is resumed to
+    its end with that model as its only logged model, the version's."""
     store = tmp_path / "mlruns"
     args = small_args(speech_dir, tmp_path, "--checkpoint-dir", str(tmp_path / "checkpoints"))
 
-    def stopped(*args):
+    def stopped(*args, **kwargs):
         raise KeyboardInterrupt
     with monkeypatch.context() as patch:
-        patch.setattr(lifecycle.TrackedRun, "result", stopped)
+        patch.setattr(lifecycle.TrackedRun, "register", stopped)
         assert speech.main(args) == 130
     (checkpoint,) = (tmp_path / "checkpoints").iterdir()
     assert speech.main(["--resume", checkpoint.name, "--store-dir", str(store)]) == 0
@@ -132,6 +132,21 @@ def test_a_run_stopped_after_registering_resumes_without_a_second_model(
     [version] = client.search_model_versions("name='speech-commands'")
     assert [f"models:/{model.model_id}" for model in models] == [version.source]
     assert run.info.status == "FINISHED" and run.data.tags["registered_version"] == "1"
+
+
+def test_a_model_being_logged_as_its_run_is_stopped_is_marked_failed(tmp_path: Path):
+    """MLflow marks a model FAILED when its logging raises an error, not on Ctrl-C or
+    SIGTERM: the run does, or it would stay PENDING for good."""
+    with pytest.raises(KeyboardInterrupt), tracking.open_run(
+            "models", tracking_uri=None, store_dir=tmp_path / "mlruns") as run_id:
+        done = mlflow.initialize_logged_model(name="done")
+        mlflow.finalize_logged_model(done.model_id, "READY")
+        being_logged = mlflow.initialize_logged_model(name="model")
+        raise KeyboardInterrupt
+    client = MlflowClient()
+    assert client.get_logged_model(being_logged.model_id).status == "FAILED"
+    assert client.get_logged_model(done.model_id).status == "READY"
+    assert tracking.finished_model_uri(run_id) == f"models:/{done.model_id}"
 
 
 def test_resume_refuses_a_finished_run_and_an_unknown_one(tmp_path: Path, capsys):
@@ -306,9 +321,10 @@ def test_sentiment_run_interrupted_in_process_resumes_to_a_served_blend(imdb_dir
     assert client.get_run(checkpoint.name).info.status == "KILLED"
 
     assert sentiment.main(["--resume", checkpoint.name, "--store-dir",
-                           str(tmp_path / "mlruns"), "--epochs", "5"]) == 0
+                           str(tmp_path / "mlruns"), "--epochs", "5", "--no-register"]) == 0
     assert any(message.endswith("takes every option from the run's logged parameters; not "
-                                "used: --epochs 5") for message in caplog.messages)
+                                "used: --epochs 5, --no-register")  # as a command line has them
+               for message in caplog.messages), caplog.messages
     run = client.get_run(checkpoint.name)
     assert run.data.params["epochs"] == "12"
     assert run.info.status == "FINISHED" and "blend_weight" in run.data.metrics

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 import pytest
 from mlflow.tracking import MlflowClient
 
-from features.splits import Lineage, Splits
 from pipelines import lifecycle, sentiment, speech, tracking
 from pipelines.errors import SetupError
 from pipelines.lifecycle import require_writable_dir
@@ -215,19 +214,20 @@ def test_an_internal_error_shows_its_traceback_and_fails_the_run(speech_dir: Pat
 def test_a_resumed_run_refuses_other_data_or_another_global_batch(tmp_path: Path):
     """The checkpoint's schedule counts steps of the run's global batch over the run's data:
     a resume with other data, or under a strategy of another number of replicas, is refused
-    before training."""
+    before the run reopens, which stays as it was (KILLED: it can be resumed later)."""
     config = SpeechConfig.from_options(store_dir=str(tmp_path / "mlruns"),
                                        checkpoint_dir=str(tmp_path / "checkpoints"))
-    with lifecycle.tracked_run(config, "speech") as started:
+    with pytest.raises(KeyboardInterrupt), lifecycle.tracked_run(config, "speech") as started:
         tracking.set_tags({"data_digest": "d1"})
         started.log_batches({"global_batch_size": 256, "replicas": 2})
-    resumed = lifecycle.TrackedRun(config.replace(resume=started.run_id), "speech",
-                                   started.run_id, 0.0, "resumed")
-    with pytest.raises(SetupError, match="the run trained at a global batch of 256 examples, "
-                       "this machine's replicas make 128; resume it where"):
-        resumed.log_batches({"global_batch_size": 128, "replicas": 1})
-    lineage = Lineage(source="folder", digests={"test": "d2"})
-    splits = Splits(labels=("a", "b"), x={}, y={})
-    with pytest.raises(SetupError, match="the data changed since the run started "
-                       "\\(digest d2, the run's d1\\)"):
-        resumed.log_data(splits, lineage, "speech-commands")
+        raise KeyboardInterrupt
+    resumed = config.replace(resume=started.run_id)  # on one replica: 128 a batch
+    for digest, refusal in (("d2", "the data changed since the run started \\(digest d2, "
+                                   "the run's d1\\)"),
+                            ("d1", "the run trained at a global batch of 256 examples, this "
+                                   "machine's replicas make 128; resume it where")):
+        with pytest.raises(SetupError, match=refusal), lifecycle.tracked_run(
+                resumed, "speech", digest):
+            pytest.fail("reopened")
+    run = MlflowClient().get_run(started.run_id)
+    assert run.info.status == "KILLED" and "error" not in run.data.tags

@@ -174,3 +174,19 @@ def test_an_interrupted_trial_says_the_sweep_is_run_again_not_resumed(tmp_path: 
         raise KeyboardInterrupt
     assert caplog.messages == [f"sweep run {run.run_id} interrupted: a sweep is not continued "
                                "by --resume; run the sweep again"]
+
+
+def test_resuming_a_sweep_or_one_of_its_trials_says_to_run_the_sweep_again(tmp_path: Path,
+                                                                             capsys):
+    store = tmp_path / "mlruns"
+    with pytest.raises(KeyboardInterrupt), tracking.open_run(
+            "speech-commands", tracking_uri=None, store_dir=store,
+            tags={"pipeline": "speech-sweep"}) as sweep:
+        with tracking.open_run("speech-commands", tracking_uri=None, store_dir=store,
+                               tags={"pipeline": "speech"}) as trial:
+            raise KeyboardInterrupt
+    for run_id, what in ((trial, f"a trial of sweep {sweep}"), (sweep, "a sweep")):
+        assert speech.main(["--resume", run_id, "--store-dir", str(store)]) == 2
+        assert capsys.readouterr().err == (f"error: --resume {run_id}: that run is {what}: a "
+                                           "sweep is not continued by --resume; run the sweep "
+                                           "again\n")

@@ -23,13 +23,13 @@ from pipelines.tracking.registry import (
     link_evaluation,
     model_version_of,
     register_and_promote,
-    registered_model_uri,
 )
 from pipelines.tracking.runs import (
     EpochMetricsLogger,
     delete_tag,
     download_artifacts,
     find_runs,
+    finished_model_uri,
     log_artifacts,
     log_dataset,
     log_dict,
@@ -71,12 +71,12 @@ from pipelines.tracking.stores import (
 __all__ = [
     "CHAMPION", "EpochMetricsLogger", "Promotion", "SpeechClassifierModel", "TextClassifierModel",
     "champion_decision", "check_tracking", "connect", "current_champion", "delete_tag",
-    "download_artifacts", "evaluated_model", "find_runs", "interrupted_run", "is_file_store",
-    "link_evaluation", "load_predictor", "load_served_model", "local_store_uri", "log_artifacts",
-    "log_dataset", "log_dict", "log_figure", "log_metrics", "log_params",
+    "download_artifacts", "evaluated_model", "find_runs", "finished_model_uri", "interrupted_run",
+    "is_file_store", "link_evaluation", "load_predictor", "load_served_model", "local_store_uri",
+    "log_artifacts", "log_dataset", "log_dict", "log_figure", "log_metrics", "log_params",
     "log_speech_classifier", "log_table", "log_text", "log_text_classifier", "log_to_run",
     "model_labels", "model_run_files", "model_version_of", "name_refusal", "open_run",
-    "open_run_id", "redact", "register_and_promote", "registered_model_uri",
+    "open_run_id", "redact", "register_and_promote",
     "require_writable_store", "run_metrics", "run_params", "run_tags", "running_elsewhere",
     "set_description", "set_tags", "store_database",
 ]

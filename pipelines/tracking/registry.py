@@ -250,14 +250,6 @@ def registered_by(client: MlflowClient, name: str, run_id: str) -> Any | None:
     return min(mine, key=lambda version: int(version.version)) if mine else None
 
 
-def registered_model_uri(name: str, run_id: str) -> str | None:
-    """The URI of the model that run `run_id` registered as a version of `name`, or None."""
-    version = registered_by(MlflowClient(), name, run_id)
-    if version is None:
-        return None
-    return f"models:/{version.model_id}" if version.model_id else version.source
-
-
 def decided_promotion(client: MlflowClient, version: Any) -> Promotion:
     """The outcome recorded for an already decided version (tagged on the run again)."""
     champion = current_champion(client, version.name)

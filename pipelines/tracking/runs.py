@@ -14,6 +14,7 @@ import keras
 import mlflow
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
+from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_experiment_name, _validate_model_name
@@ -136,13 +137,43 @@ def open_run(
             with leases.Heartbeat(run.info.run_id):
                 yield run.info.run_id
         except KeyboardInterrupt:
+            fail_unfinished_models(run.info.run_id)
             mlflow.end_run(status="KILLED")
             raise
         except BaseException as error:
             note_failure(run.info.run_id, error)
+            fail_unfinished_models(run.info.run_id)
             mlflow.end_run(status="FAILED")
             raise
         mlflow.end_run(status="FINISHED")
+
+
+def run_models(run_id: str) -> list[Any]:
+    """The logged models of run `run_id`, newest first."""
+    client = MlflowClient()
+    experiment = client.get_run(run_id).info.experiment_id
+    models = client.search_logged_models([experiment],
+                                         filter_string=f"source_run_id = '{run_id}'")
+    return sorted(models, key=lambda model: model.creation_timestamp, reverse=True)
+
+
+def finished_model_uri(run_id: str) -> str | None:
+    """`models:/<id>` of the newest model run `run_id` logged whole (READY), or None."""
+    ready = [model for model in run_models(run_id) if model.status == LoggedModelStatus.READY]
+    return f"models:/{ready[0].model_id}" if ready else None
+
+
+def fail_unfinished_models(run_id: str) -> None:
+    """Marks FAILED the models of run `run_id` still being logged (PENDING) as it ends on a
+    signal or an error: MLflow does so itself only for an exception, not for Ctrl-C or
+    SIGTERM. A store that cannot be reached for it is named; what ended the run is raised."""
+    try:
+        for model in run_models(run_id):
+            if model.status == LoggedModelStatus.PENDING:
+                MlflowClient().finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+    except MlflowException as error:
+        log.warning("could not mark the models run %s was logging as failed: %s", run_id,
+                    error.message)
 
 
 def open_run_id() -> str | None:
