@@ -57,7 +57,9 @@ RESAMPLE_MARGIN_SECONDS = 0.1  # read past the clip so resampling matches a whol
 DECODE_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError)
 
 
-SEEKING_FORMATS = ("MP3", "FLAC")  # libsndfile's decoders of these seek: no pipe
+# what libsndfile does not read right from a pipe: its MP3 and FLAC decoders seek; a CAF
+# stream reads as no samples, an SDS one as other samples
+UNPIPEABLE_FORMATS = ("MP3", "FLAC", "CAF", "SDS")
 EMPTY = "not decodable audio (the file is empty: 0 bytes)"
 
 
@@ -156,11 +158,20 @@ def not_decodable(label: str, source: str | Path | bytes | None, error: Exceptio
     which has no file to look at."""
     size = len(source) if isinstance(source, bytes) else None  # None: not known (a pipe)
     if isinstance(source, (str, Path)):
-        if Path(source).is_dir():
-            return AudioDecodeError(f"{label}: a folder, not an audio file")
-        if not Path(source).exists():
+        try:
+            status = os.stat(sound_file(source))
+            if stat.S_ISDIR(status.st_mode):
+                return AudioDecodeError(f"{label}: a folder, not an audio file")
+            if stat.S_ISREG(status.st_mode):  # not a pipe: opening one waits for a writer
+                size = status.st_size
+                with open(sound_file(source), "rb"):
+                    pass
+        except FileNotFoundError:
             return AudioDecodeError(f"{label}: no such file")
-        size = Path(source).stat().st_size if Path(source).is_file() else None
+        except OSError as problem:  # permissions, a name too long: libsndfile says "System
+            # error." for them
+            return AudioDecodeError(f"{label}: cannot read the file "
+                                    f"({problem.strerror or problem})")
     if size == 0:
         return AudioDecodeError(f"{label}: {EMPTY}")
     detail = error.error_string if isinstance(error, soundfile.LibsndfileError) else str(error)
@@ -189,18 +200,19 @@ def open_recording(source: str | Path | None, label: str) -> soundfile.SoundFile
 
     Raises:
         AudioDecodeError: Not decodable (a missing file named as such), named by `label`; or
-            MP3 or FLAC from a pipe, whose decoders seek (libsndfile calls a pipe seekable
-            and reads MP3 from it with samples lost and times shifted, then fails).
+            one of UNPIPEABLE_FORMATS from a pipe (libsndfile calls a pipe seekable and reads
+            MP3 from it with samples lost and times shifted, then fails).
     """
     try:
         audio = soundfile.SoundFile(0 if source is None else sound_file(source),
                                     closefd=source is not None)
     except DECODE_ERRORS as error:
         raise not_decodable(label, source, error) from None
-    if audio.format in SEEKING_FORMATS and from_pipe(source):
+    if audio.format in UNPIPEABLE_FORMATS and from_pipe(source):
         audio.close()
-        raise AudioDecodeError(f"{label}: {audio.format} cannot be read from a pipe (its "
-                               "decoder seeks): pipe WAV or OGG, or give the file")
+        raise AudioDecodeError(f"{label}: {audio.format} cannot be read from a pipe "
+                               "(libsndfile reads it wrongly there): pipe WAV or OGG, or give "
+                               "the file")
     return audio
 
 

@@ -253,7 +253,7 @@ def print_predictions(names: Sequence[str], answer: pd.DataFrame, failed: dict[i
         row = None if index in failed else next(rows)
         error = failed.get(index) or (row or {}).get("error")
         if error:
-            print(shown_name(f"{name}: error: {error}"), file=sys.stderr)
+            print(message_line(f"{name}: error: {error}"), file=sys.stderr)
             status = 1
             continue
         probability = row[f"probability_{row['label']}"]
@@ -264,7 +264,7 @@ def print_predictions(names: Sequence[str], answer: pd.DataFrame, failed: dict[i
 def print_evaluation(result: dict) -> int:
     """Prints accuracy, macro-F1 and the confusion matrix; failed inputs go to stderr."""
     for name, error in result["failed"]:
-        print(f"{name}: error: {error}", file=sys.stderr)
+        print(message_line(f"{name}: error: {error}"), file=sys.stderr)
     metrics = result["metrics"]
     print(f"accuracy          {metrics['test_accuracy']:.4f}")
     print(f"macro-F1          {metrics['test_macro_f1']:.4f}")
@@ -306,9 +306,13 @@ def registry_lines(result: dict) -> list[str]:
     return lines
 
 
-TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"} | {
+# tab, newline and carriage return as `\\t`, `\\n`, `\\r`; the other control characters (NUL, a
+# terminal's ESC) as `\\xNN`
+CONTROL_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"} | {
     chr(code): f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))
-    if chr(code) not in "\t\n\r"})  # the other control characters (NUL, a terminal's ESC)
+    if chr(code) not in "\t\n\r"}
+TSV_ESCAPES = str.maketrans({"\\": "\\\\"} | CONTROL_ESCAPES)
+LINE_ESCAPES = str.maketrans(CONTROL_ESCAPES)
 
 
 def tsv_field(text: str) -> str:
@@ -318,3 +322,11 @@ def tsv_field(text: str) -> str:
     `\\xNN` (a NUL, or a terminal's escape sequence, is not printed as is); a file name's bytes
     that are not UTF-8 as `\\xNN` (standard output could not write them)."""
     return shown_name(text.translate(TSV_ESCAPES))
+
+
+def message_line(text: str) -> str:
+    """A message naming an input (`name: error: ...`) as one line of standard error: its
+    control characters escaped as `tsv_field` writes them (a file name's newline cannot split
+    the line, nor its escape sequence drive the terminal), bytes that are not UTF-8 as
+    `\\xNN`."""
+    return shown_name(text.translate(LINE_ESCAPES))

@@ -33,8 +33,8 @@ FLAC, whose decoders seek (`listen - < x.flac` reads a file, which can). Bad inp
   libsndfile reads it.
 
 Detections are printed as they are made, one line each: `file<TAB>time_s<TAB>label<TAB>score`,
-`time_s` the end of the window (seconds from the recording's start) whose averaged score passed the
-threshold: a word is reported up to a few hundred ms after it ends."""
+`time_s` the end of the window (seconds from the recording's start, to the millisecond) whose
+averaged score passed the threshold: a word is reported up to a few hundred ms after it ends."""
 
 from __future__ import annotations
 
@@ -49,7 +49,6 @@ import numpy as np
 
 from features.audio import AudioDecodeError
 from features.audio_stream import STDIN, read_ahead, resampled_blocks, windows
-from features.errors import shown_name
 from features.mfcc import MfccConfig
 from features.speech_commands import SILENCE_LABEL, UNKNOWN_LABEL
 from pipelines import cli, tracking
@@ -241,13 +240,13 @@ def listen_command(task: cli.TaskCommands, argv: list[str]) -> int:
             found = False
             for detection in detections(path, predictor, config):
                 found = True
-                print(f"{cli.tsv_field(path)}\t{detection.time_s:.2f}\t"
+                print(f"{cli.tsv_field(path)}\t{detection.time_s:.3f}\t"
                       f"{cli.tsv_field(detection.label)}\t"
                       f"{detection.score:.3f}", flush=True)
             if not found:  # listened to, with nothing to report
-                print(f"{shown_name(path)}: no keyword detected", file=sys.stderr)
+                print(cli.message_line(f"{path}: no keyword detected"), file=sys.stderr)
         except AudioDecodeError as error:
-            print(shown_name(str(error)), file=sys.stderr)
+            print(cli.message_line(str(error)), file=sys.stderr)
             status = 1
     return status
 

@@ -151,13 +151,15 @@ def test_decoding_into_a_row_gives_the_same_waveform(tmp_path: Path):
     assert np.all(rows[4] == 7.0)  # a failed decode leaves the row as it was
 
 
-def test_mp3_or_flac_from_a_pipe_is_refused_when_opened(tmp_path: Path):
+def test_what_libsndfile_reads_wrongly_from_a_pipe_is_refused_when_opened(tmp_path: Path):
     """libsndfile calls a pipe seekable; its MP3 decoder then loses samples from it, shifting
-    every later time, before it fails."""
+    every later time, before it fails; CAF reads as no samples, SDS as others."""
     pipe = tmp_path / "live"
     os.mkfifo(pipe)
     for suffix, refused in ((".mp3", "MP3 cannot be read from a pipe"),
-                            (".flac", r"not decodable audio \(.*\); a pipe carries WAV or OGG")):
+                            (".flac", r"not decodable audio \(.*\); a pipe carries WAV or OGG"),
+                            (".caf", "CAF cannot be read from a pipe"),
+                            (".sds", "SDS cannot be read from a pipe")):
         recording = tmp_path / f"words{suffix}"
         soundfile.write(recording, tone(440, 3.0), 16000)
 

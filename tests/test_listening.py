@@ -217,17 +217,23 @@ def test_listen_command_prints_detections_and_fails_a_bad_file(tmp_path: Path, l
     path = write_wav(tmp_path / "long\ttake\n2.wav", stream(6, [2.0]))
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     quiet = write_wav(tmp_path / "quiet.wav", stream(3, []))
-    status = speech.main(["listen", str(path), str(tmp_path / "bad.wav"), str(quiet),
-                          "--model-uri", uri, "--store-dir", str(store), "--hop-ms", "50"])
+    # a name the file system refuses, and one that would split a line of stderr
+    too_long, gone = str(tmp_path / ("x" * 300 + ".wav")), str(tmp_path / "gone\n\x1b[2J.wav")
+    status = speech.main(["listen", str(path), too_long, gone, str(tmp_path / "bad.wav"),
+                          str(quiet), "--model-uri", uri, "--store-dir", str(store),
+                          "--hop-ms", "50"])
     out, err = capsys.readouterr()
     assert status == 1
     lines = [line.split("\t") for line in out.strip().splitlines()]
     assert len(lines) == 1 and lines[0][0] == f"{tmp_path}/long\\ttake\\n2.wav"
     assert lines[0][2] == "yes"
     assert 2.0 < float(lines[0][1]) < 3.7 and 0.7 < float(lines[0][3]) <= 1.0
+    assert len(lines[0][1].split(".")[1]) == 3  # to the millisecond: a --hop-ms under 10
     assert "bad.wav: not decodable audio" in err
+    assert f"{too_long}: cannot read the file (File name too long)\n" in err
+    assert f"{tmp_path}/gone\\n\\x1b[2J.wav: no such file\n" in err
     assert f"{quiet}: no keyword detected" in err  # listened to, not skipped
-    assert "long" not in err
+    assert "long\\ttake" not in err  # the file with a word is not named there
     assert mlflow.active_run() is None
 
 
