@@ -54,13 +54,23 @@ def strategy_for(name: str) -> tf.distribute.Strategy:
 
     Raises:
         ValueError: An unknown name.
-        SetupError: "multi-worker" without a usable TF_CONFIG.
+        SetupError: "multi-worker" without a usable TF_CONFIG, or whose address for this
+            task cannot be listened on.
     """
     if name == MULTI_WORKER:  # first: listing devices would start TensorFlow's runtime
         cluster_config()
         keras_compat.patch_multi_worker_fit()
         with interrupts.blocking_call():  # waits for every worker of the cluster
-            return tf.distribute.MultiWorkerMirroredStrategy()
+            try:
+                return tf.distribute.MultiWorkerMirroredStrategy()
+            except tf.errors.UnknownError as error:
+                if "Could not start gRPC server" not in error.message:
+                    raise
+                me = worker(name)
+                address = cluster_config()["cluster"][me.task_type][me.task_id]
+                raise SetupError(f"{me}: TensorFlow could not start its server on {address}, "
+                                 "this task's TF_CONFIG address (is the port in use?)"
+                                 ) from error
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -107,7 +117,8 @@ def cluster_config() -> dict:
 
     Raises:
         SetupError: TF_CONFIG is unset, not JSON, or lacks a cluster of "chief"/"worker"
-            address lists (at most one chief) or a task of this process within it.
+            address lists (at most one chief, no address listed twice) or a task of this
+            process within it (its index a whole number, or its digits as TensorFlow reads).
     """
     raw = os.environ.get("TF_CONFIG")
     hint = ('set TF_CONFIG on every worker, e.g. {"cluster": {"worker": ["host1:12345", '
@@ -135,9 +146,18 @@ def cluster_config() -> dict:
     if len(cluster.get("chief", [])) > 1:
         raise SetupError(f"TF_CONFIG cluster has {len(cluster['chief'])} 'chief' tasks; a "
                          "cluster has at most one (the others are 'worker' tasks)")
+    every = [address for tasks in cluster.values() for address in tasks]
+    repeated = sorted({address for address in every if every.count(address) > 1})
+    if repeated:
+        raise SetupError(f"TF_CONFIG cluster lists {', '.join(repeated)} for several tasks; each "
+                         "task listens on an address of its own")
     task_type, index = task.get("type"), task.get("index")
+    if isinstance(index, str) and index.isdigit():  # TensorFlow reads "1" as 1
+        index = task["index"] = int(index)
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise SetupError(f"TF_CONFIG task index {index!r} is not a whole number: {hint}")
     addresses = cluster.get(task_type)
-    if addresses is None or not isinstance(index, int) or not 0 <= index < len(addresses):
+    if addresses is None or not 0 <= index < len(addresses):
         sizes = ", ".join(f"{kind}: {len(tasks)}" for kind, tasks in cluster.items())
         raise SetupError(f"TF_CONFIG task {task!r} is not one of its cluster's tasks "
                          f"({sizes})")
@@ -213,10 +233,10 @@ CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
                   tf.errors.DeadlineExceededError)
 
 
-def lost(error: tf.errors.OpError, me: Worker) -> str:
+def lost(error: tf.errors.OpError, me: Worker, when: str) -> str:
     """What a collective op's cluster error says, in a line: the other tasks it names (those
-    the coordination service found unhealthy, or the remote end of a broken connection) and
-    why."""
+    the coordination service found unhealthy, or the remote end of a broken connection),
+    `when`, and why."""
     message = error.message
     unhealthy = re.search(r"unhealthy \(([^)]*)\):\s*((?:/job:\S+\s*)+)", message)
     named = re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)",
@@ -226,20 +246,22 @@ def lost(error: tf.errors.OpError, me: Worker) -> str:
     causes = re.findall(r"aborted by: ([^\n\[]+)", message)
     cause = unhealthy.group(1) if unhealthy else (causes[-1].strip() if causes else
                                                   message.strip().splitlines()[0])
-    return f"the cluster lost {', '.join(tasks) or 'a worker'} during training ({cause})"
+    return f"the cluster lost {', '.join(tasks) or 'a worker'} {when} ({cause})"
 
 
 @contextlib.contextmanager
-def reporting_lost_workers(name: str) -> Iterator[None]:
+def reporting_lost_workers(name: str, when: str = "during training") -> Iterator[None]:
     """Under "multi-worker", turns what a collective op raises when another worker is gone
-    (CLUSTER_ERRORS) into WorkerLost, naming it; other strategies' errors pass unchanged."""
+    (CLUSTER_ERRORS) into WorkerLost, naming it and `when`; other strategies' errors pass
+    unchanged."""
     try:
         yield
     except CLUSTER_ERRORS as error:
         if name != MULTI_WORKER:
             raise
         me = worker(name)
-        raise WorkerLost(f"{me}: {lost(error, me)}; the run ends FAILED and nothing is "
+        outcome = "the run ends FAILED" if me.is_chief else "the chief's run does not finish"
+        raise WorkerLost(f"{me}: {lost(error, me, when)}; {outcome} and nothing is "
                          "registered: start every worker again") from error
 
 
@@ -266,8 +288,9 @@ def layout(per_replica_batch: int, name: str) -> dict[str, int]:
 
 # options that may differ between the workers of one multi-worker run: where each finds its
 # data and writes its files (a worker that is not the chief has its own store: join_cluster)
-LOCAL_OPTIONS = {"tracking_uri", "store_dir", "run_name", "register", "checkpoint_dir",
-                 "data_dir", "tfds_data_dir", "cache_dir", "cache", "in_memory_mb"}
+LOCAL_OPTIONS = {"tracking_uri", "store_dir", "experiment", "registered_model", "run_name",
+                 "register", "checkpoint_dir", "data_dir", "tfds_data_dir", "cache_dir", "cache",
+                 "in_memory_mb"}
 
 
 def check_workers_agree(name: str, options: Mapping[str, Any], data_digest: str) -> None:
@@ -281,13 +304,18 @@ def check_workers_agree(name: str, options: Mapping[str, Any], data_digest: str)
     if name != MULTI_WORKER:
         return
     shared = {key: value for key, value in options.items() if key not in LOCAL_OPTIONS}
-    mine, anyone = differing_workers(
-        name, json.dumps(shared, sort_keys=True, default=str) + data_digest)
-    if anyone:
-        who = "this worker's" if mine else "another worker's"
-        raise ConfigError(f"{worker(name)}: {who} options or data differ from the chief's "
-                         f"(data digest here: {data_digest}); run every worker with the same "
-                         "options on the same data")
+    with reporting_lost_workers(name, "before training"):  # one that stopped reading its data
+        compared = {"options": differing_workers(name, json.dumps(shared, sort_keys=True,
+                                                                  default=str)),
+                    "data": differing_workers(name, data_digest)}
+    differ = [what for what, (_, anyone) in compared.items() if anyone]
+    if differ:
+        who = "this worker's" if any(mine for mine, _ in compared.values()) else (
+            "another worker's")
+        raise ConfigError(f"{worker(name)}: {who} {' and '.join(differ)} differ from the "
+                         f"chief's (data digest here: {data_digest}); run every worker with "
+                         "the same options (all but where each finds and writes its files) on "
+                         "the same data")
 
 
 THROWAWAY: list[Path] = []  # this process's throwaway stores (throwaway_store)

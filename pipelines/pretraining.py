@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import keras
-from mlflow.exceptions import MlflowException
 
 from features.errors import ConfigError, require_at_least, require_seed
 from features.review_data import Corpus
@@ -69,7 +68,7 @@ MOST_TOKENS = 1000  # of a review the word vectors read: all of 99 % of IMDB's r
 PROBE_WORDS = ("great", "awful", "boring", "masterpiece", "funny", "disappointing", "actor")
 C_INT_MAX = 2**31 - 1
 # what a damaged or missing artifact of a pretraining run raises as it is downloaded and loaded
-UNLOADABLE = (MlflowException, OSError, ValueError, KeyError, zipfile.BadZipFile)
+UNLOADABLE = (SetupError, OSError, ValueError, KeyError, zipfile.BadZipFile)
 FORMAT = 1  # of the encoder artifact and the key; a change leaves every earlier run unmatched
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from pipelines import distribute, interrupts, lifecycle, tracking
-from pipelines.errors import SetupError
+from pipelines.errors import SetupError, WorkerLost
 from pipelines.speech import SpeechConfig
 from tests import test_sentiment_pipeline, test_speech_pipeline
 from tests.processes import free_port, wait_until
@@ -63,7 +64,7 @@ def test_mirrored_strategy_over_two_cpu_devices_trains_and_registers_each_pipeli
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
 
 
-def tf_config(index: int, ports: list[int], task_type: str = "worker") -> str:
+def tf_config(index: int | str, ports: list[int], task_type: str = "worker") -> str:
     return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
                        "task": {"type": task_type, "index": index}})
 
@@ -84,6 +85,10 @@ def tf_config(index: int, ports: list[int], task_type: str = "worker") -> str:
      "job 'worker' must be"),
     ('{"cluster": {"worker": ["a:1"], "chief": "b:1"}, "task": {"type": "worker", "index": 0}}',
      "job 'chief' must be"),
+    ('{"cluster": {"worker": ["a:1", "a:1"]}, "task": {"type": "worker", "index": 0}}',
+     "cluster lists a:1 for several tasks; each task listens on an address of its own"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": true}}',
+     "task index True is not a whole number"),
 ])
 def test_multi_worker_without_a_usable_tf_config_is_a_setup_error(monkeypatch, value, message):
     if value is None:
@@ -109,6 +114,8 @@ def test_the_chief_is_the_chief_task_or_else_worker_zero(monkeypatch):
                                                                          "index": 0}}))
     assert distribute.worker("multi-worker").is_chief
     assert distribute.worker("mirrored").is_chief  # one process: its own chief
+    monkeypatch.setenv("TF_CONFIG", tf_config("1", [1, 2]))  # as TensorFlow reads it: 1
+    assert distribute.worker("multi-worker") == distribute.Worker("worker", 1, 2)
 
 
 def test_a_worker_that_is_not_the_chief_is_pointed_at_a_throwaway_store(monkeypatch,
@@ -250,8 +257,8 @@ def test_workers_with_other_options_stop_before_training(speech_dir: Path, tmp_p
         codes = [worker.wait(timeout=300) for worker in workers]
     output = [log.read_text() for log in logs]
     assert codes == [2, 2], "\n\n".join(text[-3000:] for text in output)
-    assert "error: worker 0 of 2: another worker's options or data differ" in output[0]
-    assert "error: worker 1 of 2: this worker's options or data differ" in output[1]
+    assert "error: worker 0 of 2: another worker's options differ" in output[0]
+    assert "error: worker 1 of 2: this worker's options differ" in output[1]
     assert "Epoch 1/" not in output[0] + output[1]
     assert_one_failed_run_and_nothing_registered(tmp_path / "mlruns")
 
@@ -293,4 +300,32 @@ def test_ctrl_c_stops_a_worker_still_waiting_for_its_cluster(speech_dir: Path, t
 ])
 def test_a_lost_worker_is_named_from_tensorflows_error(message, me, expected):
     error = tf.errors.UnavailableError(None, None, message)
-    assert distribute.lost(error, distribute.Worker(*me, 2)) == expected
+    assert distribute.lost(error, distribute.Worker(*me, 2), "during training") == expected
+
+
+def test_a_worker_lost_before_training_is_named_and_the_chiefs_run_not_blamed(monkeypatch):
+    """Worker 1 learns that the chief stopped while the workers compared their options (the
+    chief's run ends KILLED or stays RUNNING, not FAILED as it does for the chief)."""
+    monkeypatch.setenv("TF_CONFIG", tf_config(1, [1, 2]))
+    with pytest.raises(WorkerLost, match=r"^worker 1 of 2: the cluster lost worker 0 before "
+                       r"training \(Deadline exceeded\); the chief's run does not finish and "
+                       "nothing is registered"), distribute.reporting_lost_workers(
+                           distribute.MULTI_WORKER, "before training"):
+        raise tf.errors.DeadlineExceededError(None, None, "Deadline exceeded\nAdditional GRPC "
+                                              "error information from remote target "
+                                              "/job:worker/replica:0/task:0")
+
+
+def test_a_task_address_in_use_is_named(monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("TF_CONFIG", tf_config(0, [port, free_port()]))
+        code = subprocess.run(
+            [sys.executable, "-c", "from pipelines import distribute; "
+             "distribute.strategy_for('multi-worker')"], cwd=REPO, capture_output=True,
+            text=True, timeout=120)
+    assert code.returncode == 1 and code.stderr.strip().splitlines()[-1] == (
+        f"pipelines.errors.SetupError: worker 0 of 2: TensorFlow could not start its server on "
+        f"127.0.0.1:{port}, this task's TF_CONFIG address (is the port in use?)")

@@ -223,9 +223,17 @@ def find_runs(experiment: str, tags: Mapping[str, str]) -> list[tuple[str, str, 
 
 
 def download_artifacts(run_id: str, path: str, folder: str | Path) -> Path:
-    """Copies a run's artifact (file or folder) `path` into `folder`; returns its local path."""
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
-                                                    dst_path=str(folder)))
+    """Copies a run's artifact (file or folder) `path` into `folder`; returns its local path.
+
+    Raises:
+        SetupError: The run has no such artifact (or it cannot be read), naming both.
+    """
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                                        dst_path=str(folder)))
+    except MlflowException as error:
+        raise SetupError(f"run {run_id}: its artifact {path} cannot be downloaded "
+                         f"({error.message})") from error
 
 
 def log_artifacts(folder: str | Path, path: str) -> None:
