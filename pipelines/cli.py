@@ -127,11 +127,11 @@ def main(task: TaskCommands, argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # the reader of stdout is gone (`| head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return BROKEN_PIPE
-        except EXPECTED_ERRORS as error:
-            print(f"error: {redact(str(error))}", file=sys.stderr)
+        except EXPECTED_ERRORS as error:  # one line, whatever names it holds
+            print(message_line(f"error: {redact(str(error))}"), file=sys.stderr)
             return 2
         except WorkerLost as error:
-            print(f"error: {redact(str(error))}", file=sys.stderr)
+            print(message_line(f"error: {redact(str(error))}"), file=sys.stderr)
             return WORKER_LOST
         except KeyboardInterrupt as interrupt:
             terminated = isinstance(interrupt, Terminated)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from features.audio import AudioDecodeError, audio_info
-from features.errors import shown_name
 from features.mfcc import MfccConfig
 from features.speech_data import evaluation_inputs
 from features.splits import LabelledInputs
@@ -40,9 +39,10 @@ def read_clips(parser: argparse.ArgumentParser, argv: list[str]
         with contextlib.suppress(AudioDecodeError):  # the model answers it with the reason
             seconds = audio_info(clips[-1], name).duration
             if seconds > clip_seconds + 0.05:
-                print(f"{shown_name(name)}: {seconds:.1f} s long: labelled by its first "
-                      f"clip's length ({clip_seconds:g} s by default; listen spots keywords in "
-                      "longer recordings)", file=sys.stderr)
+                print(cli.message_line(
+                    f"{name}: {seconds:.1f} s long: labelled by its first clip's length "
+                    f"({clip_seconds:g} s by default; listen spots keywords in longer "
+                    "recordings)"), file=sys.stderr)
     return args, cli.Inputs(pd.DataFrame({"audio": clips}), list(args.files), failed)
 
 

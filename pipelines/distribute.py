@@ -152,7 +152,7 @@ def cluster_config() -> dict:
         raise SetupError(f"TF_CONFIG cluster lists {', '.join(repeated)} for several tasks; each "
                          "task listens on an address of its own")
     task_type, index = task.get("type"), task.get("index")
-    if isinstance(index, str) and index.isdigit():  # TensorFlow reads "1" as 1
+    if isinstance(index, str) and index.isascii() and index.isdigit():  # as TensorFlow: 1
         index = task["index"] = int(index)
     if isinstance(index, bool) or not isinstance(index, int):
         raise SetupError(f"TF_CONFIG task index {index!r} is not a whole number: {hint}")
@@ -287,7 +287,8 @@ def layout(per_replica_batch: int, name: str) -> dict[str, int]:
 
 
 # options that may differ between the workers of one multi-worker run: where each finds its
-# data and writes its files (a worker that is not the chief has its own store: join_cluster)
+# data and writes its files, and how the chief names its run and model (a worker that is not
+# the chief logs to a store of its own: join_cluster)
 LOCAL_OPTIONS = {"tracking_uri", "store_dir", "experiment", "registered_model", "run_name",
                  "register", "checkpoint_dir", "data_dir", "tfds_data_dir", "cache_dir", "cache",
                  "in_memory_mb"}
@@ -300,6 +301,7 @@ def check_workers_agree(name: str, options: Mapping[str, Any], data_digest: str)
 
     Raises:
         ValueError: On every worker, when any worker differs.
+        WorkerLost: A worker stopped before the comparison.
     """
     if name != MULTI_WORKER:
         return
@@ -308,14 +310,13 @@ def check_workers_agree(name: str, options: Mapping[str, Any], data_digest: str)
         compared = {"options": differing_workers(name, json.dumps(shared, sort_keys=True,
                                                                   default=str)),
                     "data": differing_workers(name, data_digest)}
-    differ = [what for what, (_, anyone) in compared.items() if anyone]
+    differ = [f"{'this' if mine else 'another'} worker's {what}"
+              for what, (mine, anyone) in compared.items() if anyone]
     if differ:
-        who = "this worker's" if any(mine for mine, _ in compared.values()) else (
-            "another worker's")
-        raise ConfigError(f"{worker(name)}: {who} {' and '.join(differ)} differ from the "
-                         f"chief's (data digest here: {data_digest}); run every worker with "
-                         "the same options (all but where each finds and writes its files) on "
-                         "the same data")
+        raise ConfigError(f"{worker(name)}: {' and '.join(differ)} differ from the chief's "
+                         f"(data digest here: {data_digest}); run every worker with the same "
+                         "options (all but where each finds and writes its files, and how the "
+                         "chief names its run and model) on the same data")
 
 
 THROWAWAY: list[Path] = []  # this process's throwaway stores (throwaway_store)

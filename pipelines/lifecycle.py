@@ -211,6 +211,7 @@ class TrackedRun:
 
         Raises:
             ValueError: The workers of a multi-worker run differ.
+            WorkerLost: A worker of a multi-worker run stopped before they compared.
         """
         digest, options = lineage.data_digest, self.config.options()
         self.labels = tuple(splits.labels)

@@ -16,8 +16,9 @@ A recording is read in blocks, mixed to mono and resampled to the model's rate a
 or a named pipe) is read a hop at a time, so each detection is printed as soon as the audio that
 holds it arrives: `arecord -f S16_LE -r 16000 -c 1 -t wav | python -m pipelines.speech listen -`
 spots keywords live, until the input ends or Ctrl-C (exit status 130). A pipe carries WAV (its
-header's sizes may be left unknown, as recorders writing to a pipe leave them) or OGG; not MP3 or
-FLAC, whose decoders seek (`listen - < x.flac` reads a file, which can). Bad input, per file:
+header's sizes may be left unknown, as recorders writing to a pipe leave them) or OGG; not MP3,
+FLAC, CAF or SDS, which libsndfile reads wrongly from a pipe (`listen - < x.flac` reads a file,
+which it can). Bad input, per file:
 
 - shorter than a window: zero-padded to one window, scored once, timed at the recording's end;
 - too short for a streaming decision (fewer windows than `--minimum-count`, or spanning less

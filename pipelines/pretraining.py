@@ -7,7 +7,7 @@ A pretraining run is keyed (tag `pretrain_key`) by everything that decides its v
 corpus's content digest, the vocabulary size, the embedding width and the pretraining options.
 `--pretrain auto` (the default) reuses the newest FINISHED run of that key in the experiment
 whose encoder loads (one whose files were removed or damaged is passed over, with a warning),
-or pretrains; `always` pretrains anew (a sweep: once, for its first trial that finishes);
+or pretrains; `always` pretrains anew (a sweep: once, by its first trial that pretrains);
 `never` skips the stage (the classifier's embedding starts random, its vocabulary fitted on the
 training split alone). A pretraining run that is interrupted ends KILLED and is pretrained anew
 next time (a few minutes of work). The classifier run tags the pretraining run's id
@@ -69,6 +69,7 @@ PROBE_WORDS = ("great", "awful", "boring", "masterpiece", "funny", "disappointin
 C_INT_MAX = 2**31 - 1
 # what a damaged or missing artifact of a pretraining run raises as it is downloaded and loaded
 UNLOADABLE = (SetupError, OSError, ValueError, KeyError, zipfile.BadZipFile)
+MADE: list[str] = []  # the pretraining runs this process made, in order (`once_per_sweep`)
 FORMAT = 1  # of the encoder artifact and the key; a change leaves every earlier run unmatched
 
 
@@ -190,16 +191,19 @@ def pretrained_encoder(config: PretrainConfig, corpus: Corpus, run: RunConfig, *
 def once_per_sweep(run_trial: Callable[[Any], dict]) -> Callable[[Any], dict]:
     """`run_trial` (a trial's config -> its result) for a sweep's trials, which pretrain for
     the sweep, not each for itself: with `--pretrain always`, the trials up to the first that
-    finishes pretrain anew, and the later ones reuse its encoder (`auto`)."""
-    finished = False
+    pretrains (whether or not it then finishes) pretrain anew, and the later ones reuse its
+    encoder (`auto`)."""
+    pretrained = False
 
     def trial_run(trial: Any) -> dict:
-        nonlocal finished
-        if finished and trial.pretrain.pretrain == "always":
+        nonlocal pretrained
+        if pretrained and trial.pretrain.pretrain == "always":
             trial = trial.replace(pretrain="auto")
-        result = run_trial(trial)
-        finished = True
-        return result
+        made = len(MADE)
+        try:
+            return run_trial(trial)
+        finally:
+            pretrained = pretrained or len(MADE) > made
 
     return trial_run
 
@@ -286,6 +290,7 @@ def pretrain(config: PretrainConfig, corpus: Corpus, run: RunConfig, key: str, *
                               "pretrain_seconds": time.perf_counter() - started})
         tracking.set_description(descriptions.pretraining_description(
             name, len(corpus.texts), config.word_vector_epochs, tokens))
+    MADE.append(run_id)
     return Pretrained(encoder, vocabulary, run_id, False, time.perf_counter() - started)
 
 

@@ -36,8 +36,8 @@ def resumed_config(config: TaskConfig, pipeline: str) -> TaskConfig:
     params, tags = tracking.interrupted_run(run.resume, run.tracking_uri, run.store_dir)
     parent = tags.get("mlflow.parentRunId")
     sweep = run.resume if tags.get("pipeline") == f"{pipeline}-sweep" else (
-        parent if parent and tracking.run_tags(parent).get("pipeline") == f"{pipeline}-sweep"
-        else None)
+        parent if parent and tracking.run_tags(parent, missing_ok=True).get("pipeline")
+        == f"{pipeline}-sweep" else None)
     if sweep:
         raise SetupError(f"--resume {run.resume}: that run is "
                          f"{'a sweep' if sweep == run.resume else f'a trial of sweep {sweep}'}"

@@ -88,7 +88,7 @@ def file_lines(path: str) -> list[str]:
     blank = [number for number, line in enumerate(lines, 1) if not line.strip()]
     for numbers, what in ((blank, "skipped {} blank line(s)"),
                           (replaced, "{} line(s) not UTF-8, read with U+FFFD for the bytes")):
-        print_numbered(what, numbers, f"{shown_name(path)}: ")
+        print_numbered(what, numbers, cli.message_line(f"{path}: "))
     return [line for line in lines if line.strip()]
 
 
@@ -129,7 +129,7 @@ def print_skipped(skipped: Sequence[tuple[str, str]]) -> None:
         if copy_kept(reason) is not None:
             copies.append((name, reason))
         else:
-            print(f"{name}: skipped: {reason}", file=sys.stderr)
+            print(cli.message_line(f"{name}: skipped: {reason}"), file=sys.stderr)
     if copies:
-        print(f"skipped {len(copies)} copies of other inputs (each kept once), e.g. "
-              f"{copies[0][0]} ({copies[0][1]})", file=sys.stderr)
+        print(cli.message_line(f"skipped {len(copies)} copies of other inputs (each kept "
+                               f"once), e.g. {copies[0][0]} ({copies[0][1]})"), file=sys.stderr)

@@ -372,7 +372,8 @@ def summary_lines(result: dict) -> list[str]:
             " (labelled and unlabelled: data/summary.json)" if "pretrain_run_id" in result
             else " (data/summary.json)"),
         f"training          {result['train_seconds']:.1f} s"
-        + (f", {result['epochs_trained']} epochs" if "epochs_trained" in result else ""),
+        + (f", {result['epochs_trained']} epoch{'s' if result['epochs_trained'] != 1 else ''}"
+           if "epochs_trained" in result else ""),
     ]
 
 

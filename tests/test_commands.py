@@ -175,3 +175,17 @@ def test_a_closed_pipe_ends_predict_quietly(store: Path, tmp_path: Path):
     first, status = done.stdout.splitlines()
     assert first.startswith("a great film, number 0 of many reviews\t") and status == "141"
     assert "Traceback" not in (tmp_path / "err").read_text()
+
+
+def test_names_in_messages_on_stderr_keep_each_message_on_one_line(store: Path, tmp_path: Path,
+                                                                   capsys):
+    """A newline or a terminal's escape sequence in a name is escaped in `error:` lines and
+    in the notes about inputs, as on stdout."""
+    odd = tmp_path / "a\nb\x1b[2J"
+    assert sentiment.main(["evaluate", "--data-dir", str(odd), "--store-dir", str(store),
+                           "--model-uri", "models:/tiny-text@champion"]) == 2
+    assert capsys.readouterr().err.endswith(f"{tmp_path}/a\\nb\\x1b[2J\n")
+    long_clip = write_wav(tmp_path / "two\nseconds.wav", tone(440, 2.0))
+    assert speech.main(["predict", str(long_clip), "--store-dir", str(store),
+                        "--model-uri", f"models:/{NAME}@champion"]) == 0
+    assert capsys.readouterr().err.startswith(f"{tmp_path}/two\\nseconds.wav: 2.0 s long: ")

@@ -104,6 +104,7 @@ def test_a_stopped_or_killed_run_keeps_its_checkpoint_and_resume_finishes_it(
     # every epoch logged once: the killed process's and then the resumed one's (the epoch
     # SIGKILL cut short is trained again)
     assert sorted(m.step for m in losses) == list(range(1, epochs + 1)) and epochs > done
+    assert len(client.get_metric_history(run_id, "global_batch_size")) == 1  # as it started
     version = client.get_model_version_by_alias("speech-commands", "champion")
     assert version.run_id == run_id
     assert not checkpoint.exists()

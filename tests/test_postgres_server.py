@@ -135,6 +135,9 @@ def test_training_is_tracked_on_a_postgresql_backed_server(tracking_server: str,
     stored = [value for run in runs for value in (*run.data.params.values(),
                                                   *run.data.tags.values())]
     assert "analyst:***@" in printed.out + printed.err + " ".join(stored)
+    # MLflow's links to a server's run go to stderr: stdout is the summaries alone
+    assert "View run" in printed.err and printed.out.startswith("model  ")
+    assert "View run" not in printed.out
     for text in (printed.out, printed.err, *logged, *stored):
         assert "s3cret" not in text
 

@@ -320,22 +320,35 @@ def test_an_encoder_that_does_not_load_is_passed_over_or_named(tmp_path: Path, c
         encoder("auto", resume=lineages[older])
 
 
-def test_a_sweep_asked_to_pretrain_anew_pretrains_until_a_trial_finishes():
+def test_a_sweep_asked_to_pretrain_anew_pretrains_until_a_trial_has_pretrained(monkeypatch):
     """`--pretrain always --sweep N`: the first trial pretrains; so does a later one while none
-    has finished (the first failed, say); after that the trials reuse those vectors."""
+    has (the first failed before pretraining, say); after that the trials reuse those vectors,
+    also when the trial that made them then failed (a fit that diverged)."""
+    monkeypatch.setattr(pretraining, "MADE", [])
     modes = []
 
     def trial(config: SentimentConfig) -> dict:
         modes.append(config.pretrain.pretrain)
-        if len(modes) == 1:
+        if len(modes) == 2:
+            pretraining.MADE.append("run")
+        if len(modes) <= 2:
             raise ValueError("diverged")
         return {"val_accuracy": 0.5}
 
     run_trial = pretraining.once_per_sweep(trial)
     always = SentimentConfig.from_options(pretrain="always")
-    with pytest.raises(ValueError, match="diverged"):
-        run_trial(always)
-    for _ in range(3):
+    for _ in range(2):
+        with pytest.raises(ValueError, match="diverged"):
+            run_trial(always)
+    for _ in range(2):
         assert run_trial(always) == {"val_accuracy": 0.5}
     assert modes == ["always", "always", "auto", "auto"]
     assert run_trial(SentimentConfig.from_options(pretrain="never")) and modes[-1] == "never"
+
+
+def test_a_sweep_pretrains_once(imdb_dir: Path, tmp_path: Path):
+    write_unlabelled(imdb_dir, 5)
+    made = len(pretraining.MADE)
+    result = sentiment.run(small_config(imdb_dir, tmp_path, pretrain="always", sweep=2,
+                                        word_vector_epochs=1))
+    assert len(pretraining.MADE) == made + 1 and result["trials"] == 2

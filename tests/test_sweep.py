@@ -181,12 +181,15 @@ def test_resuming_a_sweep_or_one_of_its_trials_says_to_run_the_sweep_again(tmp_p
     store = tmp_path / "mlruns"
     with pytest.raises(KeyboardInterrupt), tracking.open_run(
             "speech-commands", tracking_uri=None, store_dir=store,
-            tags={"pipeline": "speech-sweep"}) as sweep:
-        with tracking.open_run("speech-commands", tracking_uri=None, store_dir=store,
-                               tags={"pipeline": "speech"}) as trial:
-            raise KeyboardInterrupt
+            tags={"pipeline": "speech-sweep"}) as sweep, tracking.open_run(
+            "speech-commands", tracking_uri=None, store_dir=store,
+            tags={"pipeline": "speech"}) as trial:  # nested in the sweep's run
+        raise KeyboardInterrupt
     for run_id, what in ((trial, f"a trial of sweep {sweep}"), (sweep, "a sweep")):
         assert speech.main(["--resume", run_id, "--store-dir", str(store)]) == 2
         assert capsys.readouterr().err == (f"error: --resume {run_id}: that run is {what}: a "
                                            "sweep is not continued by --resume; run the sweep "
                                            "again\n")
+    MlflowClient().set_tag(trial, "mlflow.parentRunId", "0" * 32)  # its sweep gone from the store
+    assert speech.main(["--resume", trial, "--store-dir", str(store)]) == 2
+    assert "the run keeps no checkpoint" in capsys.readouterr().err  # trials keep none

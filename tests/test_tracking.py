@@ -70,7 +70,6 @@ def test_champion_rule(tmp_path: Path):
     better = finish_run(store, 0.85)
     assert better.promoted and "beats champion v1" in better.reason
     assert champion_version(store) == "2"
-
     worse = finish_run(store, 0.83)
     assert not worse.promoted and "does not beat champion v2" in worse.reason
     tie = finish_run(store, 0.85)
@@ -90,8 +89,6 @@ def test_champion_rule(tmp_path: Path):
     unpromoted = client.get_model_version("model-x", other_data.version)
     assert "different test data" in client.get_run(unpromoted.run_id).data.tags[
         "promotion_reason"]
-
-    client = MlflowClient()
     version = client.get_model_version("model-x", "3")
     assert version.tags["test_accuracy"] == "0.83"  # exact: repr of the float
     assert version.tags["test_data_digest"] == "digest-a"
@@ -312,18 +309,21 @@ def test_logged_model_has_a_signature_and_pinned_requirements(tmp_path: Path):
     assert "tensorflow==" in requirements and "scikit-learn==" in requirements
 
 
-def test_a_resumed_fit_logs_the_epochs_its_checkpoint_holds_and_the_run_lacks(tmp_path: Path):
+@pytest.mark.parametrize("first", [1, 0])  # epoch N at step N; a run logged from 0 goes on so
+def test_a_resumed_fit_logs_the_epochs_its_checkpoint_holds_and_the_run_lacks(tmp_path: Path,
+                                                                              first: int):
     with tracking.open_run("exp", tracking_uri=None, store_dir=tmp_path / "mlruns") as run_id:
-        logger = tracking.EpochMetricsLogger()
         for epoch, loss in ((0, 1.0), (1, 0.9)):
-            logger.on_epoch_end(epoch, {"loss": loss, "accuracy": 0.5})
+            tracking.log_metrics({"loss": loss, "accuracy": 0.5}, step=epoch + first)
         # killed after epoch 2's checkpoint was written, before its metrics were logged
-        logger.resumed_from({"loss": [1.0, 0.9, 0.8], "accuracy": [0.5, 0.5, 0.6]})
+        (logger := tracking.EpochMetricsLogger()).resumed_from(
+            {"loss": [1.0, 0.9, 0.8], "accuracy": [0.5, 0.5, 0.6]})
         logger.on_epoch_end(3, {"loss": 0.7, "accuracy": 0.7})
     client = MlflowClient()
     assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss")) == [
-        (1, 1.0), (2, 0.9), (3, 0.8), (4, 0.7)]  # epoch N at step N
-    assert sorted(m.step for m in client.get_metric_history(run_id, "accuracy")) == [1, 2, 3, 4]
+        (first, 1.0), (first + 1, 0.9), (first + 2, 0.8), (first + 3, 0.7)]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "accuracy")) == list(
+        range(first, first + 4))
 
 
 def test_connect_leaves_the_environment_as_it_was(tmp_path: Path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,14 +139,22 @@ def open_run(
                 yield run.info.run_id
         except KeyboardInterrupt:
             fail_unfinished_models(run.info.run_id)
-            mlflow.end_run(status="KILLED")
+            end_run("KILLED")
             raise
         except BaseException as error:
             note_failure(run.info.run_id, error)
             fail_unfinished_models(run.info.run_id)
-            mlflow.end_run(status="FAILED")
+            end_run("FAILED")
             raise
-        mlflow.end_run(status="FINISHED")
+        end_run("FINISHED")
+
+
+def end_run(status: str) -> None:
+    """Ends the active run as `status`. A tracking server's links to it, which MLflow prints
+    ("View run ... at: http://..."), go to stderr with the other progress lines: stdout holds
+    the command's result alone."""
+    with contextlib.redirect_stdout(sys.stderr):
+        mlflow.end_run(status=status)
 
 
 def run_models(run_id: str) -> list[Any]:
@@ -195,9 +204,14 @@ def note_failure(run_id: str, error: BaseException) -> None:
         log.warning("run %s failed and could not be tagged with why: %s", run_id, tag_error)
 
 
-def run_tags(run_id: str) -> dict[str, str]:
-    """The tags run `run_id` holds."""
-    return dict(MlflowClient().get_run(run_id).data.tags)
+def run_tags(run_id: str, missing_ok: bool = False) -> dict[str, str]:
+    """The tags run `run_id` holds (none, with `missing_ok`, for a run not in the store)."""
+    try:
+        return dict(MlflowClient().get_run(run_id).data.tags)
+    except MlflowException as error:
+        if missing_ok and error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
 
 
 def run_metrics(run_id: str) -> dict[str, float]:
@@ -274,20 +288,24 @@ class EpochMetricsLogger(keras.callbacks.Callback):
     step N: MLflow shows a run's step-0 metrics on its logged model's page as the model's, and
     those are the test figures, not the first epoch's."""
 
+    first_step = 1  # the first epoch's step
+
     def on_epoch_end(self, epoch, logs=None):
         if logs:
-            log_metrics(logs, step=epoch + 1)
+            log_metrics(logs, step=epoch + self.first_step)
 
     def resumed_from(self, history: Mapping[str, Sequence[float]]) -> None:
         """Logs the epochs of a resumed fit's checkpoint (`history`, per metric) that the run
         lacks: a process killed after writing an epoch's checkpoint and before logging the
-        epoch left it out, and the resumed fit starts after it."""
+        epoch left it out, and the resumed fit starts after it. A run whose first epoch is at
+        step 0 (logged so by an earlier version of this class) goes on in that numbering."""
         run_id = mlflow.active_run().info.run_id
         logged = {metric.step for metric in MlflowClient().get_metric_history(run_id, "loss")}
+        self.first_step = 0 if 0 in logged else 1
         for epoch in range(len(history.get("loss", []))):
-            if epoch + 1 not in logged:
+            if epoch + self.first_step not in logged:
                 log_metrics({key: values[epoch] for key, values in history.items()
-                             if epoch < len(values)}, step=epoch + 1)
+                             if epoch < len(values)}, step=epoch + self.first_step)
 
 
 # a database's words for a row that is there already (SQLite, PostgreSQL, MySQL)
