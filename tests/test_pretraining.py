@@ -150,8 +150,10 @@ def test_pretraining_is_its_own_run_and_later_runs_reuse_it(imdb_dir: Path, tmp_
     second = sentiment.run(small_config(imdb_dir, tmp_path, seed=1))
     assert second["pretrain_run_id"] == pretrain_id  # another seed, the same encoder
     assert client.get_run(second["run_id"]).data.tags["pretrain_reused"] == "True"
-    third = sentiment.run(small_config(imdb_dir, tmp_path, pretrain="always"))
-    assert third["pretrain_run_id"] != pretrain_id
+    made = len(pretraining.MADE)  # always: pretrained anew, once for a sweep's trials
+    third = sentiment.run(small_config(imdb_dir, tmp_path, pretrain="always", sweep=2))
+    assert third["pretrain_run_id"] != pretrain_id and third["trials"] == 2
+    assert pretraining.MADE[made:] == [third["pretrain_run_id"]]
 
     write_unlabelled(imdb_dir, 21)  # other data: another key, pretrained anew
     fourth = sentiment.run(small_config(imdb_dir, tmp_path))
@@ -345,10 +347,3 @@ def test_a_sweep_asked_to_pretrain_anew_pretrains_until_a_trial_has_pretrained(m
     assert modes == ["always", "always", "auto", "auto"]
     assert run_trial(SentimentConfig.from_options(pretrain="never")) and modes[-1] == "never"
 
-
-def test_a_sweep_pretrains_once(imdb_dir: Path, tmp_path: Path):
-    write_unlabelled(imdb_dir, 5)
-    made = len(pretraining.MADE)
-    result = sentiment.run(small_config(imdb_dir, tmp_path, pretrain="always", sweep=2,
-                                        word_vector_epochs=1))
-    assert len(pretraining.MADE) == made + 1 and result["trials"] == 2
