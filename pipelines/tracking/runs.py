@@ -142,8 +142,7 @@ def open_run(
             end_run("KILLED")
             raise
         except BaseException as error:
-            note_failure(run.info.run_id, error)
-            fail_unfinished_models(run.info.run_id)
+            note_failure(run.info.run_id, error)  # (MLflow fails a model it was logging)
             end_run("FAILED")
             raise
         end_run("FINISHED")
@@ -173,9 +172,9 @@ def finished_model_uri(run_id: str) -> str | None:
 
 
 def fail_unfinished_models(run_id: str) -> None:
-    """Marks FAILED the models of run `run_id` still being logged (PENDING) as it ends on a
-    signal or an error: MLflow does so itself only for an exception, not for Ctrl-C or
-    SIGTERM. A store that cannot be reached for it is named; what ended the run is raised."""
+    """Marks FAILED the models of run `run_id` still being logged (PENDING) as it ends on
+    Ctrl-C or SIGTERM: MLflow does so itself for an exception only. A store that cannot be
+    reached for it is named; what ended the run is raised."""
     try:
         for model in run_models(run_id):
             if model.status == LoggedModelStatus.PENDING:
