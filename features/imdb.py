@@ -182,17 +182,27 @@ def read_review_files(data_dir: Path, files: Iterable[Path], label: str, reviews
             skipped.append((relative, "macOS metadata (a ._ file), not a review"))
             continue
         try:
-            text, was_replaced = decode_review(path.read_bytes())
+            raw = path.read_bytes()
         except OSError as error:  # unreadable (permissions), or a folder named *.txt
             skipped.append((relative, f"cannot be read ({error.strerror or error})"))
             continue
-        reason = unusable(text)
-        if reason:
-            skipped.append((relative, reason))
-            continue
-        if was_replaced:
-            replaced.append(relative)
-        reviews.append(Review(text, label, relative, rating_of(path.name)))
+        add_review(raw, label, relative, reviews, skipped, replaced, rating_of(path.name))
+
+
+def add_review(raw: bytes, label: str, review_id: str, reviews: list[Review],
+               skipped: list[tuple[str, str]], replaced: list[str],
+               rating: int | None = None) -> None:
+    """Appends a review's text (`decode_review`) to `reviews`, or `(review_id, reason)` to
+    `skipped` when it has none (`unusable`); an id whose bytes were not all UTF-8 goes to
+    `replaced` too. The one rule of both readers: the folder's and TFDS's."""
+    text, was_replaced = decode_review(raw)
+    reason = unusable(text)
+    if reason:
+        skipped.append((review_id, reason))
+        return
+    if was_replaced:
+        replaced.append(review_id)
+    reviews.append(Review(text, label, review_id, rating))
 
 
 def read_unlabelled(data_dir: Path) -> tuple[list[Review], list[tuple[str, str]], list[str]]:

@@ -15,14 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from features.imdb import (
-    UNLABELLED,
-    ImdbData,
-    Review,
-    composed_imdb,
-    decode_review,
-    unusable,
-)
+from features.imdb import UNLABELLED, ImdbData, add_review, composed_imdb
 from features.tfds_source import (
     prepared_builder,
     prepared_version,
@@ -80,17 +73,10 @@ def read_tfds_imdb(data_dir: str | None, *, validation_pct: float, seed: int,
         for split in read:
             reviews = []
             for index, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
-                review_id = f"{split}/{index}"
-                text, was_replaced = decode_review(example["text"])
-                reason = unusable(text)
-                if reason:
-                    skipped.append((review_id, reason))
-                    continue
-                if was_replaced:
-                    replaced.append(review_id)
                 label = (UNLABELLED if split == "unsupervised"
                          else names[int(example["label"])])
-                reviews.append(Review(text, label, review_id))
+                add_review(example["text"], label, f"{split}/{index}", reviews, skipped,
+                           replaced)
             splits[split] = reviews
     return composed_imdb(
         splits["train"], splits["test"], splits.get("unsupervised", []), skipped=skipped,
